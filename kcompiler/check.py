@@ -1,0 +1,78 @@
+"""Compare a compiled model's outputs with ONNX Runtime's on the original model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Comparison:
+    ok: bool = True
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return "; ".join(self.problems) or f"largest error in '{self.worst}'"
+
+
+def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
+    """ONNX Runtime on the model exactly as the user gave it (before any kcompiler pass)."""
+    import onnx_ir as ir
+
+    from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
+    from kcompiler.frontend import read_model_proto
+
+    if cm.source.path is not None:
+        proto, _ = read_model_proto(cm.source.path)
+    elif getattr(cm, "original", None) is not None:
+        proto = cm.original
+    else:
+        proto = ir.serde.serialize_model(cm.model)
+    proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
+    sess = ort_session(proto, f"reference model {cm.name}")
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def compare(ref: dict, got: dict, rtol: float, atol: float) -> Comparison:
+    c = Comparison()
+    for name, r in ref.items():
+        if name not in got:
+            c.ok = False
+            c.problems.append(f"output '{name}' missing")
+            continue
+        g = np.asarray(got[name])
+        r = np.asarray(r)
+        if g.shape != r.shape:
+            c.ok = False
+            c.problems.append(f"output '{name}' has shape {g.shape}, expected {r.shape}")
+            continue
+        if r.dtype.kind in "fc":
+            diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
+            finite = np.isfinite(r)
+            if not np.array_equal(np.isfinite(g), finite):
+                c.ok = False
+                c.problems.append(f"output '{name}' has non-finite values where onnxruntime has none")
+            d = np.where(finite, diff, 0)
+            m_abs = float(d.max()) if d.size else 0.0
+            m_rel = float((d / (np.abs(r.astype(np.float64)) + 1e-12)).max()) if d.size else 0.0
+            if not np.all(d <= atol + rtol * np.abs(np.where(finite, r, 0))):
+                c.ok = False
+        else:
+            m_abs = float(np.abs(g.astype(np.int64) - r.astype(np.int64)).max()) if r.size and r.dtype.kind in "iub" else 0.0
+            m_rel = m_abs
+            if not np.array_equal(g, r):
+                c.ok = False
+        if m_abs >= c.max_abs:
+            c.max_abs, c.worst = m_abs, name
+        c.max_rel = max(c.max_rel, m_rel)
+    return c
+
+
+def compare_with_ort(cm, feeds, outs, rtol=1e-3, atol=1e-4) -> Comparison:
+    return compare(reference_outputs(cm, feeds), outs, rtol, atol)

@@ -1,0 +1,317 @@
+"""The `kc` command line. User errors exit 1 with a one-paragraph message; --debug shows tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from kcompiler.errors import InputError, KCError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class KCGroup(click.Group):
+    """Turns KCErrors (and anything unexpected) into a message and exit status 1."""
+
+    def invoke(self, ctx):
+        debug = "--debug" in sys.argv or os.environ.get("KC_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except KCError as exc:
+            if debug:
+                raise
+            err_console.print(f"[bold red]kc: {exc.kind}:[/] {exc.message}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                err_console.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except MemoryError:
+            if debug:
+                raise
+            err_console.print("[bold red]kc: out of memory[/]; try --mode timing, which needs no weight data")
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("kc: interrupted")
+            ctx.exit(130)
+        except Exception as exc:  # a bug in kcompiler: say so, briefly
+            if debug:
+                raise
+            err_console.print(f"[bold red]kc: internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console.print("  this is a bug in kcompiler; rerun with --debug and report the traceback")
+            ctx.exit(2)
+
+
+def _debug_option(f):
+    return click.option("--debug", is_flag=True, hidden=False, help="Show tracebacks.")(f)
+
+
+def _shape_option(f):
+    return click.option("--shape", "shape_specs", multiple=True, metavar="NAME=1x3x224x224",
+                        help="Bind an input's shape (repeatable).")(f)
+
+
+def _pass_options(f):
+    f = click.option("--disable-pass", "disable", multiple=True, metavar="NAME",
+                     help="Skip a pass, rule or pipeline (repeatable).")(f)
+    f = click.option("--print-after", "print_after", multiple=True, metavar="NAME",
+                     help="Print the graph after a pass or pipeline (repeatable).")(f)
+    return f
+
+
+def _shapes(specs) -> dict:
+    from kcompiler.frontend import parse_shape_spec
+
+    return dict(parse_shape_spec(s) for s in specs)
+
+
+@click.group(cls=KCGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kcompiler")
+def cli():
+    """kcompiler: compile ONNX models for simulated NPU and PIM chips, and run them for values and time."""
+
+
+def _compile(model, target, shape_specs, disable=(), print_after=(), mode="functional", devices=None):
+    import kcompiler
+
+    return kcompiler.compile(model, target=target, shapes=_shapes(shape_specs), disable_passes=disable,
+                             print_after=print_after, printer=lambda s: console.print(s, highlight=False,
+                                                                                      markup=False),
+                             mode=mode, devices=devices)
+
+
+@cli.command("compile")
+@click.argument("model")
+@click.option("--target", "-t", default="host", show_default=True, help="Chip, system or TOML path.")
+@_shape_option
+@_pass_options
+@click.option("--devices", type=int, default=None, help="Number of chips.")
+@click.option("--mode", type=click.Choice(["functional", "timing"]), default="functional", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the artifact here.")
+@_debug_option
+def compile_cmd(model, target, shape_specs, disable, print_after, devices, mode, output, debug):
+    """Compile MODEL (an .onnx path or a zoo name) for a target."""
+    cm = _compile(model, target, shape_specs, disable, print_after, mode, devices)
+    table = Table(title=f"{cm.name} -> {cm.system.name}")
+    table.add_column("device")
+    table.add_column("nodes", justify="right")
+    for dev, n in cm.placement.items():
+        table.add_row(dev, str(n))
+    console.print(table)
+    console.print(f"compiled in {cm.compile_s:.3f} s; {len(cm.parts)} subgraph(s)")
+    for name, seconds in cm.context.timings:
+        if seconds > 0.05:
+            console.print(f"  pass {name}: {seconds:.3f} s", highlight=False)
+    if output:
+        from kcompiler.runtime.artifact import save
+
+        save(cm, output)
+        console.print(f"wrote {output}")
+
+
+def _load_npz(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such inputs file", hint="pass an .npz made with numpy.savez")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InputError(f"{path}: is a single .npy array, not an .npz archive",
+                                 hint="save inputs with numpy.savez(path, name=array, ...)")
+            return {k: data[k] for k in data.files}
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(f"{path}: cannot read it as .npz ({exc})",
+                         hint="object arrays (pickles) are refused; save plain numeric arrays") from None
+    except Exception as exc:
+        raise InputError(f"{path}: not an .npz file ({type(exc).__name__}: {exc})",
+                         hint="save inputs with numpy.savez(path, name=array, ...)") from None
+
+
+@cli.command("run")
+@click.argument("model")
+@click.option("--target", "-t", default="host", show_default=True)
+@click.option("--inputs", "inputs_path", default=None, help=".npz file of inputs (random if omitted).")
+@click.option("--outputs", "outputs_path", default=None, help="Write outputs to this .npz file.")
+@click.option("--check", is_flag=True, help="Compare with ONNX Runtime and print the largest error.")
+@click.option("--rtol", default=1e-3, show_default=True)
+@click.option("--atol", default=1e-4, show_default=True)
+@_shape_option
+@_pass_options
+@_debug_option
+def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
+    """Run MODEL on a target for values (and simulated time)."""
+    cm = _load_or_compile(model, target, shape_specs, disable, print_after)
+    feeds = _load_npz(inputs_path) if inputs_path else cm.random_inputs()
+    outs = cm.run(feeds)
+    for name, arr in outs.items():
+        console.print(f"output {name}: shape {tuple(arr.shape)} dtype {arr.dtype}", highlight=False)
+    if cm.report is not None:
+        console.print(f"simulated latency {cm.report.latency_s * 1e3:.4f} ms on {cm.system.name}")
+    if outputs_path:
+        np.savez(outputs_path, **outs)
+        console.print(f"wrote {outputs_path}")
+    if check:
+        from kcompiler.check import compare_with_ort
+
+        worst = compare_with_ort(cm, cm.check_feeds(feeds), outs, rtol=rtol, atol=atol)
+        console.print(f"check against onnxruntime: largest abs error {worst.max_abs:.3g}, "
+                      f"largest rel error {worst.max_rel:.3g} (rtol {rtol}, atol {atol}): "
+                      + ("[green]match[/]" if worst.ok else "[red]MISMATCH[/]"))
+        if not worst.ok:
+            raise KCError(f"outputs of '{cm.name}' on {cm.system.name} differ from onnxruntime: "
+                          f"{worst.describe()}")
+
+
+def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
+    if str(model).endswith(".kcm"):
+        import kcompiler
+
+        return kcompiler.load(model)
+    return _compile(model, target, shape_specs, disable, print_after)
+
+
+@cli.command("bench")
+@click.argument("model")
+@click.option("--target", "-t", "target_list", multiple=True, default=("host",), show_default=True)
+@click.option("--mode", type=click.Choice(["functional", "timing"]), default="timing", show_default=True)
+@click.option("--json", "json_path", default=None, help="Write results as JSON.")
+@click.option("--trace", "trace_path", default=None, help="Write a Chrome trace (first target).")
+@_shape_option
+@_pass_options
+@_debug_option
+def bench_cmd(model, target_list, mode, json_path, trace_path, shape_specs, disable, print_after, debug):
+    """Compile MODEL for each target and report simulated latency, bytes and energy."""
+    results = []
+    for i, target in enumerate(target_list):
+        cm = _compile(model, target, shape_specs, disable, print_after, mode=mode)
+        if mode == "functional":
+            cm.run(cm.random_inputs())
+        rep = cm.simulate(mode)
+        console.print(rep.table())
+        results.append(rep.to_dict())
+        if trace_path and i == 0:
+            Path(trace_path).write_text(json.dumps(rep.chrome_trace()))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"results": results}, indent=1))
+        console.print(f"wrote {json_path}")
+
+
+@cli.command("inspect")
+@click.argument("model")
+@click.option("--target", "-t", default="host", show_default=True)
+@click.option("--asm", is_flag=True, help="Print each device's program in assembler form.")
+@_shape_option
+@_debug_option
+def inspect_cmd(model, target, asm, shape_specs, debug):
+    """Show MODEL's ops, shapes, parameters, FLOPs and placement."""
+    from kcompiler import opinfo
+    from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+
+    cm = _load_or_compile(model, target, shape_specs)
+    g = cm.model.graph
+    hist = Counter(n.op_type for n in g)
+    table = Table(title=f"{cm.name}: {len(g)} nodes")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    table.add_column("GFLOPs", justify="right")
+    fl = Counter()
+    for n in g:
+        fl[n.op_type] += opinfo.flops(n)
+    for op, c in hist.most_common():
+        table.add_row(op, str(c), f"{fl[op] / 1e9:.3f}")
+    console.print(table)
+    for v in g.inputs:
+        console.print(f"input  {v.name}: {opinfo.shape_of(v)} {v.dtype}", highlight=False)
+    for v in g.outputs:
+        console.print(f"output {v.name}: {opinfo.shape_of(v)} {v.dtype}", highlight=False)
+    console.print(f"parameters: {opinfo.parameter_count(cm.model):,}; "
+                  f"FLOPs: {sum(fl.values()):,}; MACs: {sum(opinfo.macs(n) for n in g):,}")
+    if len(cm.system.devices) > 1:
+        pt = Table(title="placement")
+        for col in ("node", "op", "device", "why"):
+            pt.add_column(col)
+        for n in g:
+            pt.add_row(n.name, n.op_type, n.metadata_props.get(DEVICE_KEY, "host"),
+                       n.metadata_props.get(REASON_KEY, ""))
+        console.print(pt)
+    if asm:
+        for sub, prog in zip(cm.parts, cm.programs):
+            text = prog.asm()
+            console.print(f"; ---- {sub.device}: {len(sub.nodes)} node(s) ----", highlight=False, markup=False)
+            if text:
+                console.print(text, highlight=False, markup=False)
+            else:
+                console.print(f"; runs with ONNX Runtime on the host: "
+                              f"{', '.join(n.op_type for n in sub.nodes[:20])}", highlight=False, markup=False)
+
+
+@cli.group("targets", invoke_without_command=True)
+@click.pass_context
+def targets_cmd(ctx):
+    """List every chip with its headline figures (`kc targets show NAME` for all of them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kcompiler.targets import list_targets
+
+    table = Table(title="targets")
+    for col in ("name", "kind", "aliases", "headline", "description"):
+        table.add_column(col)
+    for c in list_targets():
+        table.add_row(c.name, c.kind, ", ".join(c.aliases), c.headline(), c.description)
+    console.print(table)
+    console.print("systems: combine chips with '+' (atom+aim) or repeat them with 'N x' (4xatom)")
+
+
+@targets_cmd.command("show")
+@click.argument("name")
+@_debug_option
+def targets_show(name, debug):
+    """Print a chip's full description."""
+    from kcompiler import targets as t
+
+    console.print_json(json.dumps(t.describe(t.chip(name))))
+
+
+@cli.command("zoo")
+def zoo_cmd():
+    """List the models kcompiler can compile by name."""
+    from kcompiler.zoo import entries
+
+    table = Table(title="model zoo")
+    for col in ("name", "family", "description"):
+        table.add_column(col)
+    for name, e in sorted(entries().items()):
+        table.add_row(name, e.family, e.description)
+    console.print(table)
+
+
+@cli.command("passes")
+def passes_cmd():
+    """List passes and pipelines (names for --disable-pass and --print-after)."""
+    from kcompiler.passes import PIPELINES, list_passes
+
+    for name, doc in list_passes().items():
+        console.print(f"{name:24s} {doc}", highlight=False)
+    for name, items in PIPELINES.items():
+        console.print(f"pipeline {name}: {' -> '.join(items)}", highlight=False)
+
+
+def main(argv=None):
+    # strip --debug wherever it appears so every subcommand accepts it
+    cli.main(args=argv, prog_name="kc")
+
+
+if __name__ == "__main__":
+    main()

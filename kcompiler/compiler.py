@@ -1,0 +1,177 @@
+"""compile(): frontend -> passes -> placement -> partition -> lower, and CompiledModel."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from kcompiler import opinfo, targets
+from kcompiler.backends import make_backend
+from kcompiler.backends.base import Backend, Program, Subgraph
+from kcompiler.errors import InputError, KCError
+from kcompiler.frontend import ModelSource, load_model
+from kcompiler.passes import PassContext, run_pipeline
+from kcompiler.passes.placement import place_nodes
+from kcompiler.runtime.executor import Executor
+from kcompiler.runtime.partition import partition
+from kcompiler.runtime.report import Report
+
+MODES = ("functional", "timing")
+
+
+@dataclass
+class CompileOptions:
+    shapes: Mapping[str, Sequence[int]] | None = None
+    disabled: Iterable[str] = ()
+    print_after: Iterable[str] = ()
+    printer: Callable[[str], None] = print
+    pipeline: str = "default"
+    mode: str = "functional"  # "timing" compiles without touching weight data
+    devices: int | None = None
+
+
+class CompiledModel:
+    """A model compiled for a system: run it for values, simulate it for time."""
+
+    def __init__(self, name: str, model: ir.Model, system: targets.System, backends: dict[str, Backend],
+                 parts: list[Subgraph], programs: list[Program], ctx: PassContext, source: ModelSource,
+                 compile_s: float, mode: str):
+        self.name = name
+        self.model = model
+        self.system = system
+        self.backends = backends
+        self.parts = parts
+        self.programs = programs
+        self.context = ctx
+        self.source = source
+        self.compile_s = compile_s
+        self.mode = mode
+        self.executor = Executor(model, system, parts, programs)
+        self.report: Report | None = None
+
+    # ---- signature ---------------------------------------------------------------------
+    @property
+    def inputs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {v.name: (opinfo.shape_of(v), _np_dtype(v)) for v in self.model.graph.inputs}
+
+    @property
+    def outputs(self) -> list[str]:
+        return [v.name for v in self.model.graph.outputs]
+
+    @property
+    def placement(self) -> dict[str, int]:
+        """device -> number of nodes placed on it."""
+        counts: dict[str, int] = {}
+        for sub in self.parts:
+            counts[sub.device] = counts.get(sub.device, 0) + len(sub.nodes)
+        return counts
+
+    # ---- running -----------------------------------------------------------------------
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a dict of name -> array, got {type(feeds).__name__}")
+        expected = self.inputs
+        missing = [n for n in expected if n not in feeds]
+        extra = [n for n in feeds if n not in expected]
+        if missing or extra:
+            raise InputError(f"model '{self.name}' expects inputs {sorted(expected)}"
+                             + (f"; missing {missing}" if missing else "")
+                             + (f"; unknown {extra}" if extra else ""),
+                             hint="give exactly one array per model input")
+        out = {}
+        for name, (shape, dtype) in expected.items():
+            arr = feeds[name]
+            try:
+                arr = np.asarray(arr)
+            except Exception:
+                raise InputError(f"input '{name}' is not an array") from None
+            if arr.dtype == object:
+                raise InputError(f"input '{name}' is an object array; expected {dtype}")
+            if dtype is not None and arr.dtype != dtype:
+                raise InputError(f"input '{name}' has dtype {arr.dtype}, but the model expects {dtype}",
+                                 hint=f"convert it, e.g. x.astype(np.{dtype})")
+            if shape is not None and tuple(arr.shape) != tuple(shape):
+                raise InputError(f"input '{name}' has shape {tuple(arr.shape)}, but the model was compiled "
+                                 f"for {tuple(shape)}", hint="recompile with --shape to change it")
+            out[name] = arr
+        return out
+
+    def run(self, feeds: Mapping[str, Any], simulate: bool = True) -> dict[str, np.ndarray]:
+        """Compute the outputs (functional simulation) and, by default, simulate time."""
+        if self.mode == "timing":
+            raise InputError(f"model '{self.name}' was compiled in timing mode: it has no weights to compute "
+                             "values with", hint="compile with mode='functional' to run it, or call simulate()")
+        feeds = self.check_feeds(feeds)
+        outs = self.executor.run(feeds)
+        if simulate:
+            self.simulate(mode="functional")
+        return outs
+
+    def simulate(self, mode: str | None = None) -> Report:
+        """Simulated time of one inference (needs no data)."""
+        rep = Report(model=self.name, target=self.system.name, mode=mode or self.mode,
+                     compile_s=self.compile_s, rules_fired=dict(self.context.fired))
+        rep.notes.extend(self.source.notes)
+        self.report = self.executor.simulate(rep)
+        return self.report
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for name, (shape, dtype) in self.inputs.items():
+            feeds[name] = random_array(rng, shape, dtype)
+        return feeds
+
+
+def random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype if dtype is not None else np.float32)
+    if dtype.kind == "f" or dtype.name in ("bfloat16", "float8_e4m3fn"):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu":
+        return rng.integers(0, 8, shape).astype(dtype)
+    return np.zeros(shape, dtype)
+
+
+def _np_dtype(value: ir.Value):
+    if value.dtype is None:
+        return None
+    try:
+        return np.dtype(value.dtype.numpy())
+    except Exception:
+        return None
+
+
+def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "str | targets.System" = "host",
+            shapes: Mapping[str, Sequence[int]] | None = None, *, disable_passes: Iterable[str] = (),
+            print_after: Iterable[str] = (), printer: Callable[[str], None] = print,
+            pipeline: str = "default", mode: str = "functional", devices: int | None = None,
+            name: str | None = None, **zoo_options) -> CompiledModel:
+    """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target."""
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
+    system = targets.resolve(target, devices)
+    from kcompiler import zoo
+
+    src_model, model_name = zoo.resolve_model(model, **zoo_options)
+    irm, source = load_model(src_model, shapes)
+    ctx = PassContext(system=system, disabled=frozenset(disable_passes), print_after=frozenset(print_after),
+                      printer=printer, options={"mode": mode})
+    backends = {d.name: make_backend(d, system) for d in system.devices}
+    ctx.options["backends"] = backends
+    run_pipeline(irm, ctx, pipeline)
+    place_nodes(irm, backends)
+    parts = partition(irm)
+    programs = []
+    for sub in parts:
+        programs.append(backends[sub.device].lower(sub, {"mode": mode}))
+    compile_s = time.perf_counter() - t0
+    return CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)

@@ -1,0 +1,297 @@
+"""Load an ONNX model from untrusted bytes into a validated onnx_ir.Model.
+
+Order matters: cheap structural checks first (size, protobuf parse, external-data
+paths, declared tensor sizes), then the ONNX checker, opset conversion, shape
+binding and shape inference. Every failure is a KCError naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_passes
+
+from kcompiler.errors import ExternalDataError, ModelLoadError, ShapeError
+
+#: every model is brought to this default-domain opset when it is older
+CANONICAL_OPSET = 18
+#: largest single tensor a model may declare (bigger is a hostile or broken shape)
+MAX_TENSOR_BYTES = 1 << 36  # 64 GiB
+#: protobuf cannot hold more than 2 GiB; anything larger must use external data
+MAX_PROTO_BYTES = (1 << 31) - 1
+
+_DTYPE_SIZES = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT16: 2, onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT64: 8, onnx.TensorProto.BOOL: 1, onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.UINT32: 4, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.COMPLEX64: 8, onnx.TensorProto.COMPLEX128: 16, onnx.TensorProto.BFLOAT16: 2,
+}
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from, for error messages and external data."""
+
+    name: str
+    path: Path | None = None
+    base_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto,
+                     base_dir: str | os.PathLike | None = None) -> tuple[onnx.ModelProto, ModelSource]:
+    """Parse a path, bytes or ModelProto; external data is left on disk."""
+    if isinstance(model, onnx.ModelProto):
+        src = ModelSource(name=model.graph.name or "<model>",
+                          base_dir=Path(base_dir) if base_dir else None)
+        proto = model
+    elif isinstance(model, (bytes, bytearray)):
+        src = ModelSource(name="<bytes>", base_dir=Path(base_dir) if base_dir else None)
+        proto = _parse(bytes(model), src.name)
+    else:
+        path = Path(model)
+        src = ModelSource(name=str(path), path=path, base_dir=path.resolve().parent)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file",
+                                 hint="check the path, or run `kc zoo` for the names of built-in models")
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: not a regular file", hint="pass the path of an .onnx file")
+        size = path.stat().st_size
+        if size == 0:
+            raise ModelLoadError(f"{path}: the file is empty", hint="re-export the model")
+        if size > MAX_PROTO_BYTES:
+            raise ModelLoadError(
+                f"{path}: {size} bytes is larger than a protobuf can hold (2 GiB)",
+                hint="save the weights as ONNX external data (onnx.save(..., save_as_external_data=True))")
+        proto = _parse(path.read_bytes(), str(path))
+    check_proto_structure(proto, src)
+    return proto, src
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # google.protobuf.message.DecodeError and friends
+        raise ModelLoadError(f"{name}: not an ONNX model (protobuf parse failed: {exc})",
+                             hint="the file is truncated or corrupt; re-export or re-download it") from None
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelLoadError(f"{name}: not an ONNX model (no graph or no IR version)",
+                             hint="the file is truncated, corrupt, or not an .onnx file")
+    return proto
+
+
+def _iter_tensors(graph: onnx.GraphProto):
+    """Every TensorProto in a graph, its nodes' attributes and nested subgraphs."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _iter_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _iter_tensors(g)
+
+
+def check_proto_structure(proto: onnx.ModelProto, src: ModelSource) -> None:
+    """Reject impossible tensors and external data that escapes the model's folder."""
+    tensors = list(_iter_tensors(proto.graph))
+    for fn in proto.functions:
+        for node in fn.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+    for t in tensors:
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{src.name}: tensor '{t.name}' has a negative dimension {list(t.dims)}",
+                                 hint="the model is corrupt; re-export it")
+        n = math.prod(t.dims) if t.dims else 1
+        size = _DTYPE_SIZES.get(t.data_type, 1)
+        if n * size > MAX_TENSOR_BYTES:
+            raise ShapeError(f"{src.name}: tensor '{t.name}' declares shape {list(t.dims)} "
+                             f"({n * size / 2**30:.0f} GiB), more than kcompiler accepts",
+                             hint="check the exporter's shapes")
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external(t, src, n * size)
+        elif t.HasField("raw_data") and t.data_type in _DTYPE_SIZES and t.data_type not in (
+                onnx.TensorProto.STRING,):
+            if len(t.raw_data) != n * size:
+                raise ModelLoadError(
+                    f"{src.name}: tensor '{t.name}' of shape {list(t.dims)} should hold {n * size} bytes "
+                    f"but holds {len(t.raw_data)}", hint="the model is truncated or corrupt; re-export it")
+
+
+def _check_external(t: onnx.TensorProto, src: ModelSource, expected: int) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location")
+    if not location:
+        raise ExternalDataError(f"{src.name}: tensor '{t.name}' is stored externally but names no file")
+    if src.base_dir is None:
+        raise ExternalDataError(
+            f"{src.name}: tensor '{t.name}' is stored in external file '{location}', but the model was "
+            "given in memory", hint="load the model from its path so the external file can be found")
+    base = src.base_dir.resolve()
+    target = (base / location).resolve()
+    if os.path.isabs(location) or (target != base and base not in target.parents):
+        raise ExternalDataError(
+            f"{src.name}: tensor '{t.name}' points to external data '{location}', outside the model's "
+            f"folder {base}", hint="kcompiler only reads external data beside the model; move the file there")
+    if not target.is_file():
+        raise ExternalDataError(f"{src.name}: external data file '{location}' of tensor '{t.name}' "
+                                f"does not exist in {base}", hint="copy the weights file next to the model")
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else expected
+    except ValueError:
+        raise ExternalDataError(f"{src.name}: tensor '{t.name}' has a non-numeric external offset/length") from None
+    if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+        raise ExternalDataError(
+            f"{src.name}: tensor '{t.name}' reads bytes {offset}..{offset + length} of '{location}', "
+            f"which has only {target.stat().st_size}", hint="the weights file is truncated; re-export it")
+    if length != expected:
+        raise ExternalDataError(f"{src.name}: tensor '{t.name}' needs {expected} bytes but its external "
+                                f"record gives {length}", hint="the model and its weights file do not match")
+
+
+def check_and_convert(proto: onnx.ModelProto, src: ModelSource) -> onnx.ModelProto:
+    """Run the ONNX checker and bring old opsets up to CANONICAL_OPSET."""
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        text = " ".join(msg[:3])[:600]
+        hint = "the model is not valid ONNX; fix the exporter or run onnx.checker on it"
+        if "topologically sorted" in text or "cycle" in text.lower():
+            hint = "the graph's nodes are out of order or form a cycle; re-export the model"
+        raise ModelLoadError(f"{src.name}: the ONNX checker rejected the model: {text}", hint=hint) from None
+    default = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if default and default[0] < CANONICAL_OPSET:
+        try:
+            converted = onnx.version_converter.convert_version(proto, CANONICAL_OPSET)
+            onnx.checker.check_model(converted)
+            return converted
+        except Exception as exc:  # the converter lacks an adapter for some op
+            src.notes.append(f"kept opset {default[0]}: the ONNX version converter failed ({str(exc)[:200]})")
+    return proto
+
+
+def to_ir(proto: onnx.ModelProto, src: ModelSource) -> ir.Model:
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"{src.name}: cannot read the model into the IR: {exc}") from None
+    if src.base_dir is not None:
+        ir.external_data.set_base_dir(model.graph, src.base_dir)
+    ir_passes.RemoveInitializersFromInputsPass()(model)
+    # IR < 4 requires every initializer to be a graph input; now that they are not, say IR 8
+    # (the first IR version of opset 18, our canonical opset)
+    model.ir_version = max(model.ir_version, 8)
+    return model
+
+
+def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x224x224`` from the command line."""
+    if "=" not in spec:
+        raise ShapeError(f"--shape '{spec}': expected NAME=DIMS, e.g. input=1x3x224x224")
+    name, _, dims = spec.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x") if d != "")
+    except ValueError:
+        raise ShapeError(f"--shape '{spec}': dims must be integers separated by 'x', e.g. 1x3x224x224") from None
+    return name, shape
+
+
+def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src: ModelSource) -> None:
+    """Fix every graph input's shape; refuse symbolic dims left unbound."""
+    shapes = dict(shapes or {})
+    inputs = {v.name: v for v in model.graph.inputs}
+    unknown = [n for n in shapes if n not in inputs]
+    if unknown:
+        raise ShapeError(f"{src.name}: --shape names {unknown}, which are not inputs of the model",
+                         hint=f"the inputs are {sorted(inputs)}")
+    for name, dims in shapes.items():
+        value = inputs[name]
+        dims = tuple(int(d) for d in dims)
+        if any(d <= 0 for d in dims):
+            raise ShapeError(f"{src.name}: input '{name}' bound to {dims}: every dim must be positive")
+        if value.shape is not None and len(value.shape) != len(dims):
+            raise ShapeError(f"{src.name}: input '{name}' has rank {len(value.shape)} ({_fmt(value.shape)}) "
+                             f"but --shape gives {len(dims)} dims", hint=f"give {len(value.shape)} dims")
+        if value.shape is not None:
+            for i, (have, want) in enumerate(zip(value.shape, dims)):
+                if isinstance(have, int) and have != want:
+                    raise ShapeError(f"{src.name}: input '{name}' dim {i} is fixed at {have} in the model "
+                                     f"but --shape asks for {want}")
+        value.shape = ir.Shape(dims)
+    missing = []
+    for value in model.graph.inputs:
+        if value.shape is None or any(not isinstance(d, int) for d in value.shape):
+            missing.append(f"{value.name} {_fmt(value.shape)}")
+    if missing:
+        raise ShapeError(f"{src.name}: the shapes of these inputs are not known: {', '.join(missing)}",
+                         hint="bind each with --shape NAME=DIMS (e.g. --shape x=1x3x224x224) or shapes={...}")
+    for value in model.graph.inputs:
+        _check_size(value, src)
+
+
+def _fmt(shape) -> str:
+    if shape is None:
+        return "[?]"
+    return "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape) + "]"
+
+
+def _check_size(value: ir.Value, src: ModelSource) -> None:
+    if value.shape is None:
+        return
+    dims = [d for d in value.shape if isinstance(d, int)]
+    if any(d < 0 for d in dims):
+        raise ShapeError(f"{src.name}: '{value.name}' has a negative dim {_fmt(value.shape)}")
+    size = value.dtype.itemsize if value.dtype is not None and value.dtype.itemsize else 4
+    if math.prod(dims) * size > MAX_TENSOR_BYTES:
+        raise ShapeError(f"{src.name}: '{value.name}' has shape {_fmt(value.shape)} "
+                         f"({math.prod(dims) * size / 2**30:.0f} GiB), more than kcompiler accepts",
+                         hint="check --shape and the model's declared dims")
+
+
+def infer_shapes(model: ir.Model, src: ModelSource) -> None:
+    """Give every value a shape and dtype where ONNX shape inference can."""
+    try:
+        ir_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:600]
+        try:  # retry without strict mode: some valid models trip it on ops it does not know
+            ir_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+            src.notes.append(f"shape inference reported: {text}")
+        except Exception:
+            raise ShapeError(f"{src.name}: shape inference failed: {text}",
+                             hint="the shapes in the model are inconsistent; check --shape and the exporter") from None
+    for node in model.graph:
+        for value in node.outputs:
+            _check_size(value, src)
+
+
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | ir.Model,
+               shapes: Mapping[str, Sequence[int]] | None = None,
+               base_dir: str | os.PathLike | None = None) -> tuple[ir.Model, ModelSource]:
+    """The whole frontend: parse, validate, convert, bind and infer."""
+    if isinstance(model, ir.Model):
+        proto = ir.serde.serialize_model(model)
+        model = proto
+    proto, src = read_model_proto(model, base_dir)
+    proto = check_and_convert(proto, src)
+    irm = to_ir(proto, src)
+    bind_shapes(irm, shapes, src)
+    infer_shapes(irm, src)
+    return irm, src

@@ -1,0 +1,132 @@
+"""The Report of one simulated inference: per-op and total time, bytes, energy.
+
+Renders to JSON (DESIGN.md's bench schema), a rich table and a Chrome trace.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class OpRecord:
+    name: str
+    op_type: str
+    device: str
+    start_s: float
+    end_s: float
+    cycles: int = 0
+    macs: int = 0
+    dram_bytes: int = 0
+    sram_bytes: int = 0
+    energy_j: float = 0.0
+    bound: str = "compute"
+    engine: str = ""
+
+
+@dataclass
+class Transfer:
+    src: str
+    dst: str
+    value: str
+    nbytes: int
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class Report:
+    model: str
+    target: str
+    mode: str
+    compile_s: float = 0.0
+    latency_s: float = 0.0
+    cycles: int = 0
+    energy_j: float = 0.0
+    dram_bytes: int = 0
+    macs: int = 0
+    host_nodes: int = 0
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ops: list[OpRecord] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)
+    engine_busy_s: dict[str, float] = field(default_factory=dict)
+    rules_fired: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1.0 / self.latency_s if self.latency_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["throughput_per_s"] = self.throughput_per_s
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """Trace-event JSON: one process per device, one thread per engine (Perfetto loads it)."""
+        events: list[dict[str, Any]] = []
+        pids: dict[str, int] = {}
+        tids: dict[tuple[str, str], int] = {}
+
+        def ids(dev: str, engine: str) -> tuple[int, int]:
+            if dev not in pids:
+                pids[dev] = len(pids) + 1
+                events.append({"ph": "M", "name": "process_name", "pid": pids[dev], "tid": 0,
+                               "args": {"name": dev}})
+            key = (dev, engine or "device")
+            if key not in tids:
+                tids[key] = len([k for k in tids if k[0] == dev]) + 1
+                events.append({"ph": "M", "name": "thread_name", "pid": pids[dev], "tid": tids[key],
+                               "args": {"name": key[1]}})
+            return pids[dev], tids[key]
+
+        for op in self.ops:
+            pid, tid = ids(op.device, op.engine)
+            events.append({"ph": "X", "name": op.name or op.op_type, "cat": op.op_type, "pid": pid, "tid": tid,
+                           "ts": op.start_s * 1e6, "dur": max(op.end_s - op.start_s, 0.0) * 1e6,
+                           "args": {"op_type": op.op_type, "cycles": op.cycles, "macs": op.macs,
+                                    "dram_bytes": op.dram_bytes, "bound": op.bound}})
+        for t in self.transfers:
+            pid, tid = ids("links", f"{t.src}->{t.dst}")
+            events.append({"ph": "X", "name": t.value, "cat": "transfer", "pid": pid, "tid": tid,
+                           "ts": t.start_s * 1e6, "dur": (t.end_s - t.start_s) * 1e6, "args": {"bytes": t.nbytes}})
+        return {"traceEvents": events, "displayTimeUnit": "ns",
+                "otherData": {"model": self.model, "target": self.target, "latency_s": self.latency_s}}
+
+    def table(self, top: int = 15):
+        """A rich renderable: totals, then the slowest ops."""
+        from rich.console import Group
+        from rich.table import Table
+
+        summary = Table(title=f"{self.model} on {self.target} ({self.mode})", show_header=False)
+        summary.add_column("metric")
+        summary.add_column("value", justify="right")
+        rows = [("latency", f"{self.latency_s * 1e3:.4f} ms"),
+                ("throughput", f"{self.throughput_per_s:,.1f} /s"),
+                ("cycles", f"{self.cycles:,}"),
+                ("MACs", f"{self.macs:,}"),
+                ("DRAM bytes", f"{self.dram_bytes:,}"),
+                ("energy", f"{self.energy_j * 1e3:.4f} mJ"),
+                ("host nodes", str(self.host_nodes)),
+                ("compile", f"{self.compile_s:.3f} s")]
+        for dev, info in self.devices.items():
+            rows.append((f"device {dev}", f"{info['nodes']} nodes, {info['macs']:,} MACs, "
+                                          f"busy {info['busy_s'] * 1e3:.4f} ms"))
+        for r in rows:
+            summary.add_row(*r)
+        ops = Table(title=f"slowest {min(top, len(self.ops))} ops")
+        for col in ("op", "type", "device", "time (us)", "MACs", "DRAM B", "bound"):
+            ops.add_column(col, justify="right" if col in ("time (us)", "MACs", "DRAM B") else "left")
+        for op in sorted(self.ops, key=lambda o: o.end_s - o.start_s, reverse=True)[:top]:
+            ops.add_row(op.name[:40], op.op_type, op.device, f"{(op.end_s - op.start_s) * 1e6:.2f}",
+                        f"{op.macs:,}", f"{op.dram_bytes:,}", op.bound)
+        parts = [summary, ops]
+        if self.notes:
+            from rich.text import Text
+            parts.append(Text("\n".join(f"note: {n}" for n in self.notes)))
+        return Group(*parts)

@@ -1,0 +1,98 @@
+"""Named models: the real CNNs bundled in the onnx package, and (later) parametric builders.
+
+`resolve_model` turns what the user typed into something the frontend can load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kcompiler.errors import KCError, ModelLoadError
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    family: str
+    description: str
+    build: Callable[..., Any]  # (**options) -> path | ModelProto | ir.Model
+    options: tuple[str, ...] = ()
+
+
+BUNDLED = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
+           "bvlc_alexnet", "zfnet512")
+
+_REGISTRY: dict[str, ZooEntry] = {}
+
+
+def register(entry: ZooEntry) -> None:
+    _REGISTRY[entry.name] = entry
+
+
+def bundled_path(name: str) -> Path:
+    import onnx
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    if not path.exists():
+        raise ModelLoadError(f"bundled model '{name}' is missing from the onnx package at {path}",
+                             hint="reinstall onnx")
+    return path
+
+
+for _n in BUNDLED:
+    register(ZooEntry(_n, "cnn", f"{_n} (ONNX model zoo, bundled with the onnx package; constant weights)",
+                      lambda _n=_n, **_: bundled_path(_n)))
+
+
+def _load_builders() -> None:
+    """Parametric families register themselves when their module exists."""
+    import importlib
+
+    for mod in ("kcompiler.zoo.transformers",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def entries() -> dict[str, ZooEntry]:
+    _load_builders()
+    return dict(_REGISTRY)
+
+
+def resolve_model(model: Any, **options) -> tuple[Any, str]:
+    """(something load_model accepts, a display name)."""
+    if isinstance(model, (str, os.PathLike)):
+        text = str(model)
+        if not text.endswith(".onnx") and os.sep not in text and not os.path.exists(text):
+            table = entries()
+            if text in table:
+                entry = table[text]
+                unknown = [k for k, v in options.items() if v is not None and k not in entry.options]
+                if unknown:
+                    raise KCError(f"zoo model '{text}' takes no option(s) {unknown}",
+                                  hint=f"it accepts {list(entry.options) or 'no options'}")
+                return entry.build(**{k: v for k, v in options.items() if v is not None}), text
+            raise ModelLoadError(f"'{text}' is neither a file nor a zoo model name",
+                                 hint=f"run `kc zoo` for the names: {', '.join(sorted(table))}")
+        if any(v is not None for v in options.values()):
+            raise KCError(f"options {sorted(k for k, v in options.items() if v is not None)} apply to zoo "
+                          f"models, not to the file {text}")
+        return model, Path(text).stem
+    name = getattr(getattr(model, "graph", None), "name", None) or "model"
+    return model, name
+
+
+class _CallableModule(type(sys)):
+    """`kcompiler.zoo()` lists model names even though `kcompiler.zoo` is this package."""
+
+    def __call__(self) -> list[str]:
+        return sorted(entries())
+
+
+sys.modules[__name__].__class__ = _CallableModule
