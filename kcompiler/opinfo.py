@@ -62,17 +62,18 @@ def numel(value: ir.Value | None) -> int:
     return 0 if s is None else math.prod(s)
 
 
-def itemsize(value: ir.Value | None) -> int:
+def itemsize(value: ir.Value | None) -> float:
+    """Bytes per element (onnx_ir gives 0.5 for 4-bit types)."""
     if value is None or value.dtype is None:
         return 4
     try:
-        return max(1, value.dtype.itemsize)
+        return float(value.dtype.itemsize) or 4
     except Exception:  # string and other non-numeric types
         return 4
 
 
 def nbytes(value: ir.Value | None) -> int:
-    return numel(value) * itemsize(value)
+    return int(math.ceil(numel(value) * itemsize(value)))
 
 
 def macs(node: ir.Node) -> int:
