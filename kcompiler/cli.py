@@ -123,6 +123,11 @@ def _load_npz(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{path}: no such inputs file", hint="pass an .npz made with numpy.savez")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # an .npz is a zip archive (np.load would try pickle on anything else)
+        what = "a single .npy array" if magic == b"\x93NUM" else "not an .npz (zip) archive"
+        raise InputError(f"{path}: {what}", hint="save inputs with numpy.savez(path, name=array, ...)")
     try:
         with np.load(p, allow_pickle=False) as data:
             if not hasattr(data, "files"):
@@ -188,10 +193,12 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="timing", show_default=True)
 @click.option("--json", "json_path", default=None, help="Write results as JSON.")
 @click.option("--trace", "trace_path", default=None, help="Write a Chrome trace (first target).")
+@click.option("--compare", "compare", default="", metavar="ort,tvm",
+              help="Also measure this CPU's wall time with ONNX Runtime and/or a TVM Relax llvm build.")
 @_shape_option
 @_pass_options
 @_debug_option
-def bench_cmd(model, target_list, mode, json_path, trace_path, shape_specs, disable, print_after, debug):
+def bench_cmd(model, target_list, mode, json_path, trace_path, compare, shape_specs, disable, print_after, debug):
     """Compile MODEL for each target and report simulated latency, bytes and energy."""
     results = []
     for i, target in enumerate(target_list):
@@ -203,8 +210,19 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, shape_specs, disa
         results.append(rep.to_dict())
         if trace_path and i == 0:
             Path(trace_path).write_text(json.dumps(rep.chrome_trace()))
+    peers = []
+    if compare:
+        from kcompiler.peers import compare_peers
+
+        table = Table(title=f"{model} measured on this CPU")
+        for col in ("peer", "compile (s)", "latency (ms)", "runs"):
+            table.add_column(col, justify="left" if col == "peer" else "right")
+        for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()]):
+            peers.append(r.to_dict())
+            table.add_row(r.peer, f"{r.compile_s:.3f}", f"{r.latency_s * 1e3:.3f}", str(r.runs))
+        console.print(table)
     if json_path:
-        Path(json_path).write_text(json.dumps({"results": results}, indent=1))
+        Path(json_path).write_text(json.dumps({"results": results, "peers": peers}, indent=1))
         console.print(f"wrote {json_path}")
 
 

@@ -1,0 +1,117 @@
+"""Measured wall time of the same model on this CPU: ONNX Runtime and a TVM Relax llvm build.
+
+`kc bench --compare ort,tvm` puts these next to kcompiler's simulated figures, so a user
+sees what the host CPU does with the model today. Both run the model as the frontend
+loaded it (shapes bound, opset 18), before kcompiler's own passes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from kcompiler.errors import KCError
+
+PEERS = ("ort", "tvm")
+
+
+@dataclass
+class PeerResult:
+    peer: str
+    compile_s: float
+    latency_s: float  # median wall time of one inference
+    runs: int
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"peer": self.peer, "compile_s": self.compile_s, "latency_s": self.latency_s, "runs": self.runs}
+
+
+def frontend_proto(cm) -> onnx.ModelProto:
+    """The model as loaded by the frontend for `cm` (bound shapes), before kcompiler's passes."""
+    import onnx_ir as ir
+
+    from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION
+    from kcompiler.frontend import load_model
+
+    src = cm.source.path if cm.source.path is not None else getattr(cm, "original", None)
+    if src is None:
+        proto = ir.serde.serialize_model(cm.model)
+    else:
+        irm, _ = load_model(src, {k: v[0] for k, v in cm.inputs.items()})
+        proto = ir.serde.serialize_model(irm)
+    proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
+    return proto
+
+
+def _time(fn, min_runs: int = 3, budget_s: float = 2.0) -> tuple[float, int]:
+    fn()  # warm-up
+    times = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(times)
+
+
+def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+    from kcompiler.backends.host.backend import ort_session
+
+    t0 = time.perf_counter()
+    sess = ort_session(proto, "onnxruntime peer")
+    compile_s = time.perf_counter() - t0
+    names = [o.name for o in sess.get_outputs()]
+    outs = {}
+
+    def once():
+        outs.update(zip(names, sess.run(names, feeds)))
+
+    latency, runs = _time(once)
+    return PeerResult("ort", compile_s, latency, runs, outs)
+
+
+def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+    try:
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError:
+        raise KCError("--compare tvm needs Apache TVM", hint="pip install 'kcompiler[tvm]'") from None
+    t0 = time.perf_counter()
+    try:
+        mod = from_onnx(proto, keep_params_in_input=False)
+        target = tvm.target.Target({"kind": "llvm"})
+        with target:
+            mod = relax.get_pipeline("zero")(mod)
+        ex = tvm.compile(mod, target=target)
+    except Exception as exc:
+        raise KCError(f"TVM could not build the model: {' '.join(str(exc).split())[:300]}",
+                      hint="compare with ort only (--compare ort)") from None
+    compile_s = time.perf_counter() - t0
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+    args = [make(feeds[i.name]) for i in proto.graph.input if i.name in feeds]
+    names = [o.name for o in proto.graph.output]
+    outs = {}
+
+    def once():
+        res = vm["main"](*args)
+        items = list(res) if not hasattr(res, "numpy") else [res]
+        outs.update({n: r.numpy() for n, r in zip(names, items)})
+
+    latency, runs = _time(once)
+    return PeerResult("tvm", compile_s, latency, runs, outs)
+
+
+def compare_peers(cm, peers, feeds: dict[str, np.ndarray] | None = None) -> list[PeerResult]:
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        raise KCError(f"--compare names unknown peer(s) {bad}", hint=f"choose from {list(PEERS)}")
+    proto = frontend_proto(cm)
+    feeds = feeds if feeds is not None else cm.random_inputs()
+    runners = {"ort": run_ort, "tvm": run_tvm}
+    return [runners[p](proto, feeds) for p in peers]
