@@ -1,0 +1,48 @@
+"""A chip of one's own: the example plugin package installs and compiles a model.
+
+This pip-installs examples/plugin_chip into the test environment (as a user would), runs a
+compile in a fresh interpreter so the entry point is discovered from installed metadata,
+and uninstalls it again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin_chip"
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, kcompiler
+    from kcompiler.check import compare_with_ort
+    assert "dsp" in kcompiler.targets(), kcompiler.targets()
+    cm = kcompiler.compile("squeezenet", target="dsp")
+    assert cm.placement.get("dsp", 0) > 0, cm.placement
+    feeds = cm.random_inputs(seed=1)
+    outs = cm.run(feeds)
+    c = compare_with_ort(cm, feeds, outs)
+    assert c.ok, c.describe()
+    assert "VOP.Relu" in "".join(p.asm() for p in cm.programs)
+    print("PLUGIN-OK", cm.placement)
+""")
+
+
+@pytest.mark.slow
+def test_plugin_installs_and_compiles(tmp_path):
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(PLUGIN)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    try:
+        run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+        assert "PLUGIN-OK" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
+        cli = subprocess.run([sys.executable, "-m", "kcompiler", "targets"], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert cli.returncode == 0 and "dsp" in cli.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "kcompiler-dsp-example"],
+                       capture_output=True, timeout=300)
