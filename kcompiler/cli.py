@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kcompiler.errors import InputError, KCError
@@ -30,9 +31,10 @@ class KCGroup(click.Group):
         except KCError as exc:
             if debug:
                 raise
-            err_console.print(f"[bold red]kc: {exc.kind}:[/] {exc.message}", highlight=False, soft_wrap=True)
+            # messages quote shapes like [batch,3]: escape them so rich does not read them as markup
+            err_console.print(f"[bold red]kc: {exc.kind}:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err_console.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                err_console.print(f"  [yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             ctx.exit(1)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -47,7 +49,8 @@ class KCGroup(click.Group):
         except Exception as exc:  # a bug in kcompiler: say so, briefly
             if debug:
                 raise
-            err_console.print(f"[bold red]kc: internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console.print(f"[bold red]kc: internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
+                              highlight=False)
             err_console.print("  this is a bug in kcompiler; rerun with --debug and report the traceback")
             ctx.exit(2)
 
@@ -125,7 +128,7 @@ def _load_npz(path: str) -> dict:
         raise InputError(f"{path}: no such inputs file", hint="pass an .npz made with numpy.savez")
     with open(p, "rb") as f:
         magic = f.read(4)
-    if magic != b"PK\x03\x04":  # an .npz is a zip archive (np.load would try pickle on anything else)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (np.load would try pickle on others)
         what = "a single .npy array" if magic == b"\x93NUM" else "not an .npz (zip) archive"
         raise InputError(f"{path}: {what}", hint="save inputs with numpy.savez(path, name=array, ...)")
     try:
@@ -193,20 +196,29 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="timing", show_default=True)
 @click.option("--json", "json_path", default=None, help="Write results as JSON.")
 @click.option("--trace", "trace_path", default=None, help="Write a Chrome trace (first target).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (for scripts; use --json).")
 @click.option("--compare", "compare", default="", metavar="ort,tvm",
               help="Also measure this CPU's wall time with ONNX Runtime and/or a TVM Relax llvm build.")
 @_shape_option
 @_pass_options
 @_debug_option
-def bench_cmd(model, target_list, mode, json_path, trace_path, compare, shape_specs, disable, print_after, debug):
+def bench_cmd(model, target_list, mode, json_path, trace_path, quiet, compare, shape_specs, disable, print_after,
+              debug):
     """Compile MODEL for each target and report simulated latency, bytes and energy."""
-    results = []
+    from kcompiler.runtime.report import comparison_table
+
+    results, reports = [], []
+    cm = None
     for i, target in enumerate(target_list):
-        cm = _compile(model, target, shape_specs, disable, print_after, mode=mode)
-        if mode == "functional":
-            cm.run(cm.random_inputs())
-        rep = cm.simulate(mode)
-        console.print(rep.table())
+        with _status(f"compiling {model} for {target}", quiet):
+            cm = _compile(model, target, shape_specs, disable, print_after, mode=mode)
+        with _status(f"simulating {model} on {target}", quiet):
+            if mode == "functional":
+                cm.run(cm.random_inputs())
+            rep = cm.simulate(mode)
+        if not quiet and len(target_list) == 1:
+            console.print(rep.table())
+        reports.append(rep)
         results.append(rep.to_dict())
         if trace_path and i == 0:
             Path(trace_path).write_text(json.dumps(rep.chrome_trace()))
@@ -214,16 +226,23 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, compare, shape_sp
     if compare:
         from kcompiler.peers import compare_peers
 
-        table = Table(title=f"{model} measured on this CPU")
-        for col in ("peer", "compile (s)", "latency (ms)", "runs"):
-            table.add_column(col, justify="left" if col == "peer" else "right")
-        for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()]):
-            peers.append(r.to_dict())
-            table.add_row(r.peer, f"{r.compile_s:.3f}", f"{r.latency_s * 1e3:.3f}", str(r.runs))
-        console.print(table)
+        with _status(f"measuring {compare} on this CPU", quiet):
+            peers = [r.to_dict() for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()])]
+    if not quiet and (len(reports) > 1 or peers):
+        console.print(comparison_table(reports, peers))
     if json_path:
         Path(json_path).write_text(json.dumps({"results": results, "peers": peers}, indent=1))
-        console.print(f"wrote {json_path}")
+        if not quiet:
+            console.print(f"wrote {json_path}")
+
+
+def _status(text: str, quiet: bool):
+    """A spinner on a terminal (nothing when piped or --quiet)."""
+    import contextlib
+
+    if quiet or not console.is_terminal:
+        return contextlib.nullcontext()
+    return console.status(text)
 
 
 @cli.command("inspect")

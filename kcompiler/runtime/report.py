@@ -130,3 +130,26 @@ class Report:
             from rich.text import Text
             parts.append(Text("\n".join(f"note: {n}" for n in self.notes)))
         return Group(*parts)
+
+
+def comparison_table(reports: list[Report], peers: list[dict] | None = None):
+    """One table across targets: the figures a user compares chips by."""
+    from rich.table import Table
+
+    table = Table(title=f"{reports[0].model if reports else ''}: one inference, simulated")
+    cols = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "work by device",
+            "busiest engines", "host fallbacks", "compile (s)")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("target", "work by device", "busiest engines") else "right")
+    for r in reports:
+        total = sum(d["busy_s"] for d in r.devices.values()) or 1.0
+        share = ", ".join(f"{dev} {info['busy_s'] / total:.0%}" for dev, info in r.devices.items())
+        util = sorted(((s / r.latency_s if r.latency_s else 0.0), e) for e, s in r.engine_busy_s.items())[::-1]
+        engines = ", ".join(f"{e} {u:.0%}" for u, e in util[:3])
+        table.add_row(r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", f"{r.energy_j * 1e3:.3f}",
+                      f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}")
+    for p in peers or ():
+        table.add_row(f"[dim]{p['peer']} (measured on this CPU)[/]", f"{p['latency_s'] * 1e3:.4f}",
+                      f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-", "host 100%", "-", "-",
+                      f"{p['compile_s']:.2f}")
+    return table
