@@ -7,7 +7,10 @@ binding and shape inference. Every failure is a KCError naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +108,28 @@ def _iter_tensors(graph: onnx.GraphProto):
                 yield from _iter_tensors(g)
 
 
+def _repeated(fd) -> bool:
+    flag = getattr(fd, "is_repeated", None)
+    return flag if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
+def _check_text(msg, src: ModelSource) -> None:
+    """Every string field must be UTF-8: protobuf hands back bytes for a corrupt one, and
+    everything downstream (checker, onnx_ir, ONNX Runtime) assumes text."""
+    for fd, value in msg.ListFields():
+        if fd.type == fd.TYPE_MESSAGE:
+            for item in (value if _repeated(fd) else (value,)):
+                _check_text(item, src)
+        elif fd.type == fd.TYPE_STRING:
+            for item in (value if _repeated(fd) else (value,)):
+                if isinstance(item, bytes):
+                    raise ModelLoadError(f"{src.name}: field {fd.full_name} holds {item[:40]!r}, which is not "
+                                         "UTF-8 text", hint="the model is corrupt; re-export it")
+
+
 def check_proto_structure(proto: onnx.ModelProto, src: ModelSource) -> None:
     """Reject impossible tensors and external data that escapes the model's folder."""
+    _check_text(proto, src)
     tensors = list(_iter_tensors(proto.graph))
     for fn in proto.functions:
         for node in fn.node:
@@ -177,6 +200,10 @@ def check_and_convert(proto: onnx.ModelProto, src: ModelSource) -> onnx.ModelPro
             hint = "the graph's nodes are out of order or form a cycle; re-export the model"
         raise ModelLoadError(f"{src.name}: the ONNX checker rejected the model: {text}", hint=hint) from None
     default = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    latest = onnx.defs.onnx_opset_version()
+    if default and default[0] > latest:
+        raise ModelLoadError(f"{src.name}: the model imports opset {default[0]}, newer than the {latest} "
+                             "this installation of onnx knows", hint="re-export with an older opset, or upgrade onnx")
     if default and default[0] < CANONICAL_OPSET:
         try:
             converted = onnx.version_converter.convert_version(proto, CANONICAL_OPSET)
@@ -223,7 +250,7 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
                          hint=f"the inputs are {sorted(inputs)}")
     for name, dims in shapes.items():
         value = inputs[name]
-        dims = tuple(int(d) for d in dims)
+        dims = _as_dims(name, dims, src)
         if any(d <= 0 for d in dims):
             raise ShapeError(f"{src.name}: input '{name}' bound to {dims}: every dim must be positive")
         if value.shape is not None and len(value.shape) != len(dims):
@@ -246,6 +273,17 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
         _check_size(value, src)
 
 
+def _as_dims(name: str, dims, src: ModelSource) -> tuple[int, ...]:
+    """Dims given for one input: a sequence of ints, or text such as "1x3x224x224"."""
+    if isinstance(dims, str):
+        return parse_shape_spec(f"{name}={dims}")[1]
+    try:
+        return tuple(operator.index(d) for d in dims)
+    except TypeError:
+        raise ShapeError(f"{src.name}: the shape given for input '{name}' must be a sequence of integers, "
+                         f"got {dims!r}", hint="e.g. shapes={'x': (1, 3, 224, 224)}") from None
+
+
 def _fmt(shape) -> str:
     if shape is None:
         return "[?]"
@@ -265,18 +303,45 @@ def _check_size(value: ir.Value, src: ModelSource) -> None:
                          hint="check --shape and the model's declared dims")
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _captured_log(name: str):
+    """Collect a library logger's records instead of printing them (no stray tracebacks)."""
+    logger = logging.getLogger(name)
+    handler, propagate = _Records(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     """Give every value a shape and dtype where ONNX shape inference can."""
-    try:
+    # onnx_ir's pass does not raise: it logs the failure (with a traceback) and leaves the
+    # model unchanged, so capture its log record to see whether strict inference failed
+    with _captured_log("onnx_ir.passes.common.shape_inference") as records:
         ir_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
-    except Exception as exc:
-        text = " ".join(str(exc).split())[:600]
-        try:  # retry without strict mode: some valid models trip it on ops it does not know
-            ir_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
-            src.notes.append(f"shape inference reported: {text}")
-        except Exception:
+    failure = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None), None)
+    if failure is not None:
+        text = " ".join(str(failure).split())[:600]
+        if isinstance(failure, onnx.shape_inference.InferenceError):
             raise ShapeError(f"{src.name}: shape inference failed: {text}",
-                             hint="the shapes in the model are inconsistent; check --shape and the exporter") from None
+                             hint="the shapes in the model are inconsistent; check --shape and the exporter")
+        # anything else (an op ONNX cannot infer): keep what non-strict inference finds
+        with _captured_log("onnx_ir.passes.common.shape_inference"):
+            ir_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+        src.notes.append(f"shape inference reported: {text}")
     for node in model.graph:
         for value in node.outputs:
             _check_size(value, src)

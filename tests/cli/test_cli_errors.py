@@ -1,0 +1,81 @@
+"""Hostile and broken inputs through `kc`: exit status 1, one paragraph naming the input, no traceback.
+
+The cases are the same table as tests/frontend/test_hostile.py (tests/frontend/hostile_cases.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frontend"))
+
+from hostile_cases import CASES, Case, matmul_model, save  # noqa: E402
+
+from kcompiler.cli import cli  # noqa: E402
+
+
+def kc(args: list[str]):
+    # the KCGroup reads --debug from sys.argv; CliRunner leaves pytest's argv in place
+    return CliRunner().invoke(cli, args, catch_exceptions=True)
+
+
+def assert_user_error(result, names) -> str:
+    text = result.output  # click >= 8.2: stdout and stderr together
+    assert result.exit_code == 1, f"exit {result.exit_code}: {text!r} {result.exception!r}"
+    assert "Traceback" not in text and "internal error" not in text, text
+    assert text.startswith("kc: "), text
+    # one paragraph: a message and at most a hint, no blank line between
+    assert text.strip() and "\n\n" not in text.strip(), text
+    flat = " ".join(text.split())
+    for name in names:
+        assert " ".join(name.split()) in flat, f"message does not name {name!r}: {text}"
+    return text
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input_exits_1_without_traceback(case: Case, tmp_path: Path):
+    call = case.build(tmp_path)
+    result = kc(call.cli_args(tmp_path))
+    assert_user_error(result, call.names)
+
+
+def test_shape_garbage_on_command_line(tmp_path: Path):
+    path = save(matmul_model(n="batch"), tmp_path / "m.onnx")
+    for spec in ("x=1xfoo", "banana", "x=1x-4", "x=", "=2x4", "x=1.5x4"):
+        result = kc(["compile", str(path), "--shape", spec])
+        assert_user_error(result, [])
+
+
+def test_bad_options_are_usage_errors(tmp_path: Path):
+    path = save(matmul_model(), tmp_path / "m.onnx")
+    for args in (["compile", str(path), "--mode", "fast"], ["compile", str(path), "--devices", "many"],
+                 ["run", str(path), "--rtol", "x"], ["nosuchcommand"]):
+        result = kc(args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_unknown_pass_name(tmp_path: Path):
+    path = save(matmul_model(), tmp_path / "m.onnx")
+    result = kc(["compile", str(path), "--disable-pass", "no-such-pass"])
+    assert_user_error(result, ["no-such-pass", "dce"])
+
+
+def test_subprocess_no_traceback_and_debug_shows_it(tmp_path: Path):
+    """The real entry point, `python -m kcompiler`, as a user runs it."""
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    run = subprocess.run([sys.executable, "-m", "kcompiler", "compile", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert "broken.onnx" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "kcompiler", "compile", str(bad), "--debug"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "Traceback" in run.stderr and "ModelLoadError" in run.stderr
