@@ -60,8 +60,37 @@ def _debug_option(f):
 
 
 def _shape_option(f):
-    return click.option("--shape", "shape_specs", multiple=True, metavar="NAME=1x3x224x224",
-                        help="Bind an input's shape (repeatable).")(f)
+    return _zoo_options(click.option("--shape", "shape_specs", multiple=True, metavar="NAME=1x3x224x224",
+                                     help="Bind an input's shape (repeatable).")(f))
+
+
+ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers")
+
+
+def _zoo_options(f):
+    """--batch/--seq/--kv/--phase/--dtype/--layers for zoo models, kept on the click context
+    (not passed to the command) and given to kcompiler.compile by _compile."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        click.get_current_context().meta["kc.zoo"] = {k: kwargs.pop(k, None) for k in ZOO_OPTIONS}
+        return f(*args, **kwargs)
+
+    for name, kind, text in reversed((
+            ("batch", int, "Zoo models: batch size."),
+            ("seq", int, "Zoo models: sequence length (new tokens in the decode phase)."),
+            ("kv", int, "Zoo LLMs: KV-cache length (decode phase)."),
+            ("phase", click.Choice(["prefill", "decode"]), "Zoo LLMs: prefill or decode."),
+            ("dtype", click.Choice(["fp32", "fp16", "bf16"]), "Zoo models: weight and activation type."),
+            ("layers", int, "Zoo models: override the number of layers."))):
+        wrapper = click.option(f"--{name}", name, type=kind, default=None, help=text)(wrapper)
+    return wrapper
+
+
+def _zoo_kwargs() -> dict:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get("kc.zoo", {})) if ctx is not None else {}
 
 
 def _pass_options(f):
@@ -90,7 +119,7 @@ def _compile(model, target, shape_specs, disable=(), print_after=(), mode="funct
     return kcompiler.compile(model, target=target, shapes=_shapes(shape_specs), disable_passes=disable,
                              print_after=print_after, printer=lambda s: console.print(s, highlight=False,
                                                                                       markup=False),
-                             mode=mode, devices=devices)
+                             mode=mode, devices=devices, **_zoo_kwargs())
 
 
 @cli.command("compile")
@@ -326,11 +355,19 @@ def zoo_cmd():
     """List the models kcompiler can compile by name."""
     from kcompiler.zoo import entries
 
-    table = Table(title="model zoo")
-    for col in ("name", "family", "description"):
-        table.add_column(col)
+    from kcompiler.zoo.stats import entry_stats, human
+
+    table = Table(title="model zoo (parameters and FLOPs at default options; LLMs: prefill, per token)")
+    for col in ("name", "family", "params", "FLOPs", "description"):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs") else "left",
+                         no_wrap=col != "description")
     for name, e in sorted(entries().items()):
-        table.add_row(name, e.family, e.description)
+        try:
+            st = entry_stats(e)
+            params, fl = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}"
+        except KCError as exc:
+            params, fl = "?", f"? ({exc.message[:40]})"
+        table.add_row(name, e.family, params, fl, e.description)
     console.print(table)
 
 

@@ -118,6 +118,9 @@ class CompiledModel:
         rep = Report(model=self.name, target=self.system.name, mode=mode or self.mode,
                      compile_s=self.compile_s, rules_fired=dict(self.context.fired))
         rep.notes.extend(self.source.notes)
+        if rep.mode == "timing":
+            rep.notes.append("timing only: values were not computed" + (
+                " and no weight data was read (compiled with mode='timing')" if self.mode == "timing" else ""))
         self.report = self.executor.simulate(rep)
         return self.report
 

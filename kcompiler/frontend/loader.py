@@ -191,7 +191,11 @@ def _check_external(t: onnx.TensorProto, src: ModelSource, expected: int) -> Non
 def check_and_convert(proto: onnx.ModelProto, src: ModelSource) -> onnx.ModelProto:
     """Run the ONNX checker and bring old opsets up to CANONICAL_OPSET."""
     try:
-        onnx.checker.check_model(proto)
+        # from its path the checker looks for external data beside the model (it never reads it);
+        # from a proto it would look in the current directory
+        external = src.path is not None and any(
+            t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        onnx.checker.check_model(str(src.path) if external else proto)
     except Exception as exc:
         msg = str(exc).strip().splitlines()
         text = " ".join(msg[:3])[:600]

@@ -40,7 +40,8 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]
                 continue
             t = backend.estimate(node).seconds
             for v in node.inputs:
-                if v is None or opinfo.const_value(v) is not None:
+                # initializers first: asking for their numpy value would open external weight files
+                if v is None or v.const_value is not None or opinfo.const_value(v) is not None:
                     continue
                 src = where.get(id(v), host)
                 if src != name:

@@ -21,6 +21,9 @@ class ZooEntry:
     description: str
     build: Callable[..., Any]  # (**options) -> path | ModelProto | ir.Model
     options: tuple[str, ...] = ()
+    #: (**options) -> {"params", "flops", "flops_per_unit", "unit", ...} from shapes alone, or None
+    #: (then `kc zoo` loads the model to count); see kcompiler/zoo/stats.py
+    info: Callable[..., dict] | None = None
 
 
 BUNDLED = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
