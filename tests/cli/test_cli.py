@@ -1,0 +1,140 @@
+"""The `kc` command line on valid inputs: compile, run --check, inspect, targets, zoo, bench --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from kcompiler.cli import cli
+from kcompiler.zoo import BUNDLED
+
+
+def kc(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    """y = relu(x @ w) with a symbolic batch dim."""
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"], name="mm"),
+         helper.make_node("Relu", ["xw"], ["y"], name="relu")], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], w.tobytes(), raw=True)])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    return path
+
+
+def test_compile(tiny):
+    out = kc("compile", str(tiny), "--shape", "x=2x4")
+    assert "tiny" in out and "host" in out and "compiled in" in out
+
+
+def test_compile_print_after_and_disable_pass(tiny):
+    out = kc("compile", str(tiny), "--shape", "x=2x4", "--print-after", "dce", "--disable-pass", "cse")
+    assert "// after dce" in out
+    assert "MatMul" in out and "Relu" in out and "float[2,4] x" in out
+
+
+def test_run_inputs_outputs_check(tiny, tmp_path):
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    out = kc("run", str(tiny), "--shape", "x=5x4", "--inputs", str(tmp_path / "in.npz"),
+             "--outputs", str(tmp_path / "out.npz"), "--check")
+    assert "match" in out and "MISMATCH" not in out
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as data:
+        got = data["y"]
+    sess = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5)
+
+
+def test_inspect(tiny):
+    out = kc("inspect", str(tiny), "--shape", "x=2x4")
+    assert "MatMul" in out and "Relu" in out
+    assert "input  x: (2, 4)" in out and "output y: (2, 3)" in out
+    assert "parameters: 12" in out
+
+
+def test_targets():
+    out = kc("targets")
+    assert "host" in out
+
+
+def test_targets_show():
+    out = kc("targets", "show", "host")
+    data = json.loads(out)
+    assert data["name"] == "host" and "peak_flops" in data["host"]
+
+
+def test_zoo_lists_the_bundled_models():
+    out = kc("zoo")
+    for name in BUNDLED:
+        assert name in out
+
+
+def test_passes_lists_cleanup():
+    out = kc("passes")
+    for name in ("fold-constants", "remove-identity", "dce", "cse", "toposort", "pipeline cleanup"):
+        assert name in out
+
+
+BENCH_KEYS = {"model", "target", "mode", "compile_s", "latency_s", "throughput_per_s", "cycles", "energy_j",
+              "dram_bytes", "macs", "devices", "host_nodes", "ops"}
+OP_KEYS = {"name", "op_type", "device", "start_s", "end_s", "cycles", "macs", "dram_bytes", "bound"}
+
+
+@pytest.mark.parametrize("mode", ["timing", "functional"])
+def test_bench_json_has_the_design_keys(tmp_path, mode):
+    path = tmp_path / "bench.json"
+    kc("bench", "squeezenet", "--target", "host", "--mode", mode, "--json", str(path))
+    data = json.loads(path.read_text())
+    assert len(data["results"]) == 1
+    r = data["results"][0]
+    assert BENCH_KEYS <= set(r), BENCH_KEYS - set(r)
+    assert r["model"] == "squeezenet" and r["target"] == "host" and r["mode"] == mode
+    assert r["latency_s"] > 0 and r["throughput_per_s"] == pytest.approx(1 / r["latency_s"])
+    assert r["compile_s"] > 0 and r["macs"] > 0 and r["energy_j"] > 0 and r["dram_bytes"] > 0
+    assert isinstance(r["cycles"], int) and isinstance(r["host_nodes"], int)
+    for dev, info in r["devices"].items():
+        assert {"nodes", "macs", "busy_s"} <= set(info), dev
+    assert "host" in r["devices"]
+    assert sum(d["macs"] for d in r["devices"].values()) == r["macs"]
+    assert r["ops"]
+    for op in r["ops"]:
+        assert OP_KEYS <= set(op), OP_KEYS - set(op)
+        assert op["end_s"] >= op["start_s"] >= 0
+    assert max(op["end_s"] for op in r["ops"]) == pytest.approx(r["latency_s"], rel=1e-6)
+    assert sum(op["macs"] for op in r["ops"]) == r["macs"]
+
+
+def test_bench_trace(tmp_path):
+    path = tmp_path / "trace.json"
+    kc("bench", "squeezenet", "--trace", str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    assert any(e["ph"] == "X" for e in events)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_matches_onnxruntime(name):
+    out = kc("run", name, "--target", "host", "--check", "--rtol", "1e-3", "--atol", "1e-4")
+    assert "match" in out and "MISMATCH" not in out
+
+
+def test_python_dash_m_entry_point():
+    run = subprocess.run([sys.executable, "-m", "kcompiler", "zoo"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "squeezenet" in run.stdout
