@@ -108,9 +108,12 @@ def test_fuzz_mutated_model_gives_result_or_kcerror(edits, tmp_path_factory):
             data.insert(pos, byte)
         elif len(data) > 1:
             del data[pos]
-    folder = tmp_path_factory.mktemp("fuzz")
-    path = folder / "mutant.onnx"
+    path = tmp_path_factory.mktemp("fuzz") / "mutant.onnx"
     path.write_bytes(bytes(data))
+    _compile_and_run_or_kcerror(path, edits)
+
+
+def _compile_and_run_or_kcerror(path: Path, edits) -> None:
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(10)  # a hang is a failure, not a stuck test run
     try:
@@ -123,3 +126,81 @@ def test_fuzz_mutated_model_gives_result_or_kcerror(edits, tmp_path_factory):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+SQUEEZENET = None
+
+
+@settings(max_examples=40, deadline=5000, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=4))
+def test_fuzz_mutated_squeezenet(edits, tmp_path_factory):
+    """Byte edits in the first 4 KiB of squeezenet (graph structure, names, attributes)."""
+    global SQUEEZENET
+    if SQUEEZENET is None:
+        from hostile_cases import squeezenet_bytes
+
+        SQUEEZENET = squeezenet_bytes()
+    data = bytearray(SQUEEZENET)
+    for pos, byte in edits:
+        data[pos % len(data)] = byte
+    path = tmp_path_factory.mktemp("fuzz") / "squeezenet_mutant.onnx"
+    path.write_bytes(bytes(data))
+    _compile_and_run_or_kcerror(path, edits)
+
+
+# structural mutations: the protobuf stays valid, so the mutants reach the checker, shape
+# inference, the passes and ONNX Runtime rather than stopping at the parser
+FIELDS = st.one_of(
+    st.tuples(st.just("dim"), st.integers(0, 1), st.integers(0, 1), st.sampled_from([0, 1, 3, -1, 2**40, 2**62])),
+    st.tuples(st.just("op_type"), st.integers(0, 1), st.sampled_from(["Relu", "Gemm", "Conv", "Reshape", "Foo",
+                                                                      "Identity", "Concat", ""])),
+    st.tuples(st.just("input"), st.integers(0, 1), st.integers(0, 1), st.sampled_from(["x", "w", "b", "xw", "y",
+                                                                                       "nope", ""])),
+    st.tuples(st.just("dtype"), st.integers(0, 1), st.sampled_from([0, 1, 2, 6, 7, 8, 9, 10, 16, 99])),
+    st.tuples(st.just("attr"), st.integers(0, 1), st.sampled_from([("axis", 5), ("perm", [1, 0]), ("transA", 1),
+                                                                   ("value", 1.5)])),
+    st.tuples(st.just("opset"), st.sampled_from([1, 7, 13, 18, 21, 1000])),
+    st.tuples(st.just("tdims"), st.integers(0, 1), st.lists(st.integers(-2, 6), max_size=3)),
+)
+
+
+def _mutate(model, edit) -> None:
+    from onnx import helper
+
+    g = model.graph
+    kind = edit[0]
+    if kind == "dim":
+        _, which, axis, value = edit
+        vi = [g.input[0], g.output[0]][which]
+        vi.type.tensor_type.shape.dim[axis].dim_value = value
+    elif kind == "op_type":
+        g.node[edit[1]].op_type = edit[2]
+    elif kind == "input":
+        _, n, i, name = edit
+        node = g.node[n]
+        if i < len(node.input):
+            node.input[i] = name
+    elif kind == "dtype":
+        g.initializer[edit[1]].data_type = edit[2]
+    elif kind == "attr":
+        name, value = edit[2]
+        g.node[edit[1]].attribute.append(helper.make_attribute(name, value))
+    elif kind == "opset":
+        model.opset_import[0].version = edit[1]
+    elif kind == "tdims":
+        t = g.initializer[edit[1]]
+        del t.dims[:]
+        t.dims.extend(edit[2])
+
+
+@settings(max_examples=120, deadline=5000, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(FIELDS, min_size=1, max_size=3))
+def test_fuzz_structural_mutations(edits, tmp_path_factory):
+    model = matmul_model()
+    for edit in edits:
+        _mutate(model, edit)
+    path = tmp_path_factory.mktemp("fuzz") / "structural.onnx"
+    path.write_bytes(model.SerializeToString())
+    _compile_and_run_or_kcerror(path, edits)
