@@ -85,13 +85,19 @@ class CompiledModel:
                              + (f"; unknown {extra}" if extra else ""),
                              hint="give exactly one array per model input")
         out = {}
+        # sequence/optional inputs go to the backend as given (a list of arrays, an array or None)
+        nontensor = {v.name for v in self.model.graph.inputs
+                     if v.type is not None and not isinstance(v.type, ir.TensorType)}
         for name, (shape, dtype) in expected.items():
             arr = feeds[name]
+            if name in nontensor:
+                out[name] = arr
+                continue
             try:
                 arr = np.asarray(arr)
             except Exception:
                 raise InputError(f"input '{name}' is not an array") from None
-            if arr.dtype == object:
+            if arr.dtype == object and dtype != np.dtype(object):  # object is right for STRING inputs
                 raise InputError(f"input '{name}' is an object array; expected {dtype}")
             if dtype is not None and arr.dtype != dtype:
                 raise InputError(f"input '{name}' has dtype {arr.dtype}, but the model expects {dtype}",

@@ -212,10 +212,18 @@ def check_and_convert(proto: onnx.ModelProto, src: ModelSource) -> onnx.ModelPro
         try:
             converted = onnx.version_converter.convert_version(proto, CANONICAL_OPSET)
             onnx.checker.check_model(converted)
+            if _signature(converted) != _signature(proto):  # e.g. Scan 8->9 drops the batch axis
+                raise ValueError("the conversion changed the types or shapes of the graph's inputs/outputs")
             return converted
         except Exception as exc:  # the converter lacks an adapter for some op
             src.notes.append(f"kept opset {default[0]}: the ONNX version converter failed ({str(exc)[:200]})")
     return proto
+
+
+def _signature(proto: onnx.ModelProto) -> list[tuple[str, bytes]]:
+    """Names and types (with shapes) of a graph's inputs and outputs."""
+    return [(vi.name, vi.type.SerializeToString(deterministic=True))
+            for vi in (*proto.graph.input, *proto.graph.output)]
 
 
 def to_ir(proto: onnx.ModelProto, src: ModelSource) -> ir.Model:
@@ -268,6 +276,8 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
         value.shape = ir.Shape(dims)
     missing = []
     for value in model.graph.inputs:
+        if value.type is not None and not isinstance(value.type, ir.TensorType):
+            continue  # sequences/optionals: their elements' shapes vary per run, nothing to bind
         if value.shape is None or any(not isinstance(d, int) for d in value.shape):
             missing.append(f"{value.name} {_fmt(value.shape)}")
     if missing:
@@ -300,7 +310,10 @@ def _check_size(value: ir.Value, src: ModelSource) -> None:
     dims = [d for d in value.shape if isinstance(d, int)]
     if any(d < 0 for d in dims):
         raise ShapeError(f"{src.name}: '{value.name}' has a negative dim {_fmt(value.shape)}")
-    size = value.dtype.itemsize if value.dtype is not None and value.dtype.itemsize else 4
+    try:
+        size = value.dtype.itemsize if value.dtype is not None and value.dtype.itemsize else 4
+    except TypeError:  # STRING has no fixed width (onnx_ir raises); count 4 bytes per element
+        size = 4
     if math.prod(dims) * size > MAX_TENSOR_BYTES:
         raise ShapeError(f"{src.name}: '{value.name}' has shape {_fmt(value.shape)} "
                          f"({math.prod(dims) * size / 2**30:.0f} GiB), more than kcompiler accepts",

@@ -49,7 +49,10 @@ def extract_model(sub: Subgraph) -> onnx.ModelProto:
     model = sub.model
     all_nodes = list(model.graph)
     if len(sub.nodes) == len(all_nodes) and {v.name for v in sub.outputs} == {
-            v.name for v in model.graph.outputs} and len(sub.outputs) == len(model.graph.outputs):
+            v.name for v in model.graph.outputs} and len(sub.outputs) == len(model.graph.outputs) and {
+            v.name for v in sub.inputs} == {v.name for v in model.graph.inputs}:
+        # (a graph input no node reads, e.g. CastLike's `like` after folding, is not fed: take
+        # the general path below, which declares only the inputs the subgraph reads)
         proto = ir.serde.serialize_model(model)
         # keep only the graph's own order of outputs; inputs already match
         proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)

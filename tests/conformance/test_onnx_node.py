@@ -1,0 +1,69 @@
+"""ONNX's node test cases (onnx.backend.test.case.node) through kcompiler.onnx_backend.
+
+Each case is one test id: `pytest tests/conformance -n 2`, or `-k test_add` for a few. The cases
+are generated once into a cache folder (see onnx_cases.py). A case listed in
+expected_failures.txt is an xfail: a regression (a newly failing case) fails the suite, and a
+listed case that now passes shows as XPASS in the summary: remove it from the list
+(KC_CONFORMANCE_STRICT=1 turns XPASS into a failure).
+
+Only KCError (kcompiler refused or ONNX Runtime failed, reported as KCError) and
+AssertionError (wrong values) count as expected failures: any other exception is a kcompiler
+bug and fails even for a listed case.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx.backend.test.runner import Runner
+from onnx_cases import case_names, ensure_cases, load_case, read_expected_failures
+
+from kcompiler import onnx_backend
+from kcompiler.errors import KCError
+
+HERE = Path(__file__).parent
+EXPECTED_FAILURES = read_expected_failures(HERE / "expected_failures.txt")
+TARGET = os.environ.get("KC_CONFORMANCE_TARGET", "host")
+STRICT = os.environ.get("KC_CONFORMANCE_STRICT") == "1"
+#: the number of node cases each onnx release generates (checked so a silent loss shows)
+EXPECTED_COUNT = {"1.23.2": 1884}
+
+ROOT = ensure_cases()
+NAMES = case_names(ROOT)
+
+
+def _params():
+    for name in NAMES:
+        marks = ()
+        if name in EXPECTED_FAILURES:
+            marks = pytest.mark.xfail(reason=EXPECTED_FAILURES[name], raises=(KCError, AssertionError),
+                                      strict=STRICT)
+        yield pytest.param(name, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("name", list(_params()))
+def test_node(name: str) -> None:
+    model, data_sets, rtol, atol = load_case(ROOT, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy/onnxscript chatter on inf/nan cases
+        rep = onnx_backend.prepare(model, "CPU", target=TARGET)
+        for inputs, expected in data_sets:
+            outputs = rep.run(inputs)
+            Runner.assert_similar_outputs(expected, list(outputs), rtol=rtol, atol=atol, model_dir=name)
+
+
+def test_case_count() -> None:
+    want = EXPECTED_COUNT.get(onnx.__version__)
+    if want is None:
+        pytest.skip(f"no known case count for onnx {onnx.__version__}")
+    assert len(NAMES) == want, f"{ROOT} holds {len(NAMES)} cases, onnx {onnx.__version__} makes {want}"
+
+
+def test_expected_failures_exist() -> None:
+    """Every name in expected_failures.txt is a real case (catches typos and renamed cases)."""
+    stale = sorted(set(EXPECTED_FAILURES) - set(NAMES))
+    assert not stale, f"expected_failures.txt names cases that do not exist: {stale}"
