@@ -1,0 +1,361 @@
+"""NpuBackend: which ops the NPU claims (a table), their cost, and lowering to a Program."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from kcompiler import opinfo
+from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline, no
+from kcompiler.backends.npu import isa, kernels as K
+from kcompiler.backends.npu.blas import blas_threads
+from kcompiler.backends.npu.spec import NpuSpec
+from kcompiler.backends.npu.timing import dma_bytes, sram_bytes, simulate
+from kcompiler.errors import ExecutionError
+
+FLOAT = ir.DataType.FLOAT
+
+
+# ---- the table of ops the NPU claims, each with its check -----------------------------------
+def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
+    for v in node.outputs:
+        if opinfo.shape_of(v) is None and v.uses():
+            return no(f"output '{v.name}' has no static shape")
+    for v in node.outputs[:1]:
+        if v.dtype != FLOAT:
+            return no(f"dtype {v.dtype} (the NPU kernels are float32 in, charged at the chip's dtype)")
+    ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
+    for v in ins:
+        if v is None:
+            continue
+        if opinfo.shape_of(v) is None:
+            return no(f"input '{v.name}' has no static shape")
+        if v.dtype != FLOAT:
+            return no(f"input '{v.name}' has dtype {v.dtype}")
+    return YES
+
+
+def _consts(node: ir.Node, first: int) -> Support:
+    for v in node.inputs[first:]:
+        if v is not None and opinfo.const_value(v) is None:
+            return no(f"input '{v.name}' must be a compile-time constant")
+    return YES
+
+
+def _only_first_output(node: ir.Node) -> Support:
+    for v in node.outputs[1:]:
+        if v is not None and v.name and v.uses():
+            return no(f"its extra output '{v.name}' is used")
+    return YES
+
+
+def _all(*checks: Callable[[ir.Node], Support]) -> Callable[[ir.Node], Support]:
+    def check(node):
+        for c in checks:
+            r = c(node)
+            if not r:
+                return r
+        return YES
+    return check
+
+
+def _rank(i: int, ranks: tuple[int, ...]):
+    def check(node):
+        s = opinfo.shape_of(node.inputs[i])
+        return YES if s is not None and len(s) in ranks else no(f"input {i} must have rank {ranks}")
+    return check
+
+
+def _min_rank(i: int, r: int):
+    def check(node):
+        s = opinfo.shape_of(node.inputs[i])
+        return YES if s is not None and len(s) >= r else no(f"input {i} must have rank >= {r}")
+    return check
+
+
+def _attr_in(name: str, allowed, default):
+    def check(node):
+        v = K.a_str(node, name, default) if isinstance(default, str) else K.a_int(node, name, default)
+        return YES if v in allowed else no(f"attribute {name}={v!r} is not supported (only {list(allowed)})")
+    return check
+
+
+def _const_producer(node):
+    return YES if all(opinfo.const_value(v) is not None for v in node.outputs) else no("not a constant")
+
+
+def _gather_data_const(node):
+    return YES if opinfo.const_value(node.inputs[0]) is not None else no("Gather runs on the NPU only on constant data")
+
+
+def _view_check(node):
+    s = opinfo.shape_of(node.outputs[0])
+    if s is None:
+        return no("output has no static shape")
+    if node.inputs[0] is None or node.inputs[0].dtype != FLOAT:
+        return no("only float32 views")
+    return YES
+
+
+_elementwise = _all(lambda n: _static_float(n))
+_x_only = lambda n: _static_float(n, 1)  # noqa: E731
+
+#: op -> (kernel class, check)
+OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
+    "Conv": (K.GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)),
+                               lambda n: YES if len(n.inputs) < 3 or n.inputs[2] is None or
+                               n.inputs[2].dtype == FLOAT else no("bias must be float32"))),
+    "MatMul": (K.GemmKernel, _all(_elementwise, _min_rank(0, 2), _min_rank(1, 2))),
+    "Gemm": (K.GemmKernel, _elementwise),
+    **{op: (K.ElementwiseKernel, _elementwise) for op in K.ELEMENTWISE},
+    "Clip": (K.ClipKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "BatchNormalization": (K.BatchNormKernel, _all(_x_only, lambda n: _consts(n, 1), _only_first_output,
+                                                   _attr_in("training_mode", (0,), 0), _min_rank(0, 2))),
+    "LayerNormalization": (K.LayerNormKernel, _all(_elementwise, _only_first_output)),
+    "Softmax": (K.SoftmaxKernel, _elementwise),
+    "ReduceMean": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceSum": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceMax": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "MaxPool": (K.PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4, 5)))),
+    "AveragePool": (K.PoolKernel, _all(_x_only, _rank(0, (3, 4, 5)))),
+    "GlobalAveragePool": (K.PoolKernel, _all(_x_only, _min_rank(0, 3))),
+    "GlobalMaxPool": (K.PoolKernel, _all(_x_only, _min_rank(0, 3))),
+    "LRN": (K.LrnKernel, _all(_x_only, _rank(0, (4,)))),
+    "Concat": (K.CopyKernel, _elementwise),
+    "Transpose": (K.CopyKernel, _x_only),
+    "Slice": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Split": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Pad": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1),
+                               _attr_in("mode", ("constant", "reflect", "edge"), "constant"))),
+    "Gather": (K.CopyKernel, _all(lambda n: _static_float(n, 0), _gather_data_const)),
+    "Expand": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Reshape": (K.ViewKernel, _view_check),
+    "Flatten": (K.ViewKernel, _view_check),
+    "Squeeze": (K.ViewKernel, _view_check),
+    "Unsqueeze": (K.ViewKernel, _view_check),
+    "Identity": (K.ViewKernel, _view_check),
+    "Dropout": (K.ViewKernel, _all(_view_check, _only_first_output)),
+    "Constant": (K.ConstKernel, _const_producer),
+    "ConstantOfShape": (K.ConstKernel, _const_producer),
+}
+
+
+class NpuProgram(Program):
+    """One subgraph's instruction stream, buffer plan and per-op kernels."""
+
+    def __init__(self, device: str, chip: str, spec: NpuSpec, kernels: list[K.Kernel], instrs: list[isa.Instr],
+                 buffers, input_names, output_names, functional: bool, last_use: dict[str, int]):
+        self.device = device
+        self.chip = chip
+        self.spec = spec
+        self.kernels = kernels
+        self.instrs = instrs
+        self.buffers = buffers
+        self.input_names = input_names
+        self.output_names = output_names
+        self.functional = functional
+        self.last_use = last_use
+        self.op_instrs: list[list[isa.Instr]] = [[] for _ in kernels]
+        for ins in instrs:
+            if ins.opcode != isa.BARRIER:
+                self.op_instrs[ins.op].append(ins)
+        self._consts: dict[str, np.ndarray] = {}
+        self._timeline: Timeline | None = None
+        self._frees = [[] for _ in kernels]
+        keep = set(output_names)
+        for name, i in last_use.items():
+            if name not in keep:
+                self._frees[i].append(name)
+
+    # ---- values ------------------------------------------------------------------------
+    def _get_const(self, v: ir.Value):
+        c = self._consts.get(v.name)
+        if c is None:
+            raw = opinfo.const_value(v)
+            if raw is None:
+                return None
+            c = np.asarray(raw)
+            self._consts[v.name] = c
+        return c
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.functional:
+            raise ExecutionError("this NPU program was compiled in timing mode and has no weights",
+                                 hint="compile with mode='functional'")
+        with blas_threads():
+            return self._run(dict(inputs))
+
+    def _run(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+
+        def get(v: ir.Value) -> np.ndarray:
+            x = env.get(v.name)
+            if x is None:
+                x = self._get_const(v)
+                if x is None:
+                    raise ExecutionError(f"value '{v.name}' was never computed")
+            return x
+
+        for i, kernel in enumerate(self.kernels):
+            if kernel.kind == "const":
+                continue
+            try:
+                kernel.begin(env, get)
+                for ins in self.op_instrs[i]:
+                    oc = ins.opcode
+                    if oc == isa.MATMUL:
+                        kernel.mm(ins)
+                    elif oc == isa.VECTOR:
+                        kernel.vec(ins)
+                    elif oc == isa.STORE:
+                        kernel.st(ins)
+                    elif oc == isa.COPY:
+                        kernel.copy(ins)
+                kernel.end(env)
+            except ExecutionError:
+                raise
+            except Exception as exc:
+                n = kernel.node
+                raise ExecutionError(f"NPU op {i} '{n.name}' ({n.op_type}) failed: {type(exc).__name__}: {exc}",
+                                     hint="this is a bug in the NPU backend's kernel for this op") from exc
+            for name in self._frees[i]:
+                env.pop(name, None)
+        out = {}
+        for name, v in self.output_names.items():
+            out[name] = env[name] if name in env else np.array(self._get_const(v))
+        return out
+
+    # ---- time --------------------------------------------------------------------------
+    def simulate(self) -> Timeline:
+        if self._timeline is None:
+            self._timeline = self._simulate()
+        return self._timeline
+
+    def _simulate(self) -> Timeline:
+        spec = self.spec
+        clock = spec.clock_hz
+        times, total, busy = simulate(self.instrs, spec)
+        self._times_by_id = {id(ins): t for ins, t in zip(self.instrs, times)}
+        e = spec.energy
+        ops: list[OpEvent] = []
+        t_prev = 0
+        for i, kernel in enumerate(self.kernels):
+            if kernel.kind == "const":
+                continue
+            node = kernel.node
+            ins_list = self.op_instrs[i]
+            if not ins_list:
+                ops.append(OpEvent(node.name, node.op_type, t_prev / clock, t_prev / clock, bound="overhead",
+                                   engine="view"))
+                continue
+            start = min(self._t[id(x)].start for x in ins_list)
+            end = max(self._t[id(x)].end for x in ins_list)
+            t_prev = end
+            dram = sum(dma_bytes(x) for x in ins_list)
+            sram = sum(sram_bytes(x, spec) for x in ins_list)
+            vec_elems = sum(x.args[2] for x in ins_list if x.opcode == isa.VECTOR)
+            compute = {}
+            for x in ins_list:
+                if x.opcode in (isa.MATMUL, isa.VECTOR):
+                    tt = self._t[id(x)]
+                    compute[x.core] = compute.get(x.core, 0) + tt.end - tt.start
+            mem = sum(self._t[id(x)].dram_cycles for x in ins_list)
+            bound = "compute" if max(compute.values(), default=0) >= mem else "memory"
+            engine = {"gemm": "matrix", "copy": "dma"}.get(kernel.kind, "vector")
+            if kernel.kind == "gemm" and getattr(kernel, "depthwise", False):
+                engine = "vector"
+            energy = (kernel.macs * e.per_mac_j + vec_elems * e.per_vector_op_j + sram * e.per_sram_byte_j
+                      + dram * e.per_dram_byte_j)
+            ops.append(OpEvent(node.name, node.op_type, start / clock, end / clock, cycles=end - start,
+                               macs=kernel.macs, dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound,
+                               engine=engine))
+        notes = [f"NPU time charged at {spec.dtype.upper()} throughput on {self.chip} "
+                 f"({spec.peak_ops / 1e12:.0f} T{'OPS' if spec.dtype.startswith('int') else 'FLOPS'}); "
+                 "values computed in float32"]
+        return Timeline(seconds=total / clock, cycles=total, ops=ops,
+                        engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=notes)
+
+    @property
+    def _t(self):
+        return self._times_by_id
+
+    # ---- text and binary ---------------------------------------------------------------
+    def asm(self) -> str:
+        lines = [f"; NPU program for {self.chip} ({self.spec.cores} core(s), {self.spec.array.rows}x"
+                 f"{self.spec.array.cols} {self.spec.array.dataflow}, charged at {self.spec.dtype})",
+                 f"; {len(self.instrs)} instructions; DRAM buffers:"]
+        for i, (name, addr, nbytes) in enumerate(self.buffers):
+            lines.append(f";   buf {i}: {name} @0x{addr:x} ({nbytes} bytes)")
+        for i, k in enumerate(self.kernels):
+            if k.kind != "const":
+                lines.append(f";   op {i}: {k.node.op_type} {k.node.name}")
+        lines.append(isa.disassemble(self.instrs))
+        return "\n".join(lines)
+
+    def to_bytes(self) -> bytes:
+        return isa.encode_program(self.instrs)
+
+
+class NpuBackend(Backend):
+    kind = "npu"
+    spec_class = NpuSpec
+
+    def supports(self, node: ir.Node) -> Support:
+        if node.domain not in ("", "ai.onnx"):
+            return no(f"domain '{node.domain}' ops run on the host")
+        entry = OPS.get(node.op_type)
+        if entry is None:
+            return no(f"{node.op_type} is not in the NPU's op table")
+        try:
+            return entry[1](node)
+        except Exception as exc:  # a malformed node: let the host (ONNX Runtime) judge it
+            return no(f"cannot analyse the node: {type(exc).__name__}: {exc}")
+
+    def kernel(self, node: ir.Node) -> K.Kernel:
+        return OPS[node.op_type][0](node, self.spec)
+
+    def estimate(self, node: ir.Node) -> Cost:
+        s: NpuSpec = self.spec
+        k = self.kernel(node)
+        c = k.cost()
+        eb = s.elem_bytes
+        if k.kind in ("view", "const"):
+            return Cost(bound="overhead")
+        dram = int(sum(opinfo.numel(v) for v in node.inputs if v is not None) * eb
+                   + sum(opinfo.numel(v) for v in node.outputs) * eb)
+        cycles = c.cycles + s.issue_cycles
+        mem_cycles = dram / s.dram_bytes_per_cycle
+        e = s.energy
+        return Cost(seconds=cycles / s.clock_hz, cycles=cycles, macs=c.macs, dram_bytes=dram, sram_bytes=2 * dram,
+                    energy_j=c.macs * e.per_mac_j + dram * (e.per_dram_byte_j + 2 * e.per_sram_byte_j),
+                    bound="compute" if cycles > 1.5 * mem_cycles else "memory")
+
+    def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
+        functional = (options or {}).get("mode", "functional") != "timing"
+        s: NpuSpec = self.spec
+        kernels = [self.kernel(n) for n in subgraph.nodes]
+        cg = K.Codegen(s)
+        for v in subgraph.inputs:
+            cg.buf(v)
+        for i, k in enumerate(kernels):
+            before = len(cg.instrs)
+            if cg.instrs and k.kind not in ("view", "const"):
+                cg.emit(isa.BARRIER, isa.ALL_CORES, i, ())
+            k.emit(cg, i)
+            if len(cg.instrs) == before + 1 and cg.instrs[-1].opcode == isa.BARRIER:
+                cg.instrs.pop()
+        last_use: dict[str, int] = {}
+        for i, n in enumerate(subgraph.nodes):
+            for v in n.inputs:
+                if v is not None:
+                    last_use[v.name] = i
+        outputs = {v.name: v for v in subgraph.outputs}
+        prog = NpuProgram(self.name, self.device.chip.name, s, kernels, cg.instrs, cg.buffers,
+                          [v.name for v in subgraph.inputs], outputs, functional, last_use)
+        if functional:
+            for k in kernels:
+                k.prepare(prog._get_const)
+            # packed weights live in the kernels; drop the raw constants read while packing
+            prog._consts.clear()
+        return prog
