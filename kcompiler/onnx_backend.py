@@ -172,8 +172,24 @@ class KCBackend(Backend):
             else:
                 outs.append(onnx.helper.make_empty_tensor_value_info(n))
         graph = onnx.helper.make_graph([node], f"{node.op_type}_node", graph_inputs, outs)
-        opsets = [onnx.helper.make_opsetid(node.domain or "", opset)] if opset else None
-        model = onnx.helper.make_model(graph, opset_imports=opsets) if opsets else onnx.helper.make_model(graph)
+        if opset is None:
+            # the op's newest version, but no lower than kcompiler's canonical opset: not simply
+            # onnx's newest opset, which ONNX Runtime may not support yet
+            from kcompiler.frontend.loader import CANONICAL_OPSET
+
+            try:
+                opset = onnx.defs.get_schema(node.op_type, node.domain or "").since_version
+            except Exception:  # unknown op: let the frontend report it
+                opset = onnx.defs.onnx_opset_version()
+            if node.domain in ("", "ai.onnx"):
+                opset = max(opset, CANONICAL_OPSET)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(node.domain or "", opset)])
+        if outputs_info is None:  # type the outputs from ONNX shape inference (the checker wants a type)
+            try:
+                model = onnx.shape_inference.infer_shapes(model)
+            except Exception as exc:
+                raise InputError(f"node '{node.name or node.op_type}': cannot infer its output types: "
+                                 f"{' '.join(str(exc).split())[:300]}", hint="pass outputs_info") from None
         return cls.prepare(model, device, **kwargs).run(arrays)
 
 
