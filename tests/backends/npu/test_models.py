@@ -1,0 +1,50 @@
+"""The nine bundled CNNs on the NPU chips: values match ONNX Runtime, >= 99% of MACs on the NPU."""
+
+from __future__ import annotations
+
+import pytest
+
+import kcompiler
+from kcompiler.check import compare_with_ort
+from kcompiler.zoo import BUNDLED
+
+FAST = {"squeezenet", "shufflenet", "inception_v1", "bvlc_alexnet"}
+
+
+def _check(model: str, target: str):
+    cm = kcompiler.compile(model, target=target)
+    feeds = cm.random_inputs()
+    outs = cm.run(feeds)
+    c = compare_with_ort(cm, feeds, outs, rtol=1e-3, atol=1e-4)
+    assert c.ok, c.describe()
+    rep = cm.report
+    npu = sum(v["macs"] for d, v in rep.devices.items() if d != "host")
+    assert npu >= 0.99 * rep.macs
+    assert rep.latency_s > 0 and rep.energy_j > 0
+
+
+@pytest.mark.parametrize("model", sorted(FAST))
+def test_bundled_on_npu_fast(model):
+    _check(model, "npu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["npu", "warboy", "atom", "rngd"])
+@pytest.mark.parametrize("model", BUNDLED)
+def test_bundled_matrix(model, target):
+    _check(model, target)
+
+
+def test_timing_mode_reads_no_weights(monkeypatch):
+    """A timing-only compile never calls const_value on a weight inside the NPU kernels."""
+    from kcompiler.backends.npu import kernels
+
+    def boom(*a, **k):
+        raise AssertionError("timing mode packed a weight")
+
+    monkeypatch.setattr(kernels.GemmKernel, "prepare", boom)
+    monkeypatch.setattr(kernels.BatchNormKernel, "prepare", boom)
+    cm = kcompiler.compile("resnet50", target="npu", mode="timing")
+    rep = cm.simulate()
+    assert rep.latency_s > 0
+    assert any("INT8" in n for n in rep.notes)
