@@ -346,9 +346,17 @@ def _captured_log(name: str):
 def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     """Give every value a shape and dtype where ONNX shape inference can."""
     # onnx_ir's pass does not raise: it logs the failure (with a traceback) and leaves the
-    # model unchanged, so capture its log record to see whether strict inference failed
+    # model unchanged, so capture its log record to see whether strict inference failed.
+    # First without data propagation, and check sizes: propagation materialises the values of
+    # constant-derived tensors, so a 200-byte model (Add of a Range of 10^12 elements) would
+    # exhaust memory inside ONNX before any size check
     with _captured_log("onnx_ir.passes.common.shape_inference") as records:
-        ir_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
+        ir_passes.ShapeInferencePass(strict_mode=True, data_prop=False)(model)
+        if not records:
+            for node in model.graph:
+                for value in node.outputs:
+                    _check_size(value, src)
+            ir_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
     failure = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None), None)
     if failure is not None:
         text = " ".join(str(failure).split())[:600]

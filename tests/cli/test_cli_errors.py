@@ -79,3 +79,52 @@ def test_subprocess_no_traceback_and_debug_shows_it(tmp_path: Path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "Traceback" in run.stderr and "ModelLoadError" in run.stderr
+
+
+# ---- memory bombs: tiny files whose constants describe enormous tensors ---------------------------
+# Run in a child process with its address space capped, so a regression fails the test instead
+# of exhausting the memory of a shared machine.
+BOMBS = {
+    # ONNX's data propagation materialises constant-derived values: this once used > 20 GB
+    "range_add": """
+    g (float[1] x) => (float[N] y) {
+      s = Constant <value = float {0.0}> ()
+      l = Constant <value = float {1e12}> ()
+      d = Constant <value = float {1.0}> ()
+      r = Range(s, l, d)
+      y = Add(x, r)
+    }""",
+    "expand": """
+    g (float[1] x) => (float[A,B] y) {
+      c = Constant <value = float[1] {1.0}> ()
+      sh = Constant <value = int64[2] {1000000, 1000000}> ()
+      e = Expand(c, sh)
+      y = Add(x, e)
+    }""",
+    "constant_of_shape": """
+    g (float[1] x) => (float[A,B,C] y) {
+      sh = Constant <value = int64[3] {100000, 100000, 100000}> ()
+      c = ConstantOfShape <value = float[1] {1.0}> (sh)
+      y = Add(x, c)
+    }""",
+}
+
+
+def _limit_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_memory_bomb_is_refused_before_allocating(name, tmp_path: Path):
+    import onnx
+
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(onnx.parser.parse_model('<ir_version: 10, opset_import: ["" : 18]>\n' + BOMBS[name]), path)
+    assert path.stat().st_size < 400
+    run = subprocess.run([sys.executable, "-m", "kcompiler", "compile", str(path)], capture_output=True,
+                         text=True, timeout=120, preexec_fn=_limit_memory)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "more than kcompiler accepts" in run.stderr and f"{name}.onnx" in run.stderr
