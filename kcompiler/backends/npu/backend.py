@@ -198,7 +198,7 @@ class NpuProgram(Program):
             return x
 
         for i, kernel in enumerate(self.kernels):
-            if kernel.kind == "const":
+            if kernel.kind in ("const", "fused"):
                 continue
             try:
                 kernel.begin(env, get)
@@ -241,7 +241,7 @@ class NpuProgram(Program):
         ops: list[OpEvent] = []
         t_prev = 0
         for i, kernel in enumerate(self.kernels):
-            if kernel.kind == "const":
+            if kernel.kind in ("const", "fused"):
                 continue
             node = kernel.node
             ins_list = self.op_instrs[i]
@@ -288,13 +288,46 @@ class NpuProgram(Program):
         for i, (name, addr, nbytes) in enumerate(self.buffers):
             lines.append(f";   buf {i}: {name} @0x{addr:x} ({nbytes} bytes)")
         for i, k in enumerate(self.kernels):
-            if k.kind != "const":
+            if k.kind == "fused":
+                lines.append(f";   op {i}: {k.node.op_type} {k.node.name} (fused into the GEMM before it)")
+            elif k.kind != "const":
                 lines.append(f";   op {i}: {k.node.op_type} {k.node.name}")
         lines.append(isa.disassemble(self.instrs))
         return "\n".join(lines)
 
     def to_bytes(self) -> bytes:
         return isa.encode_program(self.instrs)
+
+
+def _sole_user(v: ir.Value, index: dict[int, int], outputs: set[str]) -> int | None:
+    """The kernel index of v's only consumer inside the subgraph, if v goes nowhere else."""
+    uses = v.uses()
+    if v.name in outputs or len(uses) != 1:
+        return None
+    return index.get(id(uses[0].node))
+
+
+def fuse_epilogues(kernels: list[K.Kernel], sub: Subgraph) -> None:
+    """Conv -> BatchNormalization -> Relu chains become one GEMM with a folded epilogue: the
+    BN scale goes into the weights, shift and Relu into the vector epilogue, and the
+    intermediate tensors never reach DRAM."""
+    index = {id(k.node): i for i, k in enumerate(kernels)}
+    outputs = {v.name for v in sub.outputs}
+    for k in kernels:
+        if not isinstance(k, K.GemmKernel) or k.node.op_type != "Conv" or k.kind != "gemm":
+            continue
+        final, bn, relu = k.out, None, False
+        j = _sole_user(final, index, outputs)
+        if j is not None and isinstance(kernels[j], K.BatchNormKernel) and not k.depthwise:
+            bn = kernels[j]
+            kernels[j] = K.FusedKernel(bn.node, k.spec)
+            final = bn.out
+            j = _sole_user(final, index, outputs)
+        if j is not None and kernels[j].node.op_type == "Relu" and kernels[j].kind == "vector":
+            kernels[j] = K.FusedKernel(kernels[j].node, k.spec)
+            final, relu = kernels[j].out, True
+        if final is not k.out:
+            k.fuse(bn, relu, final)
 
 
 class NpuBackend(Backend):
@@ -335,12 +368,13 @@ class NpuBackend(Backend):
         functional = (options or {}).get("mode", "functional") != "timing"
         s: NpuSpec = self.spec
         kernels = [self.kernel(n) for n in subgraph.nodes]
+        fuse_epilogues(kernels, subgraph)
         cg = K.Codegen(s)
         for v in subgraph.inputs:
             cg.buf(v)
         for i, k in enumerate(kernels):
             before = len(cg.instrs)
-            if cg.instrs and k.kind not in ("view", "const"):
+            if cg.instrs and k.kind not in ("view", "const", "fused"):
                 cg.emit(isa.BARRIER, isa.ALL_CORES, i, ())
             k.emit(cg, i)
             if len(cg.instrs) == before + 1 and cg.instrs[-1].opcode == isa.BARRIER:

@@ -151,6 +151,13 @@ class ConstKernel(Kernel):
     kind = "const"
 
 
+class FusedKernel(Kernel):
+    """An op folded into the epilogue of the GEMM before it (BatchNormalization, Relu after a
+    Conv): no instructions of its own; its output is written by that GEMM's stores."""
+
+    kind = "fused"
+
+
 class ViewKernel(Kernel):
     """Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout: a new view of the same bytes."""
 
@@ -699,6 +706,13 @@ class GemmKernel(Kernel):
             self.n = b[0] if tb else b[1]
         self.depthwise = self.conv is not None and self.conv.cin_g == 1 and self.g > 1
         self.per_core = self._split()
+        self.fused_bn: "BatchNormKernel | None" = None
+        self.fused_relu = False
+        self.final = self.out  # the value the stores write (the last fused op's output)
+
+    def fuse(self, bn: "BatchNormKernel | None", relu: bool, final: ir.Value) -> None:
+        """Fold a following BatchNormalization (into the weights) and Relu (into the epilogue)."""
+        self.fused_bn, self.fused_relu, self.final = bn, relu, final
 
     def _init_conv(self):
         node = self.node
@@ -760,7 +774,7 @@ class GemmKernel(Kernel):
         eb = self.spec.elem_bytes
         node = self.node
         a_val, b_val = node.inputs[0], node.inputs[1]
-        a_buf, b_buf, o_buf = cg.buf(a_val), cg.buf(b_val), cg.buf(self.out)
+        a_buf, b_buf, o_buf = cg.buf(a_val), cg.buf(b_val), cg.buf(self.final)
         g_all, m_all, k_all, n_all = self.g, self.m, self.k, self.n
         quarter = self.spec.sram_bytes // 4
         for core, (gr, mr, nr) in enumerate(self.per_core):
@@ -835,7 +849,7 @@ class GemmKernel(Kernel):
     def _emit_dw(self, cg, op):
         eb = self.spec.elem_bytes
         x, w = self.node.inputs[0], self.node.inputs[1]
-        xb, wb, ob = cg.buf(x), cg.buf(w), cg.buf(self.out)
+        xb, wb, ob = cg.buf(x), cg.buf(w), cg.buf(self.final)
         xs, ys = shape(x), shape(self.out)
         quarter = self.spec.sram_bytes // 4
         for core, (gr, _, _) in enumerate(self.per_core):
@@ -869,6 +883,13 @@ class GemmKernel(Kernel):
                 b = get_const(node.inputs[2])
                 if b is not None:
                     self.bias = np.asarray(b, F32).reshape(self.g, self.n, 1)
+            if self.fused_bn is not None:
+                # y = (W x + bias) * a + b  ==  (W * a) x + (bias * a + b)
+                self.fused_bn.prepare(get_const)
+                a = self.fused_bn.a.reshape(self.g, self.n, 1)
+                shift = self.fused_bn.b.reshape(self.g, self.n, 1)
+                self.b_packed = np.ascontiguousarray(self.b_packed * a)
+                self.bias = (shift if self.bias is None else self.bias * a + shift).astype(F32)
         else:
             # constant B is packed N-major ((..., N, K), each output column's weights contiguous)
             # and used through a transposed view: every column is then one dot product over
@@ -886,7 +907,7 @@ class GemmKernel(Kernel):
         node = self.node
         op = node.op_type
         out = np.empty(shape(self.out), F32)
-        env[self.out.name] = out
+        env[self.final.name] = out
         self.out_arr = out
         self.pending: list[tuple] = []
         if op == "Conv":
@@ -972,8 +993,11 @@ class GemmKernel(Kernel):
             return self._dw(ins.args[0], ins.args[1])
         g0, g1, m0, m1, n0, n1 = self.pending[0]
         if self.node.op_type == "Conv":
+            t = self.acc[g0:g1, n0:n1, m0:m1]
             if self.bias is not None:
-                self.acc[g0:g1, n0:n1, m0:m1] += self.bias[g0:g1, n0:n1]
+                t += self.bias[g0:g1, n0:n1]
+            if self.fused_relu:
+                np.maximum(t, np.float32(0), out=t)
         elif self.node.op_type == "Gemm":
             t = self.acc[0, m0:m1, n0:n1]
             if self.alpha != 1:
@@ -999,6 +1023,8 @@ class GemmKernel(Kernel):
         dst[...] = np.matmul(lhs, rhs)
         if self.bias is not None:
             dst += self.bias[r0:r1]
+        if self.fused_relu:
+            np.maximum(dst, np.float32(0), out=dst)
         if self.conv.n_img > 1:
             self.pending.append((r0, r1, 0, self.m, 0, self.n))
             self.depthwise = False
