@@ -145,16 +145,28 @@ def load_chip_file(path: str | Path, text: str | None = None) -> Chip:
                 source=path_s, aliases=tuple(aliases))
 
 
+#: chip files that failed to load: file name -> the error (shown when that chip is asked for)
+BROKEN: dict[str, TargetError] = {}
+
+
 @lru_cache(maxsize=None)
 def builtin_chips() -> dict[str, Chip]:
-    """Every chip shipped with kcompiler or a plugin, by name and alias."""
+    """Every chip shipped with kcompiler or a plugin, by name and alias.
+
+    One bad file (a plugin's, or one being edited) must not take every other target down:
+    its error is kept in BROKEN and raised only when that chip is asked for.
+    """
     from kcompiler.backends import plugin_target_files
 
     chips: dict[str, Chip] = {}
     files = [(f.name, f.read_text()) for f in _builtin_dir().iterdir() if f.name.endswith(".toml")]
     files += [(str(p), Path(p).read_text()) for p in plugin_target_files()]
     for name, text in sorted(files):
-        chip = load_chip_file(name, text)
+        try:
+            chip = load_chip_file(name, text)
+        except TargetError as exc:
+            BROKEN[Path(name).stem] = exc
+            continue
         for key in (chip.name, *chip.aliases):
             chips.setdefault(key, chip)
     return chips
@@ -164,6 +176,8 @@ def chip(name: str) -> Chip:
     if name.endswith(".toml") or "/" in name or "\\" in name:
         return load_chip_file(name)
     chips = builtin_chips()
+    if name not in chips and name in BROKEN:
+        raise BROKEN[name]
     if name not in chips:
         raise TargetError(f"unknown target '{name}'",
                           hint=f"run `kc targets` to list them; known chips: {', '.join(sorted(chips))}")

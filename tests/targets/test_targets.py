@@ -113,3 +113,31 @@ def test_link_transfer_time():
     link = targets.resolve("host").link("host", "elsewhere")
     assert link.transfer_s(0) == 0.0
     assert link.transfer_s(31_500_000) == pytest.approx(link.latency + 1e-3, rel=1e-6)
+
+
+def test_a_broken_builtin_file_only_breaks_itself(monkeypatch):
+    import kcompiler.targets as t
+
+    real = t._builtin_dir
+
+    class Fake:
+        def __init__(self, name, text):
+            self.name, self._text = name, text
+
+        def read_text(self):
+            return self._text
+
+    class Dir:
+        def iterdir(self):
+            yield from real().iterdir()
+            yield Fake("zz_broken.toml", 'name = "zz_broken"\nkind = "host"\n[host]\nclock_hz = -1\n')
+
+    monkeypatch.setattr(t, "_builtin_dir", lambda: Dir())
+    t.builtin_chips.cache_clear()
+    try:
+        assert t.resolve("host").host.name == "host"
+        with pytest.raises(TargetError, match="clock_hz"):
+            t.resolve("zz_broken")
+    finally:
+        t.builtin_chips.cache_clear()
+        t.BROKEN.clear()
