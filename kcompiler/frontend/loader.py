@@ -29,14 +29,6 @@ MAX_TENSOR_BYTES = 1 << 36  # 64 GiB
 #: protobuf cannot hold more than 2 GiB; anything larger must use external data
 MAX_PROTO_BYTES = (1 << 31) - 1
 
-_DTYPE_SIZES = {
-    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT8: 1,
-    onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT16: 2, onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.INT64: 8, onnx.TensorProto.BOOL: 1, onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.UINT32: 4, onnx.TensorProto.UINT64: 8,
-    onnx.TensorProto.COMPLEX64: 8, onnx.TensorProto.COMPLEX128: 16, onnx.TensorProto.BFLOAT16: 2,
-}
-
 
 @dataclass
 class ModelSource:
@@ -141,19 +133,26 @@ def check_proto_structure(proto: onnx.ModelProto, src: ModelSource) -> None:
             raise ModelLoadError(f"{src.name}: tensor '{t.name}' has a negative dimension {list(t.dims)}",
                                  hint="the model is corrupt; re-export it")
         n = math.prod(t.dims) if t.dims else 1
-        size = _DTYPE_SIZES.get(t.data_type, 1)
-        if n * size > MAX_TENSOR_BYTES:
+        itemsize = _itemsize(t.data_type)  # None for STRING and unknown types
+        nbytes = math.ceil(n * itemsize) if itemsize else n  # 2-, 4- and 6-bit types are packed
+        if nbytes > MAX_TENSOR_BYTES:
             raise ShapeError(f"{src.name}: tensor '{t.name}' declares shape {list(t.dims)} "
-                             f"({n * size / 2**30:.0f} GiB), more than kcompiler accepts",
+                             f"({nbytes / 2**30:.0f} GiB), more than kcompiler accepts",
                              hint="check the exporter's shapes")
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            _check_external(t, src, n * size)
-        elif t.HasField("raw_data") and t.data_type in _DTYPE_SIZES and t.data_type not in (
-                onnx.TensorProto.STRING,):
-            if len(t.raw_data) != n * size:
-                raise ModelLoadError(
-                    f"{src.name}: tensor '{t.name}' of shape {list(t.dims)} should hold {n * size} bytes "
-                    f"but holds {len(t.raw_data)}", hint="the model is truncated or corrupt; re-export it")
+            _check_external(t, src, nbytes)
+        elif t.HasField("raw_data") and itemsize and len(t.raw_data) != nbytes:
+            raise ModelLoadError(
+                f"{src.name}: tensor '{t.name}' of shape {list(t.dims)} should hold {nbytes} bytes "
+                f"but holds {len(t.raw_data)}", hint="the model is truncated or corrupt; re-export it")
+
+
+def _itemsize(data_type: int) -> float | None:
+    """Bytes per element (fractional for packed 2/4/6-bit types); None if not fixed or unknown."""
+    try:
+        return ir.DataType(data_type).itemsize
+    except (ValueError, TypeError):
+        return None
 
 
 def _check_external(t: onnx.TensorProto, src: ModelSource, expected: int) -> None:

@@ -525,3 +525,19 @@ def string_ops_in_shape(tmp: Path) -> Call:
         [helper.make_tensor_value_info("y", FLOAT, None)], [shape])
     p = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp / "strshape.onnx")
     return Call(str(p), names=("strshape.onnx",))
+
+
+@case(ModelLoadError)
+def packed_6bit_raw_data_too_long(tmp: Path) -> Call:
+    model = matmul_model()
+    model.graph.initializer[0].data_type = TensorProto.FLOAT6E3M2  # 12 elements need 9 bytes, not 48
+    p = save(model, tmp / "sixbit.onnx")
+    return Call(str(p), names=("sixbit.onnx", "'w'", "9 bytes"))
+
+
+@case(ModelLoadError)
+def packed_4bit_raw_data_too_long(tmp: Path) -> Call:
+    model = matmul_model()
+    model.graph.initializer[1].data_type = TensorProto.INT4  # 3 elements need 2 bytes, not 12
+    p = save(model, tmp / "fourbit.onnx")
+    return Call(str(p), names=("fourbit.onnx", "'b'", "2 bytes"))

@@ -157,7 +157,7 @@ FIELDS = st.one_of(
                                                                       "Identity", "Concat", ""])),
     st.tuples(st.just("input"), st.integers(0, 1), st.integers(0, 1), st.sampled_from(["x", "w", "b", "xw", "y",
                                                                                        "nope", ""])),
-    st.tuples(st.just("dtype"), st.integers(0, 1), st.sampled_from([0, 1, 2, 6, 7, 8, 9, 10, 16, 99])),
+    st.tuples(st.just("dtype"), st.integers(0, 1), st.sampled_from([0, 1, 2, 6, 7, 8, 9, 10, 16, 17, 22, 25, 28, 99])),
     st.tuples(st.just("attr"), st.integers(0, 1), st.sampled_from([("axis", 5), ("perm", [1, 0]), ("transA", 1),
                                                                    ("value", 1.5)])),
     st.tuples(st.just("opset"), st.sampled_from([1, 7, 13, 18, 21, 1000])),
