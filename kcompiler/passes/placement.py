@@ -1,13 +1,22 @@
-"""Placement: choose a device for every node.
+"""Placement: choose a device for every node, minimising end-to-end latency.
 
-Each node goes to the device that minimises its own cost plus the cost of bringing its
-inputs from where they were produced (a greedy pass in topological order over backend
-``estimate``s). Constant-producing nodes follow their first consumer. The decision and
-its reason are stored on the node (metadata ``kcompiler.device`` / ``kcompiler.reason``)
-so `kc inspect` can show them.
+Each node can run on every device whose backend ``supports`` it, at the cost the backend
+``estimate``s; a value produced on one device and consumed on another pays the link
+between them once per destination. Placement is a dynamic programme over the graph's
+topological order (Viterbi): for every node and every device it keeps the cheapest
+assignment of all earlier nodes that ends with the node on that device, together with
+where the still-live values then sit (the *frontier*), so transfers along any edge —
+not only between neighbours — are charged exactly for that assignment. The result is the
+cheapest assignment up to the choice, per node and device, of one frontier (exact for
+chains, and for DAGs whenever the best predecessors agree on the values they share).
+
+Constant-producing nodes follow their first consumer. The decision and its reason are
+stored on the node (metadata ``kcompiler.device`` / ``kcompiler.reason``) for `kc inspect`.
 """
 
 from __future__ import annotations
+
+import math
 
 import onnx_ir as ir
 
@@ -19,52 +28,126 @@ from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
 
 def _is_const_producer(node: ir.Node) -> bool:
-    return node.op_type in ("Constant", "ConstantOfShape") and all(
-        opinfo.const_value(v) is not None for v in node.outputs)
+    return node.op_type in ("Constant", "ConstantOfShape") and all(_is_const(v) for v in node.outputs)
+
+
+def _is_const(v: ir.Value | None) -> bool:
+    """Known at compile time, decided without reading the data (weights may be external files)."""
+    if v is None:
+        return True
+    if v.const_value is not None:
+        return True
+    p = v.producer()
+    if p is None or p.op_type not in ("Constant", "ConstantOfShape") or p.domain not in ("", "ai.onnx"):
+        return False
+    return p.op_type == "Constant" or opinfo.const_value(p.inputs[0]) is not None
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:.2f} us"
 
 
 def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]:
     host = next(name for name, b in backends.items() if b.kind == "host")
-    where: dict[int, str] = {}  # id(value) -> device
-    counts: dict[str, int] = {}
-    deferred: list[ir.Node] = []
-    for node in model.graph:
-        if _is_const_producer(node):
-            deferred.append(node)
-            continue
-        best, best_t, reasons = None, float("inf"), []
+    system = next(iter(backends.values())).system
+    nodes = list(model.graph)
+    deferred = [n for n in nodes if _is_const_producer(n)]
+    work = [n for n in nodes if not _is_const_producer(n)]
+    graph_outputs = {id(v) for v in model.graph.outputs}
+
+    # last consumer (index into work) of every non-constant value: it leaves the frontier after it
+    last_use: dict[int, int] = {}
+    for i, n in enumerate(work):
+        for v in n.inputs:
+            if v is not None and not _is_const(v):
+                last_use[id(v)] = i
+
+    link_cache: dict[tuple[str, str, int], float] = {}
+
+    def transfer(src: str, dst: str, v: ir.Value) -> float:
+        key = (src, dst, id(v))
+        if key not in link_cache:
+            link_cache[key] = system.link(src, dst).transfer_s(opinfo.nbytes(v))
+        return link_cache[key]
+
+    # state per device: (total seconds, frontier {id(value): frozenset(devices holding it)})
+    initial = {id(v): frozenset((host,)) for v in model.graph.inputs}
+    states: dict[str, tuple[float, dict[int, frozenset]]] = {"": (0.0, initial)}
+    back: list[dict[str, tuple[str, float, float]]] = []  # per node: dev -> (prev dev, compute s, transfer s)
+    options: list[tuple[dict[str, float], list[str]]] = []
+    for i, node in enumerate(work):
+        est: dict[str, float] = {}
+        refusals: list[str] = []
         for name, backend in backends.items():
             ok = backend.supports(node)
             if not ok:
-                reasons.append(f"{name}: {ok.reason}")
+                refusals.append(f"{name}: {ok.reason}")
                 continue
             t = backend.estimate(node).seconds
-            for v in node.inputs:
-                # initializers first: asking for their numpy value would open external weight files
-                if v is None or v.const_value is not None or opinfo.const_value(v) is not None:
-                    continue
-                src = where.get(id(v), host)
-                if src != name:
-                    t += backend.system.link(src, name).transfer_s(opinfo.nbytes(v))
-            if t < best_t:
-                best, best_t = name, t
-        if best is None:
+            if math.isfinite(t):
+                est[name] = t
+        if not est:
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) runs on no device",
-                                     hint="; ".join(reasons))
-        node.metadata_props[DEVICE_KEY] = best
-        why = f"cheapest: {best_t * 1e6:.2f} us incl. input transfers"
-        if reasons:
-            why += "; " + "; ".join(reasons)
+                                     hint="; ".join(refusals))
+        options.append((est, refusals))
+        inputs = [v for v in node.inputs if v is not None and not _is_const(v)]
+        new_states, choice = {}, {}
+        for dev, t_dev in est.items():
+            best = None
+            for prev, (total, where) in states.items():
+                xfer = 0.0
+                for v in inputs:
+                    held = where.get(id(v), frozenset((host,)))
+                    if dev not in held:
+                        xfer += min(transfer(src, dev, v) for src in held)
+                cost = total + t_dev + xfer
+                if best is None or cost < best[0]:
+                    best = (cost, prev, xfer)
+            cost, prev, xfer = best
+            where = dict(states[prev][1])
+            for v in inputs:
+                held = where.get(id(v), frozenset((host,)))
+                if last_use.get(id(v)) == i and id(v) not in graph_outputs:
+                    where.pop(id(v), None)
+                else:
+                    where[id(v)] = held | {dev}
+            for v in node.outputs:
+                if id(v) in last_use or id(v) in graph_outputs:
+                    where[id(v)] = frozenset((dev,))
+            new_states[dev] = (cost, where)
+            choice[dev] = (prev, t_dev, xfer)
+        states = new_states
+        back.append(choice)
+
+    # graph outputs return to the host
+    def final(item):
+        dev, (total, where) = item
+        back_s = sum(0.0 if host in where.get(id(v), frozenset((host,))) else
+                     min(transfer(s, host, v) for s in where[id(v)]) for v in model.graph.outputs)
+        return total + back_s
+
+    dev = min(states.items(), key=final)[0] if work else host
+    counts: dict[str, int] = {}
+    for i in range(len(work) - 1, -1, -1):
+        node = work[i]
+        prev, t_dev, xfer = back[i][dev]
+        est, refusals = options[i]
+        node.metadata_props[DEVICE_KEY] = dev
+        alts = ", ".join(f"{d} {_us(t)}" for d, t in sorted(est.items(), key=lambda kv: kv[1]) if d != dev)
+        why = f"{_us(t_dev)} here + {_us(xfer)} input transfers (latency-optimal assignment)"
+        if alts:
+            why += f"; alone elsewhere: {alts}"
+        if refusals:
+            why += "; " + "; ".join(refusals)
         node.metadata_props[REASON_KEY] = why
-        counts[best] = counts.get(best, 0) + 1
-        for v in node.outputs:
-            where[id(v)] = best
+        counts[dev] = counts.get(dev, 0) + 1
+        dev = prev
     for node in deferred:
         users = [u.node for v in node.outputs for u in v.uses()]
-        dev = users[0].metadata_props.get(DEVICE_KEY, host) if users else host
-        node.metadata_props[DEVICE_KEY] = dev
+        d = users[0].metadata_props.get(DEVICE_KEY, host) if users else host
+        node.metadata_props[DEVICE_KEY] = d
         node.metadata_props[REASON_KEY] = "constant: placed with its consumer"
-        counts[dev] = counts.get(dev, 0) + 1
+        counts[d] = counts.get(d, 0) + 1
     _keep_constants_next_to_consumers(model)
     return counts
 
