@@ -101,6 +101,13 @@ class System:
         for x, y, link in self.links:
             if {x, y} == {a, b}:
                 return link
+        # accelerators on one card: a chip spec may describe its link to the others (`peer_link`)
+        devs = {d.name: d for d in self.devices}
+        if a in devs and b in devs and HOST not in (devs[a].kind, devs[b].kind):
+            for d in (devs[a], devs[b]):
+                peer = getattr(d.chip.spec, "peer_link", None)
+                if callable(peer):
+                    return peer()
         return self.host.chip.spec.pcie_link()
 
 
