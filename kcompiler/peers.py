@@ -2,7 +2,7 @@
 
 `kc bench --compare ort,tvm` puts these next to kcompiler's simulated figures, so a user
 sees what the host CPU does with the model today. Both run the model as the frontend
-loaded it (shapes bound, opset 18), before kcompiler's own passes.
+loaded it (shapes bound, canonical opset), before kcompiler's own passes.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from onnx_ir.passes import common as ir_passes
 from kcompiler.errors import ExternalDataError, ModelLoadError, ShapeError
 
 #: every model is brought to this default-domain opset when it is older
-CANONICAL_OPSET = 18
+CANONICAL_OPSET = 23
 #: largest single tensor a model may declare (bigger is a hostile or broken shape)
 MAX_TENSOR_BYTES = 1 << 36  # 64 GiB
 #: protobuf cannot hold more than 2 GiB; anything larger must use external data
@@ -210,13 +210,28 @@ def check_and_convert(proto: onnx.ModelProto, src: ModelSource) -> onnx.ModelPro
     if default and default[0] < CANONICAL_OPSET:
         try:
             converted = onnx.version_converter.convert_version(proto, CANONICAL_OPSET)
-            onnx.checker.check_model(converted)
+            onnx.checker.check_model(_external_as_inputs(converted) if external else converted)
             if _signature(converted) != _signature(proto):  # e.g. Scan 8->9 drops the batch axis
                 raise ValueError("the conversion changed the types or shapes of the graph's inputs/outputs")
             return converted
         except Exception as exc:  # the converter lacks an adapter for some op
             src.notes.append(f"kept opset {default[0]}: the ONNX version converter failed ({str(exc)[:200]})")
     return proto
+
+
+def _external_as_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for the checker with external initializers turned into graph inputs: in memory,
+    the checker would look for their files in the current directory (they were checked
+    beside the model already). The copy holds no weight data."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    keep = [t for t in copy.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    for t in copy.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            copy.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(keep)
+    return copy
 
 
 def _signature(proto: onnx.ModelProto) -> list[tuple[str, bytes]]:
@@ -234,7 +249,7 @@ def to_ir(proto: onnx.ModelProto, src: ModelSource) -> ir.Model:
         ir.external_data.set_base_dir(model.graph, src.base_dir)
     ir_passes.RemoveInitializersFromInputsPass()(model)
     # IR < 4 requires every initializer to be a graph input; now that they are not, say IR 8
-    # (the first IR version of opset 18, our canonical opset)
+    # (the first IR version of opset 18; opset 23 models need IR 11, which ORT takes as 10)
     model.ir_version = max(model.ir_version, 8)
     return model
 

@@ -81,11 +81,25 @@ def extract_model(sub: Subgraph) -> onnx.ModelProto:
     return proto
 
 
-def ort_session(proto: onnx.ModelProto, what: str):
+def external_data_dir(sub: Subgraph):
+    """The folder holding the external weights the subgraph reads (None if it reads none)."""
+    for node in sub.nodes:
+        for v in node_inputs(node):
+            t = v.const_value
+            if isinstance(t, ir.ExternalTensor):
+                return t.base_dir or None
+    return None
+
+
+def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
+    """An ONNX Runtime session on the CPU; external weights are read from `base_dir`
+    (ORT would otherwise look in the current directory, since it gets the model as bytes)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions; ORT's own log lines are noise
+    if base_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
     try:
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -157,5 +171,5 @@ class HostBackend(Backend):
         first = subgraph.nodes[0] if subgraph.nodes else None
         what = f"host subgraph of {len(subgraph.nodes)} node(s)" + (
             f" starting at '{first.name}' ({first.op_type})" if first is not None else "")
-        session = ort_session(proto, what)
+        session = ort_session(proto, what, external_data_dir(subgraph))
         return HostProgram(subgraph, proto, session, self.estimate)
