@@ -225,12 +225,12 @@ def _external_as_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     beside the model already). The copy holds no weight data."""
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    keep = [t for t in copy.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
-    for t in copy.graph.initializer:
+    inits = copy.graph.initializer
+    for i in reversed(range(len(inits))):
+        t = inits[i]
         if t.data_location == onnx.TensorProto.EXTERNAL:
             copy.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    del copy.graph.initializer[:]
-    copy.graph.initializer.extend(keep)
+            del inits[i]
     return copy
 
 
