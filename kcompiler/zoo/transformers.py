@@ -519,7 +519,9 @@ def build(name: str, weights: str | None = None, **options) -> Any:
     if weights == "random":
         w = _write(name, cfg, o, "random")
         return w.finish(w.inputs, w.outputs, doc)
-    key = json.dumps({"v": FORMAT_VERSION, "cfg": asdict(cfg), "opt": asdict(o)}, sort_keys=True)
+    # the builder's own source is part of the key: any change to the graphs rebuilds the cache
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    key = json.dumps({"v": FORMAT_VERSION, "src": source, "cfg": asdict(cfg), "opt": asdict(o)}, sort_keys=True)
     folder = cache_root() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     path = folder / "model.onnx"
     data = folder / WEIGHTS_FILE
