@@ -79,7 +79,18 @@ def nbytes(value: ir.Value | None) -> int:
 def macs(node: ir.Node) -> int:
     """Multiply-accumulates a node performs (0 for ops without a reduction)."""
     op = node.op_type
+    if node.domain == "kcompiler":  # a fused Conv/MatMul/Gemm (passes/fusion/epilogue.py)
+        op = op.removeprefix("Fused")
     out = node.outputs[0] if node.outputs else None
+    if op == "Attention":
+        q, k, v = (shape_of(x) if x is not None else None for x in (list(node.inputs) + [None] * 3)[:3])
+        if q is None or k is None or v is None:
+            return 0
+        if len(q) == 3:  # [B, S, H*hd] with q_num_heads / kv_num_heads
+            hq = node.attributes.get_int("q_num_heads", 1)
+            hk = node.attributes.get_int("kv_num_heads", 1)
+            return q[0] * q[1] * k[1] * (q[2] + v[2] // hk * hq)
+        return q[0] * q[1] * q[2] * k[2] * (q[3] + v[3])
     if op in ("Conv", "ConvTranspose"):
         w = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
         y = shape_of(out)
@@ -152,6 +163,23 @@ def const_value(value: ir.Value | None) -> np.ndarray | None:
         fill = attr.as_tensor().numpy().reshape(-1)[:1] if attr is not None else np.zeros(1, np.float32)
         return np.broadcast_to(fill, tuple(int(d) for d in shape))
     return None
+
+
+def is_const(value: ir.Value | None) -> bool:
+    """Whether the value is known at compile time, without reading any data (no external
+    weight file is opened): use this in `supports` checks, const_value only when lowering."""
+    if value is None:
+        return False
+    if value.const_value is not None:
+        return True
+    prod = value.producer()
+    if prod is None or prod.domain not in ("", "ai.onnx"):
+        return False
+    if prod.op_type == "Constant":
+        return prod.attributes.get("value") is not None
+    if prod.op_type == "ConstantOfShape":
+        return is_const(prod.inputs[0])
+    return False
 
 
 def parameter_count(model: ir.Model) -> int:
