@@ -187,8 +187,12 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             shapes: Mapping[str, Sequence[int]] | None = None, *, disable_passes: Iterable[str] = (),
             print_after: Iterable[str] = (), printer: Callable[[str], None] = print,
             pipeline: str = "default", mode: str = "functional", devices: int | None = None,
-            name: str | None = None, **zoo_options) -> CompiledModel:
-    """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target."""
+            name: str | None = None, state=None, **zoo_options) -> CompiledModel:
+    """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
+
+    state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
+    take the model's metadata or detect past_*/present_* names, False for none, a mapping
+    input -> output, or a list of resident output names (see kcompiler.runtime.state)."""
     t0 = time.perf_counter()
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
@@ -197,6 +201,9 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
 
     src_model, model_name = zoo.resolve_model(model, **zoo_options)
     irm, source = load_model(src_model, shapes)
+    from kcompiler.runtime import state as _state
+
+    _state.mark(irm, state)
     ctx = PassContext(system=system, disabled=frozenset(disable_passes), print_after=frozenset(print_after),
                       printer=printer, options={"mode": mode})
     backends = {d.name: make_backend(d, system) for d in system.devices}

@@ -24,6 +24,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import Backend
 from kcompiler.errors import UnsupportedOpError
 from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.runtime import state as kstate
 from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
 
@@ -70,8 +71,12 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]
             link_cache[key] = system.link(src, dst).transfer_s(opinfo.nbytes(v))
         return link_cache[key]
 
+    # device-resident state (KV cache): a state input is already on whichever device reads it; the
+    # frontier remembers that device as its home ("home", name), where the paired output must end up
+    state_in, state_out = kstate.pairs(model)
+    everywhere = frozenset(backends)
     # state per device: (total seconds, frontier {id(value): frozenset(devices holding it)})
-    initial = {id(v): frozenset((host,)) for v in model.graph.inputs}
+    initial = {id(v): everywhere if v.name in state_in else frozenset((host,)) for v in model.graph.inputs}
     states: dict[str, tuple[float, dict[int, frozenset]]] = {"": (0.0, initial)}
     back: list[dict[str, tuple[str, float, float]]] = []  # per node: dev -> (prev dev, compute s, transfer s)
     options: list[tuple[dict[str, float], list[str]]] = []
@@ -107,6 +112,8 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]
             where = dict(states[prev][1])
             for v in inputs:
                 held = where.get(id(v), frozenset((host,)))
+                if v.name in state_in and ("home", v.name) not in where:
+                    where[("home", v.name)] = dev
                 if last_use.get(id(v)) == i and id(v) not in graph_outputs:
                     where.pop(id(v), None)
                 else:
@@ -119,11 +126,19 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]
         states = new_states
         back.append(choice)
 
-    # graph outputs return to the host
+    # graph outputs return to the host; state outputs stay on the device (moving only if they were
+    # produced away from the device holding their input, which reads them next step)
     def final(item):
         dev, (total, where) = item
-        back_s = sum(0.0 if host in where.get(id(v), frozenset((host,))) else
-                     min(transfer(s, host, v) for s in where[id(v)]) for v in model.graph.outputs)
+        back_s = 0.0
+        for v in model.graph.outputs:
+            held = where.get(id(v), frozenset((host,)))
+            if v.name in state_out:
+                home = where.get(("home", state_out[v.name])) if state_out[v.name] else None
+                if home is not None and home not in held:
+                    back_s += min(transfer(s, home, v) for s in held)
+            elif host not in held:
+                back_s += min(transfer(s, host, v) for s in held)
         return total + back_s
 
     dev = min(states.items(), key=final)[0] if work else host

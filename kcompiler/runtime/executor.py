@@ -76,7 +76,13 @@ class Executor:
         """Place every program on a common clock: a subgraph starts when its device is free
         and its inputs have crossed the links from where they were produced."""
         host = self.system.host.name
-        ready: dict[str, tuple[float, str]] = {v.name: (0.0, host) for v in self.model.graph.inputs}
+        from kcompiler.runtime.state import RESIDENT, pairs
+
+        # device-resident state (KV cache): already on the device that reads it; see runtime/state.py
+        state_in, state_out = pairs(self.model)
+        home: dict[str, str] = {}
+        ready: dict[str, tuple[float, str]] = {v.name: (0.0, RESIDENT if v.name in state_in else host)
+                                               for v in self.model.graph.inputs}
         device_free: dict[str, float] = {}
         link_free: dict[tuple[str, str], float] = {}
         busy: dict[str, float] = {}
@@ -90,7 +96,9 @@ class Executor:
             start = device_free.get(dev, 0.0)
             for v in sub.inputs:
                 t_ready, where = ready.get(v.name, (0.0, host))
-                if where != dev:
+                if where == RESIDENT:
+                    home.setdefault(v.name, dev)
+                elif where != dev:
                     t_ready = self._transfer(v, where, dev, t_ready, link_free, transfers)
                     ready[v.name] = (t_ready, dev) if where == host else ready[v.name]
                 start = max(start, t_ready)
@@ -113,10 +121,18 @@ class Executor:
         latency = 0.0
         for v in self.model.graph.outputs:
             t_ready, where = ready.get(v.name, (0.0, host))
-            if where != host:
-                t_ready = self._transfer(v, where, host, t_ready, link_free, transfers)
+            dst = host
+            if v.name in state_out:  # stays on the device; moves only to where next step reads it
+                dst = home.get(state_out[v.name], where)
+            if where != dst and where != RESIDENT:
+                t_ready = self._transfer(v, where, dst, t_ready, link_free, transfers)
             latency = max(latency, t_ready)
         report.latency_s = latency
+        if state_out:
+            note = (f"device-resident state: {len(state_in)} input(s) read in place, {len(state_out)} output(s) "
+                    "kept on the device (no host transfer)")
+            if note not in report.notes:
+                report.notes.append(note)
         report.ops = ops
         report.transfers = transfers
         report.energy_j = energy

@@ -21,6 +21,8 @@ def _products(cm):
     """FFN/projection products, and the attention products (both operands activations)."""
     weights, attention = {}, {}
     for n in cm.model.graph:
+        if n.op_type == "Attention":  # a fused attention (fusion rules) holds both products
+            attention[n.name] = n.metadata_props[DEVICE_KEY]
         if n.op_type != "MatMul":
             continue
         dev = n.metadata_props[DEVICE_KEY]
@@ -39,6 +41,12 @@ def test_placement_follows_the_phase():
     ffn = {k: d for k, d in w.items() if "mlp" in k}
     assert ffn and set(ffn.values()) == {"aim"}, ffn
     assert set(a.values()) == {"aim"}, a
+    # the KV cache is resident on the PIM: the append is an in-place write there, and no cache crosses PCIe
+    appends = {n.name: n.metadata_props[DEVICE_KEY] for n in dec.model.graph
+               if n.op_type == "Concat" and any(v.name.startswith("past_key_values") for v in n.inputs)}
+    assert appends and set(appends.values()) == {"aim"}, appends
+    rep = dec.simulate()
+    assert not [t for t in rep.transfers if "past_key_values" in t.value or "present" in t.value], rep.transfers
     # o_proj of this tiny model (0.5 MB) may stay on the NPU beside the head reshapes: a cost decision
     assert sum(d == "aim" for d in w.values()) >= len(w) - 2, w
     pre = kcompiler.compile("llama-tiny", target="atom+aim", phase="prefill", seq=64, mode="timing")
@@ -96,3 +104,69 @@ def test_transformers_match_ort(target, model, opts):
     feeds = cm.random_inputs()
     c = compare_with_ort(cm, feeds, cm.run(feeds), rtol=5e-2, atol=2e-2)
     assert c.ok, c.describe()
+
+
+def _kv_model(past: int, state_meta: bool):
+    """q @ Concat(past_k, k)^T -> softmax -> @ Concat(past_v, v): one head of a decode step."""
+    hd = 32
+    vi = lambda n, sh: helper.make_tensor_value_info(n, TensorProto.FLOAT, sh)
+    nodes = [helper.make_node("Concat", ["past.0.key", "k"], ["present.0.key"], axis=2),
+             helper.make_node("Concat", ["past.0.value", "v"], ["present.0.value"], axis=2),
+             helper.make_node("Transpose", ["present.0.key"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "present.0.value"], ["o"])]
+    ins = [vi("q", [1, 2, 1, hd]), vi("k", [1, 2, 1, hd]), vi("v", [1, 2, 1, hd]),
+           vi("past.0.key", [1, 2, past, hd]), vi("past.0.value", [1, 2, past, hd])]
+    outs = [vi("o", [1, 2, 1, hd]), vi("present.0.key", [1, 2, past + 1, hd]),
+            vi("present.0.value", [1, 2, past + 1, hd])]
+    m = helper.make_model(helper.make_graph(nodes, "kv", ins, outs), opset_imports=[helper.make_opsetid("", 17)],
+                          ir_version=9)
+    if state_meta:
+        helper.set_model_props(m, {"kcompiler.state": '{"present.0.key": "past.0.key", '
+                                                      '"present.0.value": "past.0.value"}'})
+    return m
+
+
+def test_state_is_detected_by_name_metadata_or_argument():
+    from kcompiler.runtime import state
+
+    cm = kcompiler.compile(_kv_model(16, False), target="host", mode="timing")
+    assert state.pairs(cm.model)[0] == {"past.0.key": "present.0.key", "past.0.value": "present.0.value"}
+    cm = kcompiler.compile(_kv_model(16, True), target="host", mode="timing")
+    assert set(state.pairs(cm.model)[1]) == {"present.0.key", "present.0.value"}
+    cm = kcompiler.compile(_kv_model(16, False), target="host", mode="timing", state=False)
+    assert state.pairs(cm.model) == ({}, {})
+    cm = kcompiler.compile(_kv_model(16, False), target="host", mode="timing", state={"past.0.key": "present.0.key"})
+    assert state.pairs(cm.model)[0] == {"past.0.key": "present.0.key"}
+    with pytest.raises(kcompiler.errors.InputError):
+        kcompiler.compile(_kv_model(16, False), target="host", mode="timing", state={"nope": "present.0.key"})
+
+
+def test_resident_kv_cache_costs_no_host_transfer_and_pim_appends_in_place():
+    """With the cache resident, only q/k/v and o cross links; without (state=False) the whole past cache
+    comes from the host each step and goes back, and the run is slower."""
+    m = _kv_model(4096, False)
+    res = kcompiler.compile(m, target="atom+aim", mode="timing")
+    devs = {n.name or n.op_type: n.metadata_props[DEVICE_KEY] for n in res.model.graph}
+    assert {d for n, d in devs.items() if "Concat" in n or n.startswith("node_Concat")} <= {"aim"} or all(
+        n.metadata_props[DEVICE_KEY] == "aim" for n in res.model.graph if n.op_type in ("Concat", "MatMul")), devs
+    r1 = res.simulate()
+    moved = {t.value for t in r1.transfers}
+    assert not moved & {"past.0.key", "past.0.value", "present.0.key", "present.0.value"}, moved
+    assert any("device-resident state" in n for n in r1.notes)
+    off = kcompiler.compile(m, target="atom+aim", mode="timing", state=False)
+    r0 = off.simulate()
+    assert {"past.0.key", "past.0.value"} <= {t.value for t in r0.transfers}
+    assert r1.latency_s < r0.latency_s
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim", "atom+aim"])
+def test_resident_kv_cache_values_still_flow(target):
+    """Functional mode: present.* are returned as usual and everything matches ONNX Runtime."""
+    cm = kcompiler.compile(_kv_model(40, True), target=target)
+    feeds = {k: v * 0.5 for k, v in cm.random_inputs().items()}
+    c = compare_with_ort(cm, feeds, cm.run(feeds), rtol=5e-2, atol=2e-2)
+    assert c.ok, c.describe()
+    if target != "atom+aim":
+        assert all(n.metadata_props[DEVICE_KEY] == target for n in cm.model.graph if n.op_type in ("Concat", "MatMul"))

@@ -221,3 +221,17 @@ def build_elementwise(spec: PimSpec, name: str, op_type: str, numel: int, stream
         streams.append(cmds)
     return Kernel(name, op_type, streams, macs=0, weight_bytes=numel * eb * 2,
                   rows_used=math.ceil(cols / cols_per_visit) * 3)
+
+
+def build_append(spec: PimSpec, name: str, op_type: str, numel: int, scattered: bool) -> Kernel:
+    """In-place append of `numel` new elements to a bank-resident operand (the KV cache's new token).
+
+    The elements are spread over the channels as the cache is. Contiguous rows go in 32-byte write
+    bursts; when the stored layout puts each new element in a different column (a new reduction
+    index of a dot-dataflow matrix: one element per output row), each element is a masked burst of
+    its own. Only bus time is modelled (the write's row activation is not)."""
+    eb = spec.element_bytes
+    share = math.ceil(numel / spec.channels)
+    bursts = share if scattered else _bursts(share * eb)
+    streams = [[Command("WR_BK", ch, count=bursts)] for ch in range(min(spec.channels, numel))]
+    return Kernel(name, op_type, streams, macs=0, weight_bytes=numel * eb, rows_used=0)
