@@ -114,6 +114,8 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "BatchNormalization": (K.BatchNormKernel, _all(_x_only, lambda n: _consts(n, 1), _only_first_output,
                                                    _attr_in("training_mode", (0,), 0), _min_rank(0, 2))),
     "LayerNormalization": (K.LayerNormKernel, _all(_elementwise, _only_first_output)),
+    "RMSNormalization": (K.RmsNormKernel, _elementwise),
+    "Attention": (K.AttentionKernel, _all(_elementwise, _only_first_output, lambda n: _attention_check(n))),
     "Softmax": (K.SoftmaxKernel, _elementwise),
     "ReduceMean": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceSum": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
@@ -140,6 +142,40 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Constant": (K.ConstKernel, _const_producer),
     "ConstantOfShape": (K.ConstKernel, _const_producer),
 }
+
+
+def _attention_check(node: ir.Node) -> Support:
+    if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
+        return no("Attention with a past KV cache input runs on the host")
+    if K.a_int(node, "is_causal", 0) or K.a_float(node, "softcap", 0.0):
+        return no("is_causal and softcap are not lowered (the fusion passes an explicit mask)")
+    ranks = {len(opinfo.shape_of(v)) for v in node.inputs[:3]}
+    if ranks not in ({3}, {4}):
+        return no("Q, K and V must all be 3-D or all 4-D")
+    k = K.AttentionKernel(node, _spec_of_node(node))
+    if any(k.tiling(hi - lo) is None for lo, hi in k.per_core):
+        return no("no attention tiling fits the scratchpad")
+    return YES
+
+
+def _gemm_epilogue_check(node: ir.Node) -> Support:
+    base = node.op_type.removeprefix("Fused")
+    bad = [s for s in K.a_strs(node, "epilogue") if s.split(":")[0] not in (*K.EPILOGUE, "add", "mul")]
+    if bad:
+        return no(f"epilogue steps {bad} are not lowered")
+    return OPS[base][1](node)
+
+
+#: ops of the kcompiler domain (passes/fusion): a fused GEMM is its base op's kernel plus an epilogue
+KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
+    f"Fused{b}": (K.GemmKernel, _gemm_epilogue_check) for b in ("Conv", "MatMul", "Gemm")}
+
+_SPEC_FOR_CHECKS: list = []
+
+
+def _spec_of_node(node):
+    """The spec the table checks run against (set by NpuBackend.supports)."""
+    return _SPEC_FOR_CHECKS[-1]
 
 
 class NpuProgram(Program):
@@ -299,54 +335,33 @@ class NpuProgram(Program):
         return isa.encode_program(self.instrs)
 
 
-def _sole_user(v: ir.Value, index: dict[int, int], outputs: set[str]) -> int | None:
-    """The kernel index of v's only consumer inside the subgraph, if v goes nowhere else."""
-    uses = v.uses()
-    if v.name in outputs or len(uses) != 1:
-        return None
-    return index.get(id(uses[0].node))
-
-
-def fuse_epilogues(kernels: list[K.Kernel], sub: Subgraph) -> None:
-    """Conv -> BatchNormalization -> Relu chains become one GEMM with a folded epilogue: the
-    BN scale goes into the weights, shift and Relu into the vector epilogue, and the
-    intermediate tensors never reach DRAM."""
-    index = {id(k.node): i for i, k in enumerate(kernels)}
-    outputs = {v.name for v in sub.outputs}
-    for k in kernels:
-        if not isinstance(k, K.GemmKernel) or k.node.op_type != "Conv" or k.kind != "gemm":
-            continue
-        final, bn, relu = k.out, None, False
-        j = _sole_user(final, index, outputs)
-        if j is not None and isinstance(kernels[j], K.BatchNormKernel) and not k.depthwise:
-            bn = kernels[j]
-            kernels[j] = K.FusedKernel(bn.node, k.spec)
-            final = bn.out
-            j = _sole_user(final, index, outputs)
-        if j is not None and kernels[j].node.op_type == "Relu" and kernels[j].kind == "vector":
-            kernels[j] = K.FusedKernel(kernels[j].node, k.spec)
-            final, relu = kernels[j].out, True
-        if final is not k.out:
-            k.fuse(bn, relu, final)
-
-
 class NpuBackend(Backend):
     kind = "npu"
     spec_class = NpuSpec
 
+    @staticmethod
+    def _table(node: ir.Node):
+        if node.domain == "kcompiler":
+            return KC_OPS
+        return OPS if node.domain in ("", "ai.onnx") else {}
+
     def supports(self, node: ir.Node) -> Support:
-        if node.domain not in ("", "ai.onnx"):
+        table = self._table(node)
+        if not table:
             return no(f"domain '{node.domain}' ops run on the host")
-        entry = OPS.get(node.op_type)
+        entry = table.get(node.op_type)
         if entry is None:
             return no(f"{node.op_type} is not in the NPU's op table")
+        _SPEC_FOR_CHECKS.append(self.spec)
         try:
             return entry[1](node)
         except Exception as exc:  # a malformed node: let the host (ONNX Runtime) judge it
             return no(f"cannot analyse the node: {type(exc).__name__}: {exc}")
+        finally:
+            _SPEC_FOR_CHECKS.pop()
 
     def kernel(self, node: ir.Node) -> K.Kernel:
-        return OPS[node.op_type][0](node, self.spec)
+        return self._table(node)[node.op_type][0](node, self.spec)
 
     def estimate(self, node: ir.Node) -> Cost:
         s: NpuSpec = self.spec
@@ -367,8 +382,9 @@ class NpuBackend(Backend):
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
         functional = (options or {}).get("mode", "functional") != "timing"
         s: NpuSpec = self.spec
+        # fused ops arrive from the fusion rules (passes/fusion); the backend groups nothing
+        # itself, so `--disable-pass fusion` compares against truly unfused programs
         kernels = [self.kernel(n) for n in subgraph.nodes]
-        fuse_epilogues(kernels, subgraph)
         cg = K.Codegen(s)
         for v in subgraph.inputs:
             cg.buf(v)

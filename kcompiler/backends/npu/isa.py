@@ -49,6 +49,9 @@ VECTOR_FNS = (
     ("reduce_max", "reduce"), ("maxpool", "pool"), ("avgpool", "pool"), ("gap", "reduce"), ("lrn", "transcendental"),
     ("dwconv", "mul"), ("hardsigmoid", "mul"), ("hardswish", "mul"), ("softplus", "transcendental"),
     ("sum", "alu"), ("mean", "mul"), ("elu", "transcendental"), ("sign", "alu"), ("floor", "alu"), ("ceil", "alu"),
+    # appended (the aux encoding of earlier entries is fixed): a GEMM epilogue with a
+    # transcendental step, fused attention's online softmax, RMSNormalization
+    ("epilogue_t", "transcendental"), ("attention", "transcendental"), ("rmsnorm", "reduce"),
 )
 VFN = {name: i for i, (name, _) in enumerate(VECTOR_FNS)}
 VFN_CLASS = dict(VECTOR_FNS)

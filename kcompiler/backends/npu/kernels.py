@@ -24,7 +24,7 @@ from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.cost import dma_cycles, vector_cycles
 from kcompiler.backends.npu.isa import CH, Instr
 from kcompiler.backends.npu.spec import NpuSpec
-from kcompiler.backends.npu.tiler import ConvGeom, tile_gemm, tile_vector
+from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, tile_vector
 
 F32 = np.float32
 
@@ -51,6 +51,11 @@ def a_str(node, name, default):
         return default
     v = a.value
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def a_strs(node, name, default=()):
+    a = node.attributes.get(name)
+    return list(default) if a is None else [x.decode() if isinstance(x, bytes) else str(x) for x in a.value]
 
 
 def shape(v) -> tuple[int, ...]:
@@ -335,7 +340,11 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(node):
-    if a_str(node, "approximate", "none") == "tanh":
+    return _gelu_fn(a_str(node, "approximate", "none"))
+
+
+def _gelu_fn(approx: str):
+    if approx == "tanh":
         c = np.float32(math.sqrt(2 / math.pi))
         return lambda x: (0.5 * x * (1 + np.tanh(c * (x + np.float32(0.044715) * x ** 3)))).astype(F32)
     return lambda x: (0.5 * x * (1 + _erf(x / np.float32(math.sqrt(2))))).astype(F32)
@@ -672,6 +681,48 @@ class LrnKernel(VectorKernel):
         return (x / (bias + alpha / size * ssum) ** beta).astype(F32)
 
 
+# ---- epilogues of fused GEMMs (passes/fusion/epilogue.py) ----------------------------------
+def _silu(x):
+    return (x * _sigmoid(x)).astype(F32)
+
+
+#: epilogue step -> builder(args) -> function of the tile (operands are bound by apply_epilogue)
+EPILOGUE: dict[str, Callable[..., Callable[[np.ndarray], np.ndarray]]] = {
+    "relu": lambda: lambda x: np.maximum(x, np.float32(0)),
+    "sigmoid": lambda: _sigmoid,
+    "tanh": lambda: np.tanh,
+    "silu": lambda: _silu,
+    "gelu": lambda: _gelu_fn("none"),
+    "gelu_tanh": lambda: _gelu_fn("tanh"),
+    "hardswish": lambda: lambda x: (x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)).astype(F32),
+    "leakyrelu": lambda al: (lambda a: lambda x: np.where(x >= 0, x, x * a).astype(F32))(np.float32(al)),
+    "hardsigmoid": lambda al, be: (lambda a, b: lambda x: np.clip(a * x + b, 0, 1).astype(F32))(
+        np.float32(al), np.float32(be)),
+    "clip": lambda lo, hi: (lambda a, b: lambda x: np.clip(x, a, b).astype(F32))(np.float32(lo), np.float32(hi)),
+}
+_TRANSCENDENTAL = {"sigmoid", "tanh", "silu", "gelu", "gelu_tanh"}
+
+
+def _epilogue_work(steps: list[str]) -> float:
+    """Vector-unit passes over the tile an epilogue costs (one for the bare store)."""
+    return float(max(1, len(steps)))
+
+
+def apply_epilogue(t: np.ndarray, steps: list[str], operands: list[np.ndarray]) -> None:
+    """Apply the epilogue to the accumulator tile `t` in place."""
+    k = 0
+    for step in steps:
+        name, *args = step.split(":")
+        if name == "add":
+            t += operands[k]
+            k += 1
+        elif name == "mul":
+            t *= operands[k]
+            k += 1
+        else:
+            t[...] = EPILOGUE[name](*[float(a) for a in args])(t)
+
+
 # ---- GEMM-like ops on the systolic array ----------------------------------------------------
 class GemmKernel(Kernel):
     """Conv (implicit GEMM), MatMul (batched) and Gemm on the systolic array.
@@ -687,7 +738,13 @@ class GemmKernel(Kernel):
         super().__init__(node, spec)
         self.conv: ConvGeom | None = None
         self.transposed = False
-        op = node.op_type
+        # a kcompiler.Fused{Conv,MatMul,Gemm} is its base op plus an epilogue (passes/fusion/epilogue.py)
+        self.base = op = node.op_type.removeprefix("Fused") if node.domain == "kcompiler" else node.op_type
+        arity = {"Conv": 3, "MatMul": 2, "Gemm": 3}[op]
+        a = node.attributes.get("epilogue")
+        self.steps: list[str] = [str(x) for x in a.value] if a is not None else []
+        self.operands: list[ir.Value] = list(node.inputs[arity:]) if node.domain == "kcompiler" else []
+        self.base_inputs = list(node.inputs[:arity])
         if op == "Conv":
             self._init_conv()
         elif op == "MatMul":
@@ -706,13 +763,11 @@ class GemmKernel(Kernel):
             self.n = b[0] if tb else b[1]
         self.depthwise = self.conv is not None and self.conv.cin_g == 1 and self.g > 1
         self.per_core = self._split()
-        self.fused_bn: "BatchNormKernel | None" = None
-        self.fused_relu = False
-        self.final = self.out  # the value the stores write (the last fused op's output)
-
-    def fuse(self, bn: "BatchNormKernel | None", relu: bool, final: ir.Value) -> None:
-        """Fold a following BatchNormalization (into the weights) and Relu (into the epilogue)."""
-        self.fused_bn, self.fused_relu, self.final = bn, relu, final
+        self.final = self.out  # the value the stores write
+        out_shape = shape(self.out)
+        #: epilogue operands of the output's size are streamed per output tile; smaller ones
+        #: (biases) stay resident after their first load
+        self.full_operands = [v for v in self.operands if opinfo.numel(v) == math.prod(out_shape)]
 
     def _init_conv(self):
         node = self.node
@@ -753,7 +808,8 @@ class GemmKernel(Kernel):
         return [((0, self.g), (0, self.m), r) for r in split_range(self.n, cores, 8)]
 
     def tiling(self, gr, mr, nr):
-        return tile_gemm(self.spec, gr[1] - gr[0], mr[1] - mr[0], self.k, nr[1] - nr[0], self.conv)
+        return tile_gemm(self.spec, gr[1] - gr[0], mr[1] - mr[0], self.k, nr[1] - nr[0], self.conv,
+                         True, len(self.full_operands), _epilogue_work(self.steps))
 
     def _dw_tiles(self, gr):
         """Depthwise conv runs on the vector unit, tiled over channels."""
@@ -817,11 +873,32 @@ class GemmKernel(Kernel):
                 cg.emit(isa.MATMUL, core, op, (gi, gi + 1, m0, m1, n0, n1, k0, k1), wait, sig, aux=0 if first else 1)
                 if last:
                     acc = 2 * quarter + (j % 2) * (quarter // 2)
-                    cg.emit(isa.VECTOR, core, op, (m0, m1, (m1 - m0) * (n1 - n0), acc, acc, 0),
-                            CH["mx>vx"] | (CH["st>vx"] if j >= 2 else 0),
-                            CH["vx>st"] | (CH["vx>mx"] if j + 2 < n_out else 0), aux=isa.VFN["epilogue"])
+                    # epilogue operands (residual, bias) join the tile in SRAM: no output round trip
+                    for idx, (ob, blk) in enumerate(self._operand_blocks(cg, gi, m0, m1, n0, n1, eb)):
+                        cg.emit(isa.LOAD, core, op, (ob,) + blk + (acc,), 0,
+                                CH["ld>vx"] if idx == len(self.operands) - 1 else 0)
+                    cg.emit(isa.VECTOR, core, op,
+                            (m0, m1, int((m1 - m0) * (n1 - n0) * _epilogue_work(self.steps)), acc, acc,
+                             len(self.operands)),
+                            CH["mx>vx"] | (CH["st>vx"] if j >= 2 else 0) | (CH["ld>vx"] if self.operands else 0),
+                            CH["vx>st"] | (CH["vx>mx"] if j + 2 < n_out else 0), aux=self._vfn())
                     cg.emit(isa.STORE, core, op, (o_buf,) + self._o_block(gi, m0, m1, n0, n1, eb) + (acc,),
                             CH["vx>st"], CH["st>vx"] if j + 2 < n_out else 0)
+
+    def _vfn(self) -> int:
+        heavy = any(s.split(":")[0] in _TRANSCENDENTAL for s in self.steps)
+        return isa.VFN["epilogue_t" if heavy else "epilogue"]
+
+    def _operand_blocks(self, cg, g, m0, m1, n0, n1, eb):
+        """DMA blocks of the epilogue operands an output tile needs."""
+        out = []
+        for v in self.operands:
+            if v in self.full_operands:
+                out.append((cg.buf(v), self._o_block(g, m0, m1, n0, n1, eb)))
+            else:  # a bias: the slice along the output channels
+                nb = max(1, int(min(opinfo.numel(v), n1 - n0) * eb))
+                out.append((cg.buf(v), (int(n0 * eb) if opinfo.numel(v) > n0 else 0, 1, nb, nb)))
+        return out
 
     def _a_block(self, g, m0, m1, k0, k1, eb):
         if self.conv is None:
@@ -872,7 +949,7 @@ class GemmKernel(Kernel):
     # ---- functional ----
     def prepare(self, get_const):
         node = self.node
-        op = node.op_type
+        op = self.base
         self.b_packed = None
         self.bias = None
         if op == "Conv":
@@ -883,13 +960,6 @@ class GemmKernel(Kernel):
                 b = get_const(node.inputs[2])
                 if b is not None:
                     self.bias = np.asarray(b, F32).reshape(self.g, self.n, 1)
-            if self.fused_bn is not None:
-                # y = (W x + bias) * a + b  ==  (W * a) x + (bias * a + b)
-                self.fused_bn.prepare(get_const)
-                a = self.fused_bn.a.reshape(self.g, self.n, 1)
-                shift = self.fused_bn.b.reshape(self.g, self.n, 1)
-                self.b_packed = np.ascontiguousarray(self.b_packed * a)
-                self.bias = (shift if self.bias is None else self.bias * a + shift).astype(F32)
         else:
             # constant B is packed N-major ((..., N, K), each output column's weights contiguous)
             # and used through a transposed view: every column is then one dot product over
@@ -904,8 +974,12 @@ class GemmKernel(Kernel):
                 self.b_packed = np.swapaxes(nk, -1, -2)
 
     def begin(self, env, get):
+        self._begin(env, get)
+        self.opnds = [self._acc_layout(get(v)) for v in self.operands]
+
+    def _begin(self, env, get):
         node = self.node
-        op = node.op_type
+        op = self.base
         out = np.empty(shape(self.out), F32)
         env[self.final.name] = out
         self.out_arr = out
@@ -988,22 +1062,37 @@ class GemmKernel(Kernel):
             _gemm_into(lhs[i], rhs[i], dst[i], False)
         self.pending.append((g0, g1, m0, m1, n0, n1))
 
+    def _acc_layout(self, x: np.ndarray) -> np.ndarray:
+        """An epilogue operand broadcast to the output and laid out like the accumulator."""
+        full = np.broadcast_to(np.asarray(x, F32), shape(self.out))
+        if self.base != "Conv":
+            return np.ascontiguousarray(full).reshape(self.acc.shape)
+        n_img, p = self.conv.n_img, self.conv.oh * self.conv.ow
+        return np.ascontiguousarray(full.reshape(n_img, self.g, self.n, p).transpose(1, 2, 0, 3)).reshape(
+            self.g, self.n, n_img * p)
+
     def vec(self, ins):
         if self.depthwise:
             return self._dw(ins.args[0], ins.args[1])
         g0, g1, m0, m1, n0, n1 = self.pending[0]
-        if self.node.op_type == "Conv":
-            t = self.acc[g0:g1, n0:n1, m0:m1]
+        if self.base == "Conv":
+            idx = (slice(g0, g1), slice(n0, n1), slice(m0, m1))
+            t = self.acc[idx]
             if self.bias is not None:
                 t += self.bias[g0:g1, n0:n1]
-            if self.fused_relu:
-                np.maximum(t, np.float32(0), out=t)
-        elif self.node.op_type == "Gemm":
+        elif self.base == "Gemm":
+            idx = (slice(0, 1), slice(m0, m1), slice(n0, n1))
             t = self.acc[0, m0:m1, n0:n1]
             if self.alpha != 1:
                 t *= self.alpha
             if self.C is not None:
                 t += self.beta * self.C[m0:m1, n0:n1]
+        else:
+            idx = (slice(g0, g1), slice(m0, m1), slice(n0, n1))
+            t = self.acc[idx]
+        if self.steps:
+            t = self.acc[idx]
+            apply_epilogue(t, self.steps, [o[idx] for o in self.opnds])
 
     def st(self, ins):
         if self.depthwise:
@@ -1023,8 +1112,8 @@ class GemmKernel(Kernel):
         dst[...] = np.matmul(lhs, rhs)
         if self.bias is not None:
             dst += self.bias[r0:r1]
-        if self.fused_relu:
-            np.maximum(dst, np.float32(0), out=dst)
+        if self.steps:
+            apply_epilogue(dst, self.steps, [o[r0:r1] for o in self.opnds])
         if self.conv.n_img > 1:
             self.pending.append((r0, r1, 0, self.m, 0, self.n))
             self.depthwise = False
@@ -1033,6 +1122,7 @@ class GemmKernel(Kernel):
 
     def end(self, env):
         self.A = self.B = self.acc = self.out_arr = None
+        self.opnds = []
 
 
 # ---- data movement (DMA engine) -------------------------------------------------------------
@@ -1114,3 +1204,170 @@ class CopyKernel(Kernel):
 
     def end(self, env):
         self.env = self.get = None
+
+
+def epilogue_fits(k: GemmKernel, full_operands: int) -> bool:
+    """Whether every core's share of the GEMM `k` still has a tiling that fits the scratchpad
+    with `full_operands` output-sized epilogue operands streamed alongside."""
+    if k.depthwise:
+        return True
+    return all(tile_gemm(k.spec, gr[1] - gr[0], mr[1] - mr[0], k.k, nr[1] - nr[0], k.conv, True,
+                         full_operands).fits for gr, mr, nr in k.per_core)
+
+
+class RmsNormKernel(LayerNormKernel):
+    fn = "rmsnorm"
+    work_per_elem = 3.0
+
+    def compute(self, r0, r1):
+        x = self.sl(self.args[0], r0, r1)
+        axes = tuple(sorted(self.reduced_axes()))
+        ms = (x * x).mean(axis=axes, keepdims=True)
+        y = x / np.sqrt(ms + np.float32(a_float(self.node, "epsilon", 1e-5)))
+        return (y * self.args[1]).astype(F32)
+
+
+# ---- fused attention (passes/fusion/attention.py) ------------------------------------------
+class AttentionKernel(Kernel):
+    """ONNX Attention (opset 23), flash-attention style: per (batch, head) and tq query rows,
+    K/V tiles of tk rows stream through SRAM; Q·Kᵀ on the array, the online-softmax update
+    on the vector unit, P·V back on the array. The score matrix never reaches DRAM: the only
+    traffic is Q, K, V (and the mask) in and the output out.
+
+    Q/K/V are [B, H, S, hd] or, with q_num_heads/kv_num_heads, [B, S, H*hd]."""
+
+    kind = "gemm"
+
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        q, k, v = node.inputs[:3]
+        self.mask = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        qs, ks, vs = shape(q), shape(k), shape(v)
+        if len(qs) == 3:
+            self.hq, self.hk = a_int(node, "q_num_heads", 1), a_int(node, "kv_num_heads", 1)
+            self.b, self.s, self.hd = qs[0], qs[1], qs[2] // self.hq
+            self.t, self.hdv = ks[1], vs[2] // self.hk
+            self.three_d = True
+        else:
+            self.b, self.hq, self.s, self.hd = qs
+            self.hk, self.t, self.hdv = ks[1], ks[2], vs[3]
+            self.three_d = False
+        self.scale = a_float(node, "scale", 1.0 / math.sqrt(self.hd))
+        self.macs = self.b * self.hq * self.s * self.t * (self.hd + self.hdv)
+        self.bh = self.b * self.hq
+        self.per_core = split_range(self.bh, spec.cores)
+
+    def tiling(self, n_bh: int):
+        return tile_attention(self.spec, n_bh, self.s, self.t, self.hd, self.hdv, self.mask is not None)
+
+    def cost(self) -> Cost:
+        cyc = max((self.tiling(hi - lo).cycles for lo, hi in self.per_core), default=0)
+        return Cost(cycles=cyc + self.spec.issue_cycles, macs=self.macs)
+
+    def _block(self, which: str, bh: int, r0: int, r1: int, eb: float):
+        b, h = divmod(bh, self.hq)
+        if which != "q":
+            h //= self.hq // self.hk
+        heads, d, n = {"q": (self.hq, self.hd, self.s), "k": (self.hk, self.hd, self.t),
+                       "v": (self.hk, self.hdv, self.t), "o": (self.hq, self.hdv, self.s)}[which]
+        if self.three_d:
+            return (int(((b * n + r0) * heads * d + h * d) * eb), r1 - r0, int(d * eb), int(heads * d * eb))
+        return (int((((b * heads + h) * n) + r0) * d * eb), r1 - r0, int(d * eb), int(d * eb))
+
+    def _mask_block(self, bh: int, q0: int, q1: int, k0: int, k1: int, eb: float):
+        ms = (1,) * (4 - len(shape(self.mask))) + tuple(shape(self.mask))
+        b, h = divmod(bh, self.hq)
+        b, h = b % ms[0], h % ms[1]
+        rows = (q1 - q0) if ms[2] > 1 else 1
+        cols = (k1 - k0) if ms[3] > 1 else 1
+        off = (((b * ms[1] + h) * ms[2] + (q0 if ms[2] > 1 else 0)) * ms[3] + (k0 if ms[3] > 1 else 0)) * eb
+        return (int(off), rows, max(1, int(cols * eb)), max(1, int(ms[3] * eb)))
+
+    def emit(self, cg: Codegen, op: int) -> None:
+        eb = self.spec.elem_bytes
+        q, k, v = self.node.inputs[:3]
+        qb, kb, vb, ob = cg.buf(q), cg.buf(k), cg.buf(v), cg.buf(self.out)
+        mb = cg.buf(self.mask) if self.mask is not None else None
+        quarter = self.spec.sram_bytes // 4
+        for core, (lo, hi) in enumerate(self.per_core):
+            t = self.tiling(hi - lo)
+            if t is None:
+                raise ValueError("no attention tiling fits the scratchpad (the fusion check should have refused)")
+            qblocks = [(bh, q0, min(self.s, q0 + t.tq)) for bh in range(lo, hi) for q0 in range(0, self.s, t.tq)]
+            kblocks = [(k0, min(self.t, k0 + t.tk)) for k0 in range(0, self.t, t.tk)]
+            n_groups = len(qblocks) * len(kblocks)
+            g = 0
+            for qi, (bh, q0, q1) in enumerate(qblocks):
+                for ki, (k0, k1) in enumerate(kblocks):
+                    slot = (g % 2) * quarter
+                    loads = []
+                    if ki == 0:
+                        loads.append((qb, self._block("q", bh, q0, q1, eb)))
+                    loads += [(kb, self._block("k", bh, k0, k1, eb)), (vb, self._block("v", bh, k0, k1, eb))]
+                    if mb is not None:
+                        loads.append((mb, self._mask_block(bh, q0, q1, k0, k1, eb)))
+                    for j, (buf, blk) in enumerate(loads):
+                        cg.emit(isa.LOAD, core, op, (buf,) + blk + (slot,), CH["mx>ld"] if (j == 0 and g >= 2) else 0,
+                                CH["ld>mx"] if j == len(loads) - 1 else 0)
+                    tq, tk = q1 - q0, k1 - k0
+                    cg.emit(isa.MATMUL, core, op, (0, 1, 0, tq, 0, tk, 0, self.hd), CH["ld>mx"], CH["mx>vx"])
+                    cg.emit(isa.VECTOR, core, op, (bh, q0, 3 * tq * tk, slot, 2 * quarter, len(loads)),
+                            CH["mx>vx"], CH["vx>mx"], aux=isa.VFN["attention"])
+                    last = ki == len(kblocks) - 1
+                    cg.emit(isa.MATMUL, core, op, (0, 1, 0, tq, 0, self.hdv, 0, tk), CH["vx>mx"],
+                            (CH["mx>ld"] if g + 2 < n_groups else 0) | (CH["mx>vx"] if last else 0), aux=1)
+                    g += 1
+                acc = 2 * quarter + (qi % 2) * (quarter // 2)
+                cg.emit(isa.VECTOR, core, op, (bh * self.s + q0, bh * self.s + q1, (q1 - q0) * self.hdv, acc, acc, 0),
+                        CH["mx>vx"] | (CH["st>vx"] if qi >= 2 else 0), CH["vx>st"], aux=isa.VFN["epilogue"])
+                cg.emit(isa.STORE, core, op, (ob,) + self._block("o", bh, q0, q1, eb) + (acc,),
+                        CH["vx>st"], CH["st>vx"] if qi + 2 < len(qblocks) else 0)
+
+    # ---- functional ----
+    def _heads(self, x: np.ndarray, heads: int) -> np.ndarray:
+        if not self.three_d:
+            return x
+        b, n, _ = x.shape
+        return x.reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
+
+    def begin(self, env, get):
+        n = self.node
+        self.q = self._heads(get(n.inputs[0]), self.hq)
+        rep = self.hq // self.hk
+        self.k = np.repeat(self._heads(get(n.inputs[1]), self.hk), rep, axis=1) if rep > 1 else self._heads(
+            get(n.inputs[1]), self.hk)
+        self.v = np.repeat(self._heads(get(n.inputs[2]), self.hk), rep, axis=1) if rep > 1 else self._heads(
+            get(n.inputs[2]), self.hk)
+        m = get(self.mask) if self.mask is not None else None
+        if m is not None:
+            m = np.asarray(m)
+            m = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == bool else m.astype(F32)
+            m = np.broadcast_to(m, (self.b, self.hq, self.s, self.t))
+        self.m = m
+        self.o = np.empty((self.b, self.hq, self.s, self.hdv), F32)
+        env[self.out.name] = None
+
+    def mm(self, ins):
+        pass  # the tile products are formed in the normalising vector step below
+
+    def vec(self, ins):
+        if ins.aux == isa.VFN["attention"]:
+            return
+        r0, r1 = ins.args[0], ins.args[1]
+        bh, q0 = divmod(r0, self.s)
+        q1 = r1 - bh * self.s
+        b, h = divmod(bh, self.hq)
+        sc = (self.q[b, h, q0:q1] @ self.k[b, h].T) * np.float32(self.scale)
+        if self.m is not None:
+            sc = sc + self.m[b, h, q0:q1]
+        sc = sc - sc.max(axis=-1, keepdims=True)
+        p = np.exp(sc)
+        p /= p.sum(axis=-1, keepdims=True)
+        self.o[b, h, q0:q1] = p @ self.v[b, h]
+
+    def end(self, env):
+        o = self.o
+        if self.three_d:
+            o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(self.b, self.s, self.hq * self.hdv)
+        env[self.out.name] = o
+        self.q = self.k = self.v = self.m = self.o = None

@@ -50,6 +50,7 @@ class GemmTiling:
     tn: int
     order: str  # "mnk" (weights re-streamed per row block) or "nmk" (weights outer)
     cycles: int  # the cost model's estimate for one core's share
+    fits: bool = True  # False: nothing fits the scratchpad (the smallest tile is returned)
 
 
 def _candidates(dim: int, unit: int, limit: int = 8) -> list[int]:
@@ -90,9 +91,11 @@ def spec_cache(fn):
 
 
 @spec_cache
-def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | None, b_reused: bool = True
-              ) -> GemmTiling:
-    """The fastest fitting tiling of one core's GEMM share (g groups of m x k x n)."""
+def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | None, b_reused: bool = True,
+              epilogue_inputs: int = 0, epilogue_work: float = 1.0) -> GemmTiling:
+    """The fastest fitting tiling of one core's GEMM share (g groups of m x k x n); a fused
+    epilogue streams `epilogue_inputs` output-sized operand tiles (double-buffered) and
+    makes `epilogue_work` vector passes over each output tile."""
     a = spec.array
     eb = spec.elem_bytes
     bpc = spec.dram_bytes_per_cycle / max(1, spec.cores)  # a core's share of DRAM
@@ -113,7 +116,7 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
         nm = math.ceil(m / tm)
         for tn in _candidates(n, unit_n):
             nn = math.ceil(n / tn)
-            acc_bytes = 2 * tm * tn * 4  # double-buffered fp32 accumulator
+            acc_bytes = 2 * tm * tn * 4 + 2 * epilogue_inputs * tm * tn * eb  # fp32 accumulator, operands
             for tk in k_cands:
                 nk = math.ceil(k / tk)
                 a_tile = (conv.a_elems(tm, tk) if conv is not None else tm * tk) * eb
@@ -121,7 +124,9 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
                 if 2 * (a_tile + b_tile) + acc_bytes > spec.sram_bytes:
                     continue
                 mm = systolic_cycles(a.rows, a.cols, a.dataflow, tm, tk, tn, a.rate) + issue
-                vcyc = vector_cycles(vec.lanes, vec.latency["alu"], vec.cycles_per_elem["alu"], tm * tn) + issue
+                vcyc = vector_cycles(vec.lanes, vec.latency["alu"], vec.cycles_per_elem["alu"],
+                                     int(tm * tn * epilogue_work)) + issue
+                opl = epilogue_inputs * (dma_cycles(tm * tn * eb, bpc, lat) + issue) if epilogue_inputs else 0
                 st = dma_cycles(tm * tn * eb, bpc, lat) + issue
                 iters = g * nm * nn * nk
                 outs = g * nm * nn
@@ -133,12 +138,12 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
                         b_loads = g * (nn if nk == 1 else nm * nn * nk)
                         a_loads = g * (1 if (nk == 1 and nm == 1) else nm * nn * nk)
                     ld = (a_loads * (dma_cycles(a_tile, bpc, lat) + issue)
-                          + b_loads * (dma_cycles(b_tile, bpc, lat) + issue))
+                          + b_loads * (dma_cycles(b_tile, bpc, lat) + issue) + outs * opl)
                     total = pipeline_cycles([ld, iters * mm, outs * vcyc, outs * st], iters)
                     if best is None or total < best.cycles or (total == best.cycles and iters < best_iters):
                         best, best_iters = GemmTiling(tm, tk, tn, order, total), iters
     if best is None:  # cannot happen for a validated spec: the smallest tile fits
-        best = GemmTiling(min(m, unit_m), min(k, unit_k), min(n, unit_n), "mnk", 0)
+        best = GemmTiling(min(m, unit_m), min(k, unit_k), min(n, unit_n), "mnk", 0, fits=False)
     return best
 
 
@@ -173,3 +178,48 @@ def tile_vector(spec: NpuSpec, extent: int, inner_elems: int, n_in: int, fn_clas
 
 def n_tiles_exceeds(extent: int, rows: int, limit: int = 64) -> bool:
     return math.ceil(extent / rows) >= limit
+
+
+@dataclass(frozen=True)
+class AttentionTiling:
+    tq: int  # query rows per tile
+    tk: int  # key/value rows per tile
+    cycles: int  # the cost model's estimate for `bh` heads on one core
+
+
+@spec_cache
+def tile_attention(spec: NpuSpec, bh: int, s: int, t: int, hd: int, hdv: int, mask: bool
+                   ) -> AttentionTiling | None:
+    """Flash-attention tiling of `bh` (batch x head) problems softmax(q k^T) v on one core: a
+    tq-row Q tile stays in SRAM while K/V tiles of tk rows stream past it; the tq x tk score
+    tile, the running max/sum and the fp32 output accumulator never leave SRAM. None if no
+    tiling fits the scratchpad."""
+    a = spec.array
+    eb = spec.elem_bytes
+    bpc = spec.dram_bytes_per_cycle / max(1, spec.cores)
+    lat = int(spec.dram.latency_s * spec.clock_hz)
+    issue = spec.issue_cycles
+    vec = spec.vector
+    best = None
+    for tq in _candidates(s, a.cols):
+        nq = math.ceil(s / tq)
+        for tk in _candidates(t, a.rows):
+            nk = math.ceil(t / tk)
+            need = (2 * (tq * hd + tk * (hd + hdv) + (tq * tk if mask else 0)) * eb
+                    + tq * tk * 4 + tq * hdv * 4 + tq * 8)
+            if need > spec.sram_bytes:
+                continue
+            iters = bh * nq * nk
+            ld = iters * (dma_cycles(tk * (hd + hdv) * eb, bpc, lat) + 2 * issue) + bh * nq * (
+                dma_cycles(tq * hd * eb, bpc, lat) + issue)
+            if mask:
+                ld += iters * (dma_cycles(tq * tk * eb, bpc, lat) + issue)
+            mm = iters * (systolic_cycles(a.rows, a.cols, a.dataflow, tq, hd, tk, a.rate)
+                          + systolic_cycles(a.rows, a.cols, a.dataflow, tq, tk, hdv, a.rate) + 2 * issue)
+            vx = iters * (vector_cycles(vec.lanes, vec.latency["transcendental"],
+                                        vec.cycles_per_elem["transcendental"], 3 * tq * tk) + issue)
+            st = bh * nq * (dma_cycles(tq * hdv * eb, bpc, lat) + issue)
+            total = pipeline_cycles([ld, mm, vx, st], iters)
+            if best is None or total < best.cycles:
+                best = AttentionTiling(tq, tk, total)
+    return best

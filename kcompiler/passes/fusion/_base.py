@@ -1,0 +1,264 @@
+"""What every fusion rule module shares: running rule tables, reading the target, building
+``kcompiler``-domain ops that carry an ONNX function body.
+
+A rule family is one pass (``register``ed by name) holding a table of named rules. Each rule
+is either an onnxscript pattern rule (pattern, check, rewrite) or a *node rule*: a function
+``(node, ctx) -> Rewrite | str | None`` tried on every node, returning the rewrite, the
+reason it did not fire, or None when the node is not its anchor. Rule names are what
+``--disable-pass`` accepts; each firing is counted in ``PassOutcome.fired``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from kcompiler import opinfo
+from kcompiler.passes.manager import PassContext, PassOutcome
+
+DOMAIN = "kcompiler"
+DOMAIN_VERSION = 1
+#: opset the function bodies are written against (the frontend's canonical opset)
+BODY_OPSET = 23
+
+#: every rule name, filled in as rule modules are imported (pipelines.RULE_NAMES reads it)
+RULES: dict[str, str] = {}
+
+
+def rule_name(name: str, doc: str) -> str:
+    RULES[name] = doc
+    return name
+
+
+# ---- the target ----------------------------------------------------------------------------
+def npu_specs(ctx: PassContext) -> list[Any]:
+    """Specs of the NPU devices of the target (empty on host-only or PIM-only targets)."""
+    backends = (ctx.options or {}).get("backends") or {}
+    specs = [b.spec for b in backends.values() if getattr(b, "kind", "") == "npu"]
+    if specs or ctx.system is None:
+        return specs
+    return [d.chip.spec for d in getattr(ctx.system, "devices", ()) if d.chip.kind == "npu"]
+
+
+def npu_backends(ctx: PassContext) -> list[Any]:
+    backends = (ctx.options or {}).get("backends") or {}
+    return [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
+
+
+def faster_elsewhere(ctx: PassContext, node: ir.Node) -> str | None:
+    """Why fusing `node` into an NPU-only op would cost time: another accelerator of the
+    target (PIM, for GEMVs) runs it faster than every NPU, and the fused op would pin it to
+    the NPU. None when the NPU is the best place anyway."""
+    backends = (ctx.options or {}).get("backends") or {}
+    npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
+    others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
+    if not npu or not others:
+        return None
+    try:
+        best_npu = min(b.estimate(node).seconds for b in npu)
+        for b in others:
+            if b.supports(node) and b.estimate(node).seconds < best_npu:
+                return f"{b.name} runs {node.op_type} '{node.name}' faster than the NPU; fusing would pin it there"
+    except Exception:  # an estimate that cannot analyse the node: do not fuse
+        return f"cannot estimate {node.op_type} '{node.name}' on every device"
+    return None
+
+
+# ---- values --------------------------------------------------------------------------------
+def const(v: ir.Value | None) -> np.ndarray | None:
+    return None if v is None else opinfo.const_value(v)
+
+
+def const_thunk(v: ir.Value) -> Callable[[], np.ndarray] | None:
+    """A function giving v's compile-time value later, without the graph: the producer of a
+    constant (Constant, ConstantOfShape) may be gone by the time a lazy fold reads it."""
+    if v.const_value is not None:
+        t = v.const_value
+        return lambda: t.numpy()
+    p = v.producer()
+    if p is None or p.domain not in ("", "ai.onnx"):
+        return None
+    if p.op_type == "Constant":
+        attr = p.attributes.get("value")
+        t = attr.as_tensor() if attr is not None else None
+        return None if t is None else (lambda: t.numpy())
+    if p.op_type == "ConstantOfShape":
+        shp = opinfo.const_value(p.inputs[0])
+        if shp is None:
+            return None
+        attr = p.attributes.get("value")
+        fill = attr.as_tensor().numpy().reshape(-1)[:1] if attr is not None else np.zeros(1, np.float32)
+        dims = tuple(int(d) for d in shp)
+        return lambda: np.broadcast_to(fill, dims)
+    return None
+
+
+def sole_user(v: ir.Value) -> ir.Node | None:
+    """The only node reading v, if v is not also a graph output."""
+    uses = v.uses()
+    if v.is_graph_output() or len(uses) != 1:
+        return None
+    return uses[0].node
+
+
+def users(v: ir.Value) -> list[ir.Node]:
+    return [u.node for u in v.uses()]
+
+
+def other_input(node: ir.Node, v: ir.Value) -> ir.Value | None:
+    """The other operand of a binary node one of whose operands is v."""
+    a, b = node.inputs[0], node.inputs[1]
+    if a is v and b is not v:
+        return b
+    if b is v and a is not v:
+        return a
+    return None
+
+
+def lazy(fn: Callable[[], np.ndarray], like: ir.Value, name: str, shape: Sequence[int] | None = None,
+         dtype: ir.DataType = ir.DataType.FLOAT) -> ir.Value:
+    """An initializer whose data is computed only when read: timing-mode compiles, which read
+    no weights, fold constants without touching them."""
+    shp = ir.Shape(list(shape if shape is not None else opinfo.shape_of(like)))
+
+    def compute():
+        return ir.tensor(np.ascontiguousarray(fn(), dtype=dtype.numpy()))
+
+    t = ir.LazyTensor(compute, dtype=dtype, shape=shp, cache=False, name=name)
+    return ir.Value(name=name, shape=shp, type=ir.TensorType(dtype), const_value=t)
+
+
+def add_initializer(graph: ir.Graph, v: ir.Value) -> ir.Value:
+    base, i = v.name, 0
+    while v.name in graph.initializers:
+        i += 1
+        v.name = f"{base}_{i}"
+    graph.register_initializer(v)
+    return v
+
+
+# ---- kcompiler-domain functions ------------------------------------------------------------
+def ensure_domain(model: ir.Model) -> None:
+    model.opset_imports.setdefault(DOMAIN, DOMAIN_VERSION)
+    # overloaded functions (one body per epilogue) need IR version 10
+    if model.ir_version < 10:
+        model.ir_version = 10
+
+
+def ensure_function(model: ir.Model, name: str, overload: str, build: Callable[[], onnx.FunctionProto]) -> None:
+    """Add the model-local function (DOMAIN, name, overload) unless it is there already."""
+    ensure_domain(model)
+    key = (DOMAIN, name, overload)
+    if key in model.functions:
+        return
+    proto = build()
+    proto.domain, proto.name, proto.overload = DOMAIN, name, overload
+    if not any(o.domain == "" for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("", BODY_OPSET))
+    model.functions[key] = ir.serde.deserialize_function(proto)
+
+
+def ref_attr(name: str, attr_type: int) -> onnx.AttributeProto:
+    a = onnx.AttributeProto()
+    a.name = name
+    a.ref_attr_name = name
+    a.type = attr_type
+    return a
+
+
+def overload_name(parts: Sequence[str]) -> str:
+    """A readable, identifier-like overload from epilogue steps ('add', 'clip:0:6' ...)."""
+    out = "_".join(parts) or "plain"
+    for a, b in ((":", "_"), (".", "p"), ("-", "m"), ("+", "")):
+        out = out.replace(a, b)
+    return out
+
+
+# ---- running rule tables -------------------------------------------------------------------
+@dataclass
+class Rewrite:
+    """Replace `old` nodes by `new` nodes at `at`; `old_values[i]` becomes `new_values[i]`."""
+
+    at: ir.Node
+    old: list[ir.Node]
+    new: list[ir.Node]
+    old_values: list[ir.Value]
+    new_values: list[ir.Value]
+    initializers: list[ir.Value] = field(default_factory=list)
+
+
+NodeRuleFn = Callable[[ir.Node, PassContext, ir.Model], "Rewrite | str | None"]
+
+
+@dataclass(frozen=True)
+class NodeRule:
+    name: str
+    fn: NodeRuleFn
+
+
+def apply_node_rules(model: ir.Model, ctx: PassContext, rules: Sequence[NodeRule], fired: dict[str, int],
+                     max_rounds: int = 16) -> bool:
+    """Try every enabled rule on every node until nothing fires (rules grow fused ops
+    step by step, so a chain needs several rounds)."""
+    changed = False
+    for _ in range(max_rounds):
+        any_fired = False
+        for node in list(model.graph):
+            if node.graph is None:
+                continue  # removed by an earlier rewrite in this round
+            for rule in rules:
+                if rule.name in ctx.disabled:
+                    continue
+                r = rule.fn(node, ctx, model)
+                if isinstance(r, Rewrite):
+                    for init in r.initializers:
+                        add_initializer(model.graph, init)
+                    ir.convenience.replace_nodes_and_values(model.graph, r.at, r.old, r.new, r.old_values,
+                                                            r.new_values)
+                    fired[rule.name] = fired.get(rule.name, 0) + 1
+                    any_fired = changed = True
+                    break
+        if not any_fired:
+            break
+    if changed:  # producers only the replaced nodes read (e.g. folded weights) are dead now
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        RemoveUnusedNodesPass()(model)
+    return changed
+
+
+def apply_pattern_rules(model: ir.Model, ctx: PassContext, rules: Sequence[tuple[str, Any]],
+                        fired: dict[str, int], commute: bool = False, max_rounds: int = 4) -> bool:
+    """Run onnxscript rewrite rules one name at a time (so each is counted and can be
+    disabled on its own), each until it stops firing."""
+    from onnxscript.rewriter import pattern
+
+    changed = False
+    for name, rule in rules:
+        if name in ctx.disabled:
+            continue
+        rs = pattern.RewriteRuleSet(rule if isinstance(rule, list) else [rule], commute=commute)
+        for _ in range(max_rounds):
+            n = rs.apply_to_model(model)
+            if not n:
+                break
+            fired[name] = fired.get(name, 0) + n
+            changed = True
+    return changed
+
+
+def outcome(changed: bool, fired: dict[str, int]) -> PassOutcome:
+    return PassOutcome(changed=changed, fired={k: v for k, v in fired.items() if v})
+
+
+def scalar(v: ir.Value | None) -> float | None:
+    c = const(v)
+    if c is None or c.size != 1:
+        return None
+    x = float(np.asarray(c).reshape(-1)[0])
+    return x if math.isfinite(x) else None

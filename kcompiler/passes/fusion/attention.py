@@ -1,0 +1,210 @@
+"""Attention fusion: ``MatMul(Q, Kᵀ) [/ c | * c] [+ mask] -> Softmax -> MatMul(·, V)`` becomes
+one standard ``Attention`` (opset 23), which the NPU lowers flash-attention style: the
+score matrix stays in SRAM tile by tile and never reaches DRAM.
+
+Rules:
+- ``attention``: the core pattern on 4-D [B, H, S, hd] operands. K reaches the first MatMul
+  through ``Transpose(perm=[0,1,3,2])``; a grouped-query ``repeat_kv`` chain
+  (Unsqueeze/Expand/Reshape) in front of K and V is absorbed, since Attention broadcasts
+  kv heads itself.
+- ``attention-heads``: the head split ``Transpose(Reshape(x, [B,S,H,hd]), [0,2,1,3])`` of Q,
+  K and V and the merge ``Reshape(Transpose(o, [0,2,1,3]), [B,S,H*hd])`` after it are
+  absorbed into Attention's 3-D form (``q_num_heads``/``kv_num_heads``): four transposes
+  fewer per layer, the NPU reads heads with strided DMA.
+
+Both are hardware-specific: they fire only when the target has an NPU and a tiling of the
+fused op fits its scratchpad (``tiler.tile_attention``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from kcompiler import opinfo
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const, faster_elsewhere, npu_specs, outcome,
+                                           rule_name, scalar, sole_user)
+from kcompiler.passes.manager import PassContext, PassOutcome, register
+
+ATTENTION = rule_name("attention", "MatMul(Q,Kᵀ)[/c][+mask]->Softmax->MatMul(·,V) -> Attention")
+ATTENTION_HEADS = rule_name("attention-heads", "head split/merge Reshape+Transpose around Attention -> 3-D Attention")
+
+
+def _producer(v: ir.Value | None, op_type: str) -> ir.Node | None:
+    p = v.producer() if v is not None else None
+    return p if p is not None and p.op_type == op_type and p.domain in ("", "ai.onnx") else None
+
+
+def _perm(node: ir.Node) -> list[int] | None:
+    a = node.attributes.get("perm")
+    return None if a is None else [int(x) for x in a.value]
+
+
+def fits(ctx: PassContext, bh: int, s: int, t: int, hd: int, hdv: int, mask: bool) -> str | None:
+    """None if every NPU of the target can tile the fused op, else why not."""
+    from kcompiler.backends.npu.tiler import tile_attention
+
+    specs = npu_specs(ctx)
+    if not specs:
+        return "the target has no NPU to lower Attention"
+    for spec in specs:
+        if tile_attention(spec, max(1, math.ceil(bh / spec.cores)), s, t, hd, hdv, mask) is None:
+            return f"no attention tiling of s={s} t={t} hd={hd} fits {spec.sram_bytes} bytes of SRAM"
+    return None
+
+
+def _unrepeat(v: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
+    """k for HF's repeat_kv chain Reshape(Expand(Unsqueeze(k, [2]), [b,h,r,t,d]), [b,h*r,t,d])."""
+    rs = _producer(v, "Reshape")
+    ex = _producer(rs.inputs[0], "Expand") if rs else None
+    un = _producer(ex.inputs[0], "Unsqueeze") if ex else None
+    if un is None or sole_user(rs.inputs[0]) is not rs or sole_user(ex.inputs[0]) is not ex:
+        return v, []
+    k = un.inputs[0]
+    ks, vs = opinfo.shape_of(k), opinfo.shape_of(v)
+    axes = const(un.inputs[1]) if len(un.inputs) > 1 else None
+    if ks is None or vs is None or len(ks) != 4 or axes is None or [int(a) for a in axes.reshape(-1)] != [2]:
+        return v, []
+    if ks[0] != vs[0] or ks[2:] != vs[2:] or vs[1] % ks[1]:
+        return v, []
+    return k, [un, ex, rs]
+
+
+def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+    if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx"):
+        return None
+    x = sm.inputs[0]
+    rank = len(x.shape) if x.shape is not None else 0
+    if rank != 4 or sm.attributes.get_int("axis", -1) % 4 != 3:
+        return "Softmax is not over the last axis of a 4-D score tensor"
+    pv = sole_user(sm.outputs[0])
+    if pv is None or pv.op_type != "MatMul" or pv.inputs[0] is not sm.outputs[0]:
+        return "Softmax output does not feed MatMul(·, V) alone"
+    chain = [sm, pv]
+    consumer = sm  # the node reading x, walking back from Softmax
+    mask, scale_mul = None, 1.0
+    add = _producer(x, "Add")
+    if add is not None and sole_user(x) is sm:
+        a, b = add.inputs
+        if _producer(a, "Div") or _producer(a, "Mul") or _producer(a, "MatMul"):
+            mask, x = b, a
+        elif _producer(b, "Div") or _producer(b, "Mul") or _producer(b, "MatMul"):
+            mask, x = a, b
+        else:
+            return "no MatMul behind the masked scores"
+        chain.append(add)
+        consumer = add
+    for op in ("Div", "Mul"):
+        sc = _producer(x, op)
+        if sc is not None and sole_user(x) is consumer:
+            c = scalar(sc.inputs[1])
+            if c is None or c == 0:
+                return f"the score {op} is not by a constant scalar"
+            scale_mul = 1.0 / c if op == "Div" else c
+            chain.append(sc)
+            consumer = sc
+            x = sc.inputs[0]
+            break
+    qk = _producer(x, "MatMul")
+    if qk is None or sole_user(x) is not consumer:
+        return "the scores are not MatMul(Q, Kᵀ) used once"
+    chain.append(qk)
+    q, kt = qk.inputs
+    tr = _producer(kt, "Transpose")
+    if tr is None or _perm(tr) != [0, 1, 3, 2] or sole_user(kt) is not qk:
+        return "K does not reach Q·Kᵀ through Transpose(perm=[0,1,3,2])"
+    chain.append(tr)
+    k, v = tr.inputs[0], pv.inputs[1]
+    k, k_rep = _unrepeat(k)
+    v, v_rep = _unrepeat(v)
+    if bool(k_rep) != bool(v_rep):
+        k, v, k_rep, v_rep = tr.inputs[0], pv.inputs[1], [], []
+    qs, ks, vs = opinfo.shape_of(q), opinfo.shape_of(k), opinfo.shape_of(v)
+    if qs is None or ks is None or vs is None or len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
+        return "Q, K and V need static 4-D shapes"
+    b, h, s, hd = qs
+    if ks[0] != b or ks[3] != hd or vs[0] != b or vs[1] != ks[1] or vs[2] != ks[2] or h % ks[1]:
+        return f"Q {qs}, K {ks}, V {vs} are not attention operands"
+    if any(t.dtype != ir.DataType.FLOAT for t in (q, k, v)):
+        return "only float32 attention"
+    if mask is not None:
+        ms = opinfo.shape_of(mask)
+        if ms is None or mask.dtype not in (ir.DataType.FLOAT, ir.DataType.BOOL) or len(ms) > 4:
+            return "the mask needs a static float or bool shape"
+        try:
+            if np.broadcast_shapes(ms, (b, h, s, ks[2])) != (b, h, s, ks[2]):
+                return "the mask does not broadcast to the scores"
+        except ValueError:
+            return "the mask does not broadcast to the scores"
+    why = fits(ctx, b * h, s, ks[2], hd, vs[3], mask is not None) or faster_elsewhere(ctx, qk) or \
+        faster_elsewhere(ctx, pv)
+    if why:
+        return why
+    attrs = {}
+    if not math.isclose(scale_mul, 1.0 / math.sqrt(hd), rel_tol=1e-6):
+        attrs["scale"] = ir.AttrFloat32("scale", float(scale_mul))
+    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    node = ir.Node("", "Attention", inputs, attributes=list(attrs.values()), num_outputs=1,
+                   name=f"{pv.name}/Attention")
+    out = node.outputs[0]
+    out.shape, out.type = pv.outputs[0].shape, pv.outputs[0].type
+    old = chain + k_rep + v_rep
+    return Rewrite(pv, [n for n in model.graph if any(n is o for o in old)], [node], [pv.outputs[0]], [out])
+
+
+def _split_heads(v: ir.Value) -> tuple[ir.Value, int, list[ir.Node]] | None:
+    """x [B,S,H*hd] for v = Transpose(Reshape(x, [B,S,H,hd]), [0,2,1,3]) used only here."""
+    tr = _producer(v, "Transpose")
+    rs = _producer(tr.inputs[0], "Reshape") if tr else None
+    if rs is None or _perm(tr) != [0, 2, 1, 3] or sole_user(v) is None or sole_user(tr.inputs[0]) is not tr:
+        return None
+    x = rs.inputs[0]
+    xs, hs = opinfo.shape_of(x), opinfo.shape_of(rs.outputs[0])
+    if xs is None or hs is None or len(xs) != 3 or len(hs) != 4 or xs[:2] != hs[:2] or xs[2] != hs[2] * hs[3]:
+        return None
+    return x, hs[2], [rs, tr]
+
+
+def attention_heads_rule(att: ir.Node, ctx: PassContext, model: ir.Model):
+    if att.op_type != "Attention" or att.domain not in ("", "ai.onnx") or len(att.outputs) != 1:
+        return None
+    qs = opinfo.shape_of(att.inputs[0])
+    if qs is None or len(qs) != 4:
+        return None  # already 3-D
+    parts = [_split_heads(v) for v in att.inputs[:3]]
+    if any(p is None for p in parts):
+        return "Q, K or V is not a head split of a 3-D tensor used only here"
+    out = att.outputs[0]
+    tr = sole_user(out)
+    if tr is None or tr.op_type != "Transpose" or _perm(tr) != [0, 2, 1, 3]:
+        return "the output is not merged by Transpose(perm=[0,2,1,3])"
+    rs = sole_user(tr.outputs[0])
+    if rs is None or rs.op_type != "Reshape":
+        return "the output is not merged by Reshape"
+    b, h, s, hd = qs
+    if opinfo.shape_of(rs.outputs[0]) != (b, s, h * hd):
+        return "the merged output is not [B, S, H*hd]"
+    (q3, hq, nq), (k3, hk, nk), (v3, hv, nv) = parts
+    if hk != hv:
+        return "K and V head counts differ"
+    attrs = [ir.AttrInt64("q_num_heads", hq), ir.AttrInt64("kv_num_heads", hk)]
+    attrs += [a for name, a in att.attributes.items() if name == "scale"]
+    node = ir.Node("", "Attention", [q3, k3, v3, *att.inputs[3:]], attributes=attrs, num_outputs=1,
+                   name=att.name)
+    node.outputs[0].shape, node.outputs[0].type = rs.outputs[0].shape, rs.outputs[0].type
+    old_ids = {id(n) for n in [att, tr, rs, *nq, *nk, *nv]}
+    old = [n for n in model.graph if id(n) in old_ids]
+    return Rewrite(rs, old, [node], [rs.outputs[0]], [node.outputs[0]])
+
+
+RULES = [NodeRule(ATTENTION, attention_rule), NodeRule(ATTENTION_HEADS, attention_heads_rule)]
+
+
+@register("fuse-attention")
+def fuse_attention(model: ir.Model, ctx: PassContext) -> PassOutcome:
+    """Fuse scaled dot-product attention into Attention (flash-style on the NPU)."""
+    fired: dict[str, int] = {}
+    changed = apply_node_rules(model, ctx, RULES, fired)
+    return outcome(changed, fired)
