@@ -124,7 +124,8 @@ def _roofline(ax, report: Report, dev, colours, grey) -> None:
         ax.axhline(peak, color="black", linewidth=0.5, linestyle=":", zorder=1)
         ax.annotate(f"peak {peak / 1e12:.1f} TFLOP/s", (hi, peak), xytext=(-4, 4), textcoords="offset points",
                     ha="right", fontsize=8)
-        ax.annotate(f"DRAM {bw / 1e9:.0f} GB/s", (lo * 1.3, bw * lo * 1.3), xytext=(2, 6),
+        memory = "in-bank" if hasattr(dev.chip.spec, "internal_bandwidth") else "DRAM"  # PIM computes in the banks
+        ax.annotate(f"{memory} {bw / 1e9:.0f} GB/s", (lo * 1.3, bw * lo * 1.3), xytext=(2, 6),
                     textcoords="offset points", fontsize=8, rotation=0)
         ax.axvline(ridge, color="black", linewidth=0.5, linestyle="--", zorder=1)
         ax.annotate(f"ridge {ridge:.0f} FLOP/B", (ridge, min(perf) / 2), xytext=(3, 0), textcoords="offset points",
