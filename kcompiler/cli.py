@@ -141,6 +141,9 @@ def compile_cmd(model, target, shape_specs, disable, print_after, devices, mode,
         table.add_row(dev, str(n))
     console.print(table)
     console.print(f"compiled in {cm.compile_s:.3f} s; {len(cm.parts)} subgraph(s)")
+    fired = cm.context.fired
+    console.print("rules fired: " + (", ".join(f"{k} x{v}" for k, v in sorted(fired.items())) or "none"),
+                  highlight=False)
     for name, seconds in cm.context.timings:
         if seconds > 0.05:
             console.print(f"  pass {name}: {seconds:.3f} s", highlight=False)

@@ -797,9 +797,14 @@ class GemmKernel(Kernel):
         full = ((0, self.g), (0, self.m), (0, self.n))
         if cores == 1:
             return [full]
-        if self.m >= cores * a.rows:
+        split_m, split_n = self.m >= cores * a.rows, self.n >= cores * a.cols
+        if split_m and split_n and self.m * self.k < self.k * self.n:
+            # each core streams all of the operand the split does not cut: cut the larger
+            # one (the weights of a GEMM with few rows) so it crosses DRAM once
+            split_m = False
+        if split_m:
             return [((0, self.g), r, (0, self.n)) for r in split_range(self.m, cores, a.rows)]
-        if self.n >= cores * a.cols:
+        if split_n:
             return [((0, self.g), (0, self.m), r) for r in split_range(self.n, cores, a.cols)]
         if self.g >= cores:
             return [(r, (0, self.m), (0, self.n)) for r in split_range(self.g, cores)]

@@ -249,6 +249,10 @@ def apply_pattern_rules(model: ir.Model, ctx: PassContext, rules: Sequence[tuple
                 break
             fired[name] = fired.get(name, 0) + n
             changed = True
+    if changed:  # the constants the matched pattern read are dead now
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        RemoveUnusedNodesPass()(model)
     return changed
 
 
