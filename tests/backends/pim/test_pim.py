@@ -159,3 +159,84 @@ def test_bad_pim_value_is_rejected(tmp_path):
     with pytest.raises(TargetError, match="simd_lanes"):
         targets.load_chip_file(bad)
     assert pathlib_text
+
+
+# ---- FP16 range: per-tensor power-of-two scaling (hbm-pim) ------------------------------------------
+
+def test_fp16_operands_beyond_range_are_scaled_exactly():
+    """Activations of 1e6 overflow FP16 (max 65504). The host shifts each operand by a power of two on its
+    way into the banks and back on readback: the result is the FP16 result of the scaled operands, exact
+    up to FP16 rounding, instead of inf."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Mul", ["c", "a"], ["d"]),
+             helper.make_node("Relu", ["d"], ["y"])]
+    m = _model(nodes, [_vi("a", [4096]), _vi("b", [4096])], [_vi("y", [4096])])
+    feeds = {"a": (rng.standard_normal(4096) * 3e5).astype(np.float32),
+             "b": (rng.standard_normal(4096) * 3e5).astype(np.float32)}
+    cm = kcompiler.compile(m, target="hbm-pim")
+    assert cm.placement.get("hbm-pim") == 3
+    y = cm.run(feeds)["y"]
+    ref = np.maximum((feeds["a"].astype(np.float64) + feeds["b"]) * feeds["a"], 0)
+    assert np.all(np.isfinite(y))
+    assert np.max(np.abs(y - ref)) / np.max(ref) < 2e-3
+
+
+def test_fp16_gemv_partial_sums_are_scaled():
+    """A GEMV whose FP16 partial sums would pass 65504 (K=2048 terms of ~100 x ~10) stays finite and close."""
+    rng = np.random.default_rng(5)
+    w = (np.abs(rng.standard_normal((2048, 64))) * 10).astype(np.float32)
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [1, 2048])], [_vi("y", [1, 64])],
+               [numpy_helper.from_array(w, "w")])
+    x = (np.abs(rng.standard_normal((1, 2048))) * 100).astype(np.float32)
+    cm = kcompiler.compile(m, target="hbm-pim")
+    y = cm.run({"x": x})["y"]
+    ref = x.astype(np.float64) @ w
+    assert ref.max() > 1e6 and np.all(np.isfinite(y))
+    assert np.max(np.abs(y - ref)) / np.max(ref) < TOL["hbm-pim"]
+
+
+def test_fp16_constant_beyond_range_is_refused():
+    """An additive mask of float32 min cannot share one scale with the scores (they would flush to 0):
+    the FP16 device refuses it (a statically known range); BF16 AiM takes it."""
+    from kcompiler.backends import make_backend
+
+    mask = np.where(np.tril(np.ones((4, 4))) > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    m = _model([helper.make_node("Add", ["s", "mask"], ["y"])], [_vi("s", [4, 4])], [_vi("y", [4, 4])],
+               [numpy_helper.from_array(mask, "mask")])
+    cm = kcompiler.compile(m, target="host", mode="timing")
+    node = next(iter(cm.model.graph))
+    for t, ok in (("hbm-pim", False), ("aim", True)):
+        system = targets.resolve(t)
+        be = make_backend(system.accelerators[0], system)
+        sup = be.supports(node)
+        assert bool(sup) == ok, sup
+        if not ok:
+            assert "FP16 range" in sup.reason
+
+
+# ---- KV append and layout views ------------------------------------------------------------------------
+
+def test_kv_append_cost_follows_the_layout():
+    """Appending one token's 2 x 128 elements: a contiguous new row is 256 B of bursts; a new reduction
+    index of a dot-dataflow matrix puts every element in its own column (one masked burst each)."""
+    spec = targets.resolve("aim").accelerators[0].chip.spec
+    row = kernels.build_append(spec, "k", "Concat", 256, scattered=False)
+    col = kernels.build_append(spec, "v", "Concat", 256, scattered=True)
+    assert sum(c.count for s in row.streams for c in s) < sum(c.count for s in col.streams for c in s)
+    assert row.time(spec)[0] < col.time(spec)[0] < 1e-6
+
+
+def test_transpose_is_free_only_as_a_product_operand_layout():
+    from kcompiler.backends import make_backend
+
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Transpose", ["k"], ["k2"], perm=[0, 2, 1, 3])]
+    m = _model(nodes, [_vi("q", [1, 2, 1, 64]), _vi("k", [1, 2, 300, 64])],
+               [_vi("s", [1, 2, 1, 300]), _vi("k2", [1, 300, 2, 64])])
+    cm = kcompiler.compile(m, target="host", mode="timing")
+    system = targets.resolve("aim")
+    be = make_backend(system.accelerators[0], system)
+    t1, _, t2 = list(cm.model.graph)
+    assert be.supports(t1) and be.estimate(t1).seconds == 0.0
+    assert not be.supports(t2)
