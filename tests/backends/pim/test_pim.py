@@ -149,6 +149,12 @@ def test_gemv_4096_internal_bandwidth_fraction():
     hbm = mod.gemv_roofline("hbm-pim")
     assert 0.5 < aim["fraction"] < 1.0
     assert 0.5 < hbm["fraction"] < 1.0
+    # the AiM simulator's all-bank MAC needs the row open in all banks: no overlap of row switches
+    spec = targets.chip("aim").spec
+    t = spec.timing
+    cols_s = spec.columns_per_row * spec.column_period_s
+    closed = cols_s / (cols_s + (t.tRTP + t.tRP + t.tRCD_mac) * t.tck_s - spec.column_period_s)
+    assert aim["fraction"] == pytest.approx(closed, rel=0.02)
 
 
 def test_bad_pim_value_is_rejected(tmp_path):
