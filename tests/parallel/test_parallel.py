@@ -1,0 +1,170 @@
+"""Parallel strategies: every strategy and degree computes what one chip computes (and what
+ONNX Runtime computes); auto is never slower than a fixed strategy; the timing closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import kcompiler
+from kcompiler import parallel as kp
+from kcompiler.check import compare_with_ort
+from kcompiler.parallel import interconnect as ic
+from kcompiler.parallel.pipeline import partition_stages
+
+STRATEGIES = ("data", "tensor", "pipeline")
+DEGREES = (1, 2, 4, 8)
+
+
+def resnet50_batch(n: int) -> onnx.ModelProto:
+    """The bundled resnet50 (batch fixed at 1) with batch n, for data parallelism."""
+    from kcompiler.zoo import bundled_path
+
+    m = onnx.load(str(bundled_path("resnet50")))
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.name not in {i.name for i in m.graph.initializer}:
+            v.type.tensor_type.shape.dim[0].dim_value = n
+    del m.graph.value_info[:]
+    for node in m.graph.node:
+        if node.op_type == "Reshape":
+            for init in m.graph.initializer:
+                if init.name == node.input[1]:
+                    arr = onnx.numpy_helper.to_array(init).copy()
+                    if arr.size and arr[0] == 1:
+                        arr[0] = -1
+                        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    return m
+
+
+def _model(model: str, strategy: str, n: int):
+    """Data parallelism splits the batch, so its cases use a batch of n."""
+    if strategy != "data":
+        return model, {}
+    if model == "resnet50":
+        return resnet50_batch(n), {}
+    return model, {"batch": n}
+
+
+def _case(model, strategy, n):
+    slow = model == "resnet50" and (n == 8 or (strategy == "data" and n >= 4))
+    return pytest.param(model, strategy, n, marks=pytest.mark.slow) if slow else (model, strategy, n)
+
+
+@pytest.mark.parametrize("model,strategy,n", [_case(m, s, n) for m in ("bert-tiny", "llama-tiny", "resnet50")
+                                              for s in STRATEGIES for n in DEGREES])
+def test_outputs_equal_single_device_and_ort(model, strategy, n):
+    src, opts = _model(model, strategy, n)
+    ref = kcompiler.compile(src, target="atom", **opts)
+    cm = kcompiler.compile(src, target="atom", devices=n, parallel=strategy, **opts)
+    assert cm.parallel is not None and cm.parallel.plan.devices <= n
+    feeds = ref.random_inputs(seed=1)
+    want = ref.run(feeds, simulate=False)
+    got = cm.run(feeds, simulate=False)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=2e-3, err_msg=f"{model} {strategy} x{n}")
+    worst = compare_with_ort(ref, ref.check_feeds(feeds), got, rtol=1e-3, atol=2e-3)
+    assert worst.ok, worst.describe()
+    rep = cm.simulate()  # timing runs too, and a stream of inputs is never slower than one at a time
+    assert rep.latency_s > 0 and rep.throughput_per_s >= 1 / rep.latency_s * (1 - 1e-9)
+
+
+def test_tensor_parallel_splits_megatron_blocks():
+    """bert-tiny on 2 chips: Q/K/V and the first MLP MatMul split by columns, the output
+    projection and the second MLP MatMul by rows; one AllReduce per block (2 layers x 2 blocks)."""
+    cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="tensor", mode="timing")
+    assert cm.parallel.comm.get("AllReduce") == 4
+    reasons = [n.metadata_props.get("kcompiler.reason", "") for n in cm.model.graph]
+    assert any("shard(2)" in r for r in reasons) and any("partial" in r for r in reasons)
+
+
+def test_tensor_parallel_on_a_handwritten_mlp():
+    """The pattern is found in any graph, not only zoo models: x -> MatMul -> Relu -> MatMul."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((32, 64)).astype(np.float32)
+    w2 = rng.standard_normal((64, 16)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+        [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    cm = kcompiler.compile(m, target="atom", devices=4, parallel="tensor")
+    assert cm.parallel.comm == {"AllReduce": 1}
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    np.testing.assert_allclose(cm.run({"x": x})["y"], np.maximum(x @ w1, 0) @ w2, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("model,n,objective", [("bert-tiny", 2, "latency"), ("bert-tiny", 4, "throughput"),
+                                               ("llama-tiny", 4, "latency"), ("llama-tiny", 2, "throughput"),
+                                               pytest.param("resnet50", 4, "throughput", marks=pytest.mark.slow)])
+def test_auto_never_slower_than_a_fixed_strategy(model, n, objective):
+    lines = []
+    auto = kcompiler.compile(model, target="atom", devices=n, parallel="auto", objective=objective, mode="timing",
+                             printer=lines.append)
+    assert any("chosen" in l for l in lines) and len(auto.parallel.candidates) >= 4
+
+    def value(cm):
+        rep = cm.simulate()
+        return rep.latency_s if objective == "latency" else 1 / rep.throughput_per_s
+
+    best_fixed = min(value(kcompiler.compile(model, target="atom", devices=n, parallel=s, mode="timing"))
+                     for s in ("none", "tensor", "pipeline"))
+    assert value(auto) <= best_fixed * (1 + 1e-9)
+
+
+def test_data_parallel_needs_a_divisible_batch():
+    with pytest.raises(kcompiler.KCError, match="batch"):
+        kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="data", mode="timing")
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+def test_ring_allreduce_closed_form():
+    from kcompiler.targets import Link
+
+    link = Link(bandwidth=50e9, latency=1e-6)
+    n = 8 << 20
+    assert ic.allreduce_s(n, 4, link) == pytest.approx(2 * 3 / 4 * n / 50e9 + 6e-6)
+    assert ic.allgather_s(n, 4, link) == pytest.approx(3 / 4 * n / 50e9 + 3e-6)
+    assert ic.allreduce_s(n, 1, link) == 0.0
+
+
+def test_interconnect_routes_and_contention():
+    sys = kcompiler.targets.resolve("atom", 4, "c2c-ring")
+    assert sys.interconnect.topology == "ring"
+    assert sys.route("atom0", "atom2") in ([("atom0", "atom1"), ("atom1", "atom2")],
+                                           [("atom0", "atom3"), ("atom3", "atom2")])
+    assert sys.link("atom0", "atom2").latency == pytest.approx(2 * sys.link("atom0", "atom1").latency)
+    sw = kcompiler.targets.resolve("4xatom")
+    assert sw.interconnect.name == "pcie-gen5" and sw.route("atom0", "atom1") == [("atom0", "switch"),
+                                                                                    ("switch", "atom1")]
+    # two transfers sharing atom0's uplink queue behind each other
+    from kcompiler.runtime.executor import Executor
+    import onnx_ir as ir
+
+    v = ir.Value(name="v", shape=ir.Shape([1 << 20]), type=ir.TensorType(ir.DataType.FLOAT))
+    ex = Executor.__new__(Executor)
+    ex.system = sw
+    link_free, transfers = {}, []
+    e1 = ex._transfer(v, "atom0", "atom1", 0.0, link_free, transfers)
+    e2 = ex._transfer(v, "atom0", "atom2", 0.0, link_free, transfers)
+    assert e2 == pytest.approx(2 * e1)
+    e3 = ex._transfer(v, "atom3", "atom2", 0.0, {}, transfers)
+    assert e3 == pytest.approx(e1)
+
+
+def test_pipeline_stage_dp_minimises_the_slowest_stage():
+    nodes = [object() for _ in range(6)]
+    cost = [4, 1, 1, 1, 1, 4]
+    sp = partition_stages(nodes, cost, np.zeros(6), 3, lambda b: 0.0)
+    assert sp.interval_s == 4 and len(sp.stage_s) == 3
+    # an expensive cut moves the boundary
+    cuts = np.array([0, 1e9, 0, 0, 0, 0], dtype=float)
+    sp = partition_stages(nodes, cost, cuts, 2, lambda b: b / 1e9 * 100)
+    assert 1 not in [b - 1 for b in sp.bounds[1:]]
+    assert kp.Plan.fixed("pipeline", 4) == kp.Plan("none", 1, 4)
