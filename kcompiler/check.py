@@ -33,7 +33,8 @@ def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
     else:
         proto = ir.serde.serialize_model(cm.model)
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
-    base_dir = cm.source.base_dir if cm.source.path is not None else None
+    # (a loaded artifact's graph refers to the weight section of the artifact in this folder)
+    base_dir = cm.source.base_dir
     sess = ort_session(proto, f"reference model {cm.name}", base_dir)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}

@@ -60,8 +60,30 @@ def _debug_option(f):
 
 
 def _shape_option(f):
-    return _zoo_options(click.option("--shape", "shape_specs", multiple=True, metavar="NAME=1x3x224x224",
-                                     help="Bind an input's shape (repeatable).")(f))
+    return _place_option(_zoo_options(click.option("--shape", "shape_specs", multiple=True,
+                                                   metavar="NAME=1x3x224x224",
+                                                   help="Bind an input's shape (repeatable).")(f)))
+
+
+def _place_option(f):
+    """--place KEY=DEVICE pins nodes (by node name, op type or *) to a device name or kind."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        pins = {}
+        for spec in kwargs.pop("place_specs", ()):
+            key, sep, dev = spec.rpartition("=")
+            if not sep or not key or not dev:
+                raise click.BadParameter(f"'{spec}': expected KEY=DEVICE, e.g. MatMul=npu or *=atom",
+                                         param_hint="--place")
+            pins[key] = dev
+        click.get_current_context().meta["kc.place"] = pins or None
+        return f(*args, **kwargs)
+
+    return click.option("--place", "place_specs", multiple=True, metavar="KEY=DEVICE",
+                        help="Pin nodes (a node name, an op type, or *) to a device or device kind "
+                             "(repeatable); the rest are placed for the lowest latency.")(wrapper)
 
 
 ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers")
@@ -86,6 +108,42 @@ def _zoo_options(f):
             ("layers", int, "Zoo models: override the number of layers."))):
         wrapper = click.option(f"--{name}", name, type=kind, default=None, help=text)(wrapper)
     return wrapper
+
+
+def _parallel_options(with_devices: bool):
+    """--parallel/--objective/--interconnect/--topology (and --devices) kept on the click context
+    like the zoo options and given to kcompiler.compile by _compile."""
+    import functools
+
+    names = ("parallel", "objective", "interconnect", "topology") + (("devices",) if with_devices else ())
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            click.get_current_context().meta["kc.parallel"] = {k: kwargs.pop(k, None) for k in names}
+            return f(*args, **kwargs)
+
+        opts = [("--parallel", dict(type=click.Choice(["none", "data", "tensor", "pipeline", "auto"]), default="none",
+                                    show_default=True, help="Split the model over the chips (with --devices N).")),
+                ("--objective", dict(type=click.Choice(["latency", "throughput"]), default="latency",
+                                     show_default=True, help="What --parallel auto optimises.")),
+                ("--interconnect", dict(default=None, metavar="PRESET",
+                                        help="Chip-to-chip fabric: pcie-gen4, pcie-gen5 (default), roce-400g, "
+                                             "c2c-ring, c2c-mesh.")),
+                ("--topology", dict(type=click.Choice(["switch", "ring", "all-to-all"]), default=None,
+                                    help="Override the fabric's topology."))]
+        if with_devices:
+            opts.append(("--devices", dict(type=int, default=None, help="Number of chips.")))
+        for flag, kw in reversed(opts):
+            wrapper = click.option(flag, flag.strip("-"), **kw)(wrapper)
+        return wrapper
+
+    return deco
+
+
+def _parallel_kwargs() -> dict:
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get("kc.parallel", {})) if ctx is not None else {}
 
 
 def _zoo_kwargs() -> dict:
@@ -116,10 +174,19 @@ def cli():
 def _compile(model, target, shape_specs, disable=(), print_after=(), mode="functional", devices=None):
     import kcompiler
 
+    par = _parallel_kwargs()
+    devices = devices if devices is not None else par.pop("devices", None)
+    par.pop("devices", None)
+    par = {k: v for k, v in par.items() if v is not None}
     return kcompiler.compile(model, target=target, shapes=_shapes(shape_specs), disable_passes=disable,
                              print_after=print_after, printer=lambda s: console.print(s, highlight=False,
                                                                                       markup=False),
-                             mode=mode, devices=devices, **_zoo_kwargs())
+                             mode=mode, devices=devices, place=_place_kwarg(), **par, **_zoo_kwargs())
+
+
+def _place_kwarg():
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("kc.place") if ctx is not None else None
 
 
 @cli.command("compile")
@@ -128,6 +195,7 @@ def _compile(model, target, shape_specs, disable=(), print_after=(), mode="funct
 @_shape_option
 @_pass_options
 @click.option("--devices", type=int, default=None, help="Number of chips.")
+@_parallel_options(with_devices=False)
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="functional", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the artifact here.")
 @_debug_option
@@ -141,6 +209,10 @@ def compile_cmd(model, target, shape_specs, disable, print_after, devices, mode,
         table.add_row(dev, str(n))
     console.print(table)
     console.print(f"compiled in {cm.compile_s:.3f} s; {len(cm.parts)} subgraph(s)")
+    if getattr(cm, "parallel", None) is not None:
+        p = cm.parallel
+        console.print(f"parallel: {p.plan.label} over {len(p.devices)} chip(s); stages {p.stages}; "
+                      f"communication ops {p.comm}", highlight=False)
     fired = cm.context.fired
     console.print("rules fired: " + (", ".join(f"{k} x{v}" for k, v in sorted(fired.items())) or "none"),
                   highlight=False)
@@ -189,6 +261,7 @@ def _load_npz(path: str) -> dict:
 @click.option("--atol", default=1e-4, show_default=True)
 @_shape_option
 @_pass_options
+@_parallel_options(with_devices=True)
 @_debug_option
 def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
     """Run MODEL on a target for values (and simulated time)."""
@@ -228,19 +301,28 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="timing", show_default=True)
 @click.option("--json", "json_path", default=None, help="Write results as JSON.")
 @click.option("--trace", "trace_path", default=None, help="Write a Chrome trace (first target).")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Draw a roofline of every op and a per-engine timeline (needs matplotlib; "
+                   "FILE-<target>.png for several targets).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (for scripts; use --json).")
 @click.option("--compare", "compare", default="", metavar="ort,tvm",
               help="Also measure this CPU's wall time with ONNX Runtime and/or a TVM Relax llvm build.")
 @_shape_option
 @_pass_options
+@_parallel_options(with_devices=True)
 @_debug_option
-def bench_cmd(model, target_list, mode, json_path, trace_path, quiet, compare, shape_specs, disable, print_after,
-              debug):
+def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet, compare, shape_specs, disable,
+              print_after, debug):
     """Compile MODEL for each target and report simulated latency, bytes and energy."""
     from kcompiler.runtime.report import comparison_table
 
     results, reports = [], []
     cm = None
+    if plot_path:
+        from kcompiler.runtime import plot
+
+        plot._matplotlib()  # fail before compiling anything if it is missing
+        plot_files = plot.plot_paths(plot_path, list(target_list))
     for i, target in enumerate(target_list):
         with _status(f"compiling {model} for {target}", quiet):
             cm = _compile(model, target, shape_specs, disable, print_after, mode=mode)
@@ -254,6 +336,11 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, quiet, compare, s
         results.append(rep.to_dict())
         if trace_path and i == 0:
             Path(trace_path).write_text(json.dumps(rep.chrome_trace()))
+        if plot_path:
+            with _status(f"plotting {plot_files[i]}", quiet):
+                plot.plot_report(rep, cm.system, plot_files[i])
+            if not quiet:
+                console.print(f"wrote {plot_files[i]}")
     peers = []
     if compare:
         from kcompiler.peers import compare_peers
@@ -277,6 +364,17 @@ def _status(text: str, quiet: bool):
     return console.status(text)
 
 
+def _artifact_table(art) -> Table:
+    m = art.manifest
+    t = Table(title=f"artifact {art.path.name}: {m['model']} for {m['system']['name']} ({m['mode']}), "
+                    f"format {m['format_version']}, kcompiler {m['compiler_version']}, loaded in {art.load_s:.3f} s")
+    for col in ("section", "offset", "bytes", "sha256"):
+        t.add_column(col, justify="right" if col in ("offset", "bytes") else "left")
+    for sec in art.sections:
+        t.add_row(sec["name"], f"{sec['offset']:,}", f"{sec['length']:,}", sec["sha256"][:16] + "...")
+    return t
+
+
 @cli.command("inspect")
 @click.argument("model")
 @click.option("--target", "-t", default="host", show_default=True)
@@ -289,6 +387,8 @@ def inspect_cmd(model, target, asm, shape_specs, debug):
     from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
     cm = _load_or_compile(model, target, shape_specs)
+    if cm.artifact is not None:
+        console.print(_artifact_table(cm.artifact))
     g = cm.model.graph
     hist = Counter(n.op_type for n in g)
     table = Table(title=f"{cm.name}: {len(g)} nodes")

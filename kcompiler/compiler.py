@@ -54,6 +54,8 @@ class CompiledModel:
         self.mode = mode
         self.executor = Executor(model, system, parts, programs)
         self.report: Report | None = None
+        #: set on models loaded from an artifact (runtime/artifact.py: path, manifest, load_s)
+        self.artifact = None
 
     # ---- signature ---------------------------------------------------------------------
     @property
@@ -128,7 +130,16 @@ class CompiledModel:
             rep.notes.append("timing only: values were not computed" + (
                 " and no weight data was read (compiled with mode='timing')" if self.mode == "timing" else ""))
         self.report = self.executor.simulate(rep)
+        if getattr(self, "parallel", None) is not None:  # steady-state throughput, plan summary
+            self.parallel.annotate(self.report, self.system)
         return self.report
+
+    # ---- artifacts -----------------------------------------------------------------------
+    def save(self, path: "str | os.PathLike"):
+        """Write the compiled model to an artifact (.kcm) that `kcompiler.load` reads back."""
+        from kcompiler.runtime.artifact import save
+
+        return save(self, path)
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -187,16 +198,38 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             shapes: Mapping[str, Sequence[int]] | None = None, *, disable_passes: Iterable[str] = (),
             print_after: Iterable[str] = (), printer: Callable[[str], None] = print,
             pipeline: str = "default", mode: str = "functional", devices: int | None = None,
-            name: str | None = None, state=None, **zoo_options) -> CompiledModel:
+            name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
+            interconnect: str | None = None, topology: str | None = None,
+            place: Mapping[str, str] | None = None, **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
+
+    place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
+    pins every node that device supports (the rest are placed freely).
 
     state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
     take the model's metadata or detect past_*/present_* names, False for none, a mapping
-    input -> output, or a list of resident output names (see kcompiler.runtime.state)."""
+    input -> output, or a list of resident output names (see kcompiler.runtime.state).
+
+    parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
+    system's identical chips; auto picks the best plan for `objective` (latency | throughput).
+    interconnect / topology: the chips' fabric (kcompiler/parallel/interconnects.toml)."""
     t0 = time.perf_counter()
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
-    system = targets.resolve(target, devices)
+    system = targets.resolve(target, devices, interconnect, topology)
+    plan = None
+    if parallel not in (None, "none"):
+        from kcompiler import parallel as kpar
+
+        if objective not in kpar.OBJECTIVES:
+            raise KCError(f"objective '{objective}' is not one of {list(kpar.OBJECTIVES)}")
+        if parallel == "auto":
+            from kcompiler.parallel.search import compile_auto
+
+            return compile_auto(model, system, shapes, objective=objective, printer=printer,
+                                options=dict(disable_passes=disable_passes, print_after=print_after,
+                                             pipeline=pipeline, mode=mode, name=name, state=state, **zoo_options))
+        plan = parallel if isinstance(parallel, kpar.Plan) else kpar.Plan.fixed(parallel, len(system.accelerators))
     from kcompiler import zoo
 
     src_model, model_name = zoo.resolve_model(model, **zoo_options)
@@ -209,10 +242,23 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     backends = {d.name: make_backend(d, system) for d in system.devices}
     ctx.options["backends"] = backends
     run_pipeline(irm, ctx, pipeline)
-    place_nodes(irm, backends)
+    par_info = None
+    if plan is not None:
+        from kcompiler import parallel as kpar
+
+        par_info = kpar.apply(irm, system, backends, plan, objective)
+    else:
+        place_nodes(irm, backends, dict(place) if place else None)
     parts = partition(irm)
     programs = []
     for sub in parts:
+        if sub.device not in backends and par_info is not None:  # communication ops: the runtime runs them
+            from kcompiler.parallel import collectives
+
+            programs.append(collectives.lower(sub, system))
+            continue
         programs.append(backends[sub.device].lower(sub, {"mode": mode}))
     compile_s = time.perf_counter() - t0
-    return CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
+    cm = CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
+    cm.parallel = par_info
+    return cm

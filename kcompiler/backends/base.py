@@ -73,6 +73,16 @@ class OpEvent:
 
 
 @dataclass
+class EngineSpan:
+    """An interval during which one engine works for one op (Chrome trace tracks)."""
+
+    engine: str  # a key of Timeline.engine_busy_s, e.g. "core0.matrix" or "dram"
+    start_s: float
+    end_s: float
+    op: str = ""
+
+
+@dataclass
 class Timeline:
     """A program's simulated run: its ops and each engine's busy time."""
 
@@ -81,6 +91,8 @@ class Timeline:
     ops: list[OpEvent] = field(default_factory=list)
     engine_busy_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: when each engine was busy (optional; without it a trace shows ops on their `engine`)
+    spans: list[EngineSpan] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +155,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
         """Compile a placed subgraph into a Program."""
+
+    # ---- artifacts (runtime/artifact.py) -------------------------------------------------
+    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+        """The program's bytes plus a JSON-able table of whatever else `load_program` needs.
+
+        Called while every weight of the model is an external-data reference into the
+        artifact's weight section, so an ONNX graph serialised here carries references,
+        not copies. Default: ``program.to_bytes()`` and no table."""
+        return program.to_bytes(), {}
+
+    def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+                     options: Mapping[str, Any] | None = None) -> Program:
+        """Rebuild a Program from what `save_program` wrote, without compiling again.
+
+        `subgraph` is the loaded graph's (its weights are memory-mapped from the artifact);
+        `weights.resolve(proto, what)` points an ONNX proto's references at the artifact.
+        Default, for backends that do not implement it: lower the subgraph again (correct,
+        but loading then costs what compiling it did)."""
+        return self.lower(subgraph, options)
 
     @classmethod
     def target_files(cls) -> Sequence[str]:

@@ -48,7 +48,24 @@ def _us(s: float) -> str:
     return f"{s * 1e6:.2f} us"
 
 
-def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]:
+def _pinned(node: ir.Node, pin: dict[str, str] | None, backends: dict[str, Backend]) -> tuple[set[str], bool]:
+    """Devices a user pinned the node to (by node name, op type or "*"; the value is a device
+    name or kind), and whether the pin was explicit (an error if no such device supports it)."""
+    if not pin:
+        return set(), False
+    for key, explicit in ((node.name, True), (node.op_type, True), ("*", False)):
+        if key in pin:
+            want = pin[key]
+            devs = {n for n, b in backends.items() if n == want or b.kind == want}
+            if not devs:
+                raise UnsupportedOpError(f"--place {key}={want}: the target has no device or kind '{want}'",
+                                         hint=f"its devices are {sorted(backends)}")
+            return devs, explicit
+    return set(), False
+
+
+def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None = None) -> dict[str, int]:
+    """Assign every node a device; `pin` forces nodes (by name, op type, or "*") onto a device."""
     host = next(name for name, b in backends.items() if b.kind == "host")
     system = next(iter(backends.values())).system
     nodes = list(model.graph)
@@ -94,6 +111,13 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend]) -> dict[str, int]
         if not est:
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) runs on no device",
                                      hint="; ".join(refusals))
+        pinned, explicit = _pinned(node, pin, backends)
+        if pinned and pinned & set(est):
+            est = {d: t for d, t in est.items() if d in pinned}
+            refusals.append("pinned by --place")
+        elif pinned and explicit:
+            raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) is pinned to {sorted(pinned)}, "
+                                     "which cannot run it", hint="; ".join(refusals) or None)
         options.append((est, refusals))
         inputs = [v for v in node.inputs if v is not None and not _is_const(v)]
         new_states, choice = {}, {}

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import Program, Subgraph
+from kcompiler.backends.base import EngineSpan, Program, Subgraph
 from kcompiler.errors import ExecutionError, KCError
 from kcompiler.runtime.report import OpRecord, Report, Transfer
 from kcompiler.targets import System
@@ -92,6 +92,9 @@ class Executor:
         energy = 0.0
         dram = 0
         for sub, prog in zip(self.parts, self.programs):
+            if getattr(prog, "collective", False):  # communication ops (kcompiler.parallel) span devices
+                prog.schedule(self, ready, link_free, transfers, ops)
+                continue
             dev = sub.device
             start = device_free.get(dev, 0.0)
             for v in sub.inputs:
@@ -115,6 +118,8 @@ class Executor:
             nodes[dev] = nodes.get(dev, 0) + len(sub.nodes)
             for eng, s in tl.engine_busy_s.items():
                 report.engine_busy_s[f"{dev}.{eng}"] = report.engine_busy_s.get(f"{dev}.{eng}", 0.0) + s
+            report.spans.extend(EngineSpan(f"{dev}.{sp.engine}", start + sp.start_s, start + sp.end_s, sp.op)
+                                for sp in tl.spans)
             report.notes.extend(n for n in tl.notes if n not in report.notes)
             for v in sub.outputs:
                 ready[v.name] = (end, dev)
@@ -148,10 +153,12 @@ class Executor:
     def _transfer(self, v: ir.Value, src: str, dst: str, t: float, link_free, transfers) -> float:
         nbytes = opinfo.nbytes(v)
         link = self.system.link(src, dst)
-        key = (src, dst)
-        start = max(t, link_free.get(key, 0.0))
+        # every directed link on the route is busy for the whole transfer (contention)
+        route = self.system.route(src, dst) if hasattr(self.system, "route") else [(src, dst)]
+        start = max([t] + [link_free.get(key, 0.0) for key in route])
         end = start + link.transfer_s(nbytes)
-        link_free[key] = end
+        for key in route:
+            link_free[key] = end
         transfers.append(Transfer(src, dst, v.name, nbytes, start, end))
         return end
 

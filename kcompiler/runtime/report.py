@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kcompiler.backends.base import EngineSpan
+
 
 @dataclass
 class OpRecord:
@@ -54,13 +56,27 @@ class Report:
     engine_busy_s: dict[str, float] = field(default_factory=dict)
     rules_fired: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: when each engine ("atom.core0.matrix") was busy, for the trace; not in to_dict()
+    spans: list[EngineSpan] = field(default_factory=list)
+    #: steady-state time between successive inputs when they overlap (pipelined or parallel
+    #: programs, kcompiler.parallel); 0 means one input at a time (throughput = 1 / latency)
+    interval_s: float = 0.0
+    #: the parallel plan and what it cost (kcompiler.parallel.ParallelInfo.annotate)
+    parallel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def throughput_per_s(self) -> float:
+        if self.interval_s > 0:
+            return 1.0 / self.interval_s
         return 1.0 / self.latency_s if self.latency_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        spans, self.spans = self.spans, []
+        try:
+            d = asdict(self)
+        finally:
+            self.spans = spans
+        del d["spans"]
         d["throughput_per_s"] = self.throughput_per_s
         return d
 
@@ -68,7 +84,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=1)
 
     def chrome_trace(self) -> dict[str, Any]:
-        """Trace-event JSON: one process per device, one thread per engine (Perfetto loads it)."""
+        """Trace-event JSON: one process per device, one thread per engine (Perfetto loads it).
+
+        A device whose programs report engine spans (the NPU: each DMA queue, the matrix and
+        vector units of every core, and the DRAM channel) gets one track per engine plus an
+        "ops" track with one event per op; other devices show their ops on the op's engine.
+        Events run from 0 to the report's latency (the last output reaching the host)."""
         events: list[dict[str, Any]] = []
         pids: dict[str, int] = {}
         tids: dict[tuple[str, str], int] = {}
@@ -85,8 +106,15 @@ class Report:
                                "args": {"name": key[1]}})
             return pids[dev], tids[key]
 
+        with_spans = set()
+        for sp in sorted(self.spans, key=lambda sp: (sp.engine, sp.start_s)):
+            dev, _, engine = sp.engine.partition(".")
+            with_spans.add(dev)
+            pid, tid = ids(dev, engine)
+            events.append({"ph": "X", "name": sp.op or engine, "cat": "engine", "pid": pid, "tid": tid,
+                           "ts": sp.start_s * 1e6, "dur": max(sp.end_s - sp.start_s, 0.0) * 1e6})
         for op in self.ops:
-            pid, tid = ids(op.device, op.engine)
+            pid, tid = ids(op.device, "ops" if op.device in with_spans else op.engine)
             events.append({"ph": "X", "name": op.name or op.op_type, "cat": op.op_type, "pid": pid, "tid": tid,
                            "ts": op.start_s * 1e6, "dur": max(op.end_s - op.start_s, 0.0) * 1e6,
                            "args": {"op_type": op.op_type, "cycles": op.cycles, "macs": op.macs,

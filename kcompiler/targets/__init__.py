@@ -78,6 +78,8 @@ class System:
     name: str
     devices: tuple[Device, ...]
     links: tuple[tuple[str, str, Link], ...] = ()
+    #: the chip-to-chip fabric of N identical chips (kcompiler.parallel.interconnect.Interconnect)
+    interconnect: Any = None
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -101,6 +103,8 @@ class System:
         for x, y, link in self.links:
             if {x, y} == {a, b}:
                 return link
+        if self.interconnect is not None and a in self.interconnect.devices and b in self.interconnect.devices:
+            return self.interconnect.link(a, b)
         # accelerators on one card: a chip spec may describe its link to the others (`peer_link`)
         devs = {d.name: d for d in self.devices}
         if a in devs and b in devs and HOST not in (devs[a].kind, devs[b].kind):
@@ -109,6 +113,12 @@ class System:
                 if callable(peer):
                     return peer()
         return self.host.chip.spec.pcie_link()
+
+    def route(self, a: str, b: str) -> list[tuple[str, str]]:
+        """The directed links a transfer from a to b occupies (shared links make transfers queue)."""
+        if self.interconnect is not None and a in self.interconnect.devices and b in self.interconnect.devices:
+            return self.interconnect.route(a, b)
+        return [] if a == b else [(a, b)]
 
 
 def _builtin_dir():
@@ -194,10 +204,19 @@ def chip(name: str) -> Chip:
 _COUNT = re.compile(r"^(\d+)\s*[x\*]\s*(.+)$")
 
 
-def resolve(target: "str | System | None", devices: int | None = None) -> System:
-    """Turn a target name (``npu``, ``atom+aim``, ``4xatom``, ``my.toml``) into a System."""
+def resolve(target: "str | System | None", devices: int | None = None, interconnect: str | None = None,
+            topology: str | None = None) -> System:
+    """Turn a target name (``npu``, ``atom+aim``, ``4xatom``, ``my.toml``) into a System.
+
+    Two or more identical chips are joined by an interconnect (a preset of
+    kcompiler/parallel/interconnects.toml, PCIe Gen5 through a switch unless named)."""
     if isinstance(target, System):
-        return target
+        if interconnect is None and topology is None:
+            return target
+        from kcompiler.parallel.interconnect import make
+
+        names = tuple(d.name for d in target.accelerators)
+        return dataclasses.replace(target, interconnect=make(names, interconnect, topology))
     target = (target or HOST).strip()
     host = Device(HOST, chip(HOST))
     parts: list[tuple[int, Chip]] = []
@@ -229,7 +248,13 @@ def resolve(target: "str | System | None", devices: int | None = None) -> System
             index[c.name] = i + 1
             devs.append(Device(f"{c.name}{i}" if totals[c.name] > 1 else c.name, c))
     name = target if devices is None else f"{devices}x{parts[0][1].name}"
-    return System(name=name, devices=tuple(devs))
+    accs = [d for d in devs if d.kind != HOST]
+    fabric = None
+    if len(accs) > 1 and len({d.chip.name for d in accs}) == 1 or interconnect or topology:
+        from kcompiler.parallel.interconnect import make
+
+        fabric = make(tuple(d.name for d in accs), interconnect, topology)
+    return System(name=name, devices=tuple(devs), interconnect=fabric)
 
 
 def list_targets() -> list[Chip]:

@@ -170,3 +170,28 @@ def test_resident_kv_cache_values_still_flow(target):
     assert c.ok, c.describe()
     if target != "atom+aim":
         assert all(n.metadata_props[DEVICE_KEY] == target for n in cm.model.graph if n.op_type in ("Concat", "MatMul"))
+
+
+def test_place_pins_nodes_by_op_type_and_star():
+    """--place: a tiny MatMul stays on the host (PCIe costs more than it saves) unless pinned."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import kcompiler
+    from kcompiler.errors import UnsupportedOpError
+
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["z"])],
+                          "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 17, 40]),
+                                helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3, 40, 9])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3, 17, 9])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    free = kcompiler.compile(m, target="atom")
+    assert free.placement == {"host": 1}
+    pinned = kcompiler.compile(m, target="atom", place={"MatMul": "npu"})  # by op type and device kind
+    assert [(p.device, [n.op_type for n in p.nodes]) for p in pinned.parts][0] == ("atom", ["MatMul"])
+    every = kcompiler.compile(m, target="atom", place={"*": "atom"})
+    assert every.placement == {"atom": 1}
+    feeds = every.random_inputs()
+    assert abs(every.run(feeds)["z"] - free.run(feeds)["z"]).max() < 1e-5
+    with pytest.raises(UnsupportedOpError, match="no device or kind 'tpu'"):
+        kcompiler.compile(m, target="atom", place={"MatMul": "tpu"})

@@ -119,8 +119,12 @@ class HostProgram(Program):
         self.input_names = [v.name for v in sub.inputs]
         self.output_names = [v.name for v in sub.outputs]
         self.node_info = [(n.name, n.op_type, cost_fn(n)) for n in sub.nodes]
+        #: builds the session on first run (programs loaded from an artifact)
+        self.make_session = None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None and self.make_session is not None:
+            self.session, self.make_session = self.make_session(), None
         if self.session is None:
             raise ExecutionError("this host subgraph was compiled in timing mode and cannot compute values",
                                  hint="compile with mode='functional'")
@@ -173,3 +177,23 @@ class HostBackend(Backend):
             f" starting at '{first.name}' ({first.op_type})" if first is not None else "")
         session = ort_session(proto, what, external_data_dir(subgraph))
         return HostProgram(subgraph, proto, session, self.estimate)
+
+    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+        if program.proto is None:  # timing-only: nothing to run
+            return b"", {"timing": True}
+        # extracted again now that the weights are references into the artifact (the compiled
+        # proto may point at the source model's external-data file)
+        return extract_model(subgraph).SerializeToString(deterministic=True), {}
+
+    def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+                     options: Mapping[str, Any] | None = None) -> Program:
+        if meta.get("timing") or not blob:
+            return HostProgram(subgraph, None, None, self.estimate)
+        proto = onnx.ModelProto.FromString(blob)
+        weights.resolve(proto, f"host subgraph starting at '{subgraph.nodes[0].name if subgraph.nodes else ''}'")
+        prog = HostProgram(subgraph, proto, None, self.estimate)
+        what = f"host subgraph of {len(subgraph.nodes)} node(s) loaded from {weights.path.name}"
+        # ONNX Runtime maps the artifact's weight section itself; the session is made on first run
+        # so that loading stays cheap
+        prog.make_session = lambda: ort_session(proto, what, weights.base_dir)
+        return prog

@@ -8,12 +8,13 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline, no
+from kcompiler.backends.base import (YES, Backend, Cost, EngineSpan, OpEvent, Program, Subgraph, Support,
+                                     Timeline, no)
 from kcompiler.backends.npu import isa, kernels as K
 from kcompiler.backends.npu.blas import blas_threads
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.timing import dma_bytes, sram_bytes, simulate
-from kcompiler.errors import ExecutionError
+from kcompiler.errors import ArtifactError, ExecutionError
 
 FLOAT = ir.DataType.FLOAT
 
@@ -39,7 +40,7 @@ def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
 
 def _consts(node: ir.Node, first: int) -> Support:
     for v in node.inputs[first:]:
-        if v is not None and opinfo.const_value(v) is None:
+        if v is not None and not opinfo.is_const(v):
             return no(f"input '{v.name}' must be a compile-time constant")
     return YES
 
@@ -83,11 +84,11 @@ def _attr_in(name: str, allowed, default):
 
 
 def _const_producer(node):
-    return YES if all(opinfo.const_value(v) is not None for v in node.outputs) else no("not a constant")
+    return YES if all(opinfo.is_const(v) for v in node.outputs) else no("not a constant")
 
 
 def _gather_data_const(node):
-    return YES if opinfo.const_value(node.inputs[0]) is not None else no("Gather runs on the NPU only on constant data")
+    return YES if opinfo.is_const(node.inputs[0]) else no("Gather runs on the NPU only on constant data")
 
 
 def _view_check(node):
@@ -198,6 +199,7 @@ class NpuProgram(Program):
             if ins.opcode != isa.BARRIER:
                 self.op_instrs[ins.op].append(ins)
         self._consts: dict[str, np.ndarray] = {}
+        self._prepared = False
         self._timeline: Timeline | None = None
         self._frees = [[] for _ in kernels]
         keep = set(output_names)
@@ -216,10 +218,21 @@ class NpuProgram(Program):
             self._consts[v.name] = c
         return c
 
+    def prepare(self) -> None:
+        """Pack the weights into the kernels (at compile time, or on the first run of a program
+        loaded from an artifact, whose weights stay memory-mapped until then)."""
+        for k in self.kernels:
+            k.prepare(self._get_const)
+        # packed weights live in the kernels; drop the raw constants read while packing
+        self._consts.clear()
+        self._prepared = True
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.functional:
             raise ExecutionError("this NPU program was compiled in timing mode and has no weights",
                                  hint="compile with mode='functional'")
+        if not self._prepared:
+            self.prepare()
         with blas_threads():
             return self._run(dict(inputs))
 
@@ -234,7 +247,7 @@ class NpuProgram(Program):
             return x
 
         for i, kernel in enumerate(self.kernels):
-            if kernel.kind in ("const", "fused"):
+            if kernel.kind == "const":
                 continue
             try:
                 kernel.begin(env, get)
@@ -277,7 +290,7 @@ class NpuProgram(Program):
         ops: list[OpEvent] = []
         t_prev = 0
         for i, kernel in enumerate(self.kernels):
-            if kernel.kind in ("const", "fused"):
+            if kernel.kind == "const":
                 continue
             node = kernel.node
             ins_list = self.op_instrs[i]
@@ -310,7 +323,30 @@ class NpuProgram(Program):
                  f"({spec.peak_ops / 1e12:.0f} T{'OPS' if spec.dtype.startswith('int') else 'FLOPS'}); "
                  "values computed in float32"]
         return Timeline(seconds=total / clock, cycles=total, ops=ops,
-                        engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=notes)
+                        engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=notes,
+                        spans=self._spans(times))
+
+    def _spans(self, times) -> list[EngineSpan]:
+        """Each engine's busy intervals (the same intervals `busy` sums), adjacent ones of one op
+        merged: per core the DMA queues, matrix and vector units, and the shared DRAM channel."""
+        raw: dict[str, list[tuple[int, int, int]]] = {}
+        for ins, t in zip(self.instrs, times):
+            if ins.opcode == isa.BARRIER:
+                continue
+            raw.setdefault(f"core{ins.core}.{ins.engine}", []).append((t.start, t.end, ins.op))
+            if t.dram_cycles:
+                raw.setdefault("dram", []).append((t.dram_start, t.dram_start + t.dram_cycles, ins.op))
+        clock = self.spec.clock_hz
+        spans = []
+        for engine in sorted(raw):
+            merged: list[list[int]] = []
+            for a, b, op in sorted(raw[engine]):
+                if merged and merged[-1][2] == op and merged[-1][1] == a:
+                    merged[-1][1] = b
+                else:
+                    merged.append([a, b, op])
+            spans.extend(EngineSpan(engine, a / clock, b / clock, self.kernels[op].node.name) for a, b, op in merged)
+        return spans
 
     @property
     def _t(self):
@@ -324,9 +360,7 @@ class NpuProgram(Program):
         for i, (name, addr, nbytes) in enumerate(self.buffers):
             lines.append(f";   buf {i}: {name} @0x{addr:x} ({nbytes} bytes)")
         for i, k in enumerate(self.kernels):
-            if k.kind == "fused":
-                lines.append(f";   op {i}: {k.node.op_type} {k.node.name} (fused into the GEMM before it)")
-            elif k.kind != "const":
+            if k.kind != "const":
                 lines.append(f";   op {i}: {k.node.op_type} {k.node.name}")
         lines.append(isa.disassemble(self.instrs))
         return "\n".join(lines)
@@ -390,22 +424,53 @@ class NpuBackend(Backend):
             cg.buf(v)
         for i, k in enumerate(kernels):
             before = len(cg.instrs)
-            if cg.instrs and k.kind not in ("view", "const", "fused"):
+            if cg.instrs and k.kind not in ("view", "const"):
                 cg.emit(isa.BARRIER, isa.ALL_CORES, i, ())
             k.emit(cg, i)
             if len(cg.instrs) == before + 1 and cg.instrs[-1].opcode == isa.BARRIER:
                 cg.instrs.pop()
-        last_use: dict[str, int] = {}
-        for i, n in enumerate(subgraph.nodes):
-            for v in n.inputs:
-                if v is not None:
-                    last_use[v.name] = i
         outputs = {v.name: v for v in subgraph.outputs}
         prog = NpuProgram(self.name, self.device.chip.name, s, kernels, cg.instrs, cg.buffers,
-                          [v.name for v in subgraph.inputs], outputs, functional, last_use)
+                          [v.name for v in subgraph.inputs], outputs, functional, _last_use(subgraph))
         if functional:
-            for k in kernels:
-                k.prepare(prog._get_const)
-            # packed weights live in the kernels; drop the raw constants read while packing
-            prog._consts.clear()
+            prog.prepare()
         return prog
+
+    # ---- artifacts: the instruction stream plus the tables the simulators read -------------
+    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+        # fused ops are ordinary nodes (passes/fusion), so each node's kernel is rebuilt from the
+        # stored graph; the kinds are kept to catch a kcompiler that would lower them differently
+        ks = program.kernels
+        meta = {"chip": program.chip, "ops": len(ks), "kinds": [k.kind for k in ks],
+                "buffers": [[n, a, b] for n, a, b in program.buffers]}
+        return program.to_bytes(), meta
+
+    def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+                     options: Mapping[str, Any] | None = None) -> Program:
+        functional = (options or {}).get("mode", "functional") != "timing"
+        instrs = isa.decode_program(blob)
+        kinds = list(meta.get("kinds", ()))
+        if len(kinds) != len(subgraph.nodes):
+            raise ArtifactError(f"NPU program of {len(kinds)} ops for a subgraph of {len(subgraph.nodes)} nodes")
+        s: NpuSpec = self.spec
+        kernels = [self.kernel(n) for n in subgraph.nodes]
+        for k, kind in zip(kernels, kinds):
+            if k.kind != kind:
+                raise ArtifactError(f"NPU op '{k.node.name}' was a '{kind}' kernel when compiled and is a "
+                                    f"'{k.kind}' kernel in this kcompiler", hint="recompile the model")
+        n_ops = len(kernels)
+        if any(ins.op >= n_ops for ins in instrs if ins.opcode != isa.BARRIER):
+            raise ArtifactError("NPU program: an instruction names an op outside the subgraph")
+        buffers = [(str(n), int(a), int(b)) for n, a, b in meta.get("buffers", ())]
+        return NpuProgram(self.name, meta.get("chip", self.device.chip.name), s, kernels, instrs, buffers,
+                          [v.name for v in subgraph.inputs], {v.name: v for v in subgraph.outputs}, functional,
+                          _last_use(subgraph))
+
+
+def _last_use(subgraph: Subgraph) -> dict[str, int]:
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(subgraph.nodes):
+        for v in n.inputs:
+            if v is not None:
+                last_use[v.name] = i
+    return last_use

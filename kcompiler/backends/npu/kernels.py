@@ -156,13 +156,6 @@ class ConstKernel(Kernel):
     kind = "const"
 
 
-class FusedKernel(Kernel):
-    """An op folded into the epilogue of the GEMM before it (BatchNormalization, Relu after a
-    Conv): no instructions of its own; its output is written by that GEMM's stores."""
-
-    kind = "fused"
-
-
 class ViewKernel(Kernel):
     """Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout: a new view of the same bytes."""
 

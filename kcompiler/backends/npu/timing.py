@@ -25,6 +25,7 @@ class InstrTime:
     start: int
     end: int
     dram_cycles: int = 0
+    dram_start: int = 0  # when its bytes start to occupy the DRAM channel (DMA only)
 
 
 def dma_bytes(ins: isa.Instr) -> int:
@@ -117,7 +118,7 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec) -> tuple[list[InstrTime], i
                 d0 = max(t, dram_free)
                 dram_free = d0 + xfer
                 end = d0 + xfer + lat + spec.issue_cycles
-                times[i] = InstrTime(t, end, xfer)
+                times[i] = InstrTime(t, end, xfer, d0)
                 busy["dram"] = busy.get("dram", 0) + xfer
             else:
                 end = t + compute_cycles(ins, spec)
