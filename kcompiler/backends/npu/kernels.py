@@ -311,6 +311,19 @@ class VectorKernel(Kernel):
         self.args = None
 
 
+#: GEMMs of at most this many rows (M; output pixels of a conv) form each output in a float64
+#: accumulator, rounded once to float32. The array forms every output with the same fp32
+#: accumulation order wherever its tile lies; numpy's float32 BLAS does not: OpenBLAS picks its
+#: sgemm/sgemv kernel (and so the summation order) by the call's shape, so the same dot product
+#: rounded differently in the 104-column tile than in the 128-column ones. On resnet50 at batch 4
+#: on atom (N = 1000 split 7 x 128 + 104 over 8 cores) the logits, exactly equal in ONNX Runtime
+#: (the bundled model's weights are constants), then differed by one ulp at ~1e19, and softmax put
+#: all its mass on the last core's 104 columns (error 1/104 - 1/1000 = 0.0086). A float64 sum is
+#: within float64 rounding of the exact one whatever the order, so once rounded to float32 equal
+#: dot products stay equal whatever the tiling. (Larger GEMMs keep float32 BLAS for speed.)
+WIDE_ACC_ROWS = 16
+
+
 def _gemm_into(a: np.ndarray, b: np.ndarray, dst: np.ndarray, accumulate: bool) -> None:
     """dst (+)= a @ b with one BLAS call (numpy falls back to a slow loop when `out` is a
     strided view, so only contiguous destinations are written in place)."""
@@ -1056,8 +1069,12 @@ class GemmKernel(Kernel):
             lhs = self.A[g0:g1, m0:m1, k0:k1]
             rhs = self.B[g0:g1, k0:k1, n0:n1]
             dst = self.acc[g0:g1, m0:m1, n0:n1]
-        for i in range(g1 - g0):
-            _gemm_into(lhs[i], rhs[i], dst[i], False)
+        if self.m <= WIDE_ACC_ROWS:
+            for i in range(g1 - g0):
+                dst[i] = np.matmul(lhs[i].astype(np.float64), rhs[i].astype(np.float64))
+        else:
+            for i in range(g1 - g0):
+                _gemm_into(lhs[i], rhs[i], dst[i], False)
         self.pending.append((g0, g1, m0, m1, n0, n1))
 
     def _acc_layout(self, x: np.ndarray) -> np.ndarray:
