@@ -94,6 +94,10 @@ def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: d
             ctx.fired[rule] = ctx.fired.get(rule, 0) + count
         if name in ctx.print_after:
             ctx.printer(f"// after {name}\n{ir.to_onnx_text(model)}")
+        # a rule name prints the graph after the pass that fired it, labelled with the rule
+        rules = sorted(r for r in (outcome.fired if outcome else {}) if r in ctx.print_after and r != name)
+        if rules:
+            ctx.printer(f"// after rule {', '.join(rules)} (pass {name})\n{ir.to_onnx_text(model)}")
 
 
 def check_names(names, pipelines: dict[str, list[str]], what: str) -> None:

@@ -12,6 +12,7 @@ from kcompiler.backends.base import (YES, Backend, Cost, EngineSpan, OpEvent, Pr
                                      Timeline, no)
 from kcompiler.backends.npu import isa, kernels as K
 from kcompiler.backends.npu.blas import blas_threads
+from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.timing import dma_bytes, sram_bytes, simulate
 from kcompiler.errors import ArtifactError, ExecutionError
@@ -170,6 +171,26 @@ def _gemm_epilogue_check(node: ir.Node) -> Support:
 #: ops of the kcompiler domain (passes/fusion): a fused GEMM is its base op's kernel plus an epilogue
 KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     f"Fused{b}": (K.GemmKernel, _gemm_epilogue_check) for b in ("Conv", "MatMul", "Gemm")}
+
+
+def _chain_check(node: ir.Node) -> Support:
+    from kcompiler.backends.npu.chain import parse_step
+
+    for s in K.a_strs(node, "steps"):
+        op = parse_step(s)[0]
+        if op not in K.ELEMENTWISE and op != "Clip":
+            return no(f"elementwise step {op} is not lowered")
+    r = _elementwise(node)
+    if not r:
+        return r
+    k = FusedElementwiseKernel(node, _spec_of_node(node))
+    row = max(opinfo.numel(k.out) // max(k.extent, 1), k.in_inner())
+    if 2 * row * k.spec.elem_bytes * (len(k.streams) + 1) > k.spec.sram_bytes:
+        return no(f"one row of its {len(k.streams)} inputs does not fit the scratchpad double-buffered")
+    return YES
+
+
+KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
 
 _SPEC_FOR_CHECKS: list = []
 

@@ -190,6 +190,9 @@ class Rewrite:
     old_values: list[ir.Value]
     new_values: list[ir.Value]
     initializers: list[ir.Value] = field(default_factory=list)
+    #: reconnect the users of old_values to new_values without renaming them (a bypass onto a
+    #: value that keeps its own name, e.g. a graph input)
+    keep_names: bool = False
 
 
 NodeRuleFn = Callable[[ir.Node, PassContext, ir.Model], "Rewrite | str | None"]
@@ -218,8 +221,13 @@ def apply_node_rules(model: ir.Model, ctx: PassContext, rules: Sequence[NodeRule
                 if isinstance(r, Rewrite):
                     for init in r.initializers:
                         add_initializer(model.graph, init)
-                    ir.convenience.replace_nodes_and_values(model.graph, r.at, r.old, r.new, r.old_values,
-                                                            r.new_values)
+                    if r.keep_names:
+                        ir.convenience.replace_all_uses_with(r.old_values, r.new_values)
+                        model.graph.insert_after(r.at, r.new)
+                        model.graph.remove(r.old, safe=True)
+                    else:
+                        ir.convenience.replace_nodes_and_values(model.graph, r.at, r.old, r.new, r.old_values,
+                                                                r.new_values)
                     fired[rule.name] = fired.get(rule.name, 0) + 1
                     any_fired = changed = True
                     break

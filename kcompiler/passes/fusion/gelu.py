@@ -64,6 +64,10 @@ def _gelu_tanh_3(op, x):  # 0.5 * (x * (1 + tanh(...)))
     return 0.5 * (x * (_tanh_inner(op, x) + 1.0))
 
 
+def _gelu_tanh_4(op, x):  # constants on the right, as torch.onnx exports `tensor * scalar`
+    return (x * 0.5) * (op.Tanh((x + op.Pow(x, 3.0) * 0.044715) * _C) + 1.0)
+
+
 def _gelu_tanh_x3(op, x):  # x*x*x instead of Pow(x, 3)
     return (x * 0.5) * (op.Tanh(_C * (x + 0.044715 * (x * x * x))) + 1.0)
 
@@ -73,7 +77,7 @@ def rules():
            pattern.RewriteRule(erfgelu.erf_gelu_pattern_1, _gelu, _float_input),
            pattern.RewriteRule(erfgelu.erf_gelu_pattern_2, _gelu, _float_input)]
     tanh = [pattern.RewriteRule(p, _gelu_tanh, _float_input)
-            for p in (_gelu_tanh_1, _gelu_tanh_2, _gelu_tanh_3, _gelu_tanh_x3)]
+            for p in (_gelu_tanh_1, _gelu_tanh_4, _gelu_tanh_2, _gelu_tanh_3, _gelu_tanh_x3)]
     return [(GELU_ERF, erf), (GELU_TANH, tanh)]
 
 
@@ -81,5 +85,27 @@ def rules():
 def raise_gelu(model: ir.Model, ctx: PassContext) -> PassOutcome:
     """Raise Erf- and Tanh-form GELU to Gelu."""
     fired: dict[str, int] = {}
-    changed = apply_pattern_rules(model, ctx, rules(), fired, commute=True)
+    # a cheap pre-filter: a rule runs only if the op it is built around (Erf, Tanh) is in the
+    # graph; the patterns are written in the operand orders exporters emit, so matching with
+    # every operand order (commute, ~2^k variants) is tried only for what is still left
+    table = [(name, r) for name, r in rules() if _candidates(model, ANCHOR[name])]
+    changed = apply_pattern_rules(model, ctx, table, fired) if table else False
+    left = [(name, r) for name, r in table if _candidates(model, ANCHOR[name])]
+    if left:
+        changed = apply_pattern_rules(model, ctx, left, fired, commute=True) or changed
     return outcome(changed, fired)
+
+
+ANCHOR = {GELU_ERF: "Erf", GELU_TANH: "Tanh"}
+
+
+def _candidates(model: ir.Model, anchor: str) -> bool:
+    """Whether some `anchor` node could sit inside a GELU: fed by a Div or Mul, read by an Add
+    (a pooler's Tanh or an erf elsewhere is not)."""
+    for n in model.graph:
+        if n.op_type != anchor or n.domain not in ("", "ai.onnx"):
+            continue
+        p = n.inputs[0].producer() if n.inputs and n.inputs[0] is not None else None
+        if p is not None and p.op_type in ("Div", "Mul") and any(u.node.op_type == "Add" for u in n.outputs[0].uses()):
+            return True
+    return False
