@@ -19,23 +19,54 @@ class Comparison:
         return "; ".join(self.problems) or f"largest error in '{self.worst}'"
 
 
+def reference_description(cm) -> str:
+    """What `reference_outputs` runs ONNX Runtime on, in words (printed by `kc run --check`)."""
+    if cm.source.path is not None:
+        return f"the original model ({cm.source.path})"
+    if getattr(cm, "original", None) is not None:
+        if getattr(cm, "artifact", None) is not None:
+            return "the original model (stored in the artifact)"
+        return "the original model"
+    if getattr(cm, "artifact", None) is not None:
+        from kcompiler.runtime.artifact import original_reference
+
+        ref = original_reference(cm)
+        if ref is not None:
+            return f"the original model ({ref}, referenced by the artifact and unchanged since)"
+        return ("the compiled graph (this artifact does not carry the original model, so the check covers "
+                "kcompiler's lowering and simulation, not its graph rewrites)")
+    return "the compiled graph"
+
+
 def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
-    """ONNX Runtime on the model exactly as the user gave it (before any kcompiler pass)."""
+    """ONNX Runtime on the model exactly as the user gave it (before any kcompiler pass); for an
+    artifact without the original model, on the compiled graph."""
     import onnx_ir as ir
 
     from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
     from kcompiler.frontend import read_model_proto
 
+    base_dir = cm.source.base_dir
     if cm.source.path is not None:
         proto, _ = read_model_proto(cm.source.path)
     elif getattr(cm, "original", None) is not None:
         proto = cm.original
     else:
-        proto = ir.serde.serialize_model(cm.model)
+        from kcompiler.runtime.artifact import original_reference
+
+        ref = original_reference(cm) if getattr(cm, "artifact", None) is not None else None
+        if ref is not None:  # an artifact too big to carry its original refers to the file
+            proto, _ = read_model_proto(ref)
+            base_dir = ref.parent
+        else:
+            proto = ir.serde.serialize_model(cm.model)
+    ir_version = proto.ir_version
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     # (a loaded artifact's graph refers to the weight section of the artifact in this folder)
-    base_dir = cm.source.base_dir
-    sess = ort_session(proto, f"reference model {cm.name}", base_dir)
+    try:
+        sess = ort_session(proto, f"reference model {cm.name}", base_dir)
+    finally:
+        proto.ir_version = ir_version  # the user's (or the artifact's) model is left as it was
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))

@@ -276,9 +276,10 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
         np.savez(outputs_path, **outs)
         console.print(f"wrote {outputs_path}")
     if check:
-        from kcompiler.check import compare_with_ort
+        from kcompiler.check import compare_with_ort, reference_description
 
         worst = compare_with_ort(cm, cm.check_feeds(feeds), outs, rtol=rtol, atol=atol)
+        console.print(f"check against onnxruntime on {reference_description(cm)}", highlight=False)
         console.print(f"check against onnxruntime: largest abs error {worst.max_abs:.3g}, "
                       f"largest rel error {worst.max_rel:.3g} (rtol {rtol}, atol {atol}): "
                       + ("[green]match[/]" if worst.ok else "[red]MISMATCH[/]"))

@@ -261,4 +261,6 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     compile_s = time.perf_counter() - t0
     cm = CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
     cm.parallel = par_info
+    # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
+    cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None
     return cm

@@ -214,6 +214,34 @@ def lower(sub: Subgraph, system) -> CommProgram:
     return CommProgram(sub, system)
 
 
+# ---- artifacts (runtime/artifact.py) ---------------------------------------------------------
+def save_program(program: CommProgram, sub: Subgraph) -> tuple[bytes, dict]:
+    """A communication program is its nodes, which the stored graph holds (op, devices, axis and
+    targets are node attributes); the program section is its assembler text, the table the ops in
+    order, checked against the graph on load."""
+    return program.asm().encode(), {"ops": [n.op_type for n in program.nodes]}
+
+
+def load_program(sub: Subgraph, blob: bytes, meta: Mapping, system) -> CommProgram:
+    from kcompiler.errors import ArtifactError
+
+    ops = list(meta.get("ops", ()))
+    got = [n.op_type for n in sub.nodes]
+    if ops != got or not all(is_comm(n) for n in sub.nodes):
+        raise ArtifactError(f"communication program of {ops} for a subgraph of {got}",
+                            hint="recompile the model")
+    for n in sub.nodes:
+        for dev in _strs(n, "devices") + _strs(n, "targets") + [
+                a.value for k, a in n.attributes.items() if k in ("src", "dst")]:
+            if dev != _resident():
+                system.device(dev)  # a TargetError names the device the system lacks
+    prog = CommProgram(sub, system)
+    if prog.asm().encode() != bytes(blob):
+        raise ArtifactError("communication program: its stored text differs from the graph's nodes",
+                            hint="recompile the model")
+    return prog
+
+
 def collective_time(op: str, nbytes: int, devices: list[str], system) -> float:
     """What a collective over `devices` costs in isolation (for the strategies' cost estimates)."""
     p = len(devices)

@@ -67,6 +67,10 @@ WEIGHTS_LOCATION = "@kcm:weights"
 #: the location of a tensor a timing-only artifact does not carry
 ABSENT_LOCATION = "@kcm:absent"
 READ_CHUNK = 1 << 20
+#: the original model travels in the artifact (for `--check`) when its weights not shared with
+#: the compiled graph add at most this share of the weight section (or SOURCE_MIN_EXTRA bytes)
+SOURCE_MAX_EXTRA = 0.25
+SOURCE_MIN_EXTRA = 1 << 20
 
 assert HEADER.size <= HEADER_SIZE
 
@@ -228,26 +232,25 @@ def save(cm, path: "str | os.PathLike") -> Path:
     originals = [_get(s) for s in slots]
     try:
         # every tensor of the model becomes a reference into the weight section while the
-        # graph and the programs are serialised, so no saved graph carries a copy
-        for slot, t in zip(slots, originals):
-            nbytes = t.nbytes if not isinstance(t, ir.StringTensor) else 0
-            if nbytes < EXTERNAL_MIN_BYTES:
-                continue
-            if timing and nbytes > TIMING_MAX_INLINE_BYTES:
-                ref = ir.ExternalTensor(ABSENT_LOCATION, 0, nbytes, t.dtype, shape=t.shape, name=t.name)
-            else:
-                raw = _tensor_bytes(t)
-                if raw is None:
-                    continue
-                ref = ir.ExternalTensor(WEIGHTS_LOCATION, weights.add(raw), len(raw), t.dtype, shape=t.shape,
-                                        name=t.name)
-            _set(slot, ref)
+        # graph and the programs are serialised, so no saved graph carries a copy. All references
+        # are made before any is set: a tensor may be computed lazily from another (a parallel
+        # plan's weight shards are slices of the whole weight)
+        refs = [_reference(t, weights, timing) for t in originals]
+        for slot, ref in zip(slots, refs):
+            if ref is not None:
+                _set(slot, ref)
         graph_bytes = _serialize_model(cm.model)
         blobs, metas = [], []
         for sub, prog in zip(cm.parts, cm.programs):
-            blob, meta = cm.backends[sub.device].save_program(prog, sub)
+            if getattr(prog, "collective", False):  # communication ops: the runtime runs them
+                from kcompiler.parallel import collectives
+
+                blob, meta = collectives.save_program(prog, sub)
+            else:
+                blob, meta = cm.backends[sub.device].save_program(prog, sub)
             blobs.append(bytes(blob))
             metas.append(meta)
+        source_bytes = None if timing else _source_bytes(cm, weights)
     except KCError:
         raise
     except Exception as exc:
@@ -262,6 +265,8 @@ def save(cm, path: "str | os.PathLike") -> Path:
         with os.fdopen(fd, "wb") as f:
             sf = _SectionFile(f)
             sf.write("graph", [(0, graph_bytes)])
+            if source_bytes is not None:
+                sf.write("source", [(0, source_bytes)])
             program_sections = []
             for i, blob in enumerate(blobs):
                 program_sections.append(sf.write(f"program.{i}", [(0, blob)])["name"])
@@ -286,9 +291,63 @@ def save(cm, path: "str | os.PathLike") -> Path:
     return path
 
 
+def _reference(t, weights: "_WeightWriter", timing: bool):
+    """The external reference replacing tensor `t` in a saved graph (None: it stays inline)."""
+    nbytes = t.nbytes if not isinstance(t, ir.StringTensor) else 0
+    if nbytes < EXTERNAL_MIN_BYTES:
+        return None
+    if timing and nbytes > TIMING_MAX_INLINE_BYTES:
+        return ir.ExternalTensor(ABSENT_LOCATION, 0, nbytes, t.dtype, shape=t.shape, name=t.name)
+    raw = _tensor_bytes(t)
+    if raw is None:
+        return None
+    return ir.ExternalTensor(WEIGHTS_LOCATION, weights.add(raw), len(raw), t.dtype, shape=t.shape, name=t.name)
+
+
 def _serialize_model(model: ir.Model) -> bytes:
     proto = ir.serde.serialize_model(model)
     return proto.SerializeToString(deterministic=True)
+
+
+def _original_proto(cm) -> "onnx.ModelProto | None":
+    """The model as the user gave it (before any kcompiler pass), if it can still be had: the
+    ``original`` proto kept by compile() or by a loaded artifact, else the source file."""
+    proto = getattr(cm, "original", None)
+    if isinstance(proto, onnx.ModelProto):
+        return proto
+    if cm.source.path is not None and Path(cm.source.path).is_file():
+        from kcompiler.frontend import read_model_proto
+
+        return read_model_proto(cm.source.path)[0]
+    return None
+
+
+def _source_bytes(cm, weights: "_WeightWriter") -> bytes | None:
+    """The original model for `kc run --check`, its tensors references into the weight section.
+    Tensors the compiled graph also holds (same bytes) are stored once. Not stored when the
+    original's own weights would grow the section by more than SOURCE_MAX_EXTRA of itself (then
+    --check says it compares against the compiled graph)."""
+    proto = _original_proto(cm)
+    if proto is None:
+        return None
+    model = ir.serde.deserialize_model(proto)
+    base = cm.source.base_dir
+    if base is not None:
+        ir.external_data.set_base_dir(model.graph, str(base))
+    before_size, before_n = weights.size, len(weights.chunks)
+    before_offsets = dict(weights.offsets)
+    slots = _tensor_slots(model)
+    refs = [_reference(_get(sl), weights, False) for sl in slots]
+    extra = weights.size - before_size
+    if extra > max(SOURCE_MIN_EXTRA, SOURCE_MAX_EXTRA * before_size):
+        # too big to carry: undo the weights it added
+        weights.size, weights.offsets = before_size, before_offsets
+        del weights.chunks[before_n:]
+        return None
+    for sl, ref in zip(slots, refs):
+        if ref is not None:
+            _set(sl, ref)
+    return _serialize_model(model)
 
 
 def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) -> dict[str, Any]:
@@ -298,7 +357,8 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
     parts = []
     for sub, prog, meta, sec in zip(cm.parts, cm.programs, metas, program_sections):
         first = node_index[id(sub.nodes[0])] if sub.nodes else 0
-        parts.append({"device": sub.device, "kind": cm.system.device(sub.device).kind,
+        kind = "comm" if getattr(prog, "collective", False) else cm.system.device(sub.device).kind
+        parts.append({"device": sub.device, "kind": kind,
                       "first_node": first, "nodes": len(sub.nodes),
                       "inputs": [v.name for v in sub.inputs], "outputs": [v.name for v in sub.outputs],
                       "program": sec, "meta": meta})
@@ -310,6 +370,13 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
                           for d in cm.system.devices],
               "links": [[a, b, {"bandwidth": l.bandwidth, "latency": l.latency, "name": l.name}]
                         for a, b, l in cm.system.links]}
+    ic = cm.system.interconnect
+    if ic is not None:
+        system["interconnect"] = {"name": ic.name, "bandwidth": ic.bandwidth, "latency": ic.latency,
+                                  "topology": ic.topology, "devices": list(ic.devices)}
+    from kcompiler.runtime import state as _state
+
+    _, state_out = _state.pairs(cm.model)
     return {
         "format": "kcompiler artifact",
         "format_version": FORMAT_VERSION,
@@ -326,8 +393,81 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
         "notes": list(cm.source.notes),
         "weights": {"section": "weights", "align": WEIGHT_ALIGN, "tensors": ntensors,
                     "location": WEIGHTS_LOCATION},
+        # device-resident state {output: input or ""} (runtime/state.py); also tagged on the values
+        # of the stored graph, and put back from here on load
+        "state": dict(sorted(state_out.items())),
+        "parallel": _parallel_table(getattr(cm, "parallel", None)),
+        "source": _source_table(cm, any(s["name"] == "source" for s in sections)),
         "sections": sections,
     }
+
+
+def _source_table(cm, stored: bool) -> dict[str, Any]:
+    """Where `--check` finds the original model: the ``source`` section, or (too big to carry)
+    the file it was compiled from, by absolute path and SHA-256 of that file."""
+    path = Path(cm.source.path).resolve() if cm.source.path is not None else None
+    table: dict[str, Any] = {"section": "source" if stored else None, "path": None, "sha256": None}
+    if not stored and path is not None and path.is_file():
+        table["path"], table["sha256"] = str(path), _file_sha256(path)
+    return table
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def original_reference(cm) -> "Path | None":
+    """The original model file a loaded artifact refers to (when it does not carry the model),
+    if that file is still there unchanged; None otherwise."""
+    art = getattr(cm, "artifact", None)
+    src = (art.manifest.get("source") or {}) if art is not None else {}
+    if not src.get("path") or not src.get("sha256"):
+        return None
+    path = Path(src["path"])
+    try:
+        return path if path.is_file() and _file_sha256(path) == src["sha256"] else None
+    except OSError:
+        return None
+
+
+def _parallel_table(info) -> dict[str, Any] | None:
+    """A parallel plan's summary (kcompiler.parallel.ParallelInfo), for reports after loading."""
+    if info is None:
+        return None
+    return {"intra": info.plan.intra, "t": info.plan.t, "k": info.plan.k, "objective": info.objective,
+            "devices": list(info.devices), "stages": [list(g) for g in info.stages],
+            "stage_estimates_s": [float(x) for x in info.stage_estimates_s],
+            "comm": dict(sorted(info.comm.items())), "split_matmuls": int(info.split_matmuls),
+            "candidates": _jsonable(info.candidates), "notes": list(info.notes)}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def _parallel_info(table: dict[str, Any] | None):
+    if not table:
+        return None
+    from kcompiler.parallel import ParallelInfo, Plan
+
+    return ParallelInfo(plan=Plan(str(table["intra"]), int(table["t"]), int(table["k"])),
+                        objective=str(table.get("objective", "latency")), devices=list(table.get("devices", [])),
+                        stages=[list(g) for g in table.get("stages", [])],
+                        stage_estimates_s=list(table.get("stage_estimates_s", [])),
+                        comm=dict(table.get("comm", {})), split_matmuls=int(table.get("split_matmuls", 0)),
+                        candidates=list(table.get("candidates", [])), notes=list(table.get("notes", [])))
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -503,7 +643,13 @@ def _system(desc: dict[str, Any], path: Path):
                     source=f"{path.name}:{c['name']}", aliases=tuple(c.get("aliases", ())))
         devices.append(Device(d["name"], chip))
     links = tuple((a, b, Link(**link)) for a, b, link in desc.get("links", ()))
-    return System(name=desc["name"], devices=tuple(devices), links=links)
+    ic = desc.get("interconnect")
+    if ic is not None:
+        from kcompiler.parallel.interconnect import Interconnect
+
+        ic = Interconnect(str(ic["name"]), float(ic["bandwidth"]), float(ic["latency"]), str(ic["topology"]),
+                          tuple(str(d) for d in ic["devices"]))
+    return System(name=desc["name"], devices=tuple(devices), links=links, interconnect=ic)
 
 
 def _build(path: Path, manifest: dict[str, Any], blobs: dict[str, bytes], t0: float):
@@ -528,6 +674,9 @@ def _build(path: Path, manifest: dict[str, Any], blobs: dict[str, bytes], t0: fl
     weights.resolve(proto, "graph")
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, weights.base_dir)
+    if "state" in manifest:
+        _restore_state(model, manifest["state"], path)
+    _restore_constants(model)
 
     nodes = list(model.graph)
     values: dict[str, ir.Value] = {v.name: v for v in model.graph.inputs}
@@ -539,7 +688,8 @@ def _build(path: Path, manifest: dict[str, Any], blobs: dict[str, bytes], t0: fl
     parts, programs = [], []
     for i, p in enumerate(manifest["parts"]):
         first, count = int(p["first_node"]), int(p["nodes"])
-        if p["device"] not in backends or first < 0 or first + count > len(nodes):
+        comm = p.get("kind") == "comm"
+        if (p["device"] not in backends and not comm) or first < 0 or first + count > len(nodes):
             raise ArtifactError(f"{path}: subgraph {i} names device '{p['device']}' or nodes outside the graph")
         try:
             ins = [values[n] for n in p["inputs"]]
@@ -551,17 +701,75 @@ def _build(path: Path, manifest: dict[str, Any], blobs: dict[str, bytes], t0: fl
         if blob is None:
             raise ArtifactError(f"{path}: subgraph {i}'s program section '{p['program']}' is missing")
         parts.append(sub)
+        if comm:
+            from kcompiler.parallel import collectives
+
+            programs.append(collectives.load_program(sub, blob, p.get("meta") or {}, system))
+            continue
         programs.append(backends[sub.device].load_program(sub, blob, p.get("meta") or {}, weights,
                                                           {"mode": mode}))
     ctx = _Context(fired=dict(manifest.get("rules_fired", {})))
-    # `kc run --check` compares with ONNX Runtime on the compiled graph (the source model may be
-    # elsewhere or gone); its weights are read from the artifact in this folder
+    # `kc run --check` compares with ONNX Runtime on the original model when the artifact carries
+    # it (section "source"), else on the compiled graph; weights are read from this artifact
     source = ModelSource(name=manifest["model"], path=None, base_dir=path.parent,
                          notes=list(manifest.get("notes", [])))
     cm = CompiledModel(manifest["model"], model, system, backends, parts, programs, ctx, source,
                        0.0, mode)
+    cm.parallel = _parallel_info(manifest.get("parallel"))
+    cm.original = None
+    if "source" in blobs:
+        try:
+            original = onnx.ModelProto.FromString(blobs["source"])
+        except Exception:
+            raise ArtifactError(f"{path}: the source section is not an ONNX model") from None
+        weights.resolve(original, "source model")
+        cm.original = original
     cm.artifact = Artifact(path, manifest, time.perf_counter() - t0)
     return cm
+
+
+def _restore_constants(model: ir.Model) -> None:
+    """Constant nodes' outputs carry their value when compiled (folding sets ``const_value``);
+    the stored graph keeps it only in the node's attribute, so put it back (no copy: a large
+    value is the memory-mapped tensor of the attribute)."""
+    for node in model.graph:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        out = node.outputs[0]
+        if out.const_value is not None or len(node.attributes) != 1:
+            continue
+        (name, attr), = node.attributes.items()
+        if name == "value" and attr.type == ir.AttributeType.TENSOR:
+            out.const_value = attr.value
+        elif name in ("value_int", "value_ints"):
+            out.const_value = ir.tensor(np.asarray(attr.value, np.int64), name=out.name)
+        elif name in ("value_float", "value_floats"):
+            out.const_value = ir.tensor(np.asarray(attr.value, np.float32), name=out.name)
+
+
+def _restore_state(model: ir.Model, table: Any, path: Path) -> None:
+    """Put the device-resident state pairs of the manifest back on the graph (runtime/state.py's
+    tags on values and model metadata), whatever the stored graph's metadata says."""
+    from kcompiler.runtime import state as _state
+
+    if not isinstance(table, dict):
+        raise ArtifactError(f"{path}: the manifest's state table is malformed")
+    ins = {v.name for v in model.graph.inputs}
+    outs = {v.name for v in model.graph.outputs}
+    for o, i in table.items():
+        if o not in outs or (i and i not in ins):
+            raise ArtifactError(f"{path}: state pair {i!r} -> {o!r} names values the graph does not have")
+    by_name = {v.name: v for v in list(model.graph.inputs) + list(model.graph.outputs)}
+    for v in by_name.values():
+        v.metadata_props.pop(_state.STATE_KEY, None)
+    for o, i in table.items():
+        by_name[o].metadata_props[_state.STATE_KEY] = i or ""
+        if i:
+            by_name[i].metadata_props[_state.STATE_KEY] = o
+    if table:
+        model.metadata_props[_state.STATE_KEY] = json.dumps(dict(sorted(table.items())), sort_keys=True)
+    else:
+        model.metadata_props.pop(_state.STATE_KEY, None)
 
 
 @dataclass

@@ -234,14 +234,12 @@ def test_timing_only_artifact(squeezenet_weights, tmp_path):
         lm.run(lm.random_inputs())
 
 
-def test_pim_system_falls_back_to_lowering(tmp_path):
-    """The PIM backend has no load_program yet: its programs are lowered again on load."""
-    try:
-        cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16)
-    except KCError as exc:  # pragma: no cover - while the PIM target is being written
-        pytest.skip(f"atom+aim does not compile here: {exc.message}")
-    lm = _round_trip(cm, tmp_path / "bert.kcm")
-    assert set(lm.placement) == set(cm.placement)
+def test_pim_system_round_trip(tmp_path):
+    """PIM programs load from their stored command streams (tests/runtime/test_artifact_native.py)."""
+    cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16)
+    lm = _round_trip(cm, tmp_path / "llama.kcm")
+    assert lm.placement == cm.placement
+    assert [p.to_bytes() for p in lm.programs] == [p.to_bytes() for p in cm.programs]
 
 
 def test_system_description_travels_with_the_artifact(good_artifact):

@@ -347,6 +347,7 @@ class PimBackend(Backend):
                                     f"which cannot run it: {p.reason}")
             fn_index = list(AF_TABLE).index(node.op_type) if node.op_type in AF_TABLE else 0
             k = self._kernel(p, node.name, node.op_type, fn_index)
+            k.plan, k.fn_index = p, fn_index  # kept for save_program
             if p.kind == "matvec":
                 # place this node's operand after the previous ones in every bank
                 k.streams = [[Command(c.op, c.channel, c.row + base_row, c.col, c.count, c.arg)
@@ -449,6 +450,76 @@ class PimBackend(Backend):
             return mv(x, w).reshape(out_shape)
 
         return batched
+
+    # ---- artifacts (runtime/artifact.py) -------------------------------------------------
+    #: bump when the meaning of a stored step table or command changes
+    ARTIFACT_ENCODING = 1
+
+    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+        """The command streams (``to_bytes``: steps in order, channels in order) plus, per step, the
+        plan its numerics need and the length of each channel's stream; nothing that depends on
+        weight values (the products read their matrices from the graph, i.e. the weight section)."""
+        steps = []
+        for node, k in program.steps:
+            p = getattr(k, "plan", None)
+            plan = [p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, int(p.scattered), int(p.const_weight)] \
+                if p is not None else ["const", 1, 1, 1, 1, 0, 0, 0, 0]
+            steps.append({"op": node.op_type, "plan": plan, "fn": int(getattr(k, "fn_index", 0)),
+                          "macs": k.macs, "weight_bytes": k.weight_bytes, "rows": k.rows_used,
+                          "streams": [len(st) for st in k.streams]})
+        meta = {"encoding": self.ARTIFACT_ENCODING, "chip": self.device.chip.name,
+                "timing": bool(program.timing_only), "steps": steps}
+        return program.to_bytes(), meta
+
+    def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+                     options: Mapping[str, Any] | None = None) -> Program:
+        """Rebuild the program from its stored command streams and step table: no planning, no bank
+        layout, no command generation; a product's weight is the graph's (memory-mapped) tensor."""
+        import struct
+
+        from kcompiler.errors import ArtifactError
+
+        where = f"PIM program on {self.name}"
+        if int(meta.get("encoding", 0)) != self.ARTIFACT_ENCODING:
+            raise ArtifactError(f"{where}: stored in PIM encoding {meta.get('encoding')}, this kcompiler reads "
+                                f"{self.ARTIFACT_ENCODING}", hint="recompile the model")
+        steps_meta = list(meta.get("steps", ()))
+        if len(steps_meta) != len(subgraph.nodes):
+            raise ArtifactError(f"{where}: {len(steps_meta)} stored steps for a subgraph of "
+                                f"{len(subgraph.nodes)} nodes")
+        total = sum(int(n) for st in steps_meta for n in st["streams"])
+        if len(blob) != total * ENCODED_SIZE:
+            raise ArtifactError(f"{where}: {len(blob)} bytes of commands, the step table says {total} commands")
+        timing_only = (options or {}).get("mode") == "timing" or bool(meta.get("timing"))
+        try:
+            cmds = [Command.decode_fields(*f) for f in struct.iter_unpack(Command.FORMAT, blob)]
+        except (KeyError, struct.error):
+            raise ArtifactError(f"{where}: a command has an unknown opcode") from None
+        nch = self.spec.channels
+        steps, pos = [], 0
+        for node, st in zip(subgraph.nodes, steps_meta):
+            if st["op"] != node.op_type:
+                raise ArtifactError(f"{where}: step for node '{node.name}' was a {st['op']} when compiled")
+            streams = []
+            for n in st["streams"]:
+                streams.append(cmds[pos:pos + int(n)])
+                pos += int(n)
+            if any(c.channel >= nch for s in streams for c in s):
+                raise ArtifactError(f"{where}: a command names a channel the device does not have")
+            kind, G, M, N, K, numel, streamed, scattered, const_weight = st["plan"]
+            k = kernels.Kernel(node.name, node.op_type, streams, macs=int(st["macs"]),
+                               weight_bytes=int(st["weight_bytes"]), rows_used=int(st["rows"]))
+            if kind == "const":
+                if not timing_only:
+                    k.compute = (lambda v: lambda xs: opinfo.const_value(v))(node.outputs[0])
+            else:
+                p = Plan(str(kind), int(G), int(M), int(N), int(K), int(numel), int(streamed), bool(const_weight),
+                         bool(scattered))
+                k.plan, k.fn_index = p, int(st.get("fn", 0))
+                if not timing_only:
+                    k.compute = self._compute_fn(node, p)
+            steps.append((node, k))
+        return PimProgram(self, subgraph, steps, timing_only)
 
 
 class PimProgram(Program):

@@ -45,6 +45,13 @@ class Command:
         num, arg, ch, row, col, count = _FMT.unpack(data)
         return Command(_BY_NUMBER[num], ch, row, col, count, arg)
 
+    #: the struct format of one encoded command (for struct.iter_unpack over a whole stream)
+    FORMAT = "<BBHIHI"
+
+    @staticmethod
+    def decode_fields(num: int, arg: int, ch: int, row: int, col: int, count: int) -> "Command":
+        return Command(_BY_NUMBER[num], ch, row, col, count, arg)
+
     def text(self) -> str:
         if self.op in ("MAC_ABK", "EWADD", "EWMUL", "AF"):
             extra = f" fn={self.arg}" if self.op == "AF" else ""

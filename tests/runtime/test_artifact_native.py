@@ -1,0 +1,262 @@
+"""Artifacts of PIM systems and parallel plans: loaded natively (no lowering again), with the
+device-resident KV-cache state and the parallel plan summary restored, and the original model
+carried for `kc run --check`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kcompiler
+from kcompiler.backends.pim.backend import PimBackend, PimProgram
+from kcompiler.errors import ArtifactError
+from kcompiler.runtime import artifact
+
+PIM_MODELS = {
+    "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
+    "llama-prefill": ("llama-tiny", {"phase": "prefill"}),
+    "gpt2-decode": ("gpt2-tiny", {"phase": "decode", "kv": 16}),
+    "squeezenet": ("squeezenet", {}),
+}
+
+
+def _no_lowering(monkeypatch, *classes):
+    def refuse(self, *a, **k):
+        raise AssertionError(f"{type(self).__name__}.lower called while loading an artifact")
+
+    for cls in classes:
+        monkeypatch.setattr(cls, "lower", refuse)
+
+
+def _same_report(a, b):
+    assert a.latency_s == b.latency_s and a.energy_j == b.energy_j and a.cycles == b.cycles
+    assert [(o.name, o.device, o.start_s, o.end_s, o.cycles, o.macs, o.dram_bytes) for o in a.ops] == \
+           [(o.name, o.device, o.start_s, o.end_s, o.cycles, o.macs, o.dram_bytes) for o in b.ops]
+    assert a.devices == b.devices
+
+
+def _round_trip(cm, path, monkeypatch, *no_lower):
+    cm.save(path)
+    with monkeypatch.context() as m:
+        _no_lowering(m, *no_lower)
+        lm = kcompiler.load(path)
+    feeds = cm.random_inputs()
+    a, b = cm.run(feeds), lm.run(feeds)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+    _same_report(cm.report, lm.report)
+    assert lm.placement == cm.placement
+    return lm
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim", "atom+aim"])
+@pytest.mark.parametrize("case", list(PIM_MODELS))
+def test_pim_round_trip_without_lowering(case, target, tmp_path, monkeypatch):
+    model, opts = PIM_MODELS[case]
+    cm = kcompiler.compile(model, target=target, **opts)
+    pim = [p for p in cm.programs if isinstance(p, PimProgram)]
+    if (case, target) != ("squeezenet", "atom+aim"):  # (there the NPU runs every convolution and ReLU)
+        assert pim, f"{case} put nothing on the PIM of {target}"
+    lm = _round_trip(cm, tmp_path / f"{case}-{target}.kcm", monkeypatch, PimBackend)
+    # the command streams come back bit for bit, and their simulated time with them
+    assert [p.to_bytes() for p in lm.programs] == [p.to_bytes() for p in cm.programs]
+    assert [p.asm() for p in lm.programs] == [p.asm() for p in cm.programs]
+    for p, q in zip(cm.programs, lm.programs):
+        if isinstance(p, PimProgram):
+            assert [(n.name, k.rows_used, k.macs, k.time(p.spec)) for n, k in p.steps] == \
+                   [(n.name, k.rows_used, k.macs, k.time(q.spec)) for n, k in q.steps]
+
+
+def test_pim_weights_come_from_the_mapped_section(tmp_path, monkeypatch):
+    cm = kcompiler.compile("llama-tiny", target="aim", phase="decode", kv=16, weights="random")
+    lm = _round_trip(cm, tmp_path / "w.kcm", monkeypatch, PimBackend)
+    import onnx_ir as ir
+
+    matvec = [(n, k) for p in lm.programs if isinstance(p, PimProgram) for n, k in p.steps
+              if getattr(k, "plan", None) is not None and k.plan.const_weight]
+    assert matvec
+    ext = [n.inputs[1].const_value for n, _ in matvec if n.inputs[1].const_value is not None
+           and n.inputs[1].const_value.nbytes >= artifact.EXTERNAL_MIN_BYTES]
+    assert ext and all(isinstance(t, ir.ExternalTensor) and t.path == str(lm.artifact.path) for t in ext)
+
+
+def test_pim_timing_only_artifact(tmp_path, monkeypatch):
+    cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16, mode="timing")
+    cm.save(tmp_path / "t.kcm")
+    with monkeypatch.context() as m:
+        _no_lowering(m, PimBackend)
+        lm = kcompiler.load(tmp_path / "t.kcm")
+    _same_report(cm.simulate(), lm.simulate())
+
+
+def test_pim_program_tampered_table(tmp_path):
+    """A step table that does not fit the command bytes is an ArtifactError, not a crash."""
+    cm = kcompiler.compile("llama-tiny", target="aim", phase="decode", kv=16)
+    i = next(i for i, p in enumerate(cm.programs) if isinstance(p, PimProgram) and p.to_bytes())
+    backend = cm.backends[cm.parts[i].device]
+    blob, meta = backend.save_program(cm.programs[i], cm.parts[i])
+    with pytest.raises(ArtifactError):
+        backend.load_program(cm.parts[i], blob[:-1], meta, None)
+    bad = dict(meta, steps=meta["steps"][:-1])
+    with pytest.raises(ArtifactError):
+        backend.load_program(cm.parts[i], blob, bad, None)
+    with pytest.raises(ArtifactError):
+        backend.load_program(cm.parts[i], blob, dict(meta, encoding=99), None)
+    garbled = bytearray(blob)
+    garbled[0] = 0xEE  # no such opcode
+    with pytest.raises(ArtifactError):
+        backend.load_program(cm.parts[i], bytes(garbled), meta, None)
+
+
+# ---- device-resident state ------------------------------------------------------------------
+def test_state_tags_survive_and_the_cache_stays_resident(tmp_path, monkeypatch):
+    from kcompiler.runtime import state
+
+    cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16)
+    cm.simulate()
+    lm = _round_trip(cm, tmp_path / "dec.kcm", monkeypatch, PimBackend)
+    assert state.pairs(lm.model) == state.pairs(cm.model) and state.pairs(cm.model)[0]
+    tags = lambda m: {v.name: v.metadata_props.get(state.STATE_KEY)  # noqa: E731
+                      for v in list(m.graph.inputs) + list(m.graph.outputs)}
+    assert tags(lm.model) == tags(cm.model)
+    assert lm.artifact.manifest["state"] == state.pairs(cm.model)[1]
+    # the PIM's in-place KV append is still claimed, and the cache is not moved: same latency as
+    # before saving, lower than without resident state
+    appends = lambda m: sum(1 for p in m.programs if isinstance(p, PimProgram)  # noqa: E731
+                            for n, _ in p.steps if n.op_type == "Concat")
+    assert appends(lm) == appends(cm) > 0
+    assert lm.simulate().latency_s == cm.simulate().latency_s
+    moved = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16, state=False)
+    assert moved.simulate().latency_s > lm.report.latency_s
+    assert any("device-resident state" in n for n in lm.report.notes)
+
+
+def test_state_comes_from_the_manifest(tmp_path):
+    """The manifest's state table is authoritative: tags are put back even if the stored graph lost them."""
+    cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16)
+    path = tmp_path / "s.kcm"
+    cm.save(path)
+    manifest = artifact.read_manifest(path)
+    import onnx_ir as ir
+
+    x, y = ir.Value(name="x"), ir.Value(name="y")
+    model = ir.Model(ir.Graph([x], [y], nodes=[]), ir_version=10)
+    with pytest.raises(ArtifactError):
+        artifact._restore_state(model, manifest["state"], path)  # names values this graph lacks
+    artifact._restore_state(model, {"y": "x"}, path)
+    assert x.metadata_props["kcompiler.state"] == "y" and y.metadata_props["kcompiler.state"] == "x"
+    lm = kcompiler.load(path)
+    assert {v.name: v.metadata_props.get("kcompiler.state") for v in lm.model.graph.inputs
+            if "kcompiler.state" in v.metadata_props} == {i: o for o, i in manifest["state"].items() if i}
+
+
+# ---- parallel plans -------------------------------------------------------------------------
+def _resnet50_batch2():
+    from tests.parallel.test_parallel import resnet50_batch
+
+    return resnet50_batch(2)
+
+
+@pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data"])
+def test_parallel_round_trip(case, tmp_path, monkeypatch):
+    from kcompiler.backends.npu.backend import NpuBackend
+    from kcompiler.parallel.collectives import CommProgram
+
+    if case == "bert-tiny tensor":
+        cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="tensor")
+    else:
+        cm = kcompiler.compile(_resnet50_batch2(), target="atom", devices=2, parallel="data")
+    assert any(isinstance(p, CommProgram) for p in cm.programs)
+    lm = _round_trip(cm, tmp_path / "par.kcm", monkeypatch, NpuBackend, PimBackend)
+    assert [type(p).__name__ for p in lm.programs] == [type(p).__name__ for p in cm.programs]
+    assert [p.asm() for p in lm.programs] == [p.asm() for p in cm.programs]
+    assert lm.parallel is not None and lm.parallel.summary() == cm.parallel.summary()
+    assert lm.report.parallel == cm.report.parallel and lm.report.parallel
+    assert lm.report.interval_s == cm.report.interval_s
+    assert lm.report.throughput_per_s == cm.report.throughput_per_s
+    assert [(t.src, t.dst, t.nbytes, t.start_s, t.end_s) for t in lm.report.transfers] == \
+           [(t.src, t.dst, t.nbytes, t.start_s, t.end_s) for t in cm.report.transfers]
+    assert lm.system.interconnect == cm.system.interconnect
+
+
+def test_parallel_double_compile_is_byte_identical(tmp_path):
+    a, b = tmp_path / "a.kcm", tmp_path / "b.kcm"
+    kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="tensor").save(a)
+    kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="tensor").save(b)
+    assert a.read_bytes() == b.read_bytes()
+    a, b = tmp_path / "c.kcm", tmp_path / "d.kcm"
+    kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16).save(a)
+    kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16).save(b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+# ---- the original model, for --check ------------------------------------------------------------
+def test_original_model_travels_for_check(tmp_path):
+    from kcompiler.check import compare_with_ort, reference_description, reference_outputs
+
+    cm = kcompiler.compile("bert-tiny", target="atom")
+    with_src = tmp_path / "src.kcm"
+    cm.save(with_src)
+    old = (artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA)
+    try:
+        artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA = -1, -1
+        bare = tmp_path / "bare.kcm"
+        cm.save(bare)
+    finally:
+        artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA = old
+    # the original's weights are the compiled graph's where they are equal: a small cost
+    extra = with_src.stat().st_size - bare.stat().st_size
+    assert 0 < extra < 0.05 * bare.stat().st_size, extra
+    lm = kcompiler.load(with_src)
+    assert lm.artifact.manifest["source"]["section"] == "source"
+    assert lm.original is not None and "original model" in reference_description(lm)
+    # ONNX Runtime on the original (its node names, not the fused graph's)
+    assert {n.name for n in lm.original.graph.node} == {n.name for n in cm.original.graph.node}
+    feeds = cm.random_inputs()
+    ref_c, ref_l = reference_outputs(cm, feeds), reference_outputs(lm, feeds)
+    for k in ref_c:
+        assert np.array_equal(ref_c[k], ref_l[k])
+    assert compare_with_ort(lm, feeds, lm.run(feeds), rtol=1e-2, atol=1e-3).ok
+    lb = kcompiler.load(bare)
+    assert lb.original is None and lb.artifact.manifest["source"]["section"] is None
+    assert "compiled graph" in reference_description(lb)
+
+
+def test_cli_check_says_what_it_compares_against(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "sq.kcm"
+    r = subprocess.run([sys.executable, "-m", "kcompiler", "compile", "squeezenet", "--target", "aim", "-o",
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "kcompiler", "run", str(out), "--check", "--rtol", "0.05",
+                        "--atol", "0.01"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "on the original model (stored in the artifact)" in r.stdout
+
+
+def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch):
+    """When the original's weights would not be shared (e.g. folded), the artifact refers to the
+    file it was compiled from (path + SHA-256); --check uses it while it is unchanged."""
+    import shutil
+
+    from kcompiler.check import reference_description, reference_outputs
+    from kcompiler.zoo import bundled_path
+
+    src = tmp_path / "squeezenet.onnx"
+    shutil.copy(bundled_path("squeezenet"), src)
+    cm = kcompiler.compile(str(src), target="aim")
+    with monkeypatch.context() as m:
+        m.setattr(artifact, "_source_bytes", lambda cm, weights: None)  # as if its weights were too big
+        cm.save(tmp_path / "ref.kcm")
+    lm = kcompiler.load(tmp_path / "ref.kcm")
+    assert lm.original is None and lm.artifact.manifest["source"]["path"] == str(src.resolve())
+    assert "referenced by the artifact" in reference_description(lm)
+    feeds = cm.random_inputs()
+    ref_c, ref_l = reference_outputs(cm, feeds), reference_outputs(lm, feeds)
+    assert all(np.array_equal(ref_c[k], ref_l[k]) for k in ref_c)
+    src.write_bytes(src.read_bytes() + b"\0")  # changed since: not trusted any more
+    assert "compiled graph" in reference_description(lm)
