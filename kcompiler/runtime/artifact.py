@@ -15,13 +15,22 @@ The manifest holds the format and compiler versions, the system description (eve
 figures, so a changed or missing TOML does not change what was compiled for), the IO
 signature, the partition of the graph into placed subgraphs and, per subgraph, which
 section holds its program and the backend's JSON table for it (NPU: buffer plan and
-fusions), and each section's offset, length and SHA-256.
+fusions; PIM: per step its plan and the length of each channel's command stream;
+communication ops of a parallel plan: the ops, run by the runtime), the device-resident
+state pairs (``state``: {output: input or ""}, also tagged on the graph's values), the
+parallel plan's summary (``parallel``), where the original model is (``source``), and each
+section's offset, length and SHA-256.
 
 Sections:
 - ``graph``: the compiled (cleaned up, fused, placed) graph as an ONNX ModelProto whose
   tensors of 1 KiB and more are external data references into ``weights``;
+- ``source`` (optional): the original model as the user gave it, for `kc run --check`, its
+  tensors references into ``weights`` (shared with the compiled graph's where the bytes are
+  equal); left out when its own weights would grow the section by more than
+  SOURCE_MAX_EXTRA, and then the manifest names the file it was compiled from (path, SHA-256);
 - ``program.<i>``: subgraph i's program in its backend's binary encoding (NPU: the 40-byte
-  instruction stream; host: the extracted ONNX subgraph, weights again by reference);
+  instruction stream; PIM: the 14-byte command streams; host: the extracted ONNX subgraph,
+  weights again by reference; communication: the ops' assembler text);
 - ``weights``: each distinct tensor once, at a 4096-byte aligned offset, so that on load
   the tensors are memory-mapped views of the file (onnx_ir's ExternalTensor, ONNX Runtime's
   external data), never copied.

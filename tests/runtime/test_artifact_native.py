@@ -159,13 +159,13 @@ def _resnet50_batch2():
     return resnet50_batch(2)
 
 
-@pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data"])
+@pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data", "bert-tiny pipeline"])
 def test_parallel_round_trip(case, tmp_path, monkeypatch):
     from kcompiler.backends.npu.backend import NpuBackend
     from kcompiler.parallel.collectives import CommProgram
 
-    if case == "bert-tiny tensor":
-        cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel="tensor")
+    if case.startswith("bert-tiny"):
+        cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel=case.split()[1])
     else:
         cm = kcompiler.compile(_resnet50_batch2(), target="atom", devices=2, parallel="data")
     assert any(isinstance(p, CommProgram) for p in cm.programs)
