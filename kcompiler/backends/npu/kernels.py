@@ -28,6 +28,36 @@ from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, ti
 
 F32 = np.float32
 
+#: the float types the NPU claims: float32, and float16 / bfloat16, which it moves at their own
+#: size and computes in float32 (accumulating in float32), rounding each op's output to them
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+_CHIP_DTYPE = {ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
+_LOW = {ir.DataType.FLOAT16: np.dtype(np.float16), ir.DataType.BFLOAT16: ir.DataType.BFLOAT16.numpy()}
+_LOW_NP = tuple(_LOW.values())
+
+
+def value_dtype(node: ir.Node) -> str:
+    """The chip dtype name ('fp16', 'bf16', or 'fp32') of the float values a node moves."""
+    for v in (*node.outputs, *node.inputs):
+        if v is not None and v.dtype in FLOATS:
+            return _CHIP_DTYPE.get(v.dtype, "fp32")
+    return "fp32"
+
+
+def to_compute(x):
+    """An operand as the kernels compute on it: float16/bfloat16 widened to float32."""
+    return x.astype(F32) if isinstance(x, np.ndarray) and x.dtype in _LOW_NP else x
+
+
+def round_outputs(node: ir.Node, env: dict) -> None:
+    """Write a node's float16/bfloat16 outputs at their dtype, as the hardware stores them."""
+    for v in node.outputs:
+        dt = _LOW.get(v.dtype) if v is not None else None
+        if dt is not None:
+            x = env.get(v.name)
+            if x is not None and x.dtype != dt:
+                env[v.name] = np.asarray(x).astype(dt)
+
 
 # ---- attribute helpers ---------------------------------------------------------------------
 def a_int(node, name, default):
@@ -89,7 +119,8 @@ class Codegen:
 
     def buf(self, v: ir.Value) -> int:
         if v.name not in self._buf_index:
-            nbytes = int(math.ceil(opinfo.numel(v) * self.spec.elem_bytes))
+            eb = 2 if v.dtype in _CHIP_DTYPE else self.spec.elem_bytes
+            nbytes = int(math.ceil(opinfo.numel(v) * eb))
             self._buf_index[v.name] = len(self.buffers)
             self.buffers.append((v.name, self._next_addr, nbytes))
             self._next_addr += (nbytes + 63) // 64 * 64
@@ -182,7 +213,7 @@ class VectorKernel(Kernel):
     # which inputs are streamed through DMA (runtime tensors and per-tile constants)
     def stream_inputs(self) -> list[ir.Value]:
         return [v for v in self.node.inputs if v is not None and opinfo.numel(v) > 0
-                and shape(v) is not None and v.dtype == ir.DataType.FLOAT]
+                and shape(v) is not None and v.dtype in FLOATS]
 
     def reduced_axes(self) -> set[int]:
         return set()
@@ -1151,6 +1182,8 @@ class CopyKernel(Kernel):
         eb = self.spec.elem_bytes
         src = sum(opinfo.numel(v) for v in self.node.inputs[:1 if self.node.op_type != "Concat" else None]
                   if v is not None)
+        if self.node.op_type == "Gather":  # the DMA reads only the rows it gathers
+            src = opinfo.numel(self.out)
         dst = sum(opinfo.numel(v) for v in self.node.outputs)
         return int(src * eb), int(dst * eb)
 

@@ -8,12 +8,14 @@ peak throughput, bytes per cycle and the like are properties.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from kcompiler.errors import TargetError
 from kcompiler.targets.schema import field
 
 DATAFLOWS = ("ws", "os", "is")
+_FOR_VALUES: dict = {}  # (id(spec), dtype) -> (spec, spec for those values)
 #: bytes per element of each dtype the array may be charged at
 DTYPE_BYTES = {"int8": 1, "fp8": 1, "int4": 0.5, "fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
 
@@ -78,6 +80,12 @@ class NpuSpec:
     shared_sram_bytes: int = field(0, min=0, unit="B", doc="SRAM shared by all cores (not tiled into)")
     issue_cycles: int = field(16, min=0, max=100000, doc="cycles to issue one instruction to an engine")
 
+    @property
+    def value_dtype(self) -> str:
+        """The dtype of the values the ops move ("": the charged one); set by for_values, never by
+        the TOML (not a field, so the chip tables and artifacts do not carry it)."""
+        return self.__dict__.get("_value_dtype", "")
+
     # ---- derived -------------------------------------------------------------------------
     @property
     def dtype(self) -> str:
@@ -85,8 +93,39 @@ class NpuSpec:
 
     @property
     def elem_bytes(self) -> float:
-        """Bytes of one element at the charged dtype (what DMA and SRAM move)."""
-        return DTYPE_BYTES[self.array.dtype]
+        """Bytes of one element DMA and SRAM move: the values' dtype (for_values), else the charged one."""
+        return DTYPE_BYTES[self.value_dtype or self.array.dtype]
+
+    def for_values(self, dtype: str) -> "NpuSpec":
+        """This chip charging ops whose values are `dtype` ('fp16' or 'bf16'): MACs at the chip's
+        rate for that dtype where it lists one (else at its charged dtype, e.g. INT8 on warboy),
+        DMA and SRAM bytes at `dtype`'s element size. float32 ops keep the chip's charged dtype for
+        both (until quantisation lands). One object per (chip, dtype), as the tiler's caches key
+        on the spec's identity."""
+        if dtype not in ("fp16", "bf16"):
+            return self
+        key = (id(self), dtype)
+        hit = _FOR_VALUES.get(key)
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        arr = self.array
+        s = dataclasses.replace(self, array=dataclasses.replace(arr, dtype=dtype) if dtype in arr.dtypes else arr)
+        object.__setattr__(s, "_value_dtype", dtype)
+        _FOR_VALUES[key] = (self, s)
+        return s
+
+    def charge_note(self, chip: str) -> str:
+        """What the report says about the dtype time was charged at."""
+        kind = "OPS" if self.dtype.startswith("int") else "FLOPS"
+        text = f"NPU time charged at {self.dtype.upper()} throughput on {chip} ({self.peak_ops / 1e12:.0f} T{kind})"
+        v = self.value_dtype
+        if not v:
+            return text + "; values computed in float32"
+        name = {"fp16": "float16", "bf16": "bfloat16"}[v]
+        if v != self.dtype:
+            text += f" as {chip} lists no {v.upper()} rate"
+        return (text + f", {v.upper()} bytes; values computed in float32 and rounded to {name} at each op's "
+                "output")
 
     @property
     def macs_per_cycle(self) -> float:

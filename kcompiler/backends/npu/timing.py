@@ -61,8 +61,11 @@ def sram_bytes(ins: isa.Instr, spec: NpuSpec) -> int:
     return dma_bytes(ins)
 
 
-def simulate(instrs: list[isa.Instr], spec: NpuSpec) -> tuple[list[InstrTime], int, dict[str, int]]:
-    """(per-instruction times, total cycles, busy cycles per engine and 'dram')."""
+def simulate(instrs: list[isa.Instr], spec: NpuSpec, op_specs: list[NpuSpec] | None = None
+             ) -> tuple[list[InstrTime], int, dict[str, int]]:
+    """(per-instruction times, total cycles, busy cycles per engine and 'dram'). `op_specs[op]`
+    charges one op's MATMUL/VECTOR instructions (the chip at that op's value dtype, see
+    NpuSpec.for_values); the DRAM channel and the issue cost are the chip's."""
     times: list[InstrTime | None] = [None] * len(instrs)
     bpc = spec.dram_bytes_per_cycle
     lat = int(round(spec.dram.latency_s * spec.clock_hz))
@@ -121,7 +124,7 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec) -> tuple[list[InstrTime], i
                 times[i] = InstrTime(t, end, xfer, d0)
                 busy["dram"] = busy.get("dram", 0) + xfer
             else:
-                end = t + compute_cycles(ins, spec)
+                end = t + compute_cycles(ins, spec if op_specs is None else op_specs[ins.op])
                 times[i] = InstrTime(t, end)
             name = f"core{ins.core}.{ins.engine}"
             busy[name] = busy.get(name, 0) + (end - t)
