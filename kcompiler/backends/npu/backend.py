@@ -26,15 +26,15 @@ def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
         if opinfo.shape_of(v) is None and v.uses():
             return no(f"output '{v.name}' has no static shape")
     for v in node.outputs[:1]:
-        if v.dtype != FLOAT:
-            return no(f"dtype {v.dtype} (the NPU kernels are float32 in, charged at the chip's dtype)")
+        if v.dtype not in K.FLOATS:
+            return no(f"dtype {v.dtype} (the NPU claims float32, float16 and bfloat16 ops)")
     ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
     for v in ins:
         if v is None:
             continue
         if opinfo.shape_of(v) is None:
             return no(f"input '{v.name}' has no static shape")
-        if v.dtype != FLOAT:
+        if v.dtype not in K.FLOATS:
             return no(f"input '{v.name}' has dtype {v.dtype}")
     return YES
 
@@ -89,15 +89,19 @@ def _const_producer(node):
 
 
 def _gather_data_const(node):
-    return YES if opinfo.is_const(node.inputs[0]) else no("Gather runs on the NPU only on constant data")
+    """A DMA gather: rows of a constant table (embeddings), or constant rows of a runtime tensor
+    (a pooler's first token); runtime indices into runtime data stay on the host."""
+    if opinfo.is_const(node.inputs[0]) or opinfo.is_const(node.inputs[1]):
+        return YES
+    return no("Gather runs on the NPU only on constant data or with constant indices")
 
 
 def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype != FLOAT:
-        return no("only float32 views")
+    if node.inputs[0] is None or node.inputs[0].dtype not in K.FLOATS:
+        return no("only float views")
     return YES
 
 
@@ -108,7 +112,7 @@ _x_only = lambda n: _static_float(n, 1)  # noqa: E731
 OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Conv": (K.GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)),
                                lambda n: YES if len(n.inputs) < 3 or n.inputs[2] is None or
-                               n.inputs[2].dtype == FLOAT else no("bias must be float32"))),
+                               n.inputs[2].dtype in K.FLOATS else no("bias must be a float"))),
     "MatMul": (K.GemmKernel, _all(_elementwise, _min_rank(0, 2), _min_rank(1, 2))),
     "Gemm": (K.GemmKernel, _elementwise),
     **{op: (K.ElementwiseKernel, _elementwise) for op in K.ELEMENTWISE},
@@ -265,7 +269,7 @@ class NpuProgram(Program):
                 x = self._get_const(v)
                 if x is None:
                     raise ExecutionError(f"value '{v.name}' was never computed")
-            return x
+            return K.to_compute(x)
 
         for i, kernel in enumerate(self.kernels):
             if kernel.kind == "const":
@@ -283,6 +287,7 @@ class NpuProgram(Program):
                     elif oc == isa.COPY:
                         kernel.copy(ins)
                 kernel.end(env)
+                K.round_outputs(kernel.node, env)
             except ExecutionError:
                 raise
             except Exception as exc:
@@ -305,7 +310,7 @@ class NpuProgram(Program):
     def _simulate(self) -> Timeline:
         spec = self.spec
         clock = spec.clock_hz
-        times, total, busy = simulate(self.instrs, spec)
+        times, total, busy = simulate(self.instrs, spec, [k.spec for k in self.kernels])
         self._times_by_id = {id(ins): t for ins, t in zip(self.instrs, times)}
         e = spec.energy
         ops: list[OpEvent] = []
@@ -323,7 +328,7 @@ class NpuProgram(Program):
             end = max(self._t[id(x)].end for x in ins_list)
             t_prev = end
             dram = sum(dma_bytes(x) for x in ins_list)
-            sram = sum(sram_bytes(x, spec) for x in ins_list)
+            sram = sum(sram_bytes(x, kernel.spec) for x in ins_list)
             vec_elems = sum(x.args[2] for x in ins_list if x.opcode == isa.VECTOR)
             compute = {}
             for x in ins_list:
@@ -340,9 +345,8 @@ class NpuProgram(Program):
             ops.append(OpEvent(node.name, node.op_type, start / clock, end / clock, cycles=end - start,
                                macs=kernel.macs, dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound,
                                engine=engine))
-        notes = [f"NPU time charged at {spec.dtype.upper()} throughput on {self.chip} "
-                 f"({spec.peak_ops / 1e12:.0f} T{'OPS' if spec.dtype.startswith('int') else 'FLOPS'}); "
-                 "values computed in float32"]
+        notes = list(dict.fromkeys(k.spec.charge_note(self.chip) for k in self.kernels if k.kind != "const")
+                     or [spec.charge_note(self.chip)])
         return Timeline(seconds=total / clock, cycles=total, ops=ops,
                         engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=notes,
                         spans=self._spans(times))
@@ -407,7 +411,7 @@ class NpuBackend(Backend):
         entry = table.get(node.op_type)
         if entry is None:
             return no(f"{node.op_type} is not in the NPU's op table")
-        _SPEC_FOR_CHECKS.append(self.spec)
+        _SPEC_FOR_CHECKS.append(self.spec.for_values(K.value_dtype(node)))
         try:
             return entry[1](node)
         except Exception as exc:  # a malformed node: let the host (ONNX Runtime) judge it
@@ -416,13 +420,13 @@ class NpuBackend(Backend):
             _SPEC_FOR_CHECKS.pop()
 
     def kernel(self, node: ir.Node) -> K.Kernel:
-        return self._table(node)[node.op_type][0](node, self.spec)
+        return self._table(node)[node.op_type][0](node, self.spec.for_values(K.value_dtype(node)))
 
     def estimate(self, node: ir.Node) -> Cost:
         s: NpuSpec = self.spec
         k = self.kernel(node)
         c = k.cost()
-        eb = s.elem_bytes
+        eb = k.spec.elem_bytes
         if k.kind in ("view", "const"):
             return Cost(bound="overhead")
         dram = int(sum(opinfo.numel(v) for v in node.inputs if v is not None) * eb
