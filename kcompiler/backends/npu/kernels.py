@@ -25,6 +25,7 @@ from kcompiler.backends.npu.cost import dma_cycles, vector_cycles
 from kcompiler.backends.npu.isa import CH, Instr
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, tile_vector
+from kcompiler.runtime.state import STATE_KEY
 
 F32 = np.float32
 
@@ -121,9 +122,21 @@ class Codegen:
         if v.name not in self._buf_index:
             eb = 2 if v.dtype in _CHIP_DTYPE else self.spec.elem_bytes
             nbytes = int(math.ceil(opinfo.numel(v) * eb))
+            # a resident KV cache appended in place (CopyKernel) is allocated at its appended size
+            grown = [n.outputs[0] for n, _ in v.uses() if is_state_append(n) and n.inputs[0] is v]
+            reserve = max([nbytes] + [int(math.ceil(opinfo.numel(o) * eb)) for o in grown])
             self._buf_index[v.name] = len(self.buffers)
             self.buffers.append((v.name, self._next_addr, nbytes))
-            self._next_addr += (nbytes + 63) // 64 * 64
+            self._next_addr += (reserve + 63) // 64 * 64
+        return self._buf_index[v.name]
+
+    def alias(self, v: ir.Value, of: ir.Value) -> int:
+        """Value v stored in place over `of`'s buffer (from its start, at v's own size)."""
+        if v.name not in self._buf_index:
+            _, addr, _ = self.buffers[self.buf(of)]
+            eb = 2 if v.dtype in _CHIP_DTYPE else self.spec.elem_bytes
+            self._buf_index[v.name] = len(self.buffers)
+            self.buffers.append((v.name, addr, int(math.ceil(opinfo.numel(v) * eb))))
         return self._buf_index[v.name]
 
     def emit(self, opcode, core, op, args, wait=0, signal=0, aux=0) -> Instr:
@@ -1172,14 +1185,35 @@ class GemmKernel(Kernel):
 
 
 # ---- data movement (DMA engine) -------------------------------------------------------------
+def is_state_append(node: ir.Node) -> bool:
+    """Concat(past, new, ...) -> present where past is a device-resident state input and present
+    its paired state output (runtime/state.py): a KV-cache append, done in place."""
+    if node.op_type != "Concat" or not node.inputs or node.inputs[0] is None or not node.outputs:
+        return False
+    past, out = node.inputs[0], node.outputs[0]
+    return (past.is_graph_input() and out.is_graph_output() and past.metadata_props.get(STATE_KEY) == out.name
+            and out.metadata_props.get(STATE_KEY) == past.name)
+
+
 class CopyKernel(Kernel):
-    """Concat, Transpose, Slice, Split, Pad, Gather (on constants), Expand: one DRAM-to-DRAM
-    DMA per op on core 0; the DMA engine's address generator does the reordering."""
+    """Concat, Transpose, Slice, Split, Pad, Gather, Expand: one DRAM-to-DRAM DMA per op on
+    core 0; the DMA engine's address generator does the reordering.
+
+    A KV-cache append (is_state_append) is done in place: the cache is resident in DRAM,
+    allocated at its appended size, so the present output is the past input's buffer and only
+    the new rows are moved (read from the new input, written after the cached rows)."""
 
     kind = "copy"
 
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        self.append = is_state_append(node)
+
     def nbytes(self):
         eb = self.spec.elem_bytes
+        if self.append:
+            new = sum(opinfo.numel(v) for v in self.node.inputs[1:] if v is not None)
+            return int(new * eb), int(new * eb)
         src = sum(opinfo.numel(v) for v in self.node.inputs[:1 if self.node.op_type != "Concat" else None]
                   if v is not None)
         if self.node.op_type == "Gather":  # the DMA reads only the rows it gathers
@@ -1197,7 +1231,8 @@ class CopyKernel(Kernel):
         for v in self.node.inputs:
             if v is not None:
                 cg.buf(v)
-        cg.emit(isa.COPY, 0, op, (s, d, cg.buf(self.out)))
+        out = cg.alias(self.out, self.node.inputs[0]) if self.append else cg.buf(self.out)
+        cg.emit(isa.COPY, 0, op, (s, d, out))
 
     def begin(self, env, get):
         self.env, self.get = env, get
