@@ -34,24 +34,10 @@ ROWS = {
 
 
 def resnet50_batch(n: int) -> onnx.ModelProto:
-    """The bundled resnet50 with its batch dimension set to n (its Reshape keeps dim 0 with 0/-1)."""
-    from kcompiler.zoo import bundled_path
+    """The bundled resnet50 with its batch dimension set to n (kcompiler's `--batch` on bundled CNNs)."""
+    from kcompiler.zoo import bundled
 
-    m = onnx.load(str(bundled_path("resnet50")))
-    for v in list(m.graph.input) + list(m.graph.output):
-        if v.name in {i.name for i in m.graph.initializer}:
-            continue
-        v.type.tensor_type.shape.dim[0].dim_value = n
-    del m.graph.value_info[:]
-    for node in m.graph.node:  # a Reshape to [1, C] becomes [-1, C]
-        if node.op_type == "Reshape":
-            for init in m.graph.initializer:
-                if init.name == node.input[1]:
-                    arr = onnx.numpy_helper.to_array(init).copy()
-                    if arr.size and arr[0] == 1:
-                        arr[0] = -1
-                        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-    return m
+    return bundled("resnet50", batch=n)
 
 
 def run_row(key: str, n: int, target: str, interconnect: str | None) -> dict:

@@ -46,9 +46,39 @@ def bundled_path(name: str) -> Path:
     return path
 
 
+def with_batch(model, n: int):
+    """A bundled CNN (batch fixed at 1 in the file) with batch n: dim 0 of its inputs and
+    outputs set to n, and a Reshape to [1, C] made [-1, C] so it follows the batch."""
+    import onnx
+    from onnx import numpy_helper
+
+    if n < 1:
+        raise KCError(f"--batch {n}: the batch must be at least 1")
+    m = onnx.ModelProto()
+    m.CopyFrom(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
+    inits = {i.name: i for i in m.graph.initializer}
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.name not in inits and v.type.tensor_type.shape.dim:
+            v.type.tensor_type.shape.dim[0].dim_value = n
+    del m.graph.value_info[:]
+    for node in m.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            arr = numpy_helper.to_array(inits[node.input[1]]).copy()
+            if arr.size and arr[0] == 1:
+                arr[0] = -1
+                inits[node.input[1]].CopyFrom(numpy_helper.from_array(arr, node.input[1]))
+    return m
+
+
+def bundled(name: str, batch: int | None = None):
+    """A bundled CNN's path, or its ModelProto at another batch size."""
+    path = bundled_path(name)
+    return path if batch in (None, 1) else with_batch(path, batch)
+
+
 for _n in BUNDLED:
     register(ZooEntry(_n, "cnn", f"{_n} (ONNX model zoo, bundled with the onnx package; constant weights)",
-                      lambda _n=_n, **_: bundled_path(_n)))
+                      lambda _n=_n, batch=None, **_: bundled(_n, batch), options=("batch",)))
 
 
 def _load_builders() -> None:

@@ -154,9 +154,9 @@ def test_state_comes_from_the_manifest(tmp_path):
 
 # ---- parallel plans -------------------------------------------------------------------------
 def _resnet50_batch2():
-    from tests.parallel.test_parallel import resnet50_batch
+    from kcompiler.zoo import bundled
 
-    return resnet50_batch(2)
+    return bundled("resnet50", batch=2)
 
 
 @pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data", "bert-tiny pipeline"])

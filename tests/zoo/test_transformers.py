@@ -202,3 +202,17 @@ def test_large_preset_computes_values_from_its_external_file():
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     np.testing.assert_allclose(outs["logits"], ref["logits"], atol=1e-5)
+
+
+def test_bundled_cnn_batch_option():
+    """`--batch N` on a bundled CNN rewrites its fixed batch of 1; values match ORT per image."""
+    import kcompiler
+    from kcompiler.check import compare_with_ort
+
+    cm = kcompiler.compile("squeezenet", target="host", batch=3)
+    (shape, _), = cm.inputs.values()
+    assert shape[0] == 3
+    feeds = cm.random_inputs()
+    assert compare_with_ort(cm, feeds, cm.run(feeds)).ok
+    with pytest.raises(kcompiler.KCError, match="at least 1"):
+        kcompiler.compile("squeezenet", target="host", batch=0)

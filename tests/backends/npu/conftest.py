@@ -117,19 +117,7 @@ def tmp_chip(tmp_path):
 
 
 def with_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
-    """A bundled CNN (batch fixed at 1) with batch n: dim 0 of its inputs/outputs set to n and a
-    Reshape to [1, C] made [-1, C] (as benchmarks/parallel_scaling.py rewrites resnet50)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {i.name: i for i in m.graph.initializer}
-    for v in list(m.graph.input) + list(m.graph.output):
-        if v.name not in inits:
-            v.type.tensor_type.shape.dim[0].dim_value = n
-    del m.graph.value_info[:]
-    for node in m.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in inits:
-            arr = numpy_helper.to_array(inits[node.input[1]]).copy()
-            if arr.size and arr[0] == 1:
-                arr[0] = -1
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array(arr, node.input[1]))
-    return m
+    """A bundled CNN (batch fixed at 1) with batch n (kcompiler.zoo.with_batch)."""
+    from kcompiler.zoo import with_batch as _with_batch
+
+    return _with_batch(model, n)
