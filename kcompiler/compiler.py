@@ -221,6 +221,9 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     if parallel not in (None, "none"):
         from kcompiler import parallel as kpar
 
+        if place:
+            raise KCError("--place cannot be combined with --parallel: a parallel plan places every node itself",
+                          hint="drop --place, or compile with --parallel none")
         if objective not in kpar.OBJECTIVES:
             raise KCError(f"objective '{objective}' is not one of {list(kpar.OBJECTIVES)}")
         if parallel == "auto":
