@@ -195,3 +195,15 @@ def test_place_pins_nodes_by_op_type_and_star():
     assert abs(every.run(feeds)["z"] - free.run(feeds)["z"]).max() < 1e-5
     with pytest.raises(UnsupportedOpError, match="no device or kind 'tpu'"):
         kcompiler.compile(m, target="atom", place={"MatMul": "tpu"})
+
+
+@pytest.mark.slow
+def test_prefill_on_npu_plus_pim_is_no_slower_than_npu_alone():
+    """Fusion must not refuse to fuse a prefill's large elementwise ops just because PIM alone
+    would run them faster: their activations would have to cross the link (llama prefill on
+    atom+aim was 2.5% slower than on atom before the check counted those bytes). Issue 5's figure:
+    llama-7b, 512 tokens, timing mode (no weight is read)."""
+    kw = dict(phase="prefill", seq=512, mode="timing")
+    alone = kcompiler.compile("llama-7b", target="atom", **kw).simulate().latency_s
+    both = kcompiler.compile("llama-7b", target="atom+aim", **kw).simulate().latency_s
+    assert both <= alone * (1 + 1e-9), (both, alone)

@@ -19,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from kcompiler import opinfo
+from kcompiler.runtime.state import STATE_KEY
 from kcompiler.passes.manager import PassContext, PassOutcome
 
 DOMAIN = "kcompiler"
@@ -50,22 +51,69 @@ def npu_backends(ctx: PassContext) -> list[Any]:
     return [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
 
 
+def _resident(v: ir.Value) -> bool:
+    """Device-resident state (a KV-cache input, or a Concat appending to one): it sits where its
+    consumer runs, so it is never moved between devices (runtime/state.py)."""
+    if v.is_graph_input():
+        return STATE_KEY in v.metadata_props
+    p = v.producer()
+    return p is not None and p.op_type == "Concat" and p.inputs and p.inputs[0] is not None \
+        and p.inputs[0].is_graph_input() and STATE_KEY in p.inputs[0].metadata_props
+
+
 def faster_elsewhere(ctx: PassContext, node: ir.Node) -> str | None:
     """Why fusing `node` into an NPU-only op would cost time: another accelerator of the
-    target (PIM, for GEMVs) runs it faster than every NPU, and the fused op would pin it to
-    the NPU. None when the NPU is the best place anyway."""
+    target (PIM, for GEMVs) runs it faster than every NPU even after its activations cross the
+    link from the NPU and back (their bytes at the link's bandwidth), and the fused op would pin
+    it to the NPU. None when the NPU is
+    the best place anyway (as for the large activations of a prefill)."""
     backends = (ctx.options or {}).get("backends") or {}
     npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
     others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
     if not npu or not others:
         return None
+    moved_in = [v for v in node.inputs if v is not None and not opinfo.is_const(v) and not _resident(v)]
     try:
-        best_npu = min(b.estimate(node).seconds for b in npu)
+        best = min(npu, key=lambda b: b.estimate(node).seconds)
+        best_npu = best.estimate(node).seconds
         for b in others:
-            if b.supports(node) and b.estimate(node).seconds < best_npu:
+            if not b.supports(node):
+                continue
+            # bandwidth only: the per-transfer latency is shared by a run of small ops that placement
+            # keeps together on one device, but a large activation's bytes are paid by this op alone
+            bw_in, bw_out = b.system.link(best.name, b.name).bandwidth, b.system.link(b.name, best.name).bandwidth
+            t = b.estimate(node).seconds + sum(opinfo.nbytes(v) for v in moved_in) / bw_in \
+                + sum(opinfo.nbytes(v) for v in node.outputs) / bw_out
+            if t < best_npu:
                 return f"{b.name} runs {node.op_type} '{node.name}' faster than the NPU; fusing would pin it there"
     except Exception:  # an estimate that cannot analyse the node: do not fuse
         return f"cannot estimate {node.op_type} '{node.name}' on every device"
+    return None
+
+
+def group_faster_elsewhere(ctx: PassContext, members: list[ir.Node], fused: ir.Node) -> str | None:
+    """Like faster_elsewhere, for a group of nodes that fusion would turn into `fused`: refuse
+    only if another accelerator runs the members one by one faster than the best NPU runs the
+    fused op, counting the bytes of the group's inputs and output that would cross the link."""
+    backends = (ctx.options or {}).get("backends") or {}
+    npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
+    others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
+    if not npu or not others:
+        return None
+    moved_in = [v for v in fused.inputs if v is not None and not opinfo.is_const(v) and not _resident(v)]
+    try:
+        best = min(npu, key=lambda b: b.estimate(fused).seconds)
+        t_npu = best.estimate(fused).seconds
+        for b in others:
+            if not all(b.supports(m) for m in members):
+                continue
+            bw_in, bw_out = b.system.link(best.name, b.name).bandwidth, b.system.link(b.name, best.name).bandwidth
+            t = sum(b.estimate(m).seconds for m in members) + sum(opinfo.nbytes(v) for v in moved_in) / bw_in \
+                + sum(opinfo.nbytes(v) for v in fused.outputs) / bw_out
+            if t < t_npu:
+                return f"{b.name} runs these {len(members)} ops faster than the NPU runs them fused"
+    except Exception:
+        return "cannot estimate the group on every device"
     return None
 
 

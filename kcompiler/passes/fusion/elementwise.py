@@ -27,7 +27,7 @@ from onnx import helper
 
 from kcompiler import opinfo
 from kcompiler.passes.fusion._base import (DOMAIN, NodeRule, Rewrite, apply_node_rules, ensure_function,
-                                           faster_elsewhere, npu_backends, outcome, rule_name)
+                                           group_faster_elsewhere, npu_backends, outcome, rule_name)
 from kcompiler.passes.manager import PassContext, PassOutcome, register
 
 CHAIN = rule_name("elementwise-chain", "a tree of single-use elementwise ops -> one FusedElementwise vector op")
@@ -150,11 +150,6 @@ def fits(ctx: PassContext, members: list[ir.Node], node: ir.Node) -> str | None:
     backends = npu_backends(ctx)
     if not backends:
         return "the target has no NPU to run a fused elementwise op"
-    for m in members:
-        if m.domain != DOMAIN:
-            why = faster_elsewhere(ctx, m)
-            if why:
-                return why
     for b in backends:
         for m in members:
             ok = b.supports(m)
@@ -163,7 +158,7 @@ def fits(ctx: PassContext, members: list[ir.Node], node: ir.Node) -> str | None:
         ok = b.supports(node)
         if not ok:
             return f"{b.name}: {ok.reason}"
-    return None
+    return group_faster_elsewhere(ctx, members, node)
 
 
 def chain_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
