@@ -276,6 +276,9 @@ class NpuProgram(Program):
                 continue
             try:
                 kernel.begin(env, get)
+                prefetch = getattr(kernel, "prefetch", None)
+                if prefetch is not None:
+                    prefetch(self.op_instrs[i])
                 for ins in self.op_instrs[i]:
                     oc = ins.opcode
                     if oc == isa.MATMUL:

@@ -12,7 +12,10 @@ called for functional programs.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -366,6 +369,13 @@ class VectorKernel(Kernel):
 #: within float64 rounding of the exact one whatever the order, so once rounded to float32 equal
 #: dot products stay equal whatever the tiling. (Larger GEMMs keep float32 BLAS for speed.)
 WIDE_ACC_ROWS = 16
+
+@functools.lru_cache(maxsize=1)
+def _tile_pool():
+    """Worker threads for GEMM tiles: numpy's BLAS releases the GIL, and with OpenBLAS held to
+    one thread per call (blas.py) the host's cores each take a tile instead of spinning."""
+    n = min(4, os.cpu_count() or 1)
+    return None if n < 2 else concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="kc-npu")
 
 
 def _gemm_into(a: np.ndarray, b: np.ndarray, dst: np.ndarray, accumulate: bool) -> None:
@@ -1096,10 +1106,41 @@ class GemmKernel(Kernel):
         cols = cols.reshape(n_img, g, self.k, c.oh * c.ow).transpose(1, 2, 0, 3)
         return np.ascontiguousarray(cols).reshape(g, self.k, -1)
 
+    def prefetch(self, instrs) -> None:
+        """Start this op's output tiles on the simulator's worker threads (one per host core).
+
+        A MATMUL tile reads only the op's inputs and writes its own accumulator tile, so all of
+        an op's tiles can be computed as soon as the op begins, while the main thread runs the
+        epilogues and stores in program order; `mm` then waits for its tile. The simulated
+        time does not change: it comes from the instruction stream, not from this."""
+        self._futures = {}
+        if self.depthwise:
+            return
+        tiles = [ins for ins in instrs if ins.opcode == isa.MATMUL and ins.args[7] == self.k]
+        pool = _tile_pool()
+        if pool is None or len(tiles) < 2:
+            return
+        for ins in tiles:  # a worker also applies the tile's epilogue, while it is "in SRAM"
+            self._futures[id(ins)] = pool.submit(self._tile_and_epilogue, ins.args)
+
+    def _tile_and_epilogue(self, args):
+        self._mm_tile(args)
+        self._epilogue(*args[:6])
+
     def mm(self, ins):
         g0, g1, m0, m1, n0, n1, k0, k1 = ins.args
         if k1 != self.k:
             return  # partial sums over K tiles are formed at the last one (below)
+        fut = getattr(self, "_futures", {}).pop(id(ins), None)
+        if fut is not None:
+            fut.result()
+        else:
+            self._mm_tile(ins.args)
+        # the 7th field says whether the tile's epilogue is done (by the worker that computed it)
+        self.pending.append((g0, g1, m0, m1, n0, n1, fut is not None))
+
+    def _mm_tile(self, args):
+        g0, g1, m0, m1, n0, n1, k0, k1 = args
         # The array accumulates K tiles in fp32; numerically we form the whole K reduction of
         # this output tile in one BLAS call at its last K tile, so every output column is the
         # same dot product whatever the tiling (the bundled CNNs' constant weights make
@@ -1119,7 +1160,6 @@ class GemmKernel(Kernel):
         else:
             for i in range(g1 - g0):
                 _gemm_into(lhs[i], rhs[i], dst[i], False)
-        self.pending.append((g0, g1, m0, m1, n0, n1))
 
     def _acc_layout(self, x: np.ndarray) -> np.ndarray:
         """An epilogue operand broadcast to the output and laid out like the accumulator."""
@@ -1133,7 +1173,13 @@ class GemmKernel(Kernel):
     def vec(self, ins):
         if self.depthwise:
             return self._dw(ins.args[0], ins.args[1])
-        g0, g1, m0, m1, n0, n1 = self.pending[0]
+        g0, g1, m0, m1, n0, n1, done = self.pending[0]
+        if not done:
+            self._epilogue(g0, g1, m0, m1, n0, n1)
+            self.pending[0] = (g0, g1, m0, m1, n0, n1, True)
+
+    def _epilogue(self, g0, g1, m0, m1, n0, n1):
+        """Bias, alpha/beta*C and the fused epilogue of one output tile, in place."""
         if self.base == "Conv":
             idx = (slice(g0, g1), slice(n0, n1), slice(m0, m1))
             t = self.acc[idx]
@@ -1156,7 +1202,7 @@ class GemmKernel(Kernel):
     def st(self, ins):
         if self.depthwise:
             return
-        g0, g1, m0, m1, n0, n1 = self.pending.pop(0)
+        g0, g1, m0, m1, n0, n1, _ = self.pending.pop(0)
         if self.transposed and self.conv.n_img > 1:
             p = self.conv.oh * self.conv.ow
             out = self.out_arr.reshape(self.conv.n_img, self.g, self.n, p)
@@ -1174,12 +1220,15 @@ class GemmKernel(Kernel):
         if self.steps:
             apply_epilogue(dst, self.steps, [o[r0:r1] for o in self.opnds])
         if self.conv.n_img > 1:
-            self.pending.append((r0, r1, 0, self.m, 0, self.n))
+            self.pending.append((r0, r1, 0, self.m, 0, self.n, True))
             self.depthwise = False
             self.st(None)
             self.depthwise = True
 
     def end(self, env):
+        for fut in getattr(self, "_futures", {}).values():  # none left unless an op failed midway
+            fut.cancel()
+        self._futures = {}
         self.A = self.B = self.acc = self.out_arr = None
         self.opnds = []
 
