@@ -68,6 +68,12 @@ def ir_pass(factory: Callable[[], Any]) -> PassFn:
     return run
 
 
+def graph_text(model: ir.Model) -> str:
+    """The graph as ONNX text for --print-after; weights are left out (printing a CNN's or an
+    LLM's initializers as text would take minutes and be unreadable)."""
+    return ir.to_onnx_text(model, exclude_initializers=True)
+
+
 def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: dict[str, list[str]]) -> None:
     """Run passes and sub-pipelines in order, skipping disabled ones."""
     for name in names:
@@ -76,7 +82,7 @@ def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: d
         if name in pipelines:
             run_passes(model, pipelines[name], ctx, pipelines)
             if name in ctx.print_after:
-                ctx.printer(f"// after pipeline {name}\n{ir.to_onnx_text(model)}")
+                ctx.printer(f"// after pipeline {name}\n{graph_text(model)}")
             continue
         info = REGISTRY.get(name)
         if info is None:
@@ -93,11 +99,11 @@ def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: d
         for rule, count in (outcome.fired if outcome else {}).items():
             ctx.fired[rule] = ctx.fired.get(rule, 0) + count
         if name in ctx.print_after:
-            ctx.printer(f"// after {name}\n{ir.to_onnx_text(model)}")
+            ctx.printer(f"// after {name}\n{graph_text(model)}")
         # a rule name prints the graph after the pass that fired it, labelled with the rule
         rules = sorted(r for r in (outcome.fired if outcome else {}) if r in ctx.print_after and r != name)
         if rules:
-            ctx.printer(f"// after rule {', '.join(rules)} (pass {name})\n{ir.to_onnx_text(model)}")
+            ctx.printer(f"// after rule {', '.join(rules)} (pass {name})\n{graph_text(model)}")
 
 
 def check_names(names, pipelines: dict[str, list[str]], what: str) -> None:

@@ -336,3 +336,15 @@ def test_compile_options_reach_the_pass_manager(tmp_path):
     np.testing.assert_allclose(cm.run({"x": x})["y"], 2 * np.maximum(x, 0))
     with pytest.raises(PassError):
         kcompiler.compile(model, disable_passes=["no-such-pass"])
+
+
+def test_print_after_leaves_weights_out():
+    """--print-after on resnet50 for the NPU: folded BatchNorm weights are initializers, and
+    printing them as text took minutes; the graph text must leave them out."""
+    import kcompiler
+
+    out = []
+    kcompiler.compile("resnet50", target="npu", mode="timing", print_after=["fusion"], printer=out.append)
+    text = "".join(out)
+    assert "// after pipeline fusion" in text and "FusedConv" in text
+    assert len(text) < 500_000, len(text)
