@@ -257,8 +257,11 @@ def _load_npz(path: str) -> dict:
 @click.option("--inputs", "inputs_path", default=None, help=".npz file of inputs (random if omitted).")
 @click.option("--outputs", "outputs_path", default=None, help="Write outputs to this .npz file.")
 @click.option("--check", is_flag=True, help="Compare with ONNX Runtime and print the largest error.")
-@click.option("--rtol", default=1e-3, show_default=True)
-@click.option("--atol", default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=None,
+              help="Relative tolerance of --check [default: 1e-3; 2e-2 where values are 16-bit].")
+@click.option("--atol", type=float, default=None,
+              help="Absolute tolerance of --check [default: 1e-4; 2e-2 of each output's largest value "
+                   "where values are 16-bit].")
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
@@ -276,12 +279,23 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
         np.savez(outputs_path, **outs)
         console.print(f"wrote {outputs_path}")
     if check:
-        from kcompiler.check import compare_with_ort, reference_description
+        from kcompiler.check import (REDUCED_PRECISION_TOLERANCE, compare_with_ort, reduced_precision,
+                                     reference_description)
 
-        worst = compare_with_ort(cm, cm.check_feeds(feeds), outs, rtol=rtol, atol=atol)
+        why = reduced_precision(cm)
+        scale = 0.0
+        if why and rtol is None and atol is None:
+            rtol, scale = REDUCED_PRECISION_TOLERANCE
+            atol = 0.0
+            console.print(f"reduced precision ({why}): tolerance rtol {rtol}, atol {scale} of each output's "
+                          "largest value", highlight=False)
+        rtol = 1e-3 if rtol is None else rtol
+        atol = 1e-4 if atol is None else atol
+        worst = compare_with_ort(cm, cm.check_feeds(feeds), outs, rtol=rtol, atol=atol, atol_scale=scale)
         console.print(f"check against onnxruntime on {reference_description(cm)}", highlight=False)
         console.print(f"check against onnxruntime: largest abs error {worst.max_abs:.3g}, "
-                      f"largest rel error {worst.max_rel:.3g} (rtol {rtol}, atol {atol}): "
+                      f"largest rel error {worst.max_rel:.3g} (rtol {rtol}, atol {max(atol, scale)}"
+                      f"{' x scale' if scale else ''}): "
                       + ("[green]match[/]" if worst.ok else "[red]MISMATCH[/]"))
         if not worst.ok:
             raise KCError(f"outputs of '{cm.name}' on {cm.system.name} differ from onnxruntime: "

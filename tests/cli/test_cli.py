@@ -138,3 +138,20 @@ def test_python_dash_m_entry_point():
     run = subprocess.run([sys.executable, "-m", "kcompiler", "zoo"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "squeezenet" in run.stdout
+
+
+def test_check_uses_a_16_bit_tolerance_where_values_are_16_bit():
+    """On atom+aim the decode GEMVs run on AiM's BF16 multipliers: --check judges them at bf16's
+    precision (and still catches a real mismatch), while an fp32 NPU run keeps 1e-3 / 1e-4."""
+    from kcompiler.cli import cli
+
+    r = CliRunner().invoke(cli, ["run", "llama-tiny", "--phase", "decode", "--kv", "16", "--target", "atom+aim",
+                                 "--check"])
+    assert r.exit_code == 0, r.output
+    assert "reduced precision (aim multiplies in bfloat16)" in r.output and "match" in r.output
+    strict = CliRunner().invoke(cli, ["run", "llama-tiny", "--phase", "decode", "--kv", "16", "--target",
+                                      "atom+aim", "--check", "--rtol", "1e-6", "--atol", "1e-9"])
+    assert strict.exit_code == 1 and "MISMATCH" in strict.output
+    fp32 = CliRunner().invoke(cli, ["run", "llama-tiny", "--phase", "decode", "--kv", "16", "--target", "atom",
+                                    "--check"])
+    assert fp32.exit_code == 0 and "reduced precision" not in fp32.output and "rtol 0.001" in fp32.output
