@@ -171,16 +171,20 @@ def cli():
     """kcompiler: compile ONNX models for simulated NPU and PIM chips, and run them for values and time."""
 
 
-def _compile(model, target, shape_specs, disable=(), print_after=(), mode="functional", devices=None):
+def _compile(model, target, shape_specs, disable=(), print_after=(), mode="functional", devices=None,
+             quiet=False):
     import kcompiler
 
     par = _parallel_kwargs()
     devices = devices if devices is not None else par.pop("devices", None)
     par.pop("devices", None)
     par = {k: v for k, v in par.items() if v is not None}
+    def printer(text):  # --print-after output, and --parallel auto's table of candidates
+        if not quiet or print_after:
+            console.print(text, highlight=False, markup=False)
+
     return kcompiler.compile(model, target=target, shapes=_shapes(shape_specs), disable_passes=disable,
-                             print_after=print_after, printer=lambda s: console.print(s, highlight=False,
-                                                                                      markup=False),
+                             print_after=print_after, printer=printer,
                              mode=mode, devices=devices, place=_place_kwarg(), **par, **_zoo_kwargs())
 
 
@@ -340,7 +344,7 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
         plot_files = plot.plot_paths(plot_path, list(target_list))
     for i, target in enumerate(target_list):
         with _status(f"compiling {model} for {target}", quiet):
-            cm = _compile(model, target, shape_specs, disable, print_after, mode=mode)
+            cm = _compile(model, target, shape_specs, disable, print_after, mode=mode, quiet=quiet)
         with _status(f"simulating {model} on {target}", quiet):
             if mode == "functional":
                 cm.run(cm.random_inputs())
