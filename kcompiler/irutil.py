@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterator
 
-import onnx
 import onnx_ir as ir
 
 
@@ -48,15 +47,3 @@ def _inside(inner: ir.Graph, outer: ir.Graph) -> bool:
             if sub is inner:
                 return True
     return False
-
-
-def is_constant(value: ir.Value) -> bool:
-    return value.const_value is not None or (value.is_initializer() if hasattr(value, "is_initializer") else False)
-
-
-def value_info(value: ir.Value) -> onnx.ValueInfoProto:
-    return ir.serde.serialize_value(value)
-
-
-def used_names(nodes: Iterable[ir.Node]) -> set[str]:
-    return {v.name for n in nodes for v in node_inputs(n) if v.name}
