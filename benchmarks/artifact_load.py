@@ -48,30 +48,10 @@ print(json.dumps({"load_s": load_s, "first_load_with_imports_s": cold_s, "peak_r
 
 
 def materialize(name: str, out_path: str, seed: int = 0) -> str:
-    """The bundled CNN with every ConstantOfShape weight replaced by a random initializer."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
+    """The bundled CNN with real (random) weights, saved as external data."""
+    from kcompiler.zoo import with_random_weights
 
-    from kcompiler.zoo import bundled_path
-
-    m = onnx.load(bundled_path(name))
-    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    rng = np.random.default_rng(seed)
-    keep = []
-    for n in m.graph.node:
-        if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[n.input[0]])
-            lo, hi = (0.5, 1.5) if "riv" in n.output[0] else (-0.05, 0.05)  # BN variances stay positive
-            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32),
-                                                               n.output[0]))
-        else:
-            keep.append(n)
-    m.ir_version = max(m.ir_version, 7)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    onnx.save(m, out_path, save_as_external_data=True, location=os.path.basename(out_path) + ".data")
-    return out_path
+    return with_random_weights(name, out_path, seed)
 
 
 def measure(path: str, warm: str, repeats: int = 3) -> dict:

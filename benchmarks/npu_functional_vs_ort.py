@@ -10,7 +10,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import onnxruntime as ort
 
 import kcompiler

@@ -23,7 +23,7 @@ def reference_description(cm) -> str:
     """What `reference_outputs` runs ONNX Runtime on, in words (printed by `kc run --check`)."""
     if cm.source.path is not None:
         return f"the original model ({cm.source.path})"
-    if getattr(cm, "original", None) is not None:
+    if cm.original is not None:
         if getattr(cm, "artifact", None) is not None:
             return "the original model (stored in the artifact)"
         return "the original model"
@@ -49,7 +49,7 @@ def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
     base_dir = cm.source.base_dir
     if cm.source.path is not None:
         proto, _ = read_model_proto(cm.source.path)
-    elif getattr(cm, "original", None) is not None:
+    elif cm.original is not None:
         proto = cm.original
     else:
         from kcompiler.runtime.artifact import original_reference

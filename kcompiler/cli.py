@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -213,7 +212,7 @@ def compile_cmd(model, target, shape_specs, disable, print_after, devices, mode,
         table.add_row(dev, str(n))
     console.print(table)
     console.print(f"compiled in {cm.compile_s:.3f} s; {len(cm.parts)} subgraph(s)")
-    if getattr(cm, "parallel", None) is not None:
+    if cm.parallel is not None:
         p = cm.parallel
         console.print(f"parallel: {p.plan.label} over {len(p.devices)} chip(s); stages {p.stages}; "
                       f"communication ops {p.comm}", highlight=False)

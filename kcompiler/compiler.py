@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -56,6 +56,10 @@ class CompiledModel:
         self.report: Report | None = None
         #: set on models loaded from an artifact (runtime/artifact.py: path, manifest, load_s)
         self.artifact = None
+        #: the parallel plan's summary (kcompiler.parallel.ParallelInfo) when compiled for several chips
+        self.parallel = None
+        #: the model as given, when it was not a file (for --check and artifacts)
+        self.original = None
 
     # ---- signature ---------------------------------------------------------------------
     @property
@@ -130,7 +134,7 @@ class CompiledModel:
             rep.notes.append("timing only: values were not computed" + (
                 " and no weight data was read (compiled with mode='timing')" if self.mode == "timing" else ""))
         self.report = self.executor.simulate(rep)
-        if getattr(self, "parallel", None) is not None:  # steady-state throughput, plan summary
+        if self.parallel is not None:  # steady-state throughput, plan summary
             self.parallel.annotate(self.report, self.system)
         return self.report
 

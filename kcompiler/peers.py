@@ -37,7 +37,7 @@ def frontend_proto(cm) -> onnx.ModelProto:
     from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION
     from kcompiler.frontend import load_model
 
-    src = cm.source.path if cm.source.path is not None else getattr(cm, "original", None)
+    src = cm.source.path if cm.source.path is not None else cm.original
     if src is None:
         proto = ir.serde.serialize_model(cm.model)
     else:

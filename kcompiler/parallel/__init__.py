@@ -14,10 +14,11 @@ tagged with its chip, and communication nodes (collectives.py) that the runtime 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import onnx_ir as ir
 
+from kcompiler import opinfo
 from kcompiler.errors import KCError
 
 STRATEGIES = ("none", "data", "tensor", "pipeline", "auto")
@@ -213,7 +214,6 @@ def estimate(model: ir.Model, system, backends: dict, plan: Plan, cost: dict[int
 
     def bytes_of(v):
         lay = an.layouts.get(id(v)) if an is not None else None
-        from kcompiler import opinfo
         return opinfo.nbytes(v) // (plan.t if lay is not None and lay.sharded else 1)
 
     cuts = pp.cut_bytes(nodes, is_const, bytes_of)
@@ -224,8 +224,7 @@ def estimate(model: ir.Model, system, backends: dict, plan: Plan, cost: dict[int
 
 def apply(model: ir.Model, system, backends: dict, plan: Plan, objective: str = "latency") -> ParallelInfo:
     """Place (one-chip view), choose the stages, and rewrite the graph for the plan."""
-    from kcompiler.parallel import pipeline as pp
-    from kcompiler.parallel.spmd import Rewriter, is_const, is_const_producer
+    from kcompiler.parallel.spmd import Rewriter
     from kcompiler.passes.placement import place_nodes
 
     accs = accelerators(system)

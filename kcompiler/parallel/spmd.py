@@ -59,13 +59,9 @@ def shard(axis: int) -> Layout:
 
 
 def is_const(v: ir.Value | None) -> bool:
-    """Known at compile time, judged without reading weight data (it may be external)."""
-    if v is None:
-        return True
-    if v.const_value is not None:
-        return True
-    p = v.producer()
-    return p is not None and is_const_producer(p)
+    """Known at compile time, judged without reading weight data (it may be external); an
+    absent optional input counts as constant."""
+    return v is None or opinfo.is_const(v)
 
 
 def is_const_producer(node: ir.Node) -> bool:

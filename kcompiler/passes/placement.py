@@ -29,19 +29,7 @@ from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
 
 def _is_const_producer(node: ir.Node) -> bool:
-    return node.op_type in ("Constant", "ConstantOfShape") and all(_is_const(v) for v in node.outputs)
-
-
-def _is_const(v: ir.Value | None) -> bool:
-    """Known at compile time, decided without reading the data (weights may be external files)."""
-    if v is None:
-        return True
-    if v.const_value is not None:
-        return True
-    p = v.producer()
-    if p is None or p.op_type not in ("Constant", "ConstantOfShape") or p.domain not in ("", "ai.onnx"):
-        return False
-    return p.op_type == "Constant" or opinfo.const_value(p.inputs[0]) is not None
+    return node.op_type in ("Constant", "ConstantOfShape") and all(opinfo.is_const(v) for v in node.outputs)
 
 
 def _us(s: float) -> str:
@@ -77,7 +65,7 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
     last_use: dict[int, int] = {}
     for i, n in enumerate(work):
         for v in n.inputs:
-            if v is not None and not _is_const(v):
+            if v is not None and not opinfo.is_const(v):
                 last_use[id(v)] = i
 
     link_cache: dict[tuple[str, str, int], float] = {}
@@ -119,7 +107,7 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) is pinned to {sorted(pinned)}, "
                                      "which cannot run it", hint="; ".join(refusals) or None)
         options.append((est, refusals))
-        inputs = [v for v in node.inputs if v is not None and not _is_const(v)]
+        inputs = [v for v in node.inputs if v is not None and not opinfo.is_const(v)]
         new_states, choice = {}, {}
         for dev, t_dev in est.items():
             best = None

@@ -321,7 +321,7 @@ def _serialize_model(model: ir.Model) -> bytes:
 def _original_proto(cm) -> "onnx.ModelProto | None":
     """The model as the user gave it (before any kcompiler pass), if it can still be had: the
     ``original`` proto kept by compile() or by a loaded artifact, else the source file."""
-    proto = getattr(cm, "original", None)
+    proto = cm.original
     if isinstance(proto, onnx.ModelProto):
         return proto
     if cm.source.path is not None and Path(cm.source.path).is_file():
@@ -405,7 +405,7 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
         # device-resident state {output: input or ""} (runtime/state.py); also tagged on the values
         # of the stored graph, and put back from here on load
         "state": dict(sorted(state_out.items())),
-        "parallel": _parallel_table(getattr(cm, "parallel", None)),
+        "parallel": _parallel_table(cm.parallel),
         "source": _source_table(cm, any(s["name"] == "source" for s in sections)),
         "sections": sections,
     }

@@ -154,7 +154,7 @@ class Executor:
         nbytes = opinfo.nbytes(v)
         link = self.system.link(src, dst)
         # every directed link on the route is busy for the whole transfer (contention)
-        route = self.system.route(src, dst) if hasattr(self.system, "route") else [(src, dst)]
+        route = self.system.route(src, dst)
         start = max([t] + [link_free.get(key, 0.0) for key in route])
         end = start + link.transfer_s(nbytes)
         for key in route:

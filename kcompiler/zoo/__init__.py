@@ -70,6 +70,33 @@ def with_batch(model, n: int):
     return m
 
 
+def with_random_weights(name: str, out_path: "str | os.PathLike", seed: int = 0) -> str:
+    """Save the bundled CNN `name` with real (seeded random) weights to `out_path`: every
+    ConstantOfShape fill becomes an initializer, stored as external data beside the file (the
+    bundled files store constant fills only, which hide layout and rounding bugs)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(bundled_path(name)))
+    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    rng = np.random.default_rng(seed)
+    keep = []
+    for n in m.graph.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
+            shape = tuple(int(d) for d in shapes[n.input[0]])
+            lo, hi = (0.5, 1.5) if "riv" in n.output[0] else (-0.05, 0.05)  # BN variances stay positive
+            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32),
+                                                               n.output[0]))
+        else:
+            keep.append(n)
+    m.ir_version = max(m.ir_version, 7)  # IR 3 wanted every initializer to be a graph input
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save(m, str(out_path), save_as_external_data=True, location=os.path.basename(str(out_path)) + ".data")
+    return str(out_path)
+
+
 def bundled(name: str, batch: int | None = None):
     """A bundled CNN's path, or its ModelProto at another batch size."""
     path = bundled_path(name)

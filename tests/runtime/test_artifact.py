@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import numpy_helper
 
 import kcompiler
 from kcompiler.errors import ArtifactError, InputError, KCError
@@ -24,25 +23,10 @@ SLOW = {"vgg19", "zfnet512", "densenet121", "bvlc_alexnet"}
 
 
 def materialize(name: str, out_path: str, seed: int = 0) -> str:
-    """The bundled CNN with real (random) weights: every ConstantOfShape weight becomes an
-    initializer, saved as external data (the bundled files store constant fills only)."""
-    m = onnx.load(bundled_path(name))
-    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    rng = np.random.default_rng(seed)
-    keep = []
-    for n in m.graph.node:
-        if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[n.input[0]])
-            lo, hi = (0.5, 1.5) if "riv" in n.output[0] else (-0.05, 0.05)  # BN variances stay positive
-            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32),
-                                                               n.output[0]))
-        else:
-            keep.append(n)
-    m.ir_version = max(m.ir_version, 7)  # IR 3 wanted every initializer to be a graph input
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    onnx.save(m, out_path, save_as_external_data=True, location=os.path.basename(out_path) + ".data")
-    return out_path
+    """The bundled CNN with real (random) weights, saved as external data."""
+    from kcompiler.zoo import with_random_weights
+
+    return with_random_weights(name, out_path, seed)
 
 
 def _same_outputs(a: dict, b: dict) -> None:

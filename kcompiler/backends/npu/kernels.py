@@ -16,7 +16,7 @@ import concurrent.futures
 import functools
 import math
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -24,7 +24,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import Cost
 from kcompiler.backends.npu import isa
-from kcompiler.backends.npu.cost import dma_cycles, vector_cycles
+from kcompiler.backends.npu.cost import dma_cycles
 from kcompiler.backends.npu.isa import CH, Instr
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, tile_vector
@@ -181,17 +181,18 @@ class Kernel:
     def begin(self, env: dict, get: Callable[[ir.Value], np.ndarray]) -> None:
         pass
 
+    # a kernel implements the hooks of the instructions it emits; the others are never called
     def mm(self, ins: Instr) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} emits no MATMUL instructions")
 
     def vec(self, ins: Instr) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} emits no VECTOR instructions")
 
     def st(self, ins: Instr) -> None:
         pass
 
     def copy(self, ins: Instr) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} emits no COPY instructions")
 
     def end(self, env: dict) -> None:
         pass
@@ -352,7 +353,8 @@ class VectorKernel(Kernel):
         self.result[self.out_sl(r0, r1)] = self.compute(r0, r1)
 
     def compute(self, r0, r1) -> np.ndarray:
-        raise NotImplementedError
+        """Rows r0..r1 of the result (each vector kernel defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define compute()")
 
     def end(self, env):
         self.args = None
@@ -650,16 +652,18 @@ class PoolKernel(VectorKernel):
         if not self.is_max and not hasattr(self, "count"):
             self.count = self._count()
 
-    def _padded(self, x, fill, counted_pads=None):
+    def _pad_widths(self):
+        """np.pad widths: the declared pads, the end ones widened to what ceil_mode needs."""
         k = len(self.kernel)
-        pads = self.pads if counted_pads is None else counted_pads
         widths = [(0, 0), (0, 0)]
         for i in range(k):
             need = (self.out_shape[2 + i] - 1) * self.strides[i] + (self.kernel[i] - 1) * self.dil[i] + 1
             end = max(self.pads[k + i], need - self.spatial[i] - self.pads[i])
             widths.append((self.pads[i], end))
-        if counted_pads is not None:
-            return widths
+        return widths
+
+    def _padded(self, x, fill):
+        widths = self._pad_widths()
         if all(w == (0, 0) for w in widths):
             return x
         return np.pad(x, widths, constant_values=fill)
@@ -667,7 +671,7 @@ class PoolKernel(VectorKernel):
     def _count(self):
         include = a_int(self.node, "count_include_pad", 0)
         ones = np.ones((1, 1) + tuple(self.spatial), F32)
-        widths = self._padded(None, 0, counted_pads=True)
+        widths = self._pad_widths()
         if include:
             # declared pads count, the extra ceil_mode padding does not
             k = len(self.kernel)
@@ -896,7 +900,7 @@ class GemmKernel(Kernel):
         node = self.node
         a_val, b_val = node.inputs[0], node.inputs[1]
         a_buf, b_buf, o_buf = cg.buf(a_val), cg.buf(b_val), cg.buf(self.final)
-        g_all, m_all, k_all, n_all = self.g, self.m, self.k, self.n
+        k_all, n_all = self.k, self.n
         quarter = self.spec.sram_bytes // 4
         for core, (gr, mr, nr) in enumerate(self.per_core):
             t = self.tiling(gr, mr, nr)
@@ -1331,7 +1335,7 @@ class CopyKernel(Kernel):
         elif op == "Expand":
             r = np.ascontiguousarray(np.broadcast_to(x, shape(self.out)))
         else:  # pragma: no cover - table and kernel out of sync
-            raise NotImplementedError(op)
+            raise NotImplementedError(f"CopyKernel has no case for {op}, which the op table gives it")
         env[self.out.name] = np.asarray(r, dtype=r.dtype)
 
     def end(self, env):

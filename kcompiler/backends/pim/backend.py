@@ -20,16 +20,6 @@ from kcompiler.errors import ExecutionError, LoweringError
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
-def _is_const(v: ir.Value | None) -> bool:
-    """Known at compile time — decided without reading the data."""
-    if v is None:
-        return False
-    if v.const_value is not None:
-        return True
-    p = v.producer()
-    return p is not None and p.op_type in ("Constant", "ConstantOfShape") and p.domain in ("", "ai.onnx")
-
-
 def _attr(node: ir.Node, name: str, default):
     a = node.attributes.get(name)
     if a is None:
@@ -198,9 +188,9 @@ class PimBackend(Backend):
             if op == "Gemm":
                 if _attr(node, "transA", 0):
                     return no("Gemm with transA")
-                if len(ins) > 2 and ins[2] is not None and not _is_const(ins[2]):
+                if len(ins) > 2 and ins[2] is not None and not opinfo.is_const(ins[2]):
                     return no("Gemm bias is not a constant")
-                if not _is_const(ins[1]):
+                if not opinfo.is_const(ins[1]):
                     return no("Gemm with a non-constant B")
                 M, K = a
                 N = b[0] if _attr(node, "transB", 0) else b[1]
@@ -208,12 +198,12 @@ class PimBackend(Backend):
             if len(a) < 1 or len(b) < 2:
                 return no("MatMul with a vector right operand")
             K, N = b[-2], b[-1]
-            if _is_const(ins[1]):
+            if opinfo.is_const(ins[1]):
                 if len(b) != 2:
                     return no("batched constant weights")
                 M = math.prod(a[:-1]) if len(a) > 1 else 1
                 return self._check_rows(Plan("matvec", 1, M, N, K, const_weight=True))
-            if _is_const(ins[0]):
+            if opinfo.is_const(ins[0]):
                 return no("constant left operand")
             if len(a) < 2:
                 return no("vector left operand over an activation matrix")
@@ -227,11 +217,11 @@ class PimBackend(Backend):
                 # a constant operand is scaled by one power of two with the streamed one; beyond FP16's
                 # range (an additive mask of -3.4e38) it would flush the other operand to zero
                 for v, sh in zip(ins, shapes):
-                    if _is_const(v) and sh is not None and math.prod(sh) <= 1 << 20:
+                    if opinfo.is_const(v) and sh is not None and math.prod(sh) <= 1 << 20:
                         c = opinfo.const_value(v)
                         if c is not None and c.size and not np.all(np.abs(c.astype(np.float64)) <= 65504.0):
                             return no(f"constant operand '{v.name}' exceeds the FP16 range (e.g. a -inf mask)")
-            return Plan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not _is_const(v)))
+            return Plan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not opinfo.is_const(v)))
         if op in AF_TABLE:
             if op not in s.activation_functions:
                 return no(f"the activation-function unit has no {op} (it has {', '.join(s.activation_functions)})")
@@ -247,7 +237,7 @@ class PimBackend(Backend):
         x = node.inputs[0] if node.inputs else None
         if x is None or x.dtype not in FLOAT_TYPES or len(node.outputs) != 1:
             return no("PIM units hold floating-point data only")
-        if any(v is not None and not _is_const(v) for v in node.inputs[1:]):
+        if any(v is not None and not opinfo.is_const(v) for v in node.inputs[1:]):
             return no(f"{op} with a computed shape")
         if opinfo.shape_of(x) is None or opinfo.shape_of(node.outputs[0]) is None:
             return no("shapes unknown")

@@ -65,41 +65,22 @@ def faster_elsewhere(ctx: PassContext, node: ir.Node) -> str | None:
     """Why fusing `node` into an NPU-only op would cost time: another accelerator of the
     target (PIM, for GEMVs) runs it faster than every NPU even after its activations cross the
     link from the NPU and back (their bytes at the link's bandwidth), and the fused op would pin
-    it to the NPU. None when the NPU is
-    the best place anyway (as for the large activations of a prefill)."""
-    backends = (ctx.options or {}).get("backends") or {}
-    npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
-    others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
-    if not npu or not others:
-        return None
-    moved_in = [v for v in node.inputs if v is not None and not opinfo.is_const(v) and not _resident(v)]
-    try:
-        best = min(npu, key=lambda b: b.estimate(node).seconds)
-        best_npu = best.estimate(node).seconds
-        for b in others:
-            if not b.supports(node):
-                continue
-            # bandwidth only: the per-transfer latency is shared by a run of small ops that placement
-            # keeps together on one device, but a large activation's bytes are paid by this op alone
-            bw_in, bw_out = b.system.link(best.name, b.name).bandwidth, b.system.link(b.name, best.name).bandwidth
-            t = b.estimate(node).seconds + sum(opinfo.nbytes(v) for v in moved_in) / bw_in \
-                + sum(opinfo.nbytes(v) for v in node.outputs) / bw_out
-            if t < best_npu:
-                return f"{b.name} runs {node.op_type} '{node.name}' faster than the NPU; fusing would pin it there"
-    except Exception:  # an estimate that cannot analyse the node: do not fuse
-        return f"cannot estimate {node.op_type} '{node.name}' on every device"
-    return None
+    it to the NPU. None when the NPU is the best place anyway (as for a prefill's large
+    activations)."""
+    return group_faster_elsewhere(ctx, [node], node)
 
 
 def group_faster_elsewhere(ctx: PassContext, members: list[ir.Node], fused: ir.Node) -> str | None:
-    """Like faster_elsewhere, for a group of nodes that fusion would turn into `fused`: refuse
-    only if another accelerator runs the members one by one faster than the best NPU runs the
-    fused op, counting the bytes of the group's inputs and output that would cross the link."""
+    """faster_elsewhere for the nodes `members` that fusion would turn into `fused` (a single
+    node is its own group): refuse only if another accelerator runs the members one by one
+    faster than the best NPU runs `fused`, counting the bytes of the group's inputs and outputs
+    that would cross the link."""
     backends = (ctx.options or {}).get("backends") or {}
     npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
     others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
     if not npu or not others:
         return None
+    what = f"{fused.op_type} '{fused.name}'" if members == [fused] else f"these {len(members)} ops"
     moved_in = [v for v in fused.inputs if v is not None and not opinfo.is_const(v) and not _resident(v)]
     try:
         best = min(npu, key=lambda b: b.estimate(fused).seconds)
@@ -107,13 +88,15 @@ def group_faster_elsewhere(ctx: PassContext, members: list[ir.Node], fused: ir.N
         for b in others:
             if not all(b.supports(m) for m in members):
                 continue
+            # bandwidth only: the per-transfer latency is shared by a run of small ops that placement
+            # keeps together on one device, but a large activation's bytes are paid by this group alone
             bw_in, bw_out = b.system.link(best.name, b.name).bandwidth, b.system.link(b.name, best.name).bandwidth
             t = sum(b.estimate(m).seconds for m in members) + sum(opinfo.nbytes(v) for v in moved_in) / bw_in \
                 + sum(opinfo.nbytes(v) for v in fused.outputs) / bw_out
             if t < t_npu:
-                return f"{b.name} runs these {len(members)} ops faster than the NPU runs them fused"
-    except Exception:
-        return "cannot estimate the group on every device"
+                return f"{b.name} runs {what} faster than the NPU; fusing would pin it there"
+    except Exception:  # an estimate that cannot analyse the node: do not fuse
+        return f"cannot estimate {what} on every device"
     return None
 
 
