@@ -106,6 +106,14 @@ def test_sqrt_pow_clip():
     (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]), [1, 3, 8, 6], [1, 3, 4, 3]),
     (helper.make_node("GlobalAveragePool", ["x"], ["y"]), [2, 9, 5, 5], [2, 9, 1, 1]),
     (helper.make_node("GlobalMaxPool", ["x"], ["y"]), [1, 9, 5, 3], [1, 9, 1, 1]),
+    # a dilated window; then outputs large enough for the tap-by-tap path (not one window view)
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], dilations=[2, 2], pads=[1, 1, 1, 1]),
+     [1, 3, 11, 11], [1, 3, 9, 9]),
+    (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 2, 40, 40],
+     [1, 2, 40, 40]),
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+     [1, 4, 64, 64], [1, 4, 32, 32]),
+    (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[7, 7]), [1, 40, 7, 7], [1, 40, 1, 1]),
     (helper.make_node("LRN", ["x"], ["y"], size=5, alpha=1e-3, beta=0.75, bias=2.0), [1, 10, 4, 4], [1, 10, 4, 4]),
 ])
 def test_pool_and_lrn(node, ins, out):
