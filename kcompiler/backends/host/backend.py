@@ -98,6 +98,9 @@ def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors come back as exceptions; ORT's own log lines are noise
+    # ORT's intra-op threads otherwise spin after each run, on the cores the simulators of the
+    # other devices' subgraphs (which run next) compute on
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if base_dir is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
     try:
