@@ -43,17 +43,28 @@ def _net():
                        "wf": rand(10, 24, seed=4), "bf": rand(10, seed=5)})
 
 
+def _depthwise_net():
+    """Depthwise conv (channel multiplier 2, strided, uneven pads) with bias and Relu, batch 2."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 1],
+                              pads=[1, 2, 0, 1], group=6),
+             helper.make_node("Relu", ["c"], ["y"])]
+    return make_model(nodes, {"x": [2, 6, 15, 13]}, {"y": [2, 12, 7, 14]},
+                      {"w": rand(12, 1, 3, 3, seed=6), "b": rand(12, seed=7)})
+
+
 def _kernels(cm):
     return [k for prog in cm.programs if hasattr(prog, "kernels") for k in prog.kernels]
 
 
+@pytest.mark.parametrize("net", [_net, _depthwise_net])
 @pytest.mark.parametrize("target", ["npu", "atom"])
-def test_whole_op_path_matches_tile_path(target):
-    m = _net()
+def test_whole_op_path_matches_tile_path(target, net):
+    m = net()
     cm = kcompiler.compile(m, target=target, place={"*": "npu"})
     feeds = cm.random_inputs(0)
     ref = ort_run(m, feeds)["y"]
     fast = cm.run(feeds)["y"]
+    assert fast.shape == ref.shape
     np.testing.assert_allclose(fast, ref, rtol=RTOL, atol=ATOL)
     # every GEMM and vector op took the whole-op path (its tiles were found to cover the output)
     ks = [k for k in _kernels(cm) if isinstance(k, (K.GemmKernel, K.VectorKernel))]
