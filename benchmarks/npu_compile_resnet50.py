@@ -1,6 +1,7 @@
-"""Compile time of resnet50 for the NPU, import to program (target: under 3 s).
+"""Compile time of resnet50 for the NPU, import to program (target: under 3 s), and with
+--tvm, side by side, TVM Relax's build of the same model for the host CPU (llvm).
 
-    python benchmarks/npu_compile_resnet50.py [--target npu] [--repeat 3]
+    python benchmarks/npu_compile_resnet50.py [--target npu] [--repeat 3] [--tvm]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def main():
     ap.add_argument("--target", default="npu")
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tvm", action="store_true", help="also time TVM Relax builds (needs kcompiler[tvm])")
     args = ap.parse_args()
     times = []
     for _ in range(args.repeat):
@@ -30,6 +32,14 @@ def main():
     for name, s in cm.context.timings:
         if s > 0.05:
             print(f"  pass {name}: {s:.3f} s")
+    if args.tvm:
+        from kcompiler.peers import build_tvm, frontend_proto
+
+        proto = frontend_proto(cm)
+        for pipeline in ("zero", "default"):
+            t = min(build_tvm(proto, pipeline)[1] for _ in range(args.repeat))
+            print(f"TVM Relax ({pipeline!r} pipeline) -> llvm: import..executable best {t:.2f} s over "
+                  f"{args.repeat}: {t / min(times):.1f}x kcompiler's")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
     return PeerResult("ort", compile_s, latency, runs, outs)
 
 
-def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero"):
+    """TVM Relax's build of the model for the host CPU (llvm): (executable, seconds taken)."""
     try:
         import tvm
         from tvm import relax
@@ -86,12 +87,19 @@ def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
         mod = from_onnx(proto, keep_params_in_input=False)
         target = tvm.target.Target({"kind": "llvm"})
         with target:
-            mod = relax.get_pipeline("zero")(mod)
+            mod = relax.get_pipeline(pipeline)(mod)
         ex = tvm.compile(mod, target=target)
     except Exception as exc:
         raise KCError(f"TVM could not build the model: {' '.join(str(exc).split())[:300]}",
                       hint="compare with ort only (--compare ort)") from None
-    compile_s = time.perf_counter() - t0
+    return ex, time.perf_counter() - t0
+
+
+def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+    import tvm
+    from tvm import relax
+
+    ex, compile_s = build_tvm(proto)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
     args = [make(feeds[i.name]) for i in proto.graph.input if i.name in feeds]
