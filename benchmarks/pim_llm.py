@@ -8,12 +8,13 @@ stays on the NPU.
 
     python benchmarks/pim_llm.py [--model llama-7b] [--kv 2048] [--seq 512] [--json out.json]
 
-Measured (this repository, commit of this file; `python benchmarks/pim_llm.py`):
+Measured (`python benchmarks/pim_llm.py`, 2026-11-22):
 
-    decode  kv=2048  atom       43.65 ms/token
-    decode  kv=2048  atom+aim    2.60 ms/token   -> 16.8x  (289 MatMul + 64 KV appends on aim)
-    prefill seq=512  atom      290.89 ms
-    prefill seq=512  atom+aim  290.89 ms         -> 1.00x  (same placement: every product on the NPU)
+    decode  kv=2048  atom       37.71 ms/token
+    decode  kv=2048  atom+aim    1.96 ms/token   -> 19.2x  (the weight GEMVs, KV appends and
+                                                   attention products on aim)
+    prefill seq=512  atom      104.15 ms
+    prefill seq=512  atom+aim  104.15 ms         -> 1.00x  (same placement: every product on the NPU)
 
 Before the KV cache was resident (the past cache delivered from the host every step and the new
 one sent back: 2 x 2.1 GB over PCIe, ~136 ms), the same models gave 183.2 ms vs 70.8 ms (2.59x),
