@@ -1233,11 +1233,13 @@ class GemmKernel(Kernel):
         wide = self.m <= WIDE_ACC_ROWS
         lhs = self.A64 if wide and self.A64 is not None else self.A
         rhs = self.B64 if wide and self.B64 is not None else self.B
-        for i in range(self.g):  # one BLAS call per group, on every host core (blas.py)
-            if wide:
-                self.acc[i] = np.matmul(lhs[i].astype(np.float64, copy=False), rhs[i].astype(np.float64, copy=False))
-            else:
-                _gemm_into(lhs[i], rhs[i], self.acc[i], False)
+        # one (batched) product for all groups; BLAS threads over the host's cores (blas.py)
+        if wide:
+            self.acc[...] = np.matmul(lhs.astype(np.float64, copy=False), rhs.astype(np.float64, copy=False))
+        elif self.g == 1:
+            _gemm_into(lhs[0], rhs[0], self.acc[0], False)
+        else:
+            np.matmul(lhs, rhs, out=self.acc)
         self._epilogue(0, self.g, 0, self.m, 0, self.n)
         self._store_images()
 
@@ -1322,9 +1324,12 @@ class GemmKernel(Kernel):
     def _acc_layout(self, x: np.ndarray) -> np.ndarray:
         """An epilogue operand broadcast to the output and laid out like the accumulator."""
         full = np.broadcast_to(np.asarray(x, F32), shape(self.out))
+        # reshape keeps a view where it can (a bias broadcast over rows stays one row in memory)
         if self.base != "Conv":
-            return np.ascontiguousarray(full).reshape(self.acc.shape)
+            return full.reshape(self.acc.shape)
         n_img, p = self.conv.n_img, self.conv.oh * self.conv.ow
+        if n_img == 1:
+            return full.reshape(self.g, self.n, p)
         return np.ascontiguousarray(full.reshape(n_img, self.g, self.n, p).transpose(1, 2, 0, 3)).reshape(
             self.g, self.n, n_img * p)
 
