@@ -31,7 +31,8 @@ class PeerResult:
 
 
 def frontend_proto(cm) -> onnx.ModelProto:
-    """The model as loaded by the frontend for `cm` (bound shapes), before kcompiler's passes."""
+    """The model as loaded by the frontend for `cm` (bound shapes), before kcompiler's passes.
+    Weights kept in external files stay there (see `weights_dir`)."""
     import onnx_ir as ir
 
     from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION
@@ -47,6 +48,16 @@ def frontend_proto(cm) -> onnx.ModelProto:
     return proto
 
 
+def weights_dir(cm) -> str | None:
+    """The folder the model's external weight files are in (None if it has none)."""
+    import onnx_ir as ir
+
+    for v in cm.model.graph.initializers.values():
+        if isinstance(v.const_value, ir.ExternalTensor) and v.const_value.base_dir:
+            return str(v.const_value.base_dir)
+    return None
+
+
 def _time(fn, min_runs: int = 3, budget_s: float = 2.0) -> tuple[float, int]:
     fn()  # warm-up
     times = []
@@ -58,11 +69,11 @@ def _time(fn, min_runs: int = 3, budget_s: float = 2.0) -> tuple[float, int]:
     return float(np.median(times)), len(times)
 
 
-def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], base_dir: str | None = None) -> PeerResult:
     from kcompiler.backends.host.backend import ort_session
 
     t0 = time.perf_counter()
-    sess = ort_session(proto, "onnxruntime peer")
+    sess = ort_session(proto, "onnxruntime peer", base_dir)
     compile_s = time.perf_counter() - t0
     names = [o.name for o in sess.get_outputs()]
     outs = {}
@@ -74,7 +85,11 @@ def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
     return PeerResult("ort", compile_s, latency, runs, outs)
 
 
-def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero"):
+#: TVM's ONNX importer needs the weights in the protobuf; past this size we do not load them
+TVM_MAX_EXTERNAL_BYTES = 2 << 30
+
+
+def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero", base_dir: str | None = None):
     """TVM Relax's build of the model for the host CPU (llvm): (executable, seconds taken)."""
     try:
         import tvm
@@ -82,6 +97,8 @@ def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero"):
         from tvm.relax.frontend.onnx import from_onnx
     except ImportError:
         raise KCError("--compare tvm needs Apache TVM", hint="pip install 'kcompiler[tvm]'") from None
+    if base_dir is not None:
+        proto = _with_external_data(proto, base_dir)
     t0 = time.perf_counter()
     try:
         mod = from_onnx(proto, keep_params_in_input=False)
@@ -95,11 +112,34 @@ def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero"):
     return ex, time.perf_counter() - t0
 
 
-def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> PeerResult:
+def _with_external_data(proto: onnx.ModelProto, base_dir: str) -> onnx.ModelProto:
+    """A copy of `proto` with its external weights read in (from inside `base_dir` only)."""
+    import os
+
+    from onnx import external_data_helper as ext
+
+    tensors = [t for t in proto.graph.initializer if ext.uses_external_data(t)]
+    total = sum(int({e.key: e.value for e in t.external_data}.get("length", 0) or 0) for t in tensors)
+    if total > TVM_MAX_EXTERNAL_BYTES:
+        raise KCError(f"--compare tvm: the model's {total / 2**30:.1f} GiB of external weights are too large "
+                      f"to hand to TVM's importer (limit {TVM_MAX_EXTERNAL_BYTES / 2**30:.0f} GiB)",
+                      hint="compare with ort only (--compare ort), or use a smaller model preset")
+    root = os.path.realpath(base_dir)
+    for t in tensors:
+        loc = {e.key: e.value for e in t.external_data}.get("location", "")
+        if os.path.commonpath([root, os.path.realpath(os.path.join(root, loc))]) != root:
+            raise KCError(f"--compare tvm: external data '{loc}' lies outside the model's folder {root}",
+                          hint="keep the weights file next to the model")
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    ext.load_external_data_for_model(proto, root)
+    return proto
+
+
+def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], base_dir: str | None = None) -> PeerResult:
     import tvm
     from tvm import relax
 
-    ex, compile_s = build_tvm(proto)
+    ex, compile_s = build_tvm(proto, base_dir=base_dir)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
     args = [make(feeds[i.name]) for i in proto.graph.input if i.name in feeds]
@@ -122,4 +162,4 @@ def compare_peers(cm, peers, feeds: dict[str, np.ndarray] | None = None) -> list
     proto = frontend_proto(cm)
     feeds = feeds if feeds is not None else cm.random_inputs()
     runners = {"ort": run_ort, "tvm": run_tvm}
-    return [runners[p](proto, feeds) for p in peers]
+    return [runners[p](proto, feeds, weights_dir(cm)) for p in peers]

@@ -37,3 +37,37 @@ def test_tvm_peer_matches_kcompiler(squeezenet):
 def test_unknown_peer_is_a_user_error(squeezenet):
     with pytest.raises(KCError, match="unknown peer"):
         compare_peers(squeezenet, ["pytorch"])
+
+
+def _external_weights_model(folder):
+    """A two-layer MLP whose weights live in an external file next to the model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((16, 32)).astype(np.float32), rng.standard_normal((32, 8)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    path = folder / "mlp.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, location="mlp.weights", size_threshold=0)
+    return str(path)
+
+
+@pytest.mark.parametrize("peer", ["ort", "tvm"])
+def test_peers_read_external_weights(peer, tmp_path, monkeypatch):
+    """Weights in a file beside the model reach the peers (the zoo's large models keep theirs
+    that way), even when the working directory is elsewhere."""
+    if peer == "tvm":
+        pytest.importorskip("tvm")
+    cm = kcompiler.compile(_external_weights_model(tmp_path), target="host")
+    monkeypatch.chdir(tmp_path.parent)
+    feeds = cm.random_inputs(seed=5)
+    ours = cm.run(feeds)
+    (res,) = compare_peers(cm, [peer], feeds)
+    np.testing.assert_allclose(res.outputs["y"], ours["y"], rtol=1e-4, atol=1e-4)
