@@ -433,13 +433,25 @@ def _gemm_into(a: np.ndarray, b: np.ndarray, dst: np.ndarray, accumulate: bool) 
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    """erf to ~1e-7 absolute (Abramowitz & Stegun 7.1.26); numpy has no erf."""
-    x64 = x.astype(np.float64)
-    a = np.abs(x64)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-               + 0.254829592) * t * np.exp(-a * a)
-    return (np.sign(x64) * y).astype(F32)
+    """erf to ~6e-7 absolute (Abramowitz & Stegun 7.1.26, 1.5e-7, evaluated in float32 in
+    place: 3x faster than in float64, and bert-base's GELUs spent 120 ms of 260 here)."""
+    x = np.asarray(x, F32)
+    if x.ndim == 0:
+        return _erf(x.reshape(1)).reshape(())
+    a = np.abs(x)
+    t = a * F32(0.3275911)
+    t += F32(1)
+    np.reciprocal(t, out=t)
+    y = t * F32(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        y += F32(c)
+        y *= t
+    np.multiply(a, a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    y *= a
+    np.subtract(F32(1), y, out=y)
+    return np.copysign(y, x, out=y)
 
 
 def _gelu(node):

@@ -86,3 +86,15 @@ def test_threads_setting_does_not_change_values(monkeypatch):
     monkeypatch.setenv("KC_NPU_THREADS", "2")
     two = cm.run(feeds)["y"]
     np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6)
+
+
+def test_erf_accuracy():
+    """The vector unit's erf (GELU, Erf) against math.erf, on arrays and on a 0-d value."""
+    import math
+
+    xs = np.linspace(-7, 7, 40001, dtype=np.float32)
+    ref = np.array([math.erf(float(v)) for v in xs])
+    got = K._erf(xs)
+    assert got.dtype == np.float32 and got.shape == xs.shape
+    assert np.abs(got - ref).max() < 1e-6
+    assert abs(float(K._erf(np.float32(0.5))) - math.erf(0.5)) < 1e-6
