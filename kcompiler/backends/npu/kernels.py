@@ -421,6 +421,13 @@ def _valid(tap: int, dil: int, pad: int, stride: int, size: int, out: int) -> tu
     return lo, max(lo, hi)
 
 
+def _tap_major(w: np.ndarray, g: int, n: int, c: ConvGeom) -> np.ndarray:
+    """Conv weights (g, n, cin_g * kh * kw) as (g, kh * kw * n, cin_g): each tap's (n x cin_g)
+    block in turn, for _conv_shift's one product per group."""
+    return np.ascontiguousarray(w.reshape(g, n, c.cin_g, c.kh, c.kw).transpose(0, 3, 4, 1, 2)).reshape(
+        g, c.kh * c.kw * n, c.cin_g)
+
+
 def _gemm_into(a: np.ndarray, b: np.ndarray, dst: np.ndarray, accumulate: bool) -> None:
     """dst (+)= a @ b with one BLAS call (numpy falls back to a slow loop when `out`'s rows
     are not contiguous, so only destinations with contiguous rows are written in place)."""
@@ -895,6 +902,12 @@ class GemmKernel(Kernel):
             self.m, self.k = (a[1], a[0]) if ta else (a[0], a[1])
             self.n = b[0] if tb else b[1]
         self.depthwise = self.conv is not None and self.conv.cin_g == 1 and self.g > 1
+        c = self.conv
+        #: functional path: a stride-1 conv with fewer output than input channels forms every
+        #: tap's product from the input itself and adds them shifted (_conv_shift), since its
+        #: im2col columns would be larger than the taps' products
+        self.shift = (c is not None and not self.depthwise and c.kh * c.kw > 1 and self.strides == [1, 1]
+                      and self.n < c.cin_g and self.m > WIDE_ACC_ROWS)
         self.per_core = self._split()
         self.final = self.out  # the value the stores write
         out_shape = shape(self.out)
@@ -1114,6 +1127,8 @@ class GemmKernel(Kernel):
                 else:
                     nk = np.ascontiguousarray(np.swapaxes(b, -1, -2))
                 self.b_packed = np.swapaxes(nk, -1, -2)
+        self.w_taps = _tap_major(self.b_packed, self.g, self.n, self.conv) \
+            if self.shift and self.b_packed is not None else None
         # GEMMs with few rows accumulate in float64 (WIDE_ACC_ROWS): widen the constant
         # operand once here rather than on every run (resnet50's 1000x2048 classifier: 3 ms)
         self.w64 = None
@@ -1142,7 +1157,7 @@ class GemmKernel(Kernel):
             self._x = x
             # depthwise convs read the input directly (_dw_direct); their tile-by-tile fallback
             # builds the columns when it first needs them (_dw)
-            self.B = None if self.depthwise else self._im2col(x)  # (g, k, m)
+            self.B = None if (self.depthwise or self.shift) else self._im2col(x)  # (g, k, m)
             if self.conv.n_img == 1:
                 self.acc = out.reshape(self.g, self.n, self.m)
             else:
@@ -1237,8 +1252,8 @@ class GemmKernel(Kernel):
         if not self._partition:
             return
         self._whole = True
-        if self.depthwise:
-            self._dw_direct()
+        if self.depthwise or self.shift:
+            self._dw_direct() if self.depthwise else self._conv_shift()
             self._epilogue(0, self.g, 0, self.m, 0, self.n)
             self._store_images()
             return
@@ -1261,6 +1276,36 @@ class GemmKernel(Kernel):
             p = self.conv.oh * self.conv.ow
             self.out_arr.reshape(self.conv.n_img, self.g, self.n, p)[...] = \
                 self.acc.reshape(self.g, self.n, self.conv.n_img, p).transpose(2, 0, 1, 3)
+
+    def _conv_shift(self):
+        """A stride-1 conv of the whole op as one product per group of every tap's weights with
+        the input, Z[tap, o, pixel] = W[o, :, tap] . x[:, pixel], then the taps' planes added at
+        their offsets. For fewer output than input channels Z is smaller than im2col's columns
+        (densenet121's 3x3 convs: 128 -> 32 channels, 2.2x faster)."""
+        c = self.conv
+        x = self._x
+        n_img, h, w = x.shape[0], x.shape[2], x.shape[3]
+        taps = c.kh * c.kw
+        wt = self.w_taps if getattr(self, "w_taps", None) is not None else _tap_major(self.A, self.g, self.n, c)
+        xg = x.reshape(n_img, self.g, c.cin_g, h * w)
+        xg = xg[0] if n_img == 1 else np.ascontiguousarray(xg.transpose(1, 2, 0, 3)).reshape(self.g, c.cin_g, -1)
+        z = np.empty((self.g, taps * self.n, xg.shape[-1]), F32)
+        if self.g == 1:
+            _gemm_into(wt[0], xg[0], z[0], False)
+        else:
+            np.matmul(wt, xg, out=z)
+        z = z.reshape(self.g, c.kh, c.kw, self.n, n_img, h, w)
+        y = self.acc.reshape(self.g, self.n, n_img, c.oh, c.ow)
+        y[...] = 0
+        pt, pl = self.pads[0], self.pads[1]
+        dh, dw = self.dil
+        for i in range(c.kh):
+            ra, rb = _valid(i, dh, pt, 1, h, c.oh)
+            for j in range(c.kw):
+                ca, cb = _valid(j, dw, pl, 1, w, c.ow)
+                if rb > ra and cb > ca:
+                    y0, x0 = ra - pt + i * dh, ca - pl + j * dw
+                    y[..., ra:rb, ca:cb] += z[:, i, j, :, :, y0: y0 + rb - ra, x0: x0 + cb - ca]
 
     def _dw_direct(self):
         """A depthwise conv of the whole op into the accumulator, its columns read from the
@@ -1318,6 +1363,8 @@ class GemmKernel(Kernel):
         # same dot product whatever the tiling (the bundled CNNs' constant weights make
         # softmax inputs equal across columns, and ONNX Runtime keeps them exactly equal).
         k0 = 0
+        if self.B is None:  # a conv whose whole-op path reads the input directly
+            self.B = self._im2col(self._x)
         if self.transposed:
             lhs = self.A[g0:g1, n0:n1, k0:k1]
             rhs = self.B[g0:g1, k0:k1, m0:m1]

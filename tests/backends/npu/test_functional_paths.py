@@ -52,11 +52,20 @@ def _depthwise_net():
                       {"w": rand(12, 1, 3, 3, seed=6), "b": rand(12, seed=7)})
 
 
+def _narrowing_net():
+    """3x3 stride-1 convs with fewer output than input channels (batch 2; one grouped)."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], kernel_shape=[3, 3], pads=[0, 1, 2, 1], group=2)]
+    return make_model(nodes, {"x": [2, 48, 12, 10]}, {"y": [2, 8, 12, 10]},
+                      {"w1": rand(20, 48, 3, 3, seed=8), "b1": rand(20, seed=9), "w2": rand(8, 10, 3, 3, seed=10)})
+
+
 def _kernels(cm):
     return [k for prog in cm.programs if hasattr(prog, "kernels") for k in prog.kernels]
 
 
-@pytest.mark.parametrize("net", [_net, _depthwise_net])
+@pytest.mark.parametrize("net", [_net, _depthwise_net, _narrowing_net])
 @pytest.mark.parametrize("target", ["npu", "atom"])
 def test_whole_op_path_matches_tile_path(target, net):
     m = net()
@@ -74,7 +83,8 @@ def test_whole_op_path_matches_tile_path(target, net):
         k._partition = False
     slow = cm.run(feeds)["y"]
     np.testing.assert_allclose(slow, ref, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(slow, fast, rtol=1e-5, atol=1e-6)
+    # the paths sum in different orders (taps then channels, or one dot product): float32 rounding
+    np.testing.assert_allclose(slow, fast, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max()))
 
 
 def test_threads_setting_does_not_change_values(monkeypatch):

@@ -19,6 +19,9 @@ TARGETS = ["npu", "atom"]  # 2 cores and 8 cores: work split across cores
     dict(cin=16, cout=16, k=3, stride=1, pads=[1, 1, 1, 1], group=16, dil=1, hw=10),  # depthwise
     dict(cin=8, cout=16, k=3, stride=1, pads=[2, 1, 2, 3], group=8, dil=2, hw=9, batch=2),  # depthwise x2
     dict(cin=8, cout=8, k=5, stride=2, pads=[2, 2, 1, 1], group=8, dil=1, hw=12),  # depthwise, strided
+    # fewer output than input channels at stride 1: the shifted-taps path
+    dict(cin=40, cout=12, k=3, stride=1, pads=[1, 2, 0, 1], group=1, dil=2, hw=11, batch=2),
+    dict(cin=24, cout=6, k=3, stride=1, pads=[1, 1, 1, 1], group=2, dil=1, hw=9),
     dict(cin=130, cout=70, k=1, stride=1, pads=[0, 0, 0, 0], group=1, dil=1, hw=7),
     dict(cin=5, cout=7, k=5, stride=3, pads=[2, 2, 2, 2], group=1, dil=1, hw=17, batch=2),
 ])
