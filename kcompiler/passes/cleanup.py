@@ -7,6 +7,7 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
+from kcompiler.frontend.loader import ShapeInferencePass
 from kcompiler.passes.manager import PassContext, PassOutcome, ir_pass, register
 
 #: fold constants up to this many elements; larger ones (weights built by ConstantOfShape)
@@ -64,5 +65,5 @@ register("name-fix", "Give every value and node a unique name (onnx_ir NameFixPa
 @register("shape-inference")
 def shape_inference(model: ir.Model, ctx: PassContext) -> PassOutcome:
     """Re-run ONNX shape inference after rewrites (keeps shapes it cannot infer)."""
-    ir_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     return PassOutcome(changed=False)
