@@ -186,3 +186,62 @@ def test_every_bundled_model_loads():
     for name in BUNDLED:
         irm, src = load_model(bundled_path(name))
         assert all(v.shape is not None and all(isinstance(d, int) for d in v.shape) for v in irm.graph.outputs), name
+
+
+# ---- shape inference ----------------------------------------------------------------------------
+def test_onnx_function_body_limit_is_not_a_shape_error():
+    """MeanVarianceNormalization with its default axes is valid, but onnx's strict inference
+    fails inside its function body; the model loads (non-strict shapes, a note) and runs like
+    ONNX Runtime."""
+    graph = helper.make_graph(
+        [helper.make_node("MeanVarianceNormalization", ["x"], ["y"])], "mvn",
+        [helper.make_tensor_value_info("x", FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", FLOAT, [2, 3, 4, 5])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    _, src = load_model(m)
+    assert any("shape inference reported" in n for n in src.notes), src.notes
+    cm = kcompiler.compile(m, target="host")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_inconsistent_shapes_still_fail_strict_inference():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "bad",
+        [helper.make_tensor_value_info("a", FLOAT, [2, 3]), helper.make_tensor_value_info("b", FLOAT, [4, 5])],
+        [helper.make_tensor_value_info("y", FLOAT, [2, 5])])
+    with pytest.raises(ShapeError, match="shape inference failed"):
+        load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_sequence_types_survive_inside_subgraphs():
+    """A Loop body building a sequence keeps a sequence type (onnx_ir 1.1's merge made it a
+    tensor, which ONNX Runtime then refused)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Cast", ["i"], ["f"], to=FLOAT),
+         helper.make_node("Unsqueeze", ["f", "zero"], ["f1"]),
+         helper.make_node("SequenceInsert", ["seq_in", "f1"], ["seq_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_value_info("seq_in", helper.make_sequence_type_proto(helper.make_tensor_type_proto(FLOAT, [1])))],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_value_info("seq_out", helper.make_sequence_type_proto(helper.make_tensor_type_proto(FLOAT, [1])))],
+        [onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceEmpty", [], ["s0"], dtype=FLOAT),
+         helper.make_node("Loop", ["n", "c", "s0"], ["s"], body=body),
+         helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0)], "loop",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", FLOAT, [4])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    irm, _ = load_model(m)
+    loop = next(n for n in irm.graph if n.op_type == "Loop")
+    seq_out = loop.attributes["body"].value.outputs[1]
+    assert isinstance(seq_out.type, ir.SequenceType), seq_out.type
+    cm = kcompiler.compile(m, target="host")
+    y = cm.run({"n": np.array(4, np.int64), "c": np.array(True)})["y"]
+    np.testing.assert_array_equal(y, np.arange(4, dtype=np.float32))
