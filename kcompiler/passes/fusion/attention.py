@@ -13,11 +13,17 @@ Rules:
   fewer per layer, the NPU reads heads with strided DMA.
 
 Both are hardware-specific: they fire only when the target has an NPU and a tiling of the
-fused op fits its scratchpad (``tiler.tile_attention``).
+fused op fits its scratchpad (``tiler.tile_attention``), and no other device runs the products
+faster.
+- ``gqa-grouped``: where ``attention`` does not fire on a grouped-query pattern, the repeat_kv
+  copies go instead: each kv head's query heads become rows of one product with that head's K
+  and V (Q [B,H,S,d] -> [B,Hkv,g*S,d]). Decode on a PIM system then reads the KV cache where it
+  lies, once per kv head, rather than an expanded copy made on the NPU each step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,6 +36,7 @@ from kcompiler.passes.manager import PassContext, PassOutcome, register
 
 ATTENTION = rule_name("attention", "MatMul(Q,Kᵀ)[/c][+mask]->Softmax->MatMul(·,V) -> Attention")
 ATTENTION_HEADS = rule_name("attention-heads", "head split/merge Reshape+Transpose around Attention -> 3-D Attention")
+GQA_GROUP = rule_name("gqa-grouped", "repeat_kv(K, V) around unfused attention -> products grouped by kv head")
 
 
 def _producer(v: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -72,7 +79,24 @@ def _unrepeat(v: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
     return k, [un, ex, rs]
 
 
-def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+@dataclasses.dataclass
+class _Sdpa:
+    """A matched MatMul(Q, Kᵀ) [·c] [+mask] -> Softmax -> MatMul(·, V)."""
+
+    sm: ir.Node
+    pv: ir.Node
+    chain: list[ir.Node]  # the pattern's nodes (Softmax, PV, [Add], [Div/Mul], QK, Transpose)
+    q: ir.Value
+    k: ir.Value  # before any repeat_kv chain
+    v: ir.Value
+    k_rep: list[ir.Node]
+    v_rep: list[ir.Node]
+    mask: ir.Value | None
+    scale: float | None  # the score's constant factor, None if the scores are not scaled
+    shapes: tuple  # (B, H, S, hd), K's shape, V's shape
+
+
+def _match(sm: ir.Node) -> "_Sdpa | str | None":
     if sm.op_type != "Softmax" or sm.domain not in ("", "ai.onnx"):
         return None
     x = sm.inputs[0]
@@ -84,7 +108,7 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
         return "Softmax output does not feed MatMul(·, V) alone"
     chain = [sm, pv]
     consumer = sm  # the node reading x, walking back from Softmax
-    mask, scale_mul = None, 1.0
+    mask, scale = None, None
     add = _producer(x, "Add")
     if add is not None and sole_user(x) is sm:
         a, b = add.inputs
@@ -102,7 +126,7 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
             c = scalar(sc.inputs[1])
             if c is None or c == 0:
                 return f"the score {op} is not by a constant scalar"
-            scale_mul = 1.0 / c if op == "Div" else c
+            scale = 1.0 / c if op == "Div" else c
             chain.append(sc)
             consumer = sc
             x = sc.inputs[0]
@@ -127,8 +151,6 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
     b, h, s, hd = qs
     if ks[0] != b or ks[3] != hd or vs[0] != b or vs[1] != ks[1] or vs[2] != ks[2] or h % ks[1]:
         return f"Q {qs}, K {ks}, V {vs} are not attention operands"
-    if any(t.dtype != ir.DataType.FLOAT for t in (q, k, v)):
-        return "only float32 attention"
     if mask is not None:
         ms = opinfo.shape_of(mask)
         if ms is None or mask.dtype not in (ir.DataType.FLOAT, ir.DataType.BOOL) or len(ms) > 4:
@@ -138,20 +160,109 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
                 return "the mask does not broadcast to the scores"
         except ValueError:
             return "the mask does not broadcast to the scores"
-    why = fits(ctx, b * h, s, ks[2], hd, vs[3], mask is not None) or faster_elsewhere(ctx, qk) or \
-        faster_elsewhere(ctx, pv)
+    return _Sdpa(sm, pv, chain, q, k, v, k_rep, v_rep, mask, scale, (qs, ks, vs))
+
+
+def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+    m = _match(sm)
+    if not isinstance(m, _Sdpa):
+        return m
+    (b, h, s, hd), ks, vs = m.shapes
+    if any(t.dtype != ir.DataType.FLOAT for t in (m.q, m.k, m.v)):
+        return "only float32 attention"
+    qk = next(n for n in m.chain if n.op_type == "MatMul" and n is not m.pv)
+    why = fits(ctx, b * h, s, ks[2], hd, vs[3], m.mask is not None) or faster_elsewhere(ctx, qk) or \
+        faster_elsewhere(ctx, m.pv)
     if why:
         return why
+    scale_mul = 1.0 if m.scale is None else m.scale
     attrs = {}
     if not math.isclose(scale_mul, 1.0 / math.sqrt(hd), rel_tol=1e-6):
         attrs["scale"] = ir.AttrFloat32("scale", float(scale_mul))
-    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    inputs = [m.q, m.k, m.v] + ([m.mask] if m.mask is not None else [])
     node = ir.Node("", "Attention", inputs, attributes=list(attrs.values()), num_outputs=1,
-                   name=f"{pv.name}/Attention")
+                   name=f"{m.pv.name}/Attention")
     out = node.outputs[0]
-    out.shape, out.type = pv.outputs[0].shape, pv.outputs[0].type
-    old = chain + k_rep + v_rep
-    return Rewrite(pv, [n for n in model.graph if any(n is o for o in old)], [node], [pv.outputs[0]], [out])
+    out.shape, out.type = m.pv.outputs[0].shape, m.pv.outputs[0].type
+    old = m.chain + m.k_rep + m.v_rep
+    return Rewrite(m.pv, [n for n in model.graph if any(n is o for o in old)], [node], [m.pv.outputs[0]], [out])
+
+
+def gqa_group_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+    """Where attention is not fused (the target's NPU cannot tile it, or its products run
+    faster on another device such as PIM), drop the repeat_kv copies of K and V: fold each
+    kv head's query heads into the rows of one product instead,
+    Q [B,H,S,d] -> [B,Hkv,g*S,d];  MatMul(·, Kᵀ [B,Hkv,d,T]) -> Softmax -> MatMul(·, V) -> [B,H,S,dv].
+    Every device then reads the KV cache once per kv head, and nothing expands it."""
+    m = _match(sm)
+    if not isinstance(m, _Sdpa):
+        return m
+    if not m.k_rep:
+        return "K and V reach the products without a repeat_kv chain"
+    (b, h, s, hd), ks, vs = m.shapes
+    hkv, t, dv = ks[1], ks[2], vs[3]
+    g = h // hkv
+    if m.mask is not None:
+        ms = opinfo.shape_of(m.mask)
+        if (len(ms) == 4 and ms[1] != 1) or (len(ms) == 3 and ms[0] != 1):
+            return "a per-head mask cannot be shared across a kv head's query heads"
+    name = m.pv.name
+    inits: list[ir.Value] = []
+
+    def shape_const(tag, dims):
+        v = ir.Value(name=f"{name}/gqa_{tag}", const_value=ir.tensor(np.array(dims, np.int64), name=f"{name}/gqa_{tag}"))
+        v.shape, v.dtype = ir.Shape([len(dims)]), ir.DataType.INT64
+        inits.append(v)
+        return v
+
+    def typed(node, dims, dtype):
+        node.outputs[0].shape, node.outputs[0].dtype = ir.Shape(list(dims)), dtype
+        return node
+
+    f32 = m.q.dtype
+    nodes = []
+    qg = typed(ir.Node("", "Reshape", [m.q, shape_const("q", [b, hkv, g * s, hd])], name=f"{name}/gqa_q"),
+               (b, hkv, g * s, hd), f32)
+    kt = typed(ir.Node("", "Transpose", [m.k], attributes=[ir.AttrInt64s("perm", [0, 1, 3, 2])],
+                       name=f"{name}/gqa_kt"), (b, hkv, hd, t), m.k.dtype)
+    sc = typed(ir.Node("", "MatMul", [qg.outputs[0], kt.outputs[0]], name=f"{name}/gqa_qk"), (b, hkv, g * s, t), f32)
+    nodes += [qg, kt, sc]
+    x = sc.outputs[0]
+    if m.scale is not None:
+        c = ir.Value(name=f"{name}/gqa_scale", const_value=ir.tensor(np.array(m.scale, f32.numpy()),
+                                                                      name=f"{name}/gqa_scale"))
+        c.shape, c.dtype = ir.Shape([]), f32
+        inits.append(c)
+        mul = typed(ir.Node("", "Mul", [x, c], name=f"{name}/gqa_scale_mul"), (b, hkv, g * s, t), f32)
+        nodes.append(mul)
+        x = mul.outputs[0]
+    if m.mask is not None:  # the mask broadcasts over [B, Hkv, g, S, T]; so do the scores there
+        ms = opinfo.shape_of(m.mask)
+        x5 = typed(ir.Node("", "Reshape", [x, shape_const("s5", [b, hkv, g, s, t])], name=f"{name}/gqa_s5"),
+                   (b, hkv, g, s, t), f32)
+        mask = m.mask
+        nodes.append(x5)
+        if len(ms) == 4:
+            m5 = typed(ir.Node("", "Reshape", [mask, shape_const("m5", [ms[0], 1, 1, ms[2], ms[3]])],
+                               name=f"{name}/gqa_m5"), (ms[0], 1, 1, ms[2], ms[3]), mask.dtype)
+            nodes.append(m5)
+            mask = m5.outputs[0]
+        if mask.dtype == ir.DataType.BOOL:
+            return "a boolean mask is not grouped"
+        add = typed(ir.Node("", "Add", [x5.outputs[0], mask], name=f"{name}/gqa_mask"), (b, hkv, g, s, t), f32)
+        back = typed(ir.Node("", "Reshape", [add.outputs[0], shape_const("s4", [b, hkv, g * s, t])],
+                             name=f"{name}/gqa_s4"), (b, hkv, g * s, t), f32)
+        nodes += [add, back]
+        x = back.outputs[0]
+    sm2 = typed(ir.Node("", "Softmax", [x], attributes=[ir.AttrInt64("axis", -1)], name=f"{name}/gqa_softmax"),
+                (b, hkv, g * s, t), f32)
+    pv = typed(ir.Node("", "MatMul", [sm2.outputs[0], m.v], name=f"{name}/gqa_pv"), (b, hkv, g * s, dv), f32)
+    out = ir.Node("", "Reshape", [pv.outputs[0], shape_const("o", [b, h, s, dv])], name=f"{name}/gqa_o")
+    out.outputs[0].shape, out.outputs[0].type = m.pv.outputs[0].shape, m.pv.outputs[0].type
+    nodes += [sm2, pv, out]
+    old = m.chain + m.k_rep + m.v_rep
+    return Rewrite(m.pv, [n for n in model.graph if any(n is o for o in old)], nodes, [m.pv.outputs[0]],
+                   [out.outputs[0]], initializers=inits)
 
 
 def _split_heads(v: ir.Value) -> tuple[ir.Value, int, list[ir.Node]] | None:
@@ -199,12 +310,23 @@ def attention_heads_rule(att: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(rs, old, [node], [rs.outputs[0]], [node.outputs[0]])
 
 
-RULES = [NodeRule(ATTENTION, attention_rule), NodeRule(ATTENTION_HEADS, attention_heads_rule)]
+def gqa_group_first_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+    """Unmasked grouped-query attention (decode) is grouped before `attention` looks at it, so
+    fusion weighs the products the devices would run (K read once per kv head, not an expanded
+    copy); `attention` then fuses the grouped form (Hkv heads of g*S rows) where the NPU wins."""
+    m = _match(sm)
+    if isinstance(m, _Sdpa) and m.mask is not None:
+        return "masked scores are grouped only where attention does not fuse them"
+    return gqa_group_rule(sm, ctx, model)
+
+
+RULES = [NodeRule(GQA_GROUP, gqa_group_first_rule), NodeRule(ATTENTION, attention_rule),
+         NodeRule(GQA_GROUP, gqa_group_rule), NodeRule(ATTENTION_HEADS, attention_heads_rule)]
 
 
 @register("fuse-attention")
 def fuse_attention(model: ir.Model, ctx: PassContext) -> PassOutcome:
-    """Fuse scaled dot-product attention into Attention (flash-style on the NPU)."""
+    """Fuse scaled dot-product attention into Attention (flash-style on the NPU); group GQA by kv head."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired)
     return outcome(changed, fired)
