@@ -343,8 +343,8 @@ class NpuProgram(Program):
             engine = {"gemm": "matrix", "copy": "dma"}.get(kernel.kind, "vector")
             if kernel.kind == "gemm" and getattr(kernel, "depthwise", False):
                 engine = "vector"
-            energy = (kernel.macs * e.per_mac_j + vec_elems * e.per_vector_op_j + sram * e.per_sram_byte_j
-                      + dram * e.per_dram_byte_j)
+            energy = (kernel.macs * kernel.spec.energy.per_mac_j + vec_elems * e.per_vector_op_j
+                      + sram * e.per_sram_byte_j + dram * e.per_dram_byte_j)
             ops.append(OpEvent(node.name, node.op_type, start / clock, end / clock, cycles=end - start,
                                macs=kernel.macs, dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound,
                                engine=engine))
@@ -438,7 +438,7 @@ class NpuBackend(Backend):
         mem_cycles = dram / s.dram_bytes_per_cycle
         e = s.energy
         return Cost(seconds=cycles / s.clock_hz, cycles=cycles, macs=c.macs, dram_bytes=dram, sram_bytes=2 * dram,
-                    energy_j=c.macs * e.per_mac_j + dram * (e.per_dram_byte_j + 2 * e.per_sram_byte_j),
+                    energy_j=c.macs * k.spec.energy.per_mac_j + dram * (e.per_dram_byte_j + 2 * e.per_sram_byte_j),
                     bound="compute" if cycles > 1.5 * mem_cycles else "memory")
 
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:

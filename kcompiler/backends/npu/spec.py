@@ -18,6 +18,12 @@ DATAFLOWS = ("ws", "os", "is")
 _FOR_VALUES: dict = {}  # (id(spec), dtype) -> (spec, spec for those values)
 #: bytes per element of each dtype the array may be charged at
 DTYPE_BYTES = {"int8": 1, "fp8": 1, "int4": 0.5, "fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4}
+#: relative energy of one MAC per dtype, multiply plus accumulate add, from M. Horowitz, "Computing's
+#: energy problem", ISSCC 2014 (45 nm): 8-bit int multiply 0.2 pJ + 32-bit int add 0.1 pJ; 16-bit
+#: FP multiply 1.1 pJ + 32-bit FP add 0.9 pJ (float32 accumulation); 32-bit FP multiply 3.7 pJ +
+#: add 0.9 pJ. bf16 is not in the table and is taken as fp16 (assumption). A chip's TOML gives the
+#: absolute energy at its charged dtype; other dtypes scale by these ratios (unlisted: unscaled).
+MAC_ENERGY_45NM_PJ = {"int8": 0.3, "fp16": 2.0, "bf16": 2.0, "fp32": 4.6}
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class NpuSpec:
 
     def for_values(self, dtype: str) -> "NpuSpec":
         """This chip charging ops whose values are `dtype` ('fp16' or 'bf16'): MACs at the chip's
-        rate for that dtype where it lists one (else at its charged dtype, e.g. INT8 on warboy),
+        rate and energy for that dtype where it lists one (else at its charged dtype, e.g. INT8 on warboy),
         DMA and SRAM bytes at `dtype`'s element size. float32 ops keep the chip's charged dtype for
         both (until quantisation lands). One object per (chip, dtype), as the tiler's caches key
         on the spec's identity."""
@@ -109,7 +115,12 @@ class NpuSpec:
         if hit is not None and hit[0] is self:
             return hit[1]
         arr = self.array
-        s = dataclasses.replace(self, array=dataclasses.replace(arr, dtype=dtype) if dtype in arr.dtypes else arr)
+        s = dataclasses.replace(self)  # a copy: _value_dtype is set on it below
+        if dtype in arr.dtypes:  # charged at the chip's rate for these values: and at their MAC energy
+            e = MAC_ENERGY_45NM_PJ
+            scale = e[dtype] / e[arr.dtype] if dtype in e and arr.dtype in e else 1.0
+            s = dataclasses.replace(self, array=dataclasses.replace(arr, dtype=dtype),
+                                    energy=dataclasses.replace(self.energy, per_mac_j=self.energy.per_mac_j * scale))
         object.__setattr__(s, "_value_dtype", dtype)
         _FOR_VALUES[key] = (self, s)
         return s

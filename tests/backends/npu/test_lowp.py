@@ -107,11 +107,17 @@ def test_low_precision_charged_at_its_size_and_rate(target, dtype):
         return op, rep.notes
 
     (low, low_notes), (f32, f32_notes) = run(elem), run(TensorProto.FLOAT)
+    spec = kcompiler.targets.resolve(target).accelerators[0].chip.spec
+    e = spec.energy
     if target == "atom":
         assert low.dram_bytes == 2 * f32.dram_bytes
         assert low.cycles > 1.5 * f32.cycles
+        # an FP16 MAC (float32 accumulate) costs 2.0 / 0.3 of an INT8 one (Horowitz, ISSCC 2014)
+        mac_delta = (low.energy_j - f32.energy_j) - (low.sram_bytes - f32.sram_bytes) * e.per_sram_byte_j \
+            - (low.dram_bytes - f32.dram_bytes) * e.per_dram_byte_j
+        assert mac_delta == pytest.approx(low.macs * e.per_mac_j * (2.0 / 0.3 - 1), rel=1e-6)
         assert any("FP16 throughput on atom" in n and "FP16 bytes" in n for n in low_notes), low_notes
     else:
-        assert (low.dram_bytes, low.cycles) == (f32.dram_bytes, f32.cycles)
+        assert (low.dram_bytes, low.cycles, low.energy_j) == (f32.dram_bytes, f32.cycles, f32.energy_j)
         assert any("BF16 throughput on rngd" in n and "BF16 bytes" in n for n in low_notes), low_notes
     assert any("INT8" in n or "BF16" in n for n in f32_notes) and not any("bytes" in n for n in f32_notes)
