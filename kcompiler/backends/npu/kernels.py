@@ -858,7 +858,7 @@ def apply_epilogue(t: np.ndarray, steps: list[str], operands: list[np.ndarray]) 
         elif name == "relu":
             np.maximum(t, np.float32(0), out=t)
         elif name == "clip":
-            np.clip(t, np.float32(args[0]), np.float32(args[1]), out=t)
+            np.clip(t, np.float32(float(args[0])), np.float32(float(args[1])), out=t)
         else:
             t[...] = EPILOGUE[name](*[float(a) for a in args])(t)
 
@@ -1155,8 +1155,8 @@ class GemmKernel(Kernel):
             if w64 is not None:
                 self.A64 = w64
             self._x = x
-            # depthwise convs read the input directly (_dw_direct); their tile-by-tile fallback
-            # builds the columns when it first needs them (_dw)
+            # depthwise and channel-narrowing convs read the input directly (_dw_direct,
+            # _conv_shift); their tile-by-tile fallback builds the columns when it first needs them
             self.B = None if (self.depthwise or self.shift) else self._im2col(x)  # (g, k, m)
             if self.conv.n_img == 1:
                 self.acc = out.reshape(self.g, self.n, self.m)
