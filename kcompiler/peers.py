@@ -119,12 +119,20 @@ def _with_external_data(proto: onnx.ModelProto, base_dir: str) -> onnx.ModelProt
     from onnx import external_data_helper as ext
 
     tensors = [t for t in proto.graph.initializer if ext.uses_external_data(t)]
-    total = sum(int({e.key: e.value for e in t.external_data}.get("length", 0) or 0) for t in tensors)
+    root = os.path.realpath(base_dir)
+
+    def nbytes(t) -> int:  # the stated length, else the rest of its file
+        info = {e.key: e.value for e in t.external_data}
+        if info.get("length"):
+            return int(info["length"])
+        path = os.path.join(root, info.get("location", ""))
+        return max(0, os.path.getsize(path) - int(info.get("offset") or 0)) if os.path.isfile(path) else 0
+
+    total = sum(nbytes(t) for t in tensors)
     if total > TVM_MAX_EXTERNAL_BYTES:
         raise KCError(f"--compare tvm: the model's {total / 2**30:.1f} GiB of external weights are too large "
                       f"to hand to TVM's importer (limit {TVM_MAX_EXTERNAL_BYTES / 2**30:.0f} GiB)",
                       hint="compare with ort only (--compare ort), or use a smaller model preset")
-    root = os.path.realpath(base_dir)
     for t in tensors:
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
         if os.path.commonpath([root, os.path.realpath(os.path.join(root, loc))]) != root:
