@@ -15,10 +15,12 @@ Rules:
 Both are hardware-specific: they fire only when the target has an NPU and a tiling of the
 fused op fits its scratchpad (``tiler.tile_attention``), and no other device runs the products
 faster.
-- ``gqa-grouped``: where ``attention`` does not fire on a grouped-query pattern, the repeat_kv
-  copies go instead: each kv head's query heads become rows of one product with that head's K
-  and V (Q [B,H,S,d] -> [B,Hkv,g*S,d]). Decode on a PIM system then reads the KV cache where it
-  lies, once per kv head, rather than an expanded copy made on the NPU each step.
+- ``gqa-grouped`` (any target): the repeat_kv copies of a grouped-query pattern go; each kv
+  head's query heads become rows of one product with that head's K and V (Q [B,H,S,d] ->
+  [B,Hkv,g*S,d]). Unmasked patterns (decode) are grouped before ``attention`` weighs them, which
+  then fuses the grouped form where the NPU wins; masked ones (prefill) only where ``attention``
+  declines. Decode on a PIM system then reads the KV cache where it lies, once per kv head,
+  rather than an expanded copy made on the NPU each step.
 """
 
 from __future__ import annotations
