@@ -359,7 +359,7 @@ class VectorKernel(Kernel):
         if self._partition is None:
             rows = [ins.args[:2] for ins in instrs if ins.opcode == isa.VECTOR]
             self._partition = self.axis >= 0 and tiles_partition(rows, (self.extent,))
-        if self._partition:
+        if self._partition and self.result.nbytes <= WHOLE_OP_MAX_BYTES:
             self.result[self.out_sl(0, self.extent)] = self.compute(0, self.extent)
             self._done = True
 
@@ -389,6 +389,11 @@ class VectorKernel(Kernel):
 #: within float64 rounding of the exact one whatever the order, so once rounded to float32 equal
 #: dot products stay equal whatever the tiling. (Larger GEMMs keep float32 BLAS for speed.)
 WIDE_ACC_ROWS = 16
+
+#: GEMMs and vector ops whose output is larger than this run tile by tile even where their tiles
+#: cover it: the whole-op path's temporaries (an epilogue's activation, softmax) are output-sized,
+#: the tiles' are not
+WHOLE_OP_MAX_BYTES = 1 << 28
 
 
 def tiles_partition(tiles: list[tuple[int, ...]], extents: tuple[int, ...]) -> bool:
@@ -1251,6 +1256,8 @@ class GemmKernel(Kernel):
                 self._partition = tiles_partition(tiles, (self.g, self.m, self.n))
         if not self._partition:
             return
+        if not (self.depthwise or self.shift) and self.out_arr.nbytes > WHOLE_OP_MAX_BYTES:
+            return  # (the tile-by-tile paths of those two would build full im2col columns)
         self._whole = True
         if self.depthwise or self.shift:
             self._dw_direct() if self.depthwise else self._conv_shift()

@@ -108,3 +108,25 @@ def test_erf_accuracy():
     assert got.dtype == np.float32 and got.shape == xs.shape
     assert np.abs(got - ref).max() < 1e-6
     assert abs(float(K._erf(np.float32(0.5))) - math.erf(0.5)) < 1e-6
+
+
+def test_large_ops_run_tile_by_tile(monkeypatch):
+    """Past WHOLE_OP_MAX_BYTES of output, GEMMs and vector ops keep the tile-by-tile path (its
+    temporaries are tile-sized); the values stay ORT's."""
+    m = _net()
+    cm = kcompiler.compile(m, target="npu", place={"*": "npu"})
+    feeds = cm.random_inputs(2)
+    monkeypatch.setattr(K, "WHOLE_OP_MAX_BYTES", 0)
+    got = cm.run(feeds)["y"]
+    np.testing.assert_allclose(got, ort_run(m, feeds)["y"], rtol=RTOL, atol=ATOL)
+    ks = [k for k in _kernels(cm) if isinstance(k, (K.GemmKernel, K.VectorKernel))]
+    assert all(k._partition for k in ks)  # the tiles do cover the outputs ...
+    calls, tile = [], K.GemmKernel._mm_tile
+
+    def counting(self, args):
+        calls.append(args)
+        return tile(self, args)
+
+    monkeypatch.setattr(K.GemmKernel, "_mm_tile", counting)
+    cm.run(feeds)
+    assert calls  # ... but the products ran tile by tile
