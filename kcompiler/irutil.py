@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import onnx_ir as ir
 
@@ -47,3 +47,12 @@ def _inside(inner: ir.Graph, outer: ir.Graph) -> bool:
             if sub is inner:
                 return True
     return False
+
+
+def external_weights_dir(values: Iterable[ir.Value]) -> str | None:
+    """The folder the first of these values kept in an external weights file reads it from."""
+    for v in values:
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor) and t.base_dir:
+            return str(t.base_dir)
+    return None

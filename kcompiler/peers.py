@@ -7,6 +7,7 @@ loaded it (shapes bound, canonical opset), before kcompiler's own passes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -50,12 +51,9 @@ def frontend_proto(cm) -> onnx.ModelProto:
 
 def weights_dir(cm) -> str | None:
     """The folder the model's external weight files are in (None if it has none)."""
-    import onnx_ir as ir
+    from kcompiler.irutil import external_weights_dir
 
-    for v in cm.model.graph.initializers.values():
-        if isinstance(v.const_value, ir.ExternalTensor) and v.const_value.base_dir:
-            return str(v.const_value.base_dir)
-    return None
+    return external_weights_dir(cm.model.graph.initializers.values())
 
 
 def _time(fn, min_runs: int = 3, budget_s: float = 2.0) -> tuple[float, int]:
@@ -113,33 +111,19 @@ def build_tvm(proto: onnx.ModelProto, pipeline: str = "zero", base_dir: str | No
 
 
 def _with_external_data(proto: onnx.ModelProto, base_dir: str) -> onnx.ModelProto:
-    """A copy of `proto` with its external weights read in (from inside `base_dir` only)."""
-    import os
-
+    """A copy of `proto` with its external weights read in. The frontend has already checked
+    every external record (inside the model's folder, sizes matching), so only their total
+    size is checked here."""
     from onnx import external_data_helper as ext
 
-    tensors = [t for t in proto.graph.initializer if ext.uses_external_data(t)]
-    root = os.path.realpath(base_dir)
-
-    def nbytes(t) -> int:  # the stated length, else the rest of its file
-        info = {e.key: e.value for e in t.external_data}
-        if info.get("length"):
-            return int(info["length"])
-        path = os.path.join(root, info.get("location", ""))
-        return max(0, os.path.getsize(path) - int(info.get("offset") or 0)) if os.path.isfile(path) else 0
-
-    total = sum(nbytes(t) for t in tensors)
+    total = sum(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * math.prod(t.dims)
+                for t in proto.graph.initializer if ext.uses_external_data(t))
     if total > TVM_MAX_EXTERNAL_BYTES:
         raise KCError(f"--compare tvm: the model's {total / 2**30:.1f} GiB of external weights are too large "
                       f"to hand to TVM's importer (limit {TVM_MAX_EXTERNAL_BYTES / 2**30:.0f} GiB)",
                       hint="compare with ort only (--compare ort), or use a smaller model preset")
-    for t in tensors:
-        loc = {e.key: e.value for e in t.external_data}.get("location", "")
-        if os.path.commonpath([root, os.path.realpath(os.path.join(root, loc))]) != root:
-            raise KCError(f"--compare tvm: external data '{loc}' lies outside the model's folder {root}",
-                          hint="keep the weights file next to the model")
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    ext.load_external_data_for_model(proto, root)
+    ext.load_external_data_for_model(proto, base_dir)
     return proto
 
 

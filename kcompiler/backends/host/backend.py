@@ -16,7 +16,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline
 from kcompiler.errors import ExecutionError, LoweringError, UnsupportedOpError
-from kcompiler.irutil import node_inputs
+from kcompiler.irutil import external_weights_dir, node_inputs
 from kcompiler.targets import Link
 from kcompiler.targets.schema import field
 
@@ -83,12 +83,7 @@ def extract_model(sub: Subgraph) -> onnx.ModelProto:
 
 def external_data_dir(sub: Subgraph):
     """The folder holding the external weights the subgraph reads (None if it reads none)."""
-    for node in sub.nodes:
-        for v in node_inputs(node):
-            t = v.const_value
-            if isinstance(t, ir.ExternalTensor):
-                return t.base_dir or None
-    return None
+    return external_weights_dir(v for node in sub.nodes for v in node_inputs(node))
 
 
 def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):

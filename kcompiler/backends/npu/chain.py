@@ -56,7 +56,6 @@ class FusedElementwiseKernel(VectorKernel):
             for a in operands:
                 if a is not None:
                     self._last_read[a] = i
-        self._last_read[len(self.node.inputs) + len(self.steps) - 1] = len(self.steps)  # the result
 
     def tile_elems(self, r0: int, r1: int) -> int:
         # one vector pass over the tile per step

@@ -1259,23 +1259,26 @@ class GemmKernel(Kernel):
         if not (self.depthwise or self.shift) and self.out_arr.nbytes > WHOLE_OP_MAX_BYTES:
             return  # (the tile-by-tile paths of those two would build full im2col columns)
         self._whole = True
-        if self.depthwise or self.shift:
-            self._dw_direct() if self.depthwise else self._conv_shift()
-            self._epilogue(0, self.g, 0, self.m, 0, self.n)
-            self._store_images()
-            return
+        if self.depthwise:
+            self._dw_direct()
+        elif self.shift:
+            self._conv_shift()
+        else:
+            self._gemm_whole()
+        self._epilogue(0, self.g, 0, self.m, 0, self.n)
+        self._store_images()
+
+    def _gemm_whole(self):
+        """One (batched) product for all groups; BLAS threads over the host's cores (blas.py)."""
         wide = self.m <= WIDE_ACC_ROWS
         lhs = self.A64 if wide and self.A64 is not None else self.A
         rhs = self.B64 if wide and self.B64 is not None else self.B
-        # one (batched) product for all groups; BLAS threads over the host's cores (blas.py)
         if wide:
             self.acc[...] = np.matmul(lhs.astype(np.float64, copy=False), rhs.astype(np.float64, copy=False))
         elif self.g == 1:
             _gemm_into(lhs[0], rhs[0], self.acc[0], False)
         else:
             np.matmul(lhs, rhs, out=self.acc)
-        self._epilogue(0, self.g, 0, self.m, 0, self.n)
-        self._store_images()
 
     def _store_images(self):
         """A batched conv's accumulator (g, n, images x pixels) written out as NCHW."""

@@ -114,13 +114,13 @@ class NpuSpec:
         hit = _FOR_VALUES.get(key)
         if hit is not None and hit[0] is self:
             return hit[1]
-        arr = self.array
-        s = dataclasses.replace(self)  # a copy: _value_dtype is set on it below
-        if dtype in arr.dtypes:  # charged at the chip's rate for these values: and at their MAC energy
+        arr, changes = self.array, {}
+        if dtype in arr.dtypes:  # charged at the chip's rate for these values, and at their MAC energy
             e = MAC_ENERGY_45NM_PJ
             scale = e[dtype] / e[arr.dtype] if dtype in e and arr.dtype in e else 1.0
-            s = dataclasses.replace(self, array=dataclasses.replace(arr, dtype=dtype),
-                                    energy=dataclasses.replace(self.energy, per_mac_j=self.energy.per_mac_j * scale))
+            changes = {"array": dataclasses.replace(arr, dtype=dtype),
+                       "energy": dataclasses.replace(self.energy, per_mac_j=self.energy.per_mac_j * scale)}
+        s = dataclasses.replace(self, **changes)  # always a copy: _value_dtype is set on it below
         object.__setattr__(s, "_value_dtype", dtype)
         _FOR_VALUES[key] = (self, s)
         return s

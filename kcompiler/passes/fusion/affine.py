@@ -93,20 +93,27 @@ def _rebuilt(node: ir.Node, inputs: list[ir.Value | None], result: ir.Value, dro
     return new
 
 
-def mul_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def _per_channel_consumer(node: ir.Node, ops: tuple[str, str], what: str, matmul: bool):
+    """((op, ys, axis, n_out), (u, c_fn)) for the anchor `node` and its sole consumer `u`, one of
+    `ops` by a float32 per-channel constant; None if the pattern is absent, or why it cannot fold."""
     got = _anchor(node)
-    if got is None:
+    if got is None or (not matmul and got[0] == "MatMul"):
         return None
     op, ys, axis, n_out = got
-    m = _consumer(node, ("Mul", "Div"))
+    m = _consumer(node, ops)
     if m is None:
         return None
     u, c_fn, c = m
     if c.dtype != ir.DataType.FLOAT or opinfo.shape_of(u.outputs[0]) != ys:
-        return "the scale is not float32 or changes the output's shape"
-    why = _channel_vector(c, ys, axis)
-    if why:
-        return why
+        return f"the {what} is not float32 or changes the output's shape"
+    return _channel_vector(c, ys, axis) or (got, (u, c_fn))
+
+
+def mul_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+    found = _per_channel_consumer(node, ("Mul", "Div"), "scale", matmul=True)
+    if not isinstance(found, tuple):
+        return found
+    (op, ys, axis, n_out), (u, c_fn) = found
     w, b = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
     w_fn = const_thunk(w)
     b_fn = const_thunk(b) if b is not None else None
@@ -155,19 +162,10 @@ def mul_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
 
 
 def add_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
-    got = _anchor(node)
-    if got is None or got[0] == "MatMul":
-        return None
-    op, ys, axis, n_out = got
-    m = _consumer(node, ("Add", "Sub"))
-    if m is None:
-        return None
-    u, c_fn, c = m
-    if c.dtype != ir.DataType.FLOAT or opinfo.shape_of(u.outputs[0]) != ys:
-        return "the shift is not float32 or changes the output's shape"
-    why = _channel_vector(c, ys, axis)
-    if why:
-        return why
+    found = _per_channel_consumer(node, ("Add", "Sub"), "shift", matmul=False)
+    if not isinstance(found, tuple):
+        return found
+    (op, ys, axis, n_out), (u, c_fn) = found
     b = node.inputs[2] if len(node.inputs) > 2 else None
     b_fn = const_thunk(b) if b is not None else None
     if b is not None and b_fn is None:

@@ -197,8 +197,10 @@ def gqa_group_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
     Q [B,H,S,d] -> [B,Hkv,g*S,d];  MatMul(·, Kᵀ [B,Hkv,d,T]) -> Softmax -> MatMul(·, V) -> [B,H,S,dv].
     Every device then reads the KV cache once per kv head, and nothing expands it."""
     m = _match(sm)
-    if not isinstance(m, _Sdpa):
-        return m
+    return _group(m, model) if isinstance(m, _Sdpa) else m
+
+
+def _group(m: _Sdpa, model: ir.Model):
     if not m.k_rep:
         return "K and V reach the products without a repeat_kv chain"
     (b, h, s, hd), ks, vs = m.shapes
@@ -208,6 +210,8 @@ def gqa_group_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
         ms = opinfo.shape_of(m.mask)
         if (len(ms) == 4 and ms[1] != 1) or (len(ms) == 3 and ms[0] != 1):
             return "a per-head mask cannot be shared across a kv head's query heads"
+        if m.mask.dtype == ir.DataType.BOOL:
+            return "a boolean mask is not grouped"
     name = m.pv.name
     inits: list[ir.Value] = []
 
@@ -249,8 +253,6 @@ def gqa_group_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
                                name=f"{name}/gqa_m5"), (ms[0], 1, 1, ms[2], ms[3]), mask.dtype)
             nodes.append(m5)
             mask = m5.outputs[0]
-        if mask.dtype == ir.DataType.BOOL:
-            return "a boolean mask is not grouped"
         add = typed(ir.Node("", "Add", [x5.outputs[0], mask], name=f"{name}/gqa_mask"), (b, hkv, g, s, t), f32)
         back = typed(ir.Node("", "Reshape", [add.outputs[0], shape_const("s4", [b, hkv, g * s, t])],
                              name=f"{name}/gqa_s4"), (b, hkv, g * s, t), f32)
@@ -317,9 +319,11 @@ def gqa_group_first_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
     fusion weighs the products the devices would run (K read once per kv head, not an expanded
     copy); `attention` then fuses the grouped form (Hkv heads of g*S rows) where the NPU wins."""
     m = _match(sm)
-    if isinstance(m, _Sdpa) and m.mask is not None:
+    if not isinstance(m, _Sdpa):
+        return m
+    if m.mask is not None:
         return "masked scores are grouped only where attention does not fuse them"
-    return gqa_group_rule(sm, ctx, model)
+    return _group(m, model)
 
 
 RULES = [NodeRule(GQA_GROUP, gqa_group_first_rule), NodeRule(ATTENTION, attention_rule),
