@@ -157,12 +157,14 @@ class Backend(abc.ABC):
         """Compile a placed subgraph into a Program."""
 
     # ---- artifacts (runtime/artifact.py) -------------------------------------------------
-    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+    def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
         """The program's bytes plus a JSON-able table of whatever else `load_program` needs.
 
         Called while every weight of the model is an external-data reference into the
         artifact's weight section, so an ONNX graph serialised here carries references,
-        not copies. Default: ``program.to_bytes()`` and no table."""
+        not copies. `weights.add(raw) -> offset` puts bytes (a device's memory image) into that
+        section, stored once whatever else holds the same bytes; `load_program` maps them back
+        with `weights.map(offset, length)`. Default: ``program.to_bytes()`` and no table."""
         return program.to_bytes(), {}
 
     def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,

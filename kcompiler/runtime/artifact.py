@@ -256,7 +256,7 @@ def save(cm, path: "str | os.PathLike") -> Path:
 
                 blob, meta = collectives.save_program(prog, sub)
             else:
-                blob, meta = cm.backends[sub.device].save_program(prog, sub)
+                blob, meta = cm.backends[sub.device].save_program(prog, sub, weights)
             blobs.append(bytes(blob))
             metas.append(meta)
         source_bytes = None if timing else _source_bytes(cm, weights)
@@ -492,6 +492,16 @@ class ArtifactWeights:
     @property
     def base_dir(self) -> str:
         return str(self.path.parent)
+
+    def map(self, offset: int, length: int) -> np.ndarray:
+        """Bytes [offset, offset + length) of the weight section (as `_WeightWriter.add` returned
+        them), memory-mapped read-only: nothing is read until used."""
+        if offset < 0 or length < 0 or offset + length > self.length:
+            raise ArtifactError(f"{self.path}: a program refers to bytes {offset}+{length} outside the weight "
+                                f"section ({self.length} bytes)", hint="recompile the model")
+        if length == 0:
+            return np.zeros(0, np.uint8)
+        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset + offset, shape=(length,))
 
     def resolve(self, proto: onnx.ModelProto, what: str) -> None:
         for t in _proto_tensors(proto):

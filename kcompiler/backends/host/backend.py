@@ -176,7 +176,7 @@ class HostBackend(Backend):
         session = ort_session(proto, what, external_data_dir(subgraph))
         return HostProgram(subgraph, proto, session, self.estimate)
 
-    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+    def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
         if program.proto is None:  # timing-only: nothing to run
             return b"", {"timing": True}
         # extracted again now that the weights are references into the artifact (the compiled

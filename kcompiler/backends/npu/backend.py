@@ -465,7 +465,7 @@ class NpuBackend(Backend):
         return prog
 
     # ---- artifacts: the instruction stream plus the tables the simulators read -------------
-    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+    def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
         # fused ops are ordinary nodes (passes/fusion), so each node's kernel is rebuilt from the
         # stored graph; the kinds are kept to catch a kcompiler that would lower them differently
         ks = program.kernels

@@ -445,7 +445,7 @@ class PimBackend(Backend):
     #: bump when the meaning of a stored step table or command changes
     ARTIFACT_ENCODING = 1
 
-    def save_program(self, program: Program, subgraph: Subgraph) -> tuple[bytes, dict[str, Any]]:
+    def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
         """The command streams (``to_bytes``: steps in order, channels in order) plus, per step, the
         plan its numerics need and the length of each channel's stream; nothing that depends on
         weight values (the products read their matrices from the graph, i.e. the weight section)."""
