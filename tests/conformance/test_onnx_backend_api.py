@@ -52,7 +52,7 @@ def test_symbolic_dims_compile_at_run_for_each_shape():
 
 
 def test_ir_version_above_ort_max_is_lowered():
-    model = _model(ir_version=onnx.IR_VERSION)  # 14 with onnx 1.23, which ORT 1.31 rejects
+    model = _model(ir_version=onnx.IR_VERSION)  # 14 with onnx 1.23: above ORT_MAX_IR_VERSION (10, from ORT 1.31)
     np.testing.assert_allclose(onnx_backend.run_model(model, [A, B])[1], A + B)
 
 

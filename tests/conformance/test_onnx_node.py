@@ -2,9 +2,9 @@
 
 Each case is one test id: `pytest tests/conformance -n 2`, or `-k test_add` for a few. The cases
 are generated once into a cache folder (see onnx_cases.py). A case listed in
-expected_failures.txt is an xfail: a regression (a newly failing case) fails the suite, and a
-listed case that now passes shows as XPASS in the summary: remove it from the list
-(KC_CONFORMANCE_STRICT=1 turns XPASS into a failure).
+expected_failures.txt is a strict xfail: a regression (a newly failing case) fails the suite, and
+so does a listed case that now passes ([XPASS(strict)]): remove it from the list. Either way the
+list is updated with the change that caused it, e.g. a new onnxruntime in constraints.txt.
 
 Only KCError (kcompiler refused or ONNX Runtime failed, reported as KCError) and
 AssertionError (wrong values) count as expected failures: any other exception is a kcompiler
@@ -28,7 +28,6 @@ from kcompiler.errors import KCError
 HERE = Path(__file__).parent
 EXPECTED_FAILURES = read_expected_failures(HERE / "expected_failures.txt")
 TARGET = os.environ.get("KC_CONFORMANCE_TARGET", "host")
-STRICT = os.environ.get("KC_CONFORMANCE_STRICT") == "1"
 #: the number of node cases each onnx release generates (checked so a silent loss shows)
 EXPECTED_COUNT = {"1.23.2": 1884}
 
@@ -41,7 +40,7 @@ def _params():
         marks = ()
         if name in EXPECTED_FAILURES:
             marks = pytest.mark.xfail(reason=EXPECTED_FAILURES[name], raises=(KCError, AssertionError),
-                                      strict=STRICT)
+                                      strict=True)
         yield pytest.param(name, id=name, marks=marks)
 
 
@@ -79,3 +78,15 @@ def test_expected_failures_exist() -> None:
     """Every name in expected_failures.txt is a real case (catches typos and renamed cases)."""
     stale = sorted(set(EXPECTED_FAILURES) - set(NAMES))
     assert not stale, f"expected_failures.txt names cases that do not exist: {stale}"
+
+
+def test_expected_failure_class_counts() -> None:
+    """Each class line ends with the number of cases listed under it, and that number is right."""
+    import collections
+    import re
+
+    counts = collections.Counter(EXPECTED_FAILURES.values())
+    for klass, n in counts.items():
+        m = re.search(r"\[(\d+)\]$", klass)
+        assert m, f"class line without a [count]: {klass!r}"
+        assert int(m.group(1)) == n, f"{klass!r} lists {n} cases"

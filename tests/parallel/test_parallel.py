@@ -113,14 +113,49 @@ def test_data_parallel_needs_a_divisible_batch():
 
 # ---- timing ---------------------------------------------------------------------------------
 
-def test_ring_allreduce_closed_form():
+def _ring(chunks, link, phases):
+    """A ring collective written out step by step over chunks[chip][k] (chip i owns chunk i + 1 after
+    the reduce-scatter, and before an all-gather): p - 1 steps per phase, in each of which every chip
+    sends one chunk to the next chip, all links at once. Returns (chunks, seconds)."""
+    p = len(chunks)
+    t = 0.0
+    for phase in phases:
+        for step in range(p - 1):
+            first = 0 if phase == "reduce-scatter" else 1
+            sent = [(i, (i + first - step) % p) for i in range(p)]
+            values = [chunks[i][k].copy() for i, k in sent]
+            for (i, k), v in zip(sent, values):
+                if phase == "reduce-scatter":
+                    chunks[(i + 1) % p][k] += v
+                else:
+                    chunks[(i + 1) % p][k] = v
+            t += link.latency + max(v.nbytes for v in values) / link.bandwidth
+    return chunks, t
+
+
+def test_ring_collectives_against_a_step_by_step_ring():
     from kcompiler.targets import Link
 
     link = Link(bandwidth=50e9, latency=1e-6)
-    n = 8 << 20
-    assert ic.allreduce_s(n, 4, link) == pytest.approx(2 * 3 / 4 * n / 50e9 + 6e-6)
-    assert ic.allgather_s(n, 4, link) == pytest.approx(3 / 4 * n / 50e9 + 3e-6)
-    assert ic.allreduce_s(n, 1, link) == 0.0
+    p, n = 4, 8 << 20  # 8 MiB of float64 per chip
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal(n // 8) for _ in range(p)]
+    chunks, t = _ring([np.array_split(d.copy(), p) for d in data], link, ["reduce-scatter", "all-gather"])
+    for c in chunks:
+        np.testing.assert_allclose(np.concatenate(c), sum(data))  # the ring does compute the sum
+    # by hand: 2 x 3 steps, each 1 us + one 2 MiB chunk at 50 GB/s = 42.94304 us
+    assert t == pytest.approx(6 * 42.94304e-6)
+    assert ic.allreduce_s(n, p, link) == pytest.approx(t)
+    # all-gather of n bytes in total: chip i starts with its n/p bytes (as chunk i + 1)
+    own = [np.array_split(d, p) for d in data]
+    start = [[own[i][k] if k == (i + 1) % p else np.zeros_like(own[i][k]) for k in range(p)] for i in range(p)]
+    chunks, t = _ring(start, link, ["all-gather"])
+    want = np.concatenate([own[(k - 1) % p][k] for k in range(p)])
+    for c in chunks:
+        np.testing.assert_array_equal(np.concatenate(c), want)
+    assert t == pytest.approx(3 * 42.94304e-6)
+    assert ic.allgather_s(n, p, link) == pytest.approx(t)
+    assert ic.allreduce_s(n, 1, link) == 0.0 and ic.allgather_s(n, 1, link) == 0.0
 
 
 def test_interconnect_routes_and_contention():
