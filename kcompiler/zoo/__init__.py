@@ -73,7 +73,14 @@ def with_batch(model, n: int):
 def with_random_weights(name: str, out_path: "str | os.PathLike", seed: int = 0) -> str:
     """Save the bundled CNN `name` with real (seeded random) weights to `out_path`: every
     ConstantOfShape fill becomes an initializer, stored as external data beside the file (the
-    bundled files store constant fills only, which hide layout and rounding bugs)."""
+    bundled files store constant fills only, which hide layout and rounding bugs).
+
+    Conv and Gemm weights are He-uniform (bound sqrt(6 / fan_in)), so activations keep their scale
+    through the layers; batch-norm scales and variances, and the constant factors of Mul, are
+    drawn from [0.5, 1.5], everything else (biases, means) from [-0.01, 0.01]; then the classifier
+    is scaled so that the logits spread by LOGIT_STD. The output then depends on the input (a
+    transposed image changes it by percents) and is neither uniform nor one-hot, so an error in
+    any layer shows."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -81,20 +88,97 @@ def with_random_weights(name: str, out_path: "str | os.PathLike", seed: int = 0)
     m = onnx.load(str(bundled_path(name)))
     shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     rng = np.random.default_rng(seed)
+    fan_in: dict[str, int] = {}
+    positive: set[str] = set()
+    made_by = {o: n for n in m.graph.node for o in n.output}
+
+    def source(name: str) -> str:
+        """The tensor `name` comes from through reshapes (a scale is often unsqueezed first)."""
+        n = made_by.get(name)
+        while n is not None and n.op_type in ("Unsqueeze", "Reshape", "Squeeze", "Identity", "Flatten"):
+            name = n.input[0]
+            n = made_by.get(name)
+        return name
+
+    for n in m.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 1:
+            fan_in[n.input[1]] = -1  # the product of the weight's dims after the first
+        elif n.op_type == "Gemm" and len(n.input) > 1:
+            tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            fan_in[n.input[1]] = -1 if tb else -2  # rows of B are its inputs unless transposed
+        elif n.op_type == "MatMul" and len(n.input) > 1:
+            fan_in[n.input[1]] = -2
+        elif n.op_type == "BatchNormalization" and len(n.input) > 4:
+            positive.update((n.input[1], n.input[4]))
+        elif n.op_type == "Mul":  # a scale (densenet and inception_v2 write batch norms as Mul, Add)
+            positive.update(source(i) for i in n.input)
     keep = []
     for n in m.graph.node:
         if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
             shape = tuple(int(d) for d in shapes[n.input[0]])
-            lo, hi = (0.5, 1.5) if "riv" in n.output[0] else (-0.05, 0.05)  # BN variances stay positive
-            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32),
-                                                               n.output[0]))
+            out = n.output[0]
+            if out in fan_in and len(shape) >= 2:
+                k = int(np.prod(shape[1:])) if fan_in[out] == -1 else shape[0]
+                bound = float(np.sqrt(6.0 / max(k, 1)))
+                lo, hi = -bound, bound
+            elif out in positive:
+                lo, hi = 0.5, 1.5
+            else:
+                lo, hi = -0.01, 0.01
+            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32), out))
         else:
             keep.append(n)
     m.ir_version = max(m.ir_version, 7)  # IR 3 wanted every initializer to be a graph input
     del m.graph.node[:]
     m.graph.node.extend(keep)
+    _calibrate_logits(m, rng)
     onnx.save(m, str(out_path), save_as_external_data=True, location=os.path.basename(str(out_path)) + ".data")
     return str(out_path)
+
+
+#: the spread (standard deviation over classes) the logits are scaled to: a softmax of it is
+#: neither uniform nor one-hot, so an error anywhere before it moves every output
+LOGIT_STD = 2.0
+
+
+def _calibrate_logits(m, rng) -> None:
+    """Scale the classifier (the Conv/Gemm/MatMul feeding the final Softmax, through reshapes)
+    so that its logits spread by LOGIT_STD on a random input: deep random networks otherwise end in
+    a one-hot or a uniform softmax, whose values say little about the layers before."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    producer = {o: n for n in m.graph.node for o in n.output}
+    out = producer.get(m.graph.output[0].name)
+    if out is None:
+        return
+    logits = out.input[0] if out.op_type == "Softmax" else m.graph.output[0].name
+    # back through reshapes and positively homogeneous ops, f(c x) = c f(x) for c > 0, to the layer
+    layer = producer.get(logits)
+    while layer is not None and layer.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+                                                  "Dropout", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool"):
+        layer = producer.get(layer.input[0])
+    inits = {t.name: t for t in m.graph.initializer}
+    if layer is None or layer.op_type not in ("Conv", "Gemm", "MatMul") or layer.input[1] not in inits:
+        return
+    probe = type(m)()
+    probe.CopyFrom(m)
+    probe.ir_version = min(probe.ir_version, 10)  # what onnxruntime reads
+    probe.graph.output.add().name = logits
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # (IR 3 models list their initializers as inputs: ORT warns of each)
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = next(i for i in sess.get_inputs() if i.name not in inits)
+    feed = rng.standard_normal([d if isinstance(d, int) else 1 for d in x.shape]).astype(np.float32)
+    z = sess.run([logits], {x.name: feed})[0]
+    std = float(np.std(z.reshape(z.shape[0], -1), axis=1).mean())
+    if not np.isfinite(std) or std == 0:
+        return
+    for name in layer.input[1:3]:
+        if name in inits:
+            t = inits[name]
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(LOGIT_STD / std), name))
 
 
 def bundled(name: str, batch: int | None = None):
