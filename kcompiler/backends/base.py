@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
-import onnx_ir as ir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (a Program runs without the model: the runtime side imports no onnx_ir)
+    import onnx_ir as ir
+
     from kcompiler.targets import Device, System
 
 

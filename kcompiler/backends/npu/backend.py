@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import (YES, Backend, Cost, EngineSpan, OpEvent, Program, Subgraph, Support,
-                                     Timeline, no)
+from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
 from kcompiler.backends.npu import isa, kernels as K
-from kcompiler.backends.npu.blas import blas_threads
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
+from kcompiler.backends.npu.program import NpuProgram
+from kcompiler.backends.npu.sim import ProgramData
 from kcompiler.backends.npu.spec import NpuSpec
-from kcompiler.backends.npu.timing import dma_bytes, sram_bytes, simulate
-from kcompiler.errors import ArtifactError, ExecutionError
+from kcompiler.errors import ArtifactError, LoweringError
 
 FLOAT = ir.DataType.FLOAT
 
@@ -126,10 +124,10 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "ReduceMean": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceSum": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMax": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "MaxPool": (K.PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4, 5)))),
-    "AveragePool": (K.PoolKernel, _all(_x_only, _rank(0, (3, 4, 5)))),
-    "GlobalAveragePool": (K.PoolKernel, _all(_x_only, _min_rank(0, 3))),
-    "GlobalMaxPool": (K.PoolKernel, _all(_x_only, _min_rank(0, 3))),
+    "MaxPool": (K.PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
+    "AveragePool": (K.PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
+    "GlobalAveragePool": (K.ReduceKernel, _all(_x_only, _min_rank(0, 3))),
+    "GlobalMaxPool": (K.ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "LRN": (K.LrnKernel, _all(_x_only, _rank(0, (4,)))),
     "Concat": (K.CopyKernel, _elementwise),
     "Transpose": (K.CopyKernel, _x_only),
@@ -166,7 +164,7 @@ def _attention_check(node: ir.Node) -> Support:
 
 def _gemm_epilogue_check(node: ir.Node) -> Support:
     base = node.op_type.removeprefix("Fused")
-    bad = [s for s in K.a_strs(node, "epilogue") if s.split(":")[0] not in (*K.EPILOGUE, "add", "mul")]
+    bad = [s for s in K.a_strs(node, "epilogue") if s.split(":")[0] not in K.EPILOGUE]
     if bad:
         return no(f"epilogue steps {bad} are not lowered")
     return OPS[base][1](node)
@@ -202,199 +200,6 @@ _SPEC_FOR_CHECKS: list = []
 def _spec_of_node(node):
     """The spec the table checks run against (set by NpuBackend.supports)."""
     return _SPEC_FOR_CHECKS[-1]
-
-
-class NpuProgram(Program):
-    """One subgraph's instruction stream, buffer plan and per-op kernels."""
-
-    def __init__(self, device: str, chip: str, spec: NpuSpec, kernels: list[K.Kernel], instrs: list[isa.Instr],
-                 buffers, input_names, output_names, functional: bool, last_use: dict[str, int]):
-        self.device = device
-        self.chip = chip
-        self.spec = spec
-        self.kernels = kernels
-        self.instrs = instrs
-        self.buffers = buffers
-        self.input_names = input_names
-        self.output_names = output_names
-        self.functional = functional
-        self.last_use = last_use
-        self.op_instrs: list[list[isa.Instr]] = [[] for _ in kernels]
-        for ins in instrs:
-            if ins.opcode != isa.BARRIER:
-                self.op_instrs[ins.op].append(ins)
-        self._consts: dict[str, np.ndarray] = {}
-        self._prepared = False
-        self._timeline: Timeline | None = None
-        self._frees = [[] for _ in kernels]
-        keep = set(output_names)
-        for name, i in last_use.items():
-            if name not in keep:
-                self._frees[i].append(name)
-
-    # ---- values ------------------------------------------------------------------------
-    def _get_const(self, v: ir.Value):
-        c = self._consts.get(v.name)
-        if c is None:
-            raw = opinfo.const_value(v)
-            if raw is None:
-                return None
-            c = np.asarray(raw)
-            self._consts[v.name] = c
-        return c
-
-    def prepare(self) -> None:
-        """Pack the weights into the kernels (at compile time, or on the first run of a program
-        loaded from an artifact, whose weights stay memory-mapped until then)."""
-        for k in self.kernels:
-            k.prepare(self._get_const)
-        # packed weights live in the kernels; drop the raw constants read while packing
-        self._consts.clear()
-        self._prepared = True
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self.functional:
-            raise ExecutionError("this NPU program was compiled in timing mode and has no weights",
-                                 hint="compile with mode='functional'")
-        if not self._prepared:
-            self.prepare()
-        with blas_threads():
-            return self._run(dict(inputs))
-
-    def _run(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
-        def get(v: ir.Value) -> np.ndarray:
-            x = env.get(v.name)
-            if x is None:
-                x = self._get_const(v)
-                if x is None:
-                    raise ExecutionError(f"value '{v.name}' was never computed")
-            return K.to_compute(x)
-
-        for i, kernel in enumerate(self.kernels):
-            if kernel.kind == "const":
-                continue
-            try:
-                kernel.begin(env, get)
-                prefetch = getattr(kernel, "prefetch", None)
-                if prefetch is not None:
-                    prefetch(self.op_instrs[i])
-                for ins in self.op_instrs[i]:
-                    oc = ins.opcode
-                    if oc == isa.MATMUL:
-                        kernel.mm(ins)
-                    elif oc == isa.VECTOR:
-                        kernel.vec(ins)
-                    elif oc == isa.STORE:
-                        kernel.st(ins)
-                    elif oc == isa.COPY:
-                        kernel.copy(ins)
-                kernel.end(env)
-                K.round_outputs(kernel.node, env)
-            except ExecutionError:
-                raise
-            except Exception as exc:
-                n = kernel.node
-                raise ExecutionError(f"NPU op {i} '{n.name}' ({n.op_type}) failed: {type(exc).__name__}: {exc}",
-                                     hint="this is a bug in the NPU backend's kernel for this op") from exc
-            for name in self._frees[i]:
-                env.pop(name, None)
-        out = {}
-        for name, v in self.output_names.items():
-            out[name] = env[name] if name in env else np.array(self._get_const(v))
-        return out
-
-    # ---- time --------------------------------------------------------------------------
-    def simulate(self) -> Timeline:
-        if self._timeline is None:
-            self._timeline = self._simulate()
-        return self._timeline
-
-    def _simulate(self) -> Timeline:
-        spec = self.spec
-        clock = spec.clock_hz
-        times, total, busy = simulate(self.instrs, spec, [k.spec for k in self.kernels])
-        self._times_by_id = {id(ins): t for ins, t in zip(self.instrs, times)}
-        e = spec.energy
-        ops: list[OpEvent] = []
-        t_prev = 0
-        for i, kernel in enumerate(self.kernels):
-            if kernel.kind == "const":
-                continue
-            node = kernel.node
-            ins_list = self.op_instrs[i]
-            if not ins_list:
-                ops.append(OpEvent(node.name, node.op_type, t_prev / clock, t_prev / clock, bound="overhead",
-                                   engine="view"))
-                continue
-            start = min(self._t[id(x)].start for x in ins_list)
-            end = max(self._t[id(x)].end for x in ins_list)
-            t_prev = end
-            dram = sum(dma_bytes(x) for x in ins_list)
-            sram = sum(sram_bytes(x, kernel.spec) for x in ins_list)
-            vec_elems = sum(x.args[2] for x in ins_list if x.opcode == isa.VECTOR)
-            compute = {}
-            for x in ins_list:
-                if x.opcode in (isa.MATMUL, isa.VECTOR):
-                    tt = self._t[id(x)]
-                    compute[x.core] = compute.get(x.core, 0) + tt.end - tt.start
-            mem = sum(self._t[id(x)].dram_cycles for x in ins_list)
-            bound = "compute" if max(compute.values(), default=0) >= mem else "memory"
-            engine = {"gemm": "matrix", "copy": "dma"}.get(kernel.kind, "vector")
-            if kernel.kind == "gemm" and getattr(kernel, "depthwise", False):
-                engine = "vector"
-            energy = (kernel.macs * kernel.spec.energy.per_mac_j + vec_elems * e.per_vector_op_j
-                      + sram * e.per_sram_byte_j + dram * e.per_dram_byte_j)
-            ops.append(OpEvent(node.name, node.op_type, start / clock, end / clock, cycles=end - start,
-                               macs=kernel.macs, dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound,
-                               engine=engine))
-        notes = list(dict.fromkeys(k.spec.charge_note(self.chip) for k in self.kernels if k.kind != "const")
-                     or [spec.charge_note(self.chip)])
-        return Timeline(seconds=total / clock, cycles=total, ops=ops,
-                        engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=notes,
-                        spans=self._spans(times))
-
-    def _spans(self, times) -> list[EngineSpan]:
-        """Each engine's busy intervals (the same intervals `busy` sums), adjacent ones of one op
-        merged: per core the DMA queues, matrix and vector units, and the shared DRAM channel."""
-        raw: dict[str, list[tuple[int, int, int]]] = {}
-        for ins, t in zip(self.instrs, times):
-            if ins.opcode == isa.BARRIER:
-                continue
-            raw.setdefault(f"core{ins.core}.{ins.engine}", []).append((t.start, t.end, ins.op))
-            if t.dram_cycles:
-                raw.setdefault("dram", []).append((t.dram_start, t.dram_start + t.dram_cycles, ins.op))
-        clock = self.spec.clock_hz
-        spans = []
-        for engine in sorted(raw):
-            merged: list[list[int]] = []
-            for a, b, op in sorted(raw[engine]):
-                if merged and merged[-1][2] == op and merged[-1][1] == a:
-                    merged[-1][1] = b
-                else:
-                    merged.append([a, b, op])
-            spans.extend(EngineSpan(engine, a / clock, b / clock, self.kernels[op].node.name) for a, b, op in merged)
-        return spans
-
-    @property
-    def _t(self):
-        return self._times_by_id
-
-    # ---- text and binary ---------------------------------------------------------------
-    def asm(self) -> str:
-        lines = [f"; NPU program for {self.chip} ({self.spec.cores} core(s), {self.spec.array.rows}x"
-                 f"{self.spec.array.cols} {self.spec.array.dataflow}, charged at {self.spec.dtype})",
-                 f"; {len(self.instrs)} instructions; DRAM buffers:"]
-        for i, (name, addr, nbytes) in enumerate(self.buffers):
-            lines.append(f";   buf {i}: {name} @0x{addr:x} ({nbytes} bytes)")
-        for i, k in enumerate(self.kernels):
-            if k.kind != "const":
-                lines.append(f";   op {i}: {k.node.op_type} {k.node.name}")
-        lines.append(isa.disassemble(self.instrs))
-        return "\n".join(lines)
-
-    def to_bytes(self) -> bytes:
-        return isa.encode_program(self.instrs)
 
 
 class NpuBackend(Backend):
@@ -447,58 +252,39 @@ class NpuBackend(Backend):
         # fused ops arrive from the fusion rules (passes/fusion); the backend groups nothing
         # itself, so `--disable-pass fusion` compares against truly unfused programs
         kernels = [self.kernel(n) for n in subgraph.nodes]
-        cg = K.Codegen(s)
+        cg = K.Codegen(s, functional, subgraph.inputs, subgraph.outputs)
+        K.prepare_state_layouts(cg, subgraph.nodes)
         for v in subgraph.inputs:
-            cg.buf(v)
+            if not opinfo.is_const(v) and K.IR_DTYPE.get(v.dtype) is not None and opinfo.shape_of(v) is not None:
+                cg.layout(v)
         for i, k in enumerate(kernels):
             before = len(cg.instrs)
             if cg.instrs and k.kind not in ("view", "const"):
-                cg.emit(isa.BARRIER, isa.ALL_CORES, i, ())
-            k.emit(cg, i)
+                cg.emit(isa.Instr(isa.BARRIER, isa.ALL_CORES, i, 0, 0, 0, ()))
+            try:
+                k.emit(cg, i)
+            except LoweringError:
+                raise
+            except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+                n = k.node
+                raise LoweringError(f"NPU op {i} '{n.name}' ({n.op_type}) cannot be lowered: {type(exc).__name__}: "
+                                    f"{exc}", hint="this is a bug in the NPU backend's code generator") from exc
             if len(cg.instrs) == before + 1 and cg.instrs[-1].opcode == isa.BARRIER:
                 cg.instrs.pop()
-        outputs = {v.name: v for v in subgraph.outputs}
-        prog = NpuProgram(self.name, self.device.chip.name, s, kernels, cg.instrs, cg.buffers,
-                          [v.name for v in subgraph.inputs], outputs, functional, _last_use(subgraph))
-        if functional:
-            prog.prepare()
-        return prog
+        inputs = [cg.binding(v) for v in subgraph.inputs if v.name in cg.layouts and not opinfo.is_const(v)]
+        outputs = [cg.binding(v) for v in subgraph.outputs]
+        data = ProgramData(cg.instrs, cg.buffers, inputs, outputs, cg.init, s.cores, s.sram_bytes,
+                           [(n.name, n.op_type) for n in subgraph.nodes])
+        return NpuProgram(self.name, self.device.chip.name, s, data, functional, [k.kind for k in kernels])
 
-    # ---- artifacts: the instruction stream plus the tables the simulators read -------------
+    # ---- artifacts: the program as it was generated, never generated again -----------------
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
-        # fused ops are ordinary nodes (passes/fusion), so each node's kernel is rebuilt from the
-        # stored graph; the kinds are kept to catch a kcompiler that would lower them differently
-        ks = program.kernels
-        meta = {"chip": program.chip, "ops": len(ks), "kinds": [k.kind for k in ks],
-                "buffers": [[n, a, b] for n, a, b in program.buffers]}
-        return program.to_bytes(), meta
+        return program.save(weights)
 
     def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
                      options: Mapping[str, Any] | None = None) -> Program:
         functional = (options or {}).get("mode", "functional") != "timing"
-        instrs = isa.decode_program(blob)
-        kinds = list(meta.get("kinds", ()))
-        if len(kinds) != len(subgraph.nodes):
-            raise ArtifactError(f"NPU program of {len(kinds)} ops for a subgraph of {len(subgraph.nodes)} nodes")
-        s: NpuSpec = self.spec
-        kernels = [self.kernel(n) for n in subgraph.nodes]
-        for k, kind in zip(kernels, kinds):
-            if k.kind != kind:
-                raise ArtifactError(f"NPU op '{k.node.name}' was a '{kind}' kernel when compiled and is a "
-                                    f"'{k.kind}' kernel in this kcompiler", hint="recompile the model")
-        n_ops = len(kernels)
-        if any(ins.op >= n_ops for ins in instrs if ins.opcode != isa.BARRIER):
-            raise ArtifactError("NPU program: an instruction names an op outside the subgraph")
-        buffers = [(str(n), int(a), int(b)) for n, a, b in meta.get("buffers", ())]
-        return NpuProgram(self.name, meta.get("chip", self.device.chip.name), s, kernels, instrs, buffers,
-                          [v.name for v in subgraph.inputs], {v.name: v for v in subgraph.outputs}, functional,
-                          _last_use(subgraph))
-
-
-def _last_use(subgraph: Subgraph) -> dict[str, int]:
-    last_use: dict[str, int] = {}
-    for i, n in enumerate(subgraph.nodes):
-        for v in n.inputs:
-            if v is not None:
-                last_use[v.name] = i
-    return last_use
+        prog = NpuProgram.load(self.name, self.spec, blob, meta, weights, functional)
+        if len(prog.data.ops) != len(subgraph.nodes):
+            raise ArtifactError(f"NPU program of {len(prog.data.ops)} ops for a subgraph of {len(subgraph.nodes)} nodes")
+        return prog

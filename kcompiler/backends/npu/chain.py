@@ -1,15 +1,12 @@
 """The NPU kernel of ``kcompiler.FusedElementwise`` (passes/fusion/elementwise.py): a chain of
 elementwise ops run on each SRAM tile in turn, so the tensor crosses DRAM once in and once
-out. Each step is one pass of the vector unit over the tile (charged at the transcendental
-rate when any step is transcendental, like a GEMM epilogue)."""
+out. Each step is one VECTOR instruction over the tile; intermediate results stay in float32
+scratchpad temporaries, the last step writes the output's dtype."""
 
 from __future__ import annotations
 
-import numpy as np
-import onnx_ir as ir
-
 from kcompiler.backends.npu import isa
-from kcompiler.backends.npu.kernels import ELEMENTWISE, F32, VectorKernel, a_strs
+from kcompiler.backends.npu.kernels import ELEMENTWISE, VectorKernel, VTile, a_strs, const_scalar, elementwise_step
 
 
 def parse_step(step: str):
@@ -18,65 +15,97 @@ def parse_step(step: str):
     return parse(step)
 
 
-def _step_fn(op: str, attrs: dict):
-    """A numpy function of the step's operands (the NPU's own elementwise kernels)."""
-    if op == "Clip":
-        def clip(x, lo=None, hi=None):
-            r = x
-            if lo is not None:
-                r = np.maximum(r, np.float32(np.asarray(lo).reshape(())))
-            if hi is not None:
-                r = np.minimum(r, np.float32(np.asarray(hi).reshape(())))
-            return r
-        return clip
-    node = ir.Node("", op, [], attributes=[ir.AttrString(k, v) if isinstance(v, str) else ir.AttrFloat32(k, v)
-                                           for k, v in attrs.items()])
-    return ELEMENTWISE[op][1](node)
-
-
-#: steps that may write into a dead intermediate of the chain (the ufunc and its operands)
-_IN_PLACE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Relu": np.maximum}
-
-
 def step_class(op: str) -> str:
-    return "alu" if op == "Clip" else isa.VFN_CLASS[ELEMENTWISE[op][0]]
+    return "alu" if op == "Clip" else isa.VFN_CLASS[ELEMENTWISE[op]]
 
 
 class FusedElementwiseKernel(VectorKernel):
     def __init__(self, node, spec):
         self.steps = [parse_step(s) for s in a_strs(node, "steps")]
-        self.fns = [_step_fn(op, attrs) for op, _, attrs in self.steps]
-        heavy = any(step_class(op) == "transcendental" for op, _, _ in self.steps)
-        self.fn = "epilogue_t" if heavy else "epilogue"
+        self.heavy = any(step_class(op) == "transcendental" for op, _, _ in self.steps)
+        self.fn = "exp" if self.heavy else "add"  # the cost class of the chain's vector passes
         self.work_per_elem = float(len(self.steps))
         super().__init__(node, spec)
-        # value index (inputs first, then one per step) -> the last step that reads it
-        self._last_read: dict[int, int] = {}
-        for i, (_, operands, _) in enumerate(self.steps):
-            for a in operands:
-                if a is not None:
-                    self._last_read[a] = i
 
-    def tile_elems(self, r0: int, r1: int) -> int:
-        # one vector pass over the tile per step
-        return int(super().tile_elems(r0, r1) * len(self.steps))
+    def stream_inputs(self):
+        return list(self.node.inputs)
 
-    def compute(self, r0, r1):
-        vals = [self.sl(x, r0, r1) for x in self.args]
-        n_in = len(vals)
-        for i, ((op, operands, _), f) in enumerate(zip(self.steps, self.fns)):
+    def _extra_temp(self, op: str, operands) -> bool:
+        """Whether a step needs a temporary of its own besides its result (an n-ary fold, a Mean's
+        sum before its scaling, a clip between two runtime bounds)."""
+        n = sum(1 for a in operands if a is not None)
+        if op in ("Sum", "Max", "Min"):
+            return n > 2
+        if op == "Mean":
+            return n > 1
+        if op == "Clip":
+            return len(operands) > 2 and operands[1] is not None and operands[2] is not None and \
+                not self._const_bounds(operands)
+        return False
+
+    def _const_bounds(self, operands):
+        """(lo, hi) immediates when the bounds are compile-time constants, else None."""
+        n_in = len(self.node.inputs)
+        out = []
+        for j in (1, 2):
+            a = operands[j] if len(operands) > j else None
+            if a is None:
+                out.append(-float("inf") if j == 1 else float("inf"))
+                continue
+            c = const_scalar(self.node.inputs[a]) if a < n_in else None
+            if c is None:
+                return None
+            out.append(c)
+        return tuple(out)
+
+    def temps(self):
+        # one float32 temporary per intermediate result (the last step writes the output), and
+        # one more for each step that folds or chains inside itself
+        return [0] * (max(0, len(self.steps) - 1) + sum(1 for op, operands, _ in self.steps
+                                                         if self._extra_temp(op, operands)))
+
+    def body(self, t: VTile):
+        vals = list(t.src)  # value index -> (address, broadcast mask, dtype)
+        temps = [a for a, _, _ in t.tmp]
+        code = []
+        for i, (op, operands, attrs) in enumerate(self.steps):
+            last = i == len(self.steps) - 1
             args = [None if a is None else vals[a] for a in operands]
-            ufunc = _IN_PLACE.get(op)
-            # write over an intermediate of this chain that no later step reads, when it already
-            # has the result's shape: BN + Relu (Mul, Add, Relu) then makes one array, not three
-            dead = [a for a in operands if a is not None and a >= n_in and self._last_read[a] == i]
-            out = next((vals[a] for a in dead if isinstance(vals[a], np.ndarray) and vals[a].dtype == F32
-                        and vals[a].shape == np.broadcast_shapes(*[np.shape(x) for x in args])
-                        and vals[a].flags.writeable  # a step may hand back its input itself
-                        and not any(np.may_share_memory(vals[a], v) for v in vals[:n_in] if v is not None)),
-                       None)
-            if ufunc is not None and out is not None:
-                vals.append(ufunc(*args, np.float32(0), out=out) if op == "Relu" else ufunc(*args, out=out))
+            present = [a for a in args if a is not None]
+            mask = 0xF
+            for a in present:
+                mask &= a[1]
+            dst = t.dst if last else (temps.pop(0), mask, "f32")
+            scratch = (temps.pop(0), mask, "f32") if self._extra_temp(op, operands) else None
+            if op == "Clip":
+                bounds = self._const_bounds(operands)
+                if bounds is not None:
+                    code.append(t.vec("clip", dst, [args[0]], (bounds[0], bounds[1], 0.0)))
+                else:  # runtime bounds: max, then min
+                    x = args[0]
+                    lo = args[1] if len(args) > 1 else None
+                    hi = args[2] if len(args) > 2 else None
+                    if lo is not None:
+                        tgt = scratch if hi is not None else dst
+                        code.append(t.vec("max", tgt, [x, lo]))
+                        x = tgt
+                    if hi is not None:
+                        code.append(t.vec("min", dst, [x, hi]))
+            elif op in ("Sum", "Mean", "Max", "Min") and (len(present) != 2 or op == "Mean"):
+                fn = {"Sum": "add", "Mean": "add", "Max": "max", "Min": "min"}[op]
+                if len(present) == 1:
+                    code.append(t.vec("copy", dst, present))
+                else:
+                    acc = present[0]
+                    for j, s in enumerate(present[1:]):
+                        final = j == len(present) - 2 and op != "Mean"
+                        tgt = dst if final else scratch
+                        code.append(t.vec(fn, tgt, [acc, s]))
+                        acc = tgt
+                    if op == "Mean":
+                        code.append(t.vec("scale", dst, [acc], (1.0 / len(present), 0.0, 0.0)))
             else:
-                vals.append(np.asarray(f(*args)))
-        return vals[-1].astype(F32, copy=False)
+                fn, imms = elementwise_step(op, lambda name, d: attrs.get(name, d))
+                code.append(t.vec(fn, dst, present, imms))
+            vals.append(dst)
+        return code

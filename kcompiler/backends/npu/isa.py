@@ -1,13 +1,24 @@
-"""The NPU instruction set: dataclasses, a fixed 40-byte binary encoding, assembler text.
+"""The NPU instruction set: self-contained instructions, a fixed binary encoding, assembler text.
 
-Every instruction runs on one engine queue of one core (``dma_in``, ``matrix``,
-``vector``, ``dma_out``); BARRIER runs on all of them. Dependencies between the queues
-of a core are explicit tokens, as in VTA's load/compute/store queues: an instruction
-may *wait* on channels (pop one token from each before it starts) and *signal*
-channels (push one token on each when it ends). Channel names read ``from>to``.
+Every instruction carries what executing it needs: memory addresses, element dtypes, shapes,
+strides, flags and immediates. The functional simulator (sim.py) computes from these fields
+and the memory images alone; the ``op`` field only says which op of the program an
+instruction belongs to, for profiles and error messages, and is never used to compute.
 
-Encoding (little-endian, 40 bytes):  opcode u8, core u8, wait u8, signal u8, op u16,
-aux u16, then eight u32 operand fields in the order of ``FIELDS[opcode]``.
+Memory: each device has a DRAM image, addressed as (buffer, byte offset) through the
+program's buffer table (buffer = a named region of DRAM: a weight, an input, an activation);
+each core has a byte-addressed scratchpad SRAM. The scratchpad holds nothing across a
+BARRIER: an op reads only what its own instructions put there.
+
+Engines and tokens: every instruction runs on one engine queue of one core (``dma_in``,
+``matrix``, ``vector``, ``dma_out``); BARRIER runs on all of them. Dependencies between the
+queues of a core are explicit tokens, as in VTA's load/compute/store queues: an instruction
+may *wait* on channels (pop one token from each before it starts) and *signal* channels (push
+one token on each when it ends). Tokens order time only; values follow program order.
+
+Encoding (little-endian, 72 bytes): opcode u8, core u8, wait u8, signal u8, op u16, aux u16,
+then sixteen 32-bit operand fields in the order of ``OPCODES[opcode][2]`` (signed fields are
+two's complement; unused trailing fields are zero).
 """
 
 from __future__ import annotations
@@ -17,55 +28,150 @@ from dataclasses import dataclass, field
 
 from kcompiler.errors import ArtifactError
 
-ENCODING = struct.Struct("<BBBBHH8I")
-MAGIC = b"KNPU\x01\x00\x00\x00"
+NFIELDS = 16
+ENCODING = struct.Struct("<BBBBHH16I")
+MAGIC = b"KNPU\x02\x00\x00\x00"
 ALL_CORES = 0xFF
+#: an absent operand address (an optional VECTOR operand)
+NONE = 0xFFFFFFFF
+
+# ---- element dtypes (4-bit codes) -----------------------------------------------------------
+DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8")
+DT = {name: i for i, name in enumerate(DTYPES)}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1}
+FLOAT_DTYPES = ("f32", "f16", "bf16")
+
+_DMA = ("n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3", "p0", "p1", "p2")
 
 # opcode -> (mnemonic, engine, operand field names)
-LOAD, STORE, COPY, MATMUL, VECTOR, BARRIER = range(6)
+LOAD, STORE, COPY, FILL, GATHER, MATMUL, VECTOR, CONFIG, BARRIER = range(9)
 OPCODES = {
-    LOAD: ("ld", "dma_in", ("buf", "off", "rows", "bytes", "stride", "sram")),
-    STORE: ("st", "dma_out", ("buf", "off", "rows", "bytes", "stride", "sram")),
-    COPY: ("copy", "dma_out", ("src_bytes", "dst_bytes", "dst_buf")),
-    MATMUL: ("mm", "matrix", ("g0", "g1", "m0", "m1", "n0", "n1", "k0", "k1")),
-    VECTOR: ("vec", "vector", ("r0", "r1", "elems", "src", "dst", "nin")),
+    # DRAM (buf, off) -> SRAM: an n0 x n1 x n2 x n3 block read at DRAM element strides s0..s3,
+    # written at SRAM element pitches p0, p1, p2 (and 1); aux: dtype
+    LOAD: ("ld", "dma_in", ("buf", "off", "sram") + _DMA),
+    # SRAM -> DRAM (buf, off): the same block read at pitches p0..p2 and written at strides s0..s3
+    STORE: ("st", "dma_out", ("buf", "off", "sram") + _DMA),
+    # DRAM -> DRAM: a block read at strides s0..s3 and written at strides d0..d3; aux: dtype
+    COPY: ("copy", "dma_out", ("sbuf", "soff", "dbuf", "doff", "n0", "n1", "n2", "n3",
+                               "s0", "s1", "s2", "s3", "d0", "d1", "d2", "d3")),
+    # DRAM block := the immediate `value` (float32 bits) at strides d0..d3; aux: dtype
+    FILL: ("fill", "dma_out", ("buf", "off", "n0", "n1", "n2", "n3", "d0", "d1", "d2", "d3", "value")),
+    # indirect DMA, DRAM -> DRAM: dst[o, j, :] = src[o, idx[j], :] for o < outer, j < count, `inner`
+    # elements per row; src rows at `sstride` elements per o and `inner` per row (`rows` of them: an
+    # index i < 0 means rows + i), dst at `dstride` per o; aux: dtype | index dtype << 4
+    GATHER: ("gather", "dma_out", ("sbuf", "soff", "ibuf", "ioff", "dbuf", "doff", "outer", "count", "inner",
+                                   "sstride", "rows", "dstride")),
+    # acc[g, m, n] (+)= sum_k A[g, m, k] * B[g, k, n]: operands at SRAM byte addresses with element
+    # strides, the float32 accumulator too; aux: dtype | accumulate << 4 | window << 5. In window mode A
+    # is not stored: the feeder reads it as im2col of an input patch at `a` (see WINDOW_FIELDS)
+    MATMUL: ("mm", "matrix", ("a", "b", "acc", "m", "n", "k", "a_sm", "a_sk", "b_sk", "b_sn", "acc_sm", "acc_sn",
+                              "g", "a_sg", "b_sg", "acc_sg")),
+    # dst := fn(src0..src3, imm0..imm2) over an n0 x n1 x n2 x n3 tile, every operand dense in SRAM
+    # with size 1 in the dims its 4-bit mask of `bcast` marks (dst bits 0-3, src0 4-7, ... src3
+    # 16-19; bits 20-23: the dims a reduction or normalisation runs over); `dtypes` packs 4-bit
+    # dtype codes (dst bits 0-3, src0 4-7, ...); aux: the function (VECTOR_FNS)
+    VECTOR: ("vec", "vector", ("dst", "src0", "src1", "src2", "src3", "n0", "n1", "n2", "n3", "bcast", "dtypes",
+                               "imm0", "imm1", "imm2", "arg")),
+    # sets the window registers of one unit of a core (aux 0: the matrix feeder, 1: the vector unit):
+    # kernel, strides, dilations, pads, input and output extents; flags bit 0: pads count in averages
+    CONFIG: ("cfg", "matrix", ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "h", "w", "oh", "ow",
+                               "flags")),
     BARRIER: ("barrier", "all", ()),
 }
 MNEMONIC = {v[0]: k for k, v in OPCODES.items()}
 ENGINES = ("dma_in", "matrix", "vector", "dma_out")
+#: in window mode, these MATMUL fields hold the patch geometry instead of A's strides
+WINDOW_FIELDS = {"a_sm": "p0", "a_sk": "r0", "a_sg": "rows"}
+#: fields holding signed values
+SIGNED = frozenset({"s0", "s1", "s2", "s3", "d0", "d1", "d2", "d3", "p0", "p1", "p2", "a_sm", "a_sk", "b_sk", "b_sn",
+                    "acc_sm", "acc_sn", "a_sg", "b_sg", "acc_sg", "pt", "pl", "pb", "pr", "sstride", "dstride"})
+#: fields holding float32 bits
+FLOAT_FIELDS = frozenset({"value", "imm0", "imm1", "imm2"})
+#: fields holding an address (printed in hex)
+ADDRESS_FIELDS = frozenset({"off", "sram", "soff", "doff", "ioff", "a", "b", "acc", "dst", "src0", "src1", "src2",
+                            "src3"})
 
 #: token channels of a core (bit i of wait/signal)
 CHANNELS = ("ld>mx", "mx>ld", "mx>vx", "vx>mx", "vx>st", "st>vx", "ld>vx", "vx>ld")
 CH = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
-#: vector functions (the aux field of VECTOR) and the cost class each is charged at
-VECTOR_FNS = (
-    ("epilogue", "alu"), ("copy", "move"), ("add", "alu"), ("sub", "alu"), ("mul", "mul"), ("div", "div"),
-    ("pow", "transcendental"), ("max", "alu"), ("min", "alu"), ("relu", "alu"), ("leakyrelu", "mul"),
-    ("clip", "alu"), ("sigmoid", "transcendental"), ("tanh", "transcendental"), ("exp", "transcendental"),
-    ("erf", "transcendental"), ("gelu", "transcendental"), ("sqrt", "transcendental"), ("neg", "alu"),
-    ("abs", "alu"), ("reciprocal", "div"), ("log", "transcendental"), ("softmax", "transcendental"),
-    ("layernorm", "reduce"), ("batchnorm", "mul"), ("reduce_mean", "reduce"), ("reduce_sum", "reduce"),
-    ("reduce_max", "reduce"), ("maxpool", "pool"), ("avgpool", "pool"), ("gap", "reduce"), ("lrn", "transcendental"),
-    ("dwconv", "mul"), ("hardsigmoid", "mul"), ("hardswish", "mul"), ("softplus", "transcendental"),
-    ("sum", "alu"), ("mean", "mul"), ("elu", "transcendental"), ("sign", "alu"), ("floor", "alu"), ("ceil", "alu"),
-    # appended (the aux encoding of earlier entries is fixed): a GEMM epilogue with a
-    # transcendental step, fused attention's online softmax, RMSNormalization
-    ("epilogue_t", "transcendental"), ("attention", "transcendental"), ("rmsnorm", "reduce"),
-)
-VFN = {name: i for i, (name, _) in enumerate(VECTOR_FNS)}
-VFN_CLASS = dict(VECTOR_FNS)
+ACCUMULATE = 1 << 4
+WINDOW = 1 << 5
+
+#: vector functions (the aux field of VECTOR): name -> (cost class, operands read, work per element).
+#: Work multiplies the tile's element count in the timing model (a window function's work per
+#: element is its kernel's taps, from the unit's CONFIG).
+VECTOR_FNS: dict[str, tuple[str, int, float]] = {
+    "copy": ("move", 1, 1.0),  # dst := src0 (a dtype conversion when they differ)
+    "add": ("alu", 2, 1.0), "sub": ("alu", 2, 1.0), "mul": ("mul", 2, 1.0), "div": ("div", 2, 1.0),
+    "pow": ("transcendental", 2, 1.0), "max": ("alu", 2, 1.0), "min": ("alu", 2, 1.0),
+    "fma": ("mul", 3, 1.0),  # src0 * src1 + src2 (inference batch norm)
+    "axpy": ("mul", 2, 1.0),  # src0 + imm0 * src1
+    "scale": ("mul", 1, 1.0),  # src0 * imm0 + imm1
+    "relu": ("alu", 1, 1.0), "leakyrelu": ("mul", 1, 1.0), "clip": ("alu", 1, 1.0),
+    "sigmoid": ("transcendental", 1, 1.0), "tanh": ("transcendental", 1, 1.0), "exp": ("transcendental", 1, 1.0),
+    "log": ("transcendental", 1, 1.0), "erf": ("transcendental", 1, 1.0), "gelu": ("transcendental", 1, 1.0),
+    "gelu_tanh": ("transcendental", 1, 1.0), "silu": ("transcendental", 1, 1.0), "sqrt": ("transcendental", 1, 1.0),
+    "neg": ("alu", 1, 1.0), "abs": ("alu", 1, 1.0), "reciprocal": ("div", 1, 1.0), "sign": ("alu", 1, 1.0),
+    "floor": ("alu", 1, 1.0), "ceil": ("alu", 1, 1.0), "softplus": ("transcendental", 1, 1.0),
+    "elu": ("transcendental", 1, 1.0), "hardsigmoid": ("mul", 1, 1.0), "hardswish": ("mul", 1, 1.0),
+    "softmax": ("transcendental", 1, 3.0),
+    "layernorm": ("reduce", 3, 4.0),  # (x - mean) / sqrt(var + imm0) * src1 (+ src2)
+    "rmsnorm": ("reduce", 2, 3.0),  # x / sqrt(mean(x^2) + imm0) * src1
+    "reduce_sum": ("reduce", 1, 1.0), "reduce_mean": ("reduce", 1, 1.0), "reduce_max": ("reduce", 1, 1.0),
+    "maxpool": ("pool", 1, 1.0), "avgpool": ("pool", 1, 1.0),  # window of the vector unit's CONFIG
+    "dwconv": ("mul", 2, 1.0),  # depthwise conv: src0 planes, src1 per-channel taps, window of CONFIG
+    "lrn": ("transcendental", 1, 1.0),  # across channels (the masked dim): arg = size; imm0..2 alpha beta bias
+    "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim.py)
+    "attn_final": ("alu", 2, 1.0),  # the output tile: accumulator / running sum
+}
+VFN_NAMES = tuple(VECTOR_FNS)
+VFN = {name: i for i, name in enumerate(VFN_NAMES)}
+VFN_CLASS = {name: v[0] for name, v in VECTOR_FNS.items()}
+WINDOW_FNS = frozenset({"maxpool", "avgpool", "dwconv"})
 
 
-@dataclass
+def f32_bits(x: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", float(x)))[0]
+
+
+def bits_f32(b: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", b & 0xFFFFFFFF))[0]
+
+
+def signed(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def pack_masks(masks: "list[int]", axes: int = 0) -> int:
+    """The `bcast` field: one 4-bit broadcast mask per operand (dst first), then the axis mask."""
+    v = 0
+    for i, m in enumerate(masks):
+        v |= (m & 0xF) << (4 * i)
+    return v | (axes & 0xF) << 20
+
+
+def pack_dtypes(names: "list[str | None]") -> int:
+    v = 0
+    for i, n in enumerate(names):
+        v |= (DT[n] if n is not None else 0) << (4 * i)
+    return v
+
+
+def names_of(opcode: int) -> tuple[str, ...]:
+    return OPCODES[opcode][2]
+
+
+@dataclass(frozen=True)
 class Instr:
     opcode: int
     core: int = 0
-    op: int = 0  # index of the op (node) in the program this instruction belongs to
+    op: int = 0  # the op this instruction belongs to (profiling and messages only)
     wait: int = 0  # channel bitmask
     signal: int = 0
-    aux: int = 0  # VECTOR: function; MATMUL: 1 = accumulate into the existing partial sum
-    args: tuple[int, ...] = field(default_factory=tuple)
+    aux: int = 0  # dtype / flags / function, by opcode
+    args: tuple[int, ...] = field(default_factory=tuple)  # as stored: unsigned 32-bit
 
     def __post_init__(self):
         names = OPCODES[self.opcode][2]
@@ -74,6 +180,8 @@ class Instr:
 
     @property
     def engine(self) -> str:
+        if self.opcode == CONFIG:
+            return "vector" if self.aux & 1 else "matrix"
         return OPCODES[self.opcode][1]
 
     @property
@@ -81,11 +189,26 @@ class Instr:
         return OPCODES[self.opcode][0]
 
     def arg(self, name: str) -> int:
-        return self.args[OPCODES[self.opcode][2].index(name)]
+        """A field's value (signed fields as signed integers)."""
+        v = self.args[OPCODES[self.opcode][2].index(name)]
+        return signed(v) if name in SIGNED else v
+
+    def fields(self) -> dict[str, int]:
+        return {n: (signed(v) if n in SIGNED else v) for n, v in zip(OPCODES[self.opcode][2], self.args)}
+
+    def replace(self, **changes) -> "Instr":
+        """A copy with some header fields (opcode excluded) or operand fields changed."""
+        head = {k: changes.pop(k) for k in ("core", "op", "wait", "signal", "aux") if k in changes}
+        args = list(self.args)
+        names = OPCODES[self.opcode][2]
+        for k, v in changes.items():
+            args[names.index(k)] = int(v) & 0xFFFFFFFF
+        return Instr(self.opcode, head.get("core", self.core), head.get("op", self.op), head.get("wait", self.wait),
+                     head.get("signal", self.signal), head.get("aux", self.aux), tuple(args))
 
     # ---- binary ------------------------------------------------------------------------
     def encode(self) -> bytes:
-        args = tuple(self.args) + (0,) * (8 - len(self.args))
+        args = tuple(self.args) + (0,) * (NFIELDS - len(self.args))
         return ENCODING.pack(self.opcode, self.core, self.wait, self.signal, self.op, self.aux, *args)
 
     @classmethod
@@ -94,6 +217,8 @@ class Instr:
         if opcode not in OPCODES:
             raise ArtifactError(f"NPU program: unknown opcode {opcode}")
         n = len(OPCODES[opcode][2])
+        if any(args[n:]):
+            raise ArtifactError(f"NPU program: a {OPCODES[opcode][0]} instruction has non-zero unused fields")
         return cls(opcode, core, op, wait, signal, aux, tuple(args[:n]))
 
     # ---- text --------------------------------------------------------------------------
@@ -102,10 +227,19 @@ class Instr:
         core = "*" if self.core == ALL_CORES else str(self.core)
         parts = [f"{mn:<7}", f"c{core}"]
         if self.opcode == VECTOR:
-            parts.append(f"fn={VECTOR_FNS[self.aux][0]}")
+            parts.append(f"fn={VFN_NAMES[self.aux]}" if self.aux < len(VFN_NAMES) else f"fn=#{self.aux}")
+        elif self.opcode in (LOAD, STORE, COPY, FILL):
+            parts.append(f"dt={_dt(self.aux & 0xF)}")
+        elif self.opcode == GATHER:
+            parts.append(f"dt={_dt(self.aux & 0xF)} it={_dt(self.aux >> 4 & 0xF)}")
         elif self.opcode == MATMUL:
-            parts.append(f"acc={self.aux}")
-        parts += [f"{n}={_fmt(n, v)}" for n, v in zip(names, self.args)]
+            parts.append(f"dt={_dt(self.aux & 0xF)} accum={self.aux >> 4 & 1} win={self.aux >> 5 & 1}")
+        elif self.opcode == CONFIG:
+            parts.append(f"unit={'vector' if self.aux & 1 else 'matrix'}")
+        window = self.opcode == MATMUL and self.aux & WINDOW
+        for n, v in zip(names, self.args):
+            label = WINDOW_FIELDS.get(n, n) if window else n
+            parts.append(f"{label}={_fmt(n, v)}")
         parts.append(f"op={self.op}")
         if self.wait:
             parts.append("wait=" + ",".join(c for c in CHANNELS if self.wait & CH[c]))
@@ -122,18 +256,44 @@ class Instr:
         core_s = tokens[1][1:]
         core = ALL_CORES if core_s == "*" else int(core_s)
         kv = dict(t.split("=", 1) for t in tokens[2:])
-        aux = VFN[kv["fn"]] if opcode == VECTOR else int(kv.get("acc", 0))
-        names = OPCODES[opcode][2]
-        args = tuple(int(kv[n], 0) for n in names)
+        if opcode == VECTOR:
+            aux = VFN[kv["fn"]]
+        elif opcode in (LOAD, STORE, COPY, FILL):
+            aux = DT[kv["dt"]]
+        elif opcode == GATHER:
+            aux = DT[kv["dt"]] | DT[kv["it"]] << 4
+        elif opcode == MATMUL:
+            aux = DT[kv["dt"]] | int(kv["accum"]) << 4 | int(kv["win"]) << 5
+        elif opcode == CONFIG:
+            aux = 1 if kv["unit"] == "vector" else 0
+        else:
+            aux = 0
+        window = opcode == MATMUL and aux & WINDOW
+        args = []
+        for n in OPCODES[opcode][2]:
+            s = kv[WINDOW_FIELDS.get(n, n) if window else n]
+            args.append(f32_bits(float(s)) if n in FLOAT_FIELDS else int(s, 0) & 0xFFFFFFFF)
 
         def mask(s):
             return 0 if not s else sum(CH[c] for c in s.split(","))
 
-        return cls(opcode, core, int(kv["op"]), mask(kv.get("wait")), mask(kv.get("sig")), aux, args)
+        return cls(opcode, core, int(kv["op"]), mask(kv.get("wait")), mask(kv.get("sig")), aux, tuple(args))
+
+
+def _dt(code: int) -> str:
+    return DTYPES[code] if code < len(DTYPES) else f"#{code}"
 
 
 def _fmt(name: str, v: int) -> str:
-    return f"0x{v:x}" if name in ("sram", "src", "dst", "off") else str(v)
+    if name in FLOAT_FIELDS:
+        return repr(bits_f32(v))
+    if v == NONE and name in ADDRESS_FIELDS:
+        return "none"
+    if name in ADDRESS_FIELDS:
+        return f"0x{v:x}"
+    if name in ("bcast", "dtypes"):
+        return f"0x{v:x}"
+    return str(signed(v) if name in SIGNED else v)
 
 
 def encode_program(instrs: list[Instr]) -> bytes:
@@ -142,7 +302,8 @@ def encode_program(instrs: list[Instr]) -> bytes:
 
 def decode_program(raw: bytes) -> list[Instr]:
     if raw[:8] != MAGIC:
-        raise ArtifactError("NPU program: bad magic (not an NPU instruction stream)")
+        raise ArtifactError("NPU program: bad magic (not an NPU instruction stream of this version)",
+                            hint="recompile the model")
     (n,) = struct.unpack_from("<I", raw, 8)
     size = ENCODING.size
     if len(raw) != 12 + n * size:
@@ -155,7 +316,7 @@ def assemble(text: str) -> list[Instr]:
     for line in text.splitlines():
         s = line.split(";", 1)[0].strip()
         if s:
-            out.append(Instr.parse(s))
+            out.append(Instr.parse(s.replace("=none", f"={NONE}")))
     return out
 
 

@@ -103,12 +103,12 @@ class NpuSpec:
         return DTYPE_BYTES[self.value_dtype or self.array.dtype]
 
     def for_values(self, dtype: str) -> "NpuSpec":
-        """This chip charging ops whose values are `dtype` ('fp16' or 'bf16'): MACs at the chip's
-        rate and energy for that dtype where it lists one (else at its charged dtype, e.g. INT8 on warboy),
-        DMA and SRAM bytes at `dtype`'s element size. float32 ops keep the chip's charged dtype for
-        both (until quantisation lands). One object per (chip, dtype), as the tiler's caches key
-        on the spec's identity."""
-        if dtype not in ("fp16", "bf16"):
+        """This chip as the tiler sees ops whose values are `dtype` ('fp32', 'fp16' or 'bf16'): DMA
+        and SRAM bytes at `dtype`'s element size, MACs at the chip's rate and energy for that dtype
+        where it lists one (else at its charged dtype, e.g. INT8 on warboy). The timing model charges
+        each MATMUL at the rate of its own operand dtype the same way (timing.mac_rate). One object
+        per (chip, dtype), as the tiler's caches key on the spec's identity."""
+        if dtype not in ("fp16", "bf16", "fp32"):
             return self
         key = (id(self), dtype)
         hit = _FOR_VALUES.get(key)
@@ -124,19 +124,6 @@ class NpuSpec:
         object.__setattr__(s, "_value_dtype", dtype)
         _FOR_VALUES[key] = (self, s)
         return s
-
-    def charge_note(self, chip: str) -> str:
-        """What the report says about the dtype time was charged at."""
-        kind = "OPS" if self.dtype.startswith("int") else "FLOPS"
-        text = f"NPU time charged at {self.dtype.upper()} throughput on {chip} ({self.peak_ops / 1e12:.0f} T{kind})"
-        v = self.value_dtype
-        if not v:
-            return text + "; values computed in float32"
-        name = {"fp16": "float16", "bf16": "bfloat16"}[v]
-        if v != self.dtype:
-            text += f" as {chip} lists no {v.upper()} rate"
-        return (text + f", {v.upper()} bytes; values computed in float32 and rounded to {name} at each op's "
-                "output")
 
     @property
     def macs_per_cycle(self) -> float:

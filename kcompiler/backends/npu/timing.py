@@ -1,4 +1,4 @@
-"""Event-driven timing of an NPU instruction stream.
+"""Event-driven timing of an NPU instruction stream, and what each instruction costs.
 
 Each core has four in-order engine queues (dma_in, matrix, vector, dma_out); all DMA
 engines share the DRAM channel. Between BARRIERs the simulator repeatedly starts the
@@ -6,6 +6,12 @@ queue head that can start earliest: its engine is free, every channel it waits o
 a token (tokens are FIFO per core and channel; a token carries the time its signaller
 ended) and, for DMA, its bytes then occupy DRAM at the sustained bandwidth. A BARRIER
 starts when every engine of every core has drained.
+
+Everything is read off the instructions' fields: the bytes a DMA moves are its block's
+elements times their dtype's size, a MATMUL's cycles are the systolic formula of its tile
+at the rate the chip lists for its operand dtype, a VECTOR's the vector unit's model over
+its tile (a window function's work per output is its CONFIG's taps). The same walk counts
+MACs, bytes and vector operations for the report.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from dataclasses import dataclass
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.cost import systolic_cycles, vector_cycles
-from kcompiler.backends.npu.spec import NpuSpec
+from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
+
+#: the chip-table name of an instruction dtype (spec.array.dtypes keys)
+CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8"}
 
 
 @dataclass
@@ -28,44 +37,134 @@ class InstrTime:
     dram_start: int = 0  # when its bytes start to occupy the DRAM channel (DMA only)
 
 
-def dma_bytes(ins: isa.Instr) -> int:
-    if ins.opcode in (isa.LOAD, isa.STORE):
-        return ins.args[2] * ins.args[3]
-    if ins.opcode == isa.COPY:
-        return ins.args[0] + ins.args[1]
-    return 0
+@dataclass
+class Work:
+    """What one instruction does, from its fields: for the timing model and the report."""
+
+    dram_bytes: int = 0
+    macs: int = 0
+    vector_elems: int = 0  # lane operations of the vector unit
+    sram_bytes: int = 0
+    cycles: int = 0  # engine cycles (MATMUL / VECTOR; DMA time comes from the DRAM channel)
+    mac_dtype: str = ""  # MATMUL: the operand dtype
 
 
-def compute_cycles(ins: isa.Instr, spec: NpuSpec) -> int:
-    """Cycles a MATMUL or VECTOR instruction keeps its engine busy (DMA: see simulate)."""
-    if ins.opcode == isa.MATMUL:
-        g0, g1, m0, m1, n0, n1, k0, k1 = ins.args
-        a = spec.array
-        return (g1 - g0) * systolic_cycles(a.rows, a.cols, a.dataflow, m1 - m0, k1 - k0, n1 - n0, a.rate) \
-            + spec.issue_cycles
-    if ins.opcode == isa.VECTOR:
-        cls = isa.VFN_CLASS[isa.VECTOR_FNS[ins.aux][0]]
-        v = spec.vector
-        return vector_cycles(v.lanes, v.latency[cls], v.cycles_per_elem[cls], ins.args[2]) + spec.issue_cycles
-    return spec.issue_cycles
+def _numel(*dims: int) -> int:
+    return math.prod(dims)
 
 
-def sram_bytes(ins: isa.Instr, spec: NpuSpec) -> int:
-    eb = spec.elem_bytes
-    if ins.opcode == isa.MATMUL:
-        g0, g1, m0, m1, n0, n1, k0, k1 = ins.args
-        m, n, k = m1 - m0, n1 - n0, k1 - k0
-        return int((g1 - g0) * ((m * k + k * n) * eb + m * n * 4))
-    if ins.opcode == isa.VECTOR:
-        return int(ins.args[2] * eb * (ins.args[5] + 1))
-    return dma_bytes(ins)
+def mac_rate(spec: NpuSpec, dtype: str) -> tuple[float, str]:
+    """(MACs per PE per cycle, chip dtype charged) for operands of instruction dtype `dtype`: the
+    chip's rate for it where it lists one, else its charged dtype's."""
+    name = CHIP_DTYPE.get(dtype, "")
+    if name in spec.array.dtypes:
+        return spec.array.dtypes[name], name
+    return spec.array.rate, spec.array.dtype
 
 
-def simulate(instrs: list[isa.Instr], spec: NpuSpec, op_specs: list[NpuSpec] | None = None
+def mac_energy(spec: NpuSpec, charged: str) -> float:
+    """Energy of one MAC charged at chip dtype `charged` (the TOML gives it at the chip's charged
+    dtype; others scale by Horowitz's 45 nm ratios, see spec.py)."""
+    base = spec.energy.per_mac_j
+    e = MAC_ENERGY_45NM_PJ
+    if charged != spec.array.dtype and charged in e and spec.array.dtype in e:
+        return base * e[charged] / e[spec.array.dtype]
+    return base
+
+
+def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
+    """Each instruction's work, walking the program in order (window functions read the vector
+    unit's CONFIG in force; a barrier clears it)."""
+    a = spec.array
+    v = spec.vector
+    windows: dict[tuple[int, int], tuple[int, ...]] = {}
+    out = []
+    for ins in instrs:
+        w = Work()
+        oc = ins.opcode
+        if oc == isa.BARRIER:
+            windows.clear()
+        elif oc == isa.CONFIG:
+            f = ins.fields()
+            windows[(ins.core, ins.aux & 1)] = (f["kh"], f["kw"])
+        elif oc in (isa.LOAD, isa.STORE):
+            f = ins.fields()
+            n = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+            w.dram_bytes = w.sram_bytes = n
+        elif oc == isa.COPY:
+            f = ins.fields()
+            w.dram_bytes = 2 * _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+        elif oc == isa.FILL:
+            f = ins.fields()
+            w.dram_bytes = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+        elif oc == isa.GATHER:
+            f = ins.fields()
+            eb = isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+            w.dram_bytes = (2 * f["outer"] * f["count"] * f["inner"] * eb
+                            + f["count"] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8))
+        elif oc == isa.MATMUL:
+            f = ins.fields()
+            g, m, n, k = f["g"], f["m"], f["n"], f["k"]
+            dt = _dt(ins.aux & 0xF)
+            rate, charged = mac_rate(spec, dt)
+            w.mac_dtype = charged
+            w.macs = g * m * n * k
+            eb = isa.DTYPE_BYTES.get(dt, 4)
+            w.sram_bytes = g * ((m * k + k * n) * eb + m * n * 4)
+            w.cycles = g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + spec.issue_cycles
+        elif oc == isa.VECTOR:
+            w = _vector_work(ins, spec, windows)
+            fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
+            cls = isa.VFN_CLASS[fn]
+            w.cycles = vector_cycles(v.lanes, v.latency[cls], v.cycles_per_elem[cls], w.vector_elems) + spec.issue_cycles
+        out.append(w)
+    return out
+
+
+def _dt(code: int) -> str:
+    return isa.DTYPES[code] if code < len(isa.DTYPES) else "u8"
+
+
+def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:
+    f = ins.fields()
+    fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
+    _, n_src, per = isa.VECTOR_FNS[fn]
+    tile = (f["n0"], f["n1"], f["n2"], f["n3"])
+    masks = [f["bcast"] >> (4 * i) & 0xF for i in range(5)]
+    dts = [_dt(f["dtypes"] >> (4 * i) & 0xF) for i in range(5)]
+
+    def numel(mask):
+        return _numel(*(1 if mask >> d & 1 else x for d, x in enumerate(tile)))
+
+    w = Work()
+    if fn in isa.WINDOW_FNS:
+        kh, kw = windows.get((ins.core, 1), (1, 1))
+        mult = max(1, f["arg"]) if fn == "dwconv" else 1
+        outs = _numel(*tile) * mult
+        w.vector_elems = outs * kh * kw
+        if fn == "dwconv":
+            w.macs = outs * kh * kw
+        w.sram_bytes = outs * (kh * kw + 1) * isa.DTYPE_BYTES.get(dts[0], 4)
+        return w
+    if fn in ("softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn"):
+        elems = _numel(*tile)
+    elif fn == "attn_step":
+        elems = tile[0] * tile[1]
+    elif fn == "attn_final":
+        elems = tile[0] * tile[1]
+    else:
+        elems = numel(masks[0])
+    w.vector_elems = int(elems * per)
+    srcs = [f["src0"], f["src1"], f["src2"], f["src3"]]
+    w.sram_bytes = elems * isa.DTYPE_BYTES.get(dts[0], 4) + sum(
+        numel(masks[i + 1]) * isa.DTYPE_BYTES.get(dts[i + 1], 4) for i in range(min(n_src, 4)) if srcs[i] != isa.NONE)
+    return w
+
+
+def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = None
              ) -> tuple[list[InstrTime], int, dict[str, int]]:
-    """(per-instruction times, total cycles, busy cycles per engine and 'dram'). `op_specs[op]`
-    charges one op's MATMUL/VECTOR instructions (the chip at that op's value dtype, see
-    NpuSpec.for_values); the DRAM channel and the issue cost are the chip's."""
+    """(per-instruction times, total cycles, busy cycles per engine and 'dram')."""
+    works = works if works is not None else work(instrs, spec)
     times: list[InstrTime | None] = [None] * len(instrs)
     bpc = spec.dram_bytes_per_cycle
     lat = int(round(spec.dram.latency_s * spec.clock_hz))
@@ -115,7 +214,7 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, op_specs: list[NpuSpec] | N
                 bit = w & -w
                 w ^= bit
                 tokens[(ins.core, bit)].popleft()
-            nbytes = dma_bytes(ins)
+            nbytes = works[i].dram_bytes
             if nbytes:
                 xfer = math.ceil(nbytes / bpc)
                 d0 = max(t, dram_free)
@@ -124,7 +223,7 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, op_specs: list[NpuSpec] | N
                 times[i] = InstrTime(t, end, xfer, d0)
                 busy["dram"] = busy.get("dram", 0) + xfer
             else:
-                end = t + compute_cycles(ins, spec if op_specs is None else op_specs[ins.op])
+                end = t + (works[i].cycles or spec.issue_cycles)
                 times[i] = InstrTime(t, end)
             name = f"core{ins.core}.{ins.engine}"
             busy[name] = busy.get(name, 0) + (end - t)

@@ -39,6 +39,7 @@ def check_on(model: onnx.ModelProto, target: str = "npu", seed: int = 0, min_npu
     cm = kcompiler.compile(model, target=target, place={"*": "npu"} if require_npu else None)
     feeds = cm.random_inputs(seed)
     got = cm.run(feeds)
+    assert_walk_equals_replay(cm, feeds, got)
     ref = ort_run(model, feeds)
     for name, r in ref.items():
         np.testing.assert_allclose(got[name], r, rtol=RTOL, atol=ATOL, err_msg=f"{name} on {target}")
@@ -49,6 +50,26 @@ def check_on(model: onnx.ModelProto, target: str = "npu", seed: int = 0, min_npu
         npu = sum(v["macs"] for d, v in rep.devices.items() if d != "host")
         assert npu / rep.macs >= min_npu_macs
     return cm
+
+
+def npu_sims(cm):
+    return [p.sim for p in cm.programs if hasattr(p, "sim")]
+
+
+def assert_walk_equals_replay(cm, feeds, got=None):
+    """The replay (the default) and the instruction-by-instruction walk give the same bits."""
+    got = cm.run(feeds, simulate=False) if got is None else got
+    sims = npu_sims(cm)
+    for s in sims:
+        s.exact = True
+    try:
+        walk = cm.run(feeds, simulate=False)
+    finally:
+        for s in sims:
+            s.exact = False
+    for name, v in got.items():
+        np.testing.assert_array_equal(walk[name], v, err_msg=f"{name}: the replay and the walk differ")
+    return walk
 
 
 def rand(*shape, seed=1):
@@ -121,3 +142,29 @@ def with_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
     from kcompiler.zoo import with_batch as _with_batch
 
     return _with_batch(model, n)
+
+
+_CNN_DIR: list = []
+
+
+def random_cnn(name: str, batch: int = 1) -> str:
+    """A bundled CNN with seeded random weights (the bundled files carry constant fills, whose
+    outputs ignore the input and tie on one-ulp differences), at `batch`; written once per process."""
+    import functools  # noqa: F401  (the cache below)
+    import tempfile
+    from pathlib import Path
+
+    from kcompiler.zoo import with_batch as _with_batch, with_random_weights
+
+    if not _CNN_DIR:
+        _CNN_DIR.append(Path(tempfile.mkdtemp(prefix="kc-npu-cnn-")))
+    d = _CNN_DIR[0]
+    path = d / f"{name}-b{batch}.onnx"
+    if not path.exists():
+        base = d / f"{name}-b1.onnx"
+        if not base.exists():
+            with_random_weights(name, base)
+        if batch != 1:
+            m = _with_batch(onnx.load(str(base)), batch)
+            onnx.save(m, str(path), save_as_external_data=True, location=path.name + ".data")
+    return str(path)

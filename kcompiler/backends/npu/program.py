@@ -1,0 +1,247 @@
+"""An NPU program: instructions, buffer table, IO bindings and initial DRAM image; run for values
+(sim.py) and for time (timing.py) from the same instruction list.
+
+This module and the simulator modules it uses import neither onnx nor onnx_ir: a program runs
+without the model it was compiled from (tests/backends/npu/test_sim.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from kcompiler.backends.base import EngineSpan, OpEvent, Program, Timeline
+from kcompiler.backends.npu import isa
+from kcompiler.backends.npu.blas import blas_threads
+from kcompiler.backends.npu.sim import Binding, Buffer, ProgramData, Simulator
+from kcompiler.backends.npu.spec import NpuSpec
+from kcompiler.backends.npu.timing import CHIP_DTYPE, mac_energy, simulate, work
+from kcompiler.errors import ArtifactError, ExecutionError
+
+#: per op kind, the engine its report line names
+_ENGINE = {"gemm": "matrix", "copy": "dma", "vector": "vector", "view": "view", "const": "view"}
+_VALUE_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+class NpuProgram(Program):
+    def __init__(self, device: str, chip: str, spec: NpuSpec, data: ProgramData, functional: bool,
+                 kinds: list[str]):
+        self.device = device
+        self.chip = chip
+        self.spec = spec
+        self.data = data
+        self.functional = functional
+        self.kinds = kinds  # per op: gemm | vector | copy | view | const (for the report's engine column)
+        self.sim = Simulator(data)
+        self._timeline: Timeline | None = None
+
+    # ---- the program's parts (mutable: tests and the mutation benchmark change them) ----------
+    @property
+    def instrs(self) -> list[isa.Instr]:
+        return self.data.instrs
+
+    @property
+    def buffers(self) -> list[tuple[str, int, int]]:
+        return [(b.name, b.addr, b.nbytes) for b in self.data.buffers]
+
+    def invalidate(self) -> None:
+        """After changing instructions or the image: check and plan again, time again."""
+        self.sim.invalidate()
+        self._timeline = None
+
+    # ---- values ------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.functional:
+            raise ExecutionError("this NPU program was compiled in timing mode and has no weights",
+                                 hint="compile with mode='functional'")
+        feeds = {b.name: inputs[b.name] for b in self.data.inputs if b.name in inputs}
+        # one thread per BLAS call: the values do not depend on the host (sim._pool); overflow and
+        # invalid operations give inf and NaN, as the hardware's float units do, without a warning
+        with blas_threads(1), np.errstate(all="ignore"):
+            return self.sim.run(feeds)
+
+    # ---- time --------------------------------------------------------------------------
+    def simulate(self) -> Timeline:
+        if self._timeline is None:
+            self._timeline = self._simulate()
+        return self._timeline
+
+    def _simulate(self) -> Timeline:
+        spec = self.spec
+        clock = spec.clock_hz
+        instrs = self.data.instrs
+        works = work(instrs, spec)
+        times, total, busy = simulate(instrs, spec, works)
+        e = spec.energy
+        by_op: dict[int, list[int]] = {}
+        for i, ins in enumerate(instrs):
+            if ins.opcode != isa.BARRIER:
+                by_op.setdefault(ins.op, []).append(i)
+        ops: list[OpEvent] = []
+        t_prev = 0
+        for op, (name, op_type) in enumerate(self.data.ops):
+            kind = self.kinds[op] if op < len(self.kinds) else "vector"
+            if kind == "const":
+                continue
+            idx = by_op.get(op, [])
+            if not idx:
+                ops.append(OpEvent(name, op_type, t_prev / clock, t_prev / clock, bound="overhead", engine="view"))
+                continue
+            start = min(times[i].start for i in idx)
+            end = max(times[i].end for i in idx)
+            t_prev = end
+            w = [works[i] for i in idx]
+            dram = sum(x.dram_bytes for x in w)
+            sram = sum(x.sram_bytes for x in w)
+            macs = sum(x.macs for x in w)
+            vec = sum(x.vector_elems for x in w)
+            mac_j = sum(x.macs * mac_energy(spec, x.mac_dtype or spec.array.dtype) for x in w if x.macs)
+            compute: dict[int, int] = {}
+            for i in idx:
+                if instrs[i].opcode in (isa.MATMUL, isa.VECTOR):
+                    compute[instrs[i].core] = compute.get(instrs[i].core, 0) + times[i].end - times[i].start
+            mem = sum(times[i].dram_cycles for i in idx)
+            bound = "compute" if max(compute.values(), default=0) >= mem else "memory"
+            engine = _ENGINE.get(kind, "vector")
+            if kind == "gemm" and not any(instrs[i].opcode == isa.MATMUL for i in idx):
+                engine = "vector"  # a depthwise conv runs on the vector unit
+            energy = mac_j + vec * e.per_vector_op_j + sram * e.per_sram_byte_j + dram * e.per_dram_byte_j
+            ops.append(OpEvent(name, op_type, start / clock, end / clock, cycles=end - start, macs=macs,
+                               dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound, engine=engine))
+        return Timeline(seconds=total / clock, cycles=total, ops=ops,
+                        engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=self.notes(),
+                        spans=self._spans(times))
+
+    def notes(self) -> list[str]:
+        """What the report says about the dtypes the MATMULs were charged at and values moved in."""
+        spec = self.spec
+        seen: dict[str, None] = {}
+        for ins in self.data.instrs:
+            if ins.opcode in (isa.MATMUL, isa.LOAD):
+                dt = isa.DTYPES[ins.aux & 0xF] if (ins.aux & 0xF) < len(isa.DTYPES) else ""
+                if dt in _VALUE_NAMES:
+                    seen.setdefault(dt, None)
+        out = []
+        for dt in seen or ["f32"]:
+            name = CHIP_DTYPE[dt]
+            rate, charged = (spec.array.dtypes[name], name) if name in spec.array.dtypes else (spec.array.rate,
+                                                                                                 spec.array.dtype)
+            kind = "OPS" if charged.startswith("int") else "FLOPS"
+            text = (f"NPU time charged at {charged.upper()} throughput on {self.chip} "
+                    f"({spec.peak_ops_for(charged) / 1e12:.0f} T{kind}) for {name.upper()} operands")
+            if charged != name:
+                text += f" ({self.chip} lists no {name.upper()} rate)"
+            text += f", {name.upper()} bytes; values computed in float32"
+            if dt != "f32":
+                text += f" and rounded to {_VALUE_NAMES[dt]} at each op's output"
+            out.append(text)
+        return out
+
+    def _spans(self, times) -> list[EngineSpan]:
+        """Each engine's busy intervals (the same intervals `busy` sums), adjacent ones of one op
+        merged: per core the DMA queues, matrix and vector units, and the shared DRAM channel."""
+        raw: dict[str, list[tuple[int, int, int]]] = {}
+        for ins, t in zip(self.data.instrs, times):
+            if ins.opcode == isa.BARRIER:
+                continue
+            raw.setdefault(f"core{ins.core}.{ins.engine}", []).append((t.start, t.end, ins.op))
+            if t.dram_cycles:
+                raw.setdefault("dram", []).append((t.dram_start, t.dram_start + t.dram_cycles, ins.op))
+        clock = self.spec.clock_hz
+        names = self.data.ops
+        spans = []
+        for engine in sorted(raw):
+            merged: list[list[int]] = []
+            for a, b, op in sorted(raw[engine]):
+                if merged and merged[-1][2] == op and merged[-1][1] == a:
+                    merged[-1][1] = b
+                else:
+                    merged.append([a, b, op])
+            spans.extend(EngineSpan(engine, a / clock, b / clock, names[op][0] if op < len(names) else str(op))
+                         for a, b, op in merged)
+        return spans
+
+    # ---- text and binary ---------------------------------------------------------------
+    def asm(self) -> str:
+        d = self.data
+        lines = [f"; NPU program for {self.chip} ({self.spec.cores} core(s), {self.spec.array.rows}x"
+                 f"{self.spec.array.cols} {self.spec.array.dataflow}, {self.spec.sram_bytes} B scratchpad per core)",
+                 f"; {len(d.instrs)} instructions; DRAM buffers:"]
+        for i, b in enumerate(d.buffers):
+            lines.append(f";   buf {i}: {b.name} @0x{b.addr:x} ({b.nbytes} bytes, {b.role})")
+        for b in d.inputs:
+            lines.append(f";   input {b.name}: buf {b.buf}+{b.off} {b.dtype}{list(b.shape)} strides {list(b.strides)}")
+        for b in d.outputs:
+            lines.append(f";   output {b.name}: buf {b.buf}+{b.off} {b.dtype}{list(b.shape)} strides "
+                         f"{list(b.strides)}")
+        for i, (name, op_type) in enumerate(d.ops):
+            if i < len(self.kinds) and self.kinds[i] != "const":
+                lines.append(f";   op {i}: {op_type} {name}")
+        lines.append(isa.disassemble(d.instrs))
+        return "\n".join(lines)
+
+    def to_bytes(self) -> bytes:
+        return isa.encode_program(self.data.instrs)
+
+    # ---- artifacts: the instruction stream plus the tables the simulator reads ---------------
+    def save(self, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
+        d = self.data
+        init = []
+        if weights is not None and self.functional:
+            for buf, off, data in d.init:
+                raw = np.ascontiguousarray(data, np.uint8).tobytes()
+                init.append([int(buf), int(off), int(weights.add(raw)), len(raw)])
+        meta = {"encoding": ENCODING, "chip": self.chip, "cores": d.cores, "sram_bytes": d.sram_bytes,
+                "functional": bool(self.functional and weights is not None),
+                "buffers": [[b.name, b.addr, b.nbytes, b.role] for b in d.buffers],
+                "inputs": [_binding_json(b) for b in d.inputs], "outputs": [_binding_json(b) for b in d.outputs],
+                "ops": [[n, t, k] for (n, t), k in zip(d.ops, self.kinds)], "init": init}
+        return self.to_bytes(), meta
+
+    @classmethod
+    def load(cls, device: str, spec: NpuSpec, blob: bytes, meta: Mapping[str, Any], weights: Any,
+             functional: bool) -> "NpuProgram":
+        if int(meta.get("encoding", 0)) != ENCODING:
+            raise ArtifactError(f"NPU program stored in encoding {meta.get('encoding')}, this kcompiler reads "
+                                f"{ENCODING}", hint="recompile the model")
+        instrs = isa.decode_program(blob)
+        try:
+            buffers = [Buffer(str(n), int(a), int(b), str(r)) for n, a, b, r in meta["buffers"]]
+            inputs = [_binding(x) for x in meta["inputs"]]
+            outputs = [_binding(x) for x in meta["outputs"]]
+            ops = [(str(n), str(t)) for n, t, _ in meta["ops"]]
+            kinds = [str(k) for _, _, k in meta["ops"]]
+            cores, sram = int(meta["cores"]), int(meta["sram_bytes"])
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"NPU program: its table is malformed ({type(exc).__name__}: {exc})",
+                                hint="recompile the model") from None
+        if cores != spec.cores or sram != spec.sram_bytes:
+            raise ArtifactError("NPU program: compiled for another core count or scratchpad size than its chip's "
+                                "description says", hint="recompile the model")
+        functional = functional and bool(meta.get("functional"))
+        init = []
+        if functional:
+            for buf, off, woff, n in meta.get("init", ()):
+                if not 0 <= int(buf) < len(buffers):
+                    raise ArtifactError("NPU program: an initial image segment names a buffer the table lacks")
+                init.append((int(buf), int(off), weights.map(int(woff), int(n))))
+        data = ProgramData(instrs, buffers, inputs, outputs, init, cores, sram, ops)
+        return cls(device, str(meta.get("chip", "")), spec, data, functional, kinds)
+
+
+#: bump when the meaning of a stored instruction or table changes
+ENCODING = 2
+
+
+def _binding_json(b: Binding) -> list:
+    return [b.name, b.buf, b.off, b.dtype, list(b.shape), list(b.strides)]
+
+
+def _binding(x) -> Binding:
+    name, buf, off, dtype, shape, strides = x
+    if dtype not in isa.DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return Binding(str(name), int(buf), int(off), str(dtype), tuple(int(v) for v in shape),
+                   tuple(int(v) for v in strides))
