@@ -214,6 +214,7 @@ def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    opts.intra_op_num_threads = 1  # the same sums, so the same weights, whatever the core count
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, feeds)
     for (k, _), arr in zip(stats, got[1:]):
