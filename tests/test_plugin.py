@@ -17,10 +17,10 @@ import pytest
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin_chip"
 
 SCRIPT = textwrap.dedent("""
-    import numpy as np, kcompiler
+    import sys, numpy as np, kcompiler
     from kcompiler.check import compare_with_ort
     assert "dsp" in kcompiler.targets(), kcompiler.targets()
-    cm = kcompiler.compile("squeezenet", target="dsp")
+    cm = kcompiler.compile(sys.argv[1], target="dsp")  # squeezenet with random weights
     assert cm.placement.get("dsp", 0) > 0, cm.placement
     feeds = cm.random_inputs(seed=1)
     outs = cm.run(feeds)
@@ -32,13 +32,14 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_plugin_installs_and_compiles(tmp_path):
+def test_plugin_installs_and_compiles(tmp_path, random_cnn):
+    squeezenet = random_cnn("squeezenet")  # (the bundled constant fills would hide wrong values)
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(PLUGIN)]
     done = subprocess.run(pip, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     try:
-        run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)
+        run = subprocess.run([sys.executable, "-c", SCRIPT, squeezenet], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
         assert "PLUGIN-OK" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
         cli = subprocess.run([sys.executable, "-m", "kcompiler", "targets"], capture_output=True, text=True,
                              timeout=120, cwd=tmp_path)

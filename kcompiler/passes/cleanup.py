@@ -21,6 +21,7 @@ def fold_constants(model: ir.Model, ctx: PassContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
     from onnxscript import optimizer
 
+    cast_like = _cast_like_to_cast(model)
     try:
         result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
                                           output_size_limit=FOLD_OUTPUT_LIMIT)
@@ -34,7 +35,25 @@ def fold_constants(model: ir.Model, ctx: PassContext) -> PassOutcome:
         result = None
     # folding leaves the replaced nodes unused; drop them here so the pass stands alone
     ir_passes.RemoveUnusedNodesPass()(model)
-    return PassOutcome(changed=bool(getattr(result, "modified", True)))
+    return PassOutcome(changed=cast_like or bool(getattr(result, "modified", True)))
+
+
+def _cast_like_to_cast(model: ir.Model) -> bool:
+    """CastLike(x, like) -> Cast(x, to=like's type), keeping its `saturate` and `round_mode`:
+    onnxscript's folder makes the same Cast but drops them, so a CastLike to float8 with
+    saturate=0 would saturate (ONNX test_castlike_no_saturate_*). Returns whether one changed."""
+    changed = False
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        x, like = node.inputs
+        if x is None or like is None or like.dtype is None or x.dtype == like.dtype:
+            continue  # (the same type: onnxscript makes it an Identity)
+        node.op_type = "Cast"
+        node.attributes["to"] = ir.AttrInt64("to", like.dtype.value)
+        node.resize_inputs(1)
+        changed = True
+    return changed
 
 
 class _IdentityElimination(ir_passes.IdentityEliminationPass):

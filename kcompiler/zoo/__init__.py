@@ -73,112 +73,162 @@ def with_batch(model, n: int):
 def with_random_weights(name: str, out_path: "str | os.PathLike", seed: int = 0) -> str:
     """Save the bundled CNN `name` with real (seeded random) weights to `out_path`: every
     ConstantOfShape fill becomes an initializer, stored as external data beside the file (the
-    bundled files store constant fills only, which hide layout and rounding bugs).
+    bundled files store constant fills only, which hide layout and rounding bugs: their logits
+    are equal across classes and ignore the input).
 
-    Conv and Gemm weights are He-uniform (bound sqrt(6 / fan_in)), so activations keep their scale
-    through the layers; batch-norm scales and variances, and the constant factors of Mul, are
-    drawn from [0.5, 1.5], everything else (biases, means) from [-0.01, 0.01]; then the classifier
-    is scaled so that the logits spread by LOGIT_STD. The output then depends on the input (a
-    transposed image changes it by percents) and is neither uniform nor one-hot, so an error in
-    any layer shows."""
+    The weights are drawn so that values stay near 1 through the whole network and the classes'
+    scores differ, like a trained model's, so an error anywhere shows in the output: convolution
+    and fully connected weights are He-uniform (scaled by their fan-in), per-channel multipliers
+    are in [0.5, 1.5), additive terms in [-0.1, 0.1), and each BatchNormalization's running mean
+    and variance are the statistics of its input on one seeded random image (so it normalises,
+    as a trained one does, instead of letting deep and residual networks grow or fade); the last
+    layer is scaled so that the class scores spread by about 2 (see `_calibrate`)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
     m = onnx.load(str(bundled_path(name)))
-    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    users: dict[str, list] = {}
+    for node in m.graph.node:
+        for i, v in enumerate(node.input):
+            users.setdefault(v, []).append((node, i))
+
+    def user(value: str):
+        """(node, input index, reshaped on the way) of the one op that uses `value`, seen
+        through Reshape/Unsqueeze/Squeeze."""
+        reshaped = False
+        while len(users.get(value, ())) == 1:
+            node, i = users[value][0]
+            if node.op_type not in ("Reshape", "Unsqueeze", "Squeeze") or i != 0:
+                return node, i, reshaped
+            value, reshaped = node.output[0], True
+        return None, -1, reshaped
+
     rng = np.random.default_rng(seed)
-    fan_in: dict[str, int] = {}
-    positive: set[str] = set()
-    made_by = {o: n for n in m.graph.node for o in n.output}
 
-    def source(name: str) -> str:
-        """The tensor `name` comes from through reshapes (a scale is often unsqueezed first)."""
-        n = made_by.get(name)
-        while n is not None and n.op_type in ("Unsqueeze", "Reshape", "Squeeze", "Identity", "Flatten"):
-            name = n.input[0]
-            n = made_by.get(name)
-        return name
+    def uniform(lo: float, hi: float, shape) -> np.ndarray:
+        return rng.random(shape, dtype=np.float32) * np.float32(hi - lo) + np.float32(lo)
 
-    for n in m.graph.node:
-        if n.op_type == "Conv" and len(n.input) > 1:
-            fan_in[n.input[1]] = -1  # the product of the weight's dims after the first
-        elif n.op_type == "Gemm" and len(n.input) > 1:
-            tb = next((a.i for a in n.attribute if a.name == "transB"), 0)
-            fan_in[n.input[1]] = -1 if tb else -2  # rows of B are its inputs unless transposed
-        elif n.op_type == "MatMul" and len(n.input) > 1:
-            fan_in[n.input[1]] = -2
-        elif n.op_type == "BatchNormalization" and len(n.input) > 4:
-            positive.update((n.input[1], n.input[4]))
-        elif n.op_type == "Mul":  # a scale (densenet and inception_v2 write batch norms as Mul, Add)
-            positive.update(source(i) for i in n.input)
-    keep = []
-    for n in m.graph.node:
-        if n.op_type == "ConstantOfShape" and n.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[n.input[0]])
-            out = n.output[0]
-            if out in fan_in and len(shape) >= 2:
-                k = int(np.prod(shape[1:])) if fan_in[out] == -1 else shape[0]
-                bound = float(np.sqrt(6.0 / max(k, 1)))
-                lo, hi = -bound, bound
-            elif out in positive:
-                lo, hi = 0.5, 1.5
+    def draw(value: str, shape: tuple[int, ...]) -> np.ndarray:
+        node, i, reshaped = user(value)
+        op = node.op_type if node is not None else ""
+        if op in ("Conv", "Gemm", "MatMul") and i == 1:
+            if op == "Conv":
+                fan_in = int(np.prod(shape[1:]))
+            elif reshaped or any(a.name == "transB" and a.i for a in node.attribute):
+                fan_in = shape[-1]  # [out, in]: the bundled Caffe2 FC layers
             else:
-                lo, hi = -0.01, 0.01
-            m.graph.initializer.append(numpy_helper.from_array(rng.uniform(lo, hi, shape).astype(np.float32), out))
+                fan_in = shape[0]
+            a = float(np.sqrt(6.0 / max(fan_in, 1)))
+            return uniform(-a, a, shape)
+        if op == "BatchNormalization" and i in (1, 4) or op == "Mul":
+            return uniform(0.5, 1.5, shape)  # scales; and variances, until calibrated
+        return uniform(-0.1, 0.1, shape)  # biases, shifts; and means, until calibrated
+
+    keep, fills = [], {}
+    for n in m.graph.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in consts:
+            fills[n.output[0]] = draw(n.output[0], tuple(int(d) for d in consts[n.input[0]]))
         else:
             keep.append(n)
-    m.ir_version = max(m.ir_version, 7)  # IR 3 wanted every initializer to be a graph input
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    _calibrate_logits(m, rng)
+    _calibrate(m, fills, rng)
+    used = {v for n in m.graph.node for v in n.input}
+    kept = [t for t in m.graph.initializer if t.name in used]  # (not the fills' shapes)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    m.graph.initializer.extend(numpy_helper.from_array(arr, k) for k, arr in fills.items())
+    # IR 3 wanted every initializer to be a graph input too; from IR 4 on, they are constants
+    m.ir_version = max(m.ir_version, 7)
+    inits = {t.name for t in m.graph.initializer}
+    real_inputs = [v for v in m.graph.input if v.name not in inits and v.name in used]
+    del m.graph.input[:]
+    m.graph.input.extend(real_inputs)
     onnx.save(m, str(out_path), save_as_external_data=True, location=os.path.basename(str(out_path)) + ".data")
     return str(out_path)
 
 
-#: the spread (standard deviation over classes) the logits are scaled to: a softmax of it is
-#: neither uniform nor one-hot, so an error anywhere before it moves every output
-LOGIT_STD = 2.0
-
-
-def _calibrate_logits(m, rng) -> None:
-    """Scale the classifier (the Conv/Gemm/MatMul feeding the final Softmax, through reshapes)
-    so that its logits spread by LOGIT_STD on a random input: deep random networks otherwise end in
-    a one-hot or a uniform softmax, whose values say little about the layers before."""
+def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
+    """Calibrate the random weights in `fills` on one random image, with one ONNX Runtime run:
+    each BatchNormalization's running mean and variance become its input's per-channel
+    statistics, and the last Conv/Gemm is scaled so that the class scores (the Softmax's input,
+    or the output) have a standard deviation of `logit_std` (a softmax neither flat nor
+    saturated). In the probe copy of the model each BatchNormalization normalises with its
+    input's own statistics and outputs them, which is exactly what the calibrated layer
+    computes on that image."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import numpy_helper
+    import onnx
+    from onnx import helper, numpy_helper
 
-    producer = {o: n for n in m.graph.node for o in n.output}
-    out = producer.get(m.graph.output[0].name)
-    if out is None:
-        return
-    logits = out.input[0] if out.op_type == "Softmax" else m.graph.output[0].name
-    # back through reshapes and positively homogeneous ops, f(c x) = c f(x) for c > 0, to the layer
-    layer = producer.get(logits)
-    while layer is not None and layer.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
-                                                  "Dropout", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool"):
-        layer = producer.get(layer.input[0])
-    inits = {t.name: t for t in m.graph.initializer}
-    if layer is None or layer.op_type not in ("Conv", "Gemm", "MatMul") or layer.input[1] not in inits:
-        return
-    probe = type(m)()
+    bns = [n for n in m.graph.node if n.op_type == "BatchNormalization" and len(n.output) == 1
+           and all(v in fills for v in n.input[1:5])]
+    heads = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
+    softmax = [n for n in m.graph.node if n.op_type == "Softmax"]
+    logits = softmax[-1].input[0] if softmax else m.graph.output[0].name
+    # the weights are fed as inputs, not serialised into the probe (vgg19's are 0.5 GB)
+    probe = onnx.ModelProto()
     probe.CopyFrom(m)
-    probe.ir_version = min(probe.ir_version, 10)  # what onnxruntime reads
-    probe.graph.output.add().name = logits
+    declared = {vi.name for vi in probe.graph.input}
+    probe.graph.input.extend(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, a.shape)
+                             for k, a in fills.items() if k not in declared)
+    ranks = {}
+    for vi in list(onnx.shape_inference.infer_shapes(probe).graph.value_info) + list(probe.graph.input):
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    nodes, stats = [], []
+    for node in probe.graph.node:
+        if node not in bns:
+            nodes.append(node)
+            continue
+        x, s, b, mean, var = node.input[:5]
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        rank = ranks.get(x, 4)
+        axes = [0] + list(range(2, rank))
+        c = fills[s].shape[0]
+        t = f"{node.output[0]}__calib"
+        probe.graph.initializer.extend([
+            numpy_helper.from_array(fills[s].reshape([c] + [1] * (rank - 2)), t + "_s"),
+            numpy_helper.from_array(fills[b].reshape([c] + [1] * (rank - 2)), t + "_b"),
+            numpy_helper.from_array(np.array(eps, np.float32), t + "_eps")])
+        nodes += [helper.make_node("ReduceMean", [x], [t + "_mean"], axes=axes, keepdims=1),
+                  helper.make_node("Sub", [x, t + "_mean"], [t + "_d"]),
+                  helper.make_node("Mul", [t + "_d", t + "_d"], [t + "_d2"]),
+                  helper.make_node("ReduceMean", [t + "_d2"], [t + "_var"], axes=axes, keepdims=1),
+                  helper.make_node("Add", [t + "_var", t + "_eps"], [t + "_ve"]),
+                  helper.make_node("Sqrt", [t + "_ve"], [t + "_sd"]),
+                  helper.make_node("Div", [t + "_d", t + "_sd"], [t + "_n"]),
+                  helper.make_node("Mul", [t + "_n", t + "_s"], [t + "_ns"]),
+                  helper.make_node("Add", [t + "_ns", t + "_b"], [node.output[0]])]
+        stats += [(mean, t + "_mean"), (var, t + "_var")]
+    del probe.graph.node[:]
+    probe.graph.node.extend(nodes)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in [logits] + [o for _, o in stats])
+    probe_inits = {t.name for t in probe.graph.initializer}
+    feeds = {vi.name: fills[vi.name] if vi.name in fills else
+             rng.standard_normal([d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]).astype(np.float32)
+             for vi in probe.graph.input if vi.name not in probe_inits}
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # (IR 3 models list their initializers as inputs: ORT warns of each)
+    opts.log_severity_level = 4
+    opts.intra_op_num_threads = 1  # the same sums, so the same weights, whatever the core count
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    x = next(i for i in sess.get_inputs() if i.name not in inits)
-    feed = rng.standard_normal([d if isinstance(d, int) else 1 for d in x.shape]).astype(np.float32)
-    z = sess.run([logits], {x.name: feed})[0]
-    std = float(np.std(z.reshape(z.shape[0], -1), axis=1).mean())
-    if not np.isfinite(std) or std == 0:
-        return
-    for name in layer.input[1:3]:
-        if name in inits:
-            t = inits[name]
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(LOGIT_STD / std), name))
+    got = sess.run(None, feeds)
+    for (k, _), arr in zip(stats, got[1:]):
+        fills[k] = np.ascontiguousarray(arr.reshape(-1), dtype=np.float32)
+    std = float(np.std(got[0]))
+    if heads and np.isfinite(std) and std > 0:
+        # (what follows the last layer, ReLU and pooling, scales with it; a bias or a weight
+        # that is not random, as in some files, is left alone, so this is only about right)
+        made_by = {n.output[0]: n for n in m.graph.node if n.op_type in ("Reshape", "Unsqueeze", "Squeeze")}
+        for k in heads[-1].input[1:3]:
+            while k not in fills and k in made_by:
+                k = made_by[k].input[0]
+            if k in fills:
+                fills[k] = (fills[k] * np.float32(logit_std / std)).astype(np.float32)
 
 
 def bundled(name: str, batch: int | None = None):

@@ -3,6 +3,7 @@ equality of the model before and after (ONNX Runtime on random inputs). Then the
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -83,6 +84,35 @@ def test_fold_constants_must_not_fire_on_runtime_values():
     """
     before, after = apply("fold-constants", text)
     assert same_graph(before, after)
+
+
+def test_fold_constants_keeps_castlike_saturate():
+    """CastLike becomes a Cast to the `like` type with its saturate=0 kept (onnxscript's folder
+    drops it, and a float8 cast then saturates where it should overflow to NaN)."""
+    text = """
+    g (float[4] x, float8e4m3fn[1] like) => (float8e4m3fn[4] y) {
+      y = CastLike <saturate = 0> (x, like)
+    }
+    """
+    header = '<ir_version: 10, opset_import: ["" : 19]>\n'
+    before, after = ir.from_onnx_text(header + text), ir.from_onnx_text(header + text)
+    REGISTRY["fold-constants"].fn(after, PassContext())
+    (cast,) = [n for n in after.graph]
+    assert cast.op_type == "Cast" and cast.attributes["saturate"].value == 0
+    assert cast.attributes["to"].value == ir.DataType.FLOAT8E4M3FN
+    x = np.array([1e6, -1e6, 1.5, 300.0], np.float32)
+    like = np.zeros(1, ml_dtypes.float8_e4m3fn)
+
+    def run(model):  # (ONNX Runtime takes float8 only as an OrtValue, and gives it as uint8 bits)
+        sess = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        feeds = {"x": ort.OrtValue.ortvalue_from_numpy(x), "like": ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            like, onnx.TensorProto.FLOAT8E4M3FN)}
+        return sess.run_with_ort_values(None, feeds)[0].numpy()
+
+    want, got = run(before), run(after)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got.view(ml_dtypes.float8_e4m3fn)[:2].astype(np.float32)).all()  # not +-448
 
 
 def test_fold_constants_leaves_large_results_alone():

@@ -16,7 +16,7 @@ PIM_MODELS = {
     "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
     "llama-prefill": ("llama-tiny", {"phase": "prefill"}),
     "gpt2-decode": ("gpt2-tiny", {"phase": "decode", "kv": 16}),
-    "squeezenet": ("squeezenet", {}),
+    "squeezenet": ("squeezenet", {}),  # with random weights (the random_cnn fixture)
 }
 
 
@@ -53,8 +53,10 @@ def _round_trip(cm, path, monkeypatch, *no_lower):
 
 @pytest.mark.parametrize("target", ["aim", "hbm-pim", "atom+aim"])
 @pytest.mark.parametrize("case", list(PIM_MODELS))
-def test_pim_round_trip_without_lowering(case, target, tmp_path, monkeypatch):
+def test_pim_round_trip_without_lowering(case, target, tmp_path, monkeypatch, random_cnn):
     model, opts = PIM_MODELS[case]
+    if case == "squeezenet":
+        model = random_cnn(model)
     cm = kcompiler.compile(model, target=target, **opts)
     pim = [p for p in cm.programs if isinstance(p, PimProgram)]
     if (case, target) != ("squeezenet", "atom+aim"):  # (there the NPU runs every convolution and ReLU)
@@ -153,21 +155,15 @@ def test_state_comes_from_the_manifest(tmp_path):
 
 
 # ---- parallel plans -------------------------------------------------------------------------
-def _resnet50_batch2():
-    from kcompiler.zoo import bundled
-
-    return bundled("resnet50", batch=2)
-
-
 @pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data", "bert-tiny pipeline"])
-def test_parallel_round_trip(case, tmp_path, monkeypatch):
+def test_parallel_round_trip(case, tmp_path, monkeypatch, random_cnn):
     from kcompiler.backends.npu.backend import NpuBackend
     from kcompiler.parallel.collectives import CommProgram
 
     if case.startswith("bert-tiny"):
         cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel=case.split()[1])
     else:
-        cm = kcompiler.compile(_resnet50_batch2(), target="atom", devices=2, parallel="data")
+        cm = kcompiler.compile(random_cnn("resnet50", batch=2), target="atom", devices=2, parallel="data")
     assert any(isinstance(p, CommProgram) for p in cm.programs)
     lm = _round_trip(cm, tmp_path / "par.kcm", monkeypatch, NpuBackend, PimBackend)
     assert [type(p).__name__ for p in lm.programs] == [type(p).__name__ for p in cm.programs]
@@ -224,13 +220,13 @@ def test_original_model_travels_for_check(tmp_path):
     assert "compiled graph" in reference_description(lb)
 
 
-def test_cli_check_says_what_it_compares_against(tmp_path):
+def test_cli_check_says_what_it_compares_against(tmp_path, random_cnn):
     import subprocess
     import sys
 
     out = tmp_path / "sq.kcm"
-    r = subprocess.run([sys.executable, "-m", "kcompiler", "compile", "squeezenet", "--target", "aim", "-o",
-                        str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "kcompiler", "compile", random_cnn("squeezenet"), "--target", "aim",
+                        "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "kcompiler", "run", str(out), "--check", "--rtol", "0.05",
                         "--atol", "0.01"], capture_output=True, text=True, timeout=300)
@@ -238,16 +234,19 @@ def test_cli_check_says_what_it_compares_against(tmp_path):
     assert "on the original model (stored in the artifact)" in r.stdout
 
 
-def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch):
+def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch, random_cnn):
     """When the original's weights would not be shared (e.g. folded), the artifact refers to the
-    file it was compiled from (path + SHA-256); --check uses it while it is unchanged."""
+    file it was compiled from (path + SHA-256); --check uses it while it is unchanged. (Random
+    weights: with the bundled constant fills, ONNX Runtime on any other graph, such as the
+    compiled one, would give the same reference outputs.)"""
     import shutil
 
     from kcompiler.check import reference_description, reference_outputs
-    from kcompiler.zoo import bundled_path
 
+    given = random_cnn("squeezenet")
     src = tmp_path / "squeezenet.onnx"
-    shutil.copy(bundled_path("squeezenet"), src)
+    shutil.copy(given, src)
+    shutil.copy(given + ".data", tmp_path / "squeezenet.onnx.data")
     cm = kcompiler.compile(str(src), target="aim")
     with monkeypatch.context() as m:
         m.setattr(artifact, "_source_bytes", lambda cm, weights: None)  # as if its weights were too big

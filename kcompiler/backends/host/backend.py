@@ -23,6 +23,74 @@ from kcompiler.targets.schema import field
 #: ONNX Runtime 1.31 rejects IR versions above this
 ORT_MAX_IR_VERSION = 10
 
+#: element types that ONNX Runtime's numpy bridge cannot carry: it refuses them as inputs and
+#: outputs ("No corresponding Numpy type"), or hands float8e4m3fn back as its raw uint8 bits.
+#: Values of these types cross as raw bytes in OrtValues, and come back as ml_dtypes arrays.
+RAW_TYPES = frozenset({
+    ir.DataType.BFLOAT16, ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E4M3FNUZ, ir.DataType.FLOAT8E5M2,
+    ir.DataType.FLOAT8E5M2FNUZ, ir.DataType.FLOAT8E8M0, ir.DataType.INT4, ir.DataType.UINT4,
+    ir.DataType.FLOAT4E2M1, ir.DataType.INT2, ir.DataType.UINT2})
+
+
+def to_ortvalue(arr: Any, dtype: ir.DataType | None):
+    """An OrtValue of `arr`; for a RAW_TYPES dtype, of the ONNX type itself (an ml_dtypes array,
+    or its bits as unsigned integers of the same size). Bytes-wide types are not copied (the
+    OrtValue is only valid while `arr` lives); 4- and 2-bit types are packed as ONNX stores them,
+    the first element in the lowest bits of a byte."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    if dtype not in RAW_TYPES:
+        return ort.OrtValue.ortvalue_from_numpy(arr)
+    arr = np.ascontiguousarray(arr)
+    bits = dtype.bitwidth
+    if arr.dtype.itemsize * 8 != max(bits, 8):
+        raise ExecutionError(f"an input of type {dtype.name} came as {arr.dtype} ({arr.dtype.itemsize} bytes "
+                             f"an element)", hint=f"give an ml_dtypes {dtype.numpy()} array")
+    if bits >= 8:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr, dtype.value)
+    per_byte = 8 // bits
+    codes = arr.view(np.uint8).reshape(-1) & np.uint8((1 << bits) - 1)
+    codes = np.concatenate([codes, np.zeros(-codes.size % per_byte, np.uint8)]).reshape(-1, per_byte)
+    packed = np.bitwise_or.reduce(codes << (np.arange(per_byte, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
+    value = ort.OrtValue.ortvalue_from_shape_and_type(list(arr.shape), dtype.value)
+    if value.tensor_size_in_bytes() != packed.nbytes:
+        raise ExecutionError(f"ONNX Runtime holds a {dtype.name} tensor of shape {arr.shape} in "
+                             f"{value.tensor_size_in_bytes()} bytes, not the {packed.nbytes} packed here")
+    if packed.nbytes:
+        ctypes.memmove(value.data_ptr(), packed.ctypes.data, packed.nbytes)
+    return value
+
+
+def from_ortvalue(value, dtype: ir.DataType | None) -> Any:
+    """The numpy value of an OrtValue output; for a RAW_TYPES dtype, an ml_dtypes array of it:
+    a view of the uint8 bits where ONNX Runtime returns those (float8e4m3fn), else a copy of the
+    tensor's bytes (unpacked for 4- and 2-bit types)."""
+    import ctypes
+
+    if dtype not in RAW_TYPES:
+        return value.numpy()
+    np_dtype = np.dtype(dtype.numpy())
+    shape = tuple(value.shape())
+    bits = dtype.bitwidth
+    if bits >= 8:
+        try:
+            raw = value.numpy()
+        except Exception:  # "No corresponding Numpy type for Tensor Type"
+            raw = None
+        if raw is not None and raw.dtype.itemsize == np_dtype.itemsize and raw.shape == shape:
+            return raw.view(np_dtype)
+    buf = np.empty(value.tensor_size_in_bytes(), np.uint8)
+    if buf.size:
+        ctypes.memmove(buf.ctypes.data, value.data_ptr(), buf.size)
+    if bits >= 8:
+        return buf.view(np_dtype).reshape(shape)
+    per_byte = 8 // bits
+    codes = (buf[:, None] >> (np.arange(per_byte, dtype=np.uint8) * bits)) & np.uint8((1 << bits) - 1)
+    count = int(np.prod(shape, dtype=np.int64))
+    return codes.reshape(-1)[:count].astype(np.uint8).view(np_dtype).reshape(shape)
+
 
 @dataclass(frozen=True)
 class HostSpec:
@@ -116,6 +184,8 @@ class HostProgram(Program):
         self.session = session
         self.input_names = [v.name for v in sub.inputs]
         self.output_names = [v.name for v in sub.outputs]
+        #: inputs and outputs whose type ONNX Runtime's numpy bridge cannot carry (RAW_TYPES)
+        self.raw_types = {v.name: v.dtype for v in list(sub.inputs) + list(sub.outputs) if v.dtype in RAW_TYPES}
         self.node_info = [(n.name, n.op_type, cost_fn(n)) for n in sub.nodes]
         #: builds the session on first run (programs loaded from an artifact)
         self.make_session = None
@@ -128,7 +198,15 @@ class HostProgram(Program):
                                  hint="compile with mode='functional'")
         feeds = {name: inputs[name] for name in self.input_names}
         try:
-            outs = self.session.run(self.output_names, feeds)
+            if self.raw_types:
+                types = self.raw_types.get
+                values = self.session.run_with_ort_values(
+                    self.output_names, {k: to_ortvalue(v, types(k)) for k, v in feeds.items()})
+                outs = [from_ortvalue(v, types(k)) for k, v in zip(self.output_names, values)]
+            else:
+                outs = self.session.run(self.output_names, feeds)
+        except ExecutionError:
+            raise
         except Exception as exc:
             text = " ".join(str(exc).split())[:500]
             raise ExecutionError(f"host subgraph failed in ONNX Runtime: {text}",
