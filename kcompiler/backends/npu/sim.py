@@ -201,18 +201,29 @@ def _window_rows(w: Window, p0: int, m: int) -> tuple[int, int, int, int]:
         oh_lo, oh_hi = 0, w.oh - 1
     else:
         oh_lo, oh_hi = (p0 % P) // w.ow, ((p0 + m - 1) % P) // w.ow
-    ylo = max(0, oh_lo * w.sh - w.pt)
-    yhi = min(w.h, oh_hi * w.sh - w.pt + (w.kh - 1) * w.dh + 1)
-    # rows any tap of any output row really reads
-    rows = set()
-    for oh in range(oh_lo, oh_hi + 1):
-        for i in range(w.kh):
-            y = oh * w.sh - w.pt + i * w.dh
-            if 0 <= y < w.h:
-                rows.add(y)
-    if not rows:
+    rows = _touched(oh_lo, oh_hi, w.kh, w.sh, w.dh, w.pt, w.h)
+    if rows is None:
         return img0, img1 - img0 + 1, 0, 0
-    return img0, img1 - img0 + 1, min(rows), max(rows) + 1
+    return img0, img1 - img0 + 1, rows[0], rows[1]
+
+
+def _window_cols(w: Window) -> tuple[int, int] | None:
+    """[lowest, highest + 1) input column any output column's taps read (None: none)."""
+    return _touched(0, w.ow - 1, w.kw, w.sw, w.dw, w.pl, w.w)
+
+
+def _touched(o_lo: int, o_hi: int, k: int, s: int, d: int, pad: int, size: int) -> tuple[int, int] | None:
+    """[lowest, highest + 1) input index o * s - pad + t * d (o in [o_lo, o_hi], t < k) inside [0, size)."""
+    lo, hi = None, None
+    for t in range(k):
+        a, b = _valid(t, d, pad, s, size, o_hi + 1)
+        a = max(a, o_lo)
+        if b <= a:
+            continue
+        first, last = a * s - pad + t * d, (b - 1) * s - pad + t * d
+        lo = first if lo is None else min(lo, first)
+        hi = last + 1 if hi is None else max(hi, last + 1)
+    return None if lo is None else (lo, hi)
 
 
 # ---- accesses of each instruction ----------------------------------------------------------
@@ -340,9 +351,12 @@ class Decoder:
             if yhi > ylo and (ylo < r0 or yhi > r0 + rows):
                 raise _Bad(f"the window reads input rows [{ylo}, {yhi}) but the patch holds rows [{r0}, {r0 + rows})")
             c = k // taps
-            if yhi > ylo:
-                box = self.sram(core, f["a"] + (ylo - r0) * w.w * DTYPE_BYTES[dt], dt, (imgs, c, yhi - ylo, w.w),
-                                (c * rows * w.w, rows * w.w, w.w, 1), False)
+            cols = _window_cols(w)
+            if yhi > ylo and cols is not None:
+                xlo, xhi = cols
+                # the patch elements the taps read: those rows and columns of each image and channel
+                box = self.sram(core, f["a"] + ((ylo - r0) * w.w + xlo) * DTYPE_BYTES[dt], dt,
+                                (imgs, c, yhi - ylo, xhi - xlo), (c * rows * w.w, rows * w.w, w.w, 1), False)
                 out.append(box)
         else:
             if m == 1 and f["a_sm"] or k == 1 and f["a_sk"] or g == 1 and f["a_sg"]:
@@ -572,6 +586,8 @@ def check(prog: ProgramData) -> None:
                                f"outside {where} of {a.region[1] - a.region[0]} bytes")
                 vmap = valid if a.space == "dram" else sram_valid[a.core]
                 bv = byte_view(vmap, a.addr, a.esize, a.shape, a.strides)
+                if a.write and not _injective(a, lo, hi):
+                    raise _Bad("writes some bytes more than once (its destination's elements overlap)")
                 if a.write:
                     if a.space == "dram" and byte_view(protect, a.addr, a.esize, a.shape, a.strides).any():
                         raise _Bad("writes over a weight or an input of the program")
@@ -589,6 +605,24 @@ def check(prog: ProgramData) -> None:
         if not byte_view(valid, a.addr, a.esize, a.shape, a.strides).all():
             raise ExecutionError(f"NPU program: output '{bind.name}' is not (entirely) written by the program",
                                  hint="the program is malformed")
+
+
+def _injective(a: Access, lo: int, hi: int) -> bool:
+    """Whether no two elements of an access share a byte (every write lands each byte once)."""
+    n = math.prod(a.shape) * a.esize
+    if n > hi - lo:
+        return False
+    strides = sorted((abs(s) * a.esize, k) for s, k in zip(a.strides, a.shape) if k > 1)
+    span = a.esize
+    for s, k in strides:  # nested without gaps: injective, no need to look at the bytes
+        if s < span:
+            break
+        span = s * (k - 1) + span
+    else:
+        return True
+    mark = np.zeros(hi - lo, bool)
+    byte_view(mark, a.addr - lo, a.esize, a.shape, a.strides)[...] = True
+    return int(mark.sum()) == n
 
 
 def _binding_access(dec: Decoder, bind: Binding, what: str) -> Access:
@@ -616,42 +650,69 @@ def matmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool)
         acc[...] = prod
 
 
-def window_cols(box: np.ndarray | None, w: "Window", p0: int, m: int, k: int, ylo: int) -> np.ndarray:
-    """A[m, k] of a window MATMUL: k = (channel, tap row, tap column), m = output pixels p0.. of the
-    window's images; zero where a tap falls outside the image. `box` holds input rows [ylo, ...) of
-    the images from p0's on (images, channels, rows, width), or is None when no row is read."""
-    taps = w.kh * w.kw
-    c = k // taps
-    out = np.zeros((c, w.kh, w.kw, m), F32)
-    if box is None or m == 0:
-        return out.reshape(k, m).T
-    P = w.oh * w.ow
-    img0 = p0 // P
-    p = p0
-    while p < p0 + m:  # one image at a time, whole output rows
-        img, rem = divmod(p, P)
-        end = min(p0 + m, (img + 1) * P)
-        oh0, oh1 = rem // w.ow, (end - 1 - img * P) // w.ow + 1
-        rows = np.zeros((c, w.kh, w.kw, oh1 - oh0, w.ow), F32)
-        x = box[img - img0]
-        for i in range(w.kh):
-            ra, rb = _valid(i, w.dh, w.pt, w.sh, w.h, w.oh)
-            ra, rb = max(ra, oh0), min(rb, oh1)
-            if rb <= ra:
-                continue
-            y0 = ra * w.sh - w.pt + i * w.dh - ylo
-            for j in range(w.kw):
-                ca, cb = _valid(j, w.dw, w.pl, w.sw, w.w, w.ow)
-                if cb <= ca:
+class WindowCols:
+    """How a window MATMUL's feeder builds A[m, k] (k = (channel, tap row, tap column), m = output
+    pixels p0.. of the window's images; zero where a tap falls outside the image) from the patch
+    elements it reads: `box`, input rows [ylo, ...) and columns [xlo, ...) of the images from p0's
+    on (images, channels, rows, columns), or None when it reads none. Worked out once per
+    instruction; the reference walk and the replay call the same object, so they build the same A."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def of(cls, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int) -> "WindowCols":
+        key = (w, p0, m, k, ylo, xlo)
+        hit = cls._cache.get(key)
+        if hit is None:
+            if len(cls._cache) > 4096:
+                cls._cache.clear()
+            hit = cls._cache[key] = cls(w, p0, m, k, ylo, xlo)
+        return hit
+
+    def __init__(self, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int):
+        self.c, self.kh, self.kw, self.m, self.k = k // (w.kh * w.kw), w.kh, w.kw, m, k
+        P = w.oh * w.ow
+        img0 = p0 // P
+        #: per image segment: (box image, pixels [lo, hi) of A, output rows [oh0, oh1), first pixel in
+        #: them, taps [(i, j, dst rows, dst cols, src rows, src cols)])
+        self.segments = []
+        p = p0
+        while p < p0 + m:
+            img, rem = divmod(p, P)
+            end = min(p0 + m, (img + 1) * P)
+            oh0, oh1 = rem // w.ow, (end - 1 - img * P) // w.ow + 1
+            taps = []
+            for i in range(w.kh):
+                ra, rb = _valid(i, w.dh, w.pt, w.sh, w.h, w.oh)
+                ra, rb = max(ra, oh0), min(rb, oh1)
+                if rb <= ra:
                     continue
-                x0 = ca * w.sw - w.pl + j * w.dw
-                rows[:, i, j, ra - oh0:rb - oh0, ca:cb] = x[:, y0: y0 + (rb - ra - 1) * w.sh + 1: w.sh,
-                                                            x0: x0 + (cb - ca - 1) * w.sw + 1: w.sw]
-        flat = rows.reshape(c, w.kh, w.kw, -1)
-        first = rem - oh0 * w.ow
-        out[..., p - p0: end - p0] = flat[..., first: first + (end - p)]
-        p = end
-    return out.reshape(k, m).T
+                y0 = ra * w.sh - w.pt + i * w.dh - ylo
+                for j in range(w.kw):
+                    ca, cb = _valid(j, w.dw, w.pl, w.sw, w.w, w.ow)
+                    if cb <= ca:
+                        continue
+                    x0 = ca * w.sw - w.pl + j * w.dw - xlo
+                    taps.append((i, j, slice(ra - oh0, rb - oh0), slice(ca, cb),
+                                 slice(y0, y0 + (rb - ra - 1) * w.sh + 1, w.sh),
+                                 slice(x0, x0 + (cb - ca - 1) * w.sw + 1, w.sw)))
+            self.segments.append((img - img0, p - p0, end - p0, oh0, oh1, rem - oh0 * w.ow, w.ow, taps))
+            p = end
+
+    def __call__(self, box: np.ndarray | None) -> np.ndarray:
+        out = np.zeros((self.c, self.kh, self.kw, self.m), F32)
+        if box is not None:
+            for img, lo, hi, oh0, oh1, first, ow, taps in self.segments:
+                whole = first == 0 and (hi - lo) == (oh1 - oh0) * ow
+                # whole output rows: write the taps straight into A; else through the rows they cover
+                rows = out[..., lo:hi].reshape(self.c, self.kh, self.kw, oh1 - oh0, ow) if whole else \
+                    np.zeros((self.c, self.kh, self.kw, oh1 - oh0, ow), F32)
+                x = box[img]
+                for i, j, dr, dc, sr, sc in taps:
+                    rows[:, i, j, dr, dc] = x[:, sr, sc]
+                if not whole:
+                    out[..., lo:hi] = rows.reshape(self.c, self.kh, self.kw, -1)[..., first: first + (hi - lo)]
+        return out.reshape(self.k, self.m).T
 
 
 def _valid(tap: int, dil: int, pad: int, stride: int, size: int, out: int) -> tuple[int, int]:
@@ -800,6 +861,20 @@ class Machine:
         mem = self.dram if a.space == "dram" else self.sram[a.core]
         return data_view(mem, a.addr, a.dtype, a.shape, a.strides, writeable)
 
+    def load_inputs(self, feeds: dict[str, np.ndarray]) -> None:
+        """Write the program's inputs into DRAM where their bindings put them."""
+        for bind in self.prog.inputs:
+            x = feeds.get(bind.name)
+            if x is None:
+                raise ExecutionError(f"NPU program: input '{bind.name}' was not given")
+            x = np.asarray(x)
+            if tuple(x.shape) != tuple(bind.shape):
+                raise ExecutionError(f"NPU program: input '{bind.name}' has shape {x.shape}, the program reads "
+                                     f"{tuple(bind.shape)}")
+            b = self.prog.buffers[bind.buf]
+            data_view(self.dram, b.addr + bind.off, bind.dtype, bind.shape, bind.strides)[...] = \
+                x.astype(NP_DTYPES[bind.dtype], copy=False)
+
     def step(self, i: int) -> None:
         ins = self.prog.instrs[i]
         try:
@@ -825,7 +900,7 @@ def execute(ins: Instr, accs: list[Access], view, dec: Decoder) -> None:
         gather_rows(view(idx_a), view(src_a), view(dst_a))
     elif oc == MATMUL:
         op = matmul_operands(ins, accs, dec)
-        a = window_cols(view(op[0]) if op[0] is not None else None, *op[1]) if op[1] is not None else view(op[0])
+        a = op[1](view(op[0]) if op[0] is not None else None) if op[1] is not None else view(op[0])
         if op[1] is not None:
             a = a[None]
         matmul_into(a, view(op[2]), view(op[3]), bool(ins.aux & ACCUMULATE))
@@ -852,7 +927,7 @@ def execute(ins: Instr, accs: list[Access], view, dec: Decoder) -> None:
 
 
 def matmul_operands(ins: Instr, accs: list[Access], dec: Decoder):
-    """(A access or window box access or None, window_cols arguments or None, B access, accumulator
+    """(A access or window box access or None, the window's WindowCols or None, B access, accumulator
     access), from the accesses Decoder.accesses gave: B, the accumulator read when accumulating, A
     (or the patch rows the window reads, if any), the accumulator write."""
     b, acc = accs[0], accs[-1]
@@ -862,7 +937,8 @@ def matmul_operands(ins: Instr, accs: list[Access], dec: Decoder):
         w = dec.windows[(ins.core, 0)]
         f = ins.fields()
         _, _, ylo, _ = _window_rows(w, f["a_sm"], f["m"])
-        return a, (w, f["a_sm"], f["m"], f["k"], ylo), b, acc
+        cols = _window_cols(w)
+        return a, WindowCols.of(w, f["a_sm"], f["m"], f["k"], ylo, cols[0] if cols else 0), b, acc
     return a, None, b, acc
 
 
@@ -887,6 +963,8 @@ class _Lazy:
         if rem or delta < 0:
             return None
         dims = sorted((d for d in range(4) if self.shape[d] > 1), key=lambda d: -self.pitches[d])
+        if any(self.pitches[d] <= 0 for d in dims):
+            return None  # elements written over each other: not a view of the source
         start = [0, 0, 0, 0]
         for d in dims:
             start[d], delta = divmod(delta, self.pitches[d])
@@ -1053,10 +1131,8 @@ class Replay:
             accv = self._write(acc)
             accumulate = bool(ins.aux & ACCUMULATE)
             if win is not None:
-                args = win
-
-                def f(av=av, bv=bv, accv=accv, args=args, accumulate=accumulate):
-                    matmul_into(window_cols(av, *args)[None], bv, accv, accumulate)
+                def f(av=av, bv=bv, accv=accv, cols=win, accumulate=accumulate):
+                    matmul_into(cols(av)[None], bv, accv, accumulate)
             else:
                 def f(av=av, bv=bv, accv=accv, accumulate=accumulate):
                     matmul_into(av, bv, accv, accumulate)
@@ -1247,17 +1323,7 @@ class Simulator:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = self.machine()
         rp = None if self.exact else self.replay()
-        for bind in self.prog.inputs:
-            x = feeds.get(bind.name)
-            if x is None:
-                raise ExecutionError(f"NPU program: input '{bind.name}' was not given")
-            x = np.asarray(x)
-            if tuple(x.shape) != tuple(bind.shape):
-                raise ExecutionError(f"NPU program: input '{bind.name}' has shape {x.shape}, the program reads "
-                                     f"{tuple(bind.shape)}")
-            b = self.prog.buffers[bind.buf]
-            data_view(m.dram, b.addr + bind.off, bind.dtype, bind.shape, bind.strides)[...] = \
-                x.astype(NP_DTYPES[bind.dtype], copy=False)
+        m.load_inputs(feeds)
         if rp is not None:
             rp.run(_pool())
         else:

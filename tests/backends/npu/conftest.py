@@ -143,28 +143,3 @@ def with_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
 
     return _with_batch(model, n)
 
-
-_CNN_DIR: list = []
-
-
-def random_cnn(name: str, batch: int = 1) -> str:
-    """A bundled CNN with seeded random weights (the bundled files carry constant fills, whose
-    outputs ignore the input and tie on one-ulp differences), at `batch`; written once per process."""
-    import functools  # noqa: F401  (the cache below)
-    import tempfile
-    from pathlib import Path
-
-    from kcompiler.zoo import with_batch as _with_batch, with_random_weights
-
-    if not _CNN_DIR:
-        _CNN_DIR.append(Path(tempfile.mkdtemp(prefix="kc-npu-cnn-")))
-    d = _CNN_DIR[0]
-    path = d / f"{name}-b{batch}.onnx"
-    if not path.exists():
-        base = d / f"{name}-b1.onnx"
-        if not base.exists():
-            with_random_weights(name, base)
-        if batch != 1:
-            m = _with_batch(onnx.load(str(base)), batch)
-            onnx.save(m, str(path), save_as_external_data=True, location=path.name + ".data")
-    return str(path)

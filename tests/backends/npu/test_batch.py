@@ -10,7 +10,7 @@ import pytest
 from onnx import helper
 
 import kcompiler
-from conftest import check_on, make_model, rand, random_cnn
+from conftest import check_on, make_model, rand
 from kcompiler.check import compare_with_ort
 
 
@@ -43,19 +43,19 @@ def test_small_convnet_batches(batch, target):
     check_on(convnet(batch), target)
 
 
-def _resnet50_at(batch: int, target: str):
-    cm = kcompiler.compile(random_cnn("resnet50", batch), target=target)
+def _resnet50_at(path: str, target: str):
+    cm = kcompiler.compile(path, target=target)
     feeds = cm.random_inputs()
     c = compare_with_ort(cm, feeds, cm.run(feeds), rtol=1e-4, atol=0, atol_scale=1e-5)
     assert c.ok, f"{c.describe()}: max abs {c.max_abs}"
 
 
 @pytest.mark.parametrize("target", ["npu", "atom"])
-def test_resnet50_batch4(target):
-    _resnet50_at(4, target)
+def test_resnet50_batch4(target, random_cnn):
+    _resnet50_at(random_cnn("resnet50", 4), target)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["warboy", "rngd"])
-def test_resnet50_batch4_other_chips(target):
-    _resnet50_at(4, target)
+def test_resnet50_batch4_other_chips(target, random_cnn):
+    _resnet50_at(random_cnn("resnet50", 4), target)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import random_cnn
-
 import kcompiler
 from kcompiler.check import compare_with_ort
 from kcompiler.zoo import BUNDLED
@@ -15,8 +13,8 @@ from kcompiler.zoo import BUNDLED
 FAST = {"squeezenet", "shufflenet", "inception_v1", "bvlc_alexnet"}
 
 
-def _check(model: str, target: str):
-    cm = kcompiler.compile(random_cnn(model), target=target)
+def _check(path: str, target: str):
+    cm = kcompiler.compile(path, target=target)
     feeds = cm.random_inputs()
     outs = cm.run(feeds)
     c = compare_with_ort(cm, feeds, outs, rtol=1e-4, atol=0, atol_scale=1e-5)
@@ -28,15 +26,15 @@ def _check(model: str, target: str):
 
 
 @pytest.mark.parametrize("model", sorted(FAST))
-def test_bundled_on_npu_fast(model):
-    _check(model, "npu")
+def test_bundled_on_npu_fast(model, random_cnn):
+    _check(random_cnn(model), "npu")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["warboy", "atom", "rngd"])
 @pytest.mark.parametrize("model", BUNDLED)
-def test_bundled_matrix(model, target):
-    _check(model, target)
+def test_bundled_matrix(model, target, random_cnn):
+    _check(random_cnn(model), target)
 
 
 def test_timing_mode_reads_no_weights(monkeypatch):

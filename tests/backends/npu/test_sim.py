@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import assert_walk_equals_replay, make_model, npu_sims, ort_run, rand, random_cnn
+from conftest import assert_walk_equals_replay, make_model, npu_sims, ort_run, rand
 
 import kcompiler
 from kcompiler.backends.npu import isa
@@ -64,7 +64,7 @@ ZOO = [(n, {}) for n in BUNDLED] + [("bert-tiny", {}), ("gpt2-tiny", {}), ("llam
 
 
 @pytest.mark.parametrize("name,opts", ZOO, ids=[n + "".join(f"-{v}" for v in o.values()) for n, o in ZOO])
-def test_every_zoo_model_replay_equals_walk(name, opts):
+def test_every_zoo_model_replay_equals_walk(name, opts, random_cnn):
     src = random_cnn(name) if name in BUNDLED else name
     cm = kcompiler.compile(src, target="npu", **opts)
     assert npu_sims(cm)
@@ -76,7 +76,7 @@ def test_every_zoo_model_replay_equals_walk(name, opts):
         assert c.ok, c.describe()
 
 
-def test_host_threads_do_not_change_bits(monkeypatch):
+def test_host_threads_do_not_change_bits(monkeypatch, random_cnn):
     """Every BLAS call runs on one thread; host threads only run the chip's cores side by side."""
     cm = kcompiler.compile(random_cnn("squeezenet"), target="atom")
     feeds = cm.random_inputs(1)

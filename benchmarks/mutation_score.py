@@ -1,0 +1,174 @@
+"""Mutation score: do the NPU and PIM simulators execute every field of the programs they run?
+
+    python benchmarks/mutation_score.py [--mutations 500] [--cases resnet50,bert-tiny,llama-decode]
+                                        [--targets npu,aim,atom+aim] [--artifact 20] [--seed 0]
+
+For each model (resnet50 with seeded random weights, bert-tiny, llama-tiny decoding with a KV
+cache) on each target, the model is compiled and run on two random inputs while every device
+program's own inputs are captured. Then each NPU or PIM program gets --mutations random single
+mutations (backends/npu/mutate.py, backends/pim/mutate.py: a field of an instruction or command
+(addresses, offsets, sizes, strides, K ranges, accumulate flags, opcodes and functions, dtypes),
+a dropped, duplicated or swapped instruction, a flipped byte of the weight image). A mutation is
+detected when an output changes or the simulator raises a KCError; neutral when the two programs'
+memories, compared by the reference walk where their instruction lists agree again, differ only in
+bytes the rest of the program never reads (these are not counted); otherwise it survives (or
+crashes: a simulator exception that is not a KCError). Survivors and crashes are printed with
+their explanation.
+
+--artifact K: for K detected NPU mutations per program, the mutated model is saved to a .kcm,
+loaded back and run: the loaded model must behave as the mutated one (a loaded artifact runs the
+program it carries, never one regenerated from its graph).
+
+The last line reads: mutation score: N of M meaningful mutations detected (P%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KC_NPU_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import kcompiler  # noqa: E402
+from kcompiler.backends.npu import mutate as npu_mutate  # noqa: E402
+from kcompiler.zoo import with_random_weights  # noqa: E402
+
+CASES = {
+    "resnet50": ("resnet50", {}),
+    "bert-tiny": ("bert-tiny", {}),
+    "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
+}
+
+
+def captured_inputs(cm, programs, feeds_list):
+    """Each program's own inputs, as the whole model hands them over, for each model input."""
+    seen = {id(p): [] for p in programs}
+    originals = {}
+    for p in programs:
+        originals[id(p)] = p.run
+
+        def wrapper(inputs, p=p):
+            seen[id(p)].append(dict(inputs))
+            return originals[id(p)](inputs)
+        p.run = wrapper
+    try:
+        for f in feeds_list:
+            cm.run(f, simulate=False)
+    finally:
+        for p in programs:
+            p.run = originals[id(p)]
+    return seen
+
+
+def pim_module():
+    try:
+        from kcompiler.backends.pim import mutate
+    except ImportError:
+        return None
+    return mutate
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mutations", type=int, default=500)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--targets", default="npu,aim,atom+aim")
+    ap.add_argument("--artifact", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    totals = npu_mutate.Score()
+    tmp = tempfile.mkdtemp(prefix="kc-mut-")
+    for case in args.cases.split(","):
+        name, opts = CASES[case]
+        src = with_random_weights(name, os.path.join(tmp, f"{name}.onnx")) if name == "resnet50" else name
+        for target in args.targets.split(","):
+            cm = kcompiler.compile(src, target=target, **opts)
+            progs = [p for p in cm.programs if hasattr(p, "sim") or type(p).__name__ == "PimProgram"]
+            if not progs:
+                print(f"{case} on {target}: no NPU or PIM program (everything ran on the host)")
+                continue
+            feeds = [cm.random_inputs(0), cm.random_inputs(1)]
+            inputs = captured_inputs(cm, progs, feeds)
+            for k, p in enumerate(progs):
+                kind = "npu" if hasattr(p, "sim") else "pim"
+                t0 = time.perf_counter()
+                if kind == "npu":
+                    score = npu_mutate.score_npu(p, inputs[id(p)], args.mutations, seed=args.seed + k)
+                    size = f"{len(p.data.instrs)} instructions"
+                else:
+                    mod = pim_module()
+                    score = mod.score(p, inputs[id(p)], args.mutations, seed=args.seed + k)
+                    size = f"{sum(len(s) for s in p.commands_by_step()) if hasattr(p, 'commands_by_step') else ''}"
+                dt = time.perf_counter() - t0
+                print(f"\n{case} on {target}, {kind} program {k} ({p.device}, {size}): {score.line()} [{dt:.0f} s]")
+                for kname, c in score.by_kind().items():
+                    print(f"  {kname:<22} " + "  ".join(f"{r} {c[r]}" for r in ("detected", "neutral", "survived",
+                                                                                  "crash") if c[r]))
+                for o in score.outcomes:
+                    if o.result in ("survived", "crash"):
+                        print(f"  {o.result.upper()}: {o.kind}: {o.where}\n    {o.why}")
+                if kind == "npu" and args.artifact:
+                    artifact_check(cm, p, inputs[id(p)], score, args.artifact, tmp, args.seed + k)
+                totals.outcomes.extend(score.outcomes)
+    print()
+    for kname, c in totals.by_kind().items():
+        print(f"{kname:<24} " + "  ".join(f"{r} {c[r]}" for r in ("detected", "neutral", "survived", "crash")
+                                          if c[r]))
+    print(totals.line())
+    return 0 if totals.ratio >= 0.99 else 1
+
+
+def artifact_check(cm, prog, feeds, score, n, tmp, seed):
+    """Mutations made inside saved artifacts: the loaded model runs the mutated program."""
+    rng = random.Random(seed)
+    m = npu_mutate.NpuMutator(prog, feeds)
+    done = agree = 0
+    tries = 0
+    while done < n and tries < 20 * n:
+        tries += 1
+        mut = m.draw(rng)
+        if mut.refused or mut.kind == "image":
+            continue
+        prog.data.instrs[:] = mut.instrs
+        prog.invalidate()
+        try:
+            want = _outcome(lambda: prog.run(feeds[0]))
+            if want == "same":
+                continue
+            path = os.path.join(tmp, f"mutant-{done}.kcm")
+            try:
+                cm.save(path)
+                loaded = kcompiler.load(path)
+            except kcompiler.KCError:
+                continue
+            (lp,) = [q for q in loaded.programs if hasattr(q, "sim") and q.device == prog.device][:1] or [None]
+            if lp is None:
+                continue
+            got = _outcome(lambda: lp.run(feeds[0]))
+            done += 1
+            agree += got == want or (isinstance(got, str) and isinstance(want, str) and got == want)
+        finally:
+            prog.data.instrs[:] = m.base_instrs
+            prog.invalidate()
+    print(f"  artifacts: {agree} of {done} mutated programs saved to a .kcm and loaded back ran as mutated")
+    if agree != done:
+        raise SystemExit("a loaded artifact did not run the program it carries")
+
+
+def _outcome(run):
+    """'error: <type>' or the outputs' bytes (to compare runs), 'same' is never returned here."""
+    try:
+        out = run()
+    except kcompiler.KCError as exc:
+        return f"error: {type(exc).__name__}"
+    return tuple((k, np.asarray(v).tobytes()) for k, v in sorted(out.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
