@@ -1,0 +1,653 @@
+"""Functional simulator of a PIM device: executes a program's command list over memory images.
+
+The memories: per device the bank image ``bank[channel, bank, row, column, lane]`` (raw element
+bits of the device dtype: bf16 on aim, fp16 on hbm-pim) with a validity bit per column; per
+channel the global buffer (the input vector the units read); per unit the MAC result registers
+(the accumulator dtype); the 16 host shift registers of the FP16 scaling; and the staging area,
+the host-visible I/O buffer where program inputs are written, operands converted, partial sums
+read back and reduced, and outputs read, with a validity bit per 16-bit word.
+
+Nothing here knows the model: a program is commands + descriptors + a bank image + constants +
+a table binding input/output names to staging addresses. This module imports neither onnx nor
+onnx_ir (tests/backends/pim/test_sim.py checks it).
+
+Two execution paths give identical results (tested): command by command, and a fast path that
+runs the device commands of all channels in lock step as one numpy call per position, used only
+when the command fields prove it equivalent (each channel's commands contiguous, identical fields
+but for the channel and staging addresses, and no channel writing staging another one reads).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+
+from kcompiler.backends.pim.isa import (CLR, DTYPES, HOST, HOST_OPS, OPCODES, PAIR, RANGE_RULES, UP, Command)
+from kcompiler.backends.pim.spec import PimSpec
+from kcompiler.errors import ExecutionError
+
+NP_DTYPES = {0: np.dtype(np.float32), 1: np.dtype(ml_dtypes.bfloat16), 2: np.dtype(np.float16), 3: np.dtype(np.int64),
+             4: np.dtype(np.int32)}
+SREGS = 16
+#: largest magnitude a scaled FP16 operand or partial sum may reach (half of FP16's 65504: headroom)
+FP16_LIMIT = 2.0 ** 15
+
+
+def shift_for(bound: float, limit: float = FP16_LIMIT) -> int:
+    """Smallest s >= 0 with bound * 2**-s <= limit (0 for a zero or non-finite bound)."""
+    if not math.isfinite(bound) or bound <= limit:
+        return 0
+    return int(math.ceil(math.log2(bound / limit)))
+
+
+def split_shift(s: int, ea: float, eb: float, sa: int, sb: int) -> tuple[int, int]:
+    """Share an extra shift s between two operands, larger scaled magnitude first (keeps both away from
+    FP16's subnormal range)."""
+    for _ in range(s):
+        if ea * 2.0 ** -sa >= eb * 2.0 ** -sb:
+            sa += 1
+        else:
+            sb += 1
+    return sa, sb
+
+
+def amax(a: np.ndarray) -> float:
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def _erf(x):
+    """erf in float64 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: far below BF16/FP16 resolution)."""
+    x = np.asarray(x, np.float64)
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(
+        -x * x)
+    return (np.sign(x) * y).astype(np.float32)
+
+
+def _gelu(p):
+    if p:  # tanh approximation
+        return lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))
+
+
+#: the activation-function unit's table: name -> (parameter -> function on float32)
+AF_FUNCS = {
+    "Relu": lambda p: lambda x: np.maximum(x, 0),
+    "LeakyRelu": lambda p: lambda x: np.where(x >= 0, x, np.float32(p) * x),
+    "Sigmoid": lambda p: lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "Tanh": lambda p: np.tanh,
+    "Gelu": _gelu,
+    "Erf": lambda p: _erf,
+}
+
+
+@dataclass
+class Binding:
+    """A program input or output: where it sits in the staging area."""
+
+    name: str
+    addr: int
+    dtype: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Step:
+    name: str
+    op_type: str
+
+
+@dataclass
+class Code:
+    """Everything a PIM program is, for the simulator: no graph."""
+
+    commands: list[Command]
+    descs: np.ndarray  # int64 [n, 12]: strides of HCOPY/HADD (dims, src, dst) and WR_BK/RD_BK
+    image: np.ndarray | None  # uint16 bank image [channels, banks, rows, columns, lanes] (None: timing only)
+    image_valid: np.ndarray | None  # bool [channels, banks, rows, columns]
+    rows: int  # rows per bank the program reserves (image rows)
+    staging_bytes: int
+    consts: list[tuple[int, np.ndarray]]  # (staging address, uint8 bytes) written before the first command
+    inputs: list[Binding]
+    outputs: list[Binding]
+    steps: list[Step]
+    fns: list[tuple[str, float]]  # the activation-function unit's table
+    _plan: object = field(default=None, repr=False)
+
+    def invalidate(self) -> None:
+        """Forget the fast path's cached grouping (after commands were changed in place)."""
+        self._plan = None
+
+
+class _Fail(Exception):
+    pass
+
+
+class Machine:
+    """The memories of one device during one run, and the commands' semantics over them."""
+
+    def __init__(self, spec: PimSpec, code: Code):
+        self.spec = spec
+        self.code = code
+        s = spec
+        self.lanes = s.simd_lanes
+        self.bpu = s.banks_per_unit
+        self.upc = s.units_per_channel
+        self.dot = s.mac_dataflow == "dot"
+        self.dev = NP_DTYPES[1 if s.dtype == "bfloat16" else 2]
+        self.accdt = np.dtype(np.float32 if s.accumulate_dtype == "float32" else np.float16)
+        self.lpa = 1 if self.dot else self.lanes  # lanes per accumulator register
+        if code.image is None:
+            raise ExecutionError("this PIM program was compiled in timing mode and holds no bank image",
+                                 hint="compile with mode='functional'")
+        self.bank = code.image.copy()
+        self.bank_valid = code.image_valid.copy()
+        self.gb = np.zeros((s.channels, s.input_buffer_elems), np.uint16)
+        self.gb_valid = np.zeros((s.channels, s.input_buffer_elems), bool)
+        self.acc = np.zeros((s.channels, self.upc, s.accumulators_per_unit, self.lpa), self.accdt)
+        self.acc_valid = np.zeros((s.channels, self.upc, s.accumulators_per_unit), bool)
+        n = (code.staging_bytes + 3) // 4 * 4
+        self.staging = np.zeros(n, np.uint8)
+        self.words = self.staging.view(np.uint16)
+        self.valid = np.zeros(n // 2, bool)  # per 16-bit word
+        self.sreg = np.zeros(SREGS, np.int64)
+        self.sreg_valid = np.zeros(SREGS, bool)
+        self.sreg_valid[0] = True  # register 0 is zero: no scaling
+        for addr, raw in code.consts:
+            self._check_staging(addr, len(raw), "constant")
+            self.staging[addr:addr + len(raw)] = raw
+            self.valid[addr // 2:(addr + len(raw) + 1) // 2] = True
+        self.counts = {"macs": 0}
+
+    # ---- staging helpers ---------------------------------------------------------------------
+    def _check_staging(self, addr: int, nbytes: int, what: str) -> None:
+        if addr % 2 or addr < 0 or addr + nbytes > self.staging.size:
+            raise _Fail(f"{what} staging bytes {addr}..{addr + nbytes} outside the staging area "
+                        f"({self.staging.size} bytes) or misaligned")
+
+    def _view(self, addr: int, dtype: int, dims, strides, what: str, read: bool, write: bool | None = None):
+        """A strided view of staging elements (and the word indices it covers)."""
+        if dtype not in NP_DTYPES:
+            raise _Fail(f"{what}: unknown dtype {dtype}")
+        dt = NP_DTYPES[dtype]
+        size = dt.itemsize
+        if addr % min(size, 4):
+            raise _Fail(f"{what}: address {addr} is not aligned to {min(size, 4)} bytes")
+        dims = [int(d) for d in dims]
+        strides = [int(s) for s in strides]
+        if any(d < 0 for d in dims) or any(s < 0 for s in strides):
+            raise _Fail(f"{what}: negative extent or stride")
+        if any(d == 0 for d in dims):
+            return np.zeros(dims, dt), np.zeros(0, np.int64)
+        last = sum((d - 1) * s for d, s in zip(dims, strides))
+        self._check_staging(addr, (last + 1) * size, what)
+        base = self.staging[addr:addr + (last + 1) * size].view(dt)
+        v = np.lib.stride_tricks.as_strided(base, dims, [s * size for s in strides], writeable=(not read) if write is None else write)
+        words = size // 2
+        idx = np.zeros(dims, np.int64) + addr // 2
+        for ax, (d, s) in enumerate(zip(dims, strides)):
+            shape = [1] * len(dims)
+            shape[ax] = d
+            idx = idx + (np.arange(d, dtype=np.int64) * s * words).reshape(shape)
+        idx = (idx.reshape(-1, 1) + np.arange(words)).reshape(-1)
+        if read and not self.valid[idx].all():
+            raise _Fail(f"{what}: reads staging that nothing wrote")
+        return v, idx
+
+    def _words(self, addr: int, n: int, what: str) -> slice:
+        self._check_staging(addr, 2 * n, what)
+        return slice(addr // 2, addr // 2 + n)
+
+    # ---- device commands: each on the channels `chs` (a lock-step group) ------------------------
+    def _geometry(self, c: Command, rows=("row",)) -> None:
+        s = self.spec
+        if not 1 <= c.units <= self.upc:
+            raise _Fail(f"units={c.units} outside 1..{self.upc}")
+        if c.bank >= self.bpu:
+            raise _Fail(f"bank={c.bank} outside a unit's {self.bpu} bank(s)")
+        for r in rows:
+            row = getattr(c, r)
+            if row >= s.rows_per_bank:
+                raise _Fail(f"{r}={row} beyond the bank ({s.rows_per_bank} rows)")
+            if row >= self.code.rows:
+                raise _Fail(f"{r}={row} beyond the {self.code.rows} rows this program reserved")
+        if c.count < 1 or c.col + c.count > s.columns_per_row:
+            raise _Fail(f"columns {c.col}..{c.col + c.count} past the row ({s.columns_per_row} columns)")
+
+    def _banks(self, c: Command) -> np.ndarray:
+        return np.arange(c.units) * self.bpu + c.bank
+
+    def _bank_read(self, chs, c: Command, row: int):
+        bk = self._banks(c)
+        cols = slice(c.col, c.col + c.count)
+        if not self.bank_valid[chs[:, None], bk[None, :], row, cols].all():
+            raise _Fail(f"reads bank row {row} columns {c.col}..{c.col + c.count} that nothing wrote")
+        return self.bank[chs[:, None], bk[None, :], row, cols].view(self.dev)  # [ch, unit, count, lanes]
+
+    def _bank_write(self, chs, c: Command, row: int, data) -> None:
+        bk = self._banks(c)
+        cols = slice(c.col, c.col + c.count)
+        self.bank[chs[:, None], bk[None, :], row, cols] = np.asarray(data, self.dev).view(np.uint16)
+        self.bank_valid[chs[:, None], bk[None, :], row, cols] = True
+
+    def wr_gb(self, chs, cs: list[Command]) -> None:
+        c = cs[0]
+        if c.gb + c.length > self.spec.input_buffer_elems or c.length < 1:
+            raise _Fail(f"global buffer overflow: {c.gb}+{c.length} > {self.spec.input_buffer_elems} elements")
+        for ch, ci in zip(chs, cs):
+            w = self._words(ci.addr, c.length, "WR_GB source")
+            if not self.valid[w].all():
+                raise _Fail("reads staging that nothing wrote")
+            self.gb[ch, c.gb:c.gb + c.length] = self.words[w]
+            self.gb_valid[ch, c.gb:c.gb + c.length] = True
+
+    def mac_abk(self, chs, c: Command) -> None:
+        self._geometry(c)
+        regs = self.spec.accumulators_per_unit
+        lanes = self.lanes
+        if self.dot:
+            if c.nacc != 1 or c.acc >= regs:
+                raise _Fail(f"accumulator {c.acc} (nacc={c.nacc}) outside the unit's {regs} register(s)")
+            n = c.count * lanes
+            if c.gb + n > self.spec.input_buffer_elems:
+                raise _Fail(f"global buffer overflow: reads {c.gb}..{c.gb + n}")
+            if not self.gb_valid[chs, c.gb:c.gb + n].all():
+                raise _Fail("reads global-buffer elements nothing wrote")
+            w = self._bank_read(chs, c, c.row).astype(np.float32)
+            x = self.gb[chs, c.gb:c.gb + n].view(self.dev).astype(np.float32).reshape(len(chs), 1, c.count, lanes)
+            prod = w * x  # BF16 x BF16 is exact in FP32
+            while prod.shape[-1] > 1:  # the adder tree, level by level
+                prod = prod[..., 0::2] + prod[..., 1::2]
+            tree = prod[..., 0]  # [ch, unit, count]
+            if c.flags & CLR:
+                a0 = np.zeros(tree.shape[:2], np.float32)
+            else:
+                if not self.acc_valid[chs[:, None], np.arange(c.units)[None, :], c.acc].all():
+                    raise _Fail(f"accumulates onto register {c.acc} that was never cleared")
+                a0 = self.acc[chs[:, None], np.arange(c.units)[None, :], c.acc, 0]
+            # the accumulator, one column command at a time (ufunc.accumulate adds in order)
+            run = np.add.accumulate(np.concatenate([a0[..., None], tree], axis=-1), axis=-1)[..., -1]
+            self.acc[chs[:, None], np.arange(c.units)[None, :], c.acc, 0] = run
+            self.acc_valid[chs[:, None], np.arange(c.units)[None, :], c.acc] = True
+        else:
+            if not 1 <= c.nacc <= regs or c.acc >= c.nacc:
+                raise _Fail(f"registers: phase {c.acc} of {c.nacc} outside the unit's {regs}")
+            nk = (c.acc + c.count + c.nacc - 1) // c.nacc
+            if c.gb + nk > self.spec.input_buffer_elems:
+                raise _Fail(f"global buffer overflow: reads {c.gb}..{c.gb + nk}")
+            if not self.gb_valid[chs, c.gb:c.gb + nk].all():
+                raise _Fail("reads global-buffer elements nothing wrote")
+            w = self._bank_read(chs, c, c.row)  # [ch, unit, count, lanes] fp16
+            xk = self.gb[chs, c.gb:c.gb + nk].view(self.dev)  # [ch, nk]
+            j = c.acc + np.arange(c.count)
+            prod = w * xk[:, None, j // c.nacc, None]  # FP16 multiply
+            units = np.arange(c.units)
+            if c.flags & CLR:
+                self.acc[chs[:, None], units[None, :], :c.nacc] = 0
+                self.acc_valid[chs[:, None], units[None, :], :c.nacc] = True
+            elif not self.acc_valid[chs[:, None], units[None, :], :c.nacc].all():
+                raise _Fail(f"accumulates onto registers 0..{c.nacc - 1} that were never cleared")
+            acc = self.acc[chs[:, None], units[None, :], :c.nacc]  # [ch, unit, nacc, lanes]
+            if c.acc == 0 and c.count % c.nacc == 0:
+                p = prod.reshape(len(chs), c.units, c.count // c.nacc, c.nacc, lanes)
+                acc = np.add.accumulate(np.concatenate([acc[:, :, None], p], axis=2), axis=2)[:, :, -1]
+            else:  # a run starting mid-k: column by column
+                for i, jj in enumerate(j):
+                    r = jj % c.nacc
+                    acc[:, :, r] = acc[:, :, r] + prod[:, :, i]
+            self.acc[chs[:, None], units[None, :], :c.nacc] = acc  # FP16 accumulate in GRF_B
+        self.counts["macs"] += len(chs) * c.units * c.count * lanes
+
+    def rd_mac(self, chs, cs: list[Command]) -> None:
+        c = cs[0]
+        regs = self.spec.accumulators_per_unit
+        if not 1 <= c.units <= self.upc or c.nacc < 1 or c.acc + c.nacc > regs:
+            raise _Fail(f"reads registers {c.acc}..{c.acc + c.nacc} of {c.units} units: outside the device")
+        units = np.arange(c.units)
+        regs_ = slice(c.acc, c.acc + c.nacc)
+        if not self.acc_valid[chs[:, None], units[None, :], regs_].all():
+            raise _Fail("reads accumulators nothing wrote")
+        vals = self.acc[chs[:, None], units[None, :], regs_]
+        nwords = c.units * c.nacc * self.lpa * self.accdt.itemsize // 2
+        for k, (ch, ci) in enumerate(zip(chs, cs)):
+            w = self._words(ci.addr, nwords, "RD_MAC destination")
+            if self.accdt.itemsize == 4 and ci.addr % 4:
+                raise _Fail(f"RD_MAC destination {ci.addr} not aligned to 4 bytes")
+            self.words[w] = np.ascontiguousarray(vals[k]).reshape(-1).view(np.uint16)
+            self.valid[w] = True
+
+    def _bk_index(self, c: Command) -> np.ndarray:
+        """Staging element index (relative to addr) of every (unit, column, lane) a bank transfer moves."""
+        d = self.code.descs
+        if c.desc >= len(d):
+            raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
+        ustride, kstride, grp, phase = (int(v) for v in d[c.desc][:4])
+        if grp < 1 or phase < 0 or ustride < 0 or kstride < 0:
+            raise _Fail(f"bad bank-transfer descriptor {d[c.desc][:4].tolist()}")
+        j = phase + np.arange(c.count)
+        col = (j // grp) * kstride + (j % grp) * self.lanes
+        return (np.arange(c.units)[:, None, None] * ustride + col[None, :, None]
+                + np.arange(self.lanes)[None, None, :])
+
+    def wr_bk(self, chs, cs: list[Command]) -> None:
+        c = cs[0]
+        self._geometry(c)
+        rel = self._bk_index(c)
+        hi = int(rel.max()) + 1
+        for ch, ci in zip(chs, cs):
+            w = self._words(ci.addr, hi, "WR_BK source")
+            idx = rel + ci.addr // 2
+            if not self.valid[idx].all():
+                raise _Fail("reads staging that nothing wrote")
+            one = np.array([ch])
+            self._bank_write(one, c, c.row, self.words[idx].view(self.dev)[None])
+            del w
+
+    def rd_bk(self, chs, cs: list[Command]) -> None:
+        c = cs[0]
+        self._geometry(c)
+        rel = self._bk_index(c)
+        hi = int(rel.max()) + 1
+        for ch, ci in zip(chs, cs):
+            self._words(ci.addr, hi, "RD_BK destination")
+            data = self._bank_read(np.array([ch]), c, c.row)[0]
+            idx = rel + ci.addr // 2
+            self.words[idx] = data.view(np.uint16)
+            self.valid[idx] = True
+
+    def ew(self, chs, c: Command) -> None:
+        rows = ("row", "row3") if c.op == "AF" else ("row", "row2", "row3")
+        self._geometry(c, rows)
+        a = self._bank_read(chs, c, c.row).astype(np.float32)
+        if c.op == "AF":
+            if c.fn >= len(self.code.fns):
+                raise _Fail(f"activation function {c.fn} not in the program's table ({len(self.code.fns)})")
+            name, p = self.code.fns[c.fn]
+            y = AF_FUNCS[name](p)(a)
+        else:
+            b = self._bank_read(chs, c, c.row2).astype(np.float32)
+            y = a + b if c.op == "EWADD" else a * b
+        self._bank_write(chs, c, c.row3, y.astype(self.dev))
+
+    # ---- host commands ---------------------------------------------------------------------
+    def _desc3(self, c: Command):
+        d = self.code.descs
+        if c.desc >= len(d):
+            raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
+        row = d[c.desc]
+        return row[0:4], row[4:8], row[8:12]
+
+    def _shift(self, c: Command) -> int:
+        regs = [c.reg] + ([c.reg + 1] if c.flags & PAIR else [])
+        if any(r >= SREGS for r in regs):
+            raise _Fail(f"shift register {c.reg} outside 0..{SREGS - 1}")
+        if not all(self.sreg_valid[r] for r in regs):
+            raise _Fail(f"reads shift register {c.reg} that no HRANGE wrote")
+        return int(sum(self.sreg[r] for r in regs))
+
+    def host(self, c: Command) -> None:
+        op = c.op
+        if op == "HZERO":
+            v, idx = self._view(c.addr, c.dtype, [c.length], [1], "HZERO", read=False)
+            v[...] = 0
+            self.valid[idx] = True
+        elif op in ("HCOPY", "HADD"):
+            dims, ss, ds = self._desc3(c)
+            src, _ = self._view(c.addr2, c.dtype2, dims, ss, f"{op} source", read=True)
+            dt = c.dtype if op == "HCOPY" else 0
+            dst, idx = self._view(c.addr, dt, dims, ds, f"{op} destination", read=(op == "HADD"), write=True)
+            if len(np.unique(idx)) != idx.size:
+                raise _Fail(f"{op} destination elements overlap")
+            if op == "HADD":
+                dst[...] = dst + src.astype(np.float32)
+            else:
+                s = self._shift(c) if (c.reg or c.flags & PAIR) else 0
+                x = src.astype(np.float32) if src.dtype != np.float32 else np.array(src)
+                if s:
+                    x = np.ldexp(x, s if c.flags & UP else -s)
+                dst[...] = x.astype(NP_DTYPES[c.dtype])
+            self.valid[idx] = True
+        elif op == "HMUL":
+            v, _ = self._view(c.addr, 0, [c.length], [1], "HMUL", read=True, write=True)
+            v[...] = v * np.float32(c.imm)
+        elif op == "HRANGE":
+            self.hrange(c)
+        else:  # pragma: no cover - the opcode table and this dispatcher agree
+            raise _Fail(f"no semantics for {op}")
+
+    def hrange(self, c: Command) -> None:
+        if c.fn >= len(RANGE_RULES) or c.reg + 1 >= SREGS or c.reg == 0:
+            raise _Fail(f"range rule {c.fn} / registers {c.reg},{c.reg + 1} do not exist")
+        rule = RANGE_RULES[c.fn]
+        a, _ = self._view(c.addr, 0, [c.length], [1], "HRANGE operand", read=True)
+        ea = amax(a)
+        if rule == "one":
+            r = (shift_for(ea), 0)
+        elif rule == "matvec_const":
+            # the weight's shift (gb) was chosen when its bank image was written; the extra shift
+            # keeping the FP16 partial sums (at most max|x| * imm = max_n sum_k |w|) in range goes to x
+            sx = shift_for(ea)
+            r = (sx + shift_for(ea * 2.0 ** -sx * float(np.float32(c.imm))), c.gb)
+        else:
+            b, _ = self._view(c.addr2, 0, [c.count], [1], "HRANGE operand", read=True)
+            eb = amax(b)
+            if rule == "add":
+                s = shift_for(ea + eb)
+                r = (s, s)
+            elif rule == "mul":
+                sa, sb = shift_for(ea), shift_for(eb)
+                r = split_shift(shift_for(ea * 2.0 ** -sa * eb * 2.0 ** -sb), ea, eb, sa, sb)
+            else:  # matvec over an activation matrix [rows, col]
+                if c.col < 1 or c.count % c.col:
+                    raise _Fail(f"matrix of {c.count} elements is not rows of {c.col}")
+                l1 = float(np.max(np.sum(np.abs(b.reshape(-1, c.col)), axis=-1))) if b.size else 0.0
+                sx, sw = shift_for(ea), shift_for(eb)
+                r = split_shift(shift_for(ea * 2.0 ** -sx * l1 * 2.0 ** -sw), ea, eb, sx, sw)
+        self.sreg[c.reg], self.sreg[c.reg + 1] = r
+        self.sreg_valid[c.reg] = self.sreg_valid[c.reg + 1] = True
+
+    # ---- dispatch ------------------------------------------------------------------------------
+    def exec_group(self, cs: list[Command]) -> None:
+        """One command on each of several channels (identical but for channel and staging address)."""
+        c = cs[0]
+        chs = np.array([x.channel for x in cs])
+        if c.op == "MAC_ABK":
+            self.mac_abk(chs, c)
+        elif c.op == "WR_GB":
+            self.wr_gb(chs, cs)
+        elif c.op == "RD_MAC":
+            self.rd_mac(chs, cs)
+        elif c.op == "WR_BK":
+            self.wr_bk(chs, cs)
+        elif c.op == "RD_BK":
+            self.rd_bk(chs, cs)
+        else:
+            self.ew(chs, c)
+
+
+def _check_fields(c: Command, channels: int) -> None:
+    if c.op in HOST_OPS:
+        if c.channel != HOST:
+            raise _Fail(f"host command on channel {c.channel}")
+    elif c.channel >= channels:
+        raise _Fail(f"channel {c.channel} outside the device's {channels}")
+    bad = c.unused_fields()
+    if bad:
+        raise _Fail(f"fields {', '.join(bad)} are not used by {c.op} and must be 0")
+    for name in ("dtype", "dtype2"):
+        if name in OPCODES[c.op][2] and getattr(c, name) not in DTYPES:
+            raise _Fail(f"unknown {name} {getattr(c, name)}")
+
+
+def _error(code: Code, i: int, why: str) -> ExecutionError:
+    c = code.commands[i]
+    st = code.steps[c.step] if c.step < len(code.steps) else Step("?", "?")
+    return ExecutionError(f"PIM command {i} `{c.text()}` of node '{st.name}' ({st.op_type}): {why}")
+
+
+#: staging reads and writes of a device command, for the lock-step proof
+def _staging_io(code: Code, c: Command, spec: PimSpec) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    eb = spec.element_bytes
+    if c.op == "WR_GB":
+        return (c.addr, c.addr + c.length * eb), None
+    if c.op == "RD_MAC":
+        accb = 4 if spec.accumulate_dtype == "float32" else 2
+        lpa = 1 if spec.mac_dataflow == "dot" else spec.simd_lanes
+        return None, (c.addr, c.addr + c.units * c.nacc * lpa * accb)
+    if c.op in ("WR_BK", "RD_BK"):
+        if c.desc >= len(code.descs):
+            return (0, 1 << 62), (0, 1 << 62)  # let the slow path report it
+        u, k, g, p = (int(v) for v in code.descs[c.desc][:4])
+        j = p + c.count - 1
+        hi = c.addr + ((c.units - 1) * u + (j // max(g, 1)) * k + (j % max(g, 1)) * spec.simd_lanes
+                       + spec.simd_lanes) * eb
+        rng = (c.addr, hi)
+        return (rng, None) if c.op == "WR_BK" else (None, rng)
+    return None, None
+
+
+def _key(c: Command):
+    return (c.op, c.row, c.col, c.count, c.flags, c.bank, c.units, c.acc, c.nacc, c.row2, c.row3, c.gb, c.length,
+            c.desc, c.fn, c.step)
+
+
+def _plan(code: Code, spec: PimSpec) -> list:
+    """Group the command list into host commands and lock-step groups of device commands.
+
+    A maximal run of device commands is run in lock step only if each channel's commands are
+    contiguous in it (so command order equals channel-by-channel order), and no channel writes
+    staging that another channel of the run reads or writes (channels share nothing else). Then
+    position p of every channel's block executes as one call per set of identical fields."""
+    cmds = code.commands
+    out: list = []
+    i, n = 0, len(cmds)
+    while i < n:
+        if cmds[i].op in HOST_OPS:
+            out.append(("one", i))
+            i += 1
+            continue
+        j = i
+        while j < n and cmds[j].op not in HOST_OPS:
+            j += 1
+        blocks: dict[int, list[int]] = {}
+        order: list[int] = []
+        contiguous = True
+        for k in range(i, j):
+            ch = cmds[k].channel
+            if ch not in blocks:
+                blocks[ch] = []
+                order.append(ch)
+            elif order[-1] != ch:
+                contiguous = False
+                break
+            blocks[ch].append(k)
+        ok = contiguous and len(blocks) > 1 and _independent(code, spec, blocks)
+        if not ok:
+            out.extend(("one", k) for k in range(i, j))
+        else:
+            depth = max(len(b) for b in blocks.values())
+            for p in range(depth):
+                groups: dict = {}
+                for ch in order:
+                    b = blocks[ch]
+                    if p < len(b):
+                        groups.setdefault(_key(cmds[b[p]]), []).append(b[p])
+                out.extend(("group", g) for g in groups.values())
+        i = j
+    return out
+
+
+def _independent(code: Code, spec: PimSpec, blocks: dict[int, list[int]]) -> bool:
+    writes, reads = [], []
+    for ch, idx in blocks.items():
+        for k in idx:
+            r, w = _staging_io(code, code.commands[k], spec)
+            if r:
+                reads.append((r[0], r[1], ch))
+            if w:
+                writes.append((w[0], w[1], ch))
+    if not writes:
+        return True
+    ev = sorted(writes + reads)
+    # any write overlapping an access of another channel breaks independence
+    wr = sorted(writes)
+    for a0, a1, ach in ev:
+        # binary search would do; the lists are short per run
+        for w0, w1, wch in wr:
+            if w0 >= a1:
+                break
+            if w1 > a0 and wch != ach:
+                return False
+    return True
+
+
+def write_image(spec: PimSpec, image: np.ndarray, valid: np.ndarray, descs: np.ndarray, cmds: list[Command],
+                data: np.ndarray) -> None:
+    """Run WR_BK commands from `data` (16-bit words, addressed from 0) into a bank image: the compiler
+    lays constant matrices out with the same command the program uses for activations."""
+    lanes = spec.simd_lanes
+    for c in cmds:
+        ustride, kstride, grp, phase = (int(v) for v in descs[c.desc][:4])
+        j = phase + np.arange(c.count)
+        rel = (np.arange(c.units)[:, None, None] * ustride + ((j // grp) * kstride + (j % grp) * lanes)[None, :, None]
+               + np.arange(lanes)[None, None, :])
+        bk = np.arange(c.units) * spec.banks_per_unit + c.bank
+        image[c.channel, bk, c.row, c.col:c.col + c.count] = data[c.addr // 2 + rel]
+        valid[c.channel, bk, c.row, c.col:c.col + c.count] = True
+
+
+def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the program on `feeds` (name -> array); returns (outputs, counts)."""
+    m = Machine(spec, code)
+    for b in code.inputs:
+        if b.name not in feeds:
+            raise ExecutionError(f"PIM program input '{b.name}' was not given")
+        x = np.asarray(feeds[b.name])
+        if math.prod(x.shape) != math.prod(b.shape):
+            raise ExecutionError(f"PIM program input '{b.name}' has shape {x.shape}, the program {b.shape}")
+        try:
+            v, idx = m._view(b.addr, b.dtype, [math.prod(b.shape)], [1], f"input '{b.name}'", read=False)
+        except _Fail as exc:
+            raise ExecutionError(f"PIM program input '{b.name}': {exc}") from None
+        v[...] = x.reshape(-1).astype(NP_DTYPES[b.dtype])
+        m.valid[idx] = True
+    cmds = code.commands
+    nch = spec.channels
+    if fast:
+        if code._plan is None:
+            code._plan = _plan(code, spec)
+        plan = code._plan
+    else:
+        plan = [("one", i) for i in range(len(cmds))]
+    for kind, what in plan:
+        idx = [what] if kind == "one" else what
+        try:
+            for k in idx:
+                _check_fields(cmds[k], nch)
+            c = cmds[idx[0]]
+            if c.op in HOST_OPS:
+                m.host(c)
+            else:
+                m.exec_group([cmds[k] for k in idx])
+        except _Fail as exc:
+            if len(idx) > 1:  # find the first failing command of the group, in program order
+                for k in idx:
+                    try:
+                        _check_fields(cmds[k], nch)
+                        m.exec_group([cmds[k]])
+                    except _Fail as e2:
+                        raise _error(code, k, str(e2)) from None
+            raise _error(code, idx[0], str(exc)) from None
+        except (ValueError, IndexError, OverflowError, MemoryError) as exc:
+            raise _error(code, idx[0], f"{type(exc).__name__}: {exc}") from None
+    outs = {}
+    for b in code.outputs:
+        try:
+            v, _ = m._view(b.addr, b.dtype, [math.prod(b.shape)], [1], f"output '{b.name}'", read=True)
+        except _Fail as exc:
+            raise ExecutionError(f"PIM program output '{b.name}': {exc}") from None
+        outs[b.name] = np.array(v).reshape(b.shape)
+    return outs, m.counts
