@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
-import onnx_ir as ir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: device simulators import this module and must not pull in onnx_ir
+    import onnx_ir as ir
+
     from kcompiler.targets import Device, System
 
 

@@ -144,8 +144,7 @@ class Command:
 
     def unused_fields(self) -> list[str]:
         """Fields set that the opcode does not use (must all be zero)."""
-        used = set(OPCODES[self.op][2]) | {"op", "step", "channel"}
-        return [f.name for f in fields(self) if f.name not in used and getattr(self, f.name)]
+        return [n for n in _UNUSED[self.op] if getattr(self, n)]
 
     def text(self) -> str:
         used = OPCODES[self.op][2]
@@ -191,6 +190,10 @@ class Command:
             raise ValueError(f"not a PIM command: {text!r}")
         c = Command(op, **kw)
         return c
+
+
+_UNUSED = {op: tuple(f.name for f in fields(Command) if f.name not in set(used) | {"op", "step", "channel"})
+           for op, (_n, _e, used, _m) in OPCODES.items()}
 
 
 def encode_all(commands) -> bytes:

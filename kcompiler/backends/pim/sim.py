@@ -19,6 +19,7 @@ but for the channel and staging addresses, and no channel writing staging anothe
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -161,6 +162,7 @@ class Machine:
             self.staging[addr:addr + len(raw)] = raw
             self.valid[addr // 2:(addr + len(raw) + 1) // 2] = True
         self.counts = {"macs": 0}
+        self._rel: dict = {}
 
     # ---- staging helpers ---------------------------------------------------------------------
     def _check_staging(self, addr: int, nbytes: int, what: str) -> None:
@@ -169,7 +171,7 @@ class Machine:
                         f"({self.staging.size} bytes) or misaligned")
 
     def _view(self, addr: int, dtype: int, dims, strides, what: str, read: bool, write: bool | None = None):
-        """A strided view of staging elements (and the word indices it covers)."""
+        """A strided view of staging elements, and the matching view of their validity words."""
         if dtype not in NP_DTYPES:
             raise _Fail(f"{what}: unknown dtype {dtype}")
         dt = NP_DTYPES[dtype]
@@ -181,21 +183,22 @@ class Machine:
         if any(d < 0 for d in dims) or any(s < 0 for s in strides):
             raise _Fail(f"{what}: negative extent or stride")
         if any(d == 0 for d in dims):
-            return np.zeros(dims, dt), np.zeros(0, np.int64)
+            return np.zeros(dims, dt), np.zeros(dims + [1], bool)
         last = sum((d - 1) * s for d, s in zip(dims, strides))
         self._check_staging(addr, (last + 1) * size, what)
         base = self.staging[addr:addr + (last + 1) * size].view(dt)
-        v = np.lib.stride_tricks.as_strided(base, dims, [s * size for s in strides], writeable=(not read) if write is None else write)
+        v = np.lib.stride_tricks.as_strided(base, dims, [s * size for s in strides],
+                                            writeable=(not read) if write is None else write)
         words = size // 2
-        idx = np.zeros(dims, np.int64) + addr // 2
-        for ax, (d, s) in enumerate(zip(dims, strides)):
-            shape = [1] * len(dims)
-            shape[ax] = d
-            idx = idx + (np.arange(d, dtype=np.int64) * s * words).reshape(shape)
-        idx = (idx.reshape(-1, 1) + np.arange(words)).reshape(-1)
-        if read and not self.valid[idx].all():
+        vbase = self.valid[addr // 2:addr // 2 + (last + 1) * words]
+        ok = np.lib.stride_tricks.as_strided(vbase, dims + [words], [s * words for s in strides] + [1])
+        if read and not ok.all():
             raise _Fail(f"{what}: reads staging that nothing wrote")
-        return v, idx
+        return v, ok
+
+    def _mark(self, ok: np.ndarray) -> None:
+        """Mark the words behind a validity view written."""
+        ok[...] = True
 
     def _words(self, addr: int, n: int, what: str) -> slice:
         self._check_staging(addr, 2 * n, what)
@@ -283,22 +286,27 @@ class Machine:
             w = self._bank_read(chs, c, c.row)  # [ch, unit, count, lanes] fp16
             xk = self.gb[chs, c.gb:c.gb + nk].view(self.dev)  # [ch, nk]
             j = c.acc + np.arange(c.count)
-            prod = w * xk[:, None, j // c.nacc, None]  # FP16 multiply
+            # FP16 multiply and FP16 accumulate. numpy's float16 arithmetic is float32 arithmetic rounded
+            # to float16 after every operation; doing exactly that on float32 arrays gives the same bits
+            # several times faster than numpy's float16 loops
+            f16, f32 = np.float16, np.float32
+            prod = (w.astype(f32) * xk[:, None, j // c.nacc, None].astype(f32)).astype(f16).astype(f32)
             units = np.arange(c.units)
             if c.flags & CLR:
                 self.acc[chs[:, None], units[None, :], :c.nacc] = 0
                 self.acc_valid[chs[:, None], units[None, :], :c.nacc] = True
             elif not self.acc_valid[chs[:, None], units[None, :], :c.nacc].all():
                 raise _Fail(f"accumulates onto registers 0..{c.nacc - 1} that were never cleared")
-            acc = self.acc[chs[:, None], units[None, :], :c.nacc]  # [ch, unit, nacc, lanes]
+            acc = self.acc[chs[:, None], units[None, :], :c.nacc].astype(f32)  # [ch, unit, nacc, lanes]
             if c.acc == 0 and c.count % c.nacc == 0:
                 p = prod.reshape(len(chs), c.units, c.count // c.nacc, c.nacc, lanes)
-                acc = np.add.accumulate(np.concatenate([acc[:, :, None], p], axis=2), axis=2)[:, :, -1]
+                for k in range(p.shape[2]):  # in k order, each register rounding to FP16 after every add
+                    acc = (acc + p[:, :, k]).astype(f16).astype(f32)
             else:  # a run starting mid-k: column by column
                 for i, jj in enumerate(j):
                     r = jj % c.nacc
-                    acc[:, :, r] = acc[:, :, r] + prod[:, :, i]
-            self.acc[chs[:, None], units[None, :], :c.nacc] = acc  # FP16 accumulate in GRF_B
+                    acc[:, :, r] = (acc[:, :, r] + prod[:, :, i]).astype(f16).astype(f32)
+            self.acc[chs[:, None], units[None, :], :c.nacc] = acc.astype(f16)  # GRF_B holds FP16
         self.counts["macs"] += len(chs) * c.units * c.count * lanes
 
     def rd_mac(self, chs, cs: list[Command]) -> None:
@@ -321,6 +329,13 @@ class Machine:
 
     def _bk_index(self, c: Command) -> np.ndarray:
         """Staging element index (relative to addr) of every (unit, column, lane) a bank transfer moves."""
+        key = (c.desc, c.count, c.units)
+        hit = self._rel.get(key)
+        if hit is None:
+            hit = self._rel[key] = self._bk_index1(c)
+        return hit
+
+    def _bk_index1(self, c: Command) -> np.ndarray:
         d = self.code.descs
         if c.desc >= len(d):
             raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
@@ -337,26 +352,26 @@ class Machine:
         self._geometry(c)
         rel = self._bk_index(c)
         hi = int(rel.max()) + 1
-        for ch, ci in zip(chs, cs):
-            w = self._words(ci.addr, hi, "WR_BK source")
-            idx = rel + ci.addr // 2
-            if not self.valid[idx].all():
-                raise _Fail("reads staging that nothing wrote")
-            one = np.array([ch])
-            self._bank_write(one, c, c.row, self.words[idx].view(self.dev)[None])
-            del w
+        for ci in cs:
+            self._words(ci.addr, hi, "WR_BK source")
+        idx = rel[None] + (np.array([ci.addr for ci in cs]) // 2)[:, None, None, None]
+        if not self.valid[idx].all():
+            raise _Fail("reads staging that nothing wrote")
+        self._bank_write(chs, c, c.row, self.words[idx].view(self.dev))
 
     def rd_bk(self, chs, cs: list[Command]) -> None:
         c = cs[0]
         self._geometry(c)
         rel = self._bk_index(c)
         hi = int(rel.max()) + 1
-        for ch, ci in zip(chs, cs):
+        for ci in cs:
             self._words(ci.addr, hi, "RD_BK destination")
-            data = self._bank_read(np.array([ch]), c, c.row)[0]
-            idx = rel + ci.addr // 2
-            self.words[idx] = data.view(np.uint16)
-            self.valid[idx] = True
+        data = self._bank_read(chs, c, c.row)
+        idx = rel[None] + (np.array([ci.addr for ci in cs]) // 2)[:, None, None, None]
+        if len(cs) > 1 and len(np.unique(idx)) != idx.size:
+            raise _Fail("RD_BK destinations of the channels overlap")
+        self.words[idx] = data.view(np.uint16)
+        self.valid[idx] = True
 
     def ew(self, chs, c: Command) -> None:
         rows = ("row", "row3") if c.op == "AF" else ("row", "row2", "row3")
@@ -391,16 +406,16 @@ class Machine:
     def host(self, c: Command) -> None:
         op = c.op
         if op == "HZERO":
-            v, idx = self._view(c.addr, c.dtype, [c.length], [1], "HZERO", read=False)
+            v, ok = self._view(c.addr, c.dtype, [c.length], [1], "HZERO", read=False)
             v[...] = 0
-            self.valid[idx] = True
+            self._mark(ok)
         elif op in ("HCOPY", "HADD"):
             dims, ss, ds = self._desc3(c)
             src, _ = self._view(c.addr2, c.dtype2, dims, ss, f"{op} source", read=True)
             dt = c.dtype if op == "HCOPY" else 0
-            dst, idx = self._view(c.addr, dt, dims, ds, f"{op} destination", read=(op == "HADD"), write=True)
-            if len(np.unique(idx)) != idx.size:
+            if _overlapping(dims, ds):
                 raise _Fail(f"{op} destination elements overlap")
+            dst, ok = self._view(c.addr, dt, dims, ds, f"{op} destination", read=(op == "HADD"), write=True)
             if op == "HADD":
                 dst[...] = dst + src.astype(np.float32)
             else:
@@ -409,7 +424,7 @@ class Machine:
                 if s:
                     x = np.ldexp(x, s if c.flags & UP else -s)
                 dst[...] = x.astype(NP_DTYPES[c.dtype])
-            self.valid[idx] = True
+            self._mark(ok)
         elif op == "HMUL":
             v, _ = self._view(c.addr, 0, [c.length], [1], "HMUL", read=True, write=True)
             v[...] = v * np.float32(c.imm)
@@ -417,6 +432,25 @@ class Machine:
             self.hrange(c)
         else:  # pragma: no cover - the opcode table and this dispatcher agree
             raise _Fail(f"no semantics for {op}")
+
+    def hadd_run(self, cs: list[Command]) -> None:
+        """Several HADDs as one unbuffered np.add.at (same additions, same order)."""
+        dst_idx, vals = [], []
+        for c in cs:
+            dims, ss, ds = self._desc3(c)
+            src, _ = self._view(c.addr2, c.dtype2, dims, ss, "HADD source", read=True)
+            if _overlapping(dims, ds):
+                raise _Fail("HADD destination elements overlap")
+            _dst, ok = self._view(c.addr, 0, dims, ds, "HADD destination", read=True)
+            off = np.zeros([int(d) for d in dims], np.int64) + c.addr // 4
+            for ax, (d, st) in enumerate(zip(dims, ds)):
+                shape = [1] * len(dims)
+                shape[ax] = int(d)
+                off = off + (np.arange(int(d), dtype=np.int64) * int(st)).reshape(shape)
+            dst_idx.append(off.reshape(-1))
+            vals.append(src.astype(np.float32).reshape(-1))
+        f32 = self.staging[:self.staging.size // 4 * 4].view(np.float32)
+        np.add.at(f32, np.concatenate(dst_idx), np.concatenate(vals))
 
     def hrange(self, c: Command) -> None:
         if c.fn >= len(RANGE_RULES) or c.reg + 1 >= SREGS or c.reg == 0:
@@ -468,6 +502,16 @@ class Machine:
             self.ew(chs, c)
 
 
+def _overlapping(dims, strides) -> bool:
+    """Whether a strided layout names some element twice (checked innermost-out by stride)."""
+    span = 1
+    for d, st in sorted(((int(d), int(st)) for d, st in zip(dims, strides) if d > 1), key=lambda t: t[1]):
+        if st < span:
+            return True
+        span = st * (d - 1) + span
+    return False
+
+
 def _check_fields(c: Command, channels: int) -> None:
     if c.op in HOST_OPS:
         if c.channel != HOST:
@@ -514,73 +558,100 @@ def _key(c: Command):
             c.desc, c.fn, c.step)
 
 
-def _plan(code: Code, spec: PimSpec) -> list:
+def _plan(code: Code, spec: PimSpec, lockstep: bool = True) -> list:
     """Group the command list into host commands and lock-step groups of device commands.
 
-    A maximal run of device commands is run in lock step only if each channel's commands are
-    contiguous in it (so command order equals channel-by-channel order), and no channel writes
-    staging that another channel of the run reads or writes (channels share nothing else). Then
-    position p of every channel's block executes as one call per set of identical fields."""
+    Channels share nothing but the staging area. So within a maximal run of device commands, if no
+    channel writes staging that another channel of the run reads or writes, any interleaving that
+    keeps each channel's own order gives the same memories: the run is executed position by
+    position (the p-th command of every channel), one call per set of identical fields. Fields are
+    checked here once (the plan is rebuilt whenever the command list changes)."""
     cmds = code.commands
     out: list = []
     i, n = 0, len(cmds)
     while i < n:
+        bad = _static_error(code, cmds[i], spec)
+        if bad:
+            out.append(("error", i, bad))
+            i += 1
+            continue
+        if cmds[i].op == "HADD" and lockstep:
+            # a run of reductions: one np.add.at over all of them, which adds repeated destinations
+            # in the order they appear, as the commands one by one would
+            j = i + 1
+            while j < n and cmds[j].op == "HADD" and not _static_error(code, cmds[j], spec):
+                j += 1
+            out.append(("hadd", list(range(i, j))) if j - i > 1 else ("one", i))
+            i = j
+            continue
         if cmds[i].op in HOST_OPS:
             out.append(("one", i))
             i += 1
             continue
-        j = i
-        while j < n and cmds[j].op not in HOST_OPS:
+        j = i + 1
+        while j < n and cmds[j].op not in HOST_OPS and not _static_error(code, cmds[j], spec):
             j += 1
         blocks: dict[int, list[int]] = {}
-        order: list[int] = []
-        contiguous = True
         for k in range(i, j):
-            ch = cmds[k].channel
-            if ch not in blocks:
-                blocks[ch] = []
-                order.append(ch)
-            elif order[-1] != ch:
-                contiguous = False
-                break
-            blocks[ch].append(k)
-        ok = contiguous and len(blocks) > 1 and _independent(code, spec, blocks)
-        if not ok:
+            blocks.setdefault(cmds[k].channel, []).append(k)
+        if not lockstep or len(blocks) < 2 or not _independent(code, spec, blocks):
             out.extend(("one", k) for k in range(i, j))
         else:
             depth = max(len(b) for b in blocks.values())
             for p in range(depth):
                 groups: dict = {}
-                for ch in order:
-                    b = blocks[ch]
+                for b in blocks.values():
                     if p < len(b):
                         groups.setdefault(_key(cmds[b[p]]), []).append(b[p])
-                out.extend(("group", g) for g in groups.values())
+                out.extend(("group", g) if len(g) > 1 else ("one", g[0]) for g in groups.values())
         i = j
     return out
 
 
+def _static_error(code: Code, c: Command, spec: PimSpec) -> str | None:
+    try:
+        _check_fields(c, spec.channels)
+    except _Fail as exc:
+        return str(exc)
+    return None
+
+
 def _independent(code: Code, spec: PimSpec, blocks: dict[int, list[int]]) -> bool:
-    writes, reads = [], []
+    """No channel writes staging bytes another channel of the run reads or writes (a sweep over the
+    intervals sorted by start, counting the open ones per channel)."""
+    ev = []
     for ch, idx in blocks.items():
         for k in idx:
             r, w = _staging_io(code, code.commands[k], spec)
             if r:
-                reads.append((r[0], r[1], ch))
+                ev.append((r[0], r[1], ch, False))
             if w:
-                writes.append((w[0], w[1], ch))
-    if not writes:
+                ev.append((w[0], w[1], ch, True))
+    if not any(e[3] for e in ev):
         return True
-    ev = sorted(writes + reads)
-    # any write overlapping an access of another channel breaks independence
-    wr = sorted(writes)
-    for a0, a1, ach in ev:
-        # binary search would do; the lists are short per run
-        for w0, w1, wch in wr:
-            if w0 >= a1:
-                break
-            if w1 > a0 and wch != ach:
-                return False
+    ev.sort()
+    heap: list = []
+    open_all: dict[int, int] = {}
+    open_w: dict[int, int] = {}
+    n_all = n_w = 0
+    for a0, a1, ch, is_w in ev:
+        while heap and heap[0][0] <= a0:
+            _e, och, ow = heapq.heappop(heap)
+            open_all[och] -= 1
+            n_all -= 1
+            if ow:
+                open_w[och] -= 1
+                n_w -= 1
+        if is_w and n_all - open_all.get(ch, 0) > 0:
+            return False
+        if n_w - open_w.get(ch, 0) > 0:
+            return False
+        heapq.heappush(heap, (a1, ch, is_w))
+        open_all[ch] = open_all.get(ch, 0) + 1
+        n_all += 1
+        if is_w:
+            open_w[ch] = open_w.get(ch, 0) + 1
+            n_w += 1
     return True
 
 
@@ -609,26 +680,25 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
         if math.prod(x.shape) != math.prod(b.shape):
             raise ExecutionError(f"PIM program input '{b.name}' has shape {x.shape}, the program {b.shape}")
         try:
-            v, idx = m._view(b.addr, b.dtype, [math.prod(b.shape)], [1], f"input '{b.name}'", read=False)
+            v, ok = m._view(b.addr, b.dtype, [math.prod(b.shape)], [1], f"input '{b.name}'", read=False)
         except _Fail as exc:
             raise ExecutionError(f"PIM program input '{b.name}': {exc}") from None
         v[...] = x.reshape(-1).astype(NP_DTYPES[b.dtype])
-        m.valid[idx] = True
+        m._mark(ok)
     cmds = code.commands
-    nch = spec.channels
-    if fast:
-        if code._plan is None:
-            code._plan = _plan(code, spec)
-        plan = code._plan
-    else:
-        plan = [("one", i) for i in range(len(cmds))]
-    for kind, what in plan:
+    key = (fast, len(cmds), hash(tuple(cmds)), code.descs.tobytes())
+    if code._plan is None or code._plan[0] != key:
+        code._plan = (key, _plan(code, spec, lockstep=fast))
+    for entry in code._plan[1]:
+        kind, what = entry[0], entry[1]
+        if kind == "error":
+            raise _error(code, what, entry[2])
         idx = [what] if kind == "one" else what
         try:
-            for k in idx:
-                _check_fields(cmds[k], nch)
             c = cmds[idx[0]]
-            if c.op in HOST_OPS:
+            if kind == "hadd":
+                m.hadd_run([cmds[k] for k in idx])
+            elif c.op in HOST_OPS:
                 m.host(c)
             else:
                 m.exec_group([cmds[k] for k in idx])
@@ -636,8 +706,10 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
             if len(idx) > 1:  # find the first failing command of the group, in program order
                 for k in idx:
                     try:
-                        _check_fields(cmds[k], nch)
-                        m.exec_group([cmds[k]])
+                        if cmds[k].op in HOST_OPS:
+                            m.host(cmds[k])
+                        else:
+                            m.exec_group([cmds[k]])
                     except _Fail as e2:
                         raise _error(code, k, str(e2)) from None
             raise _error(code, idx[0], str(exc)) from None
