@@ -513,7 +513,7 @@ class _Lowering:
         return out
 
     def zero(self, addr: int, n: int, dtype: int) -> None:
-        self.em.emit("HZERO", addr=addr, length=n, dtype=dtype)
+        self.em.emit("HZERO", addr=addr, length=n * sim.NP_DTYPES[dtype].itemsize)
 
     # ---- nodes ---------------------------------------------------------------------------
     def node(self, node: ir.Node, p: Plan) -> None:
@@ -554,10 +554,11 @@ class _Lowering:
             self.hcopy(dst.addr + nf * sl.share * 4, 0, src + nf * sl.block * 2, self.dev, [rest], [1], [1], reg=reg,
                        flags=flags)
 
-    def _stream_buf(self, sl: kernels.StreamLayout) -> int:
+    def _stream_buf(self, sl: kernels.StreamLayout, numel: int) -> int:
         n = sl.channels * sl.block
         addr = self.em.alloc(2 * n)
-        self.zero(addr, n, self.dev)  # the padding of the last columns
+        if n != numel:
+            self.zero(addr, n, self.dev)  # the padding of the last columns
         return addr
 
     def elementwise(self, node: ir.Node, p: Plan) -> None:
@@ -589,7 +590,7 @@ class _Lowering:
                 full = self.new(osh)
                 self.hcopy(full.addr, 0, b.addr, b.dtype, osh, _broadcast_strides(b.shape, osh), _strides(osh))
                 b = full
-            st = self._stream_buf(sl)
+            st = self._stream_buf(sl, b.numel)
             self._to_stream(b, sl, st, reg)
             r = em.reserve_rows(sl.rows)
             kernels.emit_stream_transfer(em, sl, numel, "WR_BK", st, r)
@@ -632,7 +633,7 @@ class _Lowering:
             src = b
             if not state:  # through the banks
                 sl = kernels.stream_layout(self.s, b.numel)
-                st = self._stream_buf(sl)
+                st = self._stream_buf(sl, b.numel)
                 self._to_stream(b, sl, st)
                 r = em.reserve_rows(sl.rows)
                 kernels.emit_stream_transfer(em, sl, b.numel, "WR_BK", st, r)
@@ -673,7 +674,8 @@ class _Lowering:
                 em.emit("HRANGE", fn=sim.RANGE_RULES.index("matvec_const"), addr=a.addr, length=a.numel,
                         imm=float(np.float32(l1 * 2.0 ** -sw)), gb=sw, reg=1)
                 xreg = 1
-            self.zero(x_dev, G * M * Kp, self.dev)
+            if Kp != K:
+                self.zero(x_dev, G * M * Kp, self.dev)
             self.hcopy(x_dev, self.dev, a.addr, a.dtype, [M, K], [K, 1], [Kp, 1], reg=xreg)
         else:
             bsrc = self.buf(node.inputs[1])
@@ -682,7 +684,8 @@ class _Lowering:
             ws = _broadcast_strides(bsrc.shape, batch + (K, N))
             bstr = _strides(batch)
             w_dev = em.alloc(2 * G * (N * Kp if dot else K * Np))
-            self.zero(w_dev, G * (N * Kp if dot else K * Np), self.dev)
+            if (Kp if dot else Np) != (K if dot else N):
+                self.zero(w_dev, G * (N * Kp if dot else K * Np), self.dev)
             wsrc, wsrc_dims, wsrc_str = bsrc, list(batch) + [N, K], ws[:-2] + [ws[-1], ws[-2]]
             if self.fp16:
                 wf = self.new((G, N, K))
@@ -702,7 +705,8 @@ class _Lowering:
             self.hcopy(w_dev, self.dev, wsrc.addr, wsrc.dtype, wsrc_dims, wsrc_str, dstr, reg=wreg)
             resident = RESIDENT if _resident(node.inputs[1]) else 0
             em.cmds.extend(kernels.emit_weight_writes(em, lay, G, N, K, w_dev, base, flags=resident))
-            self.zero(x_dev, G * M * Kp, self.dev)
+            if Kp != K:
+                self.zero(x_dev, G * M * Kp, self.dev)
             self.hcopy(x_dev, self.dev, a.addr, a.dtype, list(batch) + [M, K], xs,
                        [b_ * M * Kp for b_ in bstr] + [Kp, 1], reg=xreg)
         part = em.alloc(kernels.partial_bytes(s, lay, M))
@@ -712,7 +716,7 @@ class _Lowering:
         accd = 0 if s.accumulate_dtype == "float32" else 2
         for slot, g, m, n0, n1 in reductions:  # the host adds the read-back partial sums in FP32
             em.emit("HADD", addr=y.addr + ((g * M + m) * N + n0) * 4, addr2=slot, dtype2=accd,
-                    desc=em.desc(1, 1, 1, n1 - n0, 0, 0, 0, 1, 0, 0, 0, 1))
+                    desc=self._desc2([n1 - n0], [1], [1]))
         if xreg or wreg:
             self.hcopy(y.addr, 0, y.addr, 0, [y.numel], [1], [1], reg=1, flags=UP | PAIR)
         if node.op_type == "Gemm":
@@ -744,16 +748,17 @@ class _Lowering:
         else:
             buf = np.zeros((G, K, lay.Np), dt)
             buf[:, :, :N] = np.swapaxes(w, 1, 2).astype(dt)
-        cmds = kernels.emit_weight_writes(self.em, lay, G, N, K, 0, base)
-        self.writes.append((buf.reshape(-1).view(np.uint16), cmds))
+        # the compiler's own descriptor table: these writes are not part of the program
+        scratch = kernels.Emitter(s)
+        cmds = kernels.emit_weight_writes(scratch, lay, G, N, K, 0, base)
+        self.writes.append((buf.reshape(-1).view(np.uint16), cmds, np.array(scratch.descs, np.int64).reshape(-1, 12)))
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
         s = self.s
         shape = (s.channels, s.banks_per_channel, self.em.rows, s.columns_per_row, s.simd_lanes)
         image = np.zeros(shape, np.uint16)
         valid = np.zeros(shape[:4], bool)
-        descs = np.array(self.em.descs, np.int64).reshape(-1, 12)
-        for data, cmds in self.writes:
+        for data, cmds, descs in self.writes:
             sim.write_image(s, image, valid, descs, cmds, data)
         return image, valid
 

@@ -55,7 +55,7 @@ OPCODES: dict[str, tuple[int, str, tuple[str, ...], str]] = {
            "all-bank activation function `fn` of row into row3, columns col.."),
     "RD_BK": (8, "channel", ("row", "bank", "col", "count", "units", "addr", "desc", "flags"),
               "read `count` columns of every unit into staging (strides: descriptor `desc`)"),
-    "HZERO": (16, "host", ("addr", "length", "dtype"), "zero `length` elements at staging[addr]"),
+    "HZERO": (16, "host", ("addr", "length"), "zero `length` bytes at staging[addr]"),
     "HCOPY": (17, "host", ("addr", "addr2", "dtype", "dtype2", "desc", "reg", "flags"),
               "strided copy staging[addr2] (dtype2) -> staging[addr] (dtype), scaled by 2**-sreg[reg]"),
     "HADD": (18, "host", ("addr", "addr2", "dtype2", "desc"),
@@ -64,6 +64,8 @@ OPCODES: dict[str, tuple[int, str, tuple[str, ...], str]] = {
     "HRANGE": (20, "host", ("fn", "addr", "length", "addr2", "count", "col", "imm", "gb", "reg"),
                "FP16 range: shift registers reg, reg+1 from the operands' largest magnitudes (rule fn)"),
 }
+#: flags each opcode may carry (any other bit set is refused)
+ALLOWED_FLAGS = {"MAC_ABK": CLR, "WR_BK": RESIDENT, "RD_BK": RESIDENT, "HCOPY": PAIR | UP}
 _BY_NUMBER = {num: name for name, (num, *_rest) in OPCODES.items()}
 HOST_OPS = frozenset(op for op, (_, eng, _, _) in OPCODES.items() if eng == "host")
 COLUMN_OPS = frozenset(("MAC_ABK", "EWADD", "EWMUL", "AF"))

@@ -222,15 +222,27 @@ def emit_weight_writes(em: Emitter, lay: MatvecLayout, G: int, N: int, K: int, w
             for r, b, c, n in _segments(off, ncols, s):
                 j0 = _seg_start(off, r, b, c, s)
                 if s.mac_dataflow == "dot":
-                    d = em.desc(lay.Kp, lanes, 1, 0)
+                    d = bk_desc(em, lay.Kp, lanes, 1, 0, units, n)
                     addr = w_addr + ((it.g * N + it.n0) * lay.Kp + it.k0 + j0 * lanes) * eb
                 else:
                     per_unit = lanes * s.accumulators_per_unit
-                    d = em.desc(per_unit, lay.Np, regs, j0 % regs)
+                    d = bk_desc(em, per_unit, lay.Np, regs, j0 % regs, units, n)
                     addr = w_addr + ((it.g * K + it.k0 + j0 // regs) * lay.Np + it.n0) * eb
                 out.append(Command("WR_BK", ch, row=base_row + r, bank=b, col=c, count=n, units=units, addr=addr,
                                    desc=d, flags=flags, step=em.step))
     return out
+
+
+def bk_desc(em: Emitter, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int) -> int:
+    """A canonical bank-transfer descriptor: strides a command does not use are 0 (one unit: no unit
+    stride; one group of columns: no group stride), so no descriptor entry is ever ignored."""
+    if units == 1:
+        ustride = 0
+    if (phase + count + grp - 1) // grp == 1:
+        kstride = 0
+    if grp == 1:
+        phase = 0
+    return em.desc(ustride, kstride, grp, phase)
 
 
 def _seg_start(off: int, row: int, bank: int, col: int, s: PimSpec) -> int:
@@ -333,14 +345,14 @@ def emit_stream_transfer(em: Emitter, sl: StreamLayout, numel: int, op: str, add
     padded blocks of `sl.block` elements."""
     s = em.spec
     eb = s.element_bytes
-    d = em.desc(s.simd_lanes, sl.units_lanes, 1, 0)
     for ch in range(sl.channels):
         n = min(sl.share, numel - ch * sl.share)
         cols = -(-n // sl.units_lanes)
         for r, b, c, cnt in _segments(0, cols, s):
             j0 = _seg_start(0, r, b, c, s)
             em.emit(op, ch, row=base_row + r, bank=b, col=c, count=cnt, units=sl.units,
-                    addr=addr + (ch * sl.block + j0 * sl.units_lanes) * eb, desc=d, flags=flags)
+                    addr=addr + (ch * sl.block + j0 * sl.units_lanes) * eb,
+                    desc=bk_desc(em, s.simd_lanes, sl.units_lanes, 1, 0, sl.units, cnt), flags=flags)
 
 
 def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tuple[int, int, int], fn: int = 0):

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import ml_dtypes
 import numpy as np
 
-from kcompiler.backends.pim.isa import (CLR, DTYPES, HOST, HOST_OPS, OPCODES, PAIR, RANGE_RULES, UP, Command)
+from kcompiler.backends.pim.isa import (ALLOWED_FLAGS, CLR, DTYPES, HOST, HOST_OPS, OPCODES, PAIR, RANGE_RULES, UP,
+                                        Command)
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ExecutionError
 
@@ -340,8 +341,11 @@ class Machine:
         if c.desc >= len(d):
             raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
         ustride, kstride, grp, phase = (int(v) for v in d[c.desc][:4])
-        if grp < 1 or phase < 0 or ustride < 0 or kstride < 0:
+        if grp < 1 or not 0 <= phase < grp or ustride < 0 or kstride < 0:
             raise _Fail(f"bad bank-transfer descriptor {d[c.desc][:4].tolist()}")
+        if (c.units == 1 and ustride) or ((phase + c.count + grp - 1) // grp == 1 and kstride):
+            raise _Fail(f"descriptor {d[c.desc][:4].tolist()} sets a stride {c.op} of {c.units} unit(s) x "
+                        f"{c.count} column(s) does not use")
         j = phase + np.arange(c.count)
         col = (j // grp) * kstride + (j % grp) * self.lanes
         return (np.arange(c.units)[:, None, None] * ustride + col[None, :, None]
@@ -406,7 +410,9 @@ class Machine:
     def host(self, c: Command) -> None:
         op = c.op
         if op == "HZERO":
-            v, ok = self._view(c.addr, c.dtype, [c.length], [1], "HZERO", read=False)
+            if c.length < 2 or c.length % 2:
+                raise _Fail(f"HZERO of {c.length} bytes: not a whole number of 16-bit words")
+            v, ok = self._view(c.addr, 2, [c.length // 2], [1], "HZERO", read=False)
             v[...] = 0
             self._mark(ok)
         elif op in ("HCOPY", "HADD"):
@@ -456,6 +462,14 @@ class Machine:
         if c.fn >= len(RANGE_RULES) or c.reg + 1 >= SREGS or c.reg == 0:
             raise _Fail(f"range rule {c.fn} / registers {c.reg},{c.reg + 1} do not exist")
         rule = RANGE_RULES[c.fn]
+        # each rule reads its own fields; one it does not read must be 0
+        unused = {"one": ("addr2", "count", "col", "imm", "gb"), "add": ("col", "imm", "gb"),
+                  "mul": ("col", "imm", "gb"), "matvec_const": ("addr2", "count", "col"),
+                  "matvec": ("imm", "gb")}[rule]
+        if any(getattr(c, f) for f in unused):
+            raise _Fail(f"HRANGE rule '{rule}' does not use {', '.join(f for f in unused if getattr(c, f))}")
+        if c.length < 1:
+            raise _Fail("HRANGE over no element")
         a, _ = self._view(c.addr, 0, [c.length], [1], "HRANGE operand", read=True)
         ea = amax(a)
         if rule == "one":
@@ -512,6 +526,21 @@ def _overlapping(dims, strides) -> bool:
     return False
 
 
+def _check_desc(code: Code, c: Command) -> None:
+    """Descriptors are canonical, so no entry is ignored: a bank transfer uses entries 0..3 (the rest
+    0); a host copy's dims are >= 1 and a dim of 1 has stride 0."""
+    if c.desc >= len(code.descs):
+        raise _Fail(f"descriptor {c.desc} does not exist ({len(code.descs)})")
+    d = code.descs[c.desc]
+    if c.op in ("WR_BK", "RD_BK"):
+        if d[4:].any() or d[2] < 1:
+            raise _Fail(f"bank-transfer descriptor {d.tolist()} is not (ustride, kstride, grp >= 1, phase)")
+    else:
+        dims = d[0:4]
+        if (dims < 1).any() or ((dims == 1) & ((d[4:8] != 0) | (d[8:12] != 0))).any():
+            raise _Fail(f"copy descriptor {d.tolist()}: dims must be >= 1 and a dim of 1 has stride 0")
+
+
 def _check_fields(c: Command, channels: int) -> None:
     if c.op in HOST_OPS:
         if c.channel != HOST:
@@ -524,6 +553,8 @@ def _check_fields(c: Command, channels: int) -> None:
     for name in ("dtype", "dtype2"):
         if name in OPCODES[c.op][2] and getattr(c, name) not in DTYPES:
             raise _Fail(f"unknown {name} {getattr(c, name)}")
+    if c.flags & ~ALLOWED_FLAGS.get(c.op, 0):
+        raise _Fail(f"flags {c.flags} not allowed on {c.op}")
 
 
 def _error(code: Code, i: int, why: str) -> ExecutionError:
@@ -611,6 +642,8 @@ def _plan(code: Code, spec: PimSpec, lockstep: bool = True) -> list:
 def _static_error(code: Code, c: Command, spec: PimSpec) -> str | None:
     try:
         _check_fields(c, spec.channels)
+        if "desc" in OPCODES[c.op][2]:
+            _check_desc(code, c)
     except _Fail as exc:
         return str(exc)
     return None
@@ -670,8 +703,38 @@ def write_image(spec: PimSpec, image: np.ndarray, valid: np.ndarray, descs: np.n
         valid[c.channel, bk, c.row, c.col:c.col + c.count] = True
 
 
-def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Run the program on `feeds` (name -> array); returns (outputs, counts)."""
+def prefix_machine(spec: PimSpec, code: Code, feeds: dict, stop: int) -> Machine:
+    """The memories after commands [0, stop) ran one by one (for mutation analysis)."""
+    m = _start(spec, code, feeds)
+    for i in range(stop):
+        step(m, i, code.commands[i])
+    return m
+
+
+def step(m: Machine, i: int, c: Command) -> None:
+    """Execute one command on a machine (ExecutionError on failure)."""
+    code = m.code
+    try:
+        bad = _static_error(code, c, m.spec)
+        if bad:
+            raise _Fail(bad)
+        if c.op in HOST_OPS:
+            m.host(c)
+        else:
+            m.exec_group([c])
+    except _Fail as exc:
+        raise ExecutionError(f"PIM command {i} `{c.text()}`: {exc}") from None
+    except (ValueError, IndexError, OverflowError, MemoryError) as exc:
+        raise ExecutionError(f"PIM command {i} `{c.text()}`: {type(exc).__name__}: {exc}") from None
+
+
+def state(m: Machine) -> tuple:
+    return (m.bank, m.bank_valid, m.gb, m.gb_valid, m.acc.view(np.uint8), m.acc_valid, m.staging, m.valid,
+            m.sreg, m.sreg_valid)
+
+
+def _start(spec: PimSpec, code: Code, feeds: dict) -> Machine:
+    """A machine with the program's image and constants, and the inputs written to their bindings."""
     m = Machine(spec, code)
     for b in code.inputs:
         if b.name not in feeds:
@@ -685,6 +748,12 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
             raise ExecutionError(f"PIM program input '{b.name}': {exc}") from None
         v[...] = x.reshape(-1).astype(NP_DTYPES[b.dtype])
         m._mark(ok)
+    return m
+
+
+def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the program on `feeds` (name -> array); returns (outputs, counts)."""
+    m = _start(spec, code, feeds)
     cmds = code.commands
     key = (fast, len(cmds), hash(tuple(cmds)), code.descs.tobytes())
     if code._plan is None or code._plan[0] != key:
