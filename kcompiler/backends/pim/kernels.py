@@ -169,15 +169,6 @@ def _split(items: list, parts: int) -> list[list]:
     return out
 
 
-def matvec_pitches(spec: PimSpec, N: int, K: int) -> tuple[int, int]:
-    """(Kp, Np): the padded row lengths of the staging layouts (module docstring)."""
-    lanes = spec.simd_lanes
-    if spec.mac_dataflow == "dot":
-        return -(-K // lanes) * lanes, N
-    per_unit = lanes * spec.accumulators_per_unit
-    return K, -(-N // per_unit) * per_unit
-
-
 @dataclass
 class MatvecLayout:
     per_channel: list[list[tuple[Item, int, int, int, int]]]  # (item, column offset, columns, units, regs)
@@ -205,7 +196,10 @@ def matvec_layout(spec: PimSpec, G: int, N: int, K: int) -> MatvecLayout:
         max_cols = max(max_cols, offset)
         per_channel.append(layout)
     per_row = spec.columns_per_row * spec.banks_per_unit
-    Kp, Np = matvec_pitches(spec, N, K)
+    Kp = -(-K // lanes) * lanes if spec.mac_dataflow == "dot" else K
+    # simd: a row of w spans the outputs the units' registers cover (all of them read: no dead padding)
+    Np = N if spec.mac_dataflow == "dot" else max(
+        it.n0 + units * regs * lanes for layout in per_channel for it, _o, _n, units, regs in layout)
     return MatvecLayout(per_channel, -(-max_cols // per_row) if max_cols else 0, Kp, Np)
 
 

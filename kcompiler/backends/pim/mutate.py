@@ -7,16 +7,18 @@ mutant is run on two inputs; it is *killed* if an output or the simulated timeli
 simulator raises ExecutionError.
 
 A surviving mutant is *neutral* only if it provably changes nothing the program computes; each
-reason is named in the result:
+reason is named in the result, and none of them executes a mutated command (so a field the
+simulator ignored can never make its mutation look neutral):
   - "same bytes": the mutated program encodes to the same bytes (e.g. swapping two equal commands);
-  - "commuting swap" / "idempotent duplicate" / "no effect where it runs": a one-command change
-    (field, opcode, drop, duplicate, swap) that leaves every memory (banks and their validity,
-    buffers, registers, staging and its validity, shift registers) bit-identical right where it
-    runs, on every input tried. E.g. two commands on different channels in either order, a WR_BK
-    run twice, reading another row that holds the same bytes (an EW operand row equal to the
-    previous op's result row), HADD turned HCOPY onto a zero destination. The inputs include one
-    of large magnitude, so FP16 scale registers are nonzero and a dropped or wrong HRANGE shows.
-Any other survivor (a change that alters state the outputs then ignore) counts against the score.
+  - "commuting swap", "idempotent duplicate", "no-op where it runs": running the original commands
+    in the mutated order (swapped, twice, or not at all) leaves every memory (banks and validity,
+    buffers, registers, staging and validity, shift registers) bit-identical right there, on every
+    input tried: e.g. commands of two channels in either order, a WR_BK run twice;
+  - "identical row": an operand row changed to one holding the same bytes and validity at that
+    point (an EW operand row equal to the previous op's result row);
+  - "zero destination": HADD turned HCOPY onto a destination holding zeros (0 + x = x).
+The inputs include one of large magnitude, so FP16 scale registers are nonzero and a dropped or
+altered HRANGE or scale shows. Any other survivor counts against the score.
 Image flips are drawn from columns the program reads; programs with K a multiple of the lanes and
 N of a unit's outputs hold no padding lanes, so every image lane is data (a flip in a padding lane
 of a padded program multiplies a zero and would be neutral: benchmarks should draw from data lanes).
@@ -147,14 +149,14 @@ def _same(a, b) -> bool:
                for x, y in zip(oa, ob))
 
 
-def _no_effect(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[dict]) -> bool:
-    """Whether a one-command mutation leaves the memories exactly as the original command does, at
-    the point it runs, on every input (executing both from the original's state there)."""
+def _no_effect(spec, orig: sim.Code, m: Mutation, feeds: list[dict]) -> bool:
+    """Whether dropping, duplicating or swapping commands leaves the memories exactly as the original
+    order does, right there, on every input. Only the original commands are executed, so a field the
+    simulator ignored could not make a mutation look neutral."""
     i = m.index
     for f in feeds:
         a = sim.prefix_machine(spec, orig, f, i)
-        b = copy.deepcopy(a)
-        b.code = mutant
+        b = a.clone()
         try:
             if m.kind == "drop":
                 sim.step(a, i, orig.commands[i])
@@ -162,19 +164,49 @@ def _no_effect(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[
                 sim.step(a, i, orig.commands[i])
                 sim.step(b, i, orig.commands[i])
                 sim.step(b, i, orig.commands[i])
-            elif m.kind == "swap":
+            else:  # swap
                 for k in (i, i + 1):
                     sim.step(a, k, orig.commands[k])
                 for k in (i + 1, i):
                     sim.step(b, k, orig.commands[k])
-            else:
-                sim.step(a, i, orig.commands[i])
-                sim.step(b, i, mutant.commands[i])
         except ExecutionError:
             return False
         if not all(np.array_equal(x, y) for x, y in zip(sim.state(a), sim.state(b))):
             return False
     return True
+
+
+def _same_operand(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[dict]) -> str | None:
+    """Field and opcode changes that read equal data, checked on the memories themselves: an operand row
+    changed to a row holding the same bytes (and validity) at that point; HADD turned HCOPY onto a
+    destination that holds zeros (0 + x = x)."""
+    c, d = orig.commands[m.index], mutant.commands[m.index]
+    diff = {f.name for f in dataclasses.fields(Command) if getattr(c, f.name) != getattr(d, f.name)}
+    rows = {"MAC_ABK": {"row"}, "EWADD": {"row", "row2"}, "EWMUL": {"row", "row2"}, "AF": {"row"},
+            "RD_BK": {"row"}}.get(c.op, set())
+    if diff and diff <= rows:
+        name = diff.pop()
+        old, new = getattr(c, name), getattr(d, name)
+        if new >= orig.rows:
+            return None
+        bk = np.arange(c.units) * spec.banks_per_unit + c.bank
+        cols = slice(c.col, c.col + c.count)
+        for f in feeds:
+            a = sim.prefix_machine(spec, orig, f, m.index)
+            for arr in (a.bank, a.bank_valid):
+                if not np.array_equal(arr[c.channel, bk, old, cols], arr[c.channel, bk, new, cols]):
+                    return None
+        return "identical row"
+    if c.op == "HADD" and d.op == "HCOPY" and diff == {"op"} and c.dtype2 == 0 or (
+            c.op == "HADD" and d.op == "HCOPY" and diff == {"op"} and d.dtype == 0):
+        for f in feeds:
+            a = sim.prefix_machine(spec, orig, f, m.index)
+            dims, _ss, ds = a._desc3(c)
+            dst, _ok = a._view(c.addr, 0, dims, ds, "check", read=True)
+            if np.any(dst.view(np.uint32)):
+                return None
+        return "zero destination"
+    return None
 
 
 def neutral(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[dict]) -> str | None:
@@ -183,9 +215,10 @@ def neutral(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[dic
             np.array_equal(orig.descs, mutant.descs) and (orig.image is None or np.array_equal(orig.image, mutant.image)) \
             and all(np.array_equal(a[1], b[1]) for a, b in zip(orig.consts, mutant.consts)):
         return "same bytes"
-    if m.kind in ("field", "opcode", "unused_field", "drop", "duplicate", "swap") and \
-            _no_effect(spec, orig, mutant, m, feeds):
-        return {"swap": "commuting swap", "duplicate": "idempotent duplicate"}.get(m.kind, "no effect where it runs")
+    if m.kind in ("drop", "duplicate", "swap") and _no_effect(spec, orig, m, feeds):
+        return {"swap": "commuting swap", "duplicate": "idempotent duplicate"}.get(m.kind, "no-op where it runs")
+    if m.kind in ("field", "opcode"):
+        return _same_operand(spec, orig, mutant, m, feeds)
     return None
 
 

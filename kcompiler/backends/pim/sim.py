@@ -19,6 +19,7 @@ but for the channel and staging addresses, and no channel writing staging anothe
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -164,6 +165,17 @@ class Machine:
             self.valid[addr // 2:(addr + len(raw) + 1) // 2] = True
         self.counts = {"macs": 0}
         self._rel: dict = {}
+
+    def clone(self, code: Code | None = None) -> "Machine":
+        """An independent copy of the memories (views re-made over the copied staging)."""
+        m = copy.copy(self)
+        for name in ("bank", "bank_valid", "gb", "gb_valid", "acc", "acc_valid", "staging", "valid", "sreg",
+                     "sreg_valid"):
+            setattr(m, name, getattr(self, name).copy())
+        m.words = m.staging.view(np.uint16)
+        m.counts = dict(self.counts)
+        m.code = code or self.code
+        return m
 
     # ---- staging helpers ---------------------------------------------------------------------
     def _check_staging(self, addr: int, nbytes: int, what: str) -> None:
