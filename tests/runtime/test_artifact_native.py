@@ -282,3 +282,101 @@ def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch):
     assert all(np.array_equal(ref_c[k], ref_l[k]) for k in ref_c)
     src.write_bytes(src.read_bytes() + b"\0")  # changed since: not trusted any more
     assert "compiled graph" in reference_description(lm)
+
+
+# ---- a saved PIM program is what runs ---------------------------------------------------------
+def _resign(path, section: str, mutate) -> None:
+    """Rewrite bytes of one section of a .kcm in place (mutate(bytearray) -> None) and fix its SHA-256
+    in the manifest and the manifest's hash in the header, as a deliberate editor would."""
+    import hashlib
+    import json
+
+    raw = bytearray(path.read_bytes())
+    magic, version, reserved, moff, mlen, _h = artifact.HEADER.unpack_from(raw)
+    manifest = json.loads(bytes(raw[moff:moff + mlen]))
+    entry = next(s for s in manifest["sections"] if s["name"] == section)
+    body = bytearray(raw[entry["offset"]:entry["offset"] + entry["length"]])
+    mutate(body)
+    assert len(body) == entry["length"]
+    raw[entry["offset"]:entry["offset"] + entry["length"]] = body
+    entry["sha256"] = hashlib.sha256(body).hexdigest()
+    for key in ("weights_sha256",):  # (kept in step with any copy the manifest holds)
+        if key in manifest:
+            manifest[key] = entry["sha256"]
+    mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+    assert len(mbytes) == mlen  # hex digests keep their length
+    raw[moff:moff + mlen] = mbytes
+    artifact.HEADER.pack_into(raw, 0, magic, version, reserved, moff, mlen, hashlib.sha256(mbytes).digest())
+    path.write_bytes(bytes(raw))
+
+
+def _pim_gemv_artifact(tmp_path, target, monkeypatch):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kcompiler.backends.base import Cost
+    from kcompiler.backends.host import HostBackend
+
+    # a host that looks slow, so that this small product goes to the PIM device on every target
+    monkeypatch.setattr(HostBackend, "estimate", lambda self, node: Cost(seconds=1.0))
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 96)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 96])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    cm = kcompiler.compile(m, target=target)
+    assert isinstance(cm.programs[0], PimProgram)
+    path = tmp_path / f"g-{target}.kcm"
+    cm.save(path)
+    x = {"x": rng.standard_normal((2, 256)).astype(np.float32)}
+    return cm, path, x
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim"])
+def test_resigned_command_mutation_changes_the_outputs(target, tmp_path, monkeypatch):
+    """Pointing channel 0's buffer load for the second input vector at the first vector's staging
+    address, inside the saved program section (hashes fixed up), makes the loaded model compute the
+    first row's products into the second row: the artifact's commands are what runs."""
+    from kcompiler.backends.pim.isa import ENCODED_SIZE, Command
+
+    cm, path, x = _pim_gemv_artifact(tmp_path, target, monkeypatch)
+    want = kcompiler.load(path).run(x)["y"]
+    assert np.array_equal(want, cm.run(x)["y"])
+    loads = [(i, c) for i, c in enumerate(cm.programs[0].commands) if c.op == "WR_GB" and c.channel == 0]
+    first = loads[0][1].addr
+    i = next(i for i, c in loads if c.addr != first)
+
+    def reload_first_vector(body):
+        c = Command.decode(bytes(body[i * ENCODED_SIZE:(i + 1) * ENCODED_SIZE]))
+        body[i * ENCODED_SIZE:(i + 1) * ENCODED_SIZE] = _replace(c, addr=first).encode()
+
+    _resign(path, "program.0", reload_first_vector)
+    got = kcompiler.load(path).run(x)["y"]
+    assert np.array_equal(got[0], want[0]) and not np.array_equal(got[1], want[1])
+
+
+def _replace(c, **kw):
+    import dataclasses
+
+    return dataclasses.replace(c, **kw)
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim"])
+def test_resigned_image_mutation_changes_the_outputs(target, tmp_path, monkeypatch):
+    """Flipping one byte of the stored bank image (hashes fixed up) changes the loaded model's outputs:
+    the weights that run are the image's, not the graph's."""
+    cm, path, x = _pim_gemv_artifact(tmp_path, target, monkeypatch)
+    want = cm.run(x)["y"]
+    meta = kcompiler.load(path).artifact.manifest["parts"][0]["meta"]
+    row, off, _voff = meta["image"][0]
+
+    def flip(body):
+        body[off + 1] ^= 0x40  # the exponent byte of the first element of channel 0, bank 0
+
+    _resign(path, "weights", flip)
+    got = kcompiler.load(path).run(x)["y"]
+    assert not np.array_equal(got, want)
+    # and the graph's copy of the weight was not touched: only the image's bytes changed
+    assert np.array_equal(kcompiler.load(path).run(x)["y"], got)
