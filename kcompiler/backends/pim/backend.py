@@ -13,7 +13,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline, no
 from kcompiler.backends.pim import kernels, sim
-from kcompiler.backends.pim.isa import CLR, ENCODED_SIZE, HOST, PAIR, RESIDENT, UP, Command, decode_all, encode_all
+from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, PAIR, RESIDENT, UP, Command, decode_all, encode_all
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ArtifactError, ExecutionError, LoweringError
 
@@ -98,7 +98,6 @@ class Plan:
     numel: int = 0
     streamed: int = 0
     const_weight: bool = False
-    scattered: bool = False  # append: each new element lands in its own column (see kernels.build_append)
 
 
 class PimBackend(Backend):
@@ -151,6 +150,11 @@ class PimBackend(Backend):
             if len(a) < 2:
                 return no("vector left operand over an activation matrix")
             batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+            ws = _broadcast_strides(tuple(b), batch + (K, N))
+            if _merge(list(batch) + [a[-2], K], _broadcast_strides(tuple(a), batch + (a[-2], K)),
+                      _strides(batch + (a[-2], K))) is None or \
+                    _merge(list(batch) + [N, K], ws[:-2] + [ws[-1], ws[-2]], _strides(batch + (N, K))) is None:
+                return no("operands broadcast over more than 4 strided dimensions (the host copy takes 4)")
             return self._check_rows(Plan("matvec", math.prod(batch), a[-2], N, K))
         if op in EW_TABLE:
             numel = math.prod(out)
@@ -164,6 +168,10 @@ class PimBackend(Backend):
                         c = opinfo.const_value(v)
                         if c is not None and c.size and not np.all(np.abs(c.astype(np.float64)) <= 65504.0):
                             return no(f"constant operand '{v.name}' exceeds the FP16 range (e.g. a -inf mask)")
+            for sh in shapes:
+                if sh is not None and math.prod(sh) != numel and _merge(
+                        list(out), _broadcast_strides(tuple(sh), tuple(out)), _strides(out)) is None:
+                    return no("an operand broadcasts over more than 4 strided dimensions (the host copy takes 4)")
             return Plan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not opinfo.is_const(v)))
         if op in AF_TABLE:
             if op not in s.activation_functions:
@@ -190,6 +198,10 @@ class PimBackend(Backend):
             return Plan("view")
         ok, _ = _feeds_matrix_operand(node.outputs[0])
         if ok and (op == "Expand" or _swaps_last_two(node)):
+            xs, ys = tuple(opinfo.shape_of(x)), tuple(opinfo.shape_of(node.outputs[0]))
+            src = _broadcast_strides(xs, ys) if op == "Expand" else [_strides(xs)[a] for a in _perm(node, len(xs))]
+            if _merge(list(ys), src, _strides(ys)) is None:
+                return no(f"{op} of more than 4 strided dimensions (the host copy takes 4)")
             return Plan("view")
         return no(f"{op} moves data; PIM only reads a product's matrix operand in a transposed or broadcast layout")
 
@@ -210,13 +222,7 @@ class PimBackend(Backend):
         new = math.prod(osh) - math.prod(opinfo.shape_of(state[0]))
         if new <= 0:
             return no("nothing appended")
-        ok, flip = _feeds_matrix_operand(out)
-        # the cache is stored as its reader's matrix w[n, k]: untransposed, a new token is a new k (one
-        # element per output row on a dot device); read through a transpose it is a new row n (a simd
-        # device stores n along the lanes, so there it is the other way round)
-        dot = self.spec.mac_dataflow == "dot"
-        scattered = (dot and not flip) or (not dot and flip) if ok else True
-        return Plan("append", numel=new, streamed=len(node.inputs) - 1, scattered=scattered)
+        return Plan("append", numel=new, streamed=len(node.inputs) - 1)
 
     def _check_rows(self, p: Plan) -> Plan | Support:
         if p.M > self.spec.max_gemv_rows:
@@ -250,7 +256,7 @@ class PimBackend(Backend):
         if not isinstance(p, Plan):
             return Cost(seconds=float("inf"), bound="overhead")
         resident = p.kind == "matvec" and not p.const_weight and _resident(node.inputs[1])
-        key = (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, p.scattered, resident,
+        key = (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, resident,
                tuple(opinfo.shape_of(v) if v is not None else None for v in node.inputs))
         if key not in self._cache:
             em = kernels.Emitter(self.spec)

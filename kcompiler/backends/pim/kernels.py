@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kcompiler.backends.pim.isa import CLR, HOST, HOST_OPS, RESIDENT, Command
+from kcompiler.backends.pim.isa import CLR, HOST, HOST_OPS, Command
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.backends.pim.timing import simulate_channel
 
@@ -364,4 +364,4 @@ def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tup
 
 
 __all__ = ["Emitter", "Kernel", "Item", "matvec_items", "matvec_layout", "emit_matvec", "emit_weight_writes",
-           "stream_layout", "emit_stream_transfer", "emit_stream_op", "partial_bytes", "RESIDENT"]
+           "stream_layout", "emit_stream_transfer", "emit_stream_op", "partial_bytes"]
