@@ -57,6 +57,7 @@ def _copy(code: sim.Code) -> sim.Code:
     c.image = code.image.copy() if code.image is not None else None
     c.consts = [(a, r.copy()) for a, r in code.consts]
     c._plan = None
+    c._views = {}
     return c
 
 

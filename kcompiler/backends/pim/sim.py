@@ -119,10 +119,13 @@ class Code:
     steps: list[Step]
     fns: list[tuple[str, float]]  # the activation-function unit's table
     _plan: object = field(default=None, repr=False)
+    _views: dict = field(default_factory=dict, repr=False)  # staging geometry of a field tuple
 
     def invalidate(self) -> None:
-        """Forget the fast path's cached grouping (after commands were changed in place)."""
+        """Forget the fast path's cached grouping and geometry (the run rebuilds them anyway when the
+        command list's content changed; call this after changing descriptors in place)."""
         self._plan = None
+        self._views = {}
 
 
 class _Fail(Exception):
@@ -184,30 +187,43 @@ class Machine:
                         f"({self.staging.size} bytes) or misaligned")
 
     def _view(self, addr: int, dtype: int, dims, strides, what: str, read: bool, write: bool | None = None):
-        """A strided view of staging elements, and the matching view of their validity words."""
-        if dtype not in NP_DTYPES:
-            raise _Fail(f"{what}: unknown dtype {dtype}")
-        dt = NP_DTYPES[dtype]
-        size = dt.itemsize
-        if addr % min(size, 4):
-            raise _Fail(f"{what}: address {addr} is not aligned to {min(size, 4)} bytes")
-        dims = [int(d) for d in dims]
-        strides = [int(s) for s in strides]
-        if any(d < 0 for d in dims) or any(s < 0 for s in strides):
-            raise _Fail(f"{what}: negative extent or stride")
-        if any(d == 0 for d in dims):
-            return np.zeros(dims, dt), np.zeros(dims + [1], bool)
-        last = sum((d - 1) * s for d, s in zip(dims, strides))
-        self._check_staging(addr, (last + 1) * size, what)
-        base = self.staging[addr:addr + (last + 1) * size].view(dt)
-        v = np.lib.stride_tricks.as_strided(base, dims, [s * size for s in strides],
-                                            writeable=(not read) if write is None else write)
-        words = size // 2
-        vbase = self.valid[addr // 2:addr // 2 + (last + 1) * words]
-        ok = np.lib.stride_tricks.as_strided(vbase, dims + [words], [s * words for s in strides] + [1])
+        """A strided view of staging elements, and the matching view of their validity words (the
+        geometry, which depends on the fields only, is checked once per program and cached)."""
+        key = (addr, dtype, tuple(dims), tuple(strides))
+        g = self.code._views.get(key)
+        if g is None:
+            g = self.code._views[key] = self._geometry_of(addr, dtype, dims, strides)
+        if isinstance(g, str):
+            raise _Fail(f"{what}: {g}")
+        dt, shape, bstrides, vshape, vstrides = g
+        if dt is None:
+            return np.zeros(shape, NP_DTYPES[dtype]), np.zeros(vshape, bool)
+        v = np.ndarray(shape, dt, buffer=self.staging, offset=addr, strides=bstrides)
+        ok = np.ndarray(vshape, bool, buffer=self.valid, offset=addr // 2, strides=vstrides)
         if read and not ok.all():
             raise _Fail(f"{what}: reads staging that nothing wrote")
         return v, ok
+
+    def _geometry_of(self, addr, dtype, dims, strides):
+        if dtype not in NP_DTYPES:
+            return f"unknown dtype {dtype}"
+        dt = NP_DTYPES[dtype]
+        size = dt.itemsize
+        if addr % min(size, 4):
+            return f"address {addr} is not aligned to {min(size, 4)} bytes"
+        dims = [int(d) for d in dims]
+        strides = [int(s) for s in strides]
+        if any(d < 0 for d in dims) or any(s < 0 for s in strides):
+            return "negative extent or stride"
+        words = size // 2
+        if any(d == 0 for d in dims):
+            return None, tuple(dims), None, tuple(dims) + (1,), None
+        last = sum((d - 1) * s for d, s in zip(dims, strides))
+        if addr < 0 or addr + (last + 1) * size > self.staging.size:
+            return (f"staging bytes {addr}..{addr + (last + 1) * size} outside the staging area "
+                    f"({self.staging.size} bytes)")
+        return (dt, tuple(dims), tuple(s * size for s in strides), tuple(dims) + (words,),
+                tuple(s * words for s in strides) + (1,))
 
     def _mark(self, ok: np.ndarray) -> None:
         """Mark the words behind a validity view written."""
@@ -452,23 +468,49 @@ class Machine:
             raise _Fail(f"no semantics for {op}")
 
     def hadd_run(self, cs: list[Command]) -> None:
-        """Several HADDs as one unbuffered np.add.at (same additions, same order)."""
-        dst_idx, vals = [], []
+        """Several HADDs as one unbuffered np.add.at (the same additions in the same order: repeated
+        destinations are added in command order). Index arrays are built once per program."""
+        key = ("hadd",) + tuple(cs)
+        g = self.code._views.get(key)
+        if g is None:
+            g = self.code._views[key] = self._hadd_geometry(cs)
+        if g is None:  # mixed source dtypes: one by one
+            for c in cs:
+                self.host(c)
+            return
+        src_dt, src_idx, src_w, dst_idx, dst_w = g
+        if not (self.valid[src_w].all() and self.valid[dst_w].all()):
+            for c in cs:  # the first command reading unwritten staging raises
+                self.host(c)
+            return
+        vals = self.staging[:self.staging.size // src_dt.itemsize * src_dt.itemsize].view(src_dt)[src_idx]
+        f32 = self.staging[:self.staging.size // 4 * 4].view(np.float32)
+        np.add.at(f32, dst_idx, vals.astype(np.float32))
+
+    def _hadd_geometry(self, cs: list[Command]):
+        if len({c.dtype2 for c in cs}) != 1:
+            return None
+        src_dt = NP_DTYPES[cs[0].dtype2]
+        sw = src_dt.itemsize // 2
+        src_idx, dst_idx = [], []
         for c in cs:
             dims, ss, ds = self._desc3(c)
-            src, _ = self._view(c.addr2, c.dtype2, dims, ss, "HADD source", read=True)
             if _overlapping(dims, ds):
                 raise _Fail("HADD destination elements overlap")
-            _dst, ok = self._view(c.addr, 0, dims, ds, "HADD destination", read=True)
-            off = np.zeros([int(d) for d in dims], np.int64) + c.addr // 4
-            for ax, (d, st) in enumerate(zip(dims, ds)):
-                shape = [1] * len(dims)
-                shape[ax] = int(d)
-                off = off + (np.arange(int(d), dtype=np.int64) * int(st)).reshape(shape)
-            dst_idx.append(off.reshape(-1))
-            vals.append(src.astype(np.float32).reshape(-1))
-        f32 = self.staging[:self.staging.size // 4 * 4].view(np.float32)
-        np.add.at(f32, np.concatenate(dst_idx), np.concatenate(vals))
+            self._view(c.addr2, c.dtype2, dims, ss, "HADD source", read=False)  # geometry checks only
+            self._view(c.addr, 0, dims, ds, "HADD destination", read=False)
+            for base, st, size, out in ((c.addr2, ss, src_dt.itemsize, src_idx), (c.addr, ds, 4, dst_idx)):
+                off = np.zeros([int(d) for d in dims], np.int64) + base // size
+                for ax, (d, stv) in enumerate(zip(dims, st)):
+                    shape = [1] * len(dims)
+                    shape[ax] = int(d)
+                    off = off + (np.arange(int(d), dtype=np.int64) * int(stv)).reshape(shape)
+                out.append(off.reshape(-1))
+        src = np.concatenate(src_idx)
+        dst = np.concatenate(dst_idx)
+        src_w = (src[:, None] * sw + np.arange(sw)).reshape(-1)
+        dst_w = (dst[:, None] * 2 + np.arange(2)).reshape(-1)
+        return src_dt, src, src_w, dst, dst_w
 
     def hrange(self, c: Command) -> None:
         if c.fn >= len(RANGE_RULES) or c.reg + 1 >= SREGS or c.reg == 0:
@@ -769,6 +811,7 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
     cmds = code.commands
     key = (fast, len(cmds), hash(tuple(cmds)), code.descs.tobytes())
     if code._plan is None or code._plan[0] != key:
+        code._views = {}  # geometry cached for other fields or descriptors
         code._plan = (key, _plan(code, spec, lockstep=fast))
     for entry in code._plan[1]:
         kind, what = entry[0], entry[1]
