@@ -216,27 +216,33 @@ def emit_weight_writes(em: Emitter, lay: MatvecLayout, G: int, N: int, K: int, w
             for r, b, c, n in _segments(off, ncols, s):
                 j0 = _seg_start(off, r, b, c, s)
                 if s.mac_dataflow == "dot":
-                    d = bk_desc(em, lay.Kp, lanes, 1, 0, units, n)
-                    addr = w_addr + ((it.g * N + it.n0) * lay.Kp + it.k0 + j0 * lanes) * eb
+                    d, extra = bk_desc(em, lay.Kp, lanes, 1, 0, units, n, lanes)
+                    addr = w_addr + ((it.g * N + it.n0) * lay.Kp + it.k0 + j0 * lanes + extra) * eb
                 else:
                     per_unit = lanes * s.accumulators_per_unit
-                    d = bk_desc(em, per_unit, lay.Np, regs, j0 % regs, units, n)
-                    addr = w_addr + ((it.g * K + it.k0 + j0 // regs) * lay.Np + it.n0) * eb
+                    d, extra = bk_desc(em, per_unit, lay.Np, regs, j0 % regs, units, n, lanes)
+                    addr = w_addr + ((it.g * K + it.k0 + j0 // regs) * lay.Np + it.n0 + extra) * eb
                 out.append(Command("WR_BK", ch, row=base_row + r, bank=b, col=c, count=n, units=units, addr=addr,
                                    desc=d, flags=flags, step=em.step))
     return out
 
 
-def bk_desc(em: Emitter, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int) -> int:
-    """A canonical bank-transfer descriptor: strides a command does not use are 0 (one unit: no unit
-    stride; one group of columns: no group stride), so no descriptor entry is ever ignored."""
+def bk_desc(em: Emitter, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int,
+            lanes: int) -> tuple[int, int]:
+    """A canonical bank-transfer descriptor, and the element offset to add to the command's address.
+
+    Every layout has one encoding, so no descriptor entry can change without changing what moves: a
+    run inside one group of columns is written with grp 1 (columns `lanes` apart), one unit has no
+    unit stride, one column no column stride."""
+    if (phase + count + grp - 1) // grp == 1:  # one group: columns are consecutive lanes
+        offset, grp, phase, kstride = phase * lanes, 1, 0, lanes
+    else:
+        offset = 0
+    if count == 1:
+        kstride = 0
     if units == 1:
         ustride = 0
-    if (phase + count + grp - 1) // grp == 1:
-        kstride = 0
-    if grp == 1:
-        phase = 0
-    return em.desc(ustride, kstride, grp, phase)
+    return em.desc(ustride, kstride, grp, phase), offset
 
 
 def _seg_start(off: int, row: int, bank: int, col: int, s: PimSpec) -> int:
@@ -346,7 +352,7 @@ def emit_stream_transfer(em: Emitter, sl: StreamLayout, numel: int, op: str, add
             j0 = _seg_start(0, r, b, c, s)
             em.emit(op, ch, row=base_row + r, bank=b, col=c, count=cnt, units=sl.units,
                     addr=addr + (ch * sl.block + j0 * sl.units_lanes) * eb,
-                    desc=bk_desc(em, s.simd_lanes, sl.units_lanes, 1, 0, sl.units, cnt), flags=flags)
+                    desc=bk_desc(em, s.simd_lanes, sl.units_lanes, 1, 0, sl.units, cnt, s.simd_lanes)[0], flags=flags)
 
 
 def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tuple[int, int, int], fn: int = 0):

@@ -371,7 +371,11 @@ class Machine:
         ustride, kstride, grp, phase = (int(v) for v in d[c.desc][:4])
         if grp < 1 or not 0 <= phase < grp or ustride < 0 or kstride < 0:
             raise _Fail(f"bad bank-transfer descriptor {d[c.desc][:4].tolist()}")
-        if (c.units == 1 and ustride) or ((phase + c.count + grp - 1) // grp == 1 and kstride):
+        one_group = (phase + c.count + grp - 1) // grp == 1
+        if one_group and grp > 1:
+            raise _Fail(f"descriptor {d[c.desc][:4].tolist()}: a run inside one group of columns is written "
+                        "with grp 1")
+        if (c.units == 1 and ustride) or (c.count == 1 and kstride):
             raise _Fail(f"descriptor {d[c.desc][:4].tolist()} sets a stride {c.op} of {c.units} unit(s) x "
                         f"{c.count} column(s) does not use")
         j = phase + np.arange(c.count)

@@ -50,10 +50,12 @@ def _slow_host(monkeypatch):
 
 def _case(name):
     rng = np.random.default_rng(0)
-    if name == "gemv":
+    if name == "gemv":  # a Gemm: the product, alpha (HMUL) and beta * bias (a staging constant)
         w = rng.standard_normal((256, 256)).astype(np.float32)
-        return _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [2, 256])], [_vi("y", [2, 256])],
-                      [numpy_helper.from_array(w, "w")]), None
+        b = rng.standard_normal(256).astype(np.float32)
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, beta=2.0)
+        return _model([node], [_vi("x", [2, 256])], [_vi("y", [2, 256])],
+                      [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), None
     if name == "kv-attention":
         nodes = [helper.make_node("Concat", ["past", "new"], ["present"], axis=2),
                  helper.make_node("Transpose", ["present"], ["kt"], perm=[0, 1, 3, 2]),
