@@ -105,11 +105,26 @@ def test_large_gemm_is_not_claimed():
     assert "max_gemv_rows" in b.backends["aim"].supports(node).reason
 
 
-def test_timing_mode_reads_no_weights():
+def test_timing_mode_reads_no_weights(monkeypatch):
     w = np.ones((256, 128), np.float32)
-    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [1, 256])], [_vi("y", [1, 128])],
-               [numpy_helper.from_array(w, "w")])
+    b = np.ones(128, np.float32)
+    m = _model([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], [_vi("x", [1, 256])], [_vi("y", [1, 128])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    from kcompiler import opinfo
+    from kcompiler.backends.pim import backend
+
+    real = opinfo.const_value
+    lowered = []
+
+    def no_values_while_lowering(v):
+        assert not lowered, f"lowering read the value of '{v.name}'"
+        return real(v)
+
+    real_lower = backend.PimBackend.lower
+    monkeypatch.setattr(opinfo, "const_value", no_values_while_lowering)
+    monkeypatch.setattr(backend.PimBackend, "lower", lambda self, *a, **k: (lowered.append(1), real_lower(self, *a, **k))[1])
     cm = kcompiler.compile(m, target="aim", mode="timing")
+    assert lowered
     prog = next(p for p in cm.programs if p.device == "aim")
     assert prog.image is None and not prog.code.consts  # no bank image, no constant bytes
     assert cm.simulate().latency_s > 0
