@@ -316,7 +316,8 @@ class PimBackend(Backend):
             outputs.append(sim.Binding(v.name, b.addr, code, tuple(opinfo.shape_of(v) or b.shape)))
         code = sim.Code(em.cmds, np.array(em.descs, np.int64).reshape(-1, 12), None, None, em.rows, em.staging,
                         [(a, np.frombuffer(r, np.uint8)) for a, r in em.consts], inputs, outputs,
-                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], low.fns)
+                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], low.fns,
+                        np.array(em.regions, np.int64).reshape(-1, 2))
         if not timing_only:
             code.image, code.image_valid = low.image()
         return PimProgram(self, subgraph, code, rows)
@@ -334,6 +335,7 @@ class PimBackend(Backend):
             "encoding": self.ARTIFACT_ENCODING, "chip": self.device.chip.name, "timing": code.image is None,
             "ops": [n.op_type for n in subgraph.nodes], "rows": code.rows, "staging": code.staging_bytes,
             "descs": code.descs.tolist(), "fns": [[n, p] for n, p in code.fns], "step_rows": list(program.rows),
+            "regions": code.regions.tolist(),
             "inputs": [[b.name, b.addr, b.dtype, list(b.shape)] for b in code.inputs],
             "outputs": [[b.name, b.addr, b.dtype, list(b.shape)] for b in code.outputs]}
         if code.image is not None:
@@ -375,6 +377,7 @@ class PimBackend(Backend):
             inputs, outputs = bind(meta["inputs"]), bind(meta["outputs"])
             rows, staging = int(meta["rows"]), int(meta["staging"])
             fns = [(str(n), float(p)) for n, p in meta["fns"]]
+            regions = np.array(meta["regions"], np.int64).reshape(-1, 2)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: malformed program table ({exc})") from None
         timing_only = (options or {}).get("mode") == "timing" or bool(meta.get("timing"))
@@ -394,7 +397,7 @@ class PimBackend(Backend):
                     shape[:2] + shape[3:4]).astype(bool)
             consts = [(int(a), np.array(weights.map(off, n))) for a, off, n in meta.get("consts", ())]
         code = sim.Code(cmds, descs, image, valid, rows, staging, consts, inputs, outputs,
-                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], fns)
+                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], fns, regions)
         return PimProgram(self, subgraph, code, [int(r) for r in meta.get("step_rows", [0] * len(ops))])
 
 

@@ -49,10 +49,13 @@ class Emitter:
         self.rows = 0
         self.step = 0
         self.consts: list[tuple[int, bytes]] = []
+        self.regions: list[tuple[int, int]] = []
 
     def alloc(self, nbytes: int) -> int:
+        """A staging buffer of its own (the simulator refuses an access crossing a buffer's end)."""
         addr = self.staging
         self.staging = addr + max(ALIGN, -(-int(nbytes) // ALIGN) * ALIGN)
+        self.regions.append((addr, addr + max(int(nbytes), 1)))
         return addr
 
     def const(self, raw: bytes) -> int:

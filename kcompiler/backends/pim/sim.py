@@ -118,6 +118,8 @@ class Code:
     outputs: list[Binding]
     steps: list[Step]
     fns: list[tuple[str, float]]  # the activation-function unit's table
+    #: the staging buffers [start, end) (sorted, disjoint): no access may cross a buffer's end
+    regions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     _plan: object = field(default=None, repr=False)
     _views: dict = field(default_factory=dict, repr=False)  # staging geometry of a field tuple
 
@@ -710,11 +712,55 @@ def _plan(code: Code, spec: PimSpec, lockstep: bool = True) -> list:
     return out
 
 
+def _host_ranges(code: Code, c: Command) -> list[tuple[int, int]]:
+    """Staging byte ranges a host command reads or writes (bounding ranges of strided views)."""
+    def strided(addr, dtype, dims, strides):
+        size = NP_DTYPES[dtype].itemsize if dtype in NP_DTYPES else 1
+        return addr, addr + (sum((int(d) - 1) * int(st) for d, st in zip(dims, strides)) + 1) * size
+
+    if c.op == "HZERO":
+        return [(c.addr, c.addr + c.length)]
+    if c.op == "HMUL":
+        return [(c.addr, c.addr + 4 * c.length)]
+    if c.op == "HRANGE":
+        out = [(c.addr, c.addr + 4 * c.length)]
+        return out + ([(c.addr2, c.addr2 + 4 * c.count)] if c.addr2 or c.count else [])
+    if c.op in ("HCOPY", "HADD") and c.desc < len(code.descs):
+        d = code.descs[c.desc]
+        return [strided(c.addr2, c.dtype2, d[0:4], d[4:8]),
+                strided(c.addr, c.dtype if c.op == "HCOPY" else 0, d[0:4], d[8:12])]
+    return []
+
+
+def _check_regions(code: Code, c: Command, spec: PimSpec) -> None:
+    if not len(code.regions):
+        return
+    if c.op in HOST_OPS:
+        ranges = _host_ranges(code, c)
+    else:
+        r, w = _staging_io(code, c, spec)
+        ranges = [x for x in (r, w) if x]
+    starts = code.regions[:, 0]
+    for lo, hi in ranges:
+        k = int(np.searchsorted(starts, lo, side="right")) - 1
+        if k < 0 or hi > code.regions[k, 1]:
+            raise _Fail(f"staging bytes {lo}..{hi} are not inside one buffer (buffer overflow)")
+
+
+def _check_buffer_table(code: Code) -> None:
+    r = code.regions
+    if len(r) and ((r[:, 1] <= r[:, 0]).any() or (r[1:, 0] < r[:-1, 1]).any()):
+        k = int(np.flatnonzero(r[1:, 0] < r[:-1, 1])[0]) if (r[1:, 0] < r[:-1, 1]).any() else 0
+        raise ExecutionError(f"PIM program's buffer table: buffers {r[k].tolist()} and {r[k + 1].tolist()} "
+                             "overlap or are empty", hint="the artifact's program table is damaged; recompile")
+
+
 def _static_error(code: Code, c: Command, spec: PimSpec) -> str | None:
     try:
         _check_fields(c, spec.channels)
         if "desc" in OPCODES[c.op][2]:
             _check_desc(code, c)
+        _check_regions(code, c, spec)
     except _Fail as exc:
         return str(exc)
     return None
@@ -828,6 +874,7 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
     cmds = code.commands
     key = (fast, len(cmds), hash(tuple(cmds)), code.descs.tobytes())
     if code._plan is None or code._plan[0] != key:
+        _check_buffer_table(code)
         code._views = {}  # geometry cached for other fields or descriptors
         code._plan = (key, _plan(code, spec, lockstep=fast))
     for entry in code._plan[1]:

@@ -186,7 +186,8 @@ def _mutated(cm, pick, change):
     (lambda c: c.op == "MAC_ABK", lambda c: {"col": c.col + c.count}, "nothing wrote"),
     (lambda c: c.op == "MAC_ABK", lambda c: {"col": 60, "count": 10}, "past the row"),
     (lambda c: c.op == "WR_GB", lambda c: {"gb": 1020}, "buffer overflow"),
-    (lambda c: c.op == "WR_GB", lambda c: {"addr": 1 << 30}, "outside the staging area"),
+    (lambda c: c.op == "WR_GB", lambda c: {"addr": 1 << 30}, "not inside one buffer"),
+    (lambda c: c.op == "WR_GB", lambda c: {"addr": c.addr + 2}, "not inside one buffer (buffer overflow)"),
     (lambda c: c.op == "MAC_ABK", lambda c: {"flags": 0}, "never cleared"),
     (lambda c: c.op == "RD_MAC", lambda c: {"row": 3}, "not used by RD_MAC"),
     (lambda c: c.op == "HCOPY", lambda c: {"reg": 5}, "no HRANGE wrote"),
@@ -206,3 +207,12 @@ def test_commands_name_host_or_channel_engines():
     p = _pim(kcompiler.compile(m, target="aim"))
     assert {c.op for c in p.commands if c.channel == 0xFFFF} <= HOST_OPS
     assert {"HCOPY", "HADD", "WR_GB", "MAC_ABK", "RD_MAC"} <= {c.op for c in p.commands}
+
+
+def test_overlapping_buffers_in_the_table_are_refused():
+    m, _, x = _gemv(1, 300, 40)
+    cm = kcompiler.compile(m, target="aim")
+    p = _pim(cm)
+    p.code.regions[1, 0] = p.code.regions[0, 1] - 8  # the second buffer now starts inside the first
+    with pytest.raises(ExecutionError, match="overlap"):
+        cm.run({"x": x}, simulate=False)
