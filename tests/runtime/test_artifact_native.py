@@ -380,3 +380,32 @@ def test_resigned_image_mutation_changes_the_outputs(target, tmp_path, monkeypat
     assert not np.array_equal(got, want)
     # and the graph's copy of the weight was not touched: only the image's bytes changed
     assert np.array_equal(kcompiler.load(path).run(x)["y"], got)
+
+
+def test_pim_image_rows_are_stored_once(tmp_path, monkeypatch):
+    """Two products of one weight lay out identical bank rows: the weight section holds those bytes
+    once (the writer deduplicates by content), and rows holding no data are not stored."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kcompiler.backends.base import Cost
+    from kcompiler.backends.host import HostBackend
+
+    monkeypatch.setattr(HostBackend, "estimate", lambda self, node: Cost(seconds=1.0))
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 512])  # noqa: E731
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y1"]), helper.make_node("MatMul", ["y1", "w"], ["y2"])],
+                          "g", [vi("x")], [vi("y2")], [numpy_helper.from_array(w, "w")])
+    cm = kcompiler.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), target="aim")
+    p = cm.programs[0]
+    assert isinstance(p, PimProgram) and p.code.rows == 2  # one row per bank for each product
+    assert np.array_equal(p.image[:, :, 0], p.image[:, :, 1])
+    path = tmp_path / "twice.kcm"
+    cm.save(path)
+    lm = kcompiler.load(path)
+    meta = lm.artifact.manifest["parts"][0]["meta"]
+    assert [r for r, _o, _v in meta["image"]] == [0, 1] and meta["image"][0][1:] == meta["image"][1][1:]
+    wsec = next(s for s in lm.artifact.sections if s["name"] == "weights")
+    row_bytes = p.image[:, :, 0].nbytes
+    assert wsec["length"] < w.nbytes + 2 * row_bytes  # the fp32 tensor plus one image row, not two
+    x = {"x": np.random.default_rng(1).standard_normal((1, 512)).astype(np.float32)}
+    assert np.array_equal(lm.run(x)["y2"], cm.run(x)["y2"])
