@@ -11,10 +11,14 @@ Nothing here knows the model: a program is commands + descriptors + a bank image
 a table binding input/output names to staging addresses. This module imports neither onnx nor
 onnx_ir (tests/backends/pim/test_sim.py checks it).
 
-Two execution paths give identical results (tested): command by command, and a fast path that
-runs the device commands of all channels in lock step as one numpy call per position, used only
-when the command fields prove it equivalent (each channel's commands contiguous, identical fields
-but for the channel and staging addresses, and no channel writing staging another one reads).
+Two execution paths give identical results (tested): command by command, and a fast path used
+only where the command fields prove it equivalent: within a run of device commands, the p-th
+command of every channel executes as one numpy call when their fields are identical but for the
+channel and staging address and no channel writes staging another channel of the run touches
+(channels share nothing else); a run of HADDs is one unbuffered np.add.at, which adds repeated
+destinations in command order. Field checks and staging geometry are done once per program.
+
+Every run starts from the program's image (copied: a run's writes do not leak into the next).
 """
 
 from __future__ import annotations
