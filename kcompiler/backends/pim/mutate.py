@@ -213,7 +213,8 @@ def _same_operand(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: li
 def neutral(spec, orig: sim.Code, mutant: sim.Code, m: Mutation, feeds: list[dict]) -> str | None:
     """Why the surviving mutant cannot change the program's meaning, or None."""
     if [c.encode() for c in orig.commands] == [c.encode() for c in mutant.commands] and \
-            np.array_equal(orig.descs, mutant.descs) and (orig.image is None or np.array_equal(orig.image, mutant.image)) \
+            np.array_equal(orig.descs, mutant.descs) and (orig.image is None or np.array_equal(
+                orig.image[orig.image_valid], mutant.image[orig.image_valid])) \
             and all(np.array_equal(a[1], b[1]) for a, b in zip(orig.consts, mutant.consts)):
         return "same bytes"
     if m.kind in ("drop", "duplicate", "swap") and _no_effect(spec, orig, m, feeds):

@@ -155,7 +155,13 @@ class Machine:
         if code.image is None:
             raise ExecutionError("this PIM program was compiled in timing mode and holds no bank image",
                                  hint="compile with mode='functional'")
-        self.bank = code.image.copy()
+        # The compiler's rows (weights) are never written by a well-formed program: its commands write
+        # only scratch rows, whose validity starts cleared every run, so the image is shared and
+        # nothing a run leaves there can be read by the next. A program writing a row the compiler
+        # filled (a mutant) runs on a private copy, so the program's image stays as compiled.
+        written = sorted(_written_rows(code))
+        hit = [r for r in written if r < code.rows and code.image_valid[:, :, r].any()]
+        self.bank = code.image.copy() if hit else code.image
         self.bank_valid = code.image_valid.copy()
         self.gb = np.zeros((s.channels, s.input_buffer_elems), np.uint16)
         self.gb_valid = np.zeros((s.channels, s.input_buffer_elems), bool)
@@ -593,6 +599,16 @@ class Machine:
             self.ew(chs, c)
 
 
+def _written_rows(code: Code) -> set[int]:
+    key = ("written", len(code.commands), hash(tuple(code.commands)))
+    hit = code._views.get("written")
+    if hit is None or hit[0] != key:
+        rows = {c.row for c in code.commands if c.op == "WR_BK"}
+        rows |= {c.row3 for c in code.commands if c.op in ("EWADD", "EWMUL", "AF")}
+        code._views["written"] = hit = (key, rows)
+    return hit[1]
+
+
 def _overlapping(dims, strides) -> bool:
     """Whether a strided layout names some element twice (checked innermost-out by stride)."""
     span = 1
@@ -874,13 +890,13 @@ def _start(spec: PimSpec, code: Code, feeds: dict) -> Machine:
 
 def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Run the program on `feeds` (name -> array); returns (outputs, counts)."""
-    m = _start(spec, code, feeds)
     cmds = code.commands
     key = (fast, len(cmds), hash(tuple(cmds)), code.descs.tobytes())
     if code._plan is None or code._plan[0] != key:
         _check_buffer_table(code)
         code._views = {}  # geometry cached for other fields or descriptors
         code._plan = (key, _plan(code, spec, lockstep=fast))
+    m = _start(spec, code, feeds)
     for entry in code._plan[1]:
         kind, what = entry[0], entry[1]
         if kind == "error":
