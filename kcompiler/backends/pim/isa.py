@@ -17,6 +17,7 @@ refuses a command whose unused field is set, so no field can change silently).
 from __future__ import annotations
 
 import math
+import operator
 import re
 import struct
 from dataclasses import dataclass, fields
@@ -146,6 +147,8 @@ class Command:
 
     def unused_fields(self) -> list[str]:
         """Fields set that the opcode does not use (must all be zero)."""
+        if not any(_UNUSED_GET[self.op](self)):
+            return []
         return [n for n in _UNUSED[self.op] if getattr(self, n)]
 
     def text(self) -> str:
@@ -196,6 +199,10 @@ class Command:
 
 _UNUSED = {op: tuple(f.name for f in fields(Command) if f.name not in set(used) | {"op", "step", "channel"})
            for op, (_n, _e, used, _m) in OPCODES.items()}
+
+
+_UNUSED_GET = {op: (operator.attrgetter(*names) if len(names) > 1 else (lambda c, n=names: tuple(getattr(c, x) for x in n)))
+               for op, names in _UNUSED.items()}
 
 
 def encode_all(commands) -> bytes:

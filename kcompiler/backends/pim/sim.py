@@ -23,6 +23,7 @@ Every run starts from the program's image (copied: a run's writes do not leak in
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import math
@@ -760,10 +761,14 @@ def _check_regions(code: Code, c: Command, spec: PimSpec) -> None:
     else:
         r, w = _staging_io(code, c, spec)
         ranges = [x for x in (r, w) if x]
-    starts = code.regions[:, 0]
+    key = ("regions", len(code.regions))
+    table = code._views.get(key)
+    if table is None:
+        table = code._views[key] = (code.regions[:, 0].tolist(), code.regions[:, 1].tolist())
+    starts, ends = table
     for lo, hi in ranges:
-        k = int(np.searchsorted(starts, lo, side="right")) - 1
-        if k < 0 or hi > code.regions[k, 1]:
+        k = bisect.bisect_right(starts, lo) - 1
+        if k < 0 or hi > ends[k]:
             raise _Fail(f"staging bytes {lo}..{hi} are not inside one buffer (buffer overflow)")
 
 
