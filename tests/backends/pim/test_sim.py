@@ -157,9 +157,10 @@ def test_llama_decode_fast_equals_slow():
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("target,macs", [("aim", 2 * 300 * 1008),  # K padded to 63 columns of 16 lanes
-                                         ("hbm-pim", 2 * 1000 * 384)])  # N padded to 3 units of 8 x 16 outputs
-def test_macs_are_the_executed_columns(target, macs):
+@pytest.mark.parametrize("target,macs,bank_bytes", [
+    ("aim", 2 * 300 * 1008, 2 * 300 * 63 * 32),  # K padded to 63 columns of 16 lanes; 32 B per column read
+    ("hbm-pim", 2 * 1000 * 384, 2 * 1000 * 8 * 3 * 32)])  # 3 units x 8 registers x 16 outputs per k
+def test_macs_are_the_executed_columns(target, macs, bank_bytes):
     """MACs counted from the MAC_ABK commands: columns x 16 lanes x units holding data. The padding a
     unit multiplies is counted (it is executed): on aim the last of the 63 columns per output row holds
     1000 - 62*16 = 8 data lanes; on hbm-pim a unit's 8 registers x 16 lanes cover 128 outputs, so 300
@@ -168,7 +169,7 @@ def test_macs_are_the_executed_columns(target, macs):
     cm = kcompiler.compile(m, target=target)
     cm.run({"x": x})
     op = next(o for o in cm.report.ops if o.op_type == "MatMul")
-    assert op.macs == macs
+    assert op.macs == macs and op.dram_bytes == bank_bytes
     assert _pim(cm).last_counts["macs"] == macs  # the functional run counts the same columns
 
 
