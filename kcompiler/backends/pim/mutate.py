@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,7 @@ def _copy(code: sim.Code) -> sim.Code:
     c.consts = [(a, r.copy()) for a, r in code.consts]
     c._plan = None
     c._views = {}
+    c._image_lock = threading.Lock()
     return c
 
 

@@ -27,6 +27,7 @@ import bisect
 import copy
 import heapq
 import math
+import threading
 from dataclasses import dataclass, field
 
 import ml_dtypes
@@ -127,6 +128,8 @@ class Code:
     regions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     _plan: object = field(default=None, repr=False)
     _views: dict = field(default_factory=dict, repr=False)  # staging geometry of a field tuple
+    #: held by the run that shares the image's scratch rows; a concurrent run takes a private copy
+    _image_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def invalidate(self) -> None:
         """Forget the fast path's cached grouping and geometry (the run rebuilds them anyway when the
@@ -142,7 +145,7 @@ class _Fail(Exception):
 class Machine:
     """The memories of one device during one run, and the commands' semantics over them."""
 
-    def __init__(self, spec: PimSpec, code: Code):
+    def __init__(self, spec: PimSpec, code: Code, share: bool = True):
         self.spec = spec
         self.code = code
         s = spec
@@ -162,7 +165,7 @@ class Machine:
         # filled (a mutant) runs on a private copy, so the program's image stays as compiled.
         written = sorted(_written_rows(code))
         hit = [r for r in written if r < code.rows and code.image_valid[:, :, r].any()]
-        self.bank = code.image.copy() if hit else code.image
+        self.bank = code.image.copy() if hit or not share else code.image
         self.bank_valid = code.image_valid.copy()
         self.gb = np.zeros((s.channels, s.input_buffer_elems), np.uint16)
         self.gb_valid = np.zeros((s.channels, s.input_buffer_elems), bool)
@@ -875,9 +878,9 @@ def state(m: Machine) -> tuple:
             m.sreg, m.sreg_valid)
 
 
-def _start(spec: PimSpec, code: Code, feeds: dict) -> Machine:
+def _start(spec: PimSpec, code: Code, feeds: dict, share: bool = True) -> Machine:
     """A machine with the program's image and constants, and the inputs written to their bindings."""
-    m = Machine(spec, code)
+    m = Machine(spec, code, share)
     for b in code.inputs:
         if b.name not in feeds:
             raise ExecutionError(f"PIM program input '{b.name}' was not given")
@@ -901,7 +904,17 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
         _check_buffer_table(code)
         code._views = {}  # geometry cached for other fields or descriptors
         code._plan = (key, _plan(code, spec, lockstep=fast))
-    m = _start(spec, code, feeds)
+    shared = code._image_lock.acquire(blocking=False)
+    try:
+        return _run(spec, code, feeds, shared)
+    finally:
+        if shared:
+            code._image_lock.release()
+
+
+def _run(spec: PimSpec, code: Code, feeds: dict, shared: bool):
+    cmds = code.commands
+    m = _start(spec, code, feeds, share=shared)
     for entry in code._plan[1]:
         kind, what = entry[0], entry[1]
         if kind == "error":

@@ -217,3 +217,21 @@ def test_overlapping_buffers_in_the_table_are_refused():
     p.code.regions[1, 0] = p.code.regions[0, 1] - 8  # the second buffer now starts inside the first
     with pytest.raises(ExecutionError, match="overlap"):
         cm.run({"x": x}, simulate=False)
+
+
+def test_a_run_while_another_holds_the_image_uses_a_copy():
+    """Runs write their scratch rows into the shared compiled image; a run that starts while another
+    holds it (another thread) works on a private copy and leaves the image as it found it."""
+    rng = np.random.default_rng(3)
+    model = _model([helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                   [_vi("a", [5000]), _vi("b", [5000])], [_vi("y", [5000])])
+    cm = kcompiler.compile(model, target="aim")
+    p = _pim(cm)
+    feeds = {"a": rng.standard_normal(5000).astype(np.float32), "b": rng.standard_normal(5000).astype(np.float32)}
+    before = p.image.copy()
+    want = sim.execute(p.spec, p.code, feeds)[0]["y"]
+    assert not np.array_equal(p.image, before)  # the free run wrote its scratch rows in place
+    p.image[...] = before
+    with p.code._image_lock:  # as if another run were in progress
+        got = sim.execute(p.spec, p.code, feeds)[0]["y"]
+    assert np.array_equal(p.image, before) and np.array_equal(got, want)
