@@ -437,8 +437,8 @@ def inspect_cmd(model, target, asm, shape_specs, debug):
         for sub, prog in zip(cm.parts, cm.programs):
             text = prog.asm()
             console.print(f"; ---- {sub.device}: {len(sub.nodes)} node(s) ----", highlight=False, markup=False)
-            if text:
-                console.print(text, highlight=False, markup=False)
+            if text:  # one instruction per line, never wrapped: the text is an assembler's input
+                console.print(text, highlight=False, markup=False, soft_wrap=True)
             else:
                 console.print(f"; runs with ONNX Runtime on the host: "
                               f"{', '.join(n.op_type for n in sub.nodes[:20])}", highlight=False, markup=False)

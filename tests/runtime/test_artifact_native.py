@@ -67,21 +67,37 @@ def test_pim_round_trip_without_lowering(case, target, tmp_path, monkeypatch, ra
     assert [p.asm() for p in lm.programs] == [p.asm() for p in cm.programs]
     for p, q in zip(cm.programs, lm.programs):
         if isinstance(p, PimProgram):
-            assert [(n.name, k.rows_used, k.macs, k.time(p.spec)) for n, k in p.steps] == \
-                   [(n.name, k.rows_used, k.macs, k.time(q.spec)) for n, k in q.steps]
+            assert [(n.name, k.rows_used, k.counts(p.spec), k.time(p.spec)) for n, k in p.steps] == \
+                   [(n.name, k.rows_used, k.counts(q.spec), k.time(q.spec)) for n, k in q.steps]
+            # the bank image comes back from the weight section bit for bit
+            assert np.array_equal(p.image, q.image) and np.array_equal(p.code.image_valid, q.code.image_valid)
 
 
 def test_pim_weights_come_from_the_mapped_section(tmp_path, monkeypatch):
-    cm = kcompiler.compile("llama-tiny", target="aim", phase="decode", kv=16, weights="random")
-    lm = _round_trip(cm, tmp_path / "w.kcm", monkeypatch, PimBackend)
-    import onnx_ir as ir
+    """Loading rebuilds each PIM program from the artifact alone: its bank image comes from the weight
+    section (no graph tensor is read while loading), and runs to the same outputs."""
+    from kcompiler import opinfo
 
-    matvec = [(n, k) for p in lm.programs if isinstance(p, PimProgram) for n, k in p.steps
-              if getattr(k, "plan", None) is not None and k.plan.const_weight]
-    assert matvec
-    ext = [n.inputs[1].const_value for n, _ in matvec if n.inputs[1].const_value is not None
-           and n.inputs[1].const_value.nbytes >= artifact.EXTERNAL_MIN_BYTES]
-    assert ext and all(isinstance(t, ir.ExternalTensor) and t.path == str(lm.artifact.path) for t in ext)
+    cm = kcompiler.compile("llama-tiny", target="aim", phase="decode", kv=16, weights="random")
+    path = tmp_path / "w.kcm"
+    cm.save(path)
+    real = opinfo.const_value
+
+    def guarded(v):
+        import traceback
+
+        if any("backends/pim" in f.filename for f in traceback.extract_stack()[:-1]):
+            raise AssertionError("the PIM loader read a graph value")
+        return real(v)
+
+    with monkeypatch.context() as m:
+        m.setattr(opinfo, "const_value", guarded)
+        lm = kcompiler.load(path)
+    pim = [p for p in lm.programs if isinstance(p, PimProgram)]
+    assert pim and all(p.image is not None for p in pim) and any(p.image.any() for p in pim)
+    feeds = cm.random_inputs()
+    a, b = cm.run(feeds), lm.run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_pim_timing_only_artifact(tmp_path, monkeypatch):
@@ -94,22 +110,28 @@ def test_pim_timing_only_artifact(tmp_path, monkeypatch):
 
 
 def test_pim_program_tampered_table(tmp_path):
-    """A step table that does not fit the command bytes is an ArtifactError, not a crash."""
+    """A step table or command blob that does not fit is an ArtifactError, not a crash."""
     cm = kcompiler.compile("llama-tiny", target="aim", phase="decode", kv=16)
-    i = next(i for i, p in enumerate(cm.programs) if isinstance(p, PimProgram) and p.to_bytes())
-    backend = cm.backends[cm.parts[i].device]
-    blob, meta = backend.save_program(cm.programs[i], cm.parts[i])
+    cm.save(tmp_path / "m.kcm")
+    lm = kcompiler.load(tmp_path / "m.kcm")
+    i = next(i for i, p in enumerate(lm.programs) if isinstance(p, PimProgram) and p.to_bytes())
+    backend = lm.backends[lm.parts[i].device]
+    meta = lm.artifact.manifest["parts"][i]["meta"]
+    blob = lm.programs[i].to_bytes()
+    wsec = next(x for x in lm.artifact.sections if x["name"] == "weights")
+    weights = artifact.ArtifactWeights(lm.artifact.path, int(wsec["offset"]), int(wsec["length"]))
     with pytest.raises(ArtifactError):
-        backend.load_program(cm.parts[i], blob[:-1], meta, None)
-    bad = dict(meta, steps=meta["steps"][:-1])
+        backend.load_program(lm.parts[i], blob[:-1], meta, weights)
     with pytest.raises(ArtifactError):
-        backend.load_program(cm.parts[i], blob, bad, None)
+        backend.load_program(lm.parts[i], blob, dict(meta, ops=meta["ops"][:-1]), weights)
     with pytest.raises(ArtifactError):
-        backend.load_program(cm.parts[i], blob, dict(meta, encoding=99), None)
+        backend.load_program(lm.parts[i], blob, dict(meta, encoding=99), weights)
+    with pytest.raises(ArtifactError):
+        backend.load_program(lm.parts[i], blob, dict(meta, image=[[10 ** 6, 0, 0]]), weights)
     garbled = bytearray(blob)
     garbled[0] = 0xEE  # no such opcode
     with pytest.raises(ArtifactError):
-        backend.load_program(cm.parts[i], bytes(garbled), meta, None)
+        backend.load_program(lm.parts[i], bytes(garbled), meta, weights)
 
 
 # ---- device-resident state ------------------------------------------------------------------
@@ -259,3 +281,130 @@ def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch, random_c
     assert all(np.array_equal(ref_c[k], ref_l[k]) for k in ref_c)
     src.write_bytes(src.read_bytes() + b"\0")  # changed since: not trusted any more
     assert "compiled graph" in reference_description(lm)
+
+
+# ---- a saved PIM program is what runs ---------------------------------------------------------
+def _resign(path, section: str, mutate) -> None:
+    """Rewrite bytes of one section of a .kcm in place (mutate(bytearray) -> None) and fix its SHA-256
+    in the manifest and the manifest's hash in the header, as a deliberate editor would."""
+    import hashlib
+    import json
+
+    raw = bytearray(path.read_bytes())
+    magic, version, reserved, moff, mlen, _h = artifact.HEADER.unpack_from(raw)
+    manifest = json.loads(bytes(raw[moff:moff + mlen]))
+    entry = next(s for s in manifest["sections"] if s["name"] == section)
+    body = bytearray(raw[entry["offset"]:entry["offset"] + entry["length"]])
+    mutate(body)
+    assert len(body) == entry["length"]
+    raw[entry["offset"]:entry["offset"] + entry["length"]] = body
+    entry["sha256"] = hashlib.sha256(body).hexdigest()
+    for key in ("weights_sha256",):  # (kept in step with any copy the manifest holds)
+        if key in manifest:
+            manifest[key] = entry["sha256"]
+    mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+    assert len(mbytes) == mlen  # hex digests keep their length
+    raw[moff:moff + mlen] = mbytes
+    artifact.HEADER.pack_into(raw, 0, magic, version, reserved, moff, mlen, hashlib.sha256(mbytes).digest())
+    path.write_bytes(bytes(raw))
+
+
+def _pim_gemv_artifact(tmp_path, target, monkeypatch):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kcompiler.backends.base import Cost
+    from kcompiler.backends.host import HostBackend
+
+    # a host that looks slow, so that this small product goes to the PIM device on every target
+    monkeypatch.setattr(HostBackend, "estimate", lambda self, node: Cost(seconds=1.0))
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 96)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 96])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    cm = kcompiler.compile(m, target=target)
+    assert isinstance(cm.programs[0], PimProgram)
+    path = tmp_path / f"g-{target}.kcm"
+    cm.save(path)
+    x = {"x": rng.standard_normal((2, 256)).astype(np.float32)}
+    return cm, path, x
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim"])
+def test_resigned_command_mutation_changes_the_outputs(target, tmp_path, monkeypatch):
+    """Pointing channel 0's buffer load for the second input vector at the first vector's staging
+    address, inside the saved program section (hashes fixed up), makes the loaded model compute the
+    first row's products into the second row: the artifact's commands are what runs."""
+    from kcompiler.backends.pim.isa import ENCODED_SIZE, Command
+
+    cm, path, x = _pim_gemv_artifact(tmp_path, target, monkeypatch)
+    want = kcompiler.load(path).run(x)["y"]
+    assert np.array_equal(want, cm.run(x)["y"])
+    loads = [(i, c) for i, c in enumerate(cm.programs[0].commands) if c.op == "WR_GB" and c.channel == 0]
+    first = loads[0][1].addr
+    i = next(i for i, c in loads if c.addr != first)
+
+    def reload_first_vector(body):
+        c = Command.decode(bytes(body[i * ENCODED_SIZE:(i + 1) * ENCODED_SIZE]))
+        body[i * ENCODED_SIZE:(i + 1) * ENCODED_SIZE] = _replace(c, addr=first).encode()
+
+    _resign(path, "program.0", reload_first_vector)
+    got = kcompiler.load(path).run(x)["y"]
+    assert np.array_equal(got[0], want[0]) and not np.array_equal(got[1], want[1])
+
+
+def _replace(c, **kw):
+    import dataclasses
+
+    return dataclasses.replace(c, **kw)
+
+
+@pytest.mark.parametrize("target", ["aim", "hbm-pim"])
+def test_resigned_image_mutation_changes_the_outputs(target, tmp_path, monkeypatch):
+    """Flipping one byte of the stored bank image (hashes fixed up) changes the loaded model's outputs:
+    the weights that run are the image's, not the graph's."""
+    cm, path, x = _pim_gemv_artifact(tmp_path, target, monkeypatch)
+    want = cm.run(x)["y"]
+    meta = kcompiler.load(path).artifact.manifest["parts"][0]["meta"]
+    row, off, _voff = meta["image"][0]
+
+    def flip(body):
+        body[off + 1] ^= 0x40  # the exponent byte of the first element of channel 0, bank 0
+
+    _resign(path, "weights", flip)
+    got = kcompiler.load(path).run(x)["y"]
+    assert not np.array_equal(got, want)
+    # and the graph's copy of the weight was not touched: only the image's bytes changed
+    assert np.array_equal(kcompiler.load(path).run(x)["y"], got)
+
+
+def test_pim_image_rows_are_stored_once(tmp_path, monkeypatch):
+    """Two products of one weight lay out identical bank rows: the weight section holds those bytes
+    once (the writer deduplicates by content), and rows holding no data are not stored."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kcompiler.backends.base import Cost
+    from kcompiler.backends.host import HostBackend
+
+    monkeypatch.setattr(HostBackend, "estimate", lambda self, node: Cost(seconds=1.0))
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 512])  # noqa: E731
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y1"]), helper.make_node("MatMul", ["y1", "w"], ["y2"])],
+                          "g", [vi("x")], [vi("y2")], [numpy_helper.from_array(w, "w")])
+    cm = kcompiler.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), target="aim")
+    p = cm.programs[0]
+    assert isinstance(p, PimProgram) and p.code.rows == 2  # one row per bank for each product
+    assert np.array_equal(p.image[:, :, 0], p.image[:, :, 1])
+    path = tmp_path / "twice.kcm"
+    cm.save(path)
+    lm = kcompiler.load(path)
+    meta = lm.artifact.manifest["parts"][0]["meta"]
+    assert [r for r, _o, _v in meta["image"]] == [0, 1] and meta["image"][0][1:] == meta["image"][1][1:]
+    wsec = next(s for s in lm.artifact.sections if s["name"] == "weights")
+    row_bytes = p.image[:, :, 0].nbytes
+    assert wsec["length"] < w.nbytes + 2 * row_bytes  # the fp32 tensor plus one image row, not two
+    x = {"x": np.random.default_rng(1).standard_normal((1, 512)).astype(np.float32)}
+    assert np.array_equal(lm.run(x)["y2"], cm.run(x)["y2"])

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline, no
-from kcompiler.backends.pim import kernels
-from kcompiler.backends.pim.isa import ENCODED_SIZE, Command
+from kcompiler.backends.pim import kernels, sim
+from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, PAIR, RESIDENT, UP, Command, decode_all, encode_all
 from kcompiler.backends.pim.spec import PimSpec
-from kcompiler.errors import ExecutionError, LoweringError
+from kcompiler.errors import ArtifactError, ExecutionError, LoweringError
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -29,66 +29,9 @@ def _attr(node: ir.Node, name: str, default):
 
 #: activation functions with f(c x) = c f(x) for c > 0: exact under a power-of-two operand scale
 HOMOGENEOUS = ("Relu", "LeakyRelu")
-#: largest magnitude a scaled FP16 operand or partial sum may reach (half of FP16's 65504: headroom)
-FP16_LIMIT = 2.0 ** 15
-
-
-def _shift(bound: float, limit: float = FP16_LIMIT) -> int:
-    """Smallest s >= 0 with bound * 2**-s <= limit (0 for a zero or non-finite bound)."""
-    if not math.isfinite(bound) or bound <= limit:
-        return 0
-    return int(math.ceil(math.log2(bound / limit)))
-
-
-def _amax(a: np.ndarray) -> float:
-    return float(np.max(np.abs(a))) if a.size else 0.0
-
-
-def _split_shift(s: int, ea: float, eb: float, sa: int, sb: int) -> tuple[int, int]:
-    """Share an extra shift s between two operands, larger scaled magnitude first (keeps both away from
-    FP16's subnormal range)."""
-    for _ in range(s):
-        if ea * 2.0 ** -sa >= eb * 2.0 ** -sb:
-            sa += 1
-        else:
-            sb += 1
-    return sa, sb
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _erf_np(x):
-    """erf in float64 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: far below BF16/FP16 resolution)."""
-    x = np.asarray(x, np.float64)
-    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * np.exp(
-        -x * x)
-    return (np.sign(x) * y).astype(np.float32)
-
-
-def _gelu(node):
-    erf = _erf_np
-    if _attr(node, "approximate", "none") == "tanh":
-        return lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-    return lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))
-
-
-def _erf(node):
-    return _erf_np
-
-
-#: activation-function unit: ONNX op -> (node -> elementwise function in float32)
-AF_TABLE: dict[str, Callable[[ir.Node], Callable[[np.ndarray], np.ndarray]]] = {
-    "Relu": lambda n: lambda x: np.maximum(x, 0),
-    "LeakyRelu": lambda n: (lambda a: lambda x: np.where(x >= 0, x, a * x))(_attr(n, "alpha", 0.01)),
-    "Sigmoid": lambda n: _sigmoid,
-    "Tanh": lambda n: np.tanh,
-    "Gelu": _gelu,
-    "Erf": _erf,
-}
-EW_TABLE = {"Add": np.add, "Mul": np.multiply}
+#: the activation-function unit: ONNX op -> its parameter (index into sim.AF_FUNCS by name)
+AF_TABLE = tuple(sim.AF_FUNCS)
+EW_TABLE = {"Add": "EWADD", "Mul": "EWMUL"}
 #: ops that only reinterpret a tensor's shape: free wherever its data sits (bank layout or read-back buffer)
 RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
 #: what may sit between a resident KV cache and the product reading it as its matrix operand
@@ -155,7 +98,6 @@ class Plan:
     numel: int = 0
     streamed: int = 0
     const_weight: bool = False
-    scattered: bool = False  # append: each new element lands in its own column (see kernels.build_append)
 
 
 class PimBackend(Backend):
@@ -208,6 +150,11 @@ class PimBackend(Backend):
             if len(a) < 2:
                 return no("vector left operand over an activation matrix")
             batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+            ws = _broadcast_strides(tuple(b), batch + (K, N))
+            if _merge(list(batch) + [a[-2], K], _broadcast_strides(tuple(a), batch + (a[-2], K)),
+                      _strides(batch + (a[-2], K))) is None or \
+                    _merge(list(batch) + [N, K], ws[:-2] + [ws[-1], ws[-2]], _strides(batch + (N, K))) is None:
+                return no("operands broadcast over more than 4 strided dimensions (the host copy takes 4)")
             return self._check_rows(Plan("matvec", math.prod(batch), a[-2], N, K))
         if op in EW_TABLE:
             numel = math.prod(out)
@@ -221,6 +168,10 @@ class PimBackend(Backend):
                         c = opinfo.const_value(v)
                         if c is not None and c.size and not np.all(np.abs(c.astype(np.float64)) <= 65504.0):
                             return no(f"constant operand '{v.name}' exceeds the FP16 range (e.g. a -inf mask)")
+            for sh in shapes:
+                if sh is not None and math.prod(sh) != numel and _merge(
+                        list(out), _broadcast_strides(tuple(sh), tuple(out)), _strides(out)) is None:
+                    return no("an operand broadcasts over more than 4 strided dimensions (the host copy takes 4)")
             return Plan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not opinfo.is_const(v)))
         if op in AF_TABLE:
             if op not in s.activation_functions:
@@ -247,6 +198,10 @@ class PimBackend(Backend):
             return Plan("view")
         ok, _ = _feeds_matrix_operand(node.outputs[0])
         if ok and (op == "Expand" or _swaps_last_two(node)):
+            xs, ys = tuple(opinfo.shape_of(x)), tuple(opinfo.shape_of(node.outputs[0]))
+            src = _broadcast_strides(xs, ys) if op == "Expand" else [_strides(xs)[a] for a in _perm(node, len(xs))]
+            if _merge(list(ys), src, _strides(ys)) is None:
+                return no(f"{op} of more than 4 strided dimensions (the host copy takes 4)")
             return Plan("view")
         return no(f"{op} moves data; PIM only reads a product's matrix operand in a transposed or broadcast layout")
 
@@ -267,20 +222,14 @@ class PimBackend(Backend):
         new = math.prod(osh) - math.prod(opinfo.shape_of(state[0]))
         if new <= 0:
             return no("nothing appended")
-        ok, flip = _feeds_matrix_operand(out)
-        # the cache is stored as its reader's matrix w[n, k]: untransposed, a new token is a new k (one
-        # element per output row on a dot device); read through a transpose it is a new row n (a simd
-        # device stores n along the lanes, so there it is the other way round)
-        dot = self.spec.mac_dataflow == "dot"
-        scattered = (dot and not flip) or (not dot and flip) if ok else True
-        return Plan("append", numel=new, streamed=len(node.inputs) - 1, scattered=scattered)
+        return Plan("append", numel=new, streamed=len(node.inputs) - 1)
 
     def _check_rows(self, p: Plan) -> Plan | Support:
         if p.M > self.spec.max_gemv_rows:
             return no(f"{p.M} activation rows > max_gemv_rows {self.spec.max_gemv_rows}: compute-bound GEMM")
         if min(p.N, p.K) < 1:
             return no("empty product")
-        rows = self._kernel(p, "probe", "MatMul").rows_used
+        rows = kernels.matvec_layout(self.spec, p.G, p.N, p.K).rows
         if rows > self.spec.rows_per_bank:
             return no(f"its operand needs {rows} DRAM rows per bank; the device has {self.spec.rows_per_bank}")
         return p
@@ -289,260 +238,588 @@ class PimBackend(Backend):
         p = self.plan(node)
         return YES if isinstance(p, Plan) else p
 
-    def _kernel(self, p: Plan, name: str, op_type: str, fn_index: int = 0) -> kernels.Kernel:
-        if p.kind == "matvec":
-            return kernels.build_matvec(self.spec, name, op_type, p.G, p.M, p.N, p.K)
-        if p.kind == "view":
-            return kernels.Kernel(name, op_type, [], macs=0, weight_bytes=0, rows_used=0)
-        if p.kind == "append":
-            return kernels.build_append(self.spec, name, op_type, p.numel, p.scattered)
-        return kernels.build_elementwise(self.spec, name, op_type, p.numel, p.streamed, fn_index)
-
     # ---- cost ----------------------------------------------------------------------------
     def kernel_cost(self, k: kernels.Kernel) -> Cost:
+        """Time from the channel streams (timing.py); MACs, bank bytes and energy counted from the
+        commands themselves (Kernel.counts), not from the node's formula."""
         s: PimSpec = self.spec
         seconds, acts, cols, io = k.time(s)
+        macs, bank_bytes = k.counts(s)
         e = s.energy
         energy = (acts * s.banks_per_channel * e.act_j + cols * s.banks_per_channel * e.column_j
-                  + k.macs * e.mac_j + io * e.io_byte_j)
-        return Cost(seconds=seconds, cycles=int(round(seconds * s.clock_hz)), macs=k.macs,
-                    dram_bytes=k.weight_bytes, sram_bytes=io, energy_j=energy, bound="memory")
+                  + macs * e.mac_j + io * e.io_byte_j)
+        return Cost(seconds=seconds, cycles=int(round(seconds * s.clock_hz)), macs=macs,
+                    dram_bytes=bank_bytes, sram_bytes=io, energy_j=energy, bound="memory")
 
     def estimate(self, node: ir.Node) -> Cost:
         p = self.plan(node)
         if not isinstance(p, Plan):
             return Cost(seconds=float("inf"), bound="overhead")
-        key = (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, p.scattered)
+        resident = p.kind == "matvec" and not p.const_weight and _resident(node.inputs[1])
+        key = (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, resident,
+               tuple(opinfo.shape_of(v) if v is not None else None for v in node.inputs))
         if key not in self._cache:
-            self._cache[key] = self.kernel_cost(self._kernel(p, node.name, node.op_type))
+            em = kernels.Emitter(self.spec)
+            env = {v.name: _Buf(0, 0, opinfo.shape_of(v)) for v in node.inputs
+                   if v is not None and not opinfo.is_const(v)}
+            _Lowering(self, em, env, timing_only=True).node(node, p)
+            self._cache[key] = self.kernel_cost(kernels.Kernel(node.name, node.op_type, em.cmds, em.rows))
         c = self._cache[key]
         return Cost(c.seconds, c.cycles, c.macs, c.dram_bytes, c.sram_bytes, c.energy_j, c.bound)
 
     # ---- lowering ------------------------------------------------------------------------
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
         timing_only = (options or {}).get("mode") == "timing"
-        steps, base_row = [], 0
-        for node in subgraph.nodes:
+        s: PimSpec = self.spec
+        em = kernels.Emitter(s)
+        env: dict[str, _Buf] = {}
+        inputs = []
+        for v in subgraph.inputs:
+            sh = opinfo.shape_of(v)
+            if sh is None:
+                raise LoweringError(f"input '{v.name}' of the PIM subgraph on {self.name} has no static shape")
+            b = _Buf(em.alloc(4 * math.prod(sh)), 0, sh)
+            env[v.name] = b
+            inputs.append(sim.Binding(v.name, b.addr, 0, tuple(sh)))
+        low = _Lowering(self, em, env, timing_only)
+        rows = []
+        for i, node in enumerate(subgraph.nodes):
+            em.step = i
+            r0 = em.rows
             if node.op_type in ("Constant", "ConstantOfShape") and node.domain in ("", "ai.onnx") and all(
                     opinfo.const_value(v) is not None for v in node.outputs):
-                # placed with its consumer: known at compile time, nothing runs on the device
-                k = kernels.Kernel(node.name, node.op_type, [], macs=0, weight_bytes=0, rows_used=0)
-                if not timing_only:
-                    k.compute = (lambda v: lambda xs: opinfo.const_value(v))(node.outputs[0])
-                steps.append((node, k))
-                continue
-            p = self.plan(node)
-            if not isinstance(p, Plan):
-                raise LoweringError(f"node '{node.name}' ({node.op_type}) was placed on {self.name}, "
-                                    f"which cannot run it: {p.reason}")
-            fn_index = list(AF_TABLE).index(node.op_type) if node.op_type in AF_TABLE else 0
-            k = self._kernel(p, node.name, node.op_type, fn_index)
-            k.plan, k.fn_index = p, fn_index  # kept for save_program
-            if p.kind == "matvec":
-                # place this node's operand after the previous ones in every bank
-                k.streams = [[Command(c.op, c.channel, c.row + base_row, c.col, c.count, c.arg)
-                              if c.op == "MAC_ABK" else c for c in st] for st in k.streams]
-            base_row += k.rows_used
-            if not timing_only:
-                k.compute = self._compute_fn(node, p)
-            steps.append((node, k))
-        if base_row > self.spec.rows_per_bank:
-            raise LoweringError(f"the operands placed on {self.name} need {base_row} DRAM rows per bank, but it has "
-                                f"{self.spec.rows_per_bank}", hint="use a target with more PIM chips")
-        return PimProgram(self, subgraph, steps, timing_only)
-
-    def _compute_fn(self, node: ir.Node, p: Plan) -> Callable[[list[np.ndarray]], np.ndarray]:
-        s: PimSpec = self.spec
-        dt = kernels.device_dtype(s)
-        out_shape = opinfo.shape_of(node.outputs[0])
-        op = node.op_type
-        if p.kind == "view":
-            if op == "Transpose":
-                perm = _perm(node, len(opinfo.shape_of(node.inputs[0])))
-                return lambda xs: np.transpose(np.asarray(xs[0]), perm)
-            if op == "Expand":
-                return lambda xs: np.broadcast_to(np.asarray(xs[0]), out_shape)
-            return lambda xs: np.reshape(np.asarray(xs[0]), out_shape)
-        if p.kind == "append":
-            axis = _attr(node, "axis", 0)
-            # (the products reading the cache round it to the device's type, as they would the stored rows)
-            return lambda xs: np.concatenate([np.asarray(x) for x in xs], axis=axis)
-        # FP16 devices (HBM-PIM): per-tensor power-of-two scaling. The host converts every operand to
-        # FP16 on its way into the banks; it also takes the operand's largest exponent there and
-        # shifts it (and, at compile time, a weight) so that operands, products and FP16 partial
-        # sums stay below 2**15, then shifts the FP32 result back on readback. Scaling by 2**-s is
-        # exact in FP16 (only values pushed below 2**-14 lose bits), unlike clamping, and needs no
-        # range known at compile time, which activations do not have. No command is added.
-        fp16 = s.dtype == "float16"
-        if p.kind == "elementwise":
-            if op in EW_TABLE:
-                f = EW_TABLE[op]
-
-                def ew(xs):
-                    a = [np.asarray(x, np.float32) for x in xs]
-                    m = [_amax(x) for x in a]
-                    if not fp16:
-                        sh, out = [0] * len(a), 0
-                    elif op == "Add":
-                        out = _shift(sum(m))
-                        sh = [out] * len(a)
-                    else:
-                        sa, sb = _shift(m[0]), _shift(m[1])
-                        sa, sb = _split_shift(_shift(m[0] * 2.0 ** -sa * m[1] * 2.0 ** -sb), m[0], m[1], sa, sb)
-                        sh, out = [sa, sb], sa + sb
-                    q = [np.ldexp(x, -e).astype(dt).astype(np.float32) for x, e in zip(a, sh)]
-                    return np.ldexp(f(*q).astype(dt).astype(np.float32), out)
-
-                return ew
-            g = AF_TABLE[op](node)
-            homogeneous = fp16 and op in HOMOGENEOUS
-
-            def af(xs):
-                x = np.asarray(xs[0], np.float32)
-                e = _shift(_amax(x)) if homogeneous else 0
-                return np.ldexp(g(np.ldexp(x, -e).astype(dt).astype(np.float32)).astype(dt).astype(np.float32), e)
-
-            return af
-        mv0 = kernels.matvec_compute(s, p.G, p.M, p.N, p.K)
-
-        def mv(x, w):
-            if not fp16:
-                return mv0(x, w)
-            x, w = np.asarray(x, np.float32), np.asarray(w, np.float32)
-            ex, ew_ = _amax(x), _amax(w)
-            sx, sw = _shift(ex), _shift(ew_)
-            # every FP16 partial sum of a unit is at most max|x| * max_n sum_k |w[n, k]|
-            l1 = float(np.max(np.sum(np.abs(w), axis=-1))) if w.size else 0.0
-            sx, sw = _split_shift(_shift(ex * 2.0 ** -sx * l1 * 2.0 ** -sw), ex, ew_, sx, sw)
-            return np.ldexp(mv0(np.ldexp(x, -sx), np.ldexp(w, -sw)), sx + sw)
-
-        if op == "Gemm":
-            # the weight is laid out in the banks once, at compile time
-            b = opinfo.const_value(node.inputs[1])
-            w = (b if _attr(node, "transB", 0) else b.T)[None]
-            bias = opinfo.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-            alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
-
-            def gemm(xs):
-                y = alpha * mv(xs[0][None], w)[0]
-                return y + beta * bias if bias is not None else y
-
-            return gemm
-        if p.const_weight:
-            w = opinfo.const_value(node.inputs[1]).T[None]
-            return lambda xs: mv(np.asarray(xs[0]).reshape(1, p.M, p.K), w).reshape(out_shape)
-
-        def batched(xs):
-            a, b = np.asarray(xs[0]), np.asarray(xs[1])
-            batch = out_shape[:-2]
-            x = np.broadcast_to(a, batch + a.shape[-2:]).reshape(p.G, p.M, p.K)
-            w = np.swapaxes(np.broadcast_to(b, batch + b.shape[-2:]), -1, -2).reshape(p.G, p.N, p.K)
-            return mv(x, w).reshape(out_shape)
-
-        return batched
+                # placed with its consumer: known at compile time, its value is constant data in staging
+                for v in node.outputs:
+                    env[v.name] = low.const(v)
+            else:
+                p = self.plan(node)
+                if not isinstance(p, Plan):
+                    raise LoweringError(f"node '{node.name}' ({node.op_type}) was placed on {self.name}, "
+                                        f"which cannot run it: {p.reason}")
+                low.node(node, p)
+            rows.append(em.rows - r0)
+        if em.rows > s.rows_per_bank:
+            raise LoweringError(f"the operands placed on {self.name} need {em.rows} DRAM rows per bank, but it has "
+                                f"{s.rows_per_bank}", hint="use a target with more PIM chips")
+        outputs = []
+        em.step = max(len(subgraph.nodes) - 1, 0)
+        for v in subgraph.outputs:
+            b = env.get(v.name)
+            if b is None:
+                raise LoweringError(f"PIM subgraph output '{v.name}' is computed by no node of it")
+            code = _dtype_code(v.dtype)
+            if code < 0:
+                raise LoweringError(f"PIM subgraph output '{v.name}' has dtype {v.dtype}, which the staging area "
+                                    "does not hold")
+            if code != b.dtype:  # the graph's dtype: converted on the host on the way out
+                b = low.copy(b, code)
+            outputs.append(sim.Binding(v.name, b.addr, code, tuple(opinfo.shape_of(v) or b.shape)))
+        code = sim.Code(em.cmds, np.array(em.descs, np.int64).reshape(-1, 12), None, None, em.rows, em.staging,
+                        [(a, np.frombuffer(r, np.uint8)) for a, r in em.consts], inputs, outputs,
+                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], low.fns,
+                        np.array(em.regions, np.int64).reshape(-1, 2))
+        if not timing_only:
+            code.image, code.image_valid = low.image()
+        return PimProgram(self, subgraph, code, rows)
 
     # ---- artifacts (runtime/artifact.py) -------------------------------------------------
-    #: bump when the meaning of a stored step table or command changes
-    ARTIFACT_ENCODING = 1
+    #: bump when the meaning of a stored command, table or image changes
+    ARTIFACT_ENCODING = 2
 
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
-        """The command streams (``to_bytes``: steps in order, channels in order) plus, per step, the
-        plan its numerics need and the length of each channel's stream; nothing that depends on
-        weight values (the products read their matrices from the graph, i.e. the weight section)."""
-        steps = []
-        for node, k in program.steps:
-            p = getattr(k, "plan", None)
-            plan = [p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, int(p.scattered), int(p.const_weight)] \
-                if p is not None else ["const", 1, 1, 1, 1, 0, 0, 0, 0]
-            steps.append({"op": node.op_type, "plan": plan, "fn": int(getattr(k, "fn_index", 0)),
-                          "macs": k.macs, "weight_bytes": k.weight_bytes, "rows": k.rows_used,
-                          "streams": [len(st) for st in k.streams]})
-        meta = {"encoding": self.ARTIFACT_ENCODING, "chip": self.device.chip.name,
-                "timing": bool(program.timing_only), "steps": steps}
+        """The command list (64-byte records) in the blob; descriptors, I/O table, function table and
+        per-step rows in the table; the bank image rows that hold data, the validity of their
+        columns and the staging constants in the weight section (deduplicated by content)."""
+        code: sim.Code = program.code
+        meta: dict[str, Any] = {
+            "encoding": self.ARTIFACT_ENCODING, "chip": self.device.chip.name, "timing": code.image is None,
+            "ops": [n.op_type for n in subgraph.nodes], "rows": code.rows, "staging": code.staging_bytes,
+            "descs": code.descs.tolist(), "fns": [[n, p] for n, p in code.fns], "step_rows": list(program.rows),
+            "regions": code.regions.tolist(),
+            "inputs": [[b.name, b.addr, b.dtype, list(b.shape)] for b in code.inputs],
+            "outputs": [[b.name, b.addr, b.dtype, list(b.shape)] for b in code.outputs]}
+        if code.image is not None:
+            if weights is None:
+                raise ArtifactError(f"PIM program on {self.name}: saving a bank image needs the artifact's weight "
+                                    "writer")
+            used = [r for r in range(code.rows) if code.image_valid[:, :, r].any()]
+            meta["image"] = [[r, weights.add(np.ascontiguousarray(code.image[:, :, r]).tobytes()),
+                              weights.add(np.packbits(code.image_valid[:, :, r]).tobytes())] for r in used]
+            meta["consts"] = [[a, weights.add(bytes(raw)), len(raw)] for a, raw in code.consts]
+        else:
+            meta["consts"] = []
         return program.to_bytes(), meta
 
     def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
                      options: Mapping[str, Any] | None = None) -> Program:
-        """Rebuild the program from its stored command streams and step table: no planning, no bank
-        layout, no command generation; a product's weight is the graph's (memory-mapped) tensor."""
-        import struct
-
-        from kcompiler.errors import ArtifactError
-
+        """Rebuild the program from the artifact alone: no planning, no layout, no graph values."""
+        s: PimSpec = self.spec
         where = f"PIM program on {self.name}"
         if int(meta.get("encoding", 0)) != self.ARTIFACT_ENCODING:
             raise ArtifactError(f"{where}: stored in PIM encoding {meta.get('encoding')}, this kcompiler reads "
                                 f"{self.ARTIFACT_ENCODING}", hint="recompile the model")
-        steps_meta = list(meta.get("steps", ()))
-        if len(steps_meta) != len(subgraph.nodes):
-            raise ArtifactError(f"{where}: {len(steps_meta)} stored steps for a subgraph of "
+        ops = list(meta.get("ops", ()))
+        if ops != [n.op_type for n in subgraph.nodes]:
+            raise ArtifactError(f"{where}: its step table ({len(ops)} steps) does not match the subgraph's "
                                 f"{len(subgraph.nodes)} nodes")
-        total = sum(int(n) for st in steps_meta for n in st["streams"])
-        if len(blob) != total * ENCODED_SIZE:
-            raise ArtifactError(f"{where}: {len(blob)} bytes of commands, the step table says {total} commands")
-        timing_only = (options or {}).get("mode") == "timing" or bool(meta.get("timing"))
+        if len(blob) % ENCODED_SIZE:
+            raise ArtifactError(f"{where}: {len(blob)} bytes of commands is not a whole number of commands")
         try:
-            cmds = [Command.decode_fields(*f) for f in struct.iter_unpack(Command.FORMAT, blob)]
-        except (KeyError, struct.error):
+            cmds = decode_all(blob)
+        except KeyError:
             raise ArtifactError(f"{where}: a command has an unknown opcode") from None
-        nch = self.spec.channels
-        steps, pos = [], 0
-        for node, st in zip(subgraph.nodes, steps_meta):
-            if st["op"] != node.op_type:
-                raise ArtifactError(f"{where}: step for node '{node.name}' was a {st['op']} when compiled")
-            streams = []
-            for n in st["streams"]:
-                streams.append(cmds[pos:pos + int(n)])
-                pos += int(n)
-            if any(c.channel >= nch for s in streams for c in s):
-                raise ArtifactError(f"{where}: a command names a channel the device does not have")
-            kind, G, M, N, K, numel, streamed, scattered, const_weight = st["plan"]
-            k = kernels.Kernel(node.name, node.op_type, streams, macs=int(st["macs"]),
-                               weight_bytes=int(st["weight_bytes"]), rows_used=int(st["rows"]))
-            if kind == "const":
-                if not timing_only:
-                    k.compute = (lambda v: lambda xs: opinfo.const_value(v))(node.outputs[0])
+        if any(c.channel != HOST and c.channel >= s.channels for c in cmds) or any(
+                c.step >= max(len(ops), 1) for c in cmds):
+            raise ArtifactError(f"{where}: a command names a channel or step the program does not have")
+        try:
+            descs = np.array(meta["descs"], np.int64).reshape(-1, 12)
+            bind = lambda t: [sim.Binding(str(n), int(a), int(d), tuple(int(x) for x in sh)) for n, a, d, sh in t]  # noqa: E731
+            inputs, outputs = bind(meta["inputs"]), bind(meta["outputs"])
+            rows, staging = int(meta["rows"]), int(meta["staging"])
+            fns = [(str(n), float(p)) for n, p in meta["fns"]]
+            regions = np.array(meta["regions"], np.int64).reshape(-1, 2)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{where}: malformed program table ({exc})") from None
+        timing_only = (options or {}).get("mode") == "timing" or bool(meta.get("timing"))
+        image = valid = None
+        consts = []
+        if not timing_only:
+            shape = (s.channels, s.banks_per_channel, rows, s.columns_per_row, s.simd_lanes)
+            image = np.zeros(shape, np.uint16)
+            valid = np.zeros(shape[:4], bool)
+            per_row = s.channels * s.banks_per_channel * s.row_bytes
+            vbits = s.channels * s.banks_per_channel * s.columns_per_row
+            for r, off, voff in meta.get("image", ()):
+                if not 0 <= r < rows:
+                    raise ArtifactError(f"{where}: image row {r} outside the program's {rows} rows")
+                image[:, :, r] = weights.map(off, per_row).view(np.uint16).reshape(shape[:2] + shape[3:])
+                valid[:, :, r] = np.unpackbits(weights.map(voff, -(-vbits // 8)))[:vbits].reshape(
+                    shape[:2] + shape[3:4]).astype(bool)
+            consts = [(int(a), np.array(weights.map(off, n))) for a, off, n in meta.get("consts", ())]
+        code = sim.Code(cmds, descs, image, valid, rows, staging, consts, inputs, outputs,
+                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], fns, regions)
+        return PimProgram(self, subgraph, code, [int(r) for r in meta.get("step_rows", [0] * len(ops))])
+
+
+def _dtype_code(dt) -> int:
+    return {ir.DataType.FLOAT: 0, ir.DataType.BFLOAT16: 1, ir.DataType.FLOAT16: 2,
+            ir.DataType.INT64: 3, ir.DataType.INT32: 4}.get(dt, -1)
+
+
+@dataclass
+class _Buf:
+    """A value in the staging area."""
+
+    addr: int
+    dtype: int
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _strides(shape) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return out[::-1]
+
+
+def _broadcast_strides(src: tuple[int, ...], out: tuple[int, ...]) -> list[int]:
+    st = _strides(src)
+    pad = len(out) - len(src)
+    return [0 if i < pad or src[i - pad] == 1 else st[i - pad] for i in range(len(out))]
+
+
+def _merge(dims, *strides) -> tuple[list[int], list[list[int]]] | None:
+    """Drop unit dims and merge neighbours that are contiguous in every stride list; None beyond 4 dims."""
+    keep = [i for i, d in enumerate(dims) if d != 1]
+    d = [dims[i] for i in keep]
+    ss = [[s[i] for i in keep] for s in strides]
+    i = len(d) - 2
+    while i >= 0:
+        if all(s[i] == s[i + 1] * d[i + 1] for s in ss):
+            d[i] *= d[i + 1]
+            del d[i + 1]
+            for s in ss:
+                s[i] = s[i + 1]
+                del s[i + 1]
+        i -= 1
+    if len(d) > 4:
+        return None
+    pad = 4 - len(d)
+    return [1] * pad + d, [[0] * pad + s for s in ss]
+
+
+def _resident(v: ir.Value | None, depth: int = 0) -> bool:
+    """Whether a product's matrix operand is a device-resident KV cache (through layout views): the
+    in-place append output of a Concat, or a state input."""
+    if v is None or depth > 8:
+        return False
+    if v.is_graph_input() and v.metadata_props.get(STATE_KEY):
+        return True
+    n = v.producer()
+    if n is None:
+        return False
+    if n.op_type == "Concat" and v.is_graph_output() and v.metadata_props.get(STATE_KEY) is not None:
+        return True
+    if n.op_type in LAYOUT_VIEWS and n.inputs:
+        return _resident(n.inputs[0], depth + 1)
+    return False
+
+
+class _Lowering:
+    """Turns placed nodes into commands over staging buffers (the planning side: may read the graph)."""
+
+    def __init__(self, backend: PimBackend, em: kernels.Emitter, env: dict[str, _Buf], timing_only: bool):
+        self.be = backend
+        self.s: PimSpec = backend.spec
+        self.em = em
+        self.env = env
+        self.timing_only = timing_only
+        self.fns: list[tuple[str, float]] = []
+        self.writes: list[tuple[np.ndarray, list[Command]]] = []  # constant matrices for the bank image
+        self.dev = 1 if self.s.dtype == "bfloat16" else 2
+        self.fp16 = self.s.dtype == "float16"
+
+    # ---- buffers -------------------------------------------------------------------------
+    def const(self, v: ir.Value) -> _Buf:
+        # timing mode reads no tensor data: the constant's place is reserved from its shape
+        c = None if self.timing_only else opinfo.const_value(v)
+        code = _dtype_code(v.dtype) if v.dtype is not None else 0
+        if code not in (0, 3, 4):
+            code = 0  # other float constants are held as float32, as the host hands them over
+        dt = sim.NP_DTYPES[code]
+        shape = tuple(np.shape(c)) if c is not None else tuple(opinfo.shape_of(v) or ())
+        if c is None:
+            return _Buf(self.em.alloc(dt.itemsize * math.prod(shape)), code, shape)
+        return _Buf(self.em.const(np.ascontiguousarray(np.asarray(c).astype(dt)).tobytes()), code, shape)
+
+    def buf(self, v: ir.Value) -> _Buf:
+        b = self.env.get(v.name)
+        if b is None:
+            if not opinfo.is_const(v):
+                raise LoweringError(f"PIM: value '{v.name}' is used before it is computed")
+            b = self.env[v.name] = self.const(v)
+        return b
+
+    def new(self, shape, dtype: int = 0) -> _Buf:
+        return _Buf(self.em.alloc(sim.NP_DTYPES[dtype].itemsize * math.prod(shape)), dtype, tuple(shape))
+
+    def hcopy(self, dst_addr: int, dst_dtype: int, src_addr: int, src_dtype: int, dims, sstr, dstr,
+              reg: int = 0, flags: int = 0) -> None:
+        m = _merge(list(dims), list(sstr), list(dstr))
+        if m is None:
+            raise LoweringError(f"PIM: a host copy of shape {list(dims)} has more than 4 strided dimensions")
+        d, (ss, ds) = m
+        self.em.emit("HCOPY", addr=dst_addr, dtype=dst_dtype, addr2=src_addr, dtype2=src_dtype,
+                     desc=self.em.desc(*d, *ss, *ds), reg=reg, flags=flags)
+
+    def copy(self, b: _Buf, dtype: int) -> _Buf:
+        out = self.new(b.shape, dtype)
+        self.hcopy(out.addr, dtype, b.addr, b.dtype, [b.numel], [1], [1])
+        return out
+
+    def zero(self, addr: int, n: int, dtype: int) -> None:
+        self.em.emit("HZERO", addr=addr, length=n * sim.NP_DTYPES[dtype].itemsize)
+
+    # ---- nodes ---------------------------------------------------------------------------
+    def node(self, node: ir.Node, p: Plan) -> None:
+        getattr(self, p.kind)(node, p)
+
+    def view(self, node: ir.Node, p: Plan) -> None:
+        x = self.buf(node.inputs[0])
+        out = node.outputs[0]
+        osh = tuple(opinfo.shape_of(out))
+        op = node.op_type
+        if op == "Transpose":
+            perm = _perm(node, len(x.shape))
+            st = _strides(x.shape)
+            y = self.new(osh, x.dtype)
+            self.hcopy(y.addr, y.dtype, x.addr, x.dtype, osh, [st[a] for a in perm], _strides(osh))
+        elif op == "Expand":
+            y = self.new(osh, x.dtype)
+            self.hcopy(y.addr, y.dtype, x.addr, x.dtype, osh, _broadcast_strides(x.shape, osh), _strides(osh))
+        else:  # a reshape: the same bytes under another shape
+            y = _Buf(x.addr, x.dtype, osh)
+        self.env[out.name] = y
+
+    def _to_stream(self, src: _Buf, sl: kernels.StreamLayout, dst: int, reg: int = 0) -> None:
+        """Row-major float32 -> per-channel padded blocks of the device dtype (scaled by 2**-sreg[reg])."""
+        nf, rest = divmod(src.numel, sl.share)
+        if nf:
+            self.hcopy(dst, self.dev, src.addr, src.dtype, [nf, sl.share], [sl.share, 1], [sl.block, 1], reg=reg)
+        if rest:
+            self.hcopy(dst + nf * sl.block * 2, self.dev, src.addr + nf * sl.share * 4, src.dtype, [rest], [1], [1],
+                       reg=reg)
+
+    def _from_stream(self, src: int, sl: kernels.StreamLayout, dst: _Buf, reg: int = 0, flags: int = 0) -> None:
+        nf, rest = divmod(dst.numel, sl.share)
+        if nf:
+            self.hcopy(dst.addr, 0, src, self.dev, [nf, sl.share], [sl.block, 1], [sl.share, 1], reg=reg,
+                       flags=flags)
+        if rest:
+            self.hcopy(dst.addr + nf * sl.share * 4, 0, src + nf * sl.block * 2, self.dev, [rest], [1], [1], reg=reg,
+                       flags=flags)
+
+    def _stream_buf(self, sl: kernels.StreamLayout, numel: int) -> int:
+        n = sl.channels * sl.block
+        addr = self.em.alloc(2 * n)
+        if n != numel:
+            self.zero(addr, n, self.dev)  # the padding of the last columns
+        return addr
+
+    def elementwise(self, node: ir.Node, p: Plan) -> None:
+        em, s = self.em, self.s
+        out = node.outputs[0]
+        osh = tuple(opinfo.shape_of(out))
+        numel = math.prod(osh)
+        sl = kernels.stream_layout(s, numel)
+        op = node.op_type
+        ins = [self.buf(v) for v in node.inputs if v is not None]
+        # FP16 devices (HBM-PIM): per-tensor power-of-two scaling, as explicit host commands. HRANGE
+        # takes the operands' largest magnitudes and sets shift registers so that operands, products
+        # and FP16 partial sums stay below 2**15; HCOPY scales each operand by 2**-s on its way into
+        # the banks and the result by 2**s on the way back. Scaling by 2**-s is exact in FP16 (only
+        # values pushed below 2**-14 lose bits), unlike clamping, and needs no range known at
+        # compile time, which activations do not have.
+        regs, back, back_flags = [0] * len(ins), 0, 0
+        if self.fp16 and op in EW_TABLE:
+            rule = "add" if op == "Add" else "mul"
+            em.emit("HRANGE", fn=sim.RANGE_RULES.index(rule), addr=ins[0].addr, length=ins[0].numel,
+                    addr2=ins[1].addr, count=ins[1].numel, reg=1)
+            regs, back, back_flags = [1, 2], 1, UP | (PAIR if op == "Mul" else 0)
+        elif self.fp16 and op in HOMOGENEOUS:
+            em.emit("HRANGE", fn=sim.RANGE_RULES.index("one"), addr=ins[0].addr, length=ins[0].numel, reg=1)
+            regs, back, back_flags = [1], 1, UP
+        rows = []
+        for b, reg in zip(ins, regs):
+            if b.numel != numel:  # broadcast on the host into a full-size operand first
+                full = self.new(osh)
+                self.hcopy(full.addr, 0, b.addr, b.dtype, osh, _broadcast_strides(b.shape, osh), _strides(osh))
+                b = full
+            st = self._stream_buf(sl, b.numel)
+            self._to_stream(b, sl, st, reg)
+            r = em.reserve_rows(sl.rows)
+            kernels.emit_stream_transfer(em, sl, numel, "WR_BK", st, r)
+            rows.append(r)
+        ry = em.reserve_rows(sl.rows)
+        if op in EW_TABLE:
+            kernels.emit_stream_op(em, sl, numel, EW_TABLE[op], (rows[0], rows[1], ry))
+        else:
+            param = 0.0
+            if op == "LeakyRelu":
+                param = float(np.float32(_attr(node, "alpha", 0.01)))
+            elif op == "Gelu":
+                param = 1.0 if _attr(node, "approximate", "none") == "tanh" else 0.0
+            fn = (op, param)
+            if fn not in self.fns:
+                self.fns.append(fn)
+            kernels.emit_stream_op(em, sl, numel, "AF", (rows[0], 0, ry), fn=self.fns.index(fn))
+        yst = em.alloc(2 * sl.channels * sl.block)
+        kernels.emit_stream_transfer(em, sl, numel, "RD_BK", yst, ry)
+        y = self.new(osh)
+        self._from_stream(yst, sl, y, reg=back, flags=back_flags if back else 0)
+        self.env[out.name] = y
+
+    def append(self, node: ir.Node, p: Plan) -> None:
+        """KV-cache append Concat(past, new) -> present: the host concatenates (the resident past is
+        where it was); the new elements go into the banks (the timed in-place write) and the present
+        value hands back what the banks hold (a resident read: no bus time)."""
+        em = self.em
+        out = node.outputs[0]
+        osh = tuple(opinfo.shape_of(out))
+        axis = _attr(node, "axis", 0) % len(osh)
+        y = self.new(osh)
+        inner = math.prod(osh[axis + 1:])
+        outer = math.prod(osh[:axis])
+        off = 0
+        for v in node.inputs:
+            b = self.buf(v)
+            span = b.shape[axis] * inner
+            state = v.is_graph_input() and v.metadata_props.get(STATE_KEY) == out.name
+            src = b
+            if not state:  # through the banks
+                sl = kernels.stream_layout(self.s, b.numel)
+                st = self._stream_buf(sl, b.numel)
+                self._to_stream(b, sl, st)
+                r = em.reserve_rows(sl.rows)
+                kernels.emit_stream_transfer(em, sl, b.numel, "WR_BK", st, r)
+                back = em.alloc(2 * sl.channels * sl.block)
+                kernels.emit_stream_transfer(em, sl, b.numel, "RD_BK", back, r, flags=RESIDENT)
+                src = self.new(b.shape)
+                self._from_stream(back, sl, src)
+            self.hcopy(y.addr + off * 4, 0, src.addr, src.dtype, [outer, span], [span, 1], [osh[axis] * inner, 1])
+            off += span
+        self.env[out.name] = y
+
+    def matvec(self, node: ir.Node, p: Plan) -> None:
+        em, s = self.em, self.s
+        G, M, N, K = p.G, p.M, p.N, p.K
+        out = node.outputs[0]
+        osh = tuple(opinfo.shape_of(out))
+        lay = kernels.matvec_layout(s, G, N, K)
+        Kp, Np = lay.Kp, lay.Np
+        a = self.buf(node.inputs[0])
+        dot = s.mac_dataflow == "dot"
+        x_dev = em.alloc(2 * G * M * Kp)
+        base = em.reserve_rows(lay.rows)
+        xreg = wreg = 0
+        if p.const_weight:
+            trans_b = node.op_type == "Gemm" and _attr(node, "transB", 0)
+            sw, l1 = 0, 0.0
+            if not self.timing_only:
+                b = np.asarray(opinfo.const_value(node.inputs[1]), np.float32)
+                w = b if trans_b else b.T  # [N, K]
+                if self.fp16:
+                    # the weight's shift is fixed with its bank image; the partial-sum bound it leaves
+                    # (max_n sum_k |w| at that scale) goes into HRANGE, which shifts x at run time
+                    sw = sim.shift_for(sim.amax(w))
+                    l1 = float(np.max(np.sum(np.abs(w), axis=-1))) if w.size else 0.0
+                    w = np.ldexp(w, -sw)
+                self._const_matrix(w[None], lay, G, N, K, base)
+            if self.fp16:
+                em.emit("HRANGE", fn=sim.RANGE_RULES.index("matvec_const"), addr=a.addr, length=a.numel,
+                        imm=float(np.float32(l1 * 2.0 ** -sw)), gb=sw, reg=1)
+                xreg = 1
+            if Kp != K:
+                self.zero(x_dev, G * M * Kp, self.dev)
+            self.hcopy(x_dev, self.dev, a.addr, a.dtype, [M, K], [K, 1], [Kp, 1], reg=xreg)
+        else:
+            bsrc = self.buf(node.inputs[1])
+            batch = osh[:-2]
+            xs = _broadcast_strides(a.shape, batch + (M, K))
+            ws = _broadcast_strides(bsrc.shape, batch + (K, N))
+            bstr = _strides(batch)
+            w_dev = em.alloc(2 * G * (N * Kp if dot else K * Np))
+            if (Kp if dot else Np) != (K if dot else N):
+                self.zero(w_dev, G * (N * Kp if dot else K * Np), self.dev)
+            wsrc, wsrc_dims, wsrc_str = bsrc, list(batch) + [N, K], ws[:-2] + [ws[-1], ws[-2]]
+            if self.fp16:
+                wf = self.new((G, N, K))
+                self.hcopy(wf.addr, 0, bsrc.addr, bsrc.dtype, wsrc_dims, wsrc_str,
+                           [b_ * N * K for b_ in bstr] + [K, 1])
+                em.emit("HRANGE", fn=sim.RANGE_RULES.index("matvec"), addr=a.addr, length=a.numel, addr2=wf.addr,
+                        count=wf.numel, col=K, reg=1)
+                xreg, wreg = 1, 2
+                wsrc, wsrc_dims, wsrc_str = wf, [G, N, K], [N * K, K, 1]
+                bstr_w = [1]
             else:
-                p = Plan(str(kind), int(G), int(M), int(N), int(K), int(numel), int(streamed), bool(const_weight),
-                         bool(scattered))
-                k.plan, k.fn_index = p, int(st.get("fn", 0))
-                if not timing_only:
-                    k.compute = self._compute_fn(node, p)
-            steps.append((node, k))
-        return PimProgram(self, subgraph, steps, timing_only)
+                bstr_w = bstr
+            if dot:  # [G, N, Kp]
+                dstr = [b_ * N * Kp for b_ in bstr_w] + [Kp, 1]
+            else:  # [G, K, Np]
+                dstr = [b_ * K * Np for b_ in bstr_w] + [1, Np]
+            self.hcopy(w_dev, self.dev, wsrc.addr, wsrc.dtype, wsrc_dims, wsrc_str, dstr, reg=wreg)
+            resident = RESIDENT if _resident(node.inputs[1]) else 0
+            em.cmds.extend(kernels.emit_weight_writes(em, lay, G, N, K, w_dev, base, flags=resident))
+            if Kp != K:
+                self.zero(x_dev, G * M * Kp, self.dev)
+            self.hcopy(x_dev, self.dev, a.addr, a.dtype, list(batch) + [M, K], xs,
+                       [b_ * M * Kp for b_ in bstr] + [Kp, 1], reg=xreg)
+        part = em.alloc(kernels.partial_bytes(s, lay, M))
+        reductions = kernels.emit_matvec(em, lay, G, M, N, x_dev, part, base)
+        y = self.new((G, M, N))
+        self.zero(y.addr, y.numel, 0)
+        accd = 0 if s.accumulate_dtype == "float32" else 2
+        for slot, g, m, n0, n1 in reductions:  # the host adds the read-back partial sums in FP32
+            em.emit("HADD", addr=y.addr + ((g * M + m) * N + n0) * 4, addr2=slot, dtype2=accd,
+                    desc=self._desc2([n1 - n0], [1], [1]))
+        if xreg or wreg:
+            self.hcopy(y.addr, 0, y.addr, 0, [y.numel], [1], [1], reg=1, flags=UP | PAIR)
+        if node.op_type == "Gemm":
+            alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+            if alpha != 1.0:
+                em.emit("HMUL", addr=y.addr, length=y.numel, imm=float(np.float32(alpha)))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                bsh = tuple(opinfo.shape_of(node.inputs[2]))
+                cb = None if self.timing_only else (
+                    beta * np.asarray(opinfo.const_value(node.inputs[2]), np.float32)).astype(np.float32)
+                caddr = em.alloc(4 * math.prod(bsh)) if cb is None else em.const(np.ascontiguousarray(cb).tobytes())
+                self.em.emit("HADD", addr=y.addr, addr2=caddr, dtype2=0,
+                             desc=self._desc2((M, N), _broadcast_strides(bsh, (M, N)), [N, 1]))
+        self.env[out.name] = _Buf(y.addr, 0, osh)
+
+    def _desc2(self, dims, sstr, dstr) -> int:
+        m = _merge(list(dims), list(sstr), list(dstr))
+        d, (ss, ds) = m
+        return self.em.desc(*d, *ss, *ds)
+
+    def _const_matrix(self, w: np.ndarray, lay, G, N, K, base) -> None:
+        """Lay a constant matrix [G, N, K] out in staging order and keep the WR_BK commands that put it
+        into its bank columns: the compiler runs them into the image (they are not part of the program)."""
+        s = self.s
+        dt = sim.NP_DTYPES[self.dev]
+        if s.mac_dataflow == "dot":
+            buf = np.zeros((G, N, lay.Kp), dt)
+            buf[:, :, :K] = w.astype(dt)
+        else:
+            buf = np.zeros((G, K, lay.Np), dt)
+            buf[:, :, :N] = np.swapaxes(w, 1, 2).astype(dt)
+        # the compiler's own descriptor table: these writes are not part of the program
+        scratch = kernels.Emitter(s)
+        cmds = kernels.emit_weight_writes(scratch, lay, G, N, K, 0, base)
+        self.writes.append((buf.reshape(-1).view(np.uint16), cmds, np.array(scratch.descs, np.int64).reshape(-1, 12)))
+
+    def image(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.s
+        shape = (s.channels, s.banks_per_channel, self.em.rows, s.columns_per_row, s.simd_lanes)
+        image = np.zeros(shape, np.uint16)
+        valid = np.zeros(shape[:4], bool)
+        for data, cmds, descs in self.writes:
+            sim.write_image(s, image, valid, descs, cmds, data)
+        return image, valid
 
 
 class PimProgram(Program):
-    def __init__(self, backend: PimBackend, sub: Subgraph, steps, timing_only: bool):
+    """A PIM device's program: the command list, the bank image and the staging I/O table (sim.Code).
+
+    ``commands`` and ``image`` are the live objects the simulator reads on every ``run`` (mutate them
+    in place, then call ``invalidate`` to drop the fast path's cached grouping)."""
+
+    def __init__(self, backend: PimBackend, sub: Subgraph, code: sim.Code, rows: list[int]):
         self.device = sub.device
         self.backend = backend
         self.spec: PimSpec = backend.spec
-        self.steps = steps
-        self.timing_only = timing_only
+        self.code = code
+        self.nodes = list(sub.nodes)
+        self.rows = rows
         self.output_names = [v.name for v in sub.outputs]
+        self.fast = True
+        self.last_counts: dict = {}
+
+    @property
+    def timing_only(self) -> bool:
+        return self.code.image is None
+
+    @property
+    def commands(self) -> list[Command]:
+        return self.code.commands
+
+    @property
+    def image(self) -> np.ndarray | None:
+        return self.code.image
+
+    def invalidate(self) -> None:
+        self.code.invalidate()
+
+    @property
+    def steps(self) -> list[tuple[ir.Node, kernels.Kernel]]:
+        """Each node with the commands it owns (a fresh view of the command list)."""
+        by: list[list[Command]] = [[] for _ in self.nodes]
+        for c in self.code.commands:
+            if c.step < len(by):
+                by[c.step].append(c)
+        return [(n, kernels.Kernel(n.name, n.op_type, cs, r)) for n, cs, r in zip(self.nodes, by, self.rows)]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.timing_only:
-            raise ExecutionError("this PIM program was compiled in timing mode and holds no weights",
+            raise ExecutionError("this PIM program was compiled in timing mode and holds no bank image",
                                  hint="compile with mode='functional'")
-        env: dict[str, np.ndarray] = dict(inputs)
-        for node, k in self.steps:
-            xs = []
-            for v in node.inputs:
-                if v is None:
-                    continue
-                if v.name in env:
-                    xs.append(env[v.name])
-                else:
-                    c = opinfo.const_value(v)
-                    if c is None:
-                        raise ExecutionError(f"PIM node '{node.name}': input '{v.name}' was never computed")
-                    xs.append(c)
-            out = node.outputs[0]
-            y = np.asarray(k.compute(xs))
-            np_dtype = out.dtype.numpy() if out.dtype is not None else np.float32
-            env[out.name] = np.ascontiguousarray(y.astype(np_dtype).reshape(opinfo.shape_of(out)))
-        return {n: env[n] for n in self.output_names}
+        outs, self.last_counts = sim.execute(self.spec, self.code, dict(inputs), fast=self.fast)
+        return {n: outs[n] for n in self.output_names}
 
     def simulate(self) -> Timeline:
         t, ops, busy = 0.0, [], 0.0
@@ -558,17 +835,14 @@ class PimProgram(Program):
 
     def asm(self) -> str:
         lines = []
-        for node, k in self.steps:
-            chans = sum(1 for s in k.streams if s)
-            lines.append(f"; {node.name} ({node.op_type}): {chans} channel(s) in lock step; channel 0 shown")
-            lines.extend(c.text() for c in (k.streams[0] if k.streams else []))
+        step = -1
+        for c in self.code.commands:
+            if c.step != step:
+                step = c.step
+                n = self.nodes[step] if step < len(self.nodes) else None
+                lines.append(f"; {n.name} ({n.op_type})" if n is not None else f"; step {step}")
+            lines.append(c.text())
         return "\n".join(lines)
 
     def to_bytes(self) -> bytes:
-        out = bytearray()
-        for _, k in self.steps:
-            for st in k.streams:
-                for c in st:
-                    out += c.encode()
-        assert len(out) % ENCODED_SIZE == 0
-        return bytes(out)
+        return encode_all(self.code.commands)

@@ -1,4 +1,4 @@
-"""PIM kernels: bank layout, command streams and per-bank functional computation.
+"""PIM kernels: bank layout and command generation (planning side; values are never touched here).
 
 A matrix-vector kernel computes ``y[g, m, n] = sum_k x[g, m, k] * w[g, n, k]`` for G groups
 (one for a weight matrix; batch x heads for attention over a KV cache) and M input vectors.
@@ -9,29 +9,23 @@ per unit over a range of k. Items go to channels in contiguous blocks; each unit
 part of an item at the same bank offset as every other unit of its channel, packed
 row-major into DRAM rows, so one all-bank command serves the whole channel.
 
-Everything here depends only on shapes; values are touched only by ``compute``.
+Staging layouts the commands address (element dtype of the device, zero padded):
+  dot:  x as [G, M, Kp], w as [G, N, Kp] with Kp = K rounded up to the lanes (a column's worth)
+  simd: x as [G, M, K],  w as [G, K, Np] with Np = N rounded up to a unit's outputs
+The bank-transfer descriptor (ustride, kstride, grp, phase) says where column j of unit u comes
+from: ``u * ustride + ((phase + j) // grp) * kstride + ((phase + j) % grp) * lanes``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
-import ml_dtypes
-import numpy as np
-
-from kcompiler.backends.pim.isa import BURST, Command
+from kcompiler.backends.pim.isa import CLR, HOST, HOST_OPS, Command
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.backends.pim.timing import simulate_channel
 
-
-def device_dtype(spec: PimSpec):
-    return ml_dtypes.bfloat16 if spec.dtype == "bfloat16" else np.float16
-
-
-def _bursts(nbytes: float) -> int:
-    return max(1, math.ceil(nbytes / BURST))
+ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -43,36 +37,103 @@ class Item:
     k1: int
 
 
+class Emitter:
+    """Collects one program's commands, staging allocations, descriptors, rows and constants."""
+
+    def __init__(self, spec: PimSpec):
+        self.spec = spec
+        self.cmds: list[Command] = []
+        self.staging = 0
+        self.descs: list[tuple[int, ...]] = []
+        self._desc_index: dict[tuple[int, ...], int] = {}
+        self.rows = 0
+        self.step = 0
+        self.consts: list[tuple[int, bytes]] = []
+        self.regions: list[tuple[int, int]] = []
+
+    def alloc(self, nbytes: int) -> int:
+        """A staging buffer of its own (the simulator refuses an access crossing a buffer's end)."""
+        addr = self.staging
+        self.staging = addr + max(ALIGN, -(-int(nbytes) // ALIGN) * ALIGN)
+        self.regions.append((addr, addr + max(int(nbytes), 1)))
+        return addr
+
+    def const(self, raw: bytes) -> int:
+        addr = self.alloc(len(raw))
+        self.consts.append((addr, raw))
+        return addr
+
+    def desc(self, *vals: int) -> int:
+        key = tuple(int(v) for v in vals) + (0,) * (12 - len(vals))
+        i = self._desc_index.get(key)
+        if i is None:
+            i = self._desc_index[key] = len(self.descs)
+            self.descs.append(key)
+        return i
+
+    def reserve_rows(self, n: int) -> int:
+        base = self.rows
+        self.rows += n
+        return base
+
+    def emit(self, op: str, channel: int = HOST, **kw) -> None:
+        self.cmds.append(Command(op, channel, step=self.step, **kw))
+
+
 @dataclass
 class Kernel:
-    """One node's work on the device: its command streams and how to compute its value."""
+    """One node's work on the device: its commands (host and channel streams, in program order)."""
 
     name: str
     op_type: str
-    streams: list[list[Command]]  # one per channel
-    macs: int
-    weight_bytes: int  # bytes the units read from their banks
-    rows_used: int  # DRAM rows per bank the kernel's resident operands occupy
-    compute: Callable[[list[np.ndarray]], np.ndarray] | None = None
+    commands: list[Command]
+    rows_used: int = 0
     _time: tuple | None = field(default=None, repr=False)
+
+    @property
+    def streams(self) -> list[list[Command]]:
+        by: dict[int, list[Command]] = {}
+        for c in self.commands:
+            if c.op not in HOST_OPS:
+                by.setdefault(c.channel, []).append(c)
+        return [by[ch] for ch in sorted(by)]
 
     def time(self, spec: PimSpec):
         """(seconds, activations, columns, io_bytes) of the slowest channel / summed."""
         if self._time is None:
-            per = [simulate_channel(spec, s) for s in self.streams if s]
+            per = [simulate_channel(spec, s) for s in self.streams]
             seconds = max((p.seconds for p in per), default=0.0)
             self._time = (seconds, sum(p.activations for p in per), sum(p.columns for p in per),
                           sum(p.io_bytes for p in per))
         return self._time
 
+    def counts(self, spec: PimSpec) -> tuple[int, int]:
+        """(MACs, bank bytes) of the executed column commands: a MAC_ABK column is `lanes` multiplies in
+        each of its `units` units (lanes holding the zero padding of a chunk included: the hardware
+        multiplies them); EW ops read one or two operand columns and write one."""
+        macs = dram = 0
+        for c in self.commands:
+            if c.op == "MAC_ABK":
+                macs += c.count * c.units * spec.simd_lanes
+                dram += c.count * c.units * spec.column_bytes
+            elif c.op in ("EWADD", "EWMUL"):
+                dram += 3 * c.count * c.units * spec.column_bytes
+            elif c.op == "AF":
+                dram += 2 * c.count * c.units * spec.column_bytes
+        return macs, dram
 
-def _segments(offset: int, ncols: int, cols_per_visit: int) -> list[tuple[int, int, int]]:
-    """Split a run of columns at a unit's bank offset into (row, col, count) row visits."""
+
+def _segments(offset: int, ncols: int, spec: PimSpec) -> list[tuple[int, int, int, int]]:
+    """Split a run of a unit's columns at bank offset `offset` into (row, bank, col, count) runs that
+    stay inside one row of one of the unit's banks."""
+    cpr = spec.columns_per_row
+    per_row = cpr * spec.banks_per_unit
     out = []
     while ncols > 0:
-        row, col = divmod(offset, cols_per_visit)
-        n = min(ncols, cols_per_visit - col)
-        out.append((row, col, n))
+        row, rest = divmod(offset, per_row)
+        bank, col = divmod(rest, cpr)
+        n = min(ncols, cpr - col)
+        out.append((row, bank, col, n))
         offset += n
         ncols -= n
     return out
@@ -111,24 +172,24 @@ def _split(items: list, parts: int) -> list[list]:
     return out
 
 
-def build_matvec(spec: PimSpec, name: str, op_type: str, G: int, M: int, N: int, K: int) -> Kernel:
-    """The command streams of y[g,m,:] = W[g] @ x[g,m,:] for all groups and vectors."""
-    eb = spec.element_bytes
+@dataclass
+class MatvecLayout:
+    per_channel: list[list[tuple[Item, int, int, int, int]]]  # (item, column offset, columns, units, regs)
+    rows: int
+    Kp: int
+    Np: int
+
+
+def matvec_layout(spec: PimSpec, G: int, N: int, K: int) -> MatvecLayout:
     lanes = spec.simd_lanes
-    cols_per_visit = spec.columns_per_row * spec.banks_per_unit
-    per_channel = _split(matvec_items(spec, G, N, K), spec.channels)
-    acc_bytes = 4 if spec.accumulate_dtype == "float32" else 2
-    streams: list[list[Command]] = []
+    per_channel = []
     max_cols = 0
-    for ch, items in enumerate(per_channel):
-        # lay the items out once; the stream re-reads them for each of the M vectors
+    for items in _split(matvec_items(spec, G, N, K), spec.channels):
         layout, offset = [], 0
         for it in items:
             klen = it.k1 - it.k0
             if spec.mac_dataflow == "dot":
-                ncols = math.ceil(klen / lanes)
-                units = it.n1 - it.n0
-                regs = 1
+                ncols, units, regs = -(-klen // lanes), it.n1 - it.n0, 1
             else:
                 units = math.ceil((it.n1 - it.n0) / (lanes * spec.accumulators_per_unit))
                 regs = min(spec.accumulators_per_unit, math.ceil((it.n1 - it.n0) / lanes))
@@ -136,102 +197,180 @@ def build_matvec(spec: PimSpec, name: str, op_type: str, G: int, M: int, N: int,
             layout.append((it, offset, ncols, units, regs))
             offset += ncols
         max_cols = max(max_cols, offset)
-        cmds: list[Command] = []
-        for _m in range(M):
+        per_channel.append(layout)
+    per_row = spec.columns_per_row * spec.banks_per_unit
+    Kp = -(-K // lanes) * lanes if spec.mac_dataflow == "dot" else K
+    # simd: a row of w spans the outputs the units' registers cover (all of them read: no dead padding)
+    Np = N if spec.mac_dataflow == "dot" else max(
+        it.n0 + units * regs * lanes for layout in per_channel for it, _o, _n, units, regs in layout)
+    return MatvecLayout(per_channel, -(-max_cols // per_row) if max_cols else 0, Kp, Np)
+
+
+def emit_weight_writes(em: Emitter, lay: MatvecLayout, G: int, N: int, K: int, w_addr: int, base_row: int,
+                       flags: int = 0) -> list[Command]:
+    """WR_BK commands putting a matrix laid out in staging (module docstring) into its bank columns.
+    Returned, and emitted only if `em` is given a step (the compiler runs them itself for constants)."""
+    s = em.spec
+    eb = s.element_bytes
+    lanes = s.simd_lanes
+    out = []
+    for ch, layout in enumerate(lay.per_channel):
+        for it, off, ncols, units, regs in layout:
+            for r, b, c, n in _segments(off, ncols, s):
+                j0 = _seg_start(off, r, b, c, s)
+                if s.mac_dataflow == "dot":
+                    d, extra = bk_desc(em, lay.Kp, lanes, 1, 0, units, n, lanes)
+                    addr = w_addr + ((it.g * N + it.n0) * lay.Kp + it.k0 + j0 * lanes + extra) * eb
+                else:
+                    per_unit = lanes * s.accumulators_per_unit
+                    d, extra = bk_desc(em, per_unit, lay.Np, regs, j0 % regs, units, n, lanes)
+                    addr = w_addr + ((it.g * K + it.k0 + j0 // regs) * lay.Np + it.n0 + extra) * eb
+                out.append(Command("WR_BK", ch, row=base_row + r, bank=b, col=c, count=n, units=units, addr=addr,
+                                   desc=d, flags=flags, step=em.step))
+    return out
+
+
+def bk_desc(em: Emitter, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int,
+            lanes: int) -> tuple[int, int]:
+    """A canonical bank-transfer descriptor, and the element offset to add to the command's address.
+
+    Every layout has one encoding, so no descriptor entry can change without changing what moves: a
+    run inside one group of columns is written with grp 1 (columns `lanes` apart), one unit has no
+    unit stride, one column no column stride."""
+    if (phase + count + grp - 1) // grp == 1:  # one group: columns are consecutive lanes
+        offset, grp, phase, kstride = phase * lanes, 1, 0, lanes
+    else:
+        offset = 0
+    if count == 1:
+        kstride = 0
+    if units == 1:
+        ustride = 0
+    return em.desc(ustride, kstride, grp, phase), offset
+
+
+def _seg_start(off: int, row: int, bank: int, col: int, s: PimSpec) -> int:
+    """Column index within an item (starting at bank offset `off`) of a segment's first column."""
+    return row * s.columns_per_row * s.banks_per_unit + bank * s.columns_per_row + col - off
+
+
+def emit_matvec(em: Emitter, lay: MatvecLayout, G: int, M: int, N: int, x_addr: int, part_addr: int,
+                base_row: int) -> list[tuple[int, int, int, int]]:
+    """The channel streams of y[g,m,:] = W[g] @ x[g,m,:]; returns the host reduction as
+    (partial-slot address, g, m, n0, n1) in program order (channel, vector, item)."""
+    s = em.spec
+    eb = s.element_bytes
+    lanes = s.simd_lanes
+    acc_bytes = 4 if s.accumulate_dtype == "float32" else 2
+    lpa = 1 if s.mac_dataflow == "dot" else lanes
+    reductions = []
+    slot = part_addr
+    for ch, layout in enumerate(lay.per_channel):
+        for m in range(M):
             loaded = None
             for it, off, ncols, units, regs in layout:
-                if spec.mac_dataflow == "dot":
-                    key = (it.g, _m, it.k0, it.k1)
+                row0 = (it.g * M + m) * lay.Kp
+                if s.mac_dataflow == "dot":
+                    key = (it.g, m, it.k0, it.k1)
                     if key != loaded:
-                        cmds.append(Command("WR_GB", ch, count=_bursts((it.k1 - it.k0) * eb)))
+                        em.emit("WR_GB", ch, addr=x_addr + (row0 + it.k0) * eb, gb=0, length=ncols * lanes)
                         loaded = key
-                    cmds.extend(Command("MAC_ABK", ch, r, c, n) for r, c, n in _segments(off, ncols, cols_per_visit))
-                    cmds.append(Command("RD_MAC", ch, count=_bursts(units * acc_bytes)))
+                    for i, (r, b, c, n) in enumerate(_segments(off, ncols, s)):
+                        j0 = _seg_start(off, r, b, c, s)
+                        em.emit("MAC_ABK", ch, row=base_row + r, bank=b, col=c, count=n, units=units, gb=j0 * lanes,
+                                acc=0, nacc=1, flags=CLR if i == 0 else 0)
                 else:
-                    kc = spec.input_buffer_elems
-                    for j, k0 in enumerate(range(it.k0, it.k1, kc)):
+                    kc = s.input_buffer_elems
+                    first = True
+                    for k0 in range(it.k0, it.k1, kc):
                         klen = min(kc, it.k1 - k0)
-                        cmds.append(Command("WR_GB", ch, count=_bursts(klen * eb)))
+                        em.emit("WR_GB", ch, addr=x_addr + (row0 + k0) * eb, gb=0, length=klen)
                         seg_off = off + (k0 - it.k0) * regs
-                        cmds.extend(Command("MAC_ABK", ch, r, c, n)
-                                    for r, c, n in _segments(seg_off, klen * regs, cols_per_visit))
-                    cmds.append(Command("RD_MAC", ch, count=_bursts(units * regs * lanes * acc_bytes)))
-                loaded = loaded if spec.mac_dataflow == "dot" else None
-        streams.append(cmds)
-    rows = math.ceil(max_cols / cols_per_visit) if max_cols else 0
-    return Kernel(name, op_type, streams, macs=G * M * N * K, weight_bytes=G * M * N * K * eb, rows_used=rows)
+                        for r, b, c, n in _segments(seg_off, klen * regs, s):
+                            j = _seg_start(seg_off, r, b, c, s)
+                            em.emit("MAC_ABK", ch, row=base_row + r, bank=b, col=c, count=n, units=units,
+                                    gb=j // regs, acc=j % regs, nacc=regs, flags=CLR if first else 0)
+                            first = False
+                nslot = units * regs * lpa
+                em.emit("RD_MAC", ch, units=units, acc=0, nacc=regs, addr=slot)
+                reductions.append((slot, it.g, m, it.n0, it.n1))
+                slot += -(-nslot * acc_bytes // 4) * 4
+    return reductions
 
 
-def matvec_compute(spec: PimSpec, G: int, M: int, N: int, K: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Per-unit numerics: x [G, M, K], w [G, N, K] -> y [G, M, N] (float32).
+def partial_bytes(spec: PimSpec, lay: MatvecLayout, M: int) -> int:
+    acc_bytes = 4 if spec.accumulate_dtype == "float32" else 2
+    lpa = 1 if spec.mac_dataflow == "dot" else spec.simd_lanes
+    return sum(M * -(-units * regs * lpa * acc_bytes // 4) * 4 for layout in lay.per_channel
+               for _it, _off, _n, units, regs in layout)
 
-    Each unit multiplies exactly the partition it holds in the device's dtype and
-    accumulates as the hardware does; the host adds the read-back partial sums in FP32.
-    """
-    dt = device_dtype(spec)
-    items = matvec_items(spec, G, N, K)
-    lanes = spec.simd_lanes
 
-    def run(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        xq = np.asarray(x).astype(dt)
-        wq = np.asarray(w).astype(dt)
-        y = np.zeros((G, M, N), np.float32)
-        for it in items:
-            wk = wq[it.g, it.n0:it.n1, it.k0:it.k1]
-            if spec.mac_dataflow == "dot":
-                klen = it.k1 - it.k0
-                pad = (-klen) % lanes
-                wf = np.pad(wk.astype(np.float32), ((0, 0), (0, pad)))
-                for m in range(M):
-                    xf = np.pad(xq[it.g, m, it.k0:it.k1].astype(np.float32), (0, pad))
-                    prod = (wf * xf).reshape(wf.shape[0], -1, lanes)  # BF16 x BF16 is exact in FP32
-                    while prod.shape[-1] > 1:  # the adder tree, level by level
-                        prod = prod[..., 0::2] + prod[..., 1::2]
-                    tree = prod[..., 0]
-                    acc = np.zeros(wf.shape[0], np.float32)
-                    for col in range(tree.shape[1]):  # the accumulator, one column command at a time
-                        acc = acc + tree[:, col]
-                    y[it.g, m, it.n0:it.n1] += acc
+def build_matvec(spec: PimSpec, name: str, op_type: str, G: int, M: int, N: int, K: int) -> Kernel:
+    """The channel streams of one matrix-vector product alone (for timing studies: no host commands)."""
+    em = Emitter(spec)
+    lay = matvec_layout(spec, G, N, K)
+    x = em.alloc(2 * G * M * lay.Kp)
+    part = em.alloc(partial_bytes(spec, lay, M))
+    emit_matvec(em, lay, G, M, N, x, part, 0)
+    return Kernel(name, op_type, em.cmds, lay.rows)
+
+
+@dataclass
+class StreamLayout:
+    """An element stream spread over the channels for all-bank EW/AF ops and bank-resident copies:
+    channel ch holds elements [ch * share, ...); its EW column c holds `units` x lanes elements."""
+
+    share: int
+    channels: int  # channels holding data
+    units: int
+    cols: int  # columns of a full channel
+    rows: int  # rows per operand
+
+    units_lanes: int  # elements of one EW column
+
+    @property
+    def block(self) -> int:
+        """Staging elements per channel (padded to whole columns)."""
+        return self.cols * self.units_lanes
+
+
+def stream_layout(spec: PimSpec, numel: int) -> StreamLayout:
+    share = -(-numel // spec.channels)
+    nch = -(-numel // share)
+    units = min(spec.units_per_channel, -(-share // spec.simd_lanes))
+    cols = -(-share // (units * spec.simd_lanes))
+    rows = -(-cols // (spec.columns_per_row * spec.banks_per_unit))
+    return StreamLayout(share, nch, units, cols, rows, units * spec.simd_lanes)
+
+
+def emit_stream_transfer(em: Emitter, sl: StreamLayout, numel: int, op: str, addr: int, base_row: int,
+                         flags: int = 0) -> None:
+    """WR_BK (staging -> banks) or RD_BK (banks -> staging) of a stream laid out per channel in
+    padded blocks of `sl.block` elements."""
+    s = em.spec
+    eb = s.element_bytes
+    for ch in range(sl.channels):
+        n = min(sl.share, numel - ch * sl.share)
+        cols = -(-n // sl.units_lanes)
+        for r, b, c, cnt in _segments(0, cols, s):
+            j0 = _seg_start(0, r, b, c, s)
+            em.emit(op, ch, row=base_row + r, bank=b, col=c, count=cnt, units=sl.units,
+                    addr=addr + (ch * sl.block + j0 * sl.units_lanes) * eb,
+                    desc=bk_desc(em, s.simd_lanes, sl.units_lanes, 1, 0, sl.units, cnt, s.simd_lanes)[0], flags=flags)
+
+
+def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tuple[int, int, int], fn: int = 0):
+    s = em.spec
+    for ch in range(sl.channels):
+        n = min(sl.share, numel - ch * sl.share)
+        cols = -(-n // sl.units_lanes)
+        for r, b, c, cnt in _segments(0, cols, s):
+            kw = dict(row=rows[0] + r, row3=rows[2] + r, bank=b, col=c, count=cnt, units=sl.units)
+            if op == "AF":
+                kw["fn"] = fn
             else:
-                for m in range(M):
-                    xs = xq[it.g, m, it.k0:it.k1]
-                    acc = np.zeros(it.n1 - it.n0, np.float16)
-                    for k in range(it.k1 - it.k0):  # FP16 multiply, FP16 accumulate in GRF_B
-                        acc = acc + (wk[:, k] * xs[k]).astype(np.float16)
-                    y[it.g, m, it.n0:it.n1] += acc.astype(np.float32)
-        return y
-
-    return run
+                kw["row2"] = rows[1] + r
+            em.emit(op, ch, **kw)
 
 
-def build_elementwise(spec: PimSpec, name: str, op_type: str, numel: int, streamed_operands: int,
-                      fn_index: int = 0) -> Kernel:
-    """Operands written to the banks (unless resident), one all-bank op, the result read back."""
-    eb = spec.element_bytes
-    share = math.ceil(numel / spec.channels)
-    per_visit_elems = spec.units_per_channel * spec.simd_lanes * spec.banks_per_unit
-    cols = math.ceil(share / per_visit_elems)
-    cols_per_visit = spec.columns_per_row * spec.banks_per_unit
-    ew = {"Add": "EWADD", "Mul": "EWMUL"}.get(op_type, "AF")
-    streams = []
-    for ch in range(spec.channels):
-        cmds = [Command("WR_BK", ch, count=_bursts(share * eb)) for _ in range(streamed_operands)]
-        cmds.extend(Command(ew, ch, r, c, n, arg=fn_index) for r, c, n in _segments(0, cols, cols_per_visit))
-        cmds.append(Command("RD_BK", ch, count=_bursts(share * eb)))
-        streams.append(cmds)
-    return Kernel(name, op_type, streams, macs=0, weight_bytes=numel * eb * 2,
-                  rows_used=math.ceil(cols / cols_per_visit) * 3)
-
-
-def build_append(spec: PimSpec, name: str, op_type: str, numel: int, scattered: bool) -> Kernel:
-    """In-place append of `numel` new elements to a bank-resident operand (the KV cache's new token).
-
-    The elements are spread over the channels as the cache is. Contiguous rows go in 32-byte write
-    bursts; when the stored layout puts each new element in a different column (a new reduction
-    index of a dot-dataflow matrix: one element per output row), each element is a masked burst of
-    its own. Only bus time is modelled (the write's row activation is not)."""
-    eb = spec.element_bytes
-    share = math.ceil(numel / spec.channels)
-    bursts = share if scattered else _bursts(share * eb)
-    streams = [[Command("WR_BK", ch, count=bursts)] for ch in range(min(spec.channels, numel))]
-    return Kernel(name, op_type, streams, macs=0, weight_bytes=numel * eb, rows_used=0)
+__all__ = ["Emitter", "Kernel", "Item", "matvec_items", "matvec_layout", "emit_matvec", "emit_weight_writes",
+           "stream_layout", "emit_stream_transfer", "emit_stream_op", "partial_bytes"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kcompiler.backends.pim.isa import BURST, Command
+from kcompiler.backends.pim.isa import BURST, HOST_OPS, RESIDENT, Command
 from kcompiler.backends.pim.spec import PimSpec
 
 
@@ -47,7 +47,15 @@ def simulate_channel(spec: PimSpec, commands: list[Command]) -> ChannelTime:
     bank_data_ready = 0.0  # operands written by WR_BK
     out = ChannelTime()
     end = 0.0
+    eb = spec.element_bytes
+    acc_bytes = 4 if spec.accumulate_dtype == "float32" else 2
+    lpa = 1 if spec.mac_dataflow == "dot" else spec.simd_lanes
     for c in commands:
+        if c.op in HOST_OPS or c.flags & RESIDENT:
+            # host-side conversion, scaling and reduction are outside the device's timeline; a
+            # resident KV cache is already in the banks (runtime/state.py): no bus time
+            continue
+        bursts = c.bursts(spec.simd_lanes, eb, acc_bytes, lpa)
         if c.op in ("MAC_ABK", "EWADD", "EWMUL", "AF"):
             first = last_col + period
             if c.row != open_row:
@@ -71,26 +79,26 @@ def simulate_channel(spec: PimSpec, commands: list[Command]) -> ChannelTime:
             end = max(end, done)
         elif c.op == "WR_GB":
             start = max(bus_free, buf_busy_until)
-            bus_free = start + c.count * io_s_per_burst
+            bus_free = start + bursts * io_s_per_burst
             buf_ready = bus_free
-            out.io_bytes += c.count * BURST
+            out.io_bytes += bursts * BURST
             end = max(end, bus_free)
         elif c.op == "RD_MAC":
             start = max(bus_free, last_col + period)
-            bus_free = start + c.count * io_s_per_burst
+            bus_free = start + bursts * io_s_per_burst
             acc_free = bus_free
-            out.io_bytes += c.count * BURST
+            out.io_bytes += bursts * BURST
             end = max(end, bus_free)
         elif c.op == "WR_BK":
             start = bus_free
-            bus_free = start + c.count * io_s_per_burst
+            bus_free = start + bursts * io_s_per_burst
             bank_data_ready = bus_free
-            out.io_bytes += c.count * BURST
+            out.io_bytes += bursts * BURST
             end = max(end, bus_free)
         elif c.op == "RD_BK":
             start = max(bus_free, last_col + period)
-            bus_free = start + c.count * io_s_per_burst
-            out.io_bytes += c.count * BURST
+            bus_free = start + bursts * io_s_per_burst
+            out.io_bytes += bursts * BURST
             end = max(end, bus_free)
         else:  # pragma: no cover - the ISA table and this model must agree
             raise AssertionError(f"no timing for PIM command {c.op}")
