@@ -58,9 +58,16 @@ def dma(opcode: int, core: int, op: int, dtype: str, buf: int, off: int, sram: i
     # a dim of size 1 has no stride (reserved zero: the simulator checks it)
     strides = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
     p = tuple(0 if n == 1 else x for n, x in zip(shape[:3], p))
-    return make(opcode, core, op, wait, signal, isa.DT[dtype], buf=buf, off=off, sram=sram,
+    return make(opcode, core, op, wait, signal, isa.esize_code(dtype), buf=buf, off=off, sram=sram,
                 n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3], s0=strides[0], s1=strides[1], s2=strides[2],
                 s3=strides[3], p0=p[0], p1=p[1], p2=p[2])
+
+
+def canonical_window(kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, h, w, oh, ow, flags=0) -> dict:
+    """CONFIG fields of a window, with the fields that mean nothing at these sizes at their reserved
+    value (a dilation with one tap, a stride with one output: 1)."""
+    return dict(kh=kh, kw=kw, sh=sh if oh > 1 else 1, sw=sw if ow > 1 else 1, dh=dh if kh > 1 else 1,
+                dw=dw if kw > 1 else 1, pt=pt, pl=pl, pb=pb, pr=pr, h=h, w=w, oh=oh, ow=ow, flags=flags)
 
 
 def split_range(extent: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
@@ -252,9 +259,7 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
     P = desc.P
     code: list[Instr] = []
     if conv is not None:
-        kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, H, W, OH, OW = conv
-        code.append(make(isa.CONFIG, core, op, aux=0, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, pb=pb,
-                         pr=pr, h=H, w=W, oh=OH, ow=OW))
+        code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv)))
     iters, n_out = _iterations(desc, core)
     # which iterations (re)load A and B: a tile identical to the one just loaded stays
     loads, prev_a, prev_b = [], None, None
@@ -265,6 +270,9 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
     has_load = [la or lb for la, lb in loads]
     a_slot = b_slot = 1
     operands = [s[4] for s in desc.steps if s[4] is not None]
+    # an operand constant along m (a bias) is loaded again only when the n range changes
+    op_slot = [1] * len(operands)
+    op_key: list = [None] * len(operands)
     for i, (gi, ma, mb, na, nb, ka, kb, first, last, j) in enumerate(iters):
         mt, nt, kt = mb - ma, nb - na, kb - ka
         la, lb = loads[i]
@@ -289,10 +297,16 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
         # epilogue operands (bias, residual) join the tile in SRAM: no output round trip
         op_loads = []
         for t, operand in enumerate(operands):
-            op_loads.extend(_operand_loads(desc, core, op, operand, gi, ma, mb, na, nb, lay.operands[t][j % 2]))
+            m_free = not (operand[3] or operand[5])
+            key = (gi, na, nb) if m_free else (gi, ma, mb, na, nb)
+            if key == op_key[t]:
+                continue
+            op_key[t] = key
+            op_slot[t] ^= 1
+            op_loads.extend(_operand_loads(desc, core, op, operand, gi, ma, mb, na, nb, lay.operands[t][op_slot[t]]))
         for idx, ins in enumerate(op_loads):
             code.append(ins.replace(signal=CH["ld>vx"] if idx == len(op_loads) - 1 else 0))
-        vecs = _epilogue(desc, core, op, mt, nt, acc, [lay.operands[t][j % 2] for t in range(len(operands))])
+        vecs = _epilogue(desc, core, op, mt, nt, acc, [lay.operands[t][op_slot[t]] for t in range(len(operands))])
         first_wait = CH["mx>vx"] | (CH["st>vx"] if j >= 2 else 0) | (CH["ld>vx"] if op_loads else 0)
         last_sig = CH["vx>st"] | (CH["vx>mx"] if j + 2 < n_out else 0)
         for idx, ins in enumerate(vecs):

@@ -36,10 +36,20 @@ ALL_CORES = 0xFF
 NONE = 0xFFFFFFFF
 
 # ---- element dtypes (4-bit codes) -----------------------------------------------------------
-DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8")
+DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8", "u16", "u32", "u64")
 DT = {name: i for i, name in enumerate(DTYPES)}
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1, "u16": 2, "u32": 4, "u64": 8}
 FLOAT_DTYPES = ("f32", "f16", "bf16")
+#: a DMA (LOAD, STORE, COPY; GATHER's data) moves elements of a size, without interpreting them:
+#: its aux (GATHER: low nibble) is the size code
+ESIZES = (1, 2, 4, 8)
+ESIZE_CODE = {n: i for i, n in enumerate(ESIZES)}
+RAW = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+
+
+def esize_code(dtype: str) -> int:
+    """The DMA size code of elements of `dtype`."""
+    return ESIZE_CODE[DTYPE_BYTES[dtype]]
 
 _DMA = ("n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3", "p0", "p1", "p2")
 
@@ -47,18 +57,18 @@ _DMA = ("n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3", "p0", "p1", "p2")
 LOAD, STORE, COPY, FILL, GATHER, MATMUL, VECTOR, CONFIG, BARRIER = range(9)
 OPCODES = {
     # DRAM (buf, off) -> SRAM: an n0 x n1 x n2 x n3 block read at DRAM element strides s0..s3,
-    # written at SRAM element pitches p0, p1, p2 (and 1); aux: dtype
+    # written at SRAM element pitches p0, p1, p2 (and 1); aux: element size code (ESIZES)
     LOAD: ("ld", "dma_in", ("buf", "off", "sram") + _DMA),
     # SRAM -> DRAM (buf, off): the same block read at pitches p0..p2 and written at strides s0..s3
     STORE: ("st", "dma_out", ("buf", "off", "sram") + _DMA),
-    # DRAM -> DRAM: a block read at strides s0..s3 and written at strides d0..d3; aux: dtype
+    # DRAM -> DRAM: a block read at strides s0..s3 and written at strides d0..d3; aux: element size code
     COPY: ("copy", "dma_out", ("sbuf", "soff", "dbuf", "doff", "n0", "n1", "n2", "n3",
                                "s0", "s1", "s2", "s3", "d0", "d1", "d2", "d3")),
     # DRAM block := the immediate `value` (float32 bits) at strides d0..d3; aux: dtype
     FILL: ("fill", "dma_out", ("buf", "off", "n0", "n1", "n2", "n3", "d0", "d1", "d2", "d3", "value")),
     # indirect DMA, DRAM -> DRAM: dst[o, j, :] = src[o, idx[j], :] for o < outer, j < count, `inner`
     # elements per row; src rows at `sstride` elements per o and `inner` per row (`rows` of them: an
-    # index i < 0 means rows + i), dst at `dstride` per o; aux: dtype | index dtype << 4
+    # index i < 0 means rows + i), dst at `dstride` per o; aux: element size code | index dtype << 4
     GATHER: ("gather", "dma_out", ("sbuf", "soff", "ibuf", "ioff", "dbuf", "doff", "outer", "count", "inner",
                                    "sstride", "rows", "dstride")),
     # acc[g, m, n] (+)= sum_k A[g, m, k] * B[g, k, n]: operands at SRAM byte addresses with element
@@ -228,10 +238,12 @@ class Instr:
         parts = [f"{mn:<7}", f"c{core}"]
         if self.opcode == VECTOR:
             parts.append(f"fn={VFN_NAMES[self.aux]}" if self.aux < len(VFN_NAMES) else f"fn=#{self.aux}")
-        elif self.opcode in (LOAD, STORE, COPY, FILL):
+        elif self.opcode in (LOAD, STORE, COPY):
+            parts.append(f"eb={_eb(self.aux)}")
+        elif self.opcode == FILL:
             parts.append(f"dt={_dt(self.aux & 0xF)}")
         elif self.opcode == GATHER:
-            parts.append(f"dt={_dt(self.aux & 0xF)} it={_dt(self.aux >> 4 & 0xF)}")
+            parts.append(f"eb={_eb(self.aux & 0xF)} it={_dt(self.aux >> 4 & 0xF)}")
         elif self.opcode == MATMUL:
             parts.append(f"dt={_dt(self.aux & 0xF)} accum={self.aux >> 4 & 1} win={self.aux >> 5 & 1}")
         elif self.opcode == CONFIG:
@@ -258,10 +270,12 @@ class Instr:
         kv = dict(t.split("=", 1) for t in tokens[2:])
         if opcode == VECTOR:
             aux = VFN[kv["fn"]]
-        elif opcode in (LOAD, STORE, COPY, FILL):
+        elif opcode in (LOAD, STORE, COPY):
+            aux = _eb_code(kv["eb"])
+        elif opcode == FILL:
             aux = DT[kv["dt"]]
         elif opcode == GATHER:
-            aux = DT[kv["dt"]] | DT[kv["it"]] << 4
+            aux = _eb_code(kv["eb"]) | DT[kv["it"]] << 4
         elif opcode == MATMUL:
             aux = DT[kv["dt"]] | int(kv["accum"]) << 4 | int(kv["win"]) << 5
         elif opcode == CONFIG:
@@ -282,6 +296,14 @@ class Instr:
 
 def _dt(code: int) -> str:
     return DTYPES[code] if code < len(DTYPES) else f"#{code}"
+
+
+def _eb(code: int) -> str:
+    return str(ESIZES[code]) if code < len(ESIZES) else f"#{code}"
+
+
+def _eb_code(text: str) -> int:
+    return int(text[1:]) if text.startswith("#") else ESIZE_CODE[int(text)]
 
 
 def _fmt(name: str, v: int) -> str:

@@ -25,7 +25,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import Cost
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.cost import dma_cycles
-from kcompiler.backends.npu.emit import GemmDesc, dma, emit_gemm, make, split_range
+from kcompiler.backends.npu.emit import GemmDesc, canonical_window, dma, emit_gemm, make, split_range
 from kcompiler.backends.npu.isa import CH, DTYPE_BYTES, NONE, Instr
 from kcompiler.backends.npu.sim import Binding, Buffer
 from kcompiler.backends.npu.spec import NpuSpec
@@ -287,7 +287,7 @@ def emit_copy(cg: Codegen, op: int, src: Layout, dst: Layout, src_strides=None, 
         f = {"sbuf": src.buf, "soff": so, "dbuf": dst.buf, "doff": do}
         for k, (n, s, d) in enumerate(tail):
             f[f"n{k}"], f[f"s{k}"], f[f"d{k}"] = n, (s if n > 1 else 0), (d if n > 1 else 0)
-        cg.emit(make(isa.COPY, core, op, aux=isa.DT[dst.dtype], **f))
+        cg.emit(make(isa.COPY, core, op, aux=isa.esize_code(dst.dtype), **f))
 
 
 def emit_fill(cg: Codegen, op: int, dst: Layout, value: float, core: int = 0) -> None:
@@ -489,7 +489,7 @@ class CopyKernel(Kernel):
         if not (src.is_contiguous() and il.is_contiguous() and out.is_contiguous()):
             raise LoweringError(f"Gather '{n.name}': an indirect DMA reads contiguous tables and indices")
         count = math.prod(il.shape)
-        cg.emit(make(isa.GATHER, 0, op, aux=isa.DT[src.dtype] | isa.DT[il.dtype] << 4, sbuf=src.buf, soff=src.off,
+        cg.emit(make(isa.GATHER, 0, op, aux=isa.esize_code(src.dtype) | isa.DT[il.dtype] << 4, sbuf=src.buf, soff=src.off,
                      ibuf=il.buf, ioff=il.off, dbuf=out.buf, doff=out.off, outer=outer, count=count, inner=inner,
                      sstride=rows * inner if outer > 1 else 0, rows=rows, dstride=count * inner if outer > 1 else 0))
 
@@ -1025,11 +1025,25 @@ class PoolKernel(VectorKernel):
         include = not self.is_max and a_int(self.node, "count_include_pad", 0)
         if not include:
             pb = pr = 0  # only a count that includes the pads reads the bottom/right ones
+            # taps that read only padding (a 3x3 pool padded by 1 over a 1x1 input) change nothing
+            # when pads do not count: the window starts and ends at taps that read the input
+            kh, pt = _trim_taps(kh, dh, pt, sh, h, oh)
+            kw, pl = _trim_taps(kw, dw, pl, sw, w, ow)
         return dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr, h=h, w=w, oh=oh, ow=ow,
                     flags=1 if include else 0)
 
     def emit(self, cg, op):
         emit_window_op(self, cg, op, self.window(), self.fn, self.node.inputs[0], None, [], 1)
+
+
+def _trim_taps(k: int, d: int, pad: int, s: int, size: int, out: int) -> tuple[int, int]:
+    """(taps, pad) of a window without its leading and trailing taps that never read the input."""
+    from kcompiler.backends.npu.sim import _valid
+
+    reads = [t for t in range(k) if _valid(t, d, pad, s, size, out)[1] > _valid(t, d, pad, s, size, out)[0]]
+    if not reads:
+        return k, pad
+    return reads[-1] - reads[0] + 1, pad - reads[0] * d
 
 
 def _same_pads(spatial, out, kernel, strides, dil, mode):
@@ -1083,7 +1097,7 @@ def emit_window_op(k: Kernel, cg: Codegen, op: int, window: dict, fn: str, x: ir
         for b in op_b:
             a_ops.append(base)
             base += 2 * b
-        cg.emit(make(isa.CONFIG, core, op, aux=1, **window))
+        cg.emit(make(isa.CONFIG, core, op, aux=1, **canonical_window(**window)))
         n = len(tiles)
         for i, (r0, r1) in enumerate(tiles):
             cc = r1 - r0

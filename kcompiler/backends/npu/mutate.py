@@ -7,15 +7,18 @@ from the program must then give other outputs on the test inputs, or refuse the 
 ExecutionError (or any KCError): the mutation is *detected*.
 
 A mutation the outputs do not show is *neutral* only if it provably changes nothing the program
-goes on to use, on every test input: both programs are walked instruction by instruction (the
-reference walk) to the point where their instruction lists agree again (after the mutated
-instruction, or for a flipped weight byte after the first instruction that reads it), and every
-byte of DRAM or scratchpad that differs there must be dead in the rest of the program (overwritten
-before any instruction reads it, not an output, or a scratchpad byte at the next barrier), and
-the window registers equal. E.g. a duplicated load, two instructions on disjoint memory swapped, a
-load of bytes the scratchpad already holds, a store of extra bytes that a later store overwrites, a
-ReLU run twice. Any other mutation whose outputs did not change *survives* and counts against the
-score; a simulator exception that is not a KCError is a *crash*, and counts against it too.
+goes on to use, by a proof that never executes a mutated instruction nor reads a mutated byte (so
+a field or a byte the simulator ignored cannot make its mutation look neutral):
+  - a dropped, duplicated or swapped instruction: the original instructions, run in the mutated
+    order by the reference walk, leave memories that differ, where the two lists agree again, only
+    in dead bytes (overwritten before any instruction reads them, not an output, or scratchpad
+    bytes at the next barrier), with equal window registers (e.g. a load run twice, two
+    instructions on disjoint memory swapped, a ReLU run twice);
+  - a DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements, whose
+    extra written bytes (decoded, not executed) are dead;
+  - a flipped weight byte that no instruction reads.
+Any other mutation whose outputs did not change *survives* and counts against the score; a
+simulator exception that is not a KCError is a *crash*, and counts against it too.
 
 Used by benchmarks/mutation_score.py (>= 500 mutations per program) and the tests.
 """
@@ -89,6 +92,7 @@ class _Mutant:
     p_orig: int  # where the two instruction lists agree again: base[p_orig:] == mutant[p_mut:]
     p_mut: int
     refused: str = ""  # the program loader refuses the mutant outright (e.g. an unknown opcode)
+    index: int | None = None  # the instruction a field or opcode mutation changed
 
 
 class NpuMutator:
@@ -134,6 +138,21 @@ class NpuMutator:
                                                    "changed on the test inputs")
 
     def _neutral(self, m: _Mutant) -> str | None:
+        """Why a mutation the outputs did not show cannot change the program's meaning, or None.
+        No proof executes a mutated instruction or reads a mutated byte, so a field or a byte the
+        simulator ignored cannot make its mutation look neutral."""
+        if m.kind == "image":
+            return "no instruction reads the byte" if m.p_orig > len(self.base_instrs) else None
+        if m.kind in ("drop", "duplicate", "swap"):
+            return self._reordered(m)
+        if m.index is not None and self._grows_into_dead(m.index, self.base_instrs[m.index], m.instrs[m.index]):
+            return ("it copies or computes more elements, the original ones as before, and every extra byte "
+                    "it writes is dead (overwritten before it is read)")
+        return None
+
+    def _reordered(self, m: _Mutant) -> str | None:
+        """Original instructions in the mutated order: walk both lists to where they agree again; the
+        memories may differ there only in dead bytes."""
         for f in self.feeds:
             a = _walk(self.prog.data, self.base_instrs, self.base_init, f, m.p_orig)
             b = _walk(self.prog.data, m.instrs, m.init, f, m.p_mut)
@@ -155,7 +174,41 @@ class NpuMutator:
                 continue
             if not self.flow.dead_after(p, diff_dram, diff_sram):
                 return None
-        return "every byte it changes is dead where the programs agree again (overwritten before it is read)"
+        return {"swap": "the two commute here", "duplicate": "running it twice is running it once here",
+                "drop": "what it writes is dead or already there"}[m.kind]
+
+    def _grows_into_dead(self, i: int, old, new) -> bool:
+        """A DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements: each
+        original element is still moved or computed from the same operands, so the mutant differs
+        only in the extra bytes it writes; those must be dead after it (decoded, not executed)."""
+        if old.opcode != new.opcode or old.aux != new.aux:
+            return False
+        names = isa.names_of(old.opcode)
+        changed = [n for n, a, b in zip(names, old.args, new.args) if a != b]
+        if len(changed) != 1 or changed[0] not in ("n0", "n1", "n2", "n3") or new.arg(changed[0]) <= old.arg(changed[0]):
+            return False
+        d = int(changed[0][1])
+        if old.opcode == isa.VECTOR:
+            if sim._VSPEC[isa.VFN_NAMES[old.aux]].kind != "elementwise" or any(old.arg(f"n{e}") != 1 for e in range(d)):
+                return False
+        elif old.opcode not in (isa.LOAD, isa.STORE, isa.COPY, isa.FILL):
+            return False
+        dec = sim.Decoder(self.prog.data)
+        try:
+            writes = [a for a in dec.accesses(new) if a.write]
+        except sim._Bad:
+            return False
+        extra_dram = np.zeros(self.prog.data.dram_bytes, bool)
+        extra_sram = [np.zeros(self.prog.data.sram_bytes, bool) for _ in range(self.prog.data.cores)]
+        for a in writes:
+            if a.extent() is not None:
+                sim.byte_view(extra_dram if a.space == "dram" else extra_sram[a.core], a.addr, a.esize, a.shape,
+                              a.strides)[...] = True
+        for a in self.flow.accs[i]:
+            if a.write and a.extent() is not None:
+                sim.byte_view(extra_dram if a.space == "dram" else extra_sram[a.core], a.addr, a.esize, a.shape,
+                              a.strides)[...] = False
+        return self.flow.dead_after(i + 1, extra_dram, extra_sram)
 
     # ---- the mutations ----
     def random(self, rng: random.Random) -> Outcome:
@@ -179,7 +232,7 @@ class NpuMutator:
             init = list(self.base_init)
             init[seg] = (buf, off, flipped)
             b = self.prog.data.buffers[buf]
-            p = self.flow.first_reader(b.addr + off + pos) + 1
+            p = self.flow.first_reader(b.addr + off + pos) + 1  # len + 1: never read
             return _Mutant("image", f"buffer {buf} ('{b.name}') byte {off + pos} flipped", list(instrs), init, p, p)
         pool = [k for k, x in enumerate(instrs) if self.only(x)] if self.only else range(len(instrs))
         i = rng.choice(pool)
@@ -217,7 +270,7 @@ class NpuMutator:
     def _replace(self, i, new_ins, kind, where) -> _Mutant:
         instrs = list(self.base_instrs)
         instrs[i] = new_ins
-        return _Mutant(kind, where, instrs, self.base_init, i + 1, i + 1)
+        return _Mutant(kind, where, instrs, self.base_init, i + 1, i + 1, index=i)
 
 
 def _walk(data: sim.ProgramData, instrs, init, feeds, upto: int) -> sim.Machine:
@@ -266,6 +319,8 @@ def _aux_label(ins, old: int, new: int) -> str:
         return "unit"
     if ins.opcode == isa.BARRIER:
         return "reserved"
+    if ins.opcode in (isa.LOAD, isa.STORE, isa.COPY, isa.GATHER):
+        return "element size"
     return "dtype"
 
 
@@ -282,8 +337,10 @@ def _mutate_aux(rng: random.Random, ins) -> int:
             new = old ^ 1
         elif ins.opcode == isa.BARRIER:
             new = rng.randrange(1, 4)
+        elif ins.opcode in (isa.LOAD, isa.STORE, isa.COPY):
+            new = rng.randrange(len(isa.ESIZES) + 1)
         else:
-            new = rng.randrange(8)
+            new = rng.randrange(len(isa.DTYPES) + 1)
         if new != old:
             return new & 0xFFFF
     return (old + 1) & 0xFFFF

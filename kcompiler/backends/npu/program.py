@@ -2,7 +2,7 @@
 (sim.py) and for time (timing.py) from the same instruction list.
 
 This module and the simulator modules it uses import neither onnx nor onnx_ir: a program runs
-without the model it was compiled from (tests/backends/npu/test_sim.py checks it).
+without the model it was compiled from (tests/backends/npu/test_npu_sim.py checks it).
 """
 
 from __future__ import annotations
@@ -119,8 +119,10 @@ class NpuProgram(Program):
         spec = self.spec
         seen: dict[str, None] = {}
         for ins in self.data.instrs:
-            if ins.opcode in (isa.MATMUL, isa.LOAD):
-                dt = isa.DTYPES[ins.aux & 0xF] if (ins.aux & 0xF) < len(isa.DTYPES) else ""
+            codes = [ins.aux & 0xF] if ins.opcode == isa.MATMUL else \
+                [ins.arg("dtypes") & 0xF] if ins.opcode == isa.VECTOR else []
+            for code in codes:
+                dt = isa.DTYPES[code] if code < len(isa.DTYPES) else ""
                 if dt in _VALUE_NAMES:
                     seen.setdefault(dt, None)
         out = []

@@ -11,7 +11,7 @@ earlier instruction (or the initial image, or an input) wrote, and never write a
 input; reserved fields must be zero. These checks depend on no data, so they run once. A
 failure is an ExecutionError naming the instruction, its assembly text and its op.
 
-Two ways to run it, with the same values bit for bit (tests/backends/npu/test_sim.py): the
+Two ways to run it, with the same values bit for bit (tests/backends/npu/test_npu_sim.py): the
 reference walk decodes every instruction and executes it on the images (``Machine``); the
 ``Replay`` compiles the same walk once into closures over precomputed views, and does not copy a
 tile into the scratchpad while its consumers can read it where it came from (the LOAD becomes a
@@ -35,7 +35,8 @@ from kcompiler.errors import ExecutionError
 
 F32 = np.float32
 NP_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16),
-             "i8": np.dtype(np.int8), "i32": np.dtype(np.int32), "i64": np.dtype(np.int64), "u8": np.dtype(np.uint8)}
+             "i8": np.dtype(np.int8), "i32": np.dtype(np.int32), "i64": np.dtype(np.int64), "u8": np.dtype(np.uint8),
+             "u16": np.dtype(np.uint16), "u32": np.dtype(np.uint32), "u64": np.dtype(np.uint64)}
 ROLES = ("const", "input", "output", "temp")
 
 
@@ -98,6 +99,13 @@ def _dt(code: int) -> str:
     if code >= len(isa.DTYPES):
         raise _Bad(f"unknown dtype code {code}")
     return isa.DTYPES[code]
+
+
+def _raw(code: int) -> str:
+    """The raw element type a DMA of size code `code` moves."""
+    if code >= len(isa.ESIZES):
+        raise _Bad(f"unknown element size code {code}")
+    return isa.RAW[isa.ESIZES[code]]
 
 
 def _block(ins: Instr, names=("n0", "n1", "n2", "n3")) -> tuple[int, ...]:
@@ -187,6 +195,19 @@ class Window:
         w = cls(**f)
         if min(w.kh, w.kw, w.sh, w.sw, w.dh, w.dw, w.h, w.w, w.oh, w.ow) < 1:
             raise _Bad("window sizes, strides and dilations must be at least 1")
+        for name, used, size in (("dh", "kh", w.kh), ("dw", "kw", w.kw), ("sh", "oh", w.oh), ("sw", "ow", w.ow)):
+            if size == 1 and f[name] != 1:
+                raise _Bad(f"{name} means nothing when {used} is 1 (reserved: must be 1)")
+        for dim, size, k, s, d, pad, out in (("rows", w.h, w.kh, w.sh, w.dh, w.pt, w.oh),
+                                             ("columns", w.w, w.kw, w.sw, w.dw, w.pl, w.ow)):
+            # the output extent follows from the input's, as ONNX computes it: out = floor((size + pad +
+            # end pad - extent) / stride) + 1 for an end pad below extent + stride - 1 (ceil mode too)
+            extent = (k - 1) * d + 1
+            lo = max(0, (out - 1) * s - size - pad + extent)
+            hi = min(extent + s - 2, out * s - 1 - size - pad + extent)
+            if lo > hi:
+                raise _Bad(f"a window of {k} taps (dilation {d}, stride {s}, pad {pad}) over {size} input {dim} "
+                           f"cannot give {out} outputs")
         if w.flags & ~1:
             raise _Bad(f"unknown window flags {w.flags:#x}")
         return w
@@ -264,9 +285,7 @@ class Decoder:
         core = self.core_of(ins)
         f = ins.fields()
         if oc in (LOAD, STORE):
-            if ins.aux & ~0xF:
-                raise _Bad("reserved bits of aux are set")
-            dt = _dt(ins.aux & 0xF)
+            dt = _raw(ins.aux)
             shape = _block(ins)
             strides = tuple(f[f"s{d}"] for d in range(4))
             pitches = (f["p0"], f["p1"], f["p2"], 1)
@@ -276,9 +295,7 @@ class Decoder:
             s = self.sram(core, f["sram"], dt, shape, pitches, oc == LOAD)
             return [d, s] if oc == LOAD else [s, d]
         if oc == COPY:
-            dt = _dt(ins.aux & 0xF)
-            if ins.aux & ~0xF:
-                raise _Bad("reserved bits of aux are set")
+            dt = _raw(ins.aux)
             shape = _block(ins)
             ss = tuple(f[f"s{d}"] for d in range(4))
             ds = tuple(f[f"d{d}"] for d in range(4))
@@ -295,7 +312,7 @@ class Decoder:
             _canonical_strides(shape, ds, "destination")
             return [self.dram(f["buf"], f["off"], dt, shape, ds, True)]
         if oc == GATHER:
-            dt, it = _dt(ins.aux & 0xF), _dt(ins.aux >> 4 & 0xF)
+            dt, it = _raw(ins.aux & 0xF), _dt(ins.aux >> 4 & 0xF)
             if ins.aux & ~0xFF or it not in ("i32", "i64"):
                 raise _Bad("a gather's indices are i32 or i64")
             o, j, n, rows = f["outer"], f["count"], f["inner"], f["rows"]
@@ -474,6 +491,14 @@ class _VSpec:
                 raise _Bad(f"{fn} reads no bottom/right pads or flags (reserved: must be 0)")
             if fn == "avgpool" and not w.flags and (w.pb or w.pr):
                 raise _Bad("avgpool without pads in the count reads no bottom/right pads (reserved: must be 0)")
+            if fn in ("maxpool", "avgpool") and not w.flags:
+                for dim, k, d, pad, s, size, out in (("row", w.kh, w.dh, w.pt, w.sh, w.h, w.oh),
+                                                     ("column", w.kw, w.dw, w.pl, w.sw, w.w, w.ow)):
+                    for t in (0, k - 1):  # (taps in between read inside when the first and last do)
+                        lo, hi = _valid(t, d, pad, s, size, out)
+                        if hi <= lo:
+                            raise _Bad(f"{dim} tap {t} of the window never reads the input, so it changes "
+                                       "nothing (reserved: the window ends at its last tap that reads)")
             planes = (shape[0], shape[1], w.h, w.w)
             out = [sram(1, srcs[0], planes)]
             mult = 1
@@ -955,8 +980,9 @@ class _Lazy:
         self.live = True
 
     def map(self, a: Access) -> np.ndarray | None:
-        """The DRAM view of access `a` if it reads only elements of this block, else None."""
-        if a.dtype != self.dtype:
+        """The DRAM view of access `a` if it reads only elements of this block, else None (the DMA
+        moved raw elements: the reader sees them as its own dtype of that size)."""
+        if DTYPE_BYTES[a.dtype] != DTYPE_BYTES[self.dtype]:
             return None
         e = DTYPE_BYTES[self.dtype]
         delta, rem = divmod(a.addr - self.addr, e)
@@ -983,7 +1009,7 @@ class _Lazy:
                 return None
             used.add(d)
             strides.append(self.src.strides[d])
-        base = self.src[start[0]:, start[1]:, start[2]:, start[3]:]
+        base = self.src[start[0]:, start[1]:, start[2]:, start[3]:].view(NP_DTYPES[a.dtype])
         return np.lib.stride_tricks.as_strided(base, a.shape, tuple(strides), writeable=False)
 
 

@@ -89,17 +89,17 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
             windows[(ins.core, ins.aux & 1)] = (f["kh"], f["kw"])
         elif oc in (isa.LOAD, isa.STORE):
             f = ins.fields()
-            n = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+            n = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * _eb(ins.aux)
             w.dram_bytes = w.sram_bytes = n
         elif oc == isa.COPY:
             f = ins.fields()
-            w.dram_bytes = 2 * _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+            w.dram_bytes = 2 * _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * _eb(ins.aux)
         elif oc == isa.FILL:
             f = ins.fields()
             w.dram_bytes = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
         elif oc == isa.GATHER:
             f = ins.fields()
-            eb = isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
+            eb = _eb(ins.aux & 0xF)
             w.dram_bytes = (2 * f["outer"] * f["count"] * f["inner"] * eb
                             + f["count"] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8))
         elif oc == isa.MATMUL:
@@ -123,6 +123,10 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
 
 def _dt(code: int) -> str:
     return isa.DTYPES[code] if code < len(isa.DTYPES) else "u8"
+
+
+def _eb(code: int) -> int:
+    return isa.ESIZES[code] if code < len(isa.ESIZES) else 1
 
 
 def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:

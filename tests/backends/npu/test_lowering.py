@@ -120,6 +120,13 @@ def test_sqrt_pow_clip():
      [1, 4, 64, 64], [1, 4, 32, 32]),
     (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[7, 7]), [1, 40, 7, 7], [1, 40, 1, 1]),
     (helper.make_node("LRN", ["x"], ["y"], size=5, alpha=1e-3, beta=0.75, bias=2.0), [1, 10, 4, 4], [1, 10, 4, 4]),
+    # taps that read only padding (trimmed from the window: they change nothing when pads do not count)
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 3, 1, 1], [1, 3, 1, 1]),
+    (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 3, 1, 2],
+     [1, 3, 1, 2]),
+    (helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+     [1, 3, 1, 2], [1, 3, 1, 2]),
+    (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 1]), [1, 4, 9], [1, 4, 5]),
 ])
 def test_pool_and_lrn(node, ins, out):
     check_on(make_model([node], {"x": ins}, {"y": out}))

@@ -274,7 +274,7 @@ def test_macs_and_bytes_come_from_the_instructions():
     ld = next(x for x in prog.data.instrs if x.opcode == isa.LOAD)
     (op,) = [o for o in cm.simulate().ops if o.name == prog.data.ops[ld.op][0]]
     assert op.dram_bytes == sum(
-        x.arg("n0") * x.arg("n1") * x.arg("n2") * x.arg("n3") * isa.DTYPE_BYTES[isa.DTYPES[x.aux & 0xF]]
+        x.arg("n0") * x.arg("n1") * x.arg("n2") * x.arg("n3") * isa.ESIZES[x.aux]
         for x in prog.data.instrs if x.opcode in (isa.LOAD, isa.STORE) and x.op == ld.op)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import bert_layer
-from test_sim import _net
+from test_npu_sim import _net
 
 import kcompiler
 from kcompiler.backends.npu import isa, mutate, sim
