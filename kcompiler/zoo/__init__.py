@@ -153,7 +153,8 @@ def with_random_weights(name: str, out_path: "str | os.PathLike", seed: int = 0)
 def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
     """Calibrate the random weights in `fills` on one random image, with one ONNX Runtime run:
     each BatchNormalization's running mean and variance become its input's per-channel
-    statistics, and the last Conv/Gemm is scaled so that the class scores (the Softmax's input,
+    statistics, each convolution feeding a ReLU directly gets the bias that centres its channels,
+    and the last Conv/Gemm is scaled so that the class scores (the Softmax's input,
     or the output) have a standard deviation of `logit_std` (a softmax neither flat nor
     saturated). In the probe copy of the model each BatchNormalization normalises with its
     input's own statistics and outputs them, which is exactly what the calibrated layer
@@ -164,6 +165,15 @@ def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
 
     bns = [n for n in m.graph.node if n.op_type == "BatchNormalization" and len(n.output) == 1
            and all(v in fills for v in n.input[1:5])]
+    # convolutions with a random bias right before a ReLU (networks without batch norm): each
+    # channel is centred on the probe image, or a channel negative at every pixel dies and the
+    # weights reading it stop mattering (squeezenet lost 15% of its channels so)
+    users: dict[str, list] = {}
+    for n in m.graph.node:
+        for v in n.input:
+            users.setdefault(v, []).append(n)
+    centred = [n for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in fills
+               and [u.op_type for u in users.get(n.output[0], [])] == ["Relu"]]
     heads = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
     softmax = [n for n in m.graph.node if n.op_type == "Softmax"]
     logits = softmax[-1].input[0] if softmax else m.graph.output[0].name
@@ -179,6 +189,19 @@ def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
             ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
     nodes, stats = [], []
     for node in probe.graph.node:
+        if node in centred:
+            # conv without its bias, minus the per-channel mean of that, plus the small bias
+            t = f"{node.output[0]}__centre"
+            c = fills[node.input[2]].shape[0]
+            probe.graph.initializer.append(numpy_helper.from_array(fills[node.input[2]].reshape(1, c, 1, 1),
+                                                                   t + "_b"))
+            conv = helper.make_node("Conv", node.input[:2], [t + "_y"])
+            conv.attribute.extend(node.attribute)
+            nodes += [conv, helper.make_node("ReduceMean", [t + "_y"], [t + "_mean"], axes=[0, 2, 3], keepdims=1),
+                      helper.make_node("Sub", [t + "_y", t + "_mean"], [t + "_c"]),
+                      helper.make_node("Add", [t + "_c", t + "_b"], [node.output[0]])]
+            stats.append((node.input[2], t + "_mean"))
+            continue
         if node not in bns:
             nodes.append(node)
             continue
@@ -217,8 +240,12 @@ def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
     opts.intra_op_num_threads = 1  # the same sums, so the same weights, whatever the core count
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, feeds)
+    centred_biases = {n.input[2] for n in centred}
     for (k, _), arr in zip(stats, got[1:]):
-        fills[k] = np.ascontiguousarray(arr.reshape(-1), dtype=np.float32)
+        if k in centred_biases:  # the bias that centres the channel: its draw minus the mean
+            fills[k] = np.ascontiguousarray(fills[k] - arr.reshape(-1), dtype=np.float32)
+        else:
+            fills[k] = np.ascontiguousarray(arr.reshape(-1), dtype=np.float32)
     std = float(np.std(got[0]))
     if heads and np.isfinite(std) and std > 0:
         # (what follows the last layer, ReLU and pooling, scales with it; a bias or a weight
