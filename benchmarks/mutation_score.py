@@ -66,12 +66,24 @@ def captured_inputs(cm, programs, feeds_list):
     return seen
 
 
-def pim_module():
-    try:
-        from kcompiler.backends.pim import mutate
-    except ImportError:
-        return None
-    return mutate
+def pim_score(prog, feeds, n, seed) -> npu_mutate.Score:
+    """backends/pim/mutate.py's score, as outcomes (it judges a changed simulated timeline as
+    detected too, and names the reason of every neutral mutation)."""
+    from kcompiler.backends.pim import mutate
+
+    with np.errstate(all="ignore"):
+        res = mutate.score(prog.spec, prog.code, feeds, n, seed=seed)
+    out = npu_mutate.Score()
+    for kind, v in res.items():
+        if kind == "total":
+            continue
+        out.outcomes += [npu_mutate.Outcome(f"pim:{kind}", "", "detected")] * v["killed"]
+        for why, count in v["neutral_why"].items():
+            out.outcomes += [npu_mutate.Outcome(f"pim:{kind}", "", "neutral", why)] * count
+        out.outcomes += [npu_mutate.Outcome(f"pim:{kind}", detail, "survived",
+                                            "no output or time changed on the test inputs")
+                         for detail in v["survived"]]
+    return out
 
 
 def main(argv=None) -> int:
@@ -102,9 +114,8 @@ def main(argv=None) -> int:
                     score = npu_mutate.score_npu(p, inputs[id(p)], args.mutations, seed=args.seed + k)
                     size = f"{len(p.data.instrs)} instructions"
                 else:
-                    mod = pim_module()
-                    score = mod.score(p, inputs[id(p)], args.mutations, seed=args.seed + k)
-                    size = f"{sum(len(s) for s in p.commands_by_step()) if hasattr(p, 'commands_by_step') else ''}"
+                    score = pim_score(p, inputs[id(p)], args.mutations, args.seed + k)
+                    size = f"{len(p.code.commands)} commands"
                 dt = time.perf_counter() - t0
                 print(f"\n{case} on {target}, {kind} program {k} ({p.device}, {size}): {score.line()} [{dt:.0f} s]")
                 for kname, c in score.by_kind().items():
