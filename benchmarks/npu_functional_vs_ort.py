@@ -12,7 +12,18 @@ Interleaving single runs measured here ORT at 92-96 ms and the simulator at 88-9
 
 The simulator executes the generated instructions (backends/npu/sim.py: the replay of the
 reference walk), its host threads running the chip's cores side by side (KC_NPU_THREADS, default
-every core), each BLAS call on one thread.
+every core), one BLAS call per MATMUL instruction, each on one thread (so that results do not
+depend on the thread count, and the replay equals the instruction walk bit for bit).
+
+Its GEMMs run on numpy's OpenBLAS, ORT's on its own MLAS kernels: the last line names the
+OpenBLAS kernels. Where the environment pins OPENBLAS_CORETYPE (some machines here set Haswell,
+the AVX2 kernels, on AVX-512 CPUs), unset it with OPENBLAS_L2_SIZE for this command alone to
+measure what a current numpy does:
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/npu_functional_vs_ort.py
+Measured on an AMD EPYC (2 cores, AVX-512), 2026-12-01, the last figure before this simulator
+executed the programs (b412bcc: whole-op kernels from the ONNX nodes, 2-thread BLAS) and now:
+    SkylakeX kernels: ORT 18.6 ms, simulation 36.4 ms (1.96x) -> ORT 17.5 ms, 54.6 ms (3.13x)
+    Haswell (pinned): ORT 19.5 ms, simulation 51.2 ms (2.63x) -> ORT 18.3 ms, 75.8 ms (4.15x)
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 import kcompiler
+from kcompiler.backends.npu.blas import kernels
 from kcompiler.check import compare
 from kcompiler.zoo import bundled_path, with_random_weights
 
@@ -68,7 +80,7 @@ def main():
     print(f"{args.model} on {args.target}: ORT CPU {o * 1e3:.1f} ms, NPU functional simulation {n * 1e3:.1f} ms "
           f"(medians of {len(t_ort)} runs each, in {args.blocks} alternating blocks); ratio {n / o:.2f}x "
           f"(target <= 3x: {'PASS' if n / o <= 3 else 'FAIL'}); outputs match ORT: {c.ok} "
-          f"(max abs err {c.max_abs:.3g})")
+          f"(max abs err {c.max_abs:.3g}); numpy's OpenBLAS runs its {kernels() or 'unknown'} kernels")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""How many threads numpy's BLAS uses while the functional simulator runs a program.
+"""How many host threads the functional simulator uses, and numpy's BLAS inside it.
 
-The simulator forms each op's whole product in one BLAS call (kernels.GemmKernel.prefetch),
-threaded by OpenBLAS over every core this process may use; the rest (im2col, epilogues,
-vector ops) runs on the calling thread. Measured on resnet50 here, splitting those over a
-Python thread pool instead gained nothing (its tap-by-tap numpy calls wait on the GIL, and
-memory-bound passes barely scale), and a pool-split GEMM ran 5 ms slower than OpenBLAS's own.
+The simulator makes one BLAS call per MATMUL instruction (sim.matmul_into), each on one BLAS
+thread: OpenBLAS rounds a product differently when it splits it over threads (or when a product
+is split into other tiles), and the reference walk and the replay must agree bit for bit on any
+machine. Parallelism comes instead from running the chip's cores side by side on
+``KC_NPU_THREADS`` host threads (default: every core this process may use) between barriers,
+where no core writes DRAM another core of the segment touches (sim.Replay._split).
 
-``KC_NPU_THREADS`` sets the count. Set it to 1 when several simulators share the cores (the
-test suite's xdist workers do): OpenBLAS's worker threads spin for a while after each call,
-and on oversubscribed cores a multi-threaded sgemm measured 10x slower than a single thread.
-Without a findable OpenBLAS this does nothing.
+Set ``KC_NPU_THREADS=1`` when several simulators share the cores (the test suite's xdist
+workers do). OpenBLAS's kernels are its own choice (or OPENBLAS_CORETYPE's): on the AMD EPYC
+this was measured on, the environment pins the AVX2 Haswell kernels, one-thread sgemm of
+3136x576 @ 576x64 at 121 GFLOP/s against 226 with OPENBLAS_CORETYPE=SkylakeX.
+Without a findable OpenBLAS, blas_threads does nothing.
 """
 
 from __future__ import annotations
@@ -46,10 +48,21 @@ def _openblas():
             for suffix in ("64_", ""):
                 get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
                 set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                core = getattr(lib, f"{prefix}_get_corename{suffix}", None)
                 if get is not None and set_ is not None:
                     set_.argtypes = [ctypes.c_int]
-                    return get, set_
+                    if core is not None:
+                        core.restype = ctypes.c_char_p
+                    return get, set_, core
     return None
+
+
+def kernels() -> str:
+    """The kernels numpy's OpenBLAS runs (e.g. 'Haswell', 'SkylakeX'), or '' if unknown."""
+    fns = _openblas()
+    if fns is None or fns[2] is None:
+        return ""
+    return fns[2]().decode("ascii", "replace")
 
 
 @contextlib.contextmanager
@@ -59,7 +72,7 @@ def blas_threads(n: int | None = None):
     if fns is None:
         yield
         return
-    get, set_ = fns
+    get, set_, _ = fns
     want = n or host_threads()
     before = get()
     if want == before:

@@ -16,7 +16,8 @@ a field or a byte the simulator ignored cannot make its mutation look neutral):
     instructions on disjoint memory swapped, a ReLU run twice);
   - a DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements, whose
     extra written bytes (decoded, not executed) are dead;
-  - a flipped weight byte that no instruction reads.
+  - a flipped weight byte that no instruction reads, or that only GATHERs read, from table rows
+    whose indices (read by the unmutated walk) they do not fetch on the test inputs.
 Any other mutation whose outputs did not change *survives* and counts against the score; a
 simulator exception that is not a KCError is a *crash*, and counts against it too.
 
@@ -93,6 +94,7 @@ class _Mutant:
     p_mut: int
     refused: str = ""  # the program loader refuses the mutant outright (e.g. an unknown opcode)
     index: int | None = None  # the instruction a field or opcode mutation changed
+    addr: int = -1  # the DRAM byte an image mutation flipped
 
 
 class NpuMutator:
@@ -142,13 +144,35 @@ class NpuMutator:
         No proof executes a mutated instruction or reads a mutated byte, so a field or a byte the
         simulator ignored cannot make its mutation look neutral."""
         if m.kind == "image":
-            return "no instruction reads the byte" if m.p_orig > len(self.base_instrs) else None
+            if m.p_orig > len(self.base_instrs):
+                return "no instruction reads the byte"
+            return "only gathers read the byte's table row, and none fetches it" if self._ungathered(m) else None
         if m.kind in ("drop", "duplicate", "swap"):
             return self._reordered(m)
         if m.index is not None and self._grows_into_dead(m.index, self.base_instrs[m.index], m.instrs[m.index]):
             return ("it copies or computes more elements, the original ones as before, and every extra byte "
                     "it writes is dead (overwritten before it is read)")
         return None
+
+    def _ungathered(self, m: _Mutant) -> bool:
+        """Every instruction that reads the flipped byte is a GATHER whose indices (as the unmutated
+        program computes them on each test input) never name the byte's row."""
+        addr, r = m.addr, m.p_orig - 1
+        while r < len(self.base_instrs):
+            if self.base_instrs[r].opcode != isa.GATHER:
+                return False
+            idx_a, src_a, _ = self.flow.accs[r]
+            mark = np.zeros(self.prog.data.dram_bytes, bool)
+            mark[addr] = True
+            hit = sim.byte_view(mark, src_a.addr, src_a.esize, src_a.shape, src_a.strides).any(axis=(0, 2, 3))
+            (row,) = np.flatnonzero(hit)
+            for f in self.feeds:
+                walk = _walk(self.prog.data, self.base_instrs, self.base_init, f, r)
+                idx = walk.view(idx_a).astype(np.int64)
+                if ((idx == row) | (idx == row - src_a.shape[1])).any():
+                    return False
+            r = self.flow.first_reader(addr, start=r + 1)
+        return True
 
     def _reordered(self, m: _Mutant) -> str | None:
         """Original instructions in the mutated order: walk both lists to where they agree again; the
@@ -233,7 +257,8 @@ class NpuMutator:
             init[seg] = (buf, off, flipped)
             b = self.prog.data.buffers[buf]
             p = self.flow.first_reader(b.addr + off + pos) + 1  # len + 1: never read
-            return _Mutant("image", f"buffer {buf} ('{b.name}') byte {off + pos} flipped", list(instrs), init, p, p)
+            return _Mutant("image", f"buffer {buf} ('{b.name}') byte {off + pos} flipped", list(instrs), init, p, p,
+                           addr=b.addr + off + pos)
         pool = [k for k, x in enumerate(instrs) if self.only(x)] if self.only else range(len(instrs))
         i = rng.choice(pool)
         ins = instrs[i]
@@ -377,11 +402,13 @@ class _Flow:
                 dec.reset()
         self.outputs = [sim._binding_access(dec, b, "output") for b in data.outputs]
 
-    def first_reader(self, addr: int) -> int:
-        """Index of the first instruction reading DRAM byte `addr` (len(program) if none)."""
+    def first_reader(self, addr: int, start: int = 0) -> int:
+        """Index of the first instruction from `start` on reading DRAM byte `addr` (len(program) if
+        none, or if one writes it first)."""
         mark = np.zeros(self.data.dram_bytes, bool)
         mark[addr] = True
-        for i, accs in enumerate(self.accs):
+        for i in range(start, len(self.accs)):
+            accs = self.accs[i]
             for a in accs:
                 if a.space == "dram" and not a.write and a.extent() is not None and _touches(mark, a):
                     return i

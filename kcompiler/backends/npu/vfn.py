@@ -101,6 +101,21 @@ ELEMENTWISE = {
 }
 
 
+#: elementwise functions that one numpy ufunc computes: written straight into the destination
+#: (float32 operands and destination of the broadcast shape); the same ufunc as ELEMENTWISE's, so
+#: the same bits
+INTO = {
+    "copy": lambda a, out: np.copyto(out, a[0]),
+    "add": lambda a, out: np.add(a[0], a[1], out=out),
+    "sub": lambda a, out: np.subtract(a[0], a[1], out=out),
+    "mul": lambda a, out: np.multiply(a[0], a[1], out=out),
+    "div": lambda a, out: np.divide(a[0], a[1], out=out),
+    "max": lambda a, out: np.maximum(a[0], a[1], out=out),
+    "min": lambda a, out: np.minimum(a[0], a[1], out=out),
+    "relu": lambda a, out: np.maximum(a[0], F32(0), out=out),
+}
+
+
 def softmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     e = np.exp(x - x.max(axis=axes, keepdims=True))
     e /= e.sum(axis=axes, keepdims=True)

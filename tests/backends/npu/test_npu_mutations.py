@@ -60,3 +60,39 @@ def test_a_simulator_ignoring_a_field_fails_the_score(monkeypatch):
     assert bad.ratio < 0.99
     assert any("off" in o.where for o in bad.outcomes if o.result == "survived")
     np.testing.assert_equal(len(bad.outcomes), 60)
+
+
+def _embedding():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((50, 16)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])],
+        "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])], [table, w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_flipped_table_row_is_neutral_only_if_no_gather_fetches_it():
+    prog, _ = _program_and_feeds(_embedding(), "npu")
+    (i,) = [k for k, ins in enumerate(prog.data.instrs) if ins.opcode == isa.GATHER]
+    feeds = [{"ids": np.array([3, -1, 7], np.int64)}]  # -1 is row 49
+    m = mutate.NpuMutator(prog, feeds, kinds=("image",))
+    seg = next(k for k, (buf, _, _) in enumerate(m.base_init) if prog.data.buffers[buf].name == "table")
+    buf, off, data = m.base_init[seg]
+    base = prog.data.buffers[buf].addr + off
+
+    def flip(row):
+        pos = row * 16 * 4 + 3
+        init = list(m.base_init)
+        flipped = np.array(data, np.uint8)
+        flipped[pos] ^= 0xFF
+        init[seg] = (buf, off, flipped)
+        p = m.flow.first_reader(base + pos) + 1
+        return m.judge(mutate._Mutant("image", f"row {row}", list(m.base_instrs), init, p, p, addr=base + pos))
+
+    assert m.flow.first_reader(base) == i
+    assert flip(10).result == "neutral"
+    assert flip(3).result == "detected" and flip(49).result == "detected"
