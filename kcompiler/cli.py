@@ -85,7 +85,7 @@ def _place_option(f):
                              "(repeatable); the rest are placed for the lowest latency.")(wrapper)
 
 
-ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers")
+ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "weights")
 
 
 def _zoo_options(f):
@@ -104,7 +104,11 @@ def _zoo_options(f):
             ("kv", int, "Zoo LLMs: KV-cache length (decode phase)."),
             ("phase", click.Choice(["prefill", "decode"]), "Zoo LLMs: prefill or decode."),
             ("dtype", click.Choice(["fp32", "fp16", "bf16"]), "Zoo models: weight and activation type."),
-            ("layers", int, "Zoo models: override the number of layers."))):
+            ("layers", int, "Zoo models: override the number of layers."),
+            ("weights", click.Choice(["bundled", "random", "external"]),
+             "Zoo models' weights. Bundled CNNs: the file's constant fills (bundled, default) or seeded "
+             "random ones, whose outputs depend on the input (use these with --check). Transformers: "
+             "random (default below 100M parameters) or external (an all-zero sparse file)."))):
         wrapper = click.option(f"--{name}", name, type=kind, default=None, help=text)(wrapper)
     return wrapper
 
@@ -301,8 +305,15 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
                       f"{' x scale' if scale else ''}): "
                       + ("[green]match[/]" if worst.ok else "[red]MISMATCH[/]"))
         if not worst.ok:
+            from kcompiler.zoo import BUNDLED
+
+            hint = None
+            if model in BUNDLED and _zoo_kwargs().get("weights") != "random":
+                hint = (f"'{model}' as bundled has constant-fill weights: every class gets the same huge score, "
+                        "so its softmax turns on one-ulp rounding differences between two correct "
+                        "implementations; check it with --weights random")
             raise KCError(f"outputs of '{cm.name}' on {cm.system.name} differ from onnxruntime: "
-                          f"{worst.describe()}")
+                          f"{worst.describe()}", hint=hint)
 
 
 def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):

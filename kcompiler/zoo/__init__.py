@@ -258,15 +258,62 @@ def _calibrate(m, fills: dict, rng, logit_std: float = 2.0) -> None:
                 fills[k] = (fills[k] * np.float32(logit_std / std)).astype(np.float32)
 
 
-def bundled(name: str, batch: int | None = None):
-    """A bundled CNN's path, or its ModelProto at another batch size."""
-    path = bundled_path(name)
+#: bump when with_random_weights draws other weights: cached files of another version are not reused
+RANDOM_WEIGHTS_VERSION = 2
+
+
+def cache_dir() -> Path:
+    """Where kcompiler keeps files it made (KC_CACHE_DIR, else $XDG_CACHE_HOME/kcompiler, else
+    ~/.cache/kcompiler)."""
+    env = os.environ.get("KC_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kcompiler"
+
+
+def random_weights_path(name: str, seed: int = 0) -> Path:
+    """The bundled CNN `name` with seeded random weights (with_random_weights), made once and kept
+    in cache_dir(): written to a private folder, then renamed into place, so concurrent users see
+    either no file or a whole one."""
+    import tempfile
+
+    import onnx
+
+    final = cache_dir() / f"{name}-random-s{seed}-v{RANDOM_WEIGHTS_VERSION}-onnx{onnx.__version__}"
+    path = final / "model.onnx"
+    if path.exists():
+        return path
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    except OSError as exc:
+        raise KCError(f"cannot write random weights for '{name}' under {final.parent}: {exc}",
+                      hint="set KC_CACHE_DIR to a writable folder") from None
+    with_random_weights(name, tmp / "model.onnx", seed)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process made it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def bundled(name: str, batch: int | None = None, weights: str | None = None):
+    """A bundled CNN's path, or its ModelProto at another batch size; weights="random" gives it
+    seeded random weights instead of the file's constant fills."""
+    if weights not in (None, "bundled", "random"):
+        raise KCError(f"zoo model '{name}': weights '{weights}' is not 'bundled' or 'random'",
+                      hint="bundled CNNs take their file's constant fills (bundled) or seeded random weights")
+    path = random_weights_path(name) if weights == "random" else bundled_path(name)
     return path if batch in (None, 1) else with_batch(path, batch)
 
 
 for _n in BUNDLED:
-    register(ZooEntry(_n, "cnn", f"{_n} (ONNX model zoo, bundled with the onnx package; constant weights)",
-                      lambda _n=_n, batch=None, **_: bundled(_n, batch), options=("batch",)))
+    register(ZooEntry(_n, "cnn", f"{_n} (ONNX model zoo, bundled with the onnx package; constant weights, "
+                                 "or random ones with --weights random)",
+                      lambda _n=_n, batch=None, weights=None, **_: bundled(_n, batch, weights),
+                      options=("batch", "weights")))
 
 
 def _load_builders() -> None:

@@ -157,3 +157,34 @@ def test_check_uses_a_16_bit_tolerance_where_values_are_16_bit():
     fp32 = CliRunner().invoke(cli, ["run", "llama-tiny", "--phase", "decode", "--kv", "16", "--target", "atom",
                                     "--check"])
     assert fp32.exit_code == 0 and "reduced precision" not in fp32.output and "rtol 0.001" in fp32.output
+
+
+def test_run_check_with_random_weights(tmp_path, monkeypatch):
+    """--weights random: the bundled CNN with seeded random weights, made once into KC_CACHE_DIR."""
+    monkeypatch.setenv("KC_CACHE_DIR", str(tmp_path))
+    out = kc("run", "squeezenet", "--weights", "random", "--target", "npu", "--check")
+    assert "match" in out and "MISMATCH" not in out
+    (made,) = list(tmp_path.iterdir())
+    stamp = (made / "model.onnx").stat().st_mtime_ns
+    kc("run", "squeezenet", "--weights", "random", "--target", "host")
+    assert list(tmp_path.iterdir()) == [made] and (made / "model.onnx").stat().st_mtime_ns == stamp
+
+
+def test_check_mismatch_on_constant_weights_says_to_use_random_ones(monkeypatch):
+    """A bundled CNN's constant-fill outputs turn on rounding: a mismatch there points at
+    --weights random instead of at the compiler alone."""
+    import kcompiler.check as check
+
+    real = check.compare_with_ort
+
+    def failing(*args, **kwargs):
+        worst = real(*args, **kwargs)
+        worst.ok = False
+        return worst
+
+    monkeypatch.setattr(check, "compare_with_ort", failing)
+    result = CliRunner().invoke(cli, ["run", "squeezenet", "--target", "host", "--check"])
+    assert result.exit_code == 1
+    assert "--weights random" in result.output and "constant-fill" in result.output
+    result = CliRunner().invoke(cli, ["run", "bert-tiny", "--target", "host", "--check"])
+    assert result.exit_code == 1 and "--weights random" not in result.output
