@@ -14,8 +14,9 @@ a field or a byte the simulator ignored cannot make its mutation look neutral):
     in dead bytes (overwritten before any instruction reads them, not an output, or scratchpad
     bytes at the next barrier), with equal window registers (e.g. a load run twice, two
     instructions on disjoint memory swapped, a ReLU run twice);
-  - a DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements, whose
-    extra written bytes (decoded, not executed) are dead;
+  - a DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements (or a
+    DMA of one run of bytes on both sides made to move wider elements), whose extra written bytes
+    (decoded, not executed) are dead;
   - a flipped weight byte that no instruction reads, or that only GATHERs read, from table rows
     whose indices (read by the unmutated walk) they do not fetch on the test inputs.
 Any other mutation whose outputs did not change *survives* and counts against the score; a
@@ -202,17 +203,30 @@ class NpuMutator:
                 "drop": "what it writes is dead or already there"}[m.kind]
 
     def _grows_into_dead(self, i: int, old, new) -> bool:
-        """A DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements: each
-        original element is still moved or computed from the same operands, so the mutant differs
-        only in the extra bytes it writes; those must be dead after it (decoded, not executed)."""
-        if old.opcode != new.opcode or old.aux != new.aux:
+        """A DMA, or an elementwise VECTOR along its outermost dim, made to cover more elements (or a
+        DMA between two runs of bytes made to move wider elements): each original element (byte) is
+        still moved or computed from the same operands, so the mutant differs only in the extra
+        bytes it writes; those must be dead after it (decoded, not executed)."""
+        if old.opcode != new.opcode:
             return False
         names = isa.names_of(old.opcode)
         changed = [n for n, a, b in zip(names, old.args, new.args) if a != b]
-        if len(changed) != 1 or changed[0] not in ("n0", "n1", "n2", "n3") or new.arg(changed[0]) <= old.arg(changed[0]):
+        if old.aux != new.aux:
+            # a DMA whose elements grow, over blocks dense on both sides: the same bytes, then more
+            if changed or old.opcode not in (isa.LOAD, isa.STORE, isa.COPY) or \
+                    not isa.ESIZES[old.aux] < (isa.ESIZES[new.aux] if new.aux < len(isa.ESIZES) else 0):
+                return False
+            try:
+                accs = sim.Decoder(self.prog.data).accesses(new)
+            except sim._Bad:
+                return False
+            if not all(_row_major(a) for a in accs + self.flow.accs[i]):
+                return False
+        elif len(changed) != 1 or changed[0] not in ("n0", "n1", "n2", "n3") or \
+                new.arg(changed[0]) <= old.arg(changed[0]):
             return False
-        d = int(changed[0][1])
-        if old.opcode == isa.VECTOR:
+        elif old.opcode == isa.VECTOR:
+            d = int(changed[0][1])
             if sim._VSPEC[isa.VFN_NAMES[old.aux]].kind != "elementwise" or any(old.arg(f"n{e}") != 1 for e in range(d)):
                 return False
         elif old.opcode not in (isa.LOAD, isa.STORE, isa.COPY, isa.FILL):
@@ -440,6 +454,16 @@ class _Flow:
             if not dram.any() and not any(s.any() for s in sram):
                 return True
         return not any(_touches(dram, a) for a in self.outputs if a.extent() is not None)
+
+
+def _row_major(a: sim.Access) -> bool:
+    """Whether an access's elements lie back to back in row-major order (one run of bytes)."""
+    expect = 1
+    for n, st in zip(reversed(a.shape), reversed(a.strides)):
+        if n > 1 and st != expect:
+            return False
+        expect *= n
+    return True
 
 
 def _touches(mark: np.ndarray, a: sim.Access) -> bool:

@@ -96,3 +96,24 @@ def test_a_flipped_table_row_is_neutral_only_if_no_gather_fetches_it():
     assert m.flow.first_reader(base) == i
     assert flip(10).result == "neutral"
     assert flip(3).result == "detected" and flip(49).result == "detected"
+
+
+def test_wider_dma_elements_are_neutral_only_between_runs_of_bytes():
+    """A DMA made to move wider elements copies the same bytes first only when both sides are
+    one row-major run; a transposing copy moves other bytes."""
+    def acc(shape, strides):
+        return sim.Access("dram", 0, 0, "u32", shape, strides, False, (0, 1 << 20))
+
+    assert mutate._row_major(acc((1, 64, 14, 14), (0, 196, 14, 1)))
+    assert mutate._row_major(acc((64, 1, 14), (14, 99, 1)))  # a size-1 dim's stride is not used
+    assert not mutate._row_major(acc((14, 14), (1, 14)))  # transposed
+    assert not mutate._row_major(acc((64, 14), (16, 1)))  # rows with gaps
+    prog, feeds = _program_and_feeds(_net(), "npu")
+    m = mutate.NpuMutator(prog, feeds)
+    seen = set()
+    for i, ins in enumerate(m.base_instrs):
+        if ins.opcode == isa.LOAD and ins.aux < len(isa.ESIZES) - 1:
+            o = m.judge(m._replace(i, ins.replace(aux=len(isa.ESIZES) - 1), "field:element size", str(i)))
+            assert o.result in ("detected", "neutral"), (o.where, o.why)
+            seen.add(o.result)
+    assert "detected" in seen
