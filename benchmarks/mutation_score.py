@@ -117,6 +117,9 @@ def main(argv=None) -> int:
                     score = pim_score(p, inputs[id(p)], args.mutations, args.seed + k)
                     size = f"{len(p.code.commands)} commands"
                 dt = time.perf_counter() - t0
+                if not score.outcomes:
+                    print(f"\n{case} on {target}, {kind} program {k} ({p.device}, {size}): nothing to mutate")
+                    continue
                 print(f"\n{case} on {target}, {kind} program {k} ({p.device}, {size}): {score.line()} [{dt:.0f} s]")
                 for kname, c in score.by_kind().items():
                     print(f"  {kname:<22} " + "  ".join(f"{r} {c[r]}" for r in ("detected", "neutral", "survived",
