@@ -273,6 +273,8 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
     # an operand constant along m (a bias) is loaded again only when the n range changes
     op_slot = [1] * len(operands)
     op_key: list = [None] * len(operands)
+    # a float32 product with no vector step is stored straight from its accumulator: no VECTOR
+    plain = not desc.steps and desc.out_dtype == "f32"
     for i, (gi, ma, mb, na, nb, ka, kb, first, last, j) in enumerate(iters):
         mt, nt, kt = mb - ma, nb - na, kb - ka
         la, lb = loads[i]
@@ -287,8 +289,10 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
             wait = CH["mx>ld"] if (idx == 0 and i >= 2) else 0
             sig = CH["ld>mx"] if idx == len(todo) - 1 else 0
             code.append(ins.replace(wait=wait, signal=sig))
-        wait = (CH["ld>mx"] if has_load[i] else 0) | (CH["vx>mx"] if (first and j >= 2) else 0)
-        sig = (CH["mx>ld"] if i + 2 < len(iters) and has_load[i + 2] else 0) | (CH["mx>vx"] if last else 0)
+        # an accumulator slot is free again once the store of the tile two back has read it out
+        wait = (CH["ld>mx"] if has_load[i] else 0) | (CH["st>mx"] if (first and j >= 2) else 0)
+        drain = CH["mx>st"] if plain else CH["mx>vx"]
+        sig = (CH["mx>ld"] if i + 2 < len(iters) and has_load[i + 2] else 0) | (drain if last else 0)
         code.append(_matmul(desc, core, op, gi, ma, mb, na, nb, ka, kb, lay.a[a_slot], lay.b[b_slot],
                             lay.acc[j % 2], first, wait, sig))
         if not last:
@@ -306,16 +310,17 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
             op_loads.extend(_operand_loads(desc, core, op, operand, gi, ma, mb, na, nb, lay.operands[t][op_slot[t]]))
         for idx, ins in enumerate(op_loads):
             code.append(ins.replace(signal=CH["ld>vx"] if idx == len(op_loads) - 1 else 0))
-        vecs = _epilogue(desc, core, op, mt, nt, acc, [lay.operands[t][op_slot[t]] for t in range(len(operands))])
-        first_wait = CH["mx>vx"] | (CH["st>vx"] if j >= 2 else 0) | (CH["ld>vx"] if op_loads else 0)
-        last_sig = CH["vx>st"] | (CH["vx>mx"] if j + 2 < n_out else 0)
-        for idx, ins in enumerate(vecs):
-            code.append(ins.replace(wait=first_wait if idx == 0 else 0,
-                                    signal=last_sig if idx == len(vecs) - 1 else 0))
+        if not plain:
+            vecs = _epilogue(desc, core, op, mt, nt, acc,
+                             [lay.operands[t][op_slot[t]] for t in range(len(operands))])
+            first_wait = CH["mx>vx"] | (CH["ld>vx"] if op_loads else 0)
+            for idx, ins in enumerate(vecs):
+                code.append(ins.replace(wait=first_wait if idx == 0 else 0,
+                                        signal=CH["vx>st"] if idx == len(vecs) - 1 else 0))
         stores = _stores(desc, core, op, gi, ma, mb, na, nb, acc)
         for idx, ins in enumerate(stores):
-            code.append(ins.replace(wait=CH["vx>st"] if idx == 0 else 0,
-                                    signal=CH["st>vx"] if (idx == len(stores) - 1 and j + 2 < n_out) else 0))
+            code.append(ins.replace(wait=(CH["mx>st"] if plain else CH["vx>st"]) if idx == 0 else 0,
+                                    signal=CH["st>mx"] if (idx == len(stores) - 1 and j + 2 < n_out) else 0))
     return code
 
 
@@ -418,7 +423,7 @@ def _stores(desc: GemmDesc, core, op, g, m0, m1, n0, n1, acc) -> list[Instr]:
 def _epilogue(desc: GemmDesc, core, op, mt, nt, acc, operand_slots) -> list[Instr]:
     """The vector steps over one accumulator tile, in place; the last one writes the output dtype."""
     shape = (1, 1, nt, mt) if desc.conv is not None else (1, 1, mt, nt)
-    steps = list(desc.steps) or [("copy", 0.0, 0.0, 0.0, None)]
+    steps = list(desc.steps) or [("copy", 0.0, 0.0, 0.0, None)]  # the accumulator to the output dtype
     out, t = [], 0
     for idx, (fn, i0, i1, i2, operand) in enumerate(steps):
         dst_dt = desc.out_dtype if idx == len(steps) - 1 else "f32"

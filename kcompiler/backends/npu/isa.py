@@ -16,7 +16,7 @@ queues of a core are explicit tokens, as in VTA's load/compute/store queues: an 
 may *wait* on channels (pop one token from each before it starts) and *signal* channels (push
 one token on each when it ends). Tokens order time only; values follow program order.
 
-Encoding (little-endian, 72 bytes): opcode u8, core u8, wait u8, signal u8, op u16, aux u16,
+Encoding (little-endian, 74 bytes): opcode u8, core u8, wait u16, signal u16, op u16, aux u16,
 then sixteen 32-bit operand fields in the order of ``OPCODES[opcode][2]`` (signed fields are
 two's complement; unused trailing fields are zero).
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from kcompiler.errors import ArtifactError
 
 NFIELDS = 16
-ENCODING = struct.Struct("<BBBBHH16I")
-MAGIC = b"KNPU\x02\x00\x00\x00"
+ENCODING = struct.Struct("<BBHHHH16I")
+MAGIC = b"KNPU\x03\x00\x00\x00"
 ALL_CORES = 0xFF
 #: an absent operand address (an optional VECTOR operand)
 NONE = 0xFFFFFFFF
@@ -102,7 +102,7 @@ ADDRESS_FIELDS = frozenset({"off", "sram", "soff", "doff", "ioff", "a", "b", "ac
                             "src3"})
 
 #: token channels of a core (bit i of wait/signal)
-CHANNELS = ("ld>mx", "mx>ld", "mx>vx", "vx>mx", "vx>st", "st>vx", "ld>vx", "vx>ld")
+CHANNELS = ("ld>mx", "mx>ld", "mx>vx", "vx>mx", "vx>st", "st>vx", "ld>vx", "vx>ld", "st>mx", "mx>st")
 CH = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
 ACCUMULATE = 1 << 4

@@ -254,3 +254,78 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = 
             seg.append(i)
     now = run_segment(seg, now)
     return times, now, busy
+
+
+def order_violations(prog, times: list[InstrTime], limit: int = 20) -> list[str]:
+    """Where the timeline lets two instructions that touch the same bytes (one of them writing)
+    overlap in time or run against program order: values follow program order, so each such pair
+    is a place where the time describes a different program than the values (a store still
+    reading an accumulator that the next tile's MATMUL already overwrites, say).
+
+    Every byte of each core's scratchpad and of DRAM is followed in program order: a reader must
+    start after the last writer of its bytes ended, a writer after the last writer and every
+    reader since. Returns one line per violation (at most `limit`); empty when the tokens order
+    every dependency."""
+    import numpy as np
+
+    from kcompiler.backends.npu import sim
+
+    dec = sim.Decoder(prog)
+    out: list[str] = []
+    sram_w = [np.full(prog.sram_bytes, -1, np.int64) for _ in range(prog.cores)]
+    sram_r = [np.full(prog.sram_bytes, -1, np.int64) for _ in range(prog.cores)]
+    # DRAM: only the bytes a segment between barriers touches can conflict, and a barrier orders
+    # everything before it; per segment, the touched extents are tracked sparsely by buffer
+    dram: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def dram_maps(a) -> tuple[np.ndarray, np.ndarray, int]:
+        lo, hi = a.region
+        key = (lo, hi)
+        if key not in dram:
+            dram[key] = (np.full(hi - lo, -1, np.int64), np.full(hi - lo, -1, np.int64))
+        w, r = dram[key]
+        return w, r, lo
+
+    for i, ins in enumerate(prog.instrs):
+        accs = dec.accesses(ins)
+        if ins.opcode == isa.BARRIER:
+            for m in sram_w + sram_r:
+                m[...] = -1
+            dram.clear()
+            continue
+        t = times[i]
+        marks = []
+        for a in accs:
+            if a.extent() is None:
+                continue
+            if a.space == "sram":
+                w, r, base = sram_w[a.core], sram_r[a.core], 0
+            else:
+                w, r, base = dram_maps(a)
+            idx = _byte_indices(a) - base
+            marks.append((a.write, w, r, idx))
+            need = w[idx].max()
+            if a.write:
+                need = max(need, r[idx].max())
+            if need > t.start and len(out) < limit:
+                j = int(np.flatnonzero((w[idx] == need) | (r[idx] == need))[0])
+                out.append(f"instruction {i} `{ins.text()}` starts at cycle {t.start}, before cycle {need} when an "
+                           f"earlier instruction that {'reads or ' if a.write else ''}writes its "
+                           f"{a.space} byte {int(idx[j]) + base} ends")
+        for write, w, r, idx in marks:  # after checking all: an instruction may read what it writes
+            if write:
+                w[idx] = t.end
+            else:
+                r[idx] = np.maximum(r[idx], t.end)
+    return out
+
+
+def _byte_indices(a) -> "np.ndarray":
+    """The absolute byte addresses an access touches (every byte of every element)."""
+    import numpy as np
+
+    e = a.esize
+    idx = np.asarray(a.addr, np.int64)
+    for n, s in zip(a.shape, a.strides):
+        idx = idx[..., None] + np.arange(n, dtype=np.int64) * s * e
+    return (idx[..., None] + np.arange(e, dtype=np.int64)).ravel()

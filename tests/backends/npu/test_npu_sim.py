@@ -380,7 +380,7 @@ def test_encoding_round_trips_and_rejects_garbage():
     raw = prog.to_bytes()
     assert isa.decode_program(raw) == prog.data.instrs
     assert isa.assemble(prog.asm()) == prog.data.instrs  # the header lines are comments
-    assert len(raw) == 12 + 72 * len(prog.data.instrs)
+    assert len(raw) == 12 + isa.ENCODING.size * len(prog.data.instrs)
     with pytest.raises(ArtifactError):
         isa.decode_program(b"nonsense")
     bad = bytearray(raw)
@@ -390,6 +390,6 @@ def test_encoding_round_trips_and_rejects_garbage():
     bad = bytearray(raw)
     n = len(isa.names_of(prog.data.instrs[-1].opcode))
     if n < isa.NFIELDS:  # a field past the opcode's last one must be zero
-        struct.pack_into("<I", bad, 12 + (len(prog.data.instrs) - 1) * 72 + 8 + 4 * n, 7)
+        struct.pack_into("<I", bad, 12 + (len(prog.data.instrs) - 1) * isa.ENCODING.size + 10 + 4 * n, 7)
         with pytest.raises(ArtifactError, match="non-zero unused fields"):
             isa.decode_program(bytes(bad))
