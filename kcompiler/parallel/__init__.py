@@ -169,7 +169,9 @@ def select_tensor_regions(model, system, group, seeds: set[int], cost: dict[int,
         trial = accepted | set(members)
         res = analyse(trial)
         ok = True
-        for root in {res.regions and next((r for r, m in res.regions.items() if s in m), None) for s in members}:
+        # (no region at all, e.g. heads that do not divide among the chips, leaves nothing to weigh)
+        for root in {next((r for r, m in res.regions.items() if s in m), None) for s in members} if res.regions \
+                else ():
             if root is None:
                 continue
             events = [e for e in res.events if e.region == root and not e.graph_output]
