@@ -168,6 +168,10 @@ def _shapes(specs) -> dict:
     return dict(parse_shape_spec(s) for s in specs)
 
 
+#: --target's help: what it takes
+TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, host: `kc targets`), a system of chips "
+               "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), or a chip TOML file.")
+
 @click.group(cls=KCGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kcompiler")
 def cli():
@@ -198,7 +202,7 @@ def _place_kwarg():
 
 @cli.command("compile")
 @click.argument("model")
-@click.option("--target", "-t", default="host", show_default=True, help="Chip, system or TOML path.")
+@click.option("--target", "-t", default="host", show_default=True, help=TARGET_HELP)
 @_shape_option
 @_pass_options
 @click.option("--devices", type=int, default=None, help="Number of chips.")
@@ -260,7 +264,7 @@ def _load_npz(path: str) -> dict:
 
 @cli.command("run")
 @click.argument("model")
-@click.option("--target", "-t", default="host", show_default=True)
+@click.option("--target", "-t", default="host", show_default=True, help=TARGET_HELP)
 @click.option("--inputs", "inputs_path", default=None, help=".npz file of inputs (random if omitted).")
 @click.option("--outputs", "outputs_path", default=None, help="Write outputs to this .npz file.")
 @click.option("--check", is_flag=True, help="Compare with ONNX Runtime and print the largest error.")
@@ -276,7 +280,11 @@ def _load_npz(path: str) -> dict:
 def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
     """Run MODEL on a target for values (and simulated time)."""
     cm = _load_or_compile(model, target, shape_specs, disable, print_after)
-    feeds = _load_npz(inputs_path) if inputs_path else cm.random_inputs()
+    if inputs_path:
+        feeds = _load_npz(inputs_path)
+    else:
+        feeds = cm.random_inputs()
+        console.print("inputs: random (seed 0); give your own with --inputs FILE.npz", highlight=False)
     outs = cm.run(feeds)
     for name, arr in outs.items():
         console.print(f"output {name}: shape {tuple(arr.shape)} dtype {arr.dtype}", highlight=False)
@@ -316,17 +324,32 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
                           f"{worst.describe()}", hint=hint)
 
 
+#: options that apply to running or showing a model, not to compiling it (an artifact takes them)
+_RUN_OPTIONS = frozenset({"model", "inputs_path", "outputs_path", "check", "rtol", "atol", "debug", "asm", "quiet"})
+
+
 def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
     if str(model).endswith(".kcm"):
         import kcompiler
 
-        return kcompiler.load(model)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            given = [p for p in ctx.command.params if p.name not in _RUN_OPTIONS
+                     and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+            if given:
+                flags = ", ".join(p.opts[-1] if len(p.opts) == 1 else p.opts[0] for p in given)
+                raise KCError(f"{flags}: '{model}' is a compiled artifact, so compile options do not apply "
+                              "to it (it runs the program it holds)",
+                              hint=f"drop {flags}, or compile again: kc compile MODEL ... -o {model}")
+        cm = kcompiler.load(model)
+        return cm
     return _compile(model, target, shape_specs, disable, print_after)
 
 
 @cli.command("bench")
 @click.argument("model")
-@click.option("--target", "-t", "target_list", multiple=True, default=("host",), show_default=True)
+@click.option("--target", "-t", "target_list", multiple=True, default=("host",), show_default=True,
+              help=TARGET_HELP + " Repeat it to compare targets side by side.")
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="timing", show_default=True)
 @click.option("--json", "json_path", default=None, help="Write results as JSON.")
 @click.option("--trace", "trace_path", default=None, help="Write a Chrome trace (first target).")
@@ -406,7 +429,7 @@ def _artifact_table(art) -> Table:
 
 @cli.command("inspect")
 @click.argument("model")
-@click.option("--target", "-t", default="host", show_default=True)
+@click.option("--target", "-t", default="host", show_default=True, help=TARGET_HELP)
 @click.option("--asm", is_flag=True, help="Print each device's program in assembler form.")
 @_shape_option
 @_debug_option
@@ -476,9 +499,12 @@ def targets_cmd(ctx):
 @click.argument("name")
 @_debug_option
 def targets_show(name, debug):
-    """Print a chip's full description."""
+    """Print a chip's full description, or a system's (atom+aim, 4xatom): devices, links, chips."""
     from kcompiler import targets as t
 
+    if t.is_system_name(name):
+        console.print_json(json.dumps(t.describe_system(t.resolve(name))))
+        return
     console.print_json(json.dumps(t.describe(t.chip(name))))
 
 

@@ -60,6 +60,8 @@ class CompiledModel:
         self.parallel = None
         #: the model as given, when it was not a file (for --check and artifacts)
         self.original = None
+        #: what compiling noticed that the report should say (e.g. chips left idle)
+        self.notes: list[str] = []
 
     # ---- signature ---------------------------------------------------------------------
     @property
@@ -130,6 +132,7 @@ class CompiledModel:
         rep = Report(model=self.name, target=self.system.name, mode=mode or self.mode,
                      compile_s=self.compile_s, rules_fired=dict(self.context.fired))
         rep.notes.extend(self.source.notes)
+        rep.notes.extend(getattr(self, "notes", ()))
         if rep.mode == "timing":
             rep.notes.append("timing only: values were not computed" + (
                 " and no weight data was read (compiled with mode='timing')" if self.mode == "timing" else ""))
@@ -195,6 +198,23 @@ def _without_cyclic_gc(fn):
                 gc.enable()
 
     return wrapper
+
+
+def _idle_chip_notes(system: "targets.System", parallel, placement: Mapping[str, int]) -> list[str]:
+    """Chips a system has that the compiled model leaves idle, and a split over one chip: said, not
+    silently ignored."""
+    accs = system.accelerators
+    notes = []
+    if parallel in (None, "none") and len(accs) > 1:
+        idle = [d.name for d in accs if not placement.get(d.name)]
+        if idle:
+            notes.append(f"{', '.join(idle)} of {system.name} run nothing: without --parallel each node goes to "
+                         "the one device that suits it best, so identical chips beyond the first stay idle; "
+                         "--parallel data|tensor|pipeline|auto splits the model over them")
+    elif isinstance(parallel, str) and parallel not in ("none", "auto") and len(accs) == 1:
+        notes.append(f"--parallel {parallel} on one chip splits nothing: give --devices N or a target like "
+                     f"4x{accs[0].chip.name}")
+    return notes
 
 
 @_without_cyclic_gc
@@ -268,6 +288,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     compile_s = time.perf_counter() - t0
     cm = CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
     cm.parallel = par_info
+    cm.notes.extend(_idle_chip_notes(system, parallel, cm.placement))
     # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
     cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None
     return cm

@@ -272,6 +272,33 @@ def describe(c: Chip) -> dict:
             "source": c.source, c.kind: schema.to_table(c.spec)}
 
 
+def describe_system(s: System) -> dict:
+    """A system's devices, the links between them and each chip's full description."""
+    accs = s.accelerators
+    out: dict = {"system": s.name, "devices": [{"name": d.name, "chip": d.chip.name, "kind": d.kind}
+                                               for d in s.devices]}
+    pairs = [(a.name, b.name) for i, a in enumerate(accs) for b in accs[i + 1:]]
+    pairs += [(s.host.name, a.name) for a in accs]
+    links = []
+    for a, b in pairs:
+        link = s.link(a, b)
+        links.append({"from": a, "to": b, "link": link.name, "bandwidth_GBps": link.bandwidth / 1e9,
+                      "latency_us": link.latency * 1e6})
+    out["links"] = links
+    if s.interconnect is not None:
+        out["interconnect"] = s.interconnect.describe()
+    chips = {}
+    for d in accs or (s.host,):
+        chips.setdefault(d.chip.name, describe(d.chip))
+    out["chips"] = chips
+    return out
+
+
+def is_system_name(name: str) -> bool:
+    """Whether a target name names a system (chips joined by '+' or repeated by 'N x')."""
+    return "+" in name or (_COUNT.match(name.strip()) is not None and not name.endswith(".toml"))
+
+
 class _CallableModule(type(sys)):
     """`kcompiler.targets()` lists chip names even though `kcompiler.targets` is this package."""
 

@@ -80,6 +80,44 @@ def test_targets_show():
     assert data["name"] == "host" and "peak_flops" in data["host"]
 
 
+@pytest.mark.parametrize("name,chips", [("atom+aim", {"atom", "aim"}), ("4xatom", {"atom"})])
+def test_targets_show_a_system(name, chips):
+    """A system `kc targets` offers can be shown: its devices, the links between them, its chips."""
+    data = json.loads(kc("targets", "show", name))
+    assert data["system"] == name and set(data["chips"]) == chips
+    assert {d["chip"] for d in data["devices"]} == chips | {"host"}
+    assert data["links"] and all(x["bandwidth_GBps"] > 0 for x in data["links"])
+
+
+def test_target_help_names_every_chip_and_says_it_repeats():
+    from kcompiler.cli import TARGET_HELP
+    from kcompiler.targets import list_targets
+
+    assert all(c.name in TARGET_HELP for c in list_targets())
+    out = kc("bench", "--help")
+    assert "Repeat it" in " ".join(out.split()) and "atom+aim" in out
+
+
+@pytest.mark.parametrize("args,note", [
+    (["--target", "atom", "--devices", "2"], "atom1 of 2xatom run nothing"),
+    (["--target", "4xatom"], "atom1, atom2, atom3 of 4xatom run nothing"),
+    (["--target", "atom", "--parallel", "tensor"], "--parallel tensor on one chip splits nothing")])
+def test_idle_chips_and_a_split_over_one_chip_are_said(args, note):
+    out = " ".join(kc("bench", "bert-tiny", *args).split())
+    assert note in out
+
+
+def test_an_artifact_refuses_compile_options_and_random_inputs_are_said(tmp_path):
+    path = str(tmp_path / "t.kcm")
+    kc("compile", "bert-tiny", "--target", "atom", "-o", path)
+    assert "inputs: random (seed 0)" in kc("run", path)
+    for args in (["--target", "warboy"], ["--seq", "8"], ["--disable-pass", "cse"], ["--devices", "2"]):
+        r = CliRunner().invoke(cli, ["run", path, *args])
+        assert r.exit_code == 1 and "compiled artifact" in r.output and args[0] in r.output, r.output
+    r = CliRunner().invoke(cli, ["inspect", path, "--target", "atom"])
+    assert r.exit_code == 1 and "compiled artifact" in r.output
+
+
 def test_zoo_lists_the_bundled_models():
     out = kc("zoo")
     for name in BUNDLED:
