@@ -357,14 +357,18 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
               help="Draw a roofline of every op and a per-engine timeline (needs matplotlib; "
                    "FILE-<target>.png for several targets).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (for scripts; use --json).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="How to print the comparison: a table fitted to the terminal (80 columns when piped), "
+                   "CSV rows, or the --json document.")
+@click.option("--wide", is_flag=True, help="One row per target whatever the terminal's width.")
 @click.option("--compare", "compare", default="", metavar="ort,tvm",
               help="Also measure this CPU's wall time with ONNX Runtime and/or a TVM Relax llvm build.")
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
 @_debug_option
-def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet, compare, shape_specs, disable,
-              print_after, debug):
+def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet, fmt, wide, compare, shape_specs,
+              disable, print_after, debug):
     """Compile MODEL for each target and report simulated latency, bytes and energy."""
     from kcompiler.runtime.report import comparison_table
 
@@ -382,7 +386,7 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
             if mode == "functional":
                 cm.run(cm.random_inputs())
             rep = cm.simulate(mode)
-        if not quiet and len(target_list) == 1:
+        if not quiet and len(target_list) == 1 and fmt == "table":
             console.print(rep.table())
         reports.append(rep)
         results.append(rep.to_dict())
@@ -399,12 +403,46 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
 
         with _status(f"measuring {compare} on this CPU", quiet):
             peers = [r.to_dict() for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()])]
-    if not quiet and (len(reports) > 1 or peers):
-        console.print(comparison_table(reports, peers))
+    doc = bench_document(results, peers)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=1))
+    elif fmt == "csv":
+        from kcompiler.runtime.report import comparison_csv
+
+        click.echo(comparison_csv(reports, peers), nl=False)
+    elif not quiet and (len(reports) > 1 or peers):
+        if wide:
+            from rich.console import Console
+
+            table = comparison_table(reports, peers)
+            need = console.measure(table, options=console.options.update(width=10_000)).maximum
+            Console(width=max(need, console.width), file=console.file, force_terminal=console.is_terminal,
+                    no_color=console.no_color).print(table)
+        else:
+            console.print(comparison_table(reports, peers, width=console.width, console=console))
     if json_path:
-        Path(json_path).write_text(json.dumps({"results": results, "peers": peers}, indent=1))
+        Path(json_path).write_text(json.dumps(doc, indent=1))
         if not quiet:
-            console.print(f"wrote {json_path}")
+            console.print(f"wrote {json_path}", highlight=False)
+    if trace_path and not quiet:
+        console.print(f"wrote {trace_path} (open it in https://ui.perfetto.dev)", highlight=False)
+
+
+#: the version of `kc bench --json`'s document (docs/json.md); raised when a key changes meaning or goes
+BENCH_SCHEMA_VERSION = 1
+
+
+def bench_document(results: list[dict], peers: list[dict]) -> dict:
+    """`kc bench --json`'s document: its schema version, what measured it, the results and peers."""
+    import os
+    from importlib.metadata import version
+
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # not on this platform
+        load = None
+    return {"schema_version": BENCH_SCHEMA_VERSION, "kcompiler": version("kcompiler"),
+            "host": {"cpus": os.cpu_count(), "loadavg": load}, "results": results, "peers": peers}
 
 
 def _status(text: str, quiet: bool):

@@ -132,14 +132,14 @@ class Report:
         from rich.table import Table
 
         summary = Table(title=f"{self.model} on {self.target} ({self.mode})", show_header=False)
-        summary.add_column("metric")
-        summary.add_column("value", justify="right")
+        summary.add_column("metric", no_wrap=True)
+        summary.add_column("value", justify="right", overflow="fold")
         rows = [("latency", f"{self.latency_s * 1e3:.4f} ms"),
                 ("throughput", f"{self.throughput_per_s:,.1f} /s"),
                 ("cycles", f"{self.cycles:,}"),
                 ("MACs", f"{self.macs:,}"),
                 ("DRAM bytes", f"{self.dram_bytes:,}"),
-                ("energy", f"{self.energy_j * 1e3:.4f} mJ"),
+                ("energy", f"{_mj(self.energy_j)} mJ"),
                 ("host nodes", str(self.host_nodes)),
                 ("compile", f"{self.compile_s:.3f} s")]
         for dev, info in self.devices.items():
@@ -149,9 +149,11 @@ class Report:
             summary.add_row(*r)
         ops = Table(title=f"slowest {min(top, len(self.ops))} ops")
         for col in ("op", "type", "device", "time (us)", "MACs", "DRAM B", "bound"):
-            ops.add_column(col, justify="right" if col in ("time (us)", "MACs", "DRAM B") else "left")
+            # names and types wrap whole (overflow "fold"), numbers never wrap
+            ops.add_column(col, justify="right" if col in ("time (us)", "MACs", "DRAM B") else "left",
+                           overflow="fold", no_wrap=col not in ("op", "type"))
         for op in sorted(self.ops, key=lambda o: o.end_s - o.start_s, reverse=True)[:top]:
-            ops.add_row(op.name[:40], op.op_type, op.device, f"{(op.end_s - op.start_s) * 1e6:.2f}",
+            ops.add_row(op.name, op.op_type, op.device, f"{(op.end_s - op.start_s) * 1e6:.2f}",
                         f"{op.macs:,}", f"{op.dram_bytes:,}", op.bound)
         parts = [summary, ops]
         if self.notes:
@@ -160,24 +162,100 @@ class Report:
         return Group(*parts)
 
 
-def comparison_table(reports: list[Report], peers: list[dict] | None = None):
-    """One table across targets: the figures a user compares chips by."""
-    from rich.table import Table
+COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "work by device",
+                      "busiest engines", "host fallbacks", "compile (s)")
 
-    table = Table(title=f"{reports[0].model if reports else ''}: one inference, simulated")
-    cols = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "work by device",
-            "busiest engines", "host fallbacks", "compile (s)")
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("target", "work by device", "busiest engines") else "right")
+
+def comparison_rows(reports: list[Report], peers: list[dict] | None = None) -> list[list[str]]:
+    """One row per target (then per measured peer) of COMPARISON_COLUMNS, as text; list cells
+    (work by device, busiest engines) hold one item per line."""
+    rows = []
     for r in reports:
         total = sum(d["busy_s"] for d in r.devices.values()) or 1.0
-        share = ", ".join(f"{dev} {info['busy_s'] / total:.0%}" for dev, info in r.devices.items())
+        share = "\n".join(f"{dev} {_pct(info['busy_s'] / total)}" for dev, info in r.devices.items())
         util = sorted(((s / r.latency_s if r.latency_s else 0.0), e) for e, s in r.engine_busy_s.items())[::-1]
-        engines = ", ".join(f"{e} {u:.0%}" for u, e in util[:3])
-        table.add_row(r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", f"{r.energy_j * 1e3:.3f}",
-                      f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}")
+        accs = [d for d in r.devices if d != "host"]
+        # on one chip its name is the target's: "core0.matrix", not "warboy.core0.matrix"
+        engines = "\n".join(f"{e.removeprefix(accs[0] + '.') if len(accs) == 1 else e} {_pct(u)}"
+                             for u, e in util[:3])
+        rows.append([r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", _mj(r.energy_j),
+                     f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}"])
     for p in peers or ():
-        table.add_row(f"[dim]{p['peer']} (measured on this CPU)[/]", f"{p['latency_s'] * 1e3:.4f}",
-                      f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-", "host 100%", "-", "-",
-                      f"{p['compile_s']:.2f}")
-    return table
+        rows.append([f"{p['peer']} (measured on this CPU)", f"{p['latency_s'] * 1e3:.4f}",
+                     f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-", "host 100%", "-", "-",
+                     f"{p['compile_s']:.2f}"])
+    return rows
+
+
+def _pct(x: float) -> str:
+    """A share as a percentage; one that rounds to 0 but is not (a Gemm on the PIM) reads <1%."""
+    return "<1%" if 0 < x < 0.005 else f"{x:.0%}"
+
+
+def _mj(joules: float) -> str:
+    """Energy in mJ with three significant figures at least (a small model's is not 0.000)."""
+    mj = joules * 1e3
+    if mj == 0 or mj >= 1:
+        return f"{mj:.3f}"
+    return f"{mj:.3g}" if mj >= 1e-3 else f"{mj:.2e}"
+
+
+def comparison_csv(reports: list[Report], peers: list[dict] | None = None) -> str:
+    """The comparison as CSV: a header of COMPARISON_COLUMNS, one row per target; list cells joined by '; '."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COMPARISON_COLUMNS)
+    for row in comparison_rows(reports, peers):
+        w.writerow([c.replace("\n", "; ") for c in row])
+    return buf.getvalue()
+
+
+def comparison_table(reports: list[Report], peers: list[dict] | None = None, width: int | None = None,
+                     console=None):
+    """One table across targets: the figures a user compares chips by. With a width (a terminal's, or
+    80 when piped) the layout that fits it: a row per target when it is wide enough, else a
+    column per target, else one small table per target; a cell is wrapped, never cut short."""
+    from rich.console import Console, Group
+    from rich.table import Table
+
+    title = f"{reports[0].model if reports else ''}: one inference, simulated"
+    rows = comparison_rows(reports, peers)
+    numeric = {c for c in COMPARISON_COLUMNS if c not in ("target", "work by device", "busiest engines")}
+
+    def wide():
+        t = Table(title=title)
+        for c in COMPARISON_COLUMNS:
+            t.add_column(c, justify="right" if c in numeric else "left", overflow="fold",
+                         no_wrap=c in numeric or c == "target")
+        for r in rows:
+            t.add_row(*r)
+        return t
+
+    def tall(rs):
+        t = Table(title=title if len(rs) == len(rows) else None)
+        t.add_column("", no_wrap=True)
+        for r in rs:
+            t.add_column(r[0], justify="right", overflow="fold", min_width=max(
+                len(w) for cell in r for w in cell.split()))
+        for k, c in enumerate(COMPARISON_COLUMNS[1:], 1):
+            t.add_row(c, *(r[k] for r in rs))
+        return t
+
+    if width is None:
+        return wide()
+    console = console or Console(width=width)
+
+    def fits(t, wrapped: bool) -> bool:
+        m = console.measure(t, options=console.options.update(width=10_000))
+        return (m.minimum if wrapped else m.maximum) <= width
+
+    # the wide table only when nothing in it has to wrap; a column per target may wrap a list cell
+    # between its words ("atom.core5.dma_in" over "87%"), never inside a number or a name
+    if fits(wide(), False):
+        return wide()
+    if fits(tall(rows), True):
+        return tall(rows)
+    return Group(*(tall([r]) for r in rows))

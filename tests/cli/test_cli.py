@@ -226,3 +226,43 @@ def test_check_mismatch_on_constant_weights_says_to_use_random_ones(monkeypatch)
     assert "--weights random" in result.output and "constant-fill" in result.output
     result = CliRunner().invoke(cli, ["run", "bert-tiny", "--target", "host", "--check"])
     assert result.exit_code == 1 and "--weights random" not in result.output
+
+
+def test_the_comparison_fits_80_columns_when_piped():
+    """Piped (CliRunner is not a terminal: 80 columns), three targets' comparison is readable:
+    no line over 80 columns and nothing cut short with an ellipsis."""
+    out = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--target", "atom+aim")
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    for figure in ("latency (ms)", "busiest engines", "atom+aim", "core0.dma_in", "atom.dram"):
+        assert figure in out, figure
+    wide = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--wide")
+    assert "…" not in wide and max(len(line) for line in wide.splitlines()) > 80
+
+
+def test_bench_csv_and_json_formats():
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(kc("bench", "bert-tiny", "--target", "atom", "--target", "warboy",
+                                          "--format", "csv"))))
+    assert rows[0][:2] == ["target", "latency (ms)"] and [r[0] for r in rows[1:]] == ["atom", "warboy"]
+    doc = json.loads(kc("bench", "bert-tiny", "--target", "atom", "--format", "json"))
+    assert doc["schema_version"] == 1 and doc["results"][0]["target"] == "atom"
+
+
+def test_every_bench_json_key_is_documented():
+    """docs/json.md names every key of the document and of a result (a new key needs its line)."""
+    text = (Path(__file__).parents[2] / "docs" / "json.md").read_text()
+    doc = json.loads(kc("bench", "bert-tiny", "--target", "atom+aim", "--format", "json", "--compare", "ort"))
+    keys = set(doc) | set(doc["host"]) | set(doc["results"][0]) | set(doc["peers"][0]) \
+        | set(doc["results"][0]["ops"][0]) | set(doc["results"][0]["transfers"][0])
+    missing = [k for k in keys if f"`{k}`" not in text]
+    assert not missing, missing
+
+
+def test_small_energies_and_shares_are_not_shown_as_zero():
+    from kcompiler.runtime.report import _mj, _pct
+
+    assert _mj(1.2e-8) != "0.000" and float(_mj(1.2e-8)) == pytest.approx(1.2e-5)
+    assert _pct(0.001) == "<1%" and _pct(0.0) == "0%" and _pct(0.5) == "50%"
