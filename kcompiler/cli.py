@@ -288,7 +288,7 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
     outs = cm.run(feeds)
     for name, arr in outs.items():
         console.print(f"output {name}: shape {tuple(arr.shape)} dtype {arr.dtype}", highlight=False)
-    if cm.report is not None:
+    if cm._report is not None:
         console.print(f"simulated latency {cm.report.latency_s * 1e3:.4f} ms on {cm.system.name}")
     if outputs_path:
         np.savez(outputs_path, **outs)

@@ -53,7 +53,7 @@ class CompiledModel:
         self.compile_s = compile_s
         self.mode = mode
         self.executor = Executor(model, system, parts, programs)
-        self.report: Report | None = None
+        self._report: Report | None = None
         #: set on models loaded from an artifact (runtime/artifact.py: path, manifest, load_s)
         self.artifact = None
         #: the parallel plan's summary (kcompiler.parallel.ParallelInfo) when compiled for several chips
@@ -62,6 +62,21 @@ class CompiledModel:
         self.original = None
         #: what compiling noticed that the report should say (e.g. chips left idle)
         self.notes: list[str] = []
+
+    @property
+    def report(self) -> Report:
+        """The simulated time of one inference: the last run's or simulate()'s, simulated now if
+        neither has been called."""
+        if self._report is None:
+            self.simulate()
+        return self._report
+
+    @report.setter
+    def report(self, value: "Report | None") -> None:
+        self._report = value
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel {self.name!r} for {self.system.name} ({self.mode}): {len(self.model.graph)} nodes>"
 
     # ---- signature ---------------------------------------------------------------------
     @property

@@ -81,7 +81,24 @@ class Report:
         return d
 
     def to_json(self) -> str:
+        """The figures as JSON: one entry of `kc bench --json`'s results (docs/json.md)."""
         return json.dumps(self.to_dict(), indent=1)
+
+    def __repr__(self) -> str:
+        return (f"<Report {self.model!r} on {self.target} ({self.mode}): {self.latency_s * 1e3:.4f} ms, "
+                f"{_mj(self.energy_j)} mJ, {self.dram_bytes:,} DRAM bytes, {len(self.ops)} ops>")
+
+    def __str__(self) -> str:
+        lines = [f"{self.model} on {self.target} ({self.mode}): latency {self.latency_s * 1e3:.4f} ms, "
+                 f"throughput {self.throughput_per_s:,.1f} /s, energy {_mj(self.energy_j)} mJ, "
+                 f"DRAM {self.dram_bytes:,} B, {self.macs:,} MACs, {self.host_nodes} host node(s)"]
+        lines += [f"  {d}: {i['nodes']} nodes, {i['macs']:,} MACs, busy {i['busy_s'] * 1e3:.4f} ms"
+                  for d, i in self.devices.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __rich__(self):
+        return self.table()
 
     def chrome_trace(self) -> dict[str, Any]:
         """Trace-event JSON: one process per device, one thread per engine (Perfetto loads it).
