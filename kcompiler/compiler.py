@@ -62,6 +62,8 @@ class CompiledModel:
         self.original = None
         #: what compiling noticed that the report should say (e.g. chips left idle)
         self.notes: list[str] = []
+        #: nodes, params, flops, macs of the model as loaded, before the passes (opinfo.model_stats)
+        self.source_stats: dict[str, int] | None = None
 
     @property
     def report(self) -> Report:
@@ -239,7 +241,8 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             pipeline: str = "default", mode: str = "functional", devices: int | None = None,
             name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
             interconnect: str | None = None, topology: str | None = None,
-            place: Mapping[str, str] | None = None, **zoo_options) -> CompiledModel:
+            place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
+            **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
@@ -251,8 +254,12 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
 
     parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
     system's identical chips; auto picks the best plan for `objective` (latency | throughput).
-    interconnect / topology: the chips' fabric (kcompiler/parallel/interconnects.toml)."""
+    interconnect / topology: the chips' fabric (kcompiler/parallel/interconnects.toml).
+
+    progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
+    detail says which partition), for a command line to show where a long compile is."""
     t0 = time.perf_counter()
+    say = progress or (lambda stage, detail="": None)
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
     system = targets.resolve(target, devices, interconnect, topology)
@@ -274,8 +281,10 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         plan = parallel if isinstance(parallel, kpar.Plan) else kpar.Plan.fixed(parallel, len(system.accelerators))
     from kcompiler import zoo
 
+    say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
     src_model, model_name = zoo.resolve_model(model, **zoo_options)
     irm, source = load_model(src_model, shapes)
+    source_stats = opinfo.model_stats(irm)
     from kcompiler.runtime import state as _state
 
     _state.mark(irm, state)
@@ -283,7 +292,9 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
                       printer=printer, options={"mode": mode})
     backends = {d.name: make_backend(d, system) for d in system.devices}
     ctx.options["backends"] = backends
+    say("passes", f"{len(irm.graph)} nodes")
     run_pipeline(irm, ctx, pipeline)
+    say("place", f"{len(irm.graph)} nodes on {', '.join(d.name for d in system.devices)}")
     par_info = None
     if plan is not None:
         from kcompiler import parallel as kpar
@@ -293,7 +304,8 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         place_nodes(irm, backends, dict(place) if place else None)
     parts = partition(irm)
     programs = []
-    for sub in parts:
+    for i, sub in enumerate(parts):
+        say("lower", f"partition {i + 1}/{len(parts)}: {len(sub.nodes)} nodes for {sub.device}")
         if sub.device not in backends and par_info is not None:  # communication ops: the runtime runs them
             from kcompiler.parallel import collectives
 
@@ -304,6 +316,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     cm = CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
     cm.parallel = par_info
     cm.notes.extend(_idle_chip_notes(system, parallel, cm.placement))
+    cm.source_stats = source_stats
     # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
     cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None
     return cm

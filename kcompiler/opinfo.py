@@ -182,6 +182,15 @@ def is_const(value: ir.Value | None) -> bool:
     return False
 
 
+def model_stats(model: ir.Model) -> dict[str, int]:
+    """The figures every command shows for a model (`kc zoo`, `kc inspect` of a model or of an
+    artifact): its nodes, parameters, FLOPs and MACs, counted on the graph as loaded, before
+    kcompiler's passes fold and fuse it."""
+    g = model.graph
+    return {"nodes": len(g), "params": parameter_count(model), "flops": sum(flops(n) for n in g),
+            "macs": sum(macs(n) for n in g)}
+
+
 def parameter_count(model: ir.Model) -> int:
     """Elements of every initializer and constant-of-shape weight in the main graph."""
     total = 0

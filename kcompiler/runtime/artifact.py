@@ -400,6 +400,7 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
         "parts": parts,
         "rules_fired": dict(sorted(cm.context.fired.items())),
         "notes": list(cm.source.notes),
+        "source_stats": getattr(cm, "source_stats", None),
         "weights": {"section": "weights", "align": WEIGHT_ALIGN, "tensors": ntensors,
                     "location": WEIGHTS_LOCATION},
         # device-resident state {output: input or ""} (runtime/state.py); also tagged on the values
@@ -735,6 +736,8 @@ def _build(path: Path, manifest: dict[str, Any], blobs: dict[str, bytes], t0: fl
     cm = CompiledModel(manifest["model"], model, system, backends, parts, programs, ctx, source,
                        0.0, mode)
     cm.parallel = _parallel_info(manifest.get("parallel"))
+    stats = manifest.get("source_stats")
+    cm.source_stats = {k: int(v) for k, v in stats.items() if isinstance(v, int)} if isinstance(stats, dict) else None
     cm.original = None
     if "source" in blobs:
         try:

@@ -1,34 +1,78 @@
 """Parameter count and FLOPs of each zoo entry, for `kc zoo`.
 
-Parametric entries answer from shapes alone (``ZooEntry.info``); fixed models (the bundled
-CNNs) are loaded through the frontend and counted with opinfo.
+Every entry is built (weights are not read: shapes suffice) and loaded through the frontend, and
+counted by `opinfo.model_stats`: the same function and the same graph as `kc inspect` shows, so
+the figures agree between commands. The counts are kept in the cache folder (zoo.cache_dir), by
+kcompiler version, so `kc zoo` builds each model once.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from kcompiler.zoo import ZooEntry
 
 
+def _cache_path():
+    from kcompiler import __version__
+    from kcompiler.zoo import cache_dir
+
+    return cache_dir() / f"zoo-stats-{__version__}.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _key(entry: ZooEntry, options: dict) -> str:
+    return f"{entry.name}:{json.dumps(options, sort_keys=True)}"
+
+
+def is_cached(entry: ZooEntry, **options) -> bool:
+    return _key(entry, options) in _read_cache()
+
+
 def entry_stats(entry: ZooEntry, **options) -> dict[str, Any]:
-    """{"params", "flops" (of one inference), "flops_per_unit", "unit" ("token" or "inference"), "options"}."""
-    info = getattr(entry, "info", None)
-    if info is not None:
-        d = info(**options)
-        return {"params": d["params"], "flops": d["flops"], "flops_per_unit": d["flops_per_unit"],
-                "unit": d["unit"], "options": d["options"]}
+    """{"params", "flops" (of one inference), "macs", "nodes", "flops_per_unit", "unit" ("token" or
+    "inference"), "options"}."""
+    key, path, cache = _key(entry, options), _cache_path(), _read_cache()
+    if key in cache:
+        return cache[key]
+    st = _count(entry, **options)
+    cache[key] = st
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: count again next time
+        pass
+    return st
+
+
+def _count(entry: ZooEntry, **options) -> dict[str, Any]:
     from kcompiler import opinfo
     from kcompiler.frontend import load_model
 
+    info = getattr(entry, "info", None)
+    meta = info(**options) if info is not None else None
     model, _ = load_model(entry.build(**options))
-    flops = sum(opinfo.flops(n) for n in model.graph)
-    batch = 1
-    if model.graph.inputs:
-        shape = opinfo.shape_of(model.graph.inputs[0])
-        batch = shape[0] if shape else 1
-    return {"params": opinfo.parameter_count(model), "flops": flops, "flops_per_unit": flops / max(batch, 1),
-            "unit": "inference", "options": {}}
+    st = opinfo.model_stats(model)
+    if meta is not None:  # a transformer: per token (LLMs) or per inference, from its options
+        o = meta["options"]
+        unit = meta["unit"]
+        per = o["batch"] * o["seq"] if unit == "token" else o["batch"]
+        opts = meta["options"]
+    else:
+        unit, opts = "inference", {}
+        shape = opinfo.shape_of(model.graph.inputs[0]) if model.graph.inputs else None
+        per = shape[0] if shape else 1
+    return {**st, "flops_per_unit": st["flops"] / max(per, 1), "unit": unit, "options": opts}
 
 
 def human(n: float, unit: str = "") -> str:

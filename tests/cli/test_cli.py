@@ -18,9 +18,10 @@ from kcompiler.zoo import BUNDLED
 
 
 def kc(*args: str):
+    """A command's stdout (progress lines go to stderr)."""
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 @pytest.fixture
@@ -116,6 +117,36 @@ def test_an_artifact_refuses_compile_options_and_random_inputs_are_said(tmp_path
         assert r.exit_code == 1 and "compiled artifact" in r.output and args[0] in r.output, r.output
     r = CliRunner().invoke(cli, ["inspect", path, "--target", "atom"])
     assert r.exit_code == 1 and "compiled artifact" in r.output
+
+
+def test_progress_says_each_stage_on_stderr_when_piped():
+    r = CliRunner().invoke(cli, ["bench", "bert-tiny", "--target", "atom+aim"])
+    assert r.exit_code == 0
+    lines = [x for x in r.stderr.splitlines() if x.startswith("kc: ")]
+    for stage in ("load", "passes", "place", "lower", "simulating"):
+        assert any(stage in x for x in lines), (stage, lines)
+    assert len(lines) < 12  # a line per stage, not per partition
+    assert "kc: " not in r.stdout
+    quiet = CliRunner().invoke(cli, ["bench", "bert-tiny", "--target", "atom", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_figures_agree_between_zoo_and_inspect(tmp_path):
+    """Parameters, FLOPs and nodes of the model as loaded: the same in `kc zoo`, `kc inspect MODEL`
+    and `kc inspect MODEL.kcm` (one function counts them: opinfo.model_stats)."""
+    from kcompiler.zoo import entries
+    from kcompiler.zoo.stats import entry_stats, human
+
+    st = entry_stats(entries()["bert-tiny"])
+    (row,) = [x for x in kc("zoo").splitlines() if x.startswith("│ bert-tiny ")]
+    cells = [c.strip() for c in row.split("│")[3:5]]
+    assert cells == [human(st["params"]), f"{human(st['flops_per_unit'])}/inference"]
+    want = f"{st['nodes']:,} nodes; parameters: {st['params']:,}; FLOPs: {st['flops']:,}; MACs: {st['macs']:,}"
+    assert want in " ".join(kc("inspect", "bert-tiny", "--target", "atom").split())
+    path = str(tmp_path / "b.kcm")
+    kc("compile", "bert-tiny", "--target", "atom", "-o", path)
+    out = " ".join(kc("inspect", path).split())
+    assert want in out and f"({st['nodes']} as loaded)" in out
 
 
 def test_zoo_lists_the_bundled_models():
