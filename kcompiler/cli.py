@@ -35,6 +35,17 @@ class KCGroup(click.Group):
             if exc.hint:
                 err_console.print(f"  [yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             ctx.exit(1)
+        except click.UsageError as exc:
+            # a mistake on the command line is the user's like any other: exit 1 with a hint (exit 2
+            # is kept for kcompiler's own bugs)
+            if debug:
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "kc"
+            err_console.print(f"[bold red]kc: usage error:[/] {escape(exc.format_message())}", highlight=False,
+                              soft_wrap=True)
+            err_console.print(f"  [yellow]hint:[/] run `{where} --help` for the options and their values",
+                              highlight=False, soft_wrap=True)
+            ctx.exit(1)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except MemoryError:

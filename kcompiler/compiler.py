@@ -128,8 +128,17 @@ class CompiledModel:
                 raise InputError(f"input '{name}' has dtype {arr.dtype}, but the model expects {dtype}",
                                  hint=f"convert it, e.g. x.astype(np.{dtype})")
             if shape is not None and tuple(arr.shape) != tuple(shape):
+                dims = "x".join(str(d) for d in arr.shape)
+                if self.artifact is not None:
+                    hint = (f"give an array of shape {tuple(shape)}; to run another shape compile the model again "
+                            f"(kc compile MODEL --shape {name}={dims} -o ...) if it leaves that dim open")
+                elif name in getattr(self.source, "symbolic", ()):
+                    hint = f"give an array of shape {tuple(shape)}, or compile with --shape {name}={dims}"
+                else:
+                    hint = (f"give an array of shape {tuple(shape)}: the model fixes this input's shape (a zoo "
+                            "model's comes from its options: --batch, --seq, --kv)")
                 raise InputError(f"input '{name}' has shape {tuple(arr.shape)}, but the model was compiled "
-                                 f"for {tuple(shape)}", hint="recompile with --shape to change it")
+                                 f"for {tuple(shape)}", hint=hint)
             out[name] = arr
         return out
 

@@ -39,6 +39,8 @@ class ModelSource:
     path: Path | None = None
     base_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: inputs whose shape the model leaves open (a symbolic or -1 dim): the ones --shape may bind
+    symbolic: tuple[str, ...] = ()
 
 
 def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto,
@@ -304,6 +306,8 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
     """Fix every graph input's shape; refuse symbolic dims left unbound."""
     shapes = dict(shapes or {})
     inputs = {v.name: v for v in model.graph.inputs}
+    src.symbolic = tuple(v.name for v in model.graph.inputs
+                         if v.shape is None or any(not isinstance(d, int) for d in v.shape))
     unknown = [n for n in shapes if n not in inputs]
     if unknown:
         raise ShapeError(f"{src.name}: --shape names {unknown}, which are not inputs of the model",
@@ -320,17 +324,23 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
             for i, (have, want) in enumerate(zip(value.shape, dims)):
                 if isinstance(have, int) and have != want:
                     raise ShapeError(f"{src.name}: input '{name}' dim {i} is fixed at {have} in the model "
-                                     f"but --shape asks for {want}")
+                                     f"but --shape asks for {want}",
+                                     hint=f"the model's own shape of '{name}' is {_fmt(value.shape)}: bind only its "
+                                          "open dims, or export the model with this dim dynamic")
         value.shape = ir.Shape(dims)
-    missing = []
+    missing, example = [], None
     for value in model.graph.inputs:
         if value.type is not None and not isinstance(value.type, ir.TensorType):
             continue  # sequences/optionals: their elements' shapes vary per run, nothing to bind
         if value.shape is None or any(not isinstance(d, int) for d in value.shape):
             missing.append(f"{value.name} {_fmt(value.shape)}")
+            if example is None and value.shape is not None:  # its own rank, open dims as 1
+                dims = "x".join(str(d) if isinstance(d, int) else "1" for d in value.shape)
+                example = f"--shape {value.name}={dims}"
     if missing:
         raise ShapeError(f"{src.name}: the shapes of these inputs are not known: {', '.join(missing)}",
-                         hint="bind each with --shape NAME=DIMS (e.g. --shape x=1x3x224x224) or shapes={...}")
+                         hint=f"bind each with --shape NAME=DIMS (e.g. {example or '--shape x=1x3x224x224'}) "
+                              "or shapes={...} in Python")
     for value in model.graph.inputs:
         _check_size(value, src)
 

@@ -223,17 +223,19 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
     for piece in target.split("+"):
         piece = piece.strip()
         if not piece:
-            raise TargetError(f"target '{target}': empty name between '+'")
+            raise TargetError(f"target '{target}': empty name between '+'", hint="join chip names: atom+aim")
         m = _COUNT.match(piece) if not piece.endswith(".toml") else None
         count, name = (int(m.group(1)), m.group(2)) if m else (1, piece)
         if count < 1 or count > 1024:
-            raise TargetError(f"target '{target}': count {count} must be between 1 and 1024")
+            raise TargetError(f"target '{target}': count {count} must be between 1 and 1024", hint="e.g. 4xatom")
         parts.append((count, chip(name)))
     if devices is not None:
         if devices < 1 or devices > 1024:
-            raise TargetError(f"--devices {devices}: must be between 1 and 1024")
+            raise TargetError(f"--devices {devices}: must be between 1 and 1024", hint="e.g. --devices 2")
         if len(parts) != 1:
-            raise TargetError(f"--devices applies to a single chip, not the system '{target}'")
+            raise TargetError(f"--devices applies to a single chip, not the system '{target}'",
+                              hint=f"name one chip (--target atom --devices 2), or repeat it in the target (2x{target})"
+                              if "+" not in target else "name one chip: --target atom --devices 2")
         parts = [(devices, parts[0][1])]
     devs: list[Device] = [host]
     totals: dict[str, int] = {}
