@@ -65,6 +65,30 @@ class KCGroup(click.Group):
             ctx.exit(2)
 
 
+def _threads_option(f):
+    """--threads N: the host threads of the simulators and of the measured peers (KC_THREADS)."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        n = kwargs.pop("threads", None)
+        if n is None:
+            return f(*args, **kwargs)
+        before = os.environ.get("KC_THREADS")
+        os.environ["KC_THREADS"] = str(n)
+        try:
+            return f(*args, **kwargs)
+        finally:  # (for callers in one process: the tests' CliRunner)
+            if before is None:
+                os.environ.pop("KC_THREADS", None)
+            else:
+                os.environ["KC_THREADS"] = before
+
+    return click.option("--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
+                        help="Host threads for the simulators and for --compare's ONNX Runtime and TVM "
+                             "(default: KC_THREADS, else every core this process may use).")(wrapper)
+
+
 def _debug_option(f):
     return click.option("--debug", is_flag=True, hidden=False, help="Show tracebacks.")(f)
 
@@ -288,6 +312,7 @@ def _load_npz(path: str) -> dict:
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
+@_threads_option
 @_debug_option
 def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
     """Run MODEL on a target for values (and simulated time)."""
@@ -379,6 +404,7 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
+@_threads_option
 @_debug_option
 def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet, fmt, wide, compare, shape_specs,
               disable, print_after, debug):
@@ -412,9 +438,16 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
     peers = []
     if compare:
         from kcompiler.peers import compare_peers
+        from kcompiler.threads import host_threads
 
-        with _status(f"measuring {compare} on this CPU", quiet):
-            peers = [r.to_dict() for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()])]
+        load = _loadavg()
+        if load is not None and load > 0.5 * (os.cpu_count() or 1):
+            err_console.print(f"kc: warning: this machine is busy (load average {load:.1f} on {os.cpu_count()} "
+                              f"CPUs): the wall times measured for --compare will be slower than on a quiet "
+                              "machine (the simulated figures do not change)", highlight=False, soft_wrap=True)
+        with _status(f"measuring {compare} on this CPU ({host_threads()} threads)", quiet):
+            peers = [{**r.to_dict(), "loadavg_1min": load}
+                     for r in compare_peers(cm, [p.strip() for p in compare.split(",") if p.strip()])]
     doc = bench_document(results, peers)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=1))
@@ -446,15 +479,24 @@ BENCH_SCHEMA_VERSION = 1
 
 def bench_document(results: list[dict], peers: list[dict]) -> dict:
     """`kc bench --json`'s document: its schema version, what measured it, the results and peers."""
-    import os
     from importlib.metadata import version
+
+    from kcompiler.threads import host_threads
 
     try:
         load = list(os.getloadavg())
     except OSError:  # not on this platform
         load = None
     return {"schema_version": BENCH_SCHEMA_VERSION, "kcompiler": version("kcompiler"),
-            "host": {"cpus": os.cpu_count(), "loadavg": load}, "results": results, "peers": peers}
+            "host": {"cpus": os.cpu_count(), "threads": host_threads(), "loadavg": load},
+            "results": results, "peers": peers}
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 class _Progress:

@@ -8,6 +8,7 @@ loaded it (shapes bound, canonical opset), before kcompiler's own passes.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +29,10 @@ class PeerResult:
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {"peer": self.peer, "compile_s": self.compile_s, "latency_s": self.latency_s, "runs": self.runs}
+        from kcompiler.threads import host_threads
+
+        return {"peer": self.peer, "compile_s": self.compile_s, "latency_s": self.latency_s, "runs": self.runs,
+                "threads": host_threads()}
 
 
 def frontend_proto(cm) -> onnx.ModelProto:
@@ -148,10 +152,16 @@ def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], base_dir: str 
 
 
 def compare_peers(cm, peers, feeds: dict[str, np.ndarray] | None = None) -> list[PeerResult]:
+    """Measure the model (as loaded, before kcompiler's passes) with each peer on this CPU, on
+    kcompiler's host threads (KC_THREADS: `kc --threads N`)."""
     bad = [p for p in peers if p not in PEERS]
     if bad:
         raise KCError(f"--compare names unknown peer(s) {bad}", hint=f"choose from {list(PEERS)}")
     proto = frontend_proto(cm)
     feeds = feeds if feeds is not None else cm.random_inputs()
     runners = {"ort": run_ort, "tvm": run_tvm}
+    from kcompiler.threads import host_threads
+
+    # TVM's thread pool reads TVM_NUM_THREADS when it starts (on its first run)
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
     return [runners[p](proto, feeds, weights_dir(cm)) for p in peers]

@@ -183,10 +183,17 @@ COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)"
                       "busiest engines", "host fallbacks", "compile (s)")
 
 
+def comparison_columns(peers: list[dict] | None = None) -> tuple[str, ...]:
+    """COMPARISON_COLUMNS, and "vs <peer>" for each peer measured (every target against it)."""
+    return COMPARISON_COLUMNS + tuple(f"vs {p['peer']}" for p in peers or ())
+
+
 def comparison_rows(reports: list[Report], peers: list[dict] | None = None) -> list[list[str]]:
-    """One row per target (then per measured peer) of COMPARISON_COLUMNS, as text; list cells
-    (work by device, busiest engines) hold one item per line."""
+    """One row per target (then per measured peer) of comparison_columns(peers), as text; list cells
+    (work by device, busiest engines) hold one item per line. "vs ort" is how many times faster the
+    simulated chip is than ONNX Runtime's wall time on this CPU (below 1: slower)."""
     rows = []
+    peers = list(peers or ())
     for r in reports:
         total = sum(d["busy_s"] for d in r.devices.values()) or 1.0
         share = "\n".join(f"{dev} {_pct(info['busy_s'] / total)}" for dev, info in r.devices.items())
@@ -195,12 +202,14 @@ def comparison_rows(reports: list[Report], peers: list[dict] | None = None) -> l
         # on one chip its name is the target's: "core0.matrix", not "warboy.core0.matrix"
         engines = "\n".join(f"{e.removeprefix(accs[0] + '.') if len(accs) == 1 else e} {_pct(u)}"
                              for u, e in util[:3])
+        vs = [f"{p['latency_s'] / r.latency_s:,.2f}x" if r.latency_s and p["latency_s"] else "-" for p in peers]
         rows.append([r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", _mj(r.energy_j),
-                     f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}"])
-    for p in peers or ():
-        rows.append([f"{p['peer']} (measured on this CPU)", f"{p['latency_s'] * 1e3:.4f}",
-                     f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-", "host 100%", "-", "-",
-                     f"{p['compile_s']:.2f}"])
+                     f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}", *vs])
+    for p in peers:
+        threads = f", {p['threads']} thread{'s' if p['threads'] > 1 else ''}" if p.get("threads") else ""
+        rows.append([f"{p['peer']} (measured on this CPU: median of {p['runs']} runs{threads})",
+                     f"{p['latency_s'] * 1e3:.4f}", f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-",
+                     "host 100%", "-", "-", f"{p['compile_s']:.2f}", *("-" for _ in peers)])
     return rows
 
 
@@ -224,7 +233,7 @@ def comparison_csv(reports: list[Report], peers: list[dict] | None = None) -> st
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COMPARISON_COLUMNS)
+    w.writerow(comparison_columns(peers))
     for row in comparison_rows(reports, peers):
         w.writerow([c.replace("\n", "; ") for c in row])
     return buf.getvalue()
@@ -240,11 +249,12 @@ def comparison_table(reports: list[Report], peers: list[dict] | None = None, wid
 
     title = f"{reports[0].model if reports else ''}: one inference, simulated"
     rows = comparison_rows(reports, peers)
-    numeric = {c for c in COMPARISON_COLUMNS if c not in ("target", "work by device", "busiest engines")}
+    columns = comparison_columns(peers)
+    numeric = {c for c in columns if c not in ("target", "work by device", "busiest engines")}
 
     def wide():
         t = Table(title=title)
-        for c in COMPARISON_COLUMNS:
+        for c in columns:
             t.add_column(c, justify="right" if c in numeric else "left", overflow="fold",
                          no_wrap=c in numeric or c == "target")
         for r in rows:
@@ -257,7 +267,7 @@ def comparison_table(reports: list[Report], peers: list[dict] | None = None, wid
         for r in rs:
             t.add_column(r[0], justify="right", overflow="fold", min_width=max(
                 len(w) for cell in r for w in cell.split()))
-        for k, c in enumerate(COMPARISON_COLUMNS[1:], 1):
+        for k, c in enumerate(columns[1:], 1):
             t.add_row(c, *(r[k] for r in rs))
         return t
 

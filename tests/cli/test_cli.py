@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,17 @@ def test_small_energies_and_shares_are_not_shown_as_zero():
 
     assert _mj(1.2e-8) != "0.000" and float(_mj(1.2e-8)) == pytest.approx(1.2e-5)
     assert _pct(0.001) == "<1%" and _pct(0.0) == "0%" and _pct(0.5) == "50%"
+
+
+def test_compare_says_threads_runs_and_compares_every_target():
+    r = CliRunner().invoke(cli, ["bench", "bert-tiny", "--target", "atom", "--target", "warboy", "--compare", "ort",
+                                 "--threads", "1", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    (peer,) = doc["peers"]
+    assert peer["threads"] == 1 and doc["host"]["threads"] == 1 and peer["runs"] >= 3
+    assert "loadavg_1min" in peer
+    out = kc("bench", "bert-tiny", "--target", "atom", "--target", "warboy", "--compare", "ort", "--threads", "1")
+    flat = " ".join(out.split())
+    assert "vs ort" in flat and "runs, 1 thread)" in flat
+    assert "KC_THREADS" not in os.environ or os.environ["KC_THREADS"] != "1"  # restored after the command

@@ -154,6 +154,12 @@ def external_data_dir(sub: Subgraph):
     return external_weights_dir(v for node in sub.nodes for v in node_inputs(node))
 
 
+def _threads() -> int:
+    from kcompiler.threads import host_threads
+
+    return host_threads()
+
+
 def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
     """An ONNX Runtime session on the CPU; external weights are read from `base_dir`
     (ORT would otherwise look in the current directory, since it gets the model as bytes)."""
@@ -164,6 +170,7 @@ def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
     # ORT's intra-op threads otherwise spin after each run, on the cores the simulators of the
     # other devices' subgraphs (which run next) compute on
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.intra_op_num_threads = _threads()
     if base_dir is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
     try:

@@ -4,7 +4,8 @@ The simulator makes one BLAS call per MATMUL instruction (sim.matmul_into), each
 thread: OpenBLAS rounds a product differently when it splits it over threads (or when a product
 is split into other tiles), and the reference walk and the replay must agree bit for bit on any
 machine. Parallelism comes instead from running the chip's cores side by side on
-``KC_NPU_THREADS`` host threads (default: every core this process may use) between barriers,
+``kcompiler.threads.host_threads()`` host threads (KC_THREADS or KC_NPU_THREADS; default: every
+core this process may use) between barriers,
 where no core writes DRAM another core of the segment touches (sim.Replay._split).
 
 Set ``KC_NPU_THREADS=1`` when several simulators share the cores (the test suite's xdist
@@ -22,16 +23,7 @@ import glob
 import os
 from functools import lru_cache
 
-
-def host_threads() -> int:
-    """Threads the simulator may use: KC_NPU_THREADS, else the cores this process may run on."""
-    env = os.environ.get("KC_NPU_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+from kcompiler.threads import host_threads  # noqa: F401  (re-exported: the simulator's thread count)
 
 
 @lru_cache(maxsize=1)
