@@ -132,7 +132,7 @@ class NpuProgram(Program):
                                                                                                  spec.array.dtype)
             kind = "OPS" if charged.startswith("int") else "FLOPS"
             text = (f"NPU time charged at {charged.upper()} throughput on {self.chip} "
-                    f"({spec.peak_ops_for(charged) / 1e12:.0f} T{kind}) for {name.upper()} operands")
+                    f"({spec.peak_ops_for(charged) / 1e12:.0f} T{kind} modelled) for {name.upper()} operands")
             if charged != name:
                 text += f" ({self.chip} lists no {name.upper()} rate)"
             text += f", {name.upper()} bytes; values computed in float32"

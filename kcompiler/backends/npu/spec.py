@@ -148,7 +148,7 @@ class NpuSpec:
     def headline(self) -> str:
         peaks = ", ".join(f"{self.peak_ops_for(d) / 1e12:.0f} T{'OPS' if d.startswith('int') else 'FLOPS'} {d}"
                           for d in sorted(self.array.dtypes, key=lambda d: -self.array.dtypes[d]))
-        return (f"{peaks}; {self.cores} core(s) x {self.array.rows}x{self.array.cols} {self.array.dataflow}; "
+        return (f"{peaks} modelled; {self.cores} core(s) x {self.array.rows}x{self.array.cols} {self.array.dataflow}; "
                 f"SRAM {self.total_sram_bytes / 2**20:.0f} MiB; DRAM {self.dram.bandwidth / 1e9:.0f} GB/s; "
                 f"{self.clock_hz / 1e9:.2f} GHz")
 

@@ -59,3 +59,16 @@ def test_custom_chip_compiles(tmp_chip):
     path = tmp_chip({"cores = 2": "cores = 3"})
     cm = kcompiler.compile("squeezenet", target=path, mode="timing")
     assert cm.simulate().latency_s > 0
+
+
+def test_headline_and_description_agree_on_the_modelled_peaks():
+    """The headline gives the peaks the model computes with; the description gives the published ones
+    and the same modelled ones beside them (atom: published 128 TOPS, modelled 131), never only one."""
+    from kcompiler.targets import list_targets
+
+    for c in list_targets():
+        if c.kind != "npu":
+            continue
+        assert "modelled" in c.headline() and "published" in c.description, c.name
+        for d in c.spec.array.dtypes:
+            assert f"{c.spec.peak_ops_for(d) / 1e12:.0f}" in c.description, (c.name, d, c.description)
