@@ -77,8 +77,19 @@ register("cse", "Merge identical nodes with identical inputs (onnx_ir CSE)")(
     ir_pass(ir_passes.CommonSubexpressionEliminationPass))
 register("toposort", "Sort nodes topologically (onnx_ir TopologicalSortPass)")(
     ir_pass(ir_passes.TopologicalSortPass))
-register("name-fix", "Give every value and node a unique name (onnx_ir NameFixPass)")(
-    ir_pass(ir_passes.NameFixPass))
+@register("name-fix")
+def name_fix(model: ir.Model, ctx: PassContext) -> PassOutcome:
+    """Give every value and node a unique name (onnx_ir NameFixPass); unnamed nodes by op and output.
+
+    A node the exporter left unnamed is named after its op and first output ("Conv_conv1_1")
+    rather than a counter, so reports and traces say which op it is."""
+    named = 0
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if not node.name and node.outputs and node.outputs[0] is not None and node.outputs[0].name:
+            node.name = f"{node.op_type}_{node.outputs[0].name}"
+            named += 1
+    result = ir_passes.NameFixPass()(model)
+    return PassOutcome(changed=bool(named) or bool(getattr(result, "modified", True)))
 
 
 @register("shape-inference")

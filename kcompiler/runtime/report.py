@@ -132,7 +132,9 @@ class Report:
                            "ts": sp.start_s * 1e6, "dur": max(sp.end_s - sp.start_s, 0.0) * 1e6})
         for op in self.ops:
             pid, tid = ids(op.device, "ops" if op.device in with_spans else op.engine)
-            events.append({"ph": "X", "name": op.name or op.op_type, "cat": op.op_type, "pid": pid, "tid": tid,
+            # "Conv n143": a model's own node names can be counters (onnx's bundled CNNs)
+            label = op.op_type if not op.name else (op.name if op.op_type in op.name else f"{op.op_type} {op.name}")
+            events.append({"ph": "X", "name": label, "cat": op.op_type, "pid": pid, "tid": tid,
                            "ts": op.start_s * 1e6, "dur": max(op.end_s - op.start_s, 0.0) * 1e6,
                            "args": {"op_type": op.op_type, "cycles": op.cycles, "macs": op.macs,
                                     "dram_bytes": op.dram_bytes, "bound": op.bound}})
