@@ -213,11 +213,35 @@ def cli():
     """kcompiler: compile ONNX models for simulated NPU and PIM chips, and run them for values and time."""
 
 
+def kcompiler_targets():  # (imported on use: `kc --help` stays fast)
+    from kcompiler import targets
+
+    return targets
+
+
+def _given(name: str) -> bool:
+    """Whether the user typed option `name` (its parameter name) on the command line."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _refuse_ignored_options(par: dict, target: str) -> None:
+    """Options that would be accepted and then do nothing are refused, saying what they need."""
+    if _given("objective") and par.get("parallel") != "auto":
+        raise KCError("--objective only chooses among plans with --parallel auto",
+                      hint="add --parallel auto (and --devices N), or drop --objective")
+    if (_given("interconnect") or _given("topology")) and \
+            len(kcompiler_targets().resolve(target, par.get("devices")).accelerators) < 2:
+        raise KCError("--interconnect and --topology describe the fabric between several chips",
+                      hint="add --devices N (and --parallel) to use several chips, or drop them")
+
+
 def _compile(model, target, shape_specs, disable=(), print_after=(), mode="functional", devices=None,
              quiet=False):
     import kcompiler
 
     par = _parallel_kwargs()
+    _refuse_ignored_options({**par, "devices": devices if devices is not None else par.get("devices")}, target)
     devices = devices if devices is not None else par.pop("devices", None)
     par.pop("devices", None)
     par = {k: v for k, v in par.items() if v is not None}
@@ -316,6 +340,8 @@ def _load_npz(path: str) -> dict:
 @_debug_option
 def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
     """Run MODEL on a target for values (and simulated time)."""
+    if (_given("rtol") or _given("atol")) and not check:
+        raise KCError("--rtol and --atol are the tolerances of --check", hint="add --check, or drop them")
     cm = _load_or_compile(model, target, shape_specs, disable, print_after)
     if inputs_path:
         feeds = _load_npz(inputs_path)

@@ -166,6 +166,11 @@ def _mistakes(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
                                      "tensor", "--place", "MatMul=host"], ["--place", "--parallel"]),
         ("an unknown peer", ["bench", "bert-tiny", "--compare", "onnxruntime"], ["onnxruntime"]),
         ("an option run does not have", ["run", "bert-tiny", "--mode", "timing"], ["--mode", "--help"]),
+        ("--objective without --parallel auto", ["bench", "bert-tiny", "--target", "atom", "--objective",
+                                                 "throughput"], ["--objective", "--parallel auto"]),
+        ("a fabric for one chip", ["bench", "bert-tiny", "--target", "atom", "--interconnect", "roce-400g"],
+         ["--interconnect", "--devices"]),
+        ("tolerances without --check", ["run", fixed, "--rtol", "0.1"], ["--rtol", "--check"]),
     ]
 
 
