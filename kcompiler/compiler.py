@@ -314,7 +314,8 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     parts = partition(irm)
     programs = []
     for i, sub in enumerate(parts):
-        say("lower", f"partition {i + 1}/{len(parts)}: {len(sub.nodes)} nodes for {sub.device}")
+        say("lower", f"partition {i + 1}/{len(parts)}: {len(sub.nodes)} node{'s' * (len(sub.nodes) != 1)} "
+                     f"for {sub.device}")
         if sub.device not in backends and par_info is not None:  # communication ops: the runtime runs them
             from kcompiler.parallel import collectives
 
