@@ -21,7 +21,7 @@ FLOAT = ir.DataType.FLOAT
 # ---- the table of ops the NPU claims, each with its check -----------------------------------
 def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
     for v in node.outputs:
-        if opinfo.shape_of(v) is None and v.uses():
+        if opinfo.shape_of(v) is None and _used(v):
             return no(f"output '{v.name}' has no static shape")
     for v in node.outputs[:1]:
         if v.dtype not in K.FLOATS:
@@ -44,9 +44,14 @@ def _consts(node: ir.Node, first: int) -> Support:
     return YES
 
 
+def _used(v: ir.Value) -> bool:
+    """Whether anything reads the value: a node, or the graph as one of its outputs."""
+    return bool(v.uses()) or v.is_graph_output()
+
+
 def _only_first_output(node: ir.Node) -> Support:
     for v in node.outputs[1:]:
-        if v is not None and v.name and v.uses():
+        if v is not None and v.name and _used(v):
             return no(f"its extra output '{v.name}' is used")
     return YES
 
@@ -142,13 +147,31 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Squeeze": (K.ViewKernel, _view_check),
     "Unsqueeze": (K.ViewKernel, _view_check),
     "Identity": (K.ViewKernel, _view_check),
-    "Dropout": (K.ViewKernel, _all(_view_check, _only_first_output)),
+    "Dropout": (K.ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
     "Constant": (K.ConstKernel, _const_producer),
     "ConstantOfShape": (K.ConstKernel, _const_producer),
 }
 
 
+#: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
+#: qk_matmul_output_mode and softmax_precision only matter for the extra output, which is refused)
+ATTENTION_ATTRS = {"is_causal", "softcap", "scale", "q_num_heads", "kv_num_heads", "qk_matmul_output_mode",
+                   "softmax_precision"}
+
+
+def _inference_dropout(node: ir.Node) -> Support:
+    """Dropout is the identity only in inference: its training_mode input absent or a constant false."""
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        mode = opinfo.const_value(node.inputs[2])
+        if mode is None or bool(mode.reshape(-1)[0]):
+            return no("training-mode Dropout (a random mask) runs on the host")
+    return YES
+
+
 def _attention_check(node: ir.Node) -> Support:
+    unknown = sorted(set(node.attributes) - ATTENTION_ATTRS)
+    if unknown:  # e.g. opset 25's left_window_size / right_window_size: never silently ignored
+        return no(f"attribute(s) {unknown} are not lowered")
     if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
         return no("Attention with a past KV cache input runs on the host")
     if K.a_int(node, "is_causal", 0) or K.a_float(node, "softcap", 0.0):

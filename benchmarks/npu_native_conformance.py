@@ -1,0 +1,76 @@
+"""ONNX's node test cases run natively on the NPU: how many pass, how many give wrong answers.
+
+    python benchmarks/npu_native_conformance.py [--target npu] [-k substring] [--list-wrong]
+
+Each case (tests/conformance/onnx_cases.py: onnx.backend.test.case.node, generated once into a
+cache folder) is compiled through kcompiler.onnx_backend with every node the target supports
+pinned to it (place={"*": "npu"}). Only cases that compile with no node on the host count as
+native; among those, a case whose outputs differ from onnx's expected ones is a *wrong answer*
+(the NPU claimed an op it does not complete). Cases that raise a KCError, or place a node on the
+host, are counted apart. The last line reads: native: P pass, W wrong answers (of N cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("KC_NPU_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "conformance"))
+
+from onnx_cases import case_names, ensure_cases, load_case  # noqa: E402
+
+from kcompiler import onnx_backend  # noqa: E402
+from kcompiler.errors import KCError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--target", default="npu")
+    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    ap.add_argument("--list-wrong", action="store_true", help="print each wrong answer's case and error")
+    args = ap.parse_args(argv)
+    from test_onnx_node import _assert_similar
+
+    root = ensure_cases()
+    counts = {"pass": 0, "wrong": 0, "host": 0, "refused": 0}
+    wrong = []
+    names = [n for n in case_names(root) if args.k in n]
+    for name in names:
+        model, data_sets, rtol, atol = load_case(root, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                rep = onnx_backend.prepare(model, "CPU", target=args.target, place={"*": args.target})
+                outs = [rep.run(inputs) for inputs, _ in data_sets]
+            except KCError:
+                counts["refused"] += 1
+                continue
+            except Exception as exc:  # a kcompiler bug: say so, keep counting
+                counts["refused"] += 1
+                print(f"{name}: {type(exc).__name__}: {exc}"[:300])
+                continue
+        cm = rep.compiled
+        if cm is None or any(d == cm.system.host.name and n for d, n in cm.placement.items()):
+            counts["host"] += 1
+            continue
+        try:
+            for (_, expected), got in zip(data_sets, outs):
+                _assert_similar(expected, list(got), rtol, atol, name)
+            counts["pass"] += 1
+        except AssertionError as exc:
+            counts["wrong"] += 1
+            wrong.append((name, " ".join(str(exc).split())[:200]))
+    if args.list_wrong:
+        for name, why in wrong:
+            print(f"WRONG {name}: {why}")
+    print(f"host-placed {counts['host']}, refused {counts['refused']}")
+    print(f"native: {counts['pass']} pass, {counts['wrong']} wrong answers (of {len(names)} cases)")
+    return 0 if counts["wrong"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
