@@ -354,6 +354,9 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
         console.print(f"output {name}: shape {tuple(arr.shape)} dtype {arr.dtype}", highlight=False)
     if cm._report is not None:
         console.print(f"simulated latency {cm.report.latency_s * 1e3:.4f} ms on {cm.system.name}")
+        for note in cm.report.notes:
+            if note.startswith("host fallback:"):
+                console.print(note, highlight=False)
     if outputs_path:
         np.savez(outputs_path, **outs)
         console.print(f"wrote {outputs_path}")
@@ -370,6 +373,11 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
                           "largest value", highlight=False)
         rtol = 1e-3 if rtol is None else rtol
         atol = 1e-4 if atol is None else atol
+        on_host, total, share = cm.host_share()
+        if cm.system.accelerators and share > 0.5:
+            err_console.print(f"kc: warning: {share:.0%} of the FLOPs ({on_host} of {total} nodes) ran on the host, "
+                              "whose values are ONNX Runtime's own: this check says little about the chip "
+                              "(`kc inspect` says why each node went to the host)", highlight=False, soft_wrap=True)
         worst = compare_with_ort(cm, cm.check_feeds(feeds), outs, rtol=rtol, atol=atol, atol_scale=scale)
         console.print(f"check against onnxruntime on {reference_description(cm)}", highlight=False)
         console.print(f"check against onnxruntime: largest abs error {worst.max_abs:.3g}, "

@@ -97,6 +97,20 @@ class CompiledModel:
             counts[sub.device] = counts.get(sub.device, 0) + len(sub.nodes)
         return counts
 
+    def host_share(self) -> tuple[int, int, float]:
+        """(nodes on the host, nodes in all, the host's share of the FLOPs) of the compiled graph."""
+        host = self.system.host.name
+        on_host = total = 0
+        host_flops = flops = 0
+        for sub in self.parts:
+            f = sum(opinfo.flops(n) for n in sub.nodes)
+            total += len(sub.nodes)
+            flops += f
+            if sub.device == host:
+                on_host += len(sub.nodes)
+                host_flops += f
+        return on_host, total, (host_flops / flops if flops else (1.0 if on_host else 0.0))
+
     # ---- running -----------------------------------------------------------------------
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, Mapping):
@@ -159,6 +173,10 @@ class CompiledModel:
                      compile_s=self.compile_s, rules_fired=dict(self.context.fired))
         rep.notes.extend(self.source.notes)
         rep.notes.extend(getattr(self, "notes", ()))
+        on_host, total, share = self.host_share()
+        if on_host and self.system.accelerators:
+            rep.notes.append(f"host fallback: {on_host} of {total} nodes ({share:.1%} of the FLOPs) ran on the host "
+                             "(`kc inspect MODEL --target T` says why each did)")
         if rep.mode == "timing":
             rep.notes.append("timing only: values were not computed" + (
                 " and no weight data was read (compiled with mode='timing')" if self.mode == "timing" else ""))

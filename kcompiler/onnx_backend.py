@@ -29,7 +29,7 @@ def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
         return None
     dims = []
     for d in t.tensor_type.shape.dim:
-        if not d.HasField("dim_value"):
+        if not d.HasField("dim_value") or d.dim_value < 0:  # -1: a dynamic dim (Paddle2ONNX writes it)
             return None
         dims.append(d.dim_value)
     return tuple(dims)

@@ -443,10 +443,15 @@ def _check_integers(where: str, raw: np.ndarray, dtype: np.dtype) -> None:
         raise bad_request(f"{where}: 'data' must hold integers for {datatype_of(dtype)}, found numbers "
                           "with a fraction")
     info = np.iinfo(dtype)
-    lo, hi = raw.min(), raw.max()
-    if lo < info.min or hi > info.max:
+    if raw.dtype.kind == "f":  # (2**63 - 1 is 2.0**63 as a float: compare with the first value past the range)
+        lo, hi = float(raw.min()), float(raw.max())
+        bad = lo < float(info.min) or hi >= float(info.max) + 1.0
+    else:  # exactly, as Python ints
+        lo, hi = int(raw.min()), int(raw.max())
+        bad = lo < info.min or hi > info.max
+    if bad:
         raise bad_request(f"{where}: 'data' has values out of range for {datatype_of(dtype)} "
-                          f"[{info.min}, {info.max}]: {lo if lo < info.min else hi}")
+                          f"[{info.min}, {info.max}]: {lo if lo < info.min else hi:.20g}")
 
 
 def _requested_outputs(model: ServedModel, doc: dict, binary_default: bool) -> list[tuple[str, bool]]:

@@ -312,3 +312,13 @@ def test_compare_says_threads_runs_and_compares_every_target():
     flat = " ".join(out.split())
     assert "vs ort" in flat and "runs, 1 thread)" in flat
     assert "KC_THREADS" not in os.environ or os.environ["KC_THREADS"] != "1"  # restored after the command
+
+
+def test_host_fallback_is_reported_and_check_warns_when_the_chip_did_little(tiny):
+    r = CliRunner().invoke(cli, ["run", str(tiny), "--shape", "x=2x4", "--target", "npu", "--place", "*=host",
+                                 "--check"])
+    assert r.exit_code == 0, r.output
+    assert "host fallback: 1 of 1 nodes (100.0% of the FLOPs)" in " ".join(r.stdout.split())
+    assert "this check says little about the chip" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(cli, ["run", str(tiny), "--shape", "x=2x4", "--target", "npu", "--check"])
+    assert "host fallback" not in r.stdout and "says little" not in r.stderr

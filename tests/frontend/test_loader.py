@@ -245,3 +245,23 @@ def test_sequence_types_survive_inside_subgraphs():
     cm = kcompiler.compile(m, target="host")
     y = cm.run({"n": np.array(4, np.int64), "c": np.array(True)})["y"]
     np.testing.assert_array_equal(y, np.arange(4, dtype=np.float32))
+
+
+def test_a_minus_one_dim_is_dynamic_and_bindable(tmp_path):
+    """Paddle2ONNX writes -1 for a dynamic dim (inputs and outputs): --shape binds it, and without
+    it the error asks for it with the input's own rank."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], rng.standard_normal((4, 3)).astype(np.float32).tobytes(),
+                           raw=True)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for target in ("host", "npu"):
+        cm = kcompiler.compile(m, target=target, shapes={"x": (7, 4)})
+        x = rng.standard_normal((7, 4)).astype(np.float32)
+        np.testing.assert_allclose(cm.run({"x": x}, simulate=False)["y"], x @ onnx.numpy_helper.to_array(w),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ShapeError) as e:
+        kcompiler.compile(m, target="host")
+    assert "--shape x=1x4" in e.value.hint
