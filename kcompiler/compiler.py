@@ -329,6 +329,10 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         par_info = kpar.apply(irm, system, backends, plan, objective)
     else:
         place_nodes(irm, backends, dict(place) if place else None)
+    if "placement" in ctx.print_after:  # placement is not a pass of the pipeline, but users ask to see it
+        from kcompiler.passes.placement import placement_text
+
+        printer(f"// after placement\n{placement_text(irm)}")
     parts = partition(irm)
     programs = []
     for i, sub in enumerate(parts):

@@ -193,6 +193,16 @@ def _keep_constants_next_to_consumers(model: ir.Model) -> None:
         model.graph.insert_before(first, c)
 
 
+def placement_text(model: ir.Model) -> str:
+    """The graph after placement, one node a line: its device, op, name, and why it went there
+    (what `--print-after placement` prints)."""
+    lines = []
+    for n in model.graph:
+        why = n.metadata_props.get(REASON_KEY, "")
+        lines.append(f"{n.metadata_props.get(DEVICE_KEY, '?'):<10} {n.op_type:<22} {n.name}" + (f"  ; {why}" if why else ""))
+    return "\n".join(lines)
+
+
 @register("placement")
 def placement_pass(model: ir.Model, ctx: PassContext) -> PassOutcome:
     """Assign each node to a device of the target system."""

@@ -322,3 +322,10 @@ def test_host_fallback_is_reported_and_check_warns_when_the_chip_did_little(tiny
     assert "this check says little about the chip" in " ".join(r.stderr.split())
     r = CliRunner().invoke(cli, ["run", str(tiny), "--shape", "x=2x4", "--target", "npu", "--check"])
     assert "host fallback" not in r.stdout and "says little" not in r.stderr
+
+
+def test_print_after_placement_lists_each_node_with_its_device_and_reason():
+    out = kc("compile", "bert-tiny", "--target", "atom+aim", "--print-after", "placement")
+    text = out.split("// after placement", 1)[1]
+    lines = [x for x in text.splitlines() if x.startswith(("atom ", "aim ", "host "))]
+    assert len(lines) > 10 and any(x.startswith("aim ") for x in lines) and "latency-optimal" in text
