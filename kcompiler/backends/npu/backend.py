@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable, Mapping
 
 import onnx_ir as ir
@@ -217,12 +218,14 @@ def _chain_check(node: ir.Node) -> Support:
 
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
 
-_SPEC_FOR_CHECKS: list = []
+#: the spec the table's checks run against, set by NpuBackend.supports for the duration of one
+#: check (a context variable: compiles in several threads, or nested, each see their own)
+_CHECK_SPEC: contextvars.ContextVar = contextvars.ContextVar("npu_check_spec")
 
 
 def _spec_of_node(node):
     """The spec the table checks run against (set by NpuBackend.supports)."""
-    return _SPEC_FOR_CHECKS[-1]
+    return _CHECK_SPEC.get()
 
 
 class NpuBackend(Backend):
@@ -242,13 +245,13 @@ class NpuBackend(Backend):
         entry = table.get(node.op_type)
         if entry is None:
             return no(f"{node.op_type} is not in the NPU's op table")
-        _SPEC_FOR_CHECKS.append(self.spec.for_values(K.value_dtype(node)))
+        token = _CHECK_SPEC.set(self.spec.for_values(K.value_dtype(node)))
         try:
             return entry[1](node)
         except Exception as exc:  # a malformed node: let the host (ONNX Runtime) judge it
             return no(f"cannot analyse the node: {type(exc).__name__}: {exc}")
         finally:
-            _SPEC_FOR_CHECKS.pop()
+            _CHECK_SPEC.reset(token)
 
     def kernel(self, node: ir.Node) -> K.Kernel:
         return self._table(node)[node.op_type][0](node, self.spec.for_values(K.value_dtype(node)))
