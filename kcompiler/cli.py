@@ -728,6 +728,12 @@ def passes_cmd():
         console.print(f"pipeline {name}: {' -> '.join(items)}", highlight=False)
 
 
+# `kc serve` (kcompiler/serve: the Open Inference Protocol); the module imports no server library
+from kcompiler.serve.cli import serve_cmd  # noqa: E402
+
+cli.add_command(serve_cmd)
+
+
 def main(argv=None):
     # strip --debug wherever it appears so every subcommand accepts it
     cli.main(args=argv, prog_name="kc")
