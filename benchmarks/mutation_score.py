@@ -47,13 +47,17 @@ CASES = {
 
 
 def token_ids(name, feeds, seed):
-    """Token ids drawn over the whole vocabulary (random_inputs draws integers below 8): a GATHER
-    whose table were cut short would go unseen by ids that all sit at its start."""
+    """Token ids drawn over the whole vocabulary (random_inputs draws integers below 8), the first
+    id of the first feed the last of the table: a GATHER whose table were cut short would go
+    unseen by ids that all sit below the cut."""
     from kcompiler.zoo.transformers import PRESETS
 
     if name in PRESETS and "input_ids" in feeds:
         ids = feeds["input_ids"]
-        feeds["input_ids"] = np.random.default_rng(seed).integers(0, PRESETS[name].vocab, ids.shape).astype(ids.dtype)
+        new = np.random.default_rng(seed).integers(0, PRESETS[name].vocab, ids.shape).astype(ids.dtype)
+        if seed == 0:
+            new.reshape(-1)[0] = PRESETS[name].vocab - 1
+        feeds["input_ids"] = new
     return feeds
 
 
