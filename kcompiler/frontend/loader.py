@@ -304,13 +304,14 @@ def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
 
 def _open_negative_dims(model: ir.Model) -> None:
     """Paddle2ONNX and other exporters write -1 for a dynamic dim (ONNX Runtime accepts it): make
-    every negative dim of the graph's inputs, outputs and annotated values open, like a symbolic
-    one, so --shape binds it and shape inference fills it. (0 stays: a zero-size dim is valid ONNX.)"""
+    every -1 dim of the graph's inputs, outputs and annotated values open, like a symbolic one, so
+    --shape binds it and shape inference fills it. (0 stays: a zero-size dim is valid ONNX; other
+    negative dims stay, for the checks that refuse them.)"""
     g = model.graph
     values = list(g.inputs) + list(g.outputs) + [v for n in g for v in n.outputs]
     for v in values:
-        if v is not None and v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape):
-            v.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in v.shape])
+        if v is not None and v.shape is not None and any(isinstance(d, int) and d == -1 for d in v.shape):
+            v.shape = ir.Shape([None if isinstance(d, int) and d == -1 else d for d in v.shape])
 
 
 def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src: ModelSource) -> None:

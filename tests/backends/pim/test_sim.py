@@ -200,7 +200,7 @@ def test_bad_command_raises_naming_it(pick, change, why):
     with pytest.raises(ExecutionError) as e:
         cm.run({"x": x}, simulate=False)
     msg = str(e.value)
-    assert why in msg and f"PIM command {i} " in msg and p.commands[i].text() in msg and "'node'" in msg
+    assert why in msg and f"PIM command {i} " in msg and p.commands[i].text() in msg and "'MatMul_y'" in msg
 
 
 def test_commands_name_host_or_channel_engines():

@@ -9,8 +9,8 @@
 ;   input x: buf 0+0 f32[4, 10, 48] strides [480, 48, 1]
 ;   input r: buf 1+0 f32[4, 10, 48] strides [480, 48, 1]
 ;   output y: buf 5+0 f32[4, 10, 48] strides [480, 48, 1]
-;   op 0: Add node
-;   op 1: LayerNormalization node_1
+;   op 0: Add Add_s
+;   op 1: LayerNormalization LayerNormalization_y
 ld      c0 eb=4 buf=0 off=0x0 sram=0x0 n0=1 n1=1 n2=1 n3=480 s0=0 s1=0 s2=0 s3=1 p0=0 p1=0 p2=0 op=0
 ld      c0 eb=4 buf=1 off=0x0 sram=0x780 n0=1 n1=1 n2=1 n3=480 s0=0 s1=0 s2=0 s3=1 p0=0 p1=0 p2=0 op=0 sig=ld>vx
 vec     c0 fn=add dst=0xf00 src0=0x0 src1=0x780 src2=none src3=none n0=1 n1=1 n2=1 n3=480 bcast=0x0 dtypes=0x0 imm0=0.0 imm1=0.0 imm2=0.0 arg=0 op=0 wait=ld>vx sig=vx>st

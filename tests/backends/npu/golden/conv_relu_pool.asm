@@ -7,8 +7,8 @@
 ;   buf 4: y @0x2fc0 (2048 bytes, output)
 ;   input x: buf 0+0 f32[1, 3, 16, 16] strides [768, 256, 16, 1]
 ;   output y: buf 4+0 f32[1, 8, 8, 8] strides [512, 64, 8, 1]
-;   op 0: FusedConv node
-;   op 1: MaxPool node_2
+;   op 0: FusedConv Conv_c
+;   op 1: MaxPool MaxPool_y
 cfg     c0 unit=matrix kh=3 kw=3 sh=1 sw=1 dh=1 dw=1 pt=1 pl=1 pb=0 pr=0 h=16 w=16 oh=16 ow=16 flags=0 op=0
 ld      c0 eb=4 buf=0 off=0x0 sram=0x0 n0=1 n1=3 n2=9 n3=16 s0=0 s1=256 s2=16 s3=1 p0=0 p1=144 p2=16 op=0
 ld      c0 eb=4 buf=1 off=0x0 sram=0xd80 n0=1 n1=1 n2=8 n3=27 s0=0 s1=0 s2=27 s3=1 p0=0 p1=0 p2=27 op=0 sig=ld>mx

@@ -6,8 +6,8 @@
 ;   buf 3: y @0x280c0 (80000 bytes, output)
 ;   input a: buf 0+0 f32[100, 70] strides [70, 1]
 ;   output y: buf 3+0 f32[100, 200] strides [200, 1]
-;   op 0: MatMul node
-;   op 1: Softmax node_1
+;   op 0: MatMul MatMul_s
+;   op 1: Softmax Softmax_y
 ld      c0 eb=4 buf=0 off=0x0 sram=0x0 n0=1 n1=1 n2=100 n3=70 s0=0 s1=0 s2=70 s3=1 p0=0 p1=0 p2=70 op=0
 ld      c0 eb=4 buf=1 off=0x0 sram=0xdb00 n0=1 n1=1 n2=70 n3=32 s0=0 s1=0 s2=200 s3=1 p0=0 p1=0 p2=32 op=0 sig=ld>mx
 mm      c0 dt=f32 accum=0 win=0 a=0x0 b=0xdb00 acc=0x12100 m=100 n=32 k=70 a_sm=70 a_sk=1 b_sk=32 b_sn=1 acc_sm=32 acc_sn=1 g=1 a_sg=0 b_sg=0 acc_sg=0 op=0 wait=ld>mx sig=mx>st
