@@ -213,12 +213,6 @@ def cli():
     """kcompiler: compile ONNX models for simulated NPU and PIM chips, and run them for values and time."""
 
 
-def kcompiler_targets():  # (imported on use: `kc --help` stays fast)
-    from kcompiler import targets
-
-    return targets
-
-
 def _given(name: str) -> bool:
     """Whether the user typed option `name` (its parameter name) on the command line."""
     ctx = click.get_current_context(silent=True)
@@ -230,8 +224,10 @@ def _refuse_ignored_options(par: dict, target: str) -> None:
     if _given("objective") and par.get("parallel") != "auto":
         raise KCError("--objective only chooses among plans with --parallel auto",
                       hint="add --parallel auto (and --devices N), or drop --objective")
+    from kcompiler import targets
+
     if (_given("interconnect") or _given("topology")) and \
-            len(kcompiler_targets().resolve(target, par.get("devices")).accelerators) < 2:
+            len(targets.resolve(target, par.get("devices")).accelerators) < 2:
         raise KCError("--interconnect and --topology describe the fabric between several chips",
                       hint="add --devices N (and --parallel) to use several chips, or drop them")
 
@@ -406,15 +402,13 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 
         ctx = click.get_current_context(silent=True)
         if ctx is not None:
-            given = [p for p in ctx.command.params if p.name not in _RUN_OPTIONS
-                     and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+            given = [p for p in ctx.command.params if p.name not in _RUN_OPTIONS and _given(p.name)]
             if given:
                 flags = ", ".join(p.opts[-1] if len(p.opts) == 1 else p.opts[0] for p in given)
                 raise KCError(f"{flags}: '{model}' is a compiled artifact, so compile options do not apply "
                               "to it (it runs the program it holds)",
                               hint=f"drop {flags}, or compile again: kc compile MODEL ... -o {model}")
-        cm = kcompiler.load(model)
-        return cm
+        return kcompiler.load(model)
     return _compile(model, target, shape_specs, disable, print_after)
 
 
@@ -519,7 +513,7 @@ def bench_document(results: list[dict], peers: list[dict]) -> dict:
 
     try:
         load = list(os.getloadavg())
-    except OSError:  # not on this platform
+    except OSError:  # not on this platform (_loadavg)
         load = None
     return {"schema_version": BENCH_SCHEMA_VERSION, "kcompiler": version("kcompiler"),
             "host": {"cpus": os.cpu_count(), "threads": host_threads(), "loadavg": load},
@@ -547,7 +541,6 @@ class _Progress:
 
     def begin(self, step: str, quiet: bool = False):
         import contextlib
-        import os
         import time
 
         @contextlib.contextmanager
@@ -697,7 +690,7 @@ def zoo_cmd():
     """List the models kcompiler can compile by name."""
     from kcompiler.zoo import entries
 
-    from kcompiler.zoo.stats import entry_stats, human, is_cached
+    from kcompiler.zoo.stats import cached_stats, entry_stats, human
 
     table = Table(title="model zoo (parameters and FLOPs at default options; LLMs: prefill, per token)")
     for col in ("name", "family", "params", "FLOPs", "description"):
@@ -705,9 +698,8 @@ def zoo_cmd():
                          no_wrap=col != "description")
     for name, e in sorted(entries().items()):
         try:
-            if is_cached(e):
-                st = entry_stats(e)
-            else:
+            st = cached_stats(e)
+            if st is None:
                 with _status(f"counting {name} (once: the counts are cached)", False):
                     st = entry_stats(e)
             params, fl = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}"

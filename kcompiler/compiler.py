@@ -98,7 +98,13 @@ class CompiledModel:
         return counts
 
     def host_share(self) -> tuple[int, int, float]:
-        """(nodes on the host, nodes in all, the host's share of the FLOPs) of the compiled graph."""
+        """(nodes on the host, nodes in all, the host's share of the FLOPs) of the compiled graph
+        (counted once: simulate() asks on every run)."""
+        if getattr(self, "_host_share", None) is None:
+            self._host_share = self._count_host_share()
+        return self._host_share
+
+    def _count_host_share(self) -> tuple[int, int, float]:
         host = self.system.host.name
         on_host = total = 0
         host_flops = flops = 0

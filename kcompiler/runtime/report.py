@@ -283,8 +283,10 @@ def comparison_table(reports: list[Report], peers: list[dict] | None = None, wid
 
     # the wide table only when nothing in it has to wrap; a column per target may wrap a list cell
     # between its words ("atom.core5.dma_in" over "87%"), never inside a number or a name
-    if fits(wide(), False):
-        return wide()
-    if fits(tall(rows), True):
-        return tall(rows)
+    table = wide()
+    if fits(table, False):
+        return table
+    table = tall(rows)
+    if fits(table, True):
+        return table
     return Group(*(tall([r]) for r in rows))

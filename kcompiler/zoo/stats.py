@@ -33,8 +33,9 @@ def _key(entry: ZooEntry, options: dict) -> str:
     return f"{entry.name}:{json.dumps(options, sort_keys=True)}"
 
 
-def is_cached(entry: ZooEntry, **options) -> bool:
-    return _key(entry, options) in _read_cache()
+def cached_stats(entry: ZooEntry, **options) -> dict[str, Any] | None:
+    """entry_stats' answer if it is in the cache, else None (counting would build the model)."""
+    return _read_cache().get(_key(entry, options))
 
 
 def entry_stats(entry: ZooEntry, **options) -> dict[str, Any]:
@@ -64,10 +65,8 @@ def _count(entry: ZooEntry, **options) -> dict[str, Any]:
     model, _ = load_model(entry.build(**options))
     st = opinfo.model_stats(model)
     if meta is not None:  # a transformer: per token (LLMs) or per inference, from its options
-        o = meta["options"]
-        unit = meta["unit"]
-        per = o["batch"] * o["seq"] if unit == "token" else o["batch"]
-        opts = meta["options"]
+        unit, opts = meta["unit"], meta["options"]
+        per = opts["batch"] * opts["seq"] if unit == "token" else opts["batch"]
     else:
         unit, opts = "inference", {}
         shape = opinfo.shape_of(model.graph.inputs[0]) if model.graph.inputs else None

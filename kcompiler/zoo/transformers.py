@@ -503,11 +503,10 @@ def parameter_count(name: str, **options) -> int:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("KC_CACHE_DIR")
-    if env:
-        return Path(env) / "zoo"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kcompiler" / "zoo"
+    """Where large presets' models are kept: the zoo's cache folder (zoo.cache_dir), under zoo/."""
+    from kcompiler.zoo import cache_dir
+
+    return cache_dir() / "zoo"
 
 
 def build(name: str, weights: str | None = None, **options) -> Any:

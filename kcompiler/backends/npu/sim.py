@@ -677,19 +677,15 @@ def matmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool)
     a, b = _blasable(_f32(a)), _blasable(_f32(b))
     st = acc.strides
     if len(st) >= 2 and abs(st[-2]) < abs(st[-1]):
-        if not accumulate and acc.ndim == 2 and acc.T.flags.c_contiguous:
-            np.matmul(b.T, a.T, out=acc.T)  # straight into the accumulator: no temporary to copy
-            return
-        prod = np.matmul(b.swapaxes(-1, -2), a.swapaxes(-1, -2)).swapaxes(-1, -2)
+        x, y, dst = b.swapaxes(-1, -2), a.swapaxes(-1, -2), acc.swapaxes(-1, -2)
     else:
-        if not accumulate and acc.ndim == 2 and acc.flags.c_contiguous:
-            np.matmul(a, b, out=acc)
-            return
-        prod = np.matmul(a, b)
-    if accumulate:
-        acc += prod
+        x, y, dst = a, b, acc
+    if not accumulate and dst.ndim == 2 and dst.flags.c_contiguous:
+        np.matmul(x, y, out=dst)  # straight into the accumulator: no temporary to copy
+    elif accumulate:
+        dst += np.matmul(x, y)
     else:
-        acc[...] = prod
+        dst[...] = np.matmul(x, y)
 
 
 def _blasable(x: np.ndarray) -> np.ndarray:
