@@ -127,15 +127,25 @@ def _builtin_dir():
 
 def load_chip_file(path: str | Path, text: str | None = None) -> Chip:
     """Read and validate one chip TOML file."""
+    return chip_from_data(read_chip_data(path, text), path)
+
+
+def read_chip_data(path: str | Path, text: str | None = None) -> dict:
+    """The raw TOML table of a chip file (not validated: see chip_from_data)."""
+    path_s = str(path)
+    try:
+        return tomllib.loads(text if text is not None else Path(path).read_text())
+    except FileNotFoundError:
+        raise TargetError(f"{path_s}: no such target file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise TargetError(f"{path_s}: not valid TOML: {exc}") from None
+
+
+def chip_from_data(data: dict, path: str | Path) -> Chip:
+    """Validate a chip's TOML table (as read by read_chip_data) into a Chip; `path` names it in errors."""
     from kcompiler.backends import spec_class_for_kind, known_kinds
 
     path_s = str(path)
-    try:
-        data = tomllib.loads(text if text is not None else Path(path).read_text())
-    except FileNotFoundError:
-        raise TargetError(f"{path_s}: no such target file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TargetError(f"{path_s}: not valid TOML: {exc}") from None
     for key in ("name", "kind"):
         if not isinstance(data.get(key), str) or not data.get(key):
             raise TargetError(f"{path_s}: missing key '{key}' (a string)")
@@ -201,15 +211,52 @@ def chip(name: str) -> Chip:
     return chips[name]
 
 
+def chip_data(name: str) -> dict:
+    """A chip's raw TOML table (built-in, plugin or file), to derive variants from (see variant)."""
+    c = chip(name)
+    if c.source.endswith(".toml") and not Path(c.source).is_absolute() and "/" not in c.source:
+        text = (_builtin_dir() / c.source).read_text() if (_builtin_dir() / c.source).is_file() else None
+        if text is not None:
+            return read_chip_data(c.source, text)
+    return read_chip_data(c.source)
+
+
+def variant(name: str, changes: dict[str, Any], label: str | None = None) -> Chip:
+    """Chip `name` with some figures changed: `changes` maps dotted keys of its TOML table
+    (``npu.array.rows``, ``pim.chips``) to new values. The result is validated like any chip file,
+    so an impossible value is a TargetError naming the key; it keeps the base chip's name (its
+    devices are named alike) and says what changed in its source."""
+    import copy
+
+    data = copy.deepcopy(chip_data(name))
+    where = label or f"{name} variant"
+    for key, value in changes.items():
+        parts = key.split(".")
+        node = data
+        for i, p in enumerate(parts[:-1]):
+            if not isinstance(node.get(p), dict):
+                raise TargetError(f"{where}: '{key}' names no table of chip '{name}' ('{'.'.join(parts[:i + 1])}' "
+                                  "is not one)", hint=f"`kc targets show {name}` lists its figures")
+            node = node[p]
+        if parts[-1] not in node:
+            raise TargetError(f"{where}: chip '{name}' has no figure '{key}'",
+                              hint=f"`kc targets show {name}` lists its figures")
+        node[parts[-1]] = value
+    src = f"{chip(name).source} with " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    c = chip_from_data(data, where)
+    return dataclasses.replace(c, source=src) if changes else c
+
+
 _COUNT = re.compile(r"^(\d+)\s*[x\*]\s*(.+)$")
 
 
 def resolve(target: "str | System | None", devices: int | None = None, interconnect: str | None = None,
-            topology: str | None = None) -> System:
+            topology: str | None = None, chips: "dict[str, Chip] | None" = None) -> System:
     """Turn a target name (``npu``, ``atom+aim``, ``4xatom``, ``my.toml``) into a System.
 
     Two or more identical chips are joined by an interconnect (a preset of
-    kcompiler/parallel/interconnects.toml, PCIe Gen5 through a switch unless named)."""
+    kcompiler/parallel/interconnects.toml, PCIe Gen5 through a switch unless named).
+    chips: chip name -> Chip to use for it instead of the built-in one (a variant)."""
     if isinstance(target, System):
         if interconnect is None and topology is None:
             return target
@@ -228,7 +275,7 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
         count, name = (int(m.group(1)), m.group(2)) if m else (1, piece)
         if count < 1 or count > 1024:
             raise TargetError(f"target '{target}': count {count} must be between 1 and 1024", hint="e.g. 4xatom")
-        parts.append((count, chip(name)))
+        parts.append((count, chips[name] if chips and name in chips else chip(name)))
     if devices is not None:
         if devices < 1 or devices > 1024:
             raise TargetError(f"--devices {devices}: must be between 1 and 1024", hint="e.g. --devices 2")
@@ -310,5 +357,5 @@ class _CallableModule(type(sys)):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["Chip", "Device", "HOST", "Link", "System", "chip", "describe", "list_targets",
-           "load_chip_file", "resolve", "dataclasses"]
+__all__ = ["Chip", "Device", "HOST", "Link", "System", "chip", "chip_data", "chip_from_data", "describe",
+           "list_targets", "load_chip_file", "read_chip_data", "resolve", "variant", "dataclasses"]
