@@ -104,10 +104,13 @@ def _convert(tp, value, f, file, key):
 
 
 def to_table(obj) -> dict:
-    """The inverse of from_table, for `kc targets show` and artifacts."""
+    """The inverse of from_table, for `kc targets show` and artifacts. An optional figure left
+    out of the TOML (None) is left out here too, so that from_table reads it back as not given."""
     out = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
+        if v is None:
+            continue
         if dataclasses.is_dataclass(v):
             out[f.name] = to_table(v)
         elif isinstance(v, (list, tuple)):

@@ -103,6 +103,10 @@ class HostSpec:
     pcie_latency_s: float = field(min=0.0, max=1.0, unit="s")
     energy_per_flop_j: float = field(min=0.0, unit="J")
     energy_per_dram_byte_j: float = field(min=0.0, unit="J")
+    process_nm: float | None = field(None, min=3, max=130, unit="nm",
+                                     doc="process node of the CPU's cores, for the die-area model "
+                                         "(kcompiler/targets/area.py; the host is never counted in a "
+                                         "system's area); not given: an assumed node")
 
     def pcie_link(self) -> Link:
         return Link(bandwidth=self.pcie_bandwidth, latency=self.pcie_latency_s, name="pcie")

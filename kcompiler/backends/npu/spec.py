@@ -85,6 +85,11 @@ class NpuSpec:
     energy: EnergySpec = field()
     shared_sram_bytes: int = field(0, min=0, unit="B", doc="SRAM shared by all cores (not tiled into)")
     issue_cycles: int = field(16, min=0, max=100000, doc="cycles to issue one instruction to an engine")
+    process_nm: float | None = field(None, min=3, max=130, unit="nm",
+                                     doc="process node the chip is made in (the foundry's name for it: 14 for "
+                                         "Samsung 14LPP), for the die-area model (kcompiler/targets/area.py); "
+                                         "every built-in chip gives it; one that leaves it out is costed at an "
+                                         "assumed node, which its area's notes name")
 
     @property
     def value_dtype(self) -> str:

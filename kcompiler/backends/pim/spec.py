@@ -69,6 +69,10 @@ class PimSpec:
     timing: DramTiming = field(doc="[pim.timing] table")
     energy: PimEnergy = field(doc="[pim.energy] table")
     link: PimLinkSpec = field(doc="[pim.link] table: the device's link to an NPU on the same card")
+    process_nm: float | None = field(None, min=3, max=130, unit="nm",
+                                     doc="DRAM process node of the packages (20 for a '20 nm' DRAM, 17 for "
+                                         "'1y nm'), for the die-area model of the PIM logic "
+                                         "(kcompiler/targets/area.py); not given: an assumed node")
 
     def validate(self, where: str) -> None:
         if self.banks_per_channel % self.banks_per_unit:
