@@ -676,13 +676,17 @@ def targets_cmd(ctx):
 @click.argument("name")
 @_debug_option
 def targets_show(name, debug):
-    """Print a chip's full description, or a system's (atom+aim, 4xatom): devices, links, chips."""
+    """Print a chip's full description, or a system's (atom+aim, 4xatom): devices, links, chips; and
+    the modelled die area with its breakdown (a system's: by accelerator, the host not counted)."""
     from kcompiler import targets as t
+    from kcompiler.targets import area
 
     if t.is_system_name(name):
-        console.print_json(json.dumps(t.describe_system(t.resolve(name))))
+        system = t.resolve(name)
+        console.print_json(json.dumps({**t.describe_system(system), "area": area.system_area(system).describe()}))
         return
-    console.print_json(json.dumps(t.describe(t.chip(name))))
+    chip = t.chip(name)
+    console.print_json(json.dumps({**t.describe(chip), "area": area.chip_area(chip).describe()}))
 
 
 @cli.command("zoo")

@@ -21,6 +21,7 @@ from kcompiler.passes.placement import place_nodes
 from kcompiler.runtime.executor import Executor
 from kcompiler.runtime.partition import partition
 from kcompiler.runtime.report import Report
+from kcompiler.targets.area import system_area
 
 MODES = ("functional", "timing")
 
@@ -175,9 +176,11 @@ class CompiledModel:
 
     def simulate(self, mode: str | None = None) -> Report:
         """Simulated time of one inference (needs no data)."""
+        area = system_area(self.system)
         rep = Report(model=self.name, target=self.system.name, mode=mode or self.mode,
-                     compile_s=self.compile_s, rules_fired=dict(self.context.fired))
+                     compile_s=self.compile_s, rules_fired=dict(self.context.fired), area_mm2=area.total_mm2)
         rep.notes.extend(self.source.notes)
+        rep.notes.extend(area.notes)
         rep.notes.extend(getattr(self, "notes", ()))
         on_host, total, share = self.host_share()
         if on_host and self.system.accelerators:

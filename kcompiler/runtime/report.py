@@ -50,6 +50,9 @@ class Report:
     dram_bytes: int = 0
     macs: int = 0
     host_nodes: int = 0
+    #: modelled die area of the target's accelerators, mm² (kcompiler.targets.area; the host CPU is not
+    #: counted); 0 when not modelled
+    area_mm2: float = 0.0
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     ops: list[OpRecord] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
@@ -159,6 +162,7 @@ class Report:
                 ("MACs", f"{self.macs:,}"),
                 ("DRAM bytes", f"{self.dram_bytes:,}"),
                 ("energy", f"{_mj(self.energy_j)} mJ"),
+                ("area", f"{self.area_mm2:,.1f} mm² (modelled, accelerators)"),
                 ("host nodes", str(self.host_nodes)),
                 ("compile", f"{self.compile_s:.3f} s")]
         for dev, info in self.devices.items():
@@ -181,8 +185,8 @@ class Report:
         return Group(*parts)
 
 
-COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "work by device",
-                      "busiest engines", "host fallbacks", "compile (s)")
+COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "area (mm²)",
+                      "work by device", "busiest engines", "host fallbacks", "compile (s)")
 
 
 def comparison_columns(peers: list[dict] | None = None) -> tuple[str, ...]:
@@ -206,12 +210,13 @@ def comparison_rows(reports: list[Report], peers: list[dict] | None = None) -> l
                              for u, e in util[:3])
         vs = [f"{p['latency_s'] / r.latency_s:,.2f}x" if r.latency_s and p["latency_s"] else "-" for p in peers]
         rows.append([r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", _mj(r.energy_j),
-                     f"{r.dram_bytes / 1e6:.2f}", share, engines, str(r.host_nodes), f"{r.compile_s:.2f}", *vs])
+                     f"{r.dram_bytes / 1e6:.2f}", f"{r.area_mm2:,.1f}", share, engines, str(r.host_nodes),
+                     f"{r.compile_s:.2f}", *vs])
     for p in peers:
         threads = f", {p['threads']} thread{'s' if p['threads'] > 1 else ''}" if p.get("threads") else ""
         rows.append([f"{p['peer']} (measured on this CPU: median of {p['runs']} runs{threads})",
                      f"{p['latency_s'] * 1e3:.4f}", f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-",
-                     "host 100%", "-", "-", f"{p['compile_s']:.2f}", *("-" for _ in peers)])
+                     "-", "host 100%", "-", "-", f"{p['compile_s']:.2f}", *("-" for _ in peers)])
     return rows
 
 

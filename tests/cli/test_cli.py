@@ -80,6 +80,10 @@ def test_targets_show():
     out = kc("targets", "show", "host")
     data = json.loads(out)
     assert data["name"] == "host" and "peak_flops" in data["host"]
+    # the modelled die area and its breakdown (kcompiler/targets/area.py)
+    rngd = json.loads(kc("targets", "show", "rngd"))["area"]
+    assert rngd["total_mm2"] == pytest.approx(sum(rngd["breakdown_mm2"].values()), abs=0.1)
+    assert {"mac_array", "sram_core", "vector", "control"} <= set(rngd["breakdown_mm2"])
 
 
 @pytest.mark.parametrize("name,chips", [("atom+aim", {"atom", "aim"}), ("4xatom", {"atom"})])
@@ -89,6 +93,7 @@ def test_targets_show_a_system(name, chips):
     assert data["system"] == name and set(data["chips"]) == chips
     assert {d["chip"] for d in data["devices"]} == chips | {"host"}
     assert data["links"] and all(x["bandwidth_GBps"] > 0 for x in data["links"])
+    assert set(data["area"]["breakdown_mm2"]) == {d["name"] for d in data["devices"]} - {"host"}
 
 
 def test_target_help_names_every_chip_and_says_it_repeats():
@@ -266,7 +271,7 @@ def test_the_comparison_fits_80_columns_when_piped():
     out = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--target", "atom+aim")
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "…" not in out
-    for figure in ("latency (ms)", "busiest engines", "atom+aim", "core0.dma_in", "atom.dram"):
+    for figure in ("latency (ms)", "area (mm²)", "busiest engines", "atom+aim", "core0.dma_in", "atom.dram"):
         assert figure in out, figure
     wide = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--wide")
     assert "…" not in wide and max(len(line) for line in wide.splitlines()) > 80

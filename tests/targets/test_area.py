@@ -8,7 +8,10 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from kcompiler import targets
 from kcompiler.targets import area, schema
@@ -167,3 +170,21 @@ def test_a_kind_without_an_area_model_counts_zero_and_says_so():
             return area.Area.of({"lanes": 2.0})
 
     assert chip_area(targets.Chip(name="dsp", kind="dsp", description="", spec=OwnSpec(), source="x")).total_mm2 == 2.0
+
+
+# ---- in every report ------------------------------------------------------------------------------------
+def test_every_report_carries_the_area(tmp_path):
+    import kcompiler
+
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [16, 8], w.tobytes(), raw=True)])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    for target in ("atom+aim", "host"):
+        rep = kcompiler.compile(str(path), target=target, mode="timing").simulate()
+        assert rep.area_mm2 == pytest.approx(system_area_mm2(targets.resolve(target)))
+        assert rep.to_dict()["area_mm2"] == rep.area_mm2
+    assert rep.area_mm2 == 0.0  # host only
