@@ -16,6 +16,7 @@ MACs, bytes and vector operations for the report.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -165,95 +166,160 @@ def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:
     return w
 
 
-def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = None
+def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = None, memo: bool = True
              ) -> tuple[list[InstrTime], int, dict[str, int]]:
-    """(per-instruction times, total cycles, busy cycles per engine and 'dram')."""
+    """(per-instruction times, total cycles, busy cycles per engine and 'dram').
+
+    A segment between barriers is timed from what its instructions say about time alone: per
+    instruction its core, engine, wait and signal channels, DRAM bytes and engine cycles (with the
+    chip's bytes per cycle, DRAM latency and issue cycles, fixed for one call), and its start t0.
+    Every time in it is t0 plus integers from those, so its timeline shifts with t0. With `memo`,
+    a segment whose instructions say exactly what an earlier one's said (a transformer's next
+    layer) replays that one's relative times at its own t0 instead of being scheduled again;
+    a segment that deadlocks or leaves tokens raises every time, as it is never stored."""
     works = works if works is not None else work(instrs, spec)
-    times: list[InstrTime | None] = [None] * len(instrs)
+    n = len(instrs)
+    times: list[InstrTime | None] = [None] * n
     bpc = spec.dram_bytes_per_cycle
     lat = int(round(spec.dram.latency_s * spec.clock_hz))
+    issue = spec.issue_cycles
+    # replaying relative times is exact for integer times only (they always are: the chip's
+    # issue cycles is an integer field, the rest are ceilings and products of integers)
+    memo = memo and isinstance(issue, int)
     busy: dict[str, int] = {}
+    engines = [ins.engine for ins in instrs]
+    # what each instruction says about time, interned to a small integer per distinct tuple
+    sig_ids: dict[tuple, int] = {}
+    sigs = [sig_ids.setdefault((ins.core, eng, ins.wait, ins.signal, w.dram_bytes, w.cycles), len(sig_ids))
+            for ins, eng, w in zip(instrs, engines, works)]
+    stored: dict[tuple[int, ...], tuple] = {}
+
+    def segment(seg: list[int], t0: int) -> int:
+        key = tuple(sigs[i] for i in seg) if memo else None
+        hit = stored.get(key) if memo else None
+        if hit is None:
+            hit = _run_segment(seg, t0, instrs, engines, works, bpc, lat, issue)
+            if memo:
+                stored[key] = hit
+        rel, seg_busy, span = hit
+        for i, (s, e, dc, ds) in zip(seg, rel):
+            times[i] = InstrTime(t0 + s, t0 + e) if ds is None else InstrTime(t0 + s, t0 + e, dc, t0 + ds)
+        for name, c in seg_busy.items():
+            busy[name] = busy.get(name, 0) + c
+        return t0 + span
+
     now = 0
     seg: list[int] = []
-
-    def run_segment(seg: list[int], t0: int) -> int:
-        queues: dict[tuple[int, str], deque] = {}
-        for i in seg:
-            ins = instrs[i]
-            queues.setdefault((ins.core, ins.engine), deque()).append(i)
-        free = {key: t0 for key in queues}
-        tokens: dict[tuple[int, int], deque] = {}
-        dram_free = t0
-        end_all = t0
-        remaining = len(seg)
-        keys = list(queues)
-        while remaining:
-            best = None
-            for key in keys:
-                q = queues[key]
-                if not q:
-                    continue
-                ins = instrs[q[0]]
-                t = free[key]
-                ok = True
-                w = ins.wait
-                while w:
-                    bit = w & -w
-                    w ^= bit
-                    tq = tokens.get((ins.core, bit))
-                    if not tq:
-                        ok = False
-                        break
-                    t = max(t, tq[0])
-                if ok and (best is None or t < best[0] or (t == best[0] and q[0] < best[2])):
-                    best = (t, key, q[0])
-            if best is None:
-                stuck = [instrs[q[0]].text() for q in queues.values() if q]
-                raise LoweringError("NPU program deadlocks: no engine can start; heads: " + "; ".join(stuck[:4]))
-            t, key, i = best
-            ins = instrs[i]
-            queues[key].popleft()
-            w = ins.wait
-            while w:
-                bit = w & -w
-                w ^= bit
-                tokens[(ins.core, bit)].popleft()
-            nbytes = works[i].dram_bytes
-            if nbytes:
-                xfer = math.ceil(nbytes / bpc)
-                d0 = max(t, dram_free)
-                dram_free = d0 + xfer
-                end = d0 + xfer + lat + spec.issue_cycles
-                times[i] = InstrTime(t, end, xfer, d0)
-                busy["dram"] = busy.get("dram", 0) + xfer
-            else:
-                end = t + (works[i].cycles or spec.issue_cycles)
-                times[i] = InstrTime(t, end)
-            name = f"core{ins.core}.{ins.engine}"
-            busy[name] = busy.get(name, 0) + (end - t)
-            free[key] = end
-            s = ins.signal
-            while s:
-                bit = s & -s
-                s ^= bit
-                tokens.setdefault((ins.core, bit), deque()).append(end)
-            end_all = max(end_all, end)
-            remaining -= 1
-        leftover = [(c, b) for (c, b), q in tokens.items() if q]
-        if leftover:
-            raise LoweringError(f"NPU program leaves unconsumed tokens on channels {leftover}")
-        return end_all
-
     for i, ins in enumerate(instrs):
         if ins.opcode == isa.BARRIER:
-            now = run_segment(seg, now)
-            times[i] = InstrTime(now, now + spec.issue_cycles)
-            now += spec.issue_cycles
+            now = segment(seg, now)
+            times[i] = InstrTime(now, now + issue)
+            now += issue
             seg = []
         else:
             seg.append(i)
-    now = run_segment(seg, now)
+    now = segment(seg, now)
     return times, now, busy
+
+
+def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list[str], works: list[Work],
+                 bpc: float, lat: int, issue: int) -> tuple[list[tuple], dict[str, int], int]:
+    """One segment's schedule from t0: (per instruction (start, end, DRAM cycles, DRAM start or
+    None when it moves no DRAM bytes) less t0, busy cycles per engine in the order they first appear, end less t0).
+
+    Repeatedly starts the queue head that can start earliest (ties: the earliest in the program).
+    A head's earliest start changes only when its own queue runs (the engine's free time, the
+    next head) or when a token of a channel it waits on is pushed or popped, which only an
+    instruction of its own core does; so after each start only that core's heads that wait on a
+    channel it touched are looked at again, and candidates sit in a heap (stale ones skipped)."""
+    queues: dict[tuple[int, str], list[int]] = {}
+    for i in seg:
+        queues.setdefault((instrs[i].core, engines[i]), []).append(i)
+    keys = list(queues)
+    qs = [queues[k] for k in keys]
+    pos = [0] * len(keys)
+    free = [t0] * len(keys)
+    by_core: dict[int, list[int]] = {}
+    for q, (core, _) in enumerate(keys):
+        by_core.setdefault(core, []).append(q)
+    tokens: dict[tuple[int, int], deque] = {}
+    best: list[tuple[int, int] | None] = [None] * len(keys)  # (earliest start, index) of each head
+    heap: list[tuple[int, int, int]] = []
+
+    def look(q: int) -> None:
+        """The earliest start of queue q's head, or None while a channel it waits on is empty."""
+        if pos[q] == len(qs[q]):
+            best[q] = None
+            return
+        i = qs[q][pos[q]]
+        ins = instrs[i]
+        t = free[q]
+        w = ins.wait
+        while w:
+            bit = w & -w
+            w ^= bit
+            tq = tokens.get((ins.core, bit))
+            if not tq:
+                best[q] = None
+                return
+            if tq[0] > t:
+                t = tq[0]
+        best[q] = (t, i)
+        heapq.heappush(heap, (t, i, q))
+
+    for q in range(len(keys)):
+        look(q)
+    rel: dict[int, tuple] = {}
+    busy: dict[str, int] = {}
+    dram_free = t0
+    end_all = t0
+    remaining = len(seg)
+    while remaining:
+        while heap:
+            t, i, q = heapq.heappop(heap)
+            if best[q] == (t, i):
+                break
+        else:
+            stuck = [instrs[qs[q][pos[q]]].text() for q in range(len(keys)) if pos[q] < len(qs[q])]
+            raise LoweringError("NPU program deadlocks: no engine can start; heads: " + "; ".join(stuck[:4]))
+        ins = instrs[i]
+        core = ins.core
+        pos[q] += 1
+        w = ins.wait
+        while w:
+            bit = w & -w
+            w ^= bit
+            tokens[(core, bit)].popleft()
+        nbytes = works[i].dram_bytes
+        if nbytes:
+            xfer = math.ceil(nbytes / bpc)
+            d0 = max(t, dram_free)
+            dram_free = d0 + xfer
+            end = d0 + xfer + lat + issue
+            rel[i] = (t - t0, end - t0, xfer, d0 - t0)
+            busy["dram"] = busy.get("dram", 0) + xfer
+        else:
+            end = t + (works[i].cycles or issue)
+            rel[i] = (t - t0, end - t0, 0, None)
+        name = f"core{core}.{engines[i]}"
+        busy[name] = busy.get(name, 0) + (end - t)
+        free[q] = end
+        s = ins.signal
+        while s:
+            bit = s & -s
+            s ^= bit
+            tokens.setdefault((core, bit), deque()).append(end)
+        if end > end_all:
+            end_all = end
+        remaining -= 1
+        touched = ins.wait | ins.signal
+        for r in by_core[core]:
+            if r == q or (pos[r] < len(qs[r]) and instrs[qs[r][pos[r]]].wait & touched):
+                look(r)
+    leftover = [(c, b) for (c, b), q in tokens.items() if q]
+    if leftover:
+        raise LoweringError(f"NPU program leaves unconsumed tokens on channels {leftover}")
+    return [rel[i] for i in seg], busy, end_all - t0
 
 
 def order_violations(prog, times: list[InstrTime], limit: int = 20) -> list[str]:
