@@ -728,6 +728,10 @@ def passes_cmd():
 from kcompiler.serve.cli import serve_cmd  # noqa: E402
 
 cli.add_command(serve_cmd)
+# `kc sweep` (kcompiler/sweep: design-space exploration on Ray); Ray is imported only when it runs
+from kcompiler.sweep.cli import sweep_cmd  # noqa: E402
+
+cli.add_command(sweep_cmd)
 
 
 def main(argv=None):
