@@ -76,9 +76,11 @@ class NpuProgram(Program):
         times, total, busy = simulate(instrs, spec, works)
         e = spec.energy
         by_op: dict[int, list[int]] = {}
+        barrier = isa.BARRIER
         for i, ins in enumerate(instrs):
-            if ins.opcode != isa.BARRIER:
+            if ins.opcode != barrier:
                 by_op.setdefault(ins.op, []).append(i)
+        per_mac: dict[str, float] = {}  # energy of one MAC by the dtype it is charged at
         ops: list[OpEvent] = []
         t_prev = 0
         for op, (name, op_type) in enumerate(self.data.ops):
@@ -89,23 +91,39 @@ class NpuProgram(Program):
             if not idx:
                 ops.append(OpEvent(name, op_type, t_prev / clock, t_prev / clock, bound="overhead", engine="view"))
                 continue
-            start = min(times[i].start for i in idx)
-            end = max(times[i].end for i in idx)
-            t_prev = end
-            w = [works[i] for i in idx]
-            dram = sum(x.dram_bytes for x in w)
-            sram = sum(x.sram_bytes for x in w)
-            macs = sum(x.macs for x in w)
-            vec = sum(x.vector_elems for x in w)
-            mac_j = sum(x.macs * mac_energy(spec, x.mac_dtype or spec.array.dtype) for x in w if x.macs)
+            start = end = None
+            dram = sram = macs = vec = mem = 0
+            mac_terms = []
             compute: dict[int, int] = {}
+            has_matmul = False
             for i in idx:
-                if instrs[i].opcode in (isa.MATMUL, isa.VECTOR):
-                    compute[instrs[i].core] = compute.get(instrs[i].core, 0) + times[i].end - times[i].start
-            mem = sum(times[i].dram_cycles for i in idx)
+                t = times[i]
+                a, b = t.start, t.end
+                if start is None or a < start:
+                    start = a
+                if end is None or b > end:
+                    end = b
+                x = works[i]
+                dram += x.dram_bytes
+                sram += x.sram_bytes
+                vec += x.vector_elems
+                mem += t.dram_cycles
+                if x.macs:
+                    macs += x.macs
+                    dt = x.mac_dtype or spec.array.dtype
+                    if dt not in per_mac:
+                        per_mac[dt] = mac_energy(spec, dt)
+                    mac_terms.append(x.macs * per_mac[dt])
+                oc = instrs[i].opcode
+                if oc == isa.MATMUL or oc == isa.VECTOR:
+                    has_matmul = has_matmul or oc == isa.MATMUL
+                    core = instrs[i].core
+                    compute[core] = compute.get(core, 0) + b - a
+            t_prev = end
+            mac_j = sum(mac_terms)
             bound = "compute" if max(compute.values(), default=0) >= mem else "memory"
             engine = _ENGINE.get(kind, "vector")
-            if kind == "gemm" and not any(instrs[i].opcode == isa.MATMUL for i in idx):
+            if kind == "gemm" and not has_matmul:
                 engine = "vector"  # a depthwise conv runs on the vector unit
             energy = mac_j + vec * e.per_vector_op_j + sram * e.per_sram_byte_j + dram * e.per_dram_byte_j
             ops.append(OpEvent(name, op_type, start / clock, end / clock, cycles=end - start, macs=macs,
@@ -118,13 +136,18 @@ class NpuProgram(Program):
         """What the report says about the dtypes the MATMULs were charged at and values moved in."""
         spec = self.spec
         seen: dict[str, None] = {}
+        codes: dict[int, None] = {}  # the operand dtype codes in the order they first appear
+        dtypes_at = isa.names_of(isa.VECTOR).index("dtypes")
         for ins in self.data.instrs:
-            codes = [ins.aux & 0xF] if ins.opcode == isa.MATMUL else \
-                [ins.arg("dtypes") & 0xF] if ins.opcode == isa.VECTOR else []
-            for code in codes:
-                dt = isa.DTYPES[code] if code < len(isa.DTYPES) else ""
-                if dt in _VALUE_NAMES:
-                    seen.setdefault(dt, None)
+            oc = ins.opcode
+            if oc == isa.MATMUL:
+                codes.setdefault(ins.aux & 0xF)
+            elif oc == isa.VECTOR:
+                codes.setdefault(ins.args[dtypes_at] & 0xF)
+        for code in codes:
+            dt = isa.DTYPES[code] if code < len(isa.DTYPES) else ""
+            if dt in _VALUE_NAMES:
+                seen.setdefault(dt, None)
         out = []
         for dt in seen or ["f32"]:
             name = CHIP_DTYPE[dt]
@@ -145,22 +168,32 @@ class NpuProgram(Program):
         """Each engine's busy intervals (the same intervals `busy` sums), adjacent ones of one op
         merged: per core the DMA queues, matrix and vector units, and the shared DRAM channel."""
         raw: dict[str, list[tuple[int, int, int]]] = {}
+        lists: dict[tuple[int, str], list] = {}  # (core, engine) -> its list in raw
+        dram: list[tuple[int, int, int]] = []
         for ins, t in zip(self.data.instrs, times):
             if ins.opcode == isa.BARRIER:
                 continue
-            raw.setdefault(f"core{ins.core}.{ins.engine}", []).append((t.start, t.end, ins.op))
+            key = (ins.core, ins.engine)
+            out = lists.get(key)
+            if out is None:
+                out = lists[key] = raw.setdefault(f"core{key[0]}.{key[1]}", [])
+            out.append((t.start, t.end, ins.op))
             if t.dram_cycles:
-                raw.setdefault("dram", []).append((t.dram_start, t.dram_start + t.dram_cycles, ins.op))
+                if not dram:
+                    raw.setdefault("dram", dram)
+                dram.append((t.dram_start, t.dram_start + t.dram_cycles, ins.op))
         clock = self.spec.clock_hz
         names = self.data.ops
         spans = []
         for engine in sorted(raw):
             merged: list[list[int]] = []
+            last = None
             for a, b, op in sorted(raw[engine]):
-                if merged and merged[-1][2] == op and merged[-1][1] == a:
-                    merged[-1][1] = b
+                if last is not None and last[2] == op and last[1] == a:
+                    last[1] = b
                 else:
-                    merged.append([a, b, op])
+                    last = [a, b, op]
+                    merged.append(last)
             spans.extend(EngineSpan(engine, a / clock, b / clock, names[op][0] if op < len(names) else str(op))
                          for a, b, op in merged)
         return spans

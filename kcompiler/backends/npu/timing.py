@@ -73,52 +73,86 @@ def mac_energy(spec: NpuSpec, charged: str) -> float:
     return base
 
 
+def _at(opcode: int, *names: str) -> tuple[int, ...]:
+    """The positions of named operand fields of an opcode (unsigned fields only: read raw)."""
+    assert not isa.SIGNED.intersection(names)
+    return tuple(isa.names_of(opcode).index(n) for n in names)
+
+
+_LD_N = _at(isa.LOAD, "n0", "n1", "n2", "n3")
+_ST_N = _at(isa.STORE, "n0", "n1", "n2", "n3")
+_CP_N = _at(isa.COPY, "n0", "n1", "n2", "n3")
+_FL_N = _at(isa.FILL, "n0", "n1", "n2", "n3")
+_GA = _at(isa.GATHER, "outer", "count", "inner")
+_MM = _at(isa.MATMUL, "g", "m", "n", "k")
+_CF = _at(isa.CONFIG, "kh", "kw")
+_VEC = _at(isa.VECTOR, "n0", "n1", "n2", "n3", "bcast", "dtypes", "arg", "src0", "src1", "src2", "src3")
+_VEC_SHAPE, _VEC_SRC = _VEC[:7], _VEC[7:]  # a VECTOR's work reads its sources' presence, not their addresses
+
+
 def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
     """Each instruction's work, walking the program in order (window functions read the vector
-    unit's CONFIG in force; a barrier clears it)."""
+    unit's CONFIG in force; a barrier clears it). Fields are read by position (see _at)."""
     a = spec.array
     v = spec.vector
+    issue = spec.issue_cycles
     windows: dict[tuple[int, int], tuple[int, ...]] = {}
+    # a MATMUL's work is a function of its shape, dtype code and the chip: computed once per shape
+    mm_seen: dict[tuple, tuple] = {}
+    vec_seen: dict[tuple, tuple] = {}
     out = []
+    append = out.append
     for ins in instrs:
-        w = Work()
         oc = ins.opcode
-        if oc == isa.BARRIER:
-            windows.clear()
-        elif oc == isa.CONFIG:
-            f = ins.fields()
-            windows[(ins.core, ins.aux & 1)] = (f["kh"], f["kw"])
-        elif oc in (isa.LOAD, isa.STORE):
-            f = ins.fields()
-            n = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * _eb(ins.aux)
-            w.dram_bytes = w.sram_bytes = n
-        elif oc == isa.COPY:
-            f = ins.fields()
-            w.dram_bytes = 2 * _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * _eb(ins.aux)
-        elif oc == isa.FILL:
-            f = ins.fields()
-            w.dram_bytes = _numel(f["n0"], f["n1"], f["n2"], f["n3"]) * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)
-        elif oc == isa.GATHER:
-            f = ins.fields()
-            eb = _eb(ins.aux & 0xF)
-            w.dram_bytes = (2 * f["outer"] * f["count"] * f["inner"] * eb
-                            + f["count"] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8))
+        x = ins.args
+        if oc == isa.LOAD or oc == isa.STORE:
+            i0, i1, i2, i3 = _LD_N if oc == isa.LOAD else _ST_N
+            n = x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux)
+            append(Work(dram_bytes=n, sram_bytes=n))
         elif oc == isa.MATMUL:
-            f = ins.fields()
-            g, m, n, k = f["g"], f["m"], f["n"], f["k"]
-            dt = _dt(ins.aux & 0xF)
-            rate, charged = mac_rate(spec, dt)
-            w.mac_dtype = charged
-            w.macs = g * m * n * k
-            eb = isa.DTYPE_BYTES.get(dt, 4)
-            w.sram_bytes = g * ((m * k + k * n) * eb + m * n * 4)
-            w.cycles = g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + spec.issue_cycles
+            ig, im, in_, ik = _MM
+            key = (x[ig], x[im], x[in_], x[ik], ins.aux & 0xF)
+            got = mm_seen.get(key)
+            if got is None:
+                g, m, n, k, code = key
+                dt = _dt(code)
+                rate, charged = mac_rate(spec, dt)
+                eb = isa.DTYPE_BYTES.get(dt, 4)
+                got = mm_seen[key] = (g * m * n * k, g * ((m * k + k * n) * eb + m * n * 4),
+                                      g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + issue,
+                                      charged)
+            append(Work(macs=got[0], sram_bytes=got[1], cycles=got[2], mac_dtype=got[3]))
         elif oc == isa.VECTOR:
-            w = _vector_work(ins, spec, windows)
-            fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
-            cls = isa.VFN_CLASS[fn]
-            w.cycles = vector_cycles(v.lanes, v.latency[cls], v.cycles_per_elem[cls], w.vector_elems) + spec.issue_cycles
-        out.append(w)
+            # its work is a function of these fields and the window in force (computed once per key)
+            key = (ins.aux, windows.get((ins.core, 1)), *(x[i] for i in _VEC_SHAPE),
+                   *(x[i] == isa.NONE for i in _VEC_SRC))
+            got = vec_seen.get(key)
+            if got is None:
+                w = _vector_work(ins, spec, windows)
+                fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
+                cls = isa.VFN_CLASS[fn]
+                w.cycles = vector_cycles(v.lanes, v.latency[cls], v.cycles_per_elem[cls], w.vector_elems) + issue
+                got = vec_seen[key] = (w.macs, w.vector_elems, w.sram_bytes, w.cycles)
+            append(Work(macs=got[0], vector_elems=got[1], sram_bytes=got[2], cycles=got[3]))
+        elif oc == isa.BARRIER:
+            windows.clear()
+            append(Work())
+        elif oc == isa.CONFIG:
+            windows[(ins.core, ins.aux & 1)] = (x[_CF[0]], x[_CF[1]])
+            append(Work())
+        elif oc == isa.COPY:
+            i0, i1, i2, i3 = _CP_N
+            append(Work(dram_bytes=2 * x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux)))
+        elif oc == isa.FILL:
+            i0, i1, i2, i3 = _FL_N
+            append(Work(dram_bytes=x[i0] * x[i1] * x[i2] * x[i3] * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)))
+        elif oc == isa.GATHER:
+            io, ic, ii = _GA
+            eb = _eb(ins.aux & 0xF)
+            append(Work(dram_bytes=(2 * x[io] * x[ic] * x[ii] * eb
+                                    + x[ic] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8))))
+        else:
+            append(Work())
     return out
 
 
@@ -130,39 +164,42 @@ def _eb(code: int) -> int:
     return isa.ESIZES[code] if code < len(isa.ESIZES) else 1
 
 
+_REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn"})
+
+
 def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:
-    f = ins.fields()
+    n0, n1, n2, n3, bcast, dtypes, arg, *srcs = (ins.args[i] for i in _VEC)
     fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
     _, n_src, per = isa.VECTOR_FNS[fn]
-    tile = (f["n0"], f["n1"], f["n2"], f["n3"])
-    masks = [f["bcast"] >> (4 * i) & 0xF for i in range(5)]
-    dts = [_dt(f["dtypes"] >> (4 * i) & 0xF) for i in range(5)]
+    tile = (n0, n1, n2, n3)
 
     def numel(mask):
+        if not mask & 0xF:
+            return n0 * n1 * n2 * n3
         return _numel(*(1 if mask >> d & 1 else x for d, x in enumerate(tile)))
+
+    def dtype_bytes(i):
+        return isa.DTYPE_BYTES.get(_dt(dtypes >> (4 * i) & 0xF), 4)
 
     w = Work()
     if fn in isa.WINDOW_FNS:
         kh, kw = windows.get((ins.core, 1), (1, 1))
-        mult = max(1, f["arg"]) if fn == "dwconv" else 1
-        outs = _numel(*tile) * mult
+        mult = max(1, arg) if fn == "dwconv" else 1
+        outs = n0 * n1 * n2 * n3 * mult
         w.vector_elems = outs * kh * kw
         if fn == "dwconv":
             w.macs = outs * kh * kw
-        w.sram_bytes = outs * (kh * kw + 1) * isa.DTYPE_BYTES.get(dts[0], 4)
+        w.sram_bytes = outs * (kh * kw + 1) * dtype_bytes(0)
         return w
-    if fn in ("softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn"):
-        elems = _numel(*tile)
-    elif fn == "attn_step":
-        elems = tile[0] * tile[1]
-    elif fn == "attn_final":
-        elems = tile[0] * tile[1]
+    if fn in _REDUCING:
+        elems = n0 * n1 * n2 * n3
+    elif fn == "attn_step" or fn == "attn_final":
+        elems = n0 * n1
     else:
-        elems = numel(masks[0])
+        elems = numel(bcast)
     w.vector_elems = int(elems * per)
-    srcs = [f["src0"], f["src1"], f["src2"], f["src3"]]
-    w.sram_bytes = elems * isa.DTYPE_BYTES.get(dts[0], 4) + sum(
-        numel(masks[i + 1]) * isa.DTYPE_BYTES.get(dts[i + 1], 4) for i in range(min(n_src, 4)) if srcs[i] != isa.NONE)
+    w.sram_bytes = elems * dtype_bytes(0) + sum(
+        numel(bcast >> (4 * (i + 1))) * dtype_bytes(i + 1) for i in range(min(n_src, 4)) if srcs[i] != isa.NONE)
     return w
 
 
