@@ -31,11 +31,12 @@ from kcompiler.errors import LoweringError
 def make(opcode: int, core: int, op: int, wait: int = 0, signal: int = 0, aux: int = 0, **fields) -> Instr:
     """An instruction from named fields (the unnamed ones zero)."""
     names = isa.names_of(opcode)
-    unknown = set(fields) - set(names)
-    if unknown:
+    index = isa.FIELD_INDEX[opcode]
+    if not index.keys() >= fields.keys():
+        unknown = set(fields) - set(names)
         raise ValueError(f"{isa.OPCODES[opcode][0]} has no fields {sorted(unknown)}")
-    args = tuple(int(fields.get(n, 0)) & 0xFFFFFFFF for n in names)
-    return Instr(opcode, core, op, wait, signal, aux, args)
+    get = fields.get
+    return isa.instr(opcode, core, op, wait, signal, aux, tuple([int(get(n, 0)) & 0xFFFFFFFF for n in names]))
 
 
 def dense_pitches(shape: tuple[int, int, int, int]) -> tuple[int, int, int]:
@@ -58,9 +59,17 @@ def dma(opcode: int, core: int, op: int, dtype: str, buf: int, off: int, sram: i
     # a dim of size 1 has no stride (reserved zero: the simulator checks it)
     strides = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
     p = tuple(0 if n == 1 else x for n, x in zip(shape[:3], p))
-    return make(opcode, core, op, wait, signal, isa.esize_code(dtype), buf=buf, off=off, sram=sram,
-                n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3], s0=strides[0], s1=strides[1], s2=strides[2],
-                s3=strides[3], p0=p[0], p1=p[1], p2=p[2])
+    if opcode != isa.LOAD and opcode != isa.STORE:
+        raise ValueError(f"{isa.OPCODES[opcode][0]} is not a LOAD or STORE")
+    # the operands in the order of _DMA_FIELDS (LOAD's and STORE's)
+    args = (buf, off, sram, shape[0], shape[1], shape[2], shape[3], strides[0], strides[1], strides[2], strides[3],
+            p[0], p[1], p[2])
+    return isa.instr(opcode, core, op, wait, signal, isa.esize_code(dtype),
+                     tuple([int(v) & 0xFFFFFFFF for v in args]))
+
+
+_DMA_FIELDS = ("buf", "off", "sram", "n0", "n1", "n2", "n3", "s0", "s1", "s2", "s3", "p0", "p1", "p2")
+assert isa.names_of(isa.LOAD) == isa.names_of(isa.STORE) == _DMA_FIELDS
 
 
 def canonical_window(kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, h, w, oh, ow, flags=0) -> dict:

@@ -173,6 +173,25 @@ def names_of(opcode: int) -> tuple[str, ...]:
     return OPCODES[opcode][2]
 
 
+#: per opcode: operand field name -> its position in `args`
+FIELD_INDEX = {op: {n: i for i, n in enumerate(v[2])} for op, v in OPCODES.items()}
+#: per opcode: for each operand field, whether it holds a signed value
+_SIGNED_AT = {op: tuple(n in SIGNED for n in v[2]) for op, v in OPCODES.items()}
+_HEADER = frozenset({"core", "op", "wait", "signal", "aux"})
+_object_setattr = object.__setattr__
+_object_new = object.__new__
+
+
+def instr(opcode: int, core: int, op: int, wait: int, signal: int, aux: int, args: tuple[int, ...]) -> "Instr":
+    """An Instr whose operand count the caller has made right (the code generator builds
+    millions: this skips the frozen dataclass's per-field setattr and the count check). The
+    object is the one Instr(...) builds: same attributes, in the same order."""
+    ins = _object_new(Instr)
+    _object_setattr(ins, "__dict__", {"opcode": opcode, "core": core, "op": op, "wait": wait, "signal": signal,
+                                      "aux": aux, "args": args})
+    return ins
+
+
 @dataclass(frozen=True)
 class Instr:
     opcode: int
@@ -200,14 +219,22 @@ class Instr:
 
     def arg(self, name: str) -> int:
         """A field's value (signed fields as signed integers)."""
-        v = self.args[OPCODES[self.opcode][2].index(name)]
+        at = FIELD_INDEX[self.opcode].get(name)
+        if at is None:
+            raise ValueError(f"{OPCODES[self.opcode][0]} has no field {name!r}")
+        v = self.args[at]
         return signed(v) if name in SIGNED else v
 
     def fields(self) -> dict[str, int]:
-        return {n: (signed(v) if n in SIGNED else v) for n, v in zip(OPCODES[self.opcode][2], self.args)}
+        return {n: (signed(v) if s else v)
+                for n, s, v in zip(OPCODES[self.opcode][2], _SIGNED_AT[self.opcode], self.args)}
 
     def replace(self, **changes) -> "Instr":
         """A copy with some header fields (opcode excluded) or operand fields changed."""
+        get = changes.get
+        if _HEADER.issuperset(changes):  # the common case: tokens set on an emitted instruction
+            return instr(self.opcode, get("core", self.core), get("op", self.op), get("wait", self.wait),
+                         get("signal", self.signal), get("aux", self.aux), self.args)
         head = {k: changes.pop(k) for k in ("core", "op", "wait", "signal", "aux") if k in changes}
         args = list(self.args)
         names = OPCODES[self.opcode][2]
