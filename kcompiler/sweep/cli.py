@@ -129,7 +129,7 @@ def _summary(result) -> dict:
     fronts = result.front
     return {"schema_version": JSON_SCHEMA_VERSION, "kcompiler": __version__,
             "spec": {"name": spec.name, "hash": spec.hash, "source": spec.source, "search": spec.search,
-                     "objectives": list(spec.objectives), "parameters": [k for k, _ in spec.parameters]},
+                     "objectives": list(spec.objectives), "parameters": spec.keys},
             "out": str(result.out), "backend": result.backend, "workers": result.workers,
             "points": len(result.rows), "evaluated": result.evaluated, "skipped": result.skipped,
             "failed": result.failed, "wall_s": result.wall_s, "busy_s": result.busy_s,
@@ -159,9 +159,11 @@ def _print_summary(result) -> None:
               f"worker{'s' if result.workers > 1 else ''}"
               + (f", overhead {100 * result.overhead:.1f}% of the points' own time" if result.evaluated else ""),
               highlight=False)
-    params = [k for k, _ in result.spec.parameters]
-    show_target = len(result.spec.targets) > 1
+    spec = result.spec
+    show_target = len(spec.targets) > 1
     for model, rows in result.front.items():
+        i = next((j for j, m in enumerate(spec.models) if m.label == model), None)
+        params = [k for k, _ in spec.parameters_of(i)] if i is not None else spec.keys
         t = Table(title=f"{model}: Pareto front ({', '.join(result.spec.objectives)}), {len(rows)} of "
                         f"{sum(1 for r in result.rows if r['model'] == model and r['status'] == 'ok')} points",
                   title_justify="left", show_edge=False, pad_edge=False)

@@ -247,20 +247,23 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
     except ImportError:
         raise KCError(f"sweep.search = '{spec.search}' needs Optuna", hint='pip install -e ".[sweep]"') from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = {}
-    for key, values in spec.parameters:
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            dists[key] = optuna.distributions.IntDistribution(0, len(values) - 1)
-        else:
-            dists[key] = optuna.distributions.CategoricalDistribution(list(range(len(values))))
-    if len(spec.targets) > 1:
-        dists["target"] = optuna.distributions.CategoricalDistribution(list(range(len(spec.targets))))
+    def dists_of(params):
+        d = {}
+        for key, values in params:
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                d[key] = optuna.distributions.IntDistribution(0, len(values) - 1)
+            else:
+                d[key] = optuna.distributions.CategoricalDistribution(list(range(len(values))))
+        if len(spec.targets) > 1:
+            d["target"] = optuna.distributions.CategoricalDistribution(list(range(len(spec.targets))))
+        return d
+
     directions = ["minimize" if OBJECTIVES[o][1] == "min" else "maximize" for o in spec.objectives]
     stored = {r["point_id"]: r for r in store.rows()}
 
-    def point_of(model, params: dict) -> Point:
+    def point_of(i, params: dict) -> Point:
         target = spec.targets[params.get("target", 0)]
-        return Point(model, target, tuple((k, v[params[k]]) for k, v in spec.parameters), spec.mode)
+        return Point(spec.models[i], target, tuple((k, v[params[k]]) for k, v in spec.parameters_of(i)), spec.mode)
 
     def values_of(row):
         if row["status"] != "ok":
@@ -271,7 +274,7 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
     for i, model in enumerate(spec.models):
         sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed + i) if spec.search == "nsga2"
                    else optuna.samplers.TPESampler(seed=spec.seed + i, multivariate=True))
-        studies.append((model, optuna.create_study(directions=directions, sampler=sampler)))
+        studies.append((i, optuna.create_study(directions=directions, sampler=sampler)))
     total = spec.samples * len(spec.models)
     if on_start:
         on_start(total, 0)
@@ -284,11 +287,11 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
 
     def next_point():
         nonlocal skipped
-        for model, study in studies:
+        for i, study in studies:
             while asked[id(study)] < spec.samples:
                 asked[id(study)] += 1
-                trial = study.ask(dists)
-                p = point_of(model, trial.params)
+                trial = study.ask(dists_of(spec.parameters_of(i)))
+                p = point_of(i, trial.params)
                 ids.append(p.id)
                 if p.id in done_ids or p.id in inflight:
                     row = stored.get(p.id)

@@ -35,7 +35,7 @@ OBJECTIVES = {
     "area": ("area_mm2", "min"),
 }
 SEARCHES = ("grid", "random", "nsga2", "tpe")
-MODEL_KEYS = ("name", "batch", "seq", "kv", "phase", "dtype", "layers", "shapes")
+MODEL_KEYS = ("name", "batch", "seq", "kv", "phase", "dtype", "layers", "shapes", "parameters")
 #: parameters that are not chip figures
 SPECIAL = ("devices", "parallel", "interconnect", "topology", "place")
 PARALLEL = ("none", "data", "tensor", "pipeline", "auto")
@@ -91,7 +91,7 @@ class Spec:
     name: str
     models: tuple[ModelSpec, ...]
     targets: tuple[str, ...]
-    parameters: tuple[tuple[str, tuple[Any, ...]], ...]  # key -> the values it takes
+    parameters: tuple[tuple[str, tuple[Any, ...]], ...]  # key -> the values it takes (every model)
     objectives: tuple[str, ...] = ("latency", "energy", "area")
     search: str = "grid"
     samples: int = 0  # random / optuna: points to evaluate (0 = the whole grid for random)
@@ -99,6 +99,31 @@ class Spec:
     mode: str = "timing"
     source: str = "<spec>"
     text: str = field(default="", repr=False)  # the spec as written (kept in the results store)
+    #: per model: keys whose values its [models.parameters] table replaces or adds
+    model_parameters: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...] = ()
+
+    def parameters_of(self, i: int) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """The parameters model i is swept over: the sweep's, with its own table's keys replaced or added."""
+        own = dict(self.model_parameters[i]) if i < len(self.model_parameters) else {}
+        merged = [(k, own.pop(k, v)) for k, v in self.parameters]
+        return tuple(merged + list(own.items()))
+
+    @property
+    def keys(self) -> list[str]:
+        """Every parameter key of the sweep (the sweep's, then models' own), in spec order."""
+        out = [k for k, _ in self.parameters]
+        for mp in self.model_parameters:
+            out += [k for k, _ in mp if k not in out]
+        return out
+
+    def values_of(self, key: str) -> list[Any]:
+        vals = list(dict(self.parameters).get(key, ()))
+        for i in range(len(self.models)):
+            vals += [v for v in dict(self.parameters_of(i)).get(key, ()) if v not in vals]
+        return vals
+
+    def model_grid_size(self, i: int) -> int:
+        return len(self.targets) * math.prod(len(v) for _, v in self.parameters_of(i))
 
     @property
     def hash(self) -> str:
@@ -106,19 +131,22 @@ class Spec:
 
     def canonical(self) -> dict:
         return {"models": [m.to_dict() for m in self.models], "targets": list(self.targets),
-                "parameters": {k: list(v) for k, v in self.parameters}, "objectives": list(self.objectives),
+                "parameters": {k: list(v) for k, v in self.parameters},
+                "model_parameters": [{k: list(v) for k, v in mp} for mp in self.model_parameters],
+                "objectives": list(self.objectives),
                 "search": self.search, "samples": self.samples, "seed": self.seed, "mode": self.mode}
 
     @property
     def grid_size(self) -> int:
-        return len(self.models) * len(self.targets) * math.prod(len(v) for _, v in self.parameters)
+        return sum(self.model_grid_size(i) for i in range(len(self.models)))
 
     def grid(self):
         """Every point of the full grid, models outermost (a worker's model cache then hits)."""
-        keys = [k for k, _ in self.parameters]
-        for m in self.models:
+        for i, m in enumerate(self.models):
+            params = self.parameters_of(i)
+            keys = [k for k, _ in params]
             for t in self.targets:
-                for combo in itertools.product(*(v for _, v in self.parameters)):
+                for combo in itertools.product(*(v for _, v in params)):
                     yield Point(m, t, tuple(zip(keys, combo)), self.mode)
 
     def points(self) -> list[Point]:
@@ -138,9 +166,10 @@ class Spec:
         raise KCError(f"search '{self.search}' asks for points as it goes; use kcompiler.sweep.run")
 
     def random_point(self, rng: random.Random) -> Point:
-        m = rng.choice(self.models)
+        """A uniform draw from the grid (a model in proportion to its grid)."""
+        i = rng.choices(range(len(self.models)), weights=[self.model_grid_size(j) for j in range(len(self.models))])[0]
         t = rng.choice(self.targets)
-        return Point(m, t, tuple((k, rng.choice(v)) for k, v in self.parameters), self.mode)
+        return Point(self.models[i], t, tuple((k, rng.choice(v)) for k, v in self.parameters_of(i)), self.mode)
 
 
 # ---- parsing -----------------------------------------------------------------------------------
@@ -186,7 +215,7 @@ def parse(text: str, source: str = "<spec>") -> Spec:
     if bad:
         raise KCError(f"{source}: sweep.objectives: unknown {bad}", hint=f"choose from {list(OBJECTIVES)}")
 
-    models = _models(data.get("models"), source)
+    models, own_tables = _models(data.get("models"), source)
     if "target" in sw and "targets" in sw:
         raise KCError(f"{source}: give sweep.target or sweep.targets, not both")
     tg = sw.get("targets", sw.get("target"))
@@ -196,20 +225,23 @@ def parse(text: str, source: str = "<spec>") -> Spec:
     if not isinstance(tlist, list) or not tlist or not all(isinstance(t, str) and t.strip() for t in tlist):
         raise KCError(f"{source}: sweep.targets must be a chip or system name or a non-empty list of them")
     params = _parameters(data.get("parameters", {}), source, [t.strip() for t in tlist])
+    model_params = tuple(_parameters(t, source, [x.strip() for x in tlist], f"models[{i}].parameters")
+                         for i, t in enumerate(own_tables))
     spec = Spec(name=name, models=tuple(models), targets=tuple(t.strip() for t in tlist), parameters=params,
                 objectives=tuple(dict.fromkeys(objectives)), search=search, samples=samples, seed=seed, mode=mode,
-                source=source, text=text)
+                source=source, text=text, model_parameters=model_params)
     if spec.grid_size == 0:
         raise KCError(f"{source}: the sweep has no points")
     return spec
 
 
-def _models(value, source) -> list[ModelSpec]:
+def _models(value, source) -> tuple[list[ModelSpec], list[dict]]:
+    """The models, and each one's own [models.parameters] table (empty when it has none)."""
     if value is None:
         raise KCError(f"{source}: missing [[models]] (one table per model: name = \"resnet50\")")
     if not isinstance(value, list) or not value:
         raise KCError(f"{source}: 'models' must be a list of tables ([[models]] name = ...)")
-    out = []
+    out, tables = [], []
     for i, m in enumerate(value):
         where = f"models[{i}]"
         if isinstance(m, str):
@@ -245,16 +277,17 @@ def _models(value, source) -> list[ModelSpec]:
         if name.endswith(".onnx") and not Path(name).is_absolute():
             name = str((Path(source).parent / name).resolve()) if source != "<spec>" else name
         out.append(ModelSpec(name, tuple(opts), tuple(shapes)))
-    return out
+        tables.append(m.get("parameters", {}))
+    return out, tables
 
 
-def _parameters(table, source, targets) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    _table(table, source, "parameters")
+def _parameters(table, source, targets, prefix="parameters") -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    _table(table, source, prefix)
     from kcompiler import targets as kt
 
     out = []
     for key, value in table.items():
-        where = f"parameters.{key}"
+        where = f"{prefix}.{key}"
         values = _values(value, source, where)
         if key == "devices":
             for v in values:

@@ -84,8 +84,8 @@ class Store:
         """Record the spec and add a column for each of its parameters (typed by its values)."""
         self.con.execute("INSERT OR IGNORE INTO sweeps VALUES (?, ?, ?, ?, ?)",
                          [spec.hash, spec.name, spec.source, spec.text, _dt.datetime.now()])
-        for key, values in spec.parameters:
-            t = "VARCHAR" if key == "place" else _sql_type(values)
+        for key in spec.keys:
+            t = "VARCHAR" if key == "place" else _sql_type(spec.values_of(key))
             self._types[key] = t
             if key not in self._columns:
                 self.con.execute(f"ALTER TABLE results ADD COLUMN {_q(key)} {t}")

@@ -57,6 +57,24 @@ def test_spec_expands_ranges_and_names_every_point():
     assert {p.id for p in again.points()} == {p.id for p in pts}
 
 
+def test_a_model_may_sweep_its_own_values(tmp_path):
+    text = SMALL.replace('kv = 32\n', 'kv = 32\n[models.parameters]\n"npu.array.rows" = [128]\ndevices = [1, 2]\n'
+                         'parallel = ["tensor"]\n')
+    s = sweep.parse(text, "s.toml")
+    assert s.grid_size == 4 + 1 * 2 * 2
+    llama = [p for p in s.points() if p.model.name == "llama-tiny"]
+    assert {p.param("npu.array.rows") for p in llama} == {128} and {p.param("devices") for p in llama} == {1, 2}
+    assert all(p.param("devices") is None for p in s.points() if p.model.name == "bert-tiny")
+    assert s.keys == ["npu.array.rows", "npu.dram.bandwidth", "devices", "parallel"]
+    assert s.hash != sweep.parse(SMALL, "s.toml").hash
+    res = run(s, tmp_path / "r.duckdb", serial=True)
+    assert res.failed == 0 and len(res.rows) == 8
+    assert {r["devices"] for r in res.rows if r["model"].startswith("llama")} == {1, 2}
+    assert all(r["parallel"] is None for r in res.rows if r["model"].startswith("bert"))
+    with pytest.raises(KCError, match=r"models\[1\].parameters.npu.nope"):
+        sweep.parse(text.replace("devices = [1, 2]", '"npu.nope" = [1]'), "s.toml")
+
+
 @pytest.mark.parametrize("text,needle", [
     ("[sweep]\ntarget='atom'\n[[models]]\nname='resnet50'\n[parameters]\n'npu.sram' = [1]", "has no figure 'npu.sram'"),
     ("[sweep]\ntarget='atom'\n[[models]]\nname='resnet50'\n[parameters]\n'pim.chips' = [1]", "no chip or chip kind 'pim'"),
