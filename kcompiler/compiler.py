@@ -315,6 +315,10 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
                                 options=dict(disable_passes=disable_passes, print_after=print_after,
                                              pipeline=pipeline, mode=mode, name=name, state=state, **zoo_options))
         plan = parallel if isinstance(parallel, kpar.Plan) else kpar.Plan.fixed(parallel, len(system.accelerators))
+        if plan.devices <= 1 and len(system.accelerators) <= 1:
+            # nothing to split: the same program as without --parallel (the plan's one-chip path would
+            # place and fuse differently for nothing); _idle_chip_notes says so
+            plan = None
     from kcompiler import zoo
 
     say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
