@@ -50,7 +50,8 @@ def system_for(point: Point):
     devices = point.param("devices")
     base = targets.resolve(point.target)
     changes = chip_changes(base, point.params)
-    chips = {name: targets.variant(name, ch, label=f"point {point.id}") for name, ch in changes.items()}
+    base_chips = {d.chip.name: d.chip for d in base.accelerators}
+    chips = {name: targets.variant(base_chips[name], ch, label=f"point {point.id}") for name, ch in changes.items()}
     return targets.resolve(point.target, devices=devices, interconnect=point.param("interconnect"),
                            topology=point.param("topology"), chips=chips or None)
 

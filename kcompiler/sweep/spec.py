@@ -383,8 +383,9 @@ def _check_figure(key: str, values: list, targets: list[str], source: str, where
             changes = chip_changes(system, ((key, values[0]),))
         except KCError as exc:
             raise KCError(f"{source}: {where}: {exc.message}", hint=exc.hint) from None
+        chips = {d.chip.name: d.chip for d in system.accelerators}
         for chip_name, ch in changes.items():
-            data = kt.chip_data(chip_name)
+            data = kt.chip_data(chips[chip_name])
             for dotted in ch:
                 node = data
                 for part in dotted.split("."):
@@ -398,7 +399,8 @@ def _check_figure(key: str, values: list, targets: list[str], source: str, where
 
 
 def chip_changes(system, params) -> dict[str, dict[str, Any]]:
-    """chip name -> {dotted figure: value} for the chip-figure parameters of a point."""
+    """chip name -> {dotted figure: value} for the chip-figure parameters of a point (the chip is
+    the system's: `system.accelerators` has it by that name)."""
     names = {d.chip.name: d.chip for d in system.accelerators}
     kinds = {c.kind for c in names.values()}
     out: dict[str, dict[str, Any]] = {}

@@ -211,9 +211,9 @@ def chip(name: str) -> Chip:
     return chips[name]
 
 
-def chip_data(name: str) -> dict:
+def chip_data(name: "str | Chip") -> dict:
     """A chip's raw TOML table (built-in, plugin or file), to derive variants from (see variant)."""
-    c = chip(name)
+    c = name if isinstance(name, Chip) else chip(name)
     if c.source.endswith(".toml") and not Path(c.source).is_absolute() and "/" not in c.source:
         text = (_builtin_dir() / c.source).read_text() if (_builtin_dir() / c.source).is_file() else None
         if text is not None:
@@ -221,14 +221,16 @@ def chip_data(name: str) -> dict:
     return read_chip_data(c.source)
 
 
-def variant(name: str, changes: dict[str, Any], label: str | None = None) -> Chip:
+def variant(name: "str | Chip", changes: dict[str, Any], label: str | None = None) -> Chip:
     """Chip `name` with some figures changed: `changes` maps dotted keys of its TOML table
     (``npu.array.rows``, ``pim.chips``) to new values. The result is validated like any chip file,
     so an impossible value is a TargetError naming the key; it keeps the base chip's name (its
     devices are named alike) and says what changed in its source."""
     import copy
 
-    data = copy.deepcopy(chip_data(name))
+    base = name if isinstance(name, Chip) else chip(name)
+    name = base.name
+    data = copy.deepcopy(chip_data(base))
     where = label or f"{name} variant"
     for key, value in changes.items():
         parts = key.split(".")
@@ -242,7 +244,7 @@ def variant(name: str, changes: dict[str, Any], label: str | None = None) -> Chi
             raise TargetError(f"{where}: chip '{name}' has no figure '{key}'",
                               hint=f"`kc targets show {name}` lists its figures")
         node[parts[-1]] = value
-    src = f"{chip(name).source} with " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    src = f"{base.source} with " + ", ".join(f"{k}={v}" for k, v in changes.items())
     c = chip_from_data(data, where)
     return dataclasses.replace(c, source=src) if changes else c
 
@@ -275,7 +277,8 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
         count, name = (int(m.group(1)), m.group(2)) if m else (1, piece)
         if count < 1 or count > 1024:
             raise TargetError(f"target '{target}': count {count} must be between 1 and 1024", hint="e.g. 4xatom")
-        parts.append((count, chips[name] if chips and name in chips else chip(name)))
+        c = chip(name)
+        parts.append((count, chips.get(c.name, c) if chips else c))
     if devices is not None:
         if devices < 1 or devices > 1024:
             raise TargetError(f"--devices {devices}: must be between 1 and 1024", hint="e.g. --devices 2")

@@ -111,6 +111,15 @@ def test_a_point_builds_the_variant_it_names():
     assert "aim.pim.chips" not in atom.source and "pim.chips=" in aim.source
 
 
+def test_a_chip_file_target_takes_its_variants(tmp_path):
+    builtin = Path(targets.__file__).with_name("atom.toml").read_text()
+    (tmp_path / "mine.toml").write_text(builtin.replace('name = "atom"', 'name = "mine"'))
+    s = sweep.parse(f"[sweep]\ntarget = '{tmp_path / 'mine.toml'}'\n[[models]]\nname = 'bert-tiny'\n"
+                    "[parameters]\n'mine.npu.array.rows' = [16]\ndevices = [2]\n", "s.toml")
+    system = system_for(s.points()[0])
+    assert [(d.name, d.chip.spec.array.rows) for d in system.accelerators] == [("mine0", 16), ("mine1", 16)]
+
+
 def test_impossible_points_are_recorded_and_the_sweep_goes_on(tmp_path):
     text = SMALL.replace('"npu.array.rows" = [32, 64]', '"npu.sram_bytes" = [4096, 4194304]')
     spec = sweep.parse(text, "s.toml")
