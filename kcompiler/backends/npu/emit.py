@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, replace
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.isa import CH, DTYPE_BYTES, Instr
@@ -253,7 +254,75 @@ def _iterations(desc: GemmDesc, core: int):
 
 
 def emit_gemm(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
-    """Every core's instructions for the op, core after core."""
+    """Every core's instructions for the op, core after core.
+
+    A desc names DRAM buffers only to put them in its DMAs' `buf` fields, and the op only in
+    every instruction's `op`: the stream of a desc is that of the same desc with its buffers
+    renumbered 0, 1, ... in order of first appearance and op 0, with those fields put back. A
+    model's repeated layers (a decoder's 32 blocks) differ only there, so the renumbered desc's
+    stream is emitted once and kept (see _TEMPLATES)."""
+    bufs: list = []
+
+    def number(view):
+        if view is None:
+            return None
+        if view[0] not in bufs:
+            bufs.append(view[0])
+        return (bufs.index(view[0]),) + tuple(view[1:])
+
+    steps = tuple(s[:4] + (number(s[4]),) for s in desc.steps)
+    canon = replace(desc, a=number(desc.a), b=number(desc.b), out=number(desc.out), steps=steps)
+    key = (canon, sram_bytes)
+    try:
+        template = _TEMPLATES.get(key)
+    except TypeError:  # an unhashable desc (lists where tuples belong): emitted as it is
+        return _emit_all(desc, op, sram_bytes)
+    if template is None:
+        template = tuple(_emit_all(canon, 0, sram_bytes))
+        for ins in template:
+            if (ins.opcode not in _GEMM_OPCODES or ins.op != 0
+                    or ins.opcode in _DMA_OPCODES and ins.args[0] >= len(bufs)):
+                raise AssertionError("a GEMM's stream holds a field the renumbering does not account for")
+        _TEMPLATES.put(key, template)
+    real = [int(b) & 0xFFFFFFFF for b in bufs]
+    new = isa.instr
+    return [new(ins.opcode, ins.core, op, ins.wait, ins.signal, ins.aux,
+                (real[ins.args[0]],) + ins.args[1:] if ins.opcode in _DMA_OPCODES else ins.args) for ins in template]
+
+
+class _Streams:
+    """Instruction streams by key, at most `limit` instructions in all (oldest dropped first).
+    Entries are immutable (Instr is frozen): threads compiling at once share them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._streams: dict[tuple, tuple[Instr, ...]] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[Instr, ...] | None:
+        return self._streams.get(key)
+
+    def put(self, key: tuple, stream: tuple[Instr, ...]) -> None:
+        if len(stream) > self.limit:
+            return
+        with self._lock:
+            while self._streams and self._size + len(stream) > self.limit:
+                self._size -= len(self._streams.pop(next(iter(self._streams))))
+            if key not in self._streams:
+                self._streams[key] = stream
+                self._size += len(stream)
+
+
+#: GEMM streams by renumbered desc (see emit_gemm): 50k instructions (~20 MB) hold every GEMM of
+#: a transformer block
+_TEMPLATES = _Streams(50_000)
+_GEMM_OPCODES = frozenset({isa.CONFIG, isa.LOAD, isa.MATMUL, isa.VECTOR, isa.STORE})
+_DMA_OPCODES = frozenset({isa.LOAD, isa.STORE})
+assert isa.names_of(isa.LOAD)[0] == isa.names_of(isa.STORE)[0] == "buf"
+
+
+def _emit_all(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
     out: list[Instr] = []
     for core in range(len(desc.cores)):
         out.extend(_emit_core(desc, core, op, sram_bytes))
