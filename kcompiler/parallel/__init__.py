@@ -150,40 +150,60 @@ def select_tensor_regions(model, system, group, seeds: set[int], cost: dict[int,
     Seeds reading the same activation (Q/K/V, gate/up) are tried together. A Megatron block
     (a region entered by column-split MatMuls and left only through row-split MatMuls'
     all-reduces) is kept wherever it matches; a region that must be all-gathered to leave
-    is kept only when the time it saves (the backends' estimates) exceeds its communication."""
+    is kept only when the time it saves (the backends' estimates) exceeds its communication.
+
+    One walk over the graph (``base``) carries the seeds accepted so far. A try forks it just
+    before the try's first seed (the walk so far is the same with or without them) and goes on
+    only until nothing later reads a value of the tried seeds' regions: from there no node can
+    join those regions nor add to their communication, so the check reads what a whole walk
+    with the tried seeds would have given. Accepting a try only adds its seeds to ``base``,
+    which has not reached them yet; ``base``, walked to the end, is the analysis of the seeds
+    finally accepted."""
     from kcompiler.parallel.spmd import Rewriter
 
     t = len(group)
-    order = {id(n): i for i, n in enumerate(model.graph)}
+    base = Rewriter(model, system, [tuple(group)], intra="tensor", seeds=set(), emit=False)
+    order = {id(n): i for i, n in enumerate(base.nodes)}
     by_input: dict[int, list[int]] = {}
-    nodes = {id(n): n for n in model.graph}
+    nodes = {id(n): n for n in base.nodes}
     for sid in sorted(seeds, key=lambda x: order[x]):
         by_input.setdefault(id(nodes[sid].inputs[0]), []).append(sid)
-    accepted: set[int] = set()
-    an = None
-
-    def analyse(s):
-        return Rewriter(model, system, [tuple(group)], intra="tensor", seeds=s, emit=False).run()
-
     for members in sorted(by_input.values(), key=lambda g: order[g[0]]):
-        trial = accepted | set(members)
-        res = analyse(trial)
-        ok = True
-        # (no region at all, e.g. heads that do not divide among the chips, leaves nothing to weigh)
-        for root in {next((r for r, m in res.regions.items() if s in m), None) for s in members} if res.regions \
-                else ():
-            if root is None:
-                continue
-            events = [e for e in res.events if e.region == root and not e.graph_output]
-            if any(e.op == "AllGather" for e in events):
-                gain = (1 - 1 / t) * sum(cost.get(n, 0.0) for n in res.regions[root])
-                if gain <= sum(e.seconds for e in events):
-                    ok = False
-        if ok:
-            accepted, an = trial, res
-    if an is None or not accepted:
-        an = analyse(accepted)
-    return accepted, an
+        base.advance(order[members[0]])
+        trial = base.fork(base.seeds | set(members))
+        if _worth_splitting(trial, members, order[members[-1]], t, cost, order):
+            base.seeds = trial.seeds
+    base.advance(len(base.nodes))
+    return base.seeds, base.finish()
+
+
+def _worth_splitting(trial, members: list[int], last: int, t: int, cost: dict[int, float],
+                     order: dict[int, int]) -> bool:
+    """Whether the regions of `members` (seeds of `trial`, an analysis that has not passed the
+    first of them) pay for the communication of leaving them: walk on until the regions close."""
+    trial.advance(last + 1)
+    sharded = trial.analysis.sharded_nodes
+    while trial.pos < len(trial.nodes):
+        reach = max((trial.reach(s) for s in members if s in sharded), default=-1)
+        if reach < trial.pos:
+            break
+        trial.advance(reach + 1)
+    # (no region at all, e.g. heads that do not divide among the chips, leaves nothing to weigh)
+    regions = {r: set(trial.region_of(r)) for r in {trial.root(s) for s in members if s in sharded}}
+    joined = set().union(*regions.values())
+    # the graph outputs these regions produce: all-reducing partial sums is part of their cost
+    for v in trial.model.graph.outputs:
+        per = trial.info.get(id(v))
+        if per is not None and next(iter(per.values())).producer in joined:
+            trial.finish_output(v)
+    for region in regions.values():
+        events = [e for e in trial.analysis.events if e.region in region and not e.graph_output]
+        if any(e.op == "AllGather" for e in events):
+            # summed in graph order (a set's order would depend on the nodes' addresses)
+            gain = (1 - 1 / t) * sum(cost.get(n, 0.0) for n in sorted(region & sharded, key=order.__getitem__))
+            if gain <= sum(e.seconds for e in events):
+                return False
+    return True
 
 
 def estimate(model: ir.Model, system, backends: dict, plan: Plan, cost: dict[int, float] | None = None):

@@ -19,11 +19,14 @@ axis: that one is split by rows and its partial sums are all-reduced), and pipel
 node belongs to a stage with its own device group; values crossing stages are sent rank to
 rank with Send/Recv). With ``emit=False`` it only analyses: layouts, communication and the
 regions of sharded nodes, which the cost search (search.py) and the tensor strategy's
-region check read.
+region check read. The walk can also be taken in steps (``advance``) and forked with other
+seeds (``fork``): the tensor strategy's greedy check re-analyses only from the seeds it tries
+until their regions close, not the whole graph once per try.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -582,17 +585,46 @@ class Rewriter:
         self.seeds = seeds if seeds is not None else set()
         self.emit = emit
         self.label = label or intra
-        self.info: dict[int, dict[int, Entry]] = {}  # id(value) -> stage -> entry
+        #: id(value) -> stage -> entry; the inner dicts are replaced, never changed (forks share them)
+        self.info: dict[int, dict[int, Entry]] = {}
         self.out_nodes: list[ir.Node] = []
         self.pending: list[list[ir.Node]] = [[] for _ in range(self.t)]
         self.new_inits: list[ir.Value] = []
         self.analysis = Analysis()
         self._parent: dict[int, int] = {}
+        #: the regions' members as circular lists (node id -> the next in its region; absent: alone)
+        self._next: dict[int, int] = {}
+        #: region root -> the index of the last node reading a value produced in the region
+        self._reach: dict[int, int] = {}
+        self._conv: dict[tuple, Entry] = {}  # (id(value), (stage, layout)) -> the converted entry
         self._const_copies: dict[tuple[int, int, int], ir.Value] = {}
         self._names = 0
         from kcompiler.runtime import state as kstate
 
         self.state_in, self.state_out = kstate.pairs(model)
+        self.nodes = list(model.graph)
+        self.pos = 0  # the index of the next node to process
+        last: dict[int, int] = {}
+        for i, n in enumerate(self.nodes):
+            for v in n.inputs:
+                if v is not None:
+                    last[id(v)] = i
+        #: node id -> the index of the last node that reads one of its outputs (-1: none does)
+        self.last_read = {id(n): max((last.get(id(v), -1) for v in n.outputs), default=-1) for n in self.nodes}
+
+    def fork(self, seeds: set[int]) -> "Rewriter":
+        """An analysis that goes on from this one's state with other seeds: the same as a whole
+        new walk with them, provided no node processed so far is a seed of one and not the other."""
+        if self.emit:
+            raise KCError("only an analysis (emit=False) can be forked")
+        new = copy.copy(self)
+        new.seeds = seeds
+        new.info = dict(self.info)
+        new._parent, new._next, new._reach = dict(self._parent), dict(self._next), dict(self._reach)
+        new._conv = dict(self._conv)
+        a = self.analysis
+        new.analysis = Analysis(dict(a.layouts), set(a.sharded_nodes), list(a.events))
+        return new
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def is_seed(self, node: ir.Node) -> bool:
@@ -606,7 +638,29 @@ class Rewriter:
     def _union(self, a: int, b: int) -> None:
         ra, rb = self._find(a), self._find(b)
         if ra != rb:
+            reach = max(self.reach(ra), self.reach(rb))
             self._parent[ra] = rb
+            self._reach[rb] = reach
+            nxt = self._next  # splice the two circles
+            nxt[ra], nxt[rb] = nxt.get(rb, rb), nxt.get(ra, ra)
+
+    def root(self, x: int) -> int:
+        """The root naming x's region (x itself while alone)."""
+        return self._find(x)
+
+    def region_of(self, x: int) -> list[int]:
+        """The node ids joined in x's region so far (x's producers of sliced inputs included)."""
+        out, y = [x], self._next.get(x, x)
+        while y != x:
+            out.append(y)
+            y = self._next.get(y, y)
+        return out
+
+    def reach(self, x: int) -> int:
+        """The index of the last node reading a value of x's region so far: from the next
+        node on, a walk that has passed it can add nothing to the region (nor communication)."""
+        r = self._find(x)
+        return self._reach.get(r, self.last_read.get(r, -1))
 
     def _fresh(self, base: str) -> str:
         self._names += 1
@@ -686,7 +740,7 @@ class Rewriter:
             shape = opinfo.shape_of(v)
             if self.intra == "data" and shape and shape[0] % self.t == 0 and self.t > 1:
                 e = self._scatter(v, e, 0, stage)
-        self.info.setdefault(id(v), {})[stage] = e
+        self.info[id(v)] = {**self.info.get(id(v), {}), stage: e}
         return e
 
     def _const_copy(self, v: ir.Value, stage: int, rank: int) -> ir.Value:
@@ -739,7 +793,7 @@ class Rewriter:
                 z.shape = x.shape
                 copies.append(z)
         out = Entry(e.layout, copies, dst, e.producer)
-        self.info[id(v)][dst] = out
+        self.info[id(v)] = {**self.info[id(v)], dst: out}
         return out
 
     def convert(self, v: ir.Value, e: Entry, want: Layout, stage: int) -> Entry:
@@ -747,9 +801,7 @@ class Rewriter:
         if e.layout == want:
             return e
         key = (stage, want)
-        conv = getattr(self, "_conv", None)
-        if conv is None:
-            conv = self._conv = {}
+        conv = self._conv
         if (id(v), key) in conv:
             return conv[(id(v), key)]
         devs = self.groups[max(stage, 0)]
@@ -813,11 +865,21 @@ class Rewriter:
 
     # ---- nodes -------------------------------------------------------------------------------
     def run(self) -> Analysis:
-        graph = self.model.graph
-        for node in list(graph):
-            if is_const_producer(node):
-                continue
-            self.process(node)
+        self.advance(len(self.nodes))
+        return self.finish()
+
+    def advance(self, stop: int) -> None:
+        """Process the nodes before index `stop` that are not processed yet, in order."""
+        nodes = self.nodes
+        stop = min(stop, len(nodes))
+        while self.pos < stop:
+            node = nodes[self.pos]
+            self.pos += 1
+            if not is_const_producer(node):
+                self.process(node)
+
+    def finish(self) -> Analysis:
+        """After the last node: the graph outputs, the rewritten graph (emit), the regions."""
         self._finish_outputs()
         if self.emit:
             self._flush()
@@ -902,31 +964,34 @@ class Rewriter:
                 for k, o in enumerate(outs):
                     copies_out[k][r] = o
         for k, (v, lay) in enumerate(zip(node.outputs, dec.outputs)):
-            self.info.setdefault(id(v), {})[stage] = Entry(lay, copies_out[k] if self.emit else None, stage, id(node))
+            self.info[id(v)] = {**self.info.get(id(v), {}),
+                                stage: Entry(lay, copies_out[k] if self.emit else None, stage, id(node))}
 
     def _finish_outputs(self) -> None:
-        graph = self.model.graph
-        self.final_outputs: list[ir.Value | None] = []
-        for v in graph.outputs:
-            per = self.info.get(id(v))
-            if per is None:  # a graph input or constant returned as is
-                self.final_outputs.append(None)
-                continue
-            stage, e = next(iter(per.items()))
-            stateful = v.name in self.state_out
-            if e.layout.partial:
-                e = self.convert(v, e, REPL, stage)
-            if e.layout.sharded:
-                target = _resident() if stateful else self.host
-                self._record("AllGather", v, stage, e.producer, graph_output=True)
-                if self.emit:
-                    (out,) = self._comm("AllGather", e.copies, 1,
-                                        {"devices": self.groups[stage], "axis": e.layout.axis, "targets": [target]},
-                                        v, REPL, [self._fresh(v.name)])
-                    out.shape = v.shape
-                    self.final_outputs.append(out)
-                continue
-            self.final_outputs.append(e.copies[0] if self.emit else None)
+        self.final_outputs: list[ir.Value | None] = [self.finish_output(v) for v in self.model.graph.outputs]
+
+    def finish_output(self, v: ir.Value) -> ir.Value | None:
+        """A graph output collected from the ranks: partial sums all-reduced, a shard gathered
+        to the host (or to resident state). None: a graph input or constant returned as is, or
+        an analysis."""
+        per = self.info.get(id(v))
+        if per is None:  # a graph input or constant returned as is
+            return None
+        stage, e = next(iter(per.items()))
+        stateful = v.name in self.state_out
+        if e.layout.partial:
+            e = self.convert(v, e, REPL, stage)
+        if e.layout.sharded:
+            target = _resident() if stateful else self.host
+            self._record("AllGather", v, stage, e.producer, graph_output=True)
+            if not self.emit:
+                return None
+            (out,) = self._comm("AllGather", e.copies, 1,
+                                {"devices": self.groups[stage], "axis": e.layout.axis, "targets": [target]},
+                                v, REPL, [self._fresh(v.name)])
+            out.shape = v.shape
+            return out
+        return e.copies[0] if self.emit else None
 
     def _install(self) -> None:
         graph = self.model.graph
