@@ -91,6 +91,8 @@ class RayPool:
                                       configure_logging=True)
             env = {"KC_THREADS": "1", "KC_NPU_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                    "KC_QUIET": "1"}
+            if os.environ.get("PYTHONPATH"):  # workers import the same kcompiler as this process
+                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
             if address:
                 _check_reachable(address)
                 kw["address"] = address
