@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import asdict, dataclass, replace
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.isa import CH, DTYPE_BYTES, Instr
+from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.errors import LoweringError
 
 
@@ -283,40 +283,16 @@ def emit_gemm(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
             if (ins.opcode not in _GEMM_OPCODES or ins.op != 0
                     or ins.opcode in _DMA_OPCODES and ins.args[0] >= len(bufs)):
                 raise AssertionError("a GEMM's stream holds a field the renumbering does not account for")
-        _TEMPLATES.put(key, template)
+        _TEMPLATES.put(key, template, len(template))
     real = [int(b) & 0xFFFFFFFF for b in bufs]
     new = isa.instr
     return [new(ins.opcode, ins.core, op, ins.wait, ins.signal, ins.aux,
                 (real[ins.args[0]],) + ins.args[1:] if ins.opcode in _DMA_OPCODES else ins.args) for ins in template]
 
 
-class _Streams:
-    """Instruction streams by key, at most `limit` instructions in all (oldest dropped first).
-    Entries are immutable (Instr is frozen): threads compiling at once share them."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._streams: dict[tuple, tuple[Instr, ...]] = {}
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> tuple[Instr, ...] | None:
-        return self._streams.get(key)
-
-    def put(self, key: tuple, stream: tuple[Instr, ...]) -> None:
-        if len(stream) > self.limit:
-            return
-        with self._lock:
-            while self._streams and self._size + len(stream) > self.limit:
-                self._size -= len(self._streams.pop(next(iter(self._streams))))
-            if key not in self._streams:
-                self._streams[key] = stream
-                self._size += len(stream)
-
-
 #: GEMM streams by renumbered desc (see emit_gemm): 50k instructions (~20 MB) hold every GEMM of
 #: a transformer block
-_TEMPLATES = _Streams(50_000)
+_TEMPLATES = BoundedStore(50_000)
 _GEMM_OPCODES = frozenset({isa.CONFIG, isa.LOAD, isa.MATMUL, isa.VECTOR, isa.STORE})
 _DMA_OPCODES = frozenset({isa.LOAD, isa.STORE})
 assert isa.names_of(isa.LOAD)[0] == isa.names_of(isa.STORE)[0] == "buf"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.cost import systolic_cycles, vector_cycles
+from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
 
@@ -30,7 +31,7 @@ from kcompiler.errors import LoweringError
 CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8"}
 
 
-@dataclass
+@dataclass(slots=True)
 class InstrTime:
     start: int
     end: int
@@ -38,9 +39,10 @@ class InstrTime:
     dram_start: int = 0  # when its bytes start to occupy the DRAM channel (DMA only)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Work:
-    """What one instruction does, from its fields: for the timing model and the report."""
+    """What one instruction does, from its fields: for the timing model and the report.
+    Instructions that do the same work share one (work() makes each distinct one once)."""
 
     dram_bytes: int = 0
     macs: int = 0
@@ -92,14 +94,14 @@ _VEC_SHAPE, _VEC_SRC = _VEC[:7], _VEC[7:]  # a VECTOR's work reads its sources' 
 
 def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
     """Each instruction's work, walking the program in order (window functions read the vector
-    unit's CONFIG in force; a barrier clears it). Fields are read by position (see _at)."""
+    unit's CONFIG in force; a barrier clears it). Fields are read by position (see _at); each
+    distinct work is computed once (a MATMUL's from its shape and dtype, a VECTOR's from its
+    function, tile, masks, dtypes and window, a DMA's from its bytes)."""
     a = spec.array
     v = spec.vector
     issue = spec.issue_cycles
     windows: dict[tuple[int, int], tuple[int, ...]] = {}
-    # a MATMUL's work is a function of its shape, dtype code and the chip: computed once per shape
-    mm_seen: dict[tuple, tuple] = {}
-    vec_seen: dict[tuple, tuple] = {}
+    seen: dict[tuple, Work] = {}
     out = []
     append = out.append
     for ins in instrs:
@@ -107,53 +109,56 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
         x = ins.args
         if oc == isa.LOAD or oc == isa.STORE:
             i0, i1, i2, i3 = _LD_N if oc == isa.LOAD else _ST_N
-            n = x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux)
-            append(Work(dram_bytes=n, sram_bytes=n))
+            key = (isa.LOAD, x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux))
+            w = seen.get(key)
+            if w is None:
+                w = seen[key] = Work(dram_bytes=key[1], sram_bytes=key[1])
         elif oc == isa.MATMUL:
             ig, im, in_, ik = _MM
-            key = (x[ig], x[im], x[in_], x[ik], ins.aux & 0xF)
-            got = mm_seen.get(key)
-            if got is None:
-                g, m, n, k, code = key
+            key = (oc, x[ig], x[im], x[in_], x[ik], ins.aux & 0xF)
+            w = seen.get(key)
+            if w is None:
+                _, g, m, n, k, code = key
                 dt = _dt(code)
                 rate, charged = mac_rate(spec, dt)
                 eb = isa.DTYPE_BYTES.get(dt, 4)
-                got = mm_seen[key] = (g * m * n * k, g * ((m * k + k * n) * eb + m * n * 4),
-                                      g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + issue,
-                                      charged)
-            append(Work(macs=got[0], sram_bytes=got[1], cycles=got[2], mac_dtype=got[3]))
+                w = seen[key] = Work(
+                    macs=g * m * n * k, sram_bytes=g * ((m * k + k * n) * eb + m * n * 4),
+                    cycles=g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + issue, mac_dtype=charged)
         elif oc == isa.VECTOR:
-            # its work is a function of these fields and the window in force (computed once per key)
-            key = (ins.aux, windows.get((ins.core, 1)), *(x[i] for i in _VEC_SHAPE),
+            key = (oc, ins.aux, windows.get((ins.core, 1)), *(x[i] for i in _VEC_SHAPE),
                    *(x[i] == isa.NONE for i in _VEC_SRC))
-            got = vec_seen.get(key)
-            if got is None:
-                w = _vector_work(ins, spec, windows)
+            w = seen.get(key)
+            if w is None:
+                macs, elems, sram = _vector_work(ins, windows)
                 fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
                 cls = isa.VFN_CLASS[fn]
-                w.cycles = vector_cycles(v.lanes, v.latency[cls], v.cycles_per_elem[cls], w.vector_elems) + issue
-                got = vec_seen[key] = (w.macs, w.vector_elems, w.sram_bytes, w.cycles)
-            append(Work(macs=got[0], vector_elems=got[1], sram_bytes=got[2], cycles=got[3]))
+                w = seen[key] = Work(macs=macs, vector_elems=elems, sram_bytes=sram, cycles=vector_cycles(
+                    v.lanes, v.latency[cls], v.cycles_per_elem[cls], elems) + issue)
         elif oc == isa.BARRIER:
             windows.clear()
-            append(Work())
+            w = _NO_WORK
         elif oc == isa.CONFIG:
             windows[(ins.core, ins.aux & 1)] = (x[_CF[0]], x[_CF[1]])
-            append(Work())
+            w = _NO_WORK
         elif oc == isa.COPY:
             i0, i1, i2, i3 = _CP_N
-            append(Work(dram_bytes=2 * x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux)))
+            w = Work(dram_bytes=2 * x[i0] * x[i1] * x[i2] * x[i3] * _eb(ins.aux))
         elif oc == isa.FILL:
             i0, i1, i2, i3 = _FL_N
-            append(Work(dram_bytes=x[i0] * x[i1] * x[i2] * x[i3] * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1)))
+            w = Work(dram_bytes=x[i0] * x[i1] * x[i2] * x[i3] * isa.DTYPE_BYTES.get(_dt(ins.aux & 0xF), 1))
         elif oc == isa.GATHER:
             io, ic, ii = _GA
             eb = _eb(ins.aux & 0xF)
-            append(Work(dram_bytes=(2 * x[io] * x[ic] * x[ii] * eb
-                                    + x[ic] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8))))
+            w = Work(dram_bytes=(2 * x[io] * x[ic] * x[ii] * eb
+                                 + x[ic] * isa.DTYPE_BYTES.get(_dt(ins.aux >> 4 & 0xF), 8)))
         else:
-            append(Work())
+            w = _NO_WORK
+        append(w)
     return out
+
+
+_NO_WORK = Work()
 
 
 def _dt(code: int) -> str:
@@ -167,7 +172,8 @@ def _eb(code: int) -> int:
 _REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn"})
 
 
-def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:
+def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:
+    """(MACs, vector lane operations, scratchpad bytes) of a VECTOR."""
     n0, n1, n2, n3, bcast, dtypes, arg, *srcs = (ins.args[i] for i in _VEC)
     fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
     _, n_src, per = isa.VECTOR_FNS[fn]
@@ -181,26 +187,20 @@ def _vector_work(ins: isa.Instr, spec: NpuSpec, windows) -> Work:
     def dtype_bytes(i):
         return isa.DTYPE_BYTES.get(_dt(dtypes >> (4 * i) & 0xF), 4)
 
-    w = Work()
     if fn in isa.WINDOW_FNS:
         kh, kw = windows.get((ins.core, 1), (1, 1))
         mult = max(1, arg) if fn == "dwconv" else 1
         outs = n0 * n1 * n2 * n3 * mult
-        w.vector_elems = outs * kh * kw
-        if fn == "dwconv":
-            w.macs = outs * kh * kw
-        w.sram_bytes = outs * (kh * kw + 1) * dtype_bytes(0)
-        return w
+        return (outs * kh * kw if fn == "dwconv" else 0), outs * kh * kw, outs * (kh * kw + 1) * dtype_bytes(0)
     if fn in _REDUCING:
         elems = n0 * n1 * n2 * n3
     elif fn == "attn_step" or fn == "attn_final":
         elems = n0 * n1
     else:
         elems = numel(bcast)
-    w.vector_elems = int(elems * per)
-    w.sram_bytes = elems * dtype_bytes(0) + sum(
+    sram = elems * dtype_bytes(0) + sum(
         numel(bcast >> (4 * (i + 1))) * dtype_bytes(i + 1) for i in range(min(n_src, 4)) if srcs[i] != isa.NONE)
-    return w
+    return 0, int(elems * per), sram
 
 
 def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = None, memo: bool = True
@@ -209,11 +209,12 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = 
 
     A segment between barriers is timed from what its instructions say about time alone: per
     instruction its core, engine, wait and signal channels, DRAM bytes and engine cycles (with the
-    chip's bytes per cycle, DRAM latency and issue cycles, fixed for one call), and its start t0.
-    Every time in it is t0 plus integers from those, so its timeline shifts with t0. With `memo`,
-    a segment whose instructions say exactly what an earlier one's said (a transformer's next
-    layer) replays that one's relative times at its own t0 instead of being scheduled again;
-    a segment that deadlocks or leaves tokens raises every time, as it is never stored."""
+    chip's bytes per cycle, DRAM latency and issue cycles), and its start t0. Every time in it is
+    t0 plus integers from those, so its timeline shifts with t0. With `memo`, a segment whose
+    instructions say exactly what an earlier one's said, in this program or another (a
+    transformer's next layer, the same layer's share on the next chip), replays that one's
+    relative times at its own t0 instead of being scheduled again (_SEGMENTS); a segment that
+    deadlocks or leaves tokens raises every time, as it is never stored."""
     works = works if works is not None else work(instrs, spec)
     n = len(instrs)
     times: list[InstrTime | None] = [None] * n
@@ -225,19 +226,20 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = 
     memo = memo and isinstance(issue, int)
     busy: dict[str, int] = {}
     engines = [ins.engine for ins in instrs]
-    # what each instruction says about time, interned to a small integer per distinct tuple
-    sig_ids: dict[tuple, int] = {}
-    sigs = [sig_ids.setdefault((ins.core, eng, ins.wait, ins.signal, w.dram_bytes, w.cycles), len(sig_ids))
-            for ins, eng, w in zip(instrs, engines, works)]
-    stored: dict[tuple[int, ...], tuple] = {}
+    # what each instruction says about time (equal tuples are one object: keys compare fast)
+    seen: dict[tuple, tuple] = {}
+    sigs = [seen.setdefault(sig, sig) for sig in
+            zip([ins.core for ins in instrs], engines, [ins.wait for ins in instrs], [ins.signal for ins in instrs],
+                [w.dram_bytes for w in works], [w.cycles for w in works])]
+    chip = (bpc, lat, issue)
 
     def segment(seg: list[int], t0: int) -> int:
-        key = tuple(sigs[i] for i in seg) if memo else None
-        hit = stored.get(key) if memo else None
+        key = (chip, tuple([sigs[i] for i in seg])) if memo else None
+        hit = _SEGMENTS.get(key) if memo else None
         if hit is None:
             hit = _run_segment(seg, t0, instrs, engines, works, bpc, lat, issue)
             if memo:
-                stored[key] = hit
+                _SEGMENTS.put(key, hit, len(seg))
         rel, seg_busy, span = hit
         for i, (s, e, dc, ds) in zip(seg, rel):
             times[i] = InstrTime(t0 + s, t0 + e) if ds is None else InstrTime(t0 + s, t0 + e, dc, t0 + ds)
@@ -257,6 +259,11 @@ def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = 
             seg.append(i)
     now = segment(seg, now)
     return times, now, busy
+
+
+#: segment timelines relative to their start, by (chip constants, what each instruction says about
+#: time): at most 100k instructions' worth (~30 MB), the oldest dropped first
+_SEGMENTS = BoundedStore(100_000)
 
 
 def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list[str], works: list[Work],
