@@ -1552,6 +1552,16 @@ class AttentionKernel(Kernel):
             qblocks = [(bh, q0, min(self.s, q0 + tq)) for bh in range(lo, hi) for q0 in range(0, self.s, tq)]
             kblocks = [(k0, min(self.t, k0 + tk)) for k0 in range(0, self.t, tk)]
             n_groups = len(qblocks) * len(kblocks)
+            # an instruction without a DRAM address repeats across heads and K tiles: built once per
+            # distinct set of the values it is made of (instructions are immutable values)
+            made: dict[tuple, Instr] = {}
+
+            def once(key, build):
+                ins = made.get(key)
+                if ins is None:
+                    ins = made[key] = build()
+                return ins
+
             g = 0
             for qi, (bh, q0, q1) in enumerate(qblocks):
                 rq = q1 - q0
@@ -1559,49 +1569,51 @@ class AttentionKernel(Kernel):
                 for ki, (k0, k1) in enumerate(kblocks):
                     rk = k1 - k0
                     par = g % 2
-                    loads = []
+                    loads = []  # (dtype, buf, byte offset, SRAM address, shape, strides)
                     if ki == 0:
                         off, shp, strd = self._rows(Q, "q", bh, q0, q1)
-                        loads.append(dma(isa.LOAD, core, op, dt, Q.buf, off, q_slot, shp, strd))
+                        loads.append((dt, Q.buf, off, q_slot, shp, strd))
                     off, shp, strd = self._rows(K, "k", bh, k0, k1)
-                    loads.append(dma(isa.LOAD, core, op, dt, K.buf, off, slots[1][par], shp, strd))
+                    loads.append((dt, K.buf, off, slots[1][par], shp, strd))
                     off, shp, strd = self._rows(V, "v", bh, k0, k1)
-                    loads.append(dma(isa.LOAD, core, op, dt, V.buf, off, slots[2][par], shp, strd))
+                    loads.append((dt, V.buf, off, slots[2][par], shp, strd))
                     mask_src = None
                     if M is not None:
                         b, h = divmod(bh, self.hq)
                         sb, sh_, sq, sk = m_strides
                         mq, mk = (rq if sq else 1), (rk if sk else 1)
                         moff = M.off + (b * sb + h * sh_ + q0 * sq + k0 * sk) * M.esize
-                        loads.append(dma(isa.LOAD, core, op, mdt, M.buf, moff, slots[3][par], (mq, mk), (sq, sk)))
+                        loads.append((mdt, M.buf, moff, slots[3][par], (mq, mk), (sq, sk)))
                         mask_src = (slots[3][par], (1 if mq == 1 and rq > 1 else 0) | (2 if mk == 1 and rk > 1 else 0),
                                     mdt)
-                    for j, ins in enumerate(loads):
-                        cg.emit(ins.replace(wait=CH["mx>ld"] if (j == 0 and g >= 2) else 0,
-                                            signal=CH["ld>mx"] if j == len(loads) - 1 else 0))
+                    for j, (ldt, buf, off, addr, shp, strd) in enumerate(loads):
+                        cg.emit(dma(isa.LOAD, core, op, ldt, buf, off, addr, shp, strd,
+                                    wait=CH["mx>ld"] if (j == 0 and g >= 2) else 0,
+                                    signal=CH["ld>mx"] if j == len(loads) - 1 else 0))
                     # S = Q K^T: B[d, j] = K[j, d]
-                    cg.emit(make(isa.MATMUL, core, op, CH["ld>mx"], CH["mx>vx"], isa.DT[dt], a=q_slot,
-                                 b=slots[1][par], acc=s_addr, m=rq, n=rk, k=self.hd,
-                                 a_sm=self.hd if rq > 1 else 0, a_sk=1 if self.hd > 1 else 0,
-                                 b_sk=1 if self.hd > 1 else 0, b_sn=self.hd if rk > 1 else 0,
-                                 acc_sm=rk if rq > 1 else 0, acc_sn=1 if rk > 1 else 0, g=1))
+                    cg.emit(once(("qk", q_slot, par, rq, rk), lambda: make(
+                        isa.MATMUL, core, op, CH["ld>mx"], CH["mx>vx"], isa.DT[dt], a=q_slot, b=slots[1][par],
+                        acc=s_addr, m=rq, n=rk, k=self.hd, a_sm=self.hd if rq > 1 else 0, a_sk=1 if self.hd > 1 else 0,
+                        b_sk=1 if self.hd > 1 else 0, b_sn=self.hd if rk > 1 else 0, acc_sm=rk if rq > 1 else 0,
+                        acc_sn=1 if rk > 1 else 0, g=1)))
                     tile = VTile(self, core, op, (rq, rk, self.hdv, 1), 0, (s_addr, 0, dt), [], [])
-                    step = tile.vec("attn_step", (s_addr, 0, dt),
-                                    [(s_addr, 0, "f32"), mask_src, (st_addr, 0, "f32"), (o_addr, 0, "f32")],
-                                    (self.scale, 0.0, 0.0), arg=1 if ki == 0 else 0)
-                    cg.emit(step.replace(wait=CH["mx>vx"], signal=CH["vx>mx"]))
+                    cg.emit(once(("step", rq, rk, mask_src, ki == 0), lambda: tile.vec(
+                        "attn_step", (s_addr, 0, dt), [(s_addr, 0, "f32"), mask_src, (st_addr, 0, "f32"),
+                                                        (o_addr, 0, "f32")],
+                        (self.scale, 0.0, 0.0), arg=1 if ki == 0 else 0).replace(wait=CH["mx>vx"], signal=CH["vx>mx"])))
                     last = ki == len(kblocks) - 1
                     # O += P V
-                    cg.emit(make(isa.MATMUL, core, op, CH["vx>mx"],
-                                 (CH["mx>ld"] if g + 2 < n_groups else 0) | (CH["mx>vx"] if last else 0),
-                                 isa.DT[dt] | isa.ACCUMULATE, a=s_addr, b=slots[2][par], acc=o_addr, m=rq, n=self.hdv,
-                                 k=rk, a_sm=rk if rq > 1 else 0, a_sk=1 if rk > 1 else 0,
-                                 b_sk=self.hdv if rk > 1 else 0, b_sn=1 if self.hdv > 1 else 0,
-                                 acc_sm=self.hdv if rq > 1 else 0, acc_sn=1 if self.hdv > 1 else 0, g=1))
+                    sig = (CH["mx>ld"] if g + 2 < n_groups else 0) | (CH["mx>vx"] if last else 0)
+                    cg.emit(once(("pv", par, rq, rk, sig), lambda: make(
+                        isa.MATMUL, core, op, CH["vx>mx"], sig, isa.DT[dt] | isa.ACCUMULATE, a=s_addr,
+                        b=slots[2][par], acc=o_addr, m=rq, n=self.hdv, k=rk, a_sm=rk if rq > 1 else 0,
+                        a_sk=1 if rk > 1 else 0, b_sk=self.hdv if rk > 1 else 0, b_sn=1 if self.hdv > 1 else 0,
+                        acc_sm=self.hdv if rq > 1 else 0, acc_sn=1 if self.hdv > 1 else 0, g=1)))
                     g += 1
                 fin = VTile(self, core, op, (rq, self.hdv, 1, 1), 0, (o_addr, 0, O.dtype), [], [])
-                cg.emit(fin.vec("attn_final", (o_addr, 0, O.dtype), [(o_addr, 0, "f32"), (st_addr, 0, "f32")])
-                        .replace(wait=CH["mx>vx"] | (CH["st>vx"] if qi >= 2 else 0), signal=CH["vx>st"]))
+                cg.emit(once(("final", rq, qi >= 2), lambda: fin.vec(
+                    "attn_final", (o_addr, 0, O.dtype), [(o_addr, 0, "f32"), (st_addr, 0, "f32")]).replace(
+                    wait=CH["mx>vx"] | (CH["st>vx"] if qi >= 2 else 0), signal=CH["vx>st"])))
                 off, shp, strd = self._rows(O, "o", bh, q0, q1)
                 cg.emit(dma(isa.STORE, core, op, O.dtype, O.buf, off, o_addr, shp, strd, wait=CH["vx>st"],
                             signal=CH["st>vx"] if qi + 2 < len(qblocks) else 0))
