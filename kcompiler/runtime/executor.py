@@ -24,11 +24,11 @@ from kcompiler.targets import System
 def _cyclic_gc_paused():
     """Python's cyclic garbage collector paused, as compile() pauses it (compiler.py).
 
-    Timing a large program allocates a few objects per instruction (its work, its times, its
-    engine spans: about a million for llama-7b), which triggers full collections that scan every
-    live object, the compiled programs' instructions included, and find nothing: they took two
-    thirds of the NPU simulator's time on llama-7b. None of these objects form cycles, so
-    reference counting frees them as before."""
+    Timing a large program allocates a few objects per instruction (its times, its engine spans,
+    the report's records: over half a million for llama-7b), which triggers full collections that
+    scan every live object, the compiled programs' instructions included, and find nothing: with
+    them, simulating llama-7b decode on atom took 1.98 s of CPU instead of 1.10 s. None of these
+    objects form cycles, so reference counting frees them as before."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

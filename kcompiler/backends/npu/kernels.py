@@ -1596,8 +1596,8 @@ class AttentionKernel(Kernel):
                         acc=s_addr, m=rq, n=rk, k=self.hd, a_sm=self.hd if rq > 1 else 0, a_sk=1 if self.hd > 1 else 0,
                         b_sk=1 if self.hd > 1 else 0, b_sn=self.hd if rk > 1 else 0, acc_sm=rk if rq > 1 else 0,
                         acc_sn=1 if rk > 1 else 0, g=1)))
-                    tile = VTile(self, core, op, (rq, rk, self.hdv, 1), 0, (s_addr, 0, dt), [], [])
-                    cg.emit(once(("step", rq, rk, mask_src, ki == 0), lambda: tile.vec(
+                    cg.emit(once(("step", rq, rk, mask_src, ki == 0), lambda: VTile(
+                        self, core, op, (rq, rk, self.hdv, 1), 0, (s_addr, 0, dt), [], []).vec(
                         "attn_step", (s_addr, 0, dt), [(s_addr, 0, "f32"), mask_src, (st_addr, 0, "f32"),
                                                         (o_addr, 0, "f32")],
                         (self.scale, 0.0, 0.0), arg=1 if ki == 0 else 0).replace(wait=CH["mx>vx"], signal=CH["vx>mx"])))
@@ -1610,8 +1610,8 @@ class AttentionKernel(Kernel):
                         a_sk=1 if rk > 1 else 0, b_sk=self.hdv if rk > 1 else 0, b_sn=1 if self.hdv > 1 else 0,
                         acc_sm=self.hdv if rq > 1 else 0, acc_sn=1 if self.hdv > 1 else 0, g=1)))
                     g += 1
-                fin = VTile(self, core, op, (rq, self.hdv, 1, 1), 0, (o_addr, 0, O.dtype), [], [])
-                cg.emit(once(("final", rq, qi >= 2), lambda: fin.vec(
+                cg.emit(once(("final", rq, qi >= 2), lambda: VTile(
+                    self, core, op, (rq, self.hdv, 1, 1), 0, (o_addr, 0, O.dtype), [], []).vec(
                     "attn_final", (o_addr, 0, O.dtype), [(o_addr, 0, "f32"), (st_addr, 0, "f32")]).replace(
                     wait=CH["mx>vx"] | (CH["st>vx"] if qi >= 2 else 0), signal=CH["vx>st"])))
                 off, shp, strd = self._rows(O, "o", bh, q0, q1)
