@@ -183,9 +183,9 @@ _object_new = object.__new__
 
 
 def instr(opcode: int, core: int, op: int, wait: int, signal: int, aux: int, args: tuple[int, ...]) -> "Instr":
-    """An Instr whose operand count the caller has made right (the code generator builds
-    millions: this skips the frozen dataclass's per-field setattr and the count check). The
-    object is the one Instr(...) builds: same attributes, in the same order."""
+    """An Instr whose operand count the caller has made right (a large model's program has
+    hundreds of thousands: this skips the frozen dataclass's per-field setattr and the count
+    check). The object is the one Instr(...) builds: same attributes, in the same order."""
     ins = _object_new(Instr)
     _object_setattr(ins, "__dict__", {"opcode": opcode, "core": core, "op": op, "wait": wait, "signal": signal,
                                       "aux": aux, "args": args})

@@ -12,6 +12,10 @@ elements times their dtype's size, a MATMUL's cycles are the systolic formula of
 at the rate the chip lists for its operand dtype, a VECTOR's the vector unit's model over
 its tile (a window function's work per output is its CONFIG's taps). The same walk counts
 MACs, bytes and vector operations for the report.
+
+A segment whose instructions say exactly what an earlier segment's said about time (core,
+engine, channels, DRAM bytes, cycles) has that segment's timeline shifted to its own start: a
+decoder's 32 identical blocks are scheduled once (see simulate).
 """
 
 from __future__ import annotations
@@ -268,8 +272,9 @@ _SEGMENTS = BoundedStore(100_000)
 
 def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list[str], works: list[Work],
                  bpc: float, lat: int, issue: int) -> tuple[list[tuple], dict[str, int], int]:
-    """One segment's schedule from t0: (per instruction (start, end, DRAM cycles, DRAM start or
-    None when it moves no DRAM bytes) less t0, busy cycles per engine in the order they first appear, end less t0).
+    """One segment's schedule from t0, relative to t0: (per instruction (start, end, DRAM cycles,
+    DRAM start or None when it moves no DRAM bytes), busy cycles per engine in the order they first
+    appear, end).
 
     Repeatedly starts the queue head that can start earliest (ties: the earliest in the program).
     A head's earliest start changes only when its own queue runs (the engine's free time, the
