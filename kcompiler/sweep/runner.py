@@ -3,7 +3,7 @@
 Ray: ``ray.init()`` starts a local cluster unless an address is given (``ray start --head``
 prints one); one actor per CPU, each with its own model cache, takes one point at a time, so
 at most one point per worker is in flight. A worker that dies loses only its point (recorded
-as "lost" and retried on the next run). Serial: the same ``evaluate`` in this process.
+as "lost"; ``retry_failed`` evaluates it again). Serial: the same ``evaluate`` in this process.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +34,6 @@ class SweepResult:
     workers: int = 1
     backend: str = "serial"
     busy_s: float = 0.0  # sum of this run's points' own times (point_s)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def front(self) -> dict[str, list[dict[str, Any]]]:
@@ -322,8 +321,8 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
                                                     for o in spec.objectives}}
         done_ids.add(p.id)
         study, trial = inflight.pop(p.id)
-        v = values_of({**row, "status": row["status"]})
-        study.tell(trial, v if v else None, state=None if v else optuna.trial.TrialState.FAIL)
+        v = values_of(row)
+        study.tell(trial, v, state=None if v else optuna.trial.TrialState.FAIL)
         evaluated += 1
         busy += row.get("point_s") or 0.0
         if on_result:
