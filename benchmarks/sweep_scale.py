@@ -9,6 +9,11 @@ Prints each run's wall time, the speed-up, the per-point overhead of the Ray run
 point runs beside another one (sum of own times on Ray / serial), and whether every point's
 figures are equal. Run it on an otherwise idle machine: another job on the cores shows up as
 overhead and as a lower speed-up.
+
+Measured 2026-12-01 (2-core AMD EPYC, AVX2, otherwise idle; commit dc8a187): Ray, 2 workers,
+1,020.8 s for the 1,000 points (1,027.8 s with start-up), overhead 4.1%; serial 1,864.9 s;
+speed-up 1.83x (a point's own time on Ray is 1.09x its serial time); figures equal for all 1,000
+points; 48 failed points (the tiler/codegen scratchpad disagreement at 1-2 MiB with wide arrays).
 """
 
 from __future__ import annotations
