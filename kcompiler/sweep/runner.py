@@ -219,11 +219,18 @@ def _run_points(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
     if on_start:
         on_start(len(ids), len(ids) - len(todo))
     it = iter(todo)
+    evaluated, wall, busy = _drive(spec, store, pool, lambda: next(it, None), on_result)
+    return _finish(spec, store, ids, pool, evaluated, len(ids) - len(todo), wall, busy)
+
+
+def _drive(spec, store, pool, next_point, on_result, then=None) -> tuple[int, float, float]:
+    """Keep every worker busy with next_point() (None: nothing to ask now), store each row as it
+    arrives, call then(point, row) and on_result(point, row). (points evaluated, wall s, busy s)"""
     evaluated, busy = 0, 0.0
     t0 = time.perf_counter()
     while True:
         while pool.pending < pool.slots:
-            p = next(it, None)
+            p = next_point()
             if p is None:
                 break
             pool.submit(p)
@@ -231,12 +238,13 @@ def _run_points(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
             break
         p, row = pool.wait()
         store.add(p, spec, row)
+        if then:
+            then(p, row)
         evaluated += 1
         busy += row.get("point_s") or 0.0
         if on_result:
             on_result(p, row)
-    wall = time.perf_counter() - t0
-    return _finish(spec, store, ids, pool, evaluated, len(ids) - len(todo), wall, busy)
+    return evaluated, time.perf_counter() - t0, busy
 
 
 def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult:
@@ -280,11 +288,9 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
     if on_start:
         on_start(total, 0)
     ids: list[str] = []
-    evaluated = skipped = 0
-    busy = 0.0
+    skipped = 0
     asked = {id(s): 0 for _, s in studies}
     inflight: dict[str, tuple[Any, Any]] = {}  # point id -> (study, trial)
-    t0 = time.perf_counter()
 
     def next_point():
         nonlocal skipped
@@ -307,27 +313,14 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
                 return p
         return None
 
-    while True:
-        while pool.pending < pool.slots:
-            p = next_point()
-            if p is None:
-                break
-            pool.submit(p)
-        if not pool.pending:
-            break
-        p, row = pool.wait()
-        store.add(p, spec, row)
-        stored[p.id] = {**row, "point_id": p.id, **{OBJECTIVES[o][0]: row.get(OBJECTIVES[o][0])
-                                                    for o in spec.objectives}}
+    def told(p, row):
+        stored[p.id] = {**row, "point_id": p.id}
         done_ids.add(p.id)
         study, trial = inflight.pop(p.id)
         v = values_of(row)
         study.tell(trial, v, state=None if v else optuna.trial.TrialState.FAIL)
-        evaluated += 1
-        busy += row.get("point_s") or 0.0
-        if on_result:
-            on_result(p, row)
-    wall = time.perf_counter() - t0
+
+    evaluated, wall, busy = _drive(spec, store, pool, next_point, on_result, then=told)
     return _finish(spec, store, list(dict.fromkeys(ids)), pool, evaluated, skipped, wall, busy)
 
 
