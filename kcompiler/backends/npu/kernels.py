@@ -1418,14 +1418,14 @@ class GemmKernel(Kernel):
         if self.base == "Gemm" or self.fold_m:
             lead = st[:-1]
             rows = y_sh[:-1]
-            # the folded M dims must read the operand as one strided dim
-            s_m = lead[-1] if lead else 0
-            for d in range(len(lead) - 1):
-                if not ((lead[d] == 0 and lead[d + 1] == 0) or (lead[d + 1] != 0 and lead[d] == lead[d + 1] * rows[d + 1])
-                        or rows[d] == 1):
+            # the folded M dims must read the operand as one strided dim: row m = sum(i_d * prod(rows[d+1:]))
+            # is at m * s_m, so every dim longer than 1 has stride s_m * prod(rows[d+1:]) (dims of length
+            # 1 never move, whatever their stride)
+            live = [d for d in range(len(lead)) if rows[d] > 1]
+            s_m = lead[live[-1]] if live else 0
+            for d in live:
+                if lead[d] != s_m * math.prod(rows[d + 1:]):
                     raise LoweringError(f"'{self.node.name}': an epilogue operand's rows are not one strided dim")
-            if s_m == 0 and any(lead):
-                raise LoweringError(f"'{self.node.name}': an epilogue operand's rows are not one strided dim")
             return (lay.buf, (lay.off,), lay.dtype, s_m, st[-1], 0)
         batch = y_sh[:-2]
         offs = tuple(lay.off + sum(i * s for i, s in zip(idx, st[:-2])) * e for idx in np.ndindex(*batch))
