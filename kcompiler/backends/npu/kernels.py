@@ -557,6 +557,16 @@ class VectorKernel(Kernel):
                 return ax
         return -1  # one tile
 
+    def _next_axis(self) -> int | None:
+        """The tiling axis after the current one (None: there is none)."""
+        if self.axis < 0 or type(self).pick_axis is not VectorKernel.pick_axis:
+            return None  # kernels that choose their own axis keep it
+        red = self.reduced_axes()
+        for ax in range(self.axis + 1, len(self.space)):
+            if self.space[ax] > 1 and ax not in red:
+                return ax
+        return None
+
     @property
     def extent(self) -> int:
         return 1 if self.axis < 0 else self.space[self.axis]
@@ -622,6 +632,13 @@ class VectorKernel(Kernel):
             except _NoFit:
                 rows = max(hi - lo for t in per_core for lo, hi in t)
                 if rows <= 1:
+                    # one slice along the tiled axis is too big (attention scores of a long prompt:
+                    # [1, heads, S, S] tiled by heads): tile along the next free axis instead, the
+                    # axes before it becoming loops over sub-tiles
+                    nxt = self._next_axis()
+                    if nxt is not None:
+                        self.axis, cap = nxt, None
+                        continue
                     raise LoweringError(f"NPU op '{self.node.name}' ({self.node.op_type}): one row of its tile does "
                                         "not fit the scratchpad") from None
                 cap = rows // 2

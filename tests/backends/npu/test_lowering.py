@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import kcompiler
 from onnx import helper
 
 from conftest import bert_layer, check_on, make_model, rand
@@ -189,3 +191,29 @@ def test_gather_on_constant_table():
 @pytest.mark.parametrize("target", ["npu", "atom", "rngd", "warboy"])
 def test_bert_encoder_layer(target):
     check_on(bert_layer(), target)
+
+
+def test_vector_op_tiles_past_an_axis_whose_one_slice_overflows_the_scratchpad():
+    """Attention scores of a long prompt ([1, heads, S, S]) tiled by heads: one head's S x S slice
+    does not fit the scratchpad (llama-7b prefill at 1,024 tokens on atom failed to lower). The
+    kernel tiles along the next axis instead, looping over the heads; the values stay ORT's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kcompiler import targets
+    from kcompiler.check import compare_with_ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 256, 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 256, 256])
+    c = numpy_helper.from_array(np.array(3.0, np.float32), "c")
+    g = helper.make_graph([helper.make_node("Div", ["x", "c"], ["y"], name="div")], "g", [x], [y], [c])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    # 128 KiB of scratchpad: one head's 256 x 256 float32 slice (256 KiB) cannot be a tile
+    chip = targets.variant("atom", {"npu.sram_bytes": 131072}, label="small scratchpad")
+    cm = kcompiler.compile(m, target=targets.resolve("atom", chips={"atom": chip}), place={"div": "atom"})
+    assert [p.device for p in cm.parts] == ["atom"]
+    feeds = cm.random_inputs(0)
+    res = compare_with_ort(cm, feeds, cm.run(feeds), rtol=1e-6, atol=1e-6)
+    assert res.ok, res.describe()
