@@ -162,6 +162,11 @@ class NpuProgram(Program):
             if dt != "f32":
                 text += f" and rounded to {_VALUE_NAMES[dt]} at each op's output"
             out.append(text)
+        d = self.data
+        if d.window is not None and d.dram_bytes > d.window[1] - d.window[0]:
+            out.append(f"the program's DRAM buffers ({_size(d.dram_bytes)}) exceed {self.chip}'s "
+                       f"{_size(d.window[1] - d.window[0])} partition: its time is simulated as if they fit (it "
+                       "could not run for values)")
         return out
 
     def _spans(self, times) -> list[EngineSpan]:
@@ -273,6 +278,10 @@ class NpuProgram(Program):
 
 #: bump when the meaning of a stored instruction or table changes
 ENCODING = 2
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
 def _binding_json(b: Binding) -> list:

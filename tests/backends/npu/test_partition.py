@@ -153,7 +153,9 @@ def test_a_program_larger_than_its_window_is_refused():
     system = targets.System("warboy", (targets.Device("host", targets.chip("host")), targets.Device("warboy", v)))
     with pytest.raises(LoweringError, match="do not fit partition warboy\\[1/2\\]'s 1,048,576 bytes"):
         kcompiler.compile(big, target=targets.resolve(system, partition="1/2"))
-    kcompiler.compile(big, target=targets.resolve(system, partition="1/2"), mode="timing")  # time only: allowed
+    cm = kcompiler.compile(big, target=targets.resolve(system, partition="1/2"), mode="timing")  # time only
+    assert any("MiB) exceed warboy[1/2]'s 1.00 MiB partition" in n for n in cm.simulate().notes), \
+        cm.report.notes
 
 
 def test_artifact_keeps_the_partition(tmp_path, llama):
