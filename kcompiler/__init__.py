@@ -21,7 +21,8 @@ def compile(model, target="host", shapes=None, **options):
     model: an .onnx path, a zoo name (`kcompiler.zoo()` lists them), an onnx.ModelProto or an
       onnx_ir.Model.
     target: a chip (`kcompiler.targets()` lists them: warboy, atom, rngd, npu, aim, hbm-pim, host),
-      a system ("atom+aim", "4xatom"), a chip TOML path or a kcompiler.targets.System.
+      a system ("atom+aim", "4xatom"), a partition of a chip ("warboy[1/2]"), a chip TOML path or a
+      kcompiler.targets.System.
     shapes: {input name: shape} for inputs with symbolic or -1 dims.
 
     options (keywords):
@@ -29,6 +30,8 @@ def compile(model, target="host", shapes=None, **options):
         weight read: models larger than memory).
       devices, parallel ("none", "data", "tensor", "pipeline", "auto"), objective ("latency" or
         "throughput"), interconnect, topology: split the model over several identical chips.
+      partition: a slice of the chip (a virtual NPU): (index, count) or "1/2" (the second of two equal
+        slices), "1/2@1.0" with all of the chip's DRAM bandwidth (kcompiler.targets.partition).
       place: {node name | op type | "*": device name or kind} pins nodes to a device.
       disable_passes, print_after, printer, pipeline: the pass pipeline (`kc passes` lists names).
       state: which inputs and outputs are device-resident state (a decoder's KV cache).

@@ -179,6 +179,21 @@ def _parallel_options(with_devices: bool):
     return deco
 
 
+def _partition_option(f):
+    """--partition INDEX/COUNT, kept on the click context like --place and given to kcompiler.compile."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        click.get_current_context().meta["kc.partition"] = kwargs.pop("partition", None)
+        return f(*args, **kwargs)
+
+    return click.option("--partition", "partition", default=None, metavar="INDEX/COUNT",
+                        help="Compile for one of COUNT equal partitions of the chip (a virtual NPU): its cores, "
+                             "its share of SRAM, DRAM and DRAM bandwidth; 1/2 is the second of two "
+                             "(1/2@1.0: with all of the chip's bandwidth). A target may say it too: warboy[1/2].")(wrapper)
+
+
 def _parallel_kwargs() -> dict:
     ctx = click.get_current_context(silent=True)
     return dict(ctx.meta.get("kc.parallel", {})) if ctx is not None else {}
@@ -205,7 +220,8 @@ def _shapes(specs) -> dict:
 
 #: --target's help: what it takes
 TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, host: `kc targets`), a system of chips "
-               "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), or a chip TOML file.")
+               "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), a partition of a chip (warboy[1/2]), "
+               "or a chip TOML file.")
 
 @click.group(cls=KCGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kcompiler")
@@ -245,10 +261,13 @@ def _compile(model, target, shape_specs, disable=(), print_after=(), mode="funct
         if not quiet or print_after:
             console.print(text, highlight=False, markup=False)
 
-    with _status(f"compiling {model} for {target}", quiet):
+    ctx = click.get_current_context(silent=True)
+    part = ctx.meta.get("kc.partition") if ctx is not None else None
+    with _status(f"compiling {model} for {target}" + (f" (partition {part})" if part else ""), quiet):
         return kcompiler.compile(model, target=target, shapes=_shapes(shape_specs), disable_passes=disable,
                                  print_after=print_after, printer=printer, mode=mode, devices=devices,
-                                 place=_place_kwarg(), progress=progress.update, **par, **_zoo_kwargs())
+                                 place=_place_kwarg(), progress=progress.update, partition=part, **par,
+                                 **_zoo_kwargs())
 
 
 def _place_kwarg():
@@ -263,6 +282,7 @@ def _place_kwarg():
 @_pass_options
 @click.option("--devices", type=int, default=None, help="Number of chips.")
 @_parallel_options(with_devices=False)
+@_partition_option
 @click.option("--mode", type=click.Choice(["functional", "timing"]), default="functional", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the artifact here.")
 @_debug_option
@@ -332,6 +352,7 @@ def _load_npz(path: str) -> dict:
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
+@_partition_option
 @_threads_option
 @_debug_option
 def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_specs, disable, print_after, debug):
@@ -432,6 +453,7 @@ def _load_or_compile(model, target, shape_specs, disable=(), print_after=()):
 @_shape_option
 @_pass_options
 @_parallel_options(with_devices=True)
+@_partition_option
 @_threads_option
 @_debug_option
 def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet, fmt, wide, compare, shape_specs,

@@ -19,7 +19,7 @@ from kcompiler.frontend import ModelSource, load_model
 from kcompiler.passes import PassContext, run_pipeline
 from kcompiler.passes.placement import place_nodes
 from kcompiler.runtime.executor import Executor
-from kcompiler.runtime.partition import partition
+from kcompiler.runtime.partition import partition as partition_graph
 from kcompiler.runtime.report import Report
 from kcompiler.targets.area import system_area
 
@@ -182,6 +182,10 @@ class CompiledModel:
         rep.notes.extend(self.source.notes)
         rep.notes.extend(area.notes)
         rep.notes.extend(getattr(self, "notes", ()))
+        part = next((d.chip for d in self.system.accelerators if d.chip.partition is not None), None)
+        if part is not None:
+            rep.partition = {"label": part.label, **part.partition.describe()}
+            rep.notes.append(f"{part.label}: {part.description.split('. ')[0]}")
         on_host, total, share = self.host_share()
         if on_host and self.system.accelerators:
             rep.notes.append(f"host fallback: {on_host} of {total} nodes ({share:.1%} of the FLOPs) ran on the host "
@@ -278,7 +282,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
             interconnect: str | None = None, topology: str | None = None,
             place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
-            **zoo_options) -> CompiledModel:
+            partition: "tuple | str | None" = None, **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
@@ -293,12 +297,15 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     interconnect / topology: the chips' fabric (kcompiler/parallel/interconnects.toml).
 
     progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
-    detail says which partition), for a command line to show where a long compile is."""
+    detail says which partition), for a command line to show where a long compile is.
+
+    partition: compile for a slice of the chip (a virtual NPU): (index, count), (index, count,
+    DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition)."""
     t0 = time.perf_counter()
     say = progress or (lambda stage, detail="": None)
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
-    system = targets.resolve(target, devices, interconnect, topology)
+    system = targets.resolve(target, devices, interconnect, topology, partition=partition)
     plan = None
     if parallel not in (None, "none"):
         from kcompiler import parallel as kpar
@@ -346,7 +353,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         from kcompiler.passes.placement import placement_text
 
         printer(f"// after placement\n{placement_text(irm)}")
-    parts = partition(irm)
+    parts = partition_graph(irm)
     programs = []
     for i, sub in enumerate(parts):
         say("lower", f"partition {i + 1}/{len(parts)}: {len(sub.nodes)} node{'s' * (len(sub.nodes) != 1)} "

@@ -78,3 +78,10 @@ class ExecutionError(KCError):
     """A compiled program failed while running; the message names the node."""
 
     kind = "execution error"
+
+
+class PartitionFault(ExecutionError):
+    """A program compiled for a partition of a chip (a virtual NPU) accessed DRAM outside its
+    partition's window; the message names the instruction, the address and the window."""
+
+    kind = "partition fault"

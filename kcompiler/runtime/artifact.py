@@ -375,7 +375,9 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
               "devices": [{"name": d.name, "chip": {"name": d.chip.name, "kind": d.chip.kind,
                                                      "description": d.chip.description,
                                                      "aliases": list(d.chip.aliases),
-                                                     "spec": schema.to_table(d.chip.spec)}}
+                                                     "spec": schema.to_table(d.chip.spec),
+                                                     **({"partition": d.chip.partition.describe()}
+                                                        if d.chip.partition is not None else {})}}
                           for d in cm.system.devices],
               "links": [[a, b, {"bandwidth": l.bandwidth, "latency": l.latency, "name": l.name}]
                         for a, b, l in cm.system.links]}
@@ -649,7 +651,7 @@ def load(path: "str | os.PathLike"):
 
 def _system(desc: dict[str, Any], path: Path):
     from kcompiler.backends import spec_class_for_kind
-    from kcompiler.targets import Chip, Device, Link, System, schema
+    from kcompiler.targets import Chip, Device, Link, Partition, System, schema
 
     devices = []
     for d in desc["devices"]:
@@ -659,8 +661,16 @@ def _system(desc: dict[str, Any], path: Path):
             raise ArtifactError(f"{path}: compiled for a '{c['kind']}' chip ({c['name']}), and no installed "
                                 "backend handles that kind", hint="install the plugin that provides it")
         spec = schema.from_table(cls, c["spec"], f"{path} (chip {c['name']})", c["kind"])
+        part = c.get("partition")
+        try:
+            part = None if part is None else Partition(
+                int(part["index"]), int(part["cores"]), int(part["of"]), int(part["dram_base"]),
+                int(part["dram_bytes"]), float(part["bandwidth"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: chip {c['name']}'s partition is malformed ({type(exc).__name__}: {exc})",
+                                hint="recompile the model") from None
         chip = Chip(name=c["name"], kind=c["kind"], description=c["description"], spec=spec,
-                    source=f"{path.name}:{c['name']}", aliases=tuple(c.get("aliases", ())))
+                    source=f"{path.name}:{c['name']}", aliases=tuple(c.get("aliases", ())), partition=part)
         devices.append(Device(d["name"], chip))
     links = tuple((a, b, Link(**link)) for a, b, link in desc.get("links", ()))
     ic = desc.get("interconnect")

@@ -66,6 +66,9 @@ class Report:
     interval_s: float = 0.0
     #: the parallel plan and what it cost (kcompiler.parallel.ParallelInfo.annotate)
     parallel: dict[str, Any] = field(default_factory=dict)
+    #: the partition of its chip the target is (a virtual NPU: kcompiler.targets.Partition.describe(),
+    #: plus "label", e.g. "warboy[1/2]"); empty for whole chips
+    partition: dict[str, Any] = field(default_factory=dict)
 
     @property
     def throughput_per_s(self) -> float:

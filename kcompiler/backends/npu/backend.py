@@ -278,7 +278,8 @@ class NpuBackend(Backend):
         # fused ops arrive from the fusion rules (passes/fusion); the backend groups nothing
         # itself, so `--disable-pass fusion` compares against truly unfused programs
         kernels = [self.kernel(n) for n in subgraph.nodes]
-        cg = K.Codegen(s, functional, subgraph.inputs, subgraph.outputs)
+        part = self.device.chip.partition  # a virtual NPU: its buffers go in its DRAM window
+        cg = K.Codegen(s, functional, subgraph.inputs, subgraph.outputs, part.dram_base if part else 0)
         K.prepare_state_layouts(cg, subgraph.nodes)
         for v in subgraph.inputs:
             if not opinfo.is_const(v) and K.IR_DTYPE.get(v.dtype) is not None and opinfo.shape_of(v) is not None:
@@ -299,9 +300,15 @@ class NpuBackend(Backend):
                 cg.instrs.pop()
         inputs = [cg.binding(v) for v in subgraph.inputs if v.name in cg.layouts and not opinfo.is_const(v)]
         outputs = [cg.binding(v) for v in subgraph.outputs]
+        window = (part.dram_base, part.dram_base + part.dram_bytes) if part else None
         data = ProgramData(cg.instrs, cg.buffers, inputs, outputs, cg.init, s.cores, s.sram_bytes,
-                           [(n.name, n.op_type) for n in subgraph.nodes])
-        return NpuProgram(self.name, self.device.chip.name, s, data, functional, [k.kind for k in kernels])
+                           [(n.name, n.op_type) for n in subgraph.nodes], window)
+        if window is not None and functional and data.dram_bytes > part.dram_bytes:
+            raise LoweringError(f"the program's DRAM buffers ({data.dram_bytes:,} bytes) do not fit partition "
+                                f"{self.device.chip.label}'s {part.dram_bytes:,} bytes of DRAM",
+                                hint="use a larger partition (fewer, bigger slices), or compile with mode='timing' "
+                                     "to simulate time only")
+        return NpuProgram(self.name, self.device.chip.label, s, data, functional, [k.kind for k in kernels])
 
     # ---- artifacts: the program as it was generated, never generated again -----------------
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:

@@ -129,14 +129,17 @@ class Layout:
 class Codegen:
     """Collects one program: instructions, the DRAM buffer table, the initial image, IO bindings."""
 
-    def __init__(self, spec: NpuSpec, functional: bool, inputs: list[ir.Value], outputs: list[ir.Value]):
+    def __init__(self, spec: NpuSpec, functional: bool, inputs: list[ir.Value], outputs: list[ir.Value],
+                 dram_base: int = 0):
         self.spec = spec
         self.functional = functional
         self.instrs: list[Instr] = []
         self.buffers: list[Buffer] = []
         self.init: list[tuple[int, int, np.ndarray]] = []
         self.layouts: dict[str, Layout] = {}
-        self._next = 0
+        #: buffers are laid out from here on (a partition's DRAM window starts at its base)
+        self.dram_base = dram_base
+        self._next = dram_base
         self._inputs = {v.name for v in inputs if not opinfo.is_const(v)}
         self._outputs = {v.name for v in outputs}
 

@@ -270,9 +270,10 @@ class NpuMutator:
             init = list(self.base_init)
             init[seg] = (buf, off, flipped)
             b = self.prog.data.buffers[buf]
-            p = self.flow.first_reader(b.addr + off + pos) + 1  # len + 1: never read
+            at = self.prog.data.image_addr(buf) + off + pos  # the byte in the DRAM image
+            p = self.flow.first_reader(at) + 1  # len + 1: never read
             return _Mutant("image", f"buffer {buf} ('{b.name}') byte {off + pos} flipped", list(instrs), init, p, p,
-                           addr=b.addr + off + pos)
+                           addr=at)
         pool = [k for k, x in enumerate(instrs) if self.only(x)] if self.only else range(len(instrs))
         i = rng.choice(pool)
         ins = instrs[i]
@@ -315,7 +316,7 @@ class NpuMutator:
 def _walk(data: sim.ProgramData, instrs, init, feeds, upto: int) -> sim.Machine:
     """The reference walk of a program variant over its first `upto` instructions."""
     prog = sim.ProgramData(list(instrs), data.buffers, data.inputs, data.outputs, list(init), data.cores,
-                           data.sram_bytes, data.ops)
+                           data.sram_bytes, data.ops, data.window)
     m = sim.Machine(prog)
     m.load_inputs(feeds)
     with np.errstate(all="ignore"):

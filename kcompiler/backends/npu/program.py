@@ -162,6 +162,11 @@ class NpuProgram(Program):
             if dt != "f32":
                 text += f" and rounded to {_VALUE_NAMES[dt]} at each op's output"
             out.append(text)
+        d = self.data
+        if d.window is not None and d.dram_bytes > d.window[1] - d.window[0]:
+            out.append(f"the program's DRAM buffers ({_size(d.dram_bytes)}) exceed {self.chip}'s "
+                       f"{_size(d.window[1] - d.window[0])} partition: its time is simulated as if they fit (it "
+                       "could not run for values)")
         return out
 
     def _spans(self, times) -> list[EngineSpan]:
@@ -203,7 +208,8 @@ class NpuProgram(Program):
         d = self.data
         lines = [f"; NPU program for {self.chip} ({self.spec.cores} core(s), {self.spec.array.rows}x"
                  f"{self.spec.array.cols} {self.spec.array.dataflow}, {self.spec.sram_bytes} B scratchpad per core)",
-                 f"; {len(d.instrs)} instructions; DRAM buffers:"]
+                 f"; {len(d.instrs)} instructions; DRAM buffers"
+                 + (f" (partition window [0x{d.window[0]:x}, 0x{d.window[1]:x})):" if d.window else ":")]
         for i, b in enumerate(d.buffers):
             lines.append(f";   buf {i}: {b.name} @0x{b.addr:x} ({b.nbytes} bytes, {b.role})")
         for b in d.inputs:
@@ -233,6 +239,8 @@ class NpuProgram(Program):
                 "buffers": [[b.name, b.addr, b.nbytes, b.role] for b in d.buffers],
                 "inputs": [_binding_json(b) for b in d.inputs], "outputs": [_binding_json(b) for b in d.outputs],
                 "ops": [[n, t, k] for (n, t), k in zip(d.ops, self.kinds)], "init": init}
+        if d.window is not None:
+            meta["window"] = list(d.window)
         return self.to_bytes(), meta
 
     @classmethod
@@ -249,6 +257,8 @@ class NpuProgram(Program):
             ops = [(str(n), str(t)) for n, t, _ in meta["ops"]]
             kinds = [str(k) for _, _, k in meta["ops"]]
             cores, sram = int(meta["cores"]), int(meta["sram_bytes"])
+            window = meta.get("window")
+            window = (int(window[0]), int(window[1])) if window is not None else None
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"NPU program: its table is malformed ({type(exc).__name__}: {exc})",
                                 hint="recompile the model") from None
@@ -262,12 +272,16 @@ class NpuProgram(Program):
                 if not 0 <= int(buf) < len(buffers):
                     raise ArtifactError("NPU program: an initial image segment names a buffer the table lacks")
                 init.append((int(buf), int(off), weights.map(int(woff), int(n))))
-        data = ProgramData(instrs, buffers, inputs, outputs, init, cores, sram, ops)
+        data = ProgramData(instrs, buffers, inputs, outputs, init, cores, sram, ops, window)
         return cls(device, str(meta.get("chip", "")), spec, data, functional, kinds)
 
 
 #: bump when the meaning of a stored instruction or table changes
 ENCODING = 2
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
 
 
 def _binding_json(b: Binding) -> list:

@@ -11,6 +11,11 @@ earlier instruction (or the initial image, or an input) wrote, and never write a
 input; reserved fields must be zero. These checks depend on no data, so they run once. A
 failure is an ExecutionError naming the instruction, its assembly text and its op.
 
+A program compiled for a partition of a chip (a virtual NPU) has a DRAM window: its buffers and
+every DRAM access must lie inside it, or the program faults (PartitionFault). The fence is in the
+Decoder, which every path (the checker, the reference walk, the Replay's plan) decodes DRAM
+accesses through; the DRAM image covers the window from its base, not the chip's whole DRAM.
+
 Two ways to run it, with the same values bit for bit (tests/backends/npu/test_npu_sim.py): the
 reference walk decodes every instruction and executes it on the images (``Machine``); the
 ``Replay`` compiles the same walk once into closures over precomputed views, and does not copy a
@@ -31,7 +36,7 @@ import numpy as np
 from kcompiler.backends.npu import isa, vfn
 from kcompiler.backends.npu.isa import (ACCUMULATE, BARRIER, CONFIG, COPY, DTYPE_BYTES, FILL, GATHER, LOAD, MATMUL,
                                         NONE, STORE, VECTOR, WINDOW, Instr)
-from kcompiler.errors import ExecutionError
+from kcompiler.errors import ExecutionError, PartitionFault
 
 F32 = np.float32
 NP_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16),
@@ -76,22 +81,43 @@ class ProgramData:
     sram_bytes: int
     #: (name, op type) of each op, for messages and profiles only
     ops: list[tuple[str, str]] = field(default_factory=list)
+    #: a partition's DRAM window [lo, hi) (absolute addresses): every buffer and access must lie in it;
+    #: None: the whole chip's, unfenced
+    window: tuple[int, int] | None = None
+
+    @property
+    def dram_base(self) -> int:
+        """The absolute address of byte 0 of the DRAM image (a partition's window starts there)."""
+        return self.window[0] if self.window is not None else 0
 
     @property
     def dram_bytes(self) -> int:
-        return max((b.addr + b.nbytes for b in self.buffers), default=0)
+        """The size of the DRAM image: from dram_base to the end of the last buffer."""
+        return max((b.addr + b.nbytes for b in self.buffers), default=self.dram_base) - self.dram_base
+
+    def image_addr(self, buf: int) -> int:
+        """Where buffer `buf` starts in the DRAM image."""
+        return self.buffers[buf].addr - self.dram_base
 
 
-def _fail(prog: ProgramData, i: int, what: str) -> ExecutionError:
+def _fail(prog: ProgramData, i: int, what: "str | Exception") -> ExecutionError:
     ins = prog.instrs[i]
     name, op_type = prog.ops[ins.op] if ins.op < len(prog.ops) else ("?", "?")
-    return ExecutionError(f"NPU instruction {i} `{ins.text()}` (op {ins.op}: '{name}', {op_type}): {what}",
-                          hint="the program is malformed: if kcompiler generated it, this is a bug in its NPU code "
-                               "generator")
+    text = f"NPU instruction {i} `{ins.text()}` (op {ins.op}: '{name}', {op_type}): {what}"
+    if isinstance(what, _Fault):
+        return PartitionFault(text, hint="the program reaches outside the DRAM of the partition it was compiled "
+                                         "for: another tenant's memory; if kcompiler generated it, this is a bug in "
+                                         "its NPU code generator")
+    return ExecutionError(text, hint="the program is malformed: if kcompiler generated it, this is a bug in its NPU "
+                                     "code generator")
 
 
 class _Bad(Exception):
     """A check failed (turned into an ExecutionError naming the instruction)."""
+
+
+class _Fault(_Bad):
+    """A DRAM access outside the program's partition window (turned into a PartitionFault)."""
 
 
 # ---- decoding the fields of an instruction -------------------------------------------------
@@ -255,6 +281,16 @@ class Decoder:
     def __init__(self, prog: ProgramData):
         self.prog = prog
         self.windows: dict[tuple[int, int], Window] = {}
+        self.base = prog.dram_base
+        self.fence = prog.window
+        if self.fence is not None:
+            lo, hi = self.fence
+            for i, b in enumerate(prog.buffers):
+                if b.addr < lo or b.addr + b.nbytes > hi:
+                    raise PartitionFault(f"NPU program: buffer {i} ('{b.name}') at DRAM [{b.addr:#x}, "
+                                         f"{b.addr + b.nbytes:#x}) lies outside its partition's window "
+                                         f"[{lo:#x}, {hi:#x})", hint="the program's buffer table reaches another "
+                                         "tenant's memory: recompile the model for this partition")
 
     def reset(self) -> None:
         self.windows.clear()
@@ -263,7 +299,16 @@ class Decoder:
         if buf >= len(self.prog.buffers):
             raise _Bad(f"buffer {buf} is not in the program's table of {len(self.prog.buffers)} buffers")
         b = self.prog.buffers[buf]
-        return Access("dram", 0, b.addr + off, dtype, tuple(shape), tuple(strides), write, (b.addr, b.addr + b.nbytes))
+        lo = b.addr - self.base  # addresses in the image, which starts at the window's base
+        a = Access("dram", 0, lo + off, dtype, tuple(shape), tuple(strides), write, (lo, lo + b.nbytes))
+        if self.fence is not None:
+            ext = a.extent()
+            if ext is not None and (ext[0] < 0 or ext[1] > self.fence[1] - self.base):
+                w0, w1 = self.fence
+                raise _Fault(f"{'writes' if write else 'reads'} DRAM bytes [{ext[0] + w0:#x}, {ext[1] + w0:#x}) "
+                             f"(buffer {buf} '{b.name}' at {b.addr:#x} + {off:#x}), outside its partition's "
+                             f"window [{w0:#x}, {w1:#x})")
+        return a
 
     def sram(self, core: int, addr: int, dtype: str, shape, strides, write: bool) -> Access:
         if addr == NONE:
@@ -579,14 +624,15 @@ def check(prog: ProgramData) -> None:
             raise ExecutionError(f"NPU program: buffer {i} ('{b.name}') is malformed")
     valid = np.zeros(dram_size, bool)
     protect = np.zeros(dram_size, bool)
+    dec = Decoder(prog)  # first: it refuses a buffer outside the partition's window
     for bi, off, data in prog.init:
         b = prog.buffers[bi]
         if off < 0 or off + len(data) > b.nbytes:
             raise ExecutionError(f"NPU program: the initial contents of buffer {bi} ('{b.name}') overflow it")
-        valid[b.addr + off: b.addr + off + len(data)] = True
+        at = prog.image_addr(bi) + off
+        valid[at: at + len(data)] = True
         if b.role == "const":
-            protect[b.addr + off: b.addr + off + len(data)] = True
-    dec = Decoder(prog)
+            protect[at: at + len(data)] = True
     for bind in prog.inputs:
         a = _binding_access(dec, bind, "input")
         bv = byte_view(valid, a.addr, a.esize, a.shape, a.strides)
@@ -624,7 +670,7 @@ def check(prog: ProgramData) -> None:
                              f"scratchpad byte {addr} of core {a.core},")
                     raise _Bad(f"reads {where} which nothing wrote before it")
         except _Bad as exc:
-            raise _fail(prog, i, str(exc)) from None
+            raise _fail(prog, i, exc) from None
     for bind in prog.outputs:
         a = _binding_access(dec, bind, "output")
         if not byte_view(valid, a.addr, a.esize, a.shape, a.strides).all():
@@ -906,12 +952,12 @@ class Machine:
 
     def __init__(self, prog: ProgramData):
         self.prog = prog
+        self.dec = Decoder(prog)  # first: it refuses a buffer outside the partition's window
         self.dram = np.zeros(prog.dram_bytes, np.uint8)
         for bi, off, data in prog.init:
-            b = prog.buffers[bi]
-            self.dram[b.addr + off: b.addr + off + len(data)] = np.asarray(data, np.uint8)
+            at = prog.image_addr(bi) + off
+            self.dram[at: at + len(data)] = np.asarray(data, np.uint8)
         self.sram = [np.zeros(prog.sram_bytes, np.uint8) for _ in range(prog.cores)]
-        self.dec = Decoder(prog)
 
     def view(self, a: Access, writeable: bool = False) -> np.ndarray:
         mem = self.dram if a.space == "dram" else self.sram[a.core]
@@ -927,8 +973,7 @@ class Machine:
             if tuple(x.shape) != tuple(bind.shape):
                 raise ExecutionError(f"NPU program: input '{bind.name}' has shape {x.shape}, the program reads "
                                      f"{tuple(bind.shape)}")
-            b = self.prog.buffers[bind.buf]
-            data_view(self.dram, b.addr + bind.off, bind.dtype, bind.shape, bind.strides)[...] = \
+            data_view(self.dram, self.prog.image_addr(bind.buf) + bind.off, bind.dtype, bind.shape, bind.strides)[...] = \
                 x.astype(NP_DTYPES[bind.dtype], copy=False)
 
     def step(self, i: int) -> None:
@@ -937,7 +982,7 @@ class Machine:
             accs = self.dec.accesses(ins)
             execute(ins, accs, lambda a: self.view(a, a.write), self.dec)
         except _Bad as exc:
-            raise _fail(self.prog, i, str(exc)) from None
+            raise _fail(self.prog, i, exc) from None
         except (ValueError, FloatingPointError, IndexError) as exc:
             raise _fail(self.prog, i, f"{type(exc).__name__}: {exc}") from None
 
@@ -1063,7 +1108,7 @@ class Replay:
             try:
                 self._plan(i, ins, dec)
             except _Bad as exc:
-                raise _fail(self.prog, i, str(exc)) from None
+                raise _fail(self.prog, i, exc) from None
         self.segments = self._segments()
 
     # ---- ownership of scratchpad bytes ----
@@ -1267,7 +1312,7 @@ class Replay:
             for i, f in chain:
                 f()
         except _Bad as exc:
-            return i, _fail(self.prog, i, str(exc))
+            return i, _fail(self.prog, i, exc)
         except (ValueError, FloatingPointError, IndexError) as exc:
             return i, _fail(self.prog, i, f"{type(exc).__name__}: {exc}")
         return None
@@ -1394,7 +1439,7 @@ class Simulator:
                 m.step(i)
         out = {}
         for bind in self.prog.outputs:
-            b = self.prog.buffers[bind.buf]
-            out[bind.name] = np.array(data_view(m.dram, b.addr + bind.off, bind.dtype, bind.shape, bind.strides,
+            out[bind.name] = np.array(data_view(m.dram, self.prog.image_addr(bind.buf) + bind.off, bind.dtype,
+                                                bind.shape, bind.strides,
                                                 writeable=False))
         return out
