@@ -535,8 +535,11 @@ for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
     RULES[_op] = rule_view
 RULES.update(Transpose=rule_transpose, Expand=rule_expand, Slice=rule_slice, Split=rule_split,
              Concat=rule_concat, Gather=rule_gather, MatMul=rule_matmul, Gemm=rule_gemm, Attention=rule_attention)
-#: rules for the fused ops of kcompiler's own domain (passes/fusion)
-DOMAIN_RULES: dict[str, Rule] = {op: rule_fused for op in FUSED_BASE}
+#: rules for the fused ops of kcompiler's own domain (passes/fusion). A FusedElementwise chain
+#: broadcasts its inputs to its output like any elementwise op (every step is elementwise), so it
+#: splits like one; without this rule LLaMA's rotary embedding replicated, gathering Q and K and
+#: with them the whole K cache on every chip.
+DOMAIN_RULES: dict[str, Rule] = {**{op: rule_fused for op in FUSED_BASE}, "FusedElementwise": rule_elementwise}
 
 
 # ---- the rewriter --------------------------------------------------------------------------------
