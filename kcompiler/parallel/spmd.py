@@ -38,6 +38,7 @@ from kcompiler import opinfo
 from kcompiler.errors import KCError
 from kcompiler.parallel.collectives import COMM_DEVICE, DOMAIN, collective_time
 from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+from kcompiler.runtime.state import SHARD_KEY, STATE_KEY
 
 
 @dataclass(frozen=True)
@@ -535,8 +536,11 @@ for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
     RULES[_op] = rule_view
 RULES.update(Transpose=rule_transpose, Expand=rule_expand, Slice=rule_slice, Split=rule_split,
              Concat=rule_concat, Gather=rule_gather, MatMul=rule_matmul, Gemm=rule_gemm, Attention=rule_attention)
-#: rules for the fused ops of kcompiler's own domain (passes/fusion)
-DOMAIN_RULES: dict[str, Rule] = {op: rule_fused for op in FUSED_BASE}
+#: rules for the fused ops of kcompiler's own domain (passes/fusion). A FusedElementwise chain
+#: broadcasts its inputs to its output like any elementwise op (every step is elementwise), so it
+#: splits like one; without this rule LLaMA's rotary embedding replicated, gathering Q and K and
+#: with them the whole K cache on every chip.
+DOMAIN_RULES: dict[str, Rule] = {**{op: rule_fused for op in FUSED_BASE}, "FusedElementwise": rule_elementwise}
 
 
 # ---- the rewriter --------------------------------------------------------------------------------
@@ -986,12 +990,37 @@ class Rewriter:
             self._record("AllGather", v, stage, e.producer, graph_output=True)
             if not self.emit:
                 return None
+            if stateful:
+                self._tag_resident_slices(v, e, stage)
             (out,) = self._comm("AllGather", e.copies, 1,
                                 {"devices": self.groups[stage], "axis": e.layout.axis, "targets": [target]},
                                 v, REPL, [self._fresh(v.name)])
             out.shape = v.shape
             return out
         return e.copies[0] if self.emit else None
+
+    def _tag_resident_slices(self, v: ir.Value, e: Entry, stage: int) -> None:
+        """A state output left in slices (`e`) that its paired input was scattered into alike (same
+        axis, same chips): chip r's slice of the output is what it reads as its slice of the input
+        next step, so both stay on chip r (the Scatter of a resident input and the AllGather to
+        resident state are free, collectives.py). Tag each rank's pair as resident state
+        (runtime/state.py) so that a Concat from one to the other is an append in place, as on one
+        chip, instead of a copy of the rank's whole slice of the cache."""
+        past = self.state_out.get(v.name)
+        pv = next((x for x in self.model.graph.inputs if x.name == past), None) if past else None
+        if pv is None:
+            return
+        src = self._conv.get((id(pv), (stage, e.layout)))
+        if src is None:  # data parallel: scattered along the batch when first read (get)
+            src = self.info.get(id(pv), {}).get(stage)
+        if src is None or src.layout != e.layout or src.copies is None:
+            return
+        for a, b in zip(src.copies, e.copies):
+            prod = a.producer()
+            if prod is None or prod.domain != DOMAIN or prod.op_type != "Scatter":
+                return
+            a.metadata_props[STATE_KEY], b.metadata_props[STATE_KEY] = b.name, a.name
+            a.metadata_props[SHARD_KEY] = b.metadata_props[SHARD_KEY] = "1"
 
     def _install(self) -> None:
         graph = self.model.graph

@@ -27,6 +27,10 @@ from kcompiler.errors import InputError
 STATE_KEY = "kcompiler.state"
 #: placeholder device meaning "already where its consumer runs"
 RESIDENT = "<resident>"
+#: on one chip's slice of a state input and of its paired output (kcompiler.parallel, tensor
+#: split): each chip keeps its own slice of the cache between steps, so the pair, tagged with
+#: STATE_KEY like the model's own, is resident too (the Scatter in and the AllGather out are free)
+SHARD_KEY = "kcompiler.state_shard"
 
 _RULES = [(re.compile(r"^past_key_values"), "present"), (re.compile(r"^past_key_value"), "present_key_value"),
           (re.compile(r"^past"), "present"), (re.compile(r"past"), "present")]
@@ -107,3 +111,14 @@ def pairs(model: ir.Model) -> tuple[dict[str, str], dict[str, str]]:
     except (ValueError, AttributeError):
         return {}, {}
     return {i: o for o, i in out2in.items() if i}, out2in
+
+
+def is_resident_pair(past: ir.Value, present: ir.Value) -> bool:
+    """Whether `present` is `past` kept on the device for the next step (so a Concat from one to
+    the other is an append in place): the model's own state pair (a graph input and output,
+    ``mark``) or one chip's slices of it (``SHARD_KEY``, tagged by the tensor-parallel rewriter)."""
+    if past.metadata_props.get(STATE_KEY) != present.name or present.metadata_props.get(STATE_KEY) != past.name:
+        return False
+    if past.is_graph_input() and present.is_graph_output():
+        return True
+    return SHARD_KEY in past.metadata_props and SHARD_KEY in present.metadata_props

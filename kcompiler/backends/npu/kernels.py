@@ -31,7 +31,7 @@ from kcompiler.backends.npu.sim import Binding, Buffer
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, tile_vector
 from kcompiler.errors import LoweringError
-from kcompiler.runtime.state import STATE_KEY
+from kcompiler.runtime.state import is_resident_pair
 
 F32 = np.float32
 
@@ -311,12 +311,11 @@ def emit_fill(cg: Codegen, op: int, dst: Layout, value: float, core: int = 0) ->
 
 def is_state_append(node: ir.Node) -> bool:
     """Concat(past, new, ...) -> present where past is a device-resident state input and present
-    its paired state output (runtime/state.py): a KV-cache append, done in place."""
+    its paired state output, or one chip's slices of them under a tensor split (runtime/state.py):
+    a KV-cache append, done in place."""
     if node.op_type != "Concat" or not node.inputs or node.inputs[0] is None or not node.outputs:
         return False
-    past, out = node.inputs[0], node.outputs[0]
-    return (past.is_graph_input() and out.is_graph_output() and past.metadata_props.get(STATE_KEY) == out.name
-            and out.metadata_props.get(STATE_KEY) == past.name)
+    return is_resident_pair(node.inputs[0], node.outputs[0])
 
 
 def prepare_state_layouts(cg: Codegen, nodes: list[ir.Node]) -> None:
