@@ -755,6 +755,11 @@ from kcompiler.sweep.cli import sweep_cmd  # noqa: E402
 
 cli.add_command(sweep_cmd)
 
+# `kc cluster` (kcompiler/cluster: the K-Cloud fleet serving simulator)
+from kcompiler.cluster.cli import cluster_cmd  # noqa: E402
+
+cli.add_command(cluster_cmd)
+
 
 def main(argv=None):
     # strip --debug wherever it appears so every subcommand accepts it
