@@ -103,6 +103,10 @@ class Plan:
 class PimBackend(Backend):
     kind = "pim"
     spec_class = PimSpec
+    #: timing mode keeps a product's command blocks packed (kernels.Packed): its program is timed from
+    #: one emitted representative per block shape, and emitted in full only when its commands are read
+    #: (saving, assembly); False emits every command while lowering (tests compare the two)
+    pack_timing = True
 
     def __init__(self, device, system):
         super().__init__(device, system)
@@ -259,7 +263,7 @@ class PimBackend(Backend):
         key = (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, resident,
                tuple(opinfo.shape_of(v) if v is not None else None for v in node.inputs))
         if key not in self._cache:
-            em = kernels.Emitter(self.spec)
+            em = kernels.Emitter(self.spec, packed=True)
             env = {v.name: _Buf(0, 0, opinfo.shape_of(v)) for v in node.inputs
                    if v is not None and not opinfo.is_const(v)}
             _Lowering(self, em, env, timing_only=True).node(node, p)
@@ -271,7 +275,7 @@ class PimBackend(Backend):
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
         timing_only = (options or {}).get("mode") == "timing"
         s: PimSpec = self.spec
-        em = kernels.Emitter(s)
+        em = kernels.Emitter(s, packed=timing_only and self.pack_timing)
         env: dict[str, _Buf] = {}
         inputs = []
         for v in subgraph.inputs:
@@ -314,13 +318,14 @@ class PimBackend(Backend):
             if code != b.dtype:  # the graph's dtype: converted on the host on the way out
                 b = low.copy(b, code)
             outputs.append(sim.Binding(v.name, b.addr, code, tuple(opinfo.shape_of(v) or b.shape)))
-        code = sim.Code(em.cmds, np.array(em.descs, np.int64).reshape(-1, 12), None, None, em.rows, em.staging,
-                        [(a, np.frombuffer(r, np.uint8)) for a, r in em.consts], inputs, outputs,
-                        [sim.Step(n.name, n.op_type) for n in subgraph.nodes], low.fns,
+        packed = em.cmds if any(isinstance(c, kernels.Packed) for c in em.cmds) else None
+        code = sim.Code(em.cmds if packed is None else [], np.array(em.descs, np.int64).reshape(-1, 12), None, None,
+                        em.rows, em.staging, [(a, np.frombuffer(r, np.uint8)) for a, r in em.consts], inputs,
+                        outputs, [sim.Step(n.name, n.op_type) for n in subgraph.nodes], low.fns,
                         np.array(em.regions, np.int64).reshape(-1, 2))
         if not timing_only:
             code.image, code.image_valid = low.image()
-        return PimProgram(self, subgraph, code, rows)
+        return PimProgram(self, subgraph, code, rows, packed)
 
     # ---- artifacts (runtime/artifact.py) -------------------------------------------------
     #: bump when the meaning of a stored command, table or image changes
@@ -603,11 +608,11 @@ class _Lowering:
             st = self._stream_buf(sl, b.numel)
             self._to_stream(b, sl, st, reg)
             r = em.reserve_rows(sl.rows)
-            kernels.emit_stream_transfer(em, sl, numel, "WR_BK", st, r)
+            em.block("stream", ("WR_BK", numel, 0, 0), (st,), (r,))
             rows.append(r)
         ry = em.reserve_rows(sl.rows)
         if op in EW_TABLE:
-            kernels.emit_stream_op(em, sl, numel, EW_TABLE[op], (rows[0], rows[1], ry))
+            em.block("stream", (EW_TABLE[op], numel, 0, 0), (), (rows[0], rows[1], ry))
         else:
             param = 0.0
             if op == "LeakyRelu":
@@ -617,9 +622,9 @@ class _Lowering:
             fn = (op, param)
             if fn not in self.fns:
                 self.fns.append(fn)
-            kernels.emit_stream_op(em, sl, numel, "AF", (rows[0], 0, ry), fn=self.fns.index(fn))
+            em.block("stream", ("AF", numel, 0, self.fns.index(fn)), (), (rows[0], ry))
         yst = em.alloc(2 * sl.channels * sl.block)
-        kernels.emit_stream_transfer(em, sl, numel, "RD_BK", yst, ry)
+        em.block("stream", ("RD_BK", numel, 0, 0), (yst,), (ry,))
         y = self.new(osh)
         self._from_stream(yst, sl, y, reg=back, flags=back_flags if back else 0)
         self.env[out.name] = y
@@ -646,9 +651,9 @@ class _Lowering:
                 st = self._stream_buf(sl, b.numel)
                 self._to_stream(b, sl, st)
                 r = em.reserve_rows(sl.rows)
-                kernels.emit_stream_transfer(em, sl, b.numel, "WR_BK", st, r)
+                em.block("stream", ("WR_BK", b.numel, 0, 0), (st,), (r,))
                 back = em.alloc(2 * sl.channels * sl.block)
-                kernels.emit_stream_transfer(em, sl, b.numel, "RD_BK", back, r, flags=RESIDENT)
+                em.block("stream", ("RD_BK", b.numel, RESIDENT, 0), (back,), (r,))
                 src = self.new(b.shape)
                 self._from_stream(back, sl, src)
             self.hcopy(y.addr + off * 4, 0, src.addr, src.dtype, [outer, span], [span, 1], [osh[axis] * inner, 1])
@@ -714,19 +719,17 @@ class _Lowering:
                 dstr = [b_ * K * Np for b_ in bstr_w] + [1, Np]
             self.hcopy(w_dev, self.dev, wsrc.addr, wsrc.dtype, wsrc_dims, wsrc_str, dstr, reg=wreg)
             resident = RESIDENT if _resident(node.inputs[1]) else 0
-            em.cmds.extend(kernels.emit_weight_writes(em, lay, G, N, K, w_dev, base, flags=resident))
+            em.block("weights", (G, N, K, resident), (w_dev,), (base,))
             if Kp != K:
                 self.zero(x_dev, G * M * Kp, self.dev)
             self.hcopy(x_dev, self.dev, a.addr, a.dtype, list(batch) + [M, K], xs,
                        [b_ * M * Kp for b_ in bstr] + [Kp, 1], reg=xreg)
         part = em.alloc(kernels.partial_bytes(s, lay, M))
-        reductions = kernels.emit_matvec(em, lay, G, M, N, x_dev, part, base)
+        em.block("matvec", (G, M, N, K), (x_dev, part), (base,))
         y = self.new((G, M, N))
         self.zero(y.addr, y.numel, 0)
-        accd = 0 if s.accumulate_dtype == "float32" else 2
-        for slot, g, m, n0, n1 in reductions:  # the host adds the read-back partial sums in FP32
-            em.emit("HADD", addr=y.addr + ((g * M + m) * N + n0) * 4, addr2=slot, dtype2=accd,
-                    desc=self._desc2([n1 - n0], [1], [1]))
+        # the host adds the read-back partial sums in FP32
+        em.block("partials", (G, M, N, K, 0 if s.accumulate_dtype == "float32" else 2), (part, y.addr))
         if xreg or wreg:
             self.hcopy(y.addr, 0, y.addr, 0, [y.numel], [1], [1], reg=1, flags=UP | PAIR)
         if node.op_type == "Gemm":
@@ -779,11 +782,15 @@ class PimProgram(Program):
     ``commands`` and ``image`` are the live objects the simulator reads on every ``run`` (mutate them
     in place, then call ``invalidate`` to drop the fast path's cached grouping)."""
 
-    def __init__(self, backend: PimBackend, sub: Subgraph, code: sim.Code, rows: list[int]):
+    def __init__(self, backend: PimBackend, sub: Subgraph, code: sim.Code, rows: list[int],
+                 packed: list | None = None):
         self.device = sub.device
         self.backend = backend
         self.spec: PimSpec = backend.spec
-        self.code = code
+        self._code = code
+        #: a timing-mode program's commands with its products' blocks packed (kernels.Packed); emitted
+        #: into `code.commands` the first time they are read
+        self._packed = packed
         self.nodes = list(sub.nodes)
         self.rows = rows
         self.output_names = [v.name for v in sub.outputs]
@@ -791,8 +798,15 @@ class PimProgram(Program):
         self.last_counts: dict = {}
 
     @property
+    def code(self) -> sim.Code:
+        if self._packed is not None:
+            self._code.commands = kernels.unpack(self._packed, self.spec, self._code.descs.tolist())
+            self._packed = None
+        return self._code
+
+    @property
     def timing_only(self) -> bool:
-        return self.code.image is None
+        return self._code.image is None
 
     @property
     def commands(self) -> list[Command]:
@@ -800,7 +814,7 @@ class PimProgram(Program):
 
     @property
     def image(self) -> np.ndarray | None:
-        return self.code.image
+        return self._code.image
 
     def invalidate(self) -> None:
         self.code.invalidate()
@@ -809,7 +823,7 @@ class PimProgram(Program):
     def steps(self) -> list[tuple[ir.Node, kernels.Kernel]]:
         """Each node with the commands it owns (a fresh view of the command list)."""
         by: list[list[Command]] = [[] for _ in self.nodes]
-        for c in self.code.commands:
+        for c in self._packed if self._packed is not None else self.code.commands:
             if c.step < len(by):
                 by[c.step].append(c)
         return [(n, kernels.Kernel(n.name, n.op_type, cs, r)) for n, cs, r in zip(self.nodes, by, self.rows)]

@@ -18,9 +18,11 @@ from: ``u * ustride + ((phase + j) // grp) * kstride + ((phase + j) % grp) * lan
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
+from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.backends.pim.isa import CLR, HOST, HOST_OPS, Command
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.backends.pim.timing import simulate_channel
@@ -40,9 +42,11 @@ class Item:
 class Emitter:
     """Collects one program's commands, staging allocations, descriptors, rows and constants."""
 
-    def __init__(self, spec: PimSpec):
+    def __init__(self, spec: PimSpec, packed: bool = False):
         self.spec = spec
-        self.cmds: list[Command] = []
+        #: keep a product's command blocks as `Packed` entries (timing mode) instead of emitting them
+        self.packed = packed
+        self.cmds: list[Command | Packed] = []
         self.staging = 0
         self.descs: list[tuple[int, ...]] = []
         self._desc_index: dict[tuple[int, ...], int] = {}
@@ -79,48 +83,195 @@ class Emitter:
     def emit(self, op: str, channel: int = HOST, **kw) -> None:
         self.cmds.append(Command(op, channel, step=self.step, **kw))
 
+    def block(self, kind: str, args: tuple, addrs: tuple = (), rows: tuple = ()) -> None:
+        """Emit a block of commands (`Packed` says which), or in packed mode keep it as one entry. Its
+        descriptors are registered now either way, in the order emitting it registers them, so the
+        descriptor table, and every command's fields, are those of the emitted program."""
+        b = Packed(kind, tuple(int(a) if not isinstance(a, str) else a for a in args),
+                   tuple(int(a) for a in addrs), tuple(int(r) for r in rows), self.step)
+        if not self.packed:
+            b.expand(self)
+            return
+        for key in _block_descs(self.spec, kind, b.args):
+            self.desc(*key)
+        self.cmds.append(b)
+
 
 @dataclass
 class Kernel:
-    """One node's work on the device: its commands (host and channel streams, in program order)."""
+    """One node's work on the device: its commands (host and channel streams, in program order),
+    some of which may be `Packed` blocks (a timing-mode program)."""
 
     name: str
     op_type: str
-    commands: list[Command]
+    commands: list[Command | Packed]
     rows_used: int = 0
     _time: tuple | None = field(default=None, repr=False)
-
-    @property
-    def streams(self) -> list[list[Command]]:
-        by: dict[int, list[Command]] = {}
-        for c in self.commands:
-            if c.op not in HOST_OPS:
-                by.setdefault(c.channel, []).append(c)
-        return [by[ch] for ch in sorted(by)]
+    _counts: tuple | None = field(default=None, repr=False)
 
     def time(self, spec: PimSpec):
         """(seconds, activations, columns, io_bytes) of the slowest channel / summed."""
         if self._time is None:
-            per = [simulate_channel(spec, s) for s in self.streams]
-            seconds = max((p.seconds for p in per), default=0.0)
-            self._time = (seconds, sum(p.activations for p in per), sum(p.columns for p in per),
-                          sum(p.io_bytes for p in per))
+            self._figures(spec)
         return self._time
 
     def counts(self, spec: PimSpec) -> tuple[int, int]:
         """(MACs, bank bytes) of the executed column commands: a MAC_ABK column is `lanes` multiplies in
         each of its `units` units (lanes holding the zero padding of a chunk included: the hardware
         multiplies them); EW ops read one or two operand columns and write one."""
-        macs = dram = 0
-        for c in self.commands:
-            if c.op == "MAC_ABK":
-                macs += c.count * c.units * spec.simd_lanes
-                dram += c.count * c.units * spec.column_bytes
-            elif c.op in ("EWADD", "EWMUL"):
-                dram += 3 * c.count * c.units * spec.column_bytes
-            elif c.op == "AF":
-                dram += 2 * c.count * c.units * spec.column_bytes
-        return macs, dram
+        if self._counts is None:
+            self._figures(spec)
+        return self._counts
+
+    def _figures(self, spec: PimSpec) -> None:
+        blocks = [c for c in self.commands if isinstance(c, Packed) and c.kind in DEVICE_BLOCKS]
+        plain = any(not isinstance(c, Packed) and c.op not in HOST_OPS for c in self.commands)
+        if blocks and not plain:
+            # blocks equal but for staging addresses and a common shift of their rows have equal
+            # figures: addresses are not timed, and rows are only compared with each other (a row
+            # switch), which a common shift keeps (a channel's first column command opens its row
+            # either way); so one representative per shape, at addresses 0 and lowest row 0, is timed
+            lo = min((r for b in blocks for r in b.rows), default=0)
+            rep = tuple(Packed(b.kind, b.args, (0,) * len(b.addrs), tuple(r - lo for r in b.rows)) for b in blocks)
+            key = (spec, rep)
+            hit = _FIGURES.get(key)
+            if hit is None:
+                hit = _command_figures(spec, unpack(rep, spec))
+                _FIGURES.put(key, hit, 1)
+            self._time, self._counts = hit
+        else:
+            self._time, self._counts = _command_figures(spec, unpack(self.commands, spec))
+
+
+def _command_figures(spec: PimSpec, commands: list[Command]) -> tuple[tuple, tuple[int, int]]:
+    """(time, counts) of a command list: the channel streams through the timing model, the column
+    commands counted."""
+    by: dict[int, list[Command]] = {}
+    macs = dram = 0
+    for c in commands:
+        if c.op in HOST_OPS:
+            continue
+        by.setdefault(c.channel, []).append(c)
+        if c.op == "MAC_ABK":
+            macs += c.count * c.units * spec.simd_lanes
+            dram += c.count * c.units * spec.column_bytes
+        elif c.op in ("EWADD", "EWMUL"):
+            dram += 3 * c.count * c.units * spec.column_bytes
+        elif c.op == "AF":
+            dram += 2 * c.count * c.units * spec.column_bytes
+    per = [simulate_channel(spec, by[ch]) for ch in sorted(by)]
+    seconds = max((p.seconds for p in per), default=0.0)
+    time = (seconds, sum(p.activations for p in per), sum(p.columns for p in per), sum(p.io_bytes for p in per))
+    return time, (macs, dram)
+
+
+#: a node's figures from its packed blocks' shapes (one entry per distinct shape: a few per model)
+_FIGURES = BoundedStore(4096)
+
+
+def clear() -> None:
+    """Forget every result kept by shape (layouts, block descriptors, figures): a benchmark measuring
+    a first compile."""
+    _FIGURES.clear()
+    for f in (matvec_layout, stream_layout, _block_descs):
+        f.cache_clear()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A block of commands kept, in a timing-mode program, as the arguments of the call that emits
+    them; `expand` emits exactly those commands (what the program's command list, encoding and
+    assembly hold). The timing model reads a node's blocks through `Kernel.time`, which times one
+    emitted representative of blocks equal but for staging addresses and a common shift of rows.
+
+    kind       args                  addrs             rows              emits
+    "weights"  (G, N, K, flags)      (matrix,)         (base,)           emit_weight_writes: a [G, N, K]
+                                                                         matrix into its bank columns
+    "matvec"   (G, M, N, K)          (x, partials)     (base,)           emit_matvec: the MAC streams
+    "partials" (G, M, N, K, dtype)   (partials, y)     ()                emit_partial_sums: host HADDs
+    "stream"   (op, numel, flags,    (staging,) for    (row,) / EW: (a,  emit_stream_transfer (WR_BK,
+                fn)                   a transfer        b, out) / AF:     RD_BK) / emit_stream_op (EWADD,
+                                                        (a, out)          EWMUL, AF)"""
+
+    kind: str
+    args: tuple
+    addrs: tuple = ()
+    rows: tuple = ()
+    step: int = 0
+
+    def expand(self, em: "Emitter") -> None:
+        """Emit the block's commands into `em` (at the block's step)."""
+        spec, a = em.spec, self.args
+        step, em.step = em.step, self.step
+        try:
+            if self.kind == "weights":
+                G, N, K, flags = a
+                em.cmds.extend(emit_weight_writes(em, matvec_layout(spec, G, N, K), G, N, K, self.addrs[0],
+                                                  self.rows[0], flags=flags))
+            elif self.kind == "matvec":
+                G, M, N, K = a
+                emit_matvec(em, matvec_layout(spec, G, N, K), G, M, N, *self.addrs, self.rows[0])
+            elif self.kind == "partials":
+                G, M, N, K, dtype = a
+                emit_partial_sums(em, matvec_layout(spec, G, N, K), M, N, *self.addrs, dtype)
+            elif self.kind == "stream":
+                op, numel, flags, fn = a
+                sl = stream_layout(spec, numel)
+                if op in ("WR_BK", "RD_BK"):
+                    emit_stream_transfer(em, sl, numel, op, self.addrs[0], self.rows[0], flags=flags)
+                else:
+                    rows = self.rows if op != "AF" else (self.rows[0], 0, self.rows[1])
+                    emit_stream_op(em, sl, numel, op, rows, fn=fn)
+            else:
+                raise ValueError(f"unknown packed block kind {self.kind!r}")
+        finally:
+            em.step = step
+
+
+#: blocks holding device commands (the others are host commands, which the timing model skips)
+DEVICE_BLOCKS = ("weights", "matvec", "stream")
+
+
+def unpack(entries, spec: PimSpec | None, descs=None) -> list[Command]:
+    """The commands of a list of commands and packed blocks. With the program's descriptor table
+    `descs` (which holds every descriptor a block uses: Emitter.block registered them), the
+    commands' descriptor indices are the program's; without, they index a scratch table (enough for
+    timing, which does not read descriptors)."""
+    if not any(isinstance(e, Packed) for e in entries):
+        return list(entries)
+    em = None
+    out: list[Command] = []
+    for e in entries:
+        if not isinstance(e, Packed):
+            out.append(e)
+            continue
+        if em is None:
+            em = Emitter(spec)
+            for key in (descs if descs is not None else ()):
+                em.desc(*key)
+            known = len(em.descs)
+        em.cmds = out
+        e.expand(em)
+    if descs is not None and em is not None and len(em.descs) != known:
+        raise AssertionError("a packed block uses a descriptor its program's table does not hold")
+    return out
+
+
+class _DescriptorsOnly(Emitter):
+    """Registers the descriptors of what it is asked to emit, and keeps no command."""
+
+    def emit(self, op: str, channel: int = HOST, **kw) -> None:
+        pass
+
+
+@functools.lru_cache(maxsize=1024)
+def _block_descs(spec: PimSpec, kind: str, args: tuple) -> tuple[tuple[int, ...], ...]:
+    """The descriptors a block registers, in the order it first uses them (they depend on its shape only)."""
+    if kind == "matvec":
+        return ()
+    em = _DescriptorsOnly(spec)
+    Packed(kind, args, (0, 0), (0, 0, 0)).expand(em)  # (expand reads the addresses and rows it needs)
+    return tuple(em.descs)
 
 
 def _segments(offset: int, ncols: int, spec: PimSpec) -> list[tuple[int, int, int, int]]:
@@ -180,7 +331,10 @@ class MatvecLayout:
     Np: int
 
 
+@functools.lru_cache(maxsize=512)
 def matvec_layout(spec: PimSpec, G: int, N: int, K: int) -> MatvecLayout:
+    """Where each item of the product goes (a function of the shape: cached, and shared by its callers,
+    which only read it)."""
     lanes = spec.simd_lanes
     per_channel = []
     max_cols = 0
@@ -254,16 +408,13 @@ def _seg_start(off: int, row: int, bank: int, col: int, s: PimSpec) -> int:
 
 
 def emit_matvec(em: Emitter, lay: MatvecLayout, G: int, M: int, N: int, x_addr: int, part_addr: int,
-                base_row: int) -> list[tuple[int, int, int, int]]:
-    """The channel streams of y[g,m,:] = W[g] @ x[g,m,:]; returns the host reduction as
-    (partial-slot address, g, m, n0, n1) in program order (channel, vector, item)."""
+                base_row: int) -> None:
+    """The channel streams of y[g,m,:] = W[g] @ x[g,m,:]: each item's MACs, then its RD_MAC into the
+    partial-sum slot `partial_slots` gives it (emit_partial_sums adds them up on the host)."""
     s = em.spec
     eb = s.element_bytes
     lanes = s.simd_lanes
-    acc_bytes = 4 if s.accumulate_dtype == "float32" else 2
-    lpa = 1 if s.mac_dataflow == "dot" else lanes
-    reductions = []
-    slot = part_addr
+    slots = partial_slots(s, lay, M, part_addr)
     for ch, layout in enumerate(lay.per_channel):
         for m in range(M):
             loaded = None
@@ -290,11 +441,38 @@ def emit_matvec(em: Emitter, lay: MatvecLayout, G: int, M: int, N: int, x_addr: 
                             em.emit("MAC_ABK", ch, row=base_row + r, bank=b, col=c, count=n, units=units,
                                     gb=j // regs, acc=j % regs, nacc=regs, flags=CLR if first else 0)
                             first = False
-                nslot = units * regs * lpa
+                slot = next(slots)[0]
                 em.emit("RD_MAC", ch, units=units, acc=0, nacc=regs, addr=slot)
-                reductions.append((slot, it.g, m, it.n0, it.n1))
-                slot += -(-nslot * acc_bytes // 4) * 4
-    return reductions
+
+
+def partial_slots(spec: PimSpec, lay: MatvecLayout, M: int, part_addr: int):
+    """(partial-slot address, g, m, n0, n1) of each item's read-back partial sums, in program order
+    (channel, vector, item): where emit_matvec's RD_MACs put them."""
+    acc_bytes = 4 if spec.accumulate_dtype == "float32" else 2
+    lpa = 1 if spec.mac_dataflow == "dot" else spec.simd_lanes
+    slot = part_addr
+    for layout in lay.per_channel:
+        for m in range(M):
+            for it, _off, _ncols, units, regs in layout:
+                yield slot, it.g, m, it.n0, it.n1
+                slot += -(-units * regs * lpa * acc_bytes // 4) * 4
+
+
+def vector_desc(n: int) -> tuple[int, ...]:
+    """The canonical copy descriptor of n contiguous elements (dims, source and destination strides,
+    as backend._merge writes it: a dim of 1 has stride 0)."""
+    return (1, 1, 1, n, 0, 0, 0, 1, 0, 0, 0, 1) if n != 1 else (1, 1, 1, 1) + (0,) * 8
+
+
+def emit_partial_sums(em: Emitter, lay: MatvecLayout, M: int, N: int, part_addr: int, y_addr: int,
+                      acc_dtype: int) -> None:
+    """The host adds each item's read-back partial sums into y[g, m, n0:n1] (float32, zeroed before)."""
+    descs: dict[int, int] = {}
+    for slot, g, m, n0, n1 in partial_slots(em.spec, lay, M, part_addr):
+        d = descs.get(n1 - n0)
+        if d is None:
+            d = descs[n1 - n0] = em.desc(*vector_desc(n1 - n0))
+        em.emit("HADD", addr=y_addr + ((g * M + m) * N + n0) * 4, addr2=slot, dtype2=acc_dtype, desc=d)
 
 
 def partial_bytes(spec: PimSpec, lay: MatvecLayout, M: int) -> int:
@@ -333,6 +511,7 @@ class StreamLayout:
         return self.cols * self.units_lanes
 
 
+@functools.lru_cache(maxsize=512)
 def stream_layout(spec: PimSpec, numel: int) -> StreamLayout:
     share = -(-numel // spec.channels)
     nch = -(-numel // share)
@@ -372,5 +551,6 @@ def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tup
             em.emit(op, ch, **kw)
 
 
-__all__ = ["Emitter", "Kernel", "Item", "matvec_items", "matvec_layout", "emit_matvec", "emit_weight_writes",
-           "stream_layout", "emit_stream_transfer", "emit_stream_op", "partial_bytes"]
+__all__ = ["Emitter", "Kernel", "Packed", "Item", "matvec_items", "matvec_layout", "emit_matvec",
+           "emit_partial_sums", "emit_weight_writes", "partial_slots", "stream_layout", "emit_stream_transfer",
+           "emit_stream_op", "partial_bytes", "unpack"]
