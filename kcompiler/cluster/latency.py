@@ -304,7 +304,9 @@ def llm_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int, max_co
     kv_per_token, weight_bytes = llm_sizes(model, options)
     batches = [b for b in pow2_grid(1, max_batch, (max_batch,)) if b <= max_batch]
     kvs = pow2_grid(128, max(max_context, 128))
-    prompts = pow2_grid(16, max(max_prompt, chunk, 16))
+    # a preempted sequence is recomputed as a prefill of its prompt and what it generated, so the
+    # prefill buckets reach the longest context, not only the longest prompt
+    prompts = pow2_grid(16, max(max_prompt, max_context, chunk, 16))
     if cfg.max_pos:
         kvs = [k for k in kvs if k < cfg.max_pos] or [cfg.max_pos - 1]
         prompts = [p for p in prompts if p <= cfg.max_pos] or [cfg.max_pos]
