@@ -26,9 +26,13 @@ from kcompiler.errors import KCError
               help="Most spans written to --trace (the rest are counted).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Latency CDFs and utilisation over time (needs matplotlib).")
+@click.option("--vary", multiple=True, metavar="[POOL.]KEY=V1,V2,...",
+              help="Search: simulate every combination (keys: replicas, devices, max_batch, chunk, scheduler, "
+                   "target, router, parallel) and print the cheapest fleets that meet the SLOs.")
 @click.option("--no-cache", is_flag=True, help="Compile every latency bucket again (not from the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines and no table (use --json).")
-def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, trace_limit, plot_path, no_cache, quiet):
+def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, trace_limit, plot_path, vary, no_cache,
+                quiet):
     """Simulate a data-centre fleet serving a workload: TTFT, TPOT, latency percentiles,
     throughput, goodput under the SLOs, utilisation, memory and energy.
 
@@ -46,6 +50,10 @@ def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, tra
         if not quiet:
             err.print(msg, highlight=False, soft_wrap=True)
 
+    if vary:
+        if trace_path or plot_path:
+            raise KCError("--trace and --plot describe one fleet; drop them with --vary")
+        return _search(deployment, workload, requests, rate, vary, json_path, no_cache, quiet, log)
     run = cluster.run(deployment, workload, requests=requests, rate=rate,
                       trace_limit=trace_limit if trace_path else 0, cache=None if no_cache else "default", log=log)
     s = run.summary
@@ -63,13 +71,16 @@ def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, tra
         Console().print(summary_table(s, run.result.deployment.name))
 
 
+def fmt_s(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e6:,.1f} µs" if x < 1e-3 else f"{x * 1e3:,.1f} ms" if x < 10 else f"{x:,.2f} s"
+
+
 def summary_table(s: dict, title: str):
     from rich.table import Table
 
-    def ms(x):
-        if x is None:
-            return "-"
-        return f"{x * 1e6:,.1f} µs" if x < 1e-3 else f"{x * 1e3:,.1f} ms" if x < 10 else f"{x:,.2f} s"
+    ms = fmt_s
 
     t = Table(title=f"{title}: {s['requests']:,} requests ({s['workload']['description']})")
     t.add_column("figure")
@@ -100,3 +111,46 @@ def summary_table(s: dict, title: str):
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def _search(deployment, workload, requests, rate, vary, json_path, no_cache, quiet, log):
+    from rich.console import Console
+    from rich.table import Table
+
+    from kcompiler import cluster
+    from kcompiler.cluster import search as S
+    from kcompiler.cluster.latency import Profiler
+
+    dep = cluster.load_deployment(deployment)
+    wl = cluster.load_workload(workload, requests=requests, rate=rate)
+    spec = S.parse_vary(list(vary))
+    rows = S.search(dep, wl, spec, Profiler(None if no_cache else "default", log=log), log=log)
+    front = S.frontier(rows)
+    good = sorted((r for r in rows if r.meets), key=lambda r: (r.packages, -r.summary["goodput_rps"]))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"rows": S.as_json(rows), "frontier": S.as_json(front),
+                       "cheapest_meeting_slo": S.as_json(good[:1]), "slo": dep.slo}, f, indent=1)
+    if quiet:
+        return
+    t = Table(title=f"{dep.name}: {len(rows)} fleets for {len(wl):,} requests at {wl.rate:.3g}/s "
+                    f"(* frontier: fewest packages for the goodput)")
+    for col in ("setting", "packages", "goodput req/s", "TTFT p99", "TPOT p99", "meets SLOs"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    for r in sorted(rows, key=lambda r: (r.packages, str(r.setting))):
+        s = r.summary
+        mark = "*" if r in front else ""
+        if not s:
+            t.add_row(", ".join(f"{k}={v}" for k, v in r.setting.items()), str(r.packages), "-", "-", "-",
+                      f"[red]{(r.error or '')[:40]}")
+            continue
+        t.add_row(mark + ", ".join(f"{k}={v}" for k, v in r.setting.items()), str(r.packages),
+                  f"{s['goodput_rps']:.3f}", fmt_s(s["ttft_p99_s"]), fmt_s(s["tpot_p99_s"]), "yes" if r.meets else "no")
+    Console().print(t)
+    if good:
+        g = good[0]
+        Console().print(f"cheapest fleet meeting the SLOs ({', '.join(f'{k} <= {v:g} s' for k, v in dep.slo.items())}"
+                        f" at p99): {', '.join(f'{k}={v}' for k, v in g.setting.items())} on {g.packages} packages",
+                        highlight=False)
+    else:
+        Console().print("no fleet tried meets the SLOs", highlight=False)

@@ -349,3 +349,19 @@ def test_cli_json(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
     bad = CliRunner().invoke(cli, ["cluster", str(dep), "--workload", str(tmp_path / "nope.csv")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_search_finds_the_cheapest_fleet_meeting_the_slo(prof, tmp_path):
+    """More replicas cut the TTFT tail; the search reports the fewest that meet p99 TTFT."""
+    from kcompiler.cluster import search as S
+
+    dep = cluster.load_deployment(_dep(tmp_path, _pool("continuous").replace('ttft = "2 ms"', 'ttft = "300 us"')))
+    wl = _wl(n=600, rate=6000.0)
+    rows = S.search(dep, wl, S.parse_vary(["replicas=1,2,4"]), prof)
+    p99 = {r.setting["replicas"]: r.summary["ttft_p99_s"] for r in rows}
+    assert p99[1] > p99[2] > p99[4]
+    good = [r for r in rows if r.meets]
+    assert good and min(r.packages for r in good) == min(
+        n for n, t in p99.items() if t <= 300e-6 and rows[[1, 2, 4].index(n)].summary["tpot_p99_s"] <= 100e-6)
+    with pytest.raises(KCError, match="cannot be varied"):
+        S.parse_vary(["memory=1,2"])
