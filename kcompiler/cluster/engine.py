@@ -168,41 +168,51 @@ class Replica:
     def _kick(self, _=None) -> None:
         if self.busy:
             return
+        chip = self.chip
+        temporal = chip is not None and chip.sharing == "temporal"
         extra = 0.0
-        if self.chip is not None and self.chip.sharing == "temporal":
+        if temporal:
             if not self.has_work():
                 return
-            got = self.chip.acquire(self)
+            got = chip.acquire(self)
             if got is None:
                 return
             extra = got
         it = self.next_iteration()
         if it is None:
-            if self.chip is not None and self.chip.sharing == "temporal":
-                self.chip.release(self, self.sim)
+            if temporal:
+                chip.release(self, self.sim)
             return
         dur, energy, name, payload = it
         contended = False
-        if self.chip is not None and self.chip.sharing != "temporal" and self.chip.others_busy(self):
+        if chip is not None and not temporal and chip.others_busy(self):
             dur2 = self.contended_duration(payload, dur)
             contended = dur2 != dur
             if contended:
-                self.chip.contended_s += dur2
+                chip.contended_s += dur2
             dur = dur2
-        now = self.sim.now
+        sim = self.sim
+        now = sim.now
         if extra:
-            self.sim.span(self, "switch model", now, now + extra, {"model": self.pool.model})
+            sim.span(self, "switch model", now, now + extra, {"model": self.pool.model})
         end = now + extra + dur
         self.busy = True
         self.busy_s += extra + dur
         self.energy_j += energy
         self.iterations += 1
-        bins = self.sim.bins
+        bins = sim.bins
         if bins is not None:
-            self.sim.add_busy(self.index, now, end)
-        if self.sim.trace_limit:
-            self.sim.span(self, name, now + extra, end, {"contended": True} if contended else None)
-        self.sim.at(end, self.done_cb, payload)
+            w = sim.bin_s
+            b = int(now / w)
+            if end <= (b + 1) * w:  # the usual case: the iteration is inside one bin
+                row = bins[self.index]
+                row[b] = row.get(b, 0.0) + (end - now)
+            else:
+                sim.add_busy(self.index, now, end)
+        if sim.trace_limit:
+            sim.span(self, name, now + extra, end, {"contended": True} if contended else None)
+        sim._n += 1
+        heapq.heappush(sim._q, (end, sim._n, self.done_cb, payload))
 
     def contended_duration(self, payload, dur: float) -> float:
         return dur
@@ -491,15 +501,18 @@ class LLMReplica(Replica):
         return None
 
     def _decode_step(self):
-        need = self._blocks_for_step()
+        resid, r = self.resid, (-self.step) % BLOCK
+        need = resid[r]
         while need > self.blocks_free and len(self.run) > 1:
             self._preempt_newest()
-            need = self._blocks_for_step()
+            need = resid[r]
         self.blocks_free -= need
-        self._take_peak()
+        used = self.blocks_total - self.blocks_free
+        if used > self.blocks_peak:
+            self.blocks_peak = used
         b = len(self.run)
         t, e = self.t.decode(b, self.A + b * self.step)
-        return t, e, f"decode {b}", ("decode", b)
+        return t, e, ("decode %d" % b) if self.sim.trace_limit else "decode", ("decode", b)
 
     def _take_peak(self) -> None:
         used = self.blocks_total - self.blocks_free
