@@ -150,6 +150,8 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
     if not isinstance(model, str):
         raise src.error(at + ("model",), "missing or not a string", hint='e.g. model = "llama-7b"')
     _check_model(src, at + ("model",), model)
+    if model.endswith(".kcm") and (Path(src.path).parent / model).is_file():
+        model = str(Path(src.path).parent / model)  # relative to the deployment file
     chips_name = p.get("chips")
     if chips_name is not None and chips_name not in chips:
         raise src.error(at + ("chips",), f"{chips_name!r} names no [chips.*] group",
