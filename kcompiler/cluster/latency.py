@@ -200,8 +200,15 @@ class BatchProfile:
 def batch_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int, options: dict | None = None) -> BatchProfile:
     options = dict(options or {})
     if model.endswith(".kcm"):
+        # an artifact's shapes are fixed: one run serves up to its batch (the leading dim of its
+        # first input) and costs the same however many of its rows are real requests
+        import kcompiler
+
         m = prof.measure(model, {}, hw)
-        return BatchProfile(model, hw, [1], np.array([m.latency_s]), np.array([m.energy_j]), 1)
+        shape = next(iter(kcompiler.load(model).inputs.values()))[0]
+        b = int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else 1
+        grid = [1, b] if b > 1 else [1]
+        return BatchProfile(model, hw, grid, np.full(len(grid), m.latency_s), np.full(len(grid), m.energy_j), b)
     grid = pow2_grid(1, max_batch, (max_batch,))
     grid = [b for b in grid if b <= max_batch]
     ms = [prof.measure(model, {**options, "batch": b}, hw) for b in grid]

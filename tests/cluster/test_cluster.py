@@ -365,3 +365,16 @@ def test_search_finds_the_cheapest_fleet_meeting_the_slo(prof, tmp_path):
         n for n, t in p99.items() if t <= 300e-6 and rows[[1, 2, 4].index(n)].summary["tpot_p99_s"] <= 100e-6)
     with pytest.raises(KCError, match="cannot be varied"):
         S.parse_vary(["memory=1,2"])
+
+
+def test_compiled_artifact_pool(prof, tmp_path):
+    """A pool may serve a .kcm artifact, named relative to the deployment file: its shapes are
+    fixed, so one run serves up to its batch (2) at the same cost however full."""
+    import kcompiler
+
+    cm = kcompiler.compile("squeezenet", target="warboy", mode="timing", batch=2)
+    cm.save(tmp_path / "sq.kcm")
+    body = '[[pool]]\nmodel = "sq.kcm"\ntarget = "warboy"\nmax_batch = 8\nmax_delay = "1 ms"\n'
+    res, s = _run(prof, _dep(tmp_path, body), cluster.synthetic(200.0, 200, seed=0))
+    assert s["completed"] == 200 and s["pools"]["sq"]["max_batch"] == 2
+    assert s["pools"]["sq"]["buckets"][0]["latency_s"] == [pytest.approx(cm.report.latency_s)] * 2
