@@ -28,7 +28,7 @@ from kcompiler.errors import KCError
               help="Latency CDFs and utilisation over time (needs matplotlib).")
 @click.option("--vary", multiple=True, metavar="[POOL.]KEY=V1,V2,...",
               help="Search: simulate every combination (keys: replicas, devices, max_batch, chunk, scheduler, "
-                   "target, router, parallel) and print the cheapest fleets that meet the SLOs.")
+                   "target, router, parallel, role) and print the cheapest fleets that meet the SLOs.")
 @click.option("--no-cache", is_flag=True, help="Compile every latency bucket again (not from the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines and no table (use --json).")
 def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, trace_limit, plot_path, vary, no_cache,

@@ -258,6 +258,10 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
     system = targets.resolve(spec.target)
     npus = [d for d in system.accelerators if d.chip.kind == "npu"]
     pims = [d for d in system.accelerators if d.chip.kind == "pim"]
+    if not npus or not pims or spec.scheduler != "continuous":
+        raise KCError(f"pool '{spec.name}': role \"package\" runs prefill on the NPU and decode on PIM of one "
+                      f"package with continuous batching; '{spec.target}' with scheduler '{spec.scheduler}' cannot",
+                      hint="use an NPU+PIM system such as atom+aim and scheduler = \"continuous\"")
     npu_target = spec.prefill_target or npus[0].chip.name
     hw_pre = Hardware(npu_target)
     hw_dec = Hardware(spec.target)

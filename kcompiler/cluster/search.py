@@ -17,7 +17,7 @@ from kcompiler.cluster.deployment import SCHEDULERS, Deployment
 from kcompiler.errors import KCError
 
 VARY_KEYS = {"replicas": int, "devices": int, "max_batch": int, "chunk": int, "scheduler": str, "target": str,
-             "router": str, "parallel": str}
+             "router": str, "parallel": str, "role": str}
 
 
 def parse_vary(items: list[str]) -> dict[tuple[str | None, str], list]:
@@ -38,6 +38,9 @@ def parse_vary(items: list[str]) -> dict[tuple[str | None, str], list]:
             raise KCError(f"--vary '{item}' lists no values")
         if field == "scheduler" and any(v not in SCHEDULERS for v in values):
             raise KCError(f"--vary '{item}': schedulers are {', '.join(SCHEDULERS)}")
+        if field == "role" and any(v not in ("both", "package") for v in values):
+            raise KCError(f"--vary '{item}': role varies between both and package (disaggregation inside "
+                          f"each NPU+PIM package)", hint="prefill/decode pools are separate [[pool]] tables")
         if any(isinstance(v, int) and v < 1 for v in values):
             raise KCError(f"--vary '{item}': values must be positive")
         out[(pool or None, field)] = values
