@@ -28,7 +28,6 @@ import heapq
 import math
 from collections import deque
 from itertools import islice
-from typing import Any
 
 INF = math.inf
 BLOCK = 16  # KV tokens per page (vLLM's default block size)
@@ -47,6 +46,7 @@ class Sim:
         self.first = [INF] * n  # first token (LLM) / result (others) time
         self.finish = [INF] * n
         self.placed = [-1] * n  # replica index that finished it
+        self.model_of = [0] * n  # request -> entry pool (set by the fleet from the pools' shares)
         self.preempted = [0] * n
         self.trace: list[tuple] = []  # (replica, name, start, end, args)
         self.trace_limit = trace_limit
@@ -739,22 +739,20 @@ class Router:
 
 
 def route_all(sim: Sim, pools: list, n: int) -> None:
-    """Arrivals: one event at a time (the heap holds one pending arrival, not a million)."""
+    """Arrivals: one event at a time (the heap holds one pending arrival, not a million); request
+    i goes to the router of pool ``sim.model_of[i]``."""
     arrival = sim.arrival
-    target = [p.router for p in pools]
-    which = [p.index for p in pools]
-    assign = sim.model_of  # request -> pool entry index
+    routers = [p.router for p in pools]
+    assign = sim.model_of
 
     def arrive(i):
-        router = target[assign[i]]
-        router.pick().arrive(i)
+        routers[assign[i]].pick().arrive(i)
         if i + 1 < n:
             sim.at(arrival[i + 1], arrive, i + 1)
 
     if n:
         sim.at(arrival[0], arrive, 0)
-    del which
 
 
 __all__ = ["Sim", "Chip", "Replica", "DynamicBatcher", "LLMReplica", "StaticReplica", "KVTable", "Router",
-           "route_all", "BLOCK", "ceil_blocks", "Any"]
+           "route_all", "BLOCK", "ceil_blocks"]
