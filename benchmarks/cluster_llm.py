@@ -15,6 +15,16 @@ prompts ~256 tokens up to 768, outputs ~64 up to 256):
   `atom+aim` with continuous batching (the compiled program puts decode GEMVs on AiM, but
   prefill and decode iterations alternate), "package" runs them at the same time (role =
   "package": prefill on the ATOM, decode on the package, the KV over the package link).
+
+Measured 2026-12-01 (2-core AMD EPYC; buckets compiled once, then cached):
+
+    fleet                  thr (req/s)  goodput  TTFT p99  TPOT p99 capacity tok/s
+    atom static                   1.69     0.18   16.898s   374.1ms          135.8
+    atom continuous               1.74     1.74    0.442s    86.4ms          333.6
+    atom chunked                  1.74     1.74    0.549s    83.7ms          368.4
+    atom+aim continuous           1.78     1.78    0.382s     1.9ms          951.3
+    atom+aim package              1.78     1.78    0.425s     2.3ms         1301.8
+    package vs NPU-only: 3.90x (NeuPIMs: 2.4x); package vs naive NPU+PIM: 1.37x (NeuPIMs: 1.6x)
 """
 
 from __future__ import annotations

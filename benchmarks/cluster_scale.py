@@ -10,6 +10,10 @@ in timing mode first (cached in zoo.cache_dir(); a second run compiles nothing) 
 of the simulated time. Prints the simulation's wall time (event loop only, and with building
 the fleet and computing the summary), the process's peak resident memory, the events and
 iterations simulated, and the fleet's figures. Last line: `1e6 requests on 64 chips: X s, Y GiB`.
+
+Measured 2026-12-01 (2-core AMD EPYC, buckets cached): 1,000,000 requests at 80/s on 64 atoms,
+event loop 48.7 s, 49.9 s with building the fleet and the summary; 9,709,740 events, 8,709,740
+iterations; peak RSS 0.39 GiB; TTFT p50/p99 0.228/0.644 s, TPOT p50/p99 99.8/121.3 ms.
 """
 
 from __future__ import annotations
