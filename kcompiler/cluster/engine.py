@@ -128,10 +128,13 @@ class Chip:
         return cost
 
     def release(self, rep: "Replica", sim: Sim) -> None:
+        """rep is done with the chip: the longest-waiting tenant gets it (FCFS between tenants;
+        rep cannot take it straight back while another waits)."""
         if self.owner is rep:
             self.owner = None
             if self.waiting:
                 nxt = self.waiting.popleft()
+                self.owner = nxt
                 sim.at(sim.now, nxt.kick_cb)
 
 
@@ -173,6 +176,8 @@ class Replica:
         extra = 0.0
         if temporal:
             if not self.has_work():
+                if chip.owner is self:  # handed the chip with nothing to do: pass it on
+                    chip.release(self, self.sim)
                 return
             got = chip.acquire(self)
             if got is None:
@@ -464,6 +469,12 @@ class LLMReplica(Replica):
         # disaggregated decode side: admit arrived KV
         while self.pending_in and len(self.run) < self.max_batch:
             rid = self.pending_in[0]
+            if ceil_blocks(sim.prompt[rid] + sim.output[rid]) > self.blocks_total:
+                self.pending_in.popleft()  # can never fit this replica's KV: refused
+                self.pool.rejected += 1
+                self.outstanding -= 1
+                sim.finish[rid] = -1.0
+                continue
             need = ceil_blocks(sim.prompt[rid] + 1)
             if need > self.blocks_free:
                 break

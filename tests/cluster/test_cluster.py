@@ -272,6 +272,27 @@ def test_temporal_sharing_charges_switches(prof, tmp_path):
     assert a.busy_s + b.busy_s <= s["makespan_s"] * 1.0001
 
 
+def test_temporal_sharing_is_fair_under_load(prof, tmp_path):
+    """Both tenants always have work: the chip alternates between them (FCFS between tenants),
+    neither starves while the other keeps it."""
+    body = """
+    [chips.w]
+    target = "warboy"
+    [[pool]]
+    model = "squeezenet"
+    chips = "w"
+    [[pool]]
+    model = "bert-tiny"
+    chips = "w"
+    """
+    wl = cluster.synthetic(50_000.0, 2000, seed=3)  # far above the chip's rate: queues never empty
+    res, s = _run(prof, _dep(tmp_path, body), wl)
+    assert s["completed"] == 2000
+    a, b = (np.median(res.finish[res.pool_of == k]) for k in (0, 1))
+    assert abs(a - b) < 0.25 * s["makespan_s"]
+    assert s["chips"]["w/0"]["switches"] > 100
+
+
 # ---- files and the command line ----------------------------------------------------------------
 
 def test_traces_azure_and_splitwise(tmp_path):
