@@ -19,6 +19,8 @@ SCHEDULERS = ("dynamic", "static", "continuous", "chunked")
 ROUTERS = ("round-robin", "least-loaded", "kv-aware")
 ROLES = ("both", "prefill", "decode", "package")
 PARALLEL = ("none", "tensor", "pipeline", "data")
+#: bounds that keep a deployment's simulation within memory (a hostile file cannot ask for 10^9 replicas)
+LIMITS = {"replicas": 100_000, "devices": 1024, "max_batch": 4096, "chunk": 1 << 20, "max_tokens": 1 << 22}
 POOL_KEYS = {"name", "model", "dtype", "layers", "target", "replicas", "devices", "parallel", "scheduler",
              "max_batch", "max_delay", "chunk", "max_tokens", "memory_utilization", "router", "role",
              "decode_pool", "share", "chips", "partition", "interconnect", "prefill_target"}
@@ -88,7 +90,10 @@ def load(path: str | Path) -> Deployment:
         if not isinstance(target, str):
             raise src.error(("chips", gname, "target"), "missing or not a string")
         _check_target(src, ("chips", gname, "target"), target)
-        chips[gname] = ChipGroup(gname, target, positive(src, ("chips", gname, "count"), g.get("count", 1)))
+        count = positive(src, ("chips", gname, "count"), g.get("count", 1))
+        if count > LIMITS["replicas"]:
+            raise src.error(("chips", gname, "count"), f"{count:,} is more than the simulator takes")
+        chips[gname] = ChipGroup(gname, target, count)
     pools = [_pool(src, i, p, chips) for i, p in enumerate(pools_raw)]
     names = [p.name for p in pools]
     for i, p in enumerate(pools):
@@ -163,6 +168,10 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
         raise src.error(at + ("target",), f"'{target}' differs from chips.{chips_name}.target "
                                           f"'{chips[chips_name].target}'")
     _check_target(src, at + ("target",), target)
+    for k, hi in LIMITS.items():
+        v = p.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > hi:
+            raise src.error(at + (k,), f"{v:,} is more than the simulator takes ({hi:,})")
     out = PoolSpec(name=str(p.get("name", model if not model.endswith(".kcm") else Path(model).stem)),
                    model=model, target=target, line=0)
     out.replicas = positive(src, at + ("replicas",), p.get("replicas", 1))

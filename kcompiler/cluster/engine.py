@@ -320,8 +320,10 @@ class KVTable:
         import numpy as np
 
         self.prof = prof
-        self.step = step
         kmax = max(prof.kvs[-1], max_context)
+        # a dense table of at most ~4M entries: coarser KV steps for long contexts and large batches
+        step = max(step, -(-kmax * max_batch // 4_000_000))
+        self.step = step
         ks = np.arange(0, kmax + step, step, dtype=float)
         ks_c = np.clip(ks, prof.kvs[0], prof.kvs[-1])
         self.dec_t, self.dec_e = [None], [None]

@@ -21,6 +21,11 @@ import numpy as np
 
 from kcompiler.cluster.spec import ClusterSpecError, Source, choice, positive, seconds
 
+#: the most requests one simulation takes (16 bytes each in the workload, ~400 in the simulator)
+MAX_REQUESTS = 20_000_000
+#: the longest prompt or output a request may have (tokens)
+MAX_TOKENS = 1 << 20
+
 
 @dataclass
 class Workload:
@@ -116,6 +121,9 @@ def load(path: str | Path, requests: int | None = None, rate: float | None = Non
         else:
             raise src.error(("arrivals",), "says neither how many requests nor for how long",
                             hint='add requests = 1000 or duration = "10 min"')
+    if requests > MAX_REQUESTS:
+        raise src.error(("arrivals",), f"{requests:,} requests exceed the simulator's {MAX_REQUESTS:,}",
+                        hint="simulate fewer requests (a sample of the period), or split the run")
     seed = a.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise src.error(("arrivals", "seed"), f"{seed!r} must be an integer")
@@ -128,10 +136,17 @@ def load(path: str | Path, requests: int | None = None, rate: float | None = Non
         src.check_keys(t, (key,), {"distribution", "min", "max", *DISTRIBUTIONS[kind]})
         vals = [positive(src, (key, f), t.get(f), integer=f != "std" and kind in ("fixed", "uniform"),
                          allow_zero=kind == "fixed") for f in DISTRIBUTIONS[kind]]
+        for f, v in zip(DISTRIBUTIONS[kind], vals):
+            if f != "std" and v > MAX_TOKENS:
+                raise src.error((key, f), f"{v:,} tokens exceed {MAX_TOKENS:,}")
         if kind == "uniform" and vals[0] > vals[1]:
             raise src.error((key, "min"), f"min {vals[0]} is above max {vals[1]}")
         if kind in ("normal", "lognormal"):
-            vals += [positive(src, (key, "min"), t.get("min", 1)), t.get("max")]
+            hi = t.get("max", MAX_TOKENS)
+            hi = positive(src, (key, "max"), hi)
+            if hi > MAX_TOKENS:
+                raise src.error((key, "max"), f"{hi:,} tokens exceed {MAX_TOKENS:,}")
+            vals += [positive(src, (key, "min"), t.get("min", 1)), hi]
         dists.append((kind, *vals))
     w = synthetic(r, requests, process, cv, seed, dists[0], dists[1], source=str(p))
     w.description = d.get("name", w.description)
@@ -212,8 +227,13 @@ def load_trace(path: Path) -> Workload:
                         raise ClusterSpecError(f"{path}:{line}: {c} '{row[j]}' is not a whole number") from None
                     if v < 0:
                         raise ClusterSpecError(f"{path}:{line}: {c} {v} is negative")
+                    if v > MAX_TOKENS:
+                        raise ClusterSpecError(f"{path}:{line}: {c} {v:,} exceeds {MAX_TOKENS:,} tokens")
                     out.append(v)
                 times.append(t)
+                if len(times) > MAX_REQUESTS:
+                    raise ClusterSpecError(f"{path}:{line}: more than {MAX_REQUESTS:,} requests",
+                                           hint="cut the trace (kc cluster --requests N reads its first N rows)")
         except csv.Error as exc:
             raise ClusterSpecError(f"{path}: not a valid CSV file: {exc}") from None
         except UnicodeDecodeError as exc:

@@ -399,3 +399,22 @@ def test_compiled_artifact_pool(prof, tmp_path):
     res, s = _run(prof, _dep(tmp_path, body), cluster.synthetic(200.0, 200, seed=0))
     assert s["completed"] == 200 and s["pools"]["sq"]["max_batch"] == 2
     assert s["pools"]["sq"]["buckets"][0]["latency_s"] == [pytest.approx(cm.report.latency_s)] * 2
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('[[pool]]\nmodel = "llama-tiny"\ntarget = "atom"\nreplicas = 1000000000\n', "more than the simulator takes"),
+    ('[[pool]]\nmodel = "llama-tiny"\ntarget = "atom"\nmax_batch = 10000000\n', "more than the simulator takes"),
+])
+def test_hostile_sizes_are_refused_not_allocated(tmp_path, body, needle):
+    with pytest.raises(ClusterSpecError, match=needle):
+        cluster.load_deployment(_dep(tmp_path, body))
+
+
+def test_hostile_workloads_are_refused(tmp_path):
+    p = tmp_path / "w.toml"
+    p.write_text("[arrivals]\nrate = 1.0\nrequests = 1000000000000\n")
+    with pytest.raises(ClusterSpecError, match=r"w.toml:1: arrivals: 1,000,000,000,000 requests exceed"):
+        cluster.load_workload(p)
+    p.write_text('[arrivals]\nrate = 1.0\nrequests = 3\n[prompt]\ndistribution = "fixed"\nvalue = 999999999\n')
+    with pytest.raises(ClusterSpecError, match=r"prompt.value: 999,999,999 tokens exceed"):
+        cluster.load_workload(p)
