@@ -855,7 +855,9 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
 def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray | None, acc_in: np.ndarray | None,
               state_out: np.ndarray, acc_out: np.ndarray, dst: np.ndarray) -> None:
     """One score tile of online softmax: scale and mask S, update the running max and sum, rescale
-    the output accumulator, write P (the probabilities) in place of S."""
+    the output accumulator, write P (the probabilities) in place of S. The running sum adds P as
+    written (rounded to the destination's dtype), the values the P·V matmul then reads: the output
+    is divided by the sum of the weights it was actually made of."""
     scale = F32(isa.bits_f32(f["imm0"]))
     s = _f32(s) * scale
     if mask is not None:
@@ -875,10 +877,10 @@ def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray
         p = np.exp(s - m_new[:, None])
         corr = np.exp(m_old - m_new)
     corr = np.where(np.isneginf(m_old), F32(0), corr)
-    l_new = l_old * corr + p.sum(axis=1)
+    dst[...] = p.astype(dst.dtype)
+    l_new = l_old * corr + (p if dst.dtype == F32 else _f32(dst)).sum(axis=1)
     state_out[...] = np.stack([m_new, l_new]).astype(F32)
     acc_out[...] = o_old * corr[:, None]
-    dst[...] = p.astype(dst.dtype)
 
 
 def _window_fn(fn: str, srcs: list[np.ndarray], w: "Window") -> np.ndarray:
