@@ -22,6 +22,21 @@ from kcompiler import onnx_backend  # noqa: E402
 CASES = {
     # the running softmax sum adds P as the P.V matmul reads it (rounded to fp16), not as computed
     "test_attention_4d_fp16": "fp16 attention: output divided by the sum of the weights it was made of",
+    # LayerNormalization's Mean and InvStdDev (graph outputs): reduce_mean and reduce_rstd over its rows
+    "test_layer_normalization_3d_axis1_epsilon": "LayerNorm Mean/InvStdDev over two axes, epsilon",
+    "test_layer_normalization_4d_axis_negative_2": "LayerNorm Mean/InvStdDev, negative axis",
+    "test_layer_normalization_2d_axis0": "LayerNorm Mean/InvStdDev over every axis",
+    # elementwise functions of the vector unit
+    "test_sin": "Sin", "test_acosh": "Acosh", "test_atanh": "Atanh", "test_tan_example": "Tan",
+    "test_celu_float16": "Celu (alpha), float16", "test_selu": "Selu (alpha, gamma)", "test_shrink_soft": "Shrink",
+    "test_thresholdedrelu": "ThresholdedRelu", "test_mish": "Mish", "test_round": "Round (halves to even)",
+    "test_softsign": "Softsign", "test_swish": "Swish (alpha)", "test_prelu_broadcast": "PRelu, broadcast slope",
+    # along one axis
+    "test_hardmax_one_hot": "Hardmax: the first of equal maxima", "test_hardmax_axis_1": "Hardmax, axis 1",
+    "test_logsoftmax_large_number": "LogSoftmax", "test_reduce_min_default_axes_keepdims_random": "ReduceMin",
+    # float casts: the vector unit's copy into another dtype
+    "test_cast_FLOAT_to_BFLOAT16": "Cast to bfloat16 (round to nearest even)",
+    "test_castlike_FLOAT16_to_FLOAT": "CastLike",
 }
 
 
