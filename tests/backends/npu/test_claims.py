@@ -79,3 +79,18 @@ def test_attention_with_an_attribute_the_kernel_lacks_goes_to_the_host():
     _, placed = _placed(model)
     dev, why = placed["Attention"]
     assert dev == "host" and "left_window_size" in why
+
+
+def test_maxpool_with_its_indices_read_goes_to_the_host():
+    """The NPU's pool writes no Indices (an int64 argmax): a MaxPool whose Indices are a graph
+    output is not claimed, and the host computes both outputs."""
+    node = helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], strides=[2, 2])
+    model = make_model([node], {"x": [1, 2, 4, 4]}, {"y": [1, 2, 2, 2]})
+    model.graph.output.append(helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 2, 2, 2]))
+    cm, placed = _placed(model)
+    dev, why = placed["MaxPool"]
+    assert dev == "host" and "extra output 'idx'" in why
+    x = rand(1, 2, 4, 4, seed=5)
+    got, want = cm.run({"x": x}), ort_run(model, {"x": x})
+    np.testing.assert_array_equal(got["idx"], want["idx"])
+    np.testing.assert_allclose(got["y"], want["y"])
