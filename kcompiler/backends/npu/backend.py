@@ -123,13 +123,18 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Clip": (K.ClipKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "BatchNormalization": (K.BatchNormKernel, _all(_x_only, lambda n: _consts(n, 1), _only_first_output,
                                                    _attr_in("training_mode", (0,), 0), _min_rank(0, 2))),
-    "LayerNormalization": (K.LayerNormKernel, _all(_elementwise, _only_first_output)),
+    "LayerNormalization": (K.LayerNormKernel, _all(_elementwise, lambda n: _layernorm_stats(n))),
     "RMSNormalization": (K.RmsNormKernel, _elementwise),
     "Attention": (K.AttentionKernel, _all(_elementwise, _only_first_output, lambda n: _attention_check(n))),
     "Softmax": (K.SoftmaxKernel, _elementwise),
+    "LogSoftmax": (K.SoftmaxKernel, _elementwise),
+    "Hardmax": (K.SoftmaxKernel, _elementwise),
+    "Cast": (K.CastKernel, _all(_elementwise, lambda n: _float_cast(n))),
+    "CastLike": (K.CastKernel, _all(_x_only, lambda n: _float_cast(n))),
     "ReduceMean": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceSum": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMax": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceMin": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "MaxPool": (K.PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
     "AveragePool": (K.PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
     "GlobalAveragePool": (K.ReduceKernel, _all(_x_only, _min_rank(0, 3))),
@@ -158,6 +163,28 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 #: qk_matmul_output_mode and softmax_precision only matter for the extra output, which is refused)
 ATTENTION_ATTRS = {"is_causal", "softcap", "scale", "q_num_heads", "kv_num_heads", "qk_matmul_output_mode",
                    "softmax_precision"}
+
+
+def _layernorm_stats(node: ir.Node) -> Support:
+    """LayerNormalization's Mean and InvStdDev, when read, are computed in float32 (stash_type 1)."""
+    extra = [v for v in node.outputs[1:] if v is not None and v.name and _used(v)]
+    if not extra:
+        return YES
+    if K.a_int(node, "stash_type", 1) != 1:
+        return no(f"its Mean/InvStdDev outputs are used with stash_type={K.a_int(node, 'stash_type', 1)} "
+                  "(the NPU computes them in float32 only)")
+    for v in extra:
+        if v.dtype != FLOAT:
+            return no(f"its extra output '{v.name}' has dtype {v.dtype} (the NPU writes it in float32)")
+    return YES
+
+
+def _float_cast(node: ir.Node) -> Support:
+    """A cast between the float types the NPU holds is the vector unit's copy into another dtype."""
+    out = node.outputs[0]
+    if out.dtype not in K.FLOATS or node.inputs[0] is None or node.inputs[0].dtype not in K.FLOATS:
+        return no("the NPU casts only between float32, float16 and bfloat16")
+    return YES
 
 
 def _inference_dropout(node: ir.Node) -> Support:

@@ -134,6 +134,21 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "lrn": ("transcendental", 1, 1.0),  # across channels (the masked dim): arg = size; imm0..2 alpha beta bias
     "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim.py)
     "attn_final": ("alu", 2, 1.0),  # the output tile: accumulator / running sum
+    # appended after the first ISA (earlier functions keep their codes, so programs stay valid)
+    "reduce_rstd": ("reduce", 1, 2.0),  # 1 / sqrt(mean((x - mean)^2) + imm0): LayerNorm's InvStdDev
+    "reduce_min": ("reduce", 1, 1.0),
+    "logsoftmax": ("transcendental", 1, 3.0), "hardmax": ("reduce", 1, 2.0),  # one-hot of the first max
+    "sin": ("transcendental", 1, 1.0), "cos": ("transcendental", 1, 1.0), "tan": ("transcendental", 1, 1.0),
+    "asin": ("transcendental", 1, 1.0), "acos": ("transcendental", 1, 1.0), "atan": ("transcendental", 1, 1.0),
+    "sinh": ("transcendental", 1, 1.0), "cosh": ("transcendental", 1, 1.0), "asinh": ("transcendental", 1, 1.0),
+    "acosh": ("transcendental", 1, 1.0), "atanh": ("transcendental", 1, 1.0),
+    "softsign": ("div", 1, 1.0), "mish": ("transcendental", 1, 1.0), "round": ("alu", 1, 1.0),
+    "selu": ("transcendental", 1, 1.0),  # imm0 alpha, imm1 gamma
+    "celu": ("transcendental", 1, 1.0),  # imm0 alpha
+    "thresholdedrelu": ("alu", 1, 1.0),  # imm0 alpha
+    "shrink": ("alu", 1, 1.0),  # imm0 bias, imm1 lambd
+    "swish": ("transcendental", 1, 1.0),  # x * sigmoid(imm0 * x)
+    "prelu": ("mul", 2, 1.0),  # src0 < 0 ? src0 * src1 : src0
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

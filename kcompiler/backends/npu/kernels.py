@@ -813,6 +813,18 @@ ELEMENTWISE: dict[str, str] = {
     "Log": "log", "Erf": "erf", "Gelu": "gelu", "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs",
     "Reciprocal": "reciprocal", "Sign": "sign", "Floor": "floor", "Ceil": "ceil", "Softplus": "softplus",
     "Elu": "elu", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+    "Sin": "sin", "Cos": "cos", "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan", "Sinh": "sinh",
+    "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh", "Softsign": "softsign", "Mish": "mish",
+    "Round": "round", "Selu": "selu", "Celu": "celu", "ThresholdedRelu": "thresholdedrelu", "Shrink": "shrink",
+    "Swish": "swish", "PRelu": "prelu",
+}
+
+#: op -> its attributes (name, default) in the order of the vector function's immediates
+_STEP_IMMS: dict[str, tuple[tuple[str, float], ...]] = {
+    "LeakyRelu": (("alpha", 0.01),), "Elu": (("alpha", 1.0),), "HardSigmoid": (("alpha", 0.2), ("beta", 0.5)),
+    "Selu": (("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875)),
+    "Celu": (("alpha", 1.0),), "ThresholdedRelu": (("alpha", 1.0),), "Shrink": (("bias", 0.0), ("lambd", 0.5)),
+    "Swish": (("alpha", 1.0),),
 }
 
 
@@ -821,13 +833,8 @@ def elementwise_step(op: str, attrs) -> tuple[str, tuple[float, float, float]]:
     fn = ELEMENTWISE[op]
     if op == "Gelu" and attrs("approximate", "none") == "tanh":
         return "gelu_tanh", (0.0, 0.0, 0.0)
-    if op == "LeakyRelu":
-        return fn, (attrs("alpha", 0.01), 0.0, 0.0)
-    if op == "Elu":
-        return fn, (attrs("alpha", 1.0), 0.0, 0.0)
-    if op == "HardSigmoid":
-        return fn, (attrs("alpha", 0.2), attrs("beta", 0.5), 0.0)
-    return fn, (0.0, 0.0, 0.0)
+    imms = [float(attrs(name, d)) for name, d in _STEP_IMMS.get(op, ())]
+    return fn, tuple(imms + [0.0] * (3 - len(imms)))
 
 
 class ElementwiseKernel(VectorKernel):
@@ -863,6 +870,16 @@ class ElementwiseKernel(VectorKernel):
         if op == "Mean":
             out.append(t.vec("scale", t.dst, [acc], (1.0 / len(src), 0.0, 0.0)))
         return out
+
+
+class CastKernel(VectorKernel):
+    """Cast / CastLike between float types: the vector unit's copy, which rounds to the destination's
+    dtype (CastLike's second input gives only the type)."""
+
+    fn = "copy"
+
+    def stream_inputs(self):
+        return [self.node.inputs[0]]
 
 
 class ClipKernel(VectorKernel):
@@ -917,8 +934,14 @@ class BatchNormKernel(VectorKernel):
 
 
 class SoftmaxKernel(VectorKernel):
+    """Softmax, LogSoftmax and Hardmax along one axis."""
+
     fn = "softmax"
     work_per_elem = 3.0
+
+    def __init__(self, node, spec):
+        self.fn = {"LogSoftmax": "logsoftmax", "Hardmax": "hardmax"}.get(node.op_type, "softmax")
+        super().__init__(node, spec)
 
     def stream_inputs(self):
         return [self.node.inputs[0]]
@@ -928,6 +951,9 @@ class SoftmaxKernel(VectorKernel):
 
 
 class LayerNormKernel(VectorKernel):
+    """LayerNormalization; its Mean and InvStdDev outputs, when read, are one more reduction each
+    over the same rows (reduce_mean, reduce_rstd), written in float32 (stash_type 1)."""
+
     fn = "layernorm"
     work_per_elem = 4.0
 
@@ -941,6 +967,50 @@ class LayerNormKernel(VectorKernel):
     def body(self, t):
         eps = a_float(self.node, "epsilon", 1e-5)
         return [t.vec(self.fn, t.dst, t.src[:3], (eps, 0.0, 0.0))]
+
+    def stats(self) -> list["RowStatKernel"]:
+        if self.fn != "layernorm":
+            return []
+        eps = a_float(self.node, "epsilon", 1e-5)
+        return [RowStatKernel(self.node, self.spec, v, fn, eps, self.reduced_axes())
+                for v, fn in zip(self.node.outputs[1:3], ("reduce_mean", "reduce_rstd"))
+                if v is not None and v.name and (v.uses() or v.is_graph_output())]
+
+    def cost(self):
+        c = super().cost()
+        return Cost(cycles=c.cycles + sum(k.cost().cycles for k in self.stats()), macs=c.macs)
+
+    def emit(self, cg, op):
+        super().emit(cg, op)
+        for k in self.stats():
+            k.emit(cg, op)
+
+
+class RowStatKernel(VectorKernel):
+    """A statistic of the rows a normalisation runs over (its mean, its inverse standard deviation),
+    kept as size-1 dims: the extra outputs of LayerNormalization."""
+
+    def __init__(self, node, spec, out: ir.Value, fn: str, eps: float, axes: set[int]):
+        self.fn, self.eps, self.axes = fn, eps, set(axes)
+        self.work_per_elem = isa.VECTOR_FNS[fn][2]
+        super().__init__(node, spec)
+        self.out = out
+
+    def iteration_space(self):
+        return shape(self.node.inputs[0])
+
+    def stream_inputs(self):
+        return [self.node.inputs[0]]
+
+    def reduced_axes(self):
+        return self.axes
+
+    def result(self, cg):
+        lay = cg.layout(self.out)
+        return Operand(lay, tuple(0 if d in self.axes else s for d, s in enumerate(lay.strides)))
+
+    def body(self, t):
+        return [t.vec(self.fn, t.dst, t.src[:1], (self.eps if self.fn == "reduce_rstd" else 0.0, 0.0, 0.0))]
 
 
 class RmsNormKernel(LayerNormKernel):
@@ -956,7 +1026,8 @@ class ReduceKernel(VectorKernel):
 
     def __init__(self, node, spec):
         self.fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
-                   "GlobalAveragePool": "reduce_mean", "GlobalMaxPool": "reduce_max"}[node.op_type]
+                   "ReduceMin": "reduce_min", "GlobalAveragePool": "reduce_mean",
+                   "GlobalMaxPool": "reduce_max"}[node.op_type]
         super().__init__(node, spec)
 
     def iteration_space(self):

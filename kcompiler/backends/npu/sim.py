@@ -514,6 +514,8 @@ class _VSpec:
                 raise _Bad("the tile operand and destination of a reduction are not broadcast")
             if k == "lrn" and bin(axes).count("1") != 1:
                 raise _Bad("LRN runs across exactly one dim")
+            if isa.VFN_NAMES[ins.aux] == "hardmax" and bin(axes).count("1") != 1:
+                raise _Bad("hardmax runs along exactly one dim")
             out = [sram(1, srcs[0], shape)]
             for i in range(1, 4):
                 if srcs[i] != NONE and (i < self.n or i in self.optional):
@@ -593,7 +595,8 @@ def _read(a: Access) -> Access:
 
 _ELEMENTWISE_ARITY = {name: n for name, (_, n, _) in isa.VECTOR_FNS.items()}
 _IMMS = {"leakyrelu": {"imm0"}, "clip": {"imm0", "imm1"}, "elu": {"imm0"}, "hardsigmoid": {"imm0", "imm1"},
-         "scale": {"imm0", "imm1"}, "axpy": {"imm0"}}
+         "scale": {"imm0", "imm1"}, "axpy": {"imm0"}, "selu": {"imm0", "imm1"}, "celu": {"imm0"},
+         "thresholdedrelu": {"imm0"}, "shrink": {"imm0", "imm1"}, "swish": {"imm0"}}
 _VSPEC: dict[str, _VSpec] = {}
 for _name in vfn.ELEMENTWISE:
     _VSPEC[_name] = _VSpec("elementwise", _ELEMENTWISE_ARITY[_name], imms=frozenset(_IMMS.get(_name, ())))
@@ -602,7 +605,9 @@ _VSPEC.update({
     "layernorm": _VSpec("norm", 2, optional=frozenset({2}), imms=frozenset({"imm0"}), axes=True),
     "rmsnorm": _VSpec("norm", 2, imms=frozenset({"imm0"}), axes=True),
     "reduce_sum": _VSpec("reduce", 1, axes=True), "reduce_mean": _VSpec("reduce", 1, axes=True),
-    "reduce_max": _VSpec("reduce", 1, axes=True),
+    "reduce_max": _VSpec("reduce", 1, axes=True), "reduce_min": _VSpec("reduce", 1, axes=True),
+    "reduce_rstd": _VSpec("reduce", 1, imms=frozenset({"imm0"}), axes=True),
+    "logsoftmax": _VSpec("softmax", 1, axes=True), "hardmax": _VSpec("softmax", 1, axes=True),
     "maxpool": _VSpec("window", 1), "avgpool": _VSpec("window", 1),
     "dwconv": _VSpec("window", 2, imms=frozenset({"arg"})),
     "lrn": _VSpec("lrn", 1, imms=frozenset({"imm0", "imm1", "imm2", "arg"}), axes=True),
@@ -836,9 +841,14 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         axes = tuple(d for d in range(4) if axes_mask >> d & 1)
         x = _f32(srcs[0])
         if kind == "reduce":
-            return {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max}[fn](x, axis=axes, keepdims=True)
+            if fn == "reduce_rstd":
+                return vfn.rstd(x, axes, i0)
+            return {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max,
+                    "reduce_min": np.min}[fn](x, axis=axes, keepdims=True)
         if kind == "softmax":
-            return vfn.softmax(x, axes)
+            if fn == "hardmax":
+                return vfn.hardmax(x, axes)
+            return vfn.logsoftmax(x, axes) if fn == "logsoftmax" else vfn.softmax(x, axes)
         if kind == "lrn":
             return vfn.lrn(x, axes[0], f["arg"], i0, i1, i2)
         gamma = _f32(srcs[1])
@@ -855,7 +865,9 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
 def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray | None, acc_in: np.ndarray | None,
               state_out: np.ndarray, acc_out: np.ndarray, dst: np.ndarray) -> None:
     """One score tile of online softmax: scale and mask S, update the running max and sum, rescale
-    the output accumulator, write P (the probabilities) in place of S."""
+    the output accumulator, write P (the probabilities) in place of S. The running sum adds P as
+    written (rounded to the destination's dtype), the values the P·V matmul then reads: the output
+    is divided by the sum of the weights it was actually made of."""
     scale = F32(isa.bits_f32(f["imm0"]))
     s = _f32(s) * scale
     if mask is not None:
@@ -875,10 +887,10 @@ def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray
         p = np.exp(s - m_new[:, None])
         corr = np.exp(m_old - m_new)
     corr = np.where(np.isneginf(m_old), F32(0), corr)
-    l_new = l_old * corr + p.sum(axis=1)
+    dst[...] = p.astype(dst.dtype)
+    l_new = l_old * corr + (p if dst.dtype == F32 else _f32(dst)).sum(axis=1)
     state_out[...] = np.stack([m_new, l_new]).astype(F32)
     acc_out[...] = o_old * corr[:, None]
-    dst[...] = p.astype(dst.dtype)
 
 
 def _window_fn(fn: str, srcs: list[np.ndarray], w: "Window") -> np.ndarray:

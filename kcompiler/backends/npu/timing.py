@@ -173,7 +173,8 @@ def _eb(code: int) -> int:
     return isa.ESIZES[code] if code < len(isa.ESIZES) else 1
 
 
-_REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn"})
+_REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn",
+                       "reduce_min", "reduce_rstd", "logsoftmax", "hardmax"})
 
 
 def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:

@@ -98,6 +98,23 @@ ELEMENTWISE = {
     "elu": lambda a, i0, i1, i2: np.where(a[0] > 0, a[0], _imm(i0) * np.expm1(a[0])),
     "hardsigmoid": lambda a, i0, i1, i2: np.clip(_imm(i0) * a[0] + _imm(i1), 0, 1),
     "hardswish": lambda a, i0, i1, i2: hardswish(a[0]),
+    "sin": lambda a, i0, i1, i2: np.sin(a[0]), "cos": lambda a, i0, i1, i2: np.cos(a[0]),
+    "tan": lambda a, i0, i1, i2: np.tan(a[0]), "asin": lambda a, i0, i1, i2: np.arcsin(a[0]),
+    "acos": lambda a, i0, i1, i2: np.arccos(a[0]), "atan": lambda a, i0, i1, i2: np.arctan(a[0]),
+    "sinh": lambda a, i0, i1, i2: np.sinh(a[0]), "cosh": lambda a, i0, i1, i2: np.cosh(a[0]),
+    "asinh": lambda a, i0, i1, i2: np.arcsinh(a[0]), "acosh": lambda a, i0, i1, i2: np.arccosh(a[0]),
+    "atanh": lambda a, i0, i1, i2: np.arctanh(a[0]),
+    "softsign": lambda a, i0, i1, i2: a[0] / (F32(1) + np.abs(a[0])),
+    "mish": lambda a, i0, i1, i2: a[0] * np.tanh(np.logaddexp(a[0], F32(0))),
+    "round": lambda a, i0, i1, i2: np.round(a[0]),  # halves to even, as ONNX's Round
+    "selu": lambda a, i0, i1, i2: _imm(i1) * np.where(a[0] > 0, a[0], _imm(i0) * np.expm1(a[0])),
+    "celu": lambda a, i0, i1, i2: np.maximum(a[0], F32(0)) + np.minimum(
+        F32(0), _imm(i0) * np.expm1(a[0] / _imm(i0))),
+    "thresholdedrelu": lambda a, i0, i1, i2: np.where(a[0] > _imm(i0), a[0], F32(0)),
+    "shrink": lambda a, i0, i1, i2: np.where(a[0] < -_imm(i1), a[0] + _imm(i0),
+                                             np.where(a[0] > _imm(i1), a[0] - _imm(i0), F32(0))),
+    "swish": lambda a, i0, i1, i2: a[0] * sigmoid(_imm(i0) * a[0]),
+    "prelu": lambda a, i0, i1, i2: np.where(a[0] < 0, a[0] * a[1], a[0]),
 }
 
 
@@ -120,6 +137,25 @@ def softmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     e = np.exp(x - x.max(axis=axes, keepdims=True))
     e /= e.sum(axis=axes, keepdims=True)
     return e
+
+
+def logsoftmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    s = x - x.max(axis=axes, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axes, keepdims=True))
+
+
+def hardmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """1 at the first maximum along the (one) axis, 0 elsewhere."""
+    (axis,) = axes
+    first = np.argmax(x, axis=axis)
+    return (np.arange(x.shape[axis]).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+            == np.expand_dims(first, axis)).astype(F32)
+
+
+def rstd(x, axes, eps):
+    """1 / sqrt(var + eps) over `axes` (LayerNormalization's InvStdDev), kept as size-1 dims."""
+    d = x - x.mean(axis=axes, keepdims=True)
+    return F32(1) / np.sqrt((d * d).mean(axis=axes, keepdims=True) + F32(eps))
 
 
 def layernorm(x, axes, eps, gamma, beta):
