@@ -327,9 +327,9 @@ class KVTable:
         ks = np.arange(0, kmax + step, step, dtype=float)
         ks_c = np.clip(ks, prof.kvs[0], prof.kvs[-1])
         self.dec_t, self.dec_e = [None], [None]
+        rows_t = np.array([np.interp(ks_c, prof.kvs, prof.dec_t[j]) for j in range(len(prof.batches))])
+        rows_e = np.array([np.interp(ks_c, prof.kvs, prof.dec_e[j]) for j in range(len(prof.batches))])
         for b in range(1, max_batch + 1):
-            rows_t = np.array([np.interp(ks_c, prof.kvs, prof.dec_t[j]) for j in range(len(prof.batches))])
-            rows_e = np.array([np.interp(ks_c, prof.kvs, prof.dec_e[j]) for j in range(len(prof.batches))])
             if len(prof.batches) > 1:
                 i = min(int(np.searchsorted(prof.batches, b, "right")) - 1, len(prof.batches) - 2)
                 b0, b1 = prof.batches[i], prof.batches[i + 1]
@@ -388,8 +388,7 @@ class LLMReplica(Replica):
         self.gen = {}  # rid -> tokens generated before a preemption (recomputed with the prompt)
         self.end_of: dict[int, int] = {}  # rid -> the step that produces its last token
         self.prefilling: deque = deque()  # chunked: [rid, tokens done, total]
-        self.handoff = None  # disaggregation: the decode pool's router
-        self.decode_only = False
+        self.handoff = None  # disaggregation: hands a prefilled request to a decode replica
         self.pending_in: deque = deque()  # decode side: requests whose KV arrived, waiting for blocks
 
     # routing figures
