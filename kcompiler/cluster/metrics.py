@@ -158,7 +158,7 @@ def plot(res: Result, path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise KCError("--plot needs matplotlib", hint="pip install matplotlib") from None
+        raise KCError("--plot needs matplotlib", hint="pip install -e \".[plot]\" (or pip install matplotlib)") from None
     done = np.isfinite(res.finish) & (res.finish >= 0)
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     out = res.workload.output
