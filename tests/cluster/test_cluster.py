@@ -418,3 +418,15 @@ def test_hostile_workloads_are_refused(tmp_path):
     p.write_text('[arrivals]\nrate = 1.0\nrequests = 3\n[prompt]\ndistribution = "fixed"\nvalue = 999999999\n')
     with pytest.raises(ClusterSpecError, match=r"prompt.value: 999,999,999 tokens exceed"):
         cluster.load_workload(p)
+
+
+def test_tensor_parallel_replicas(prof, tmp_path):
+    """A replica over two chips (tensor parallel): its buckets are compiled for 2xatom and its KV
+    budget spans both chips' DRAM."""
+    body = '[[pool]]\nmodel = "llama-tiny"\ntarget = "atom"\ndevices = 2\nreplicas = 2\nmax_batch = 4\n'
+    res, s = _run(prof, _dep(tmp_path, body), _wl(n=200))
+    one, _ = _run(prof, _dep(tmp_path, body.replace("devices = 2\n", ""), "one.toml"), _wl(n=200))
+    assert s["completed"] == 200
+    assert s["pools"]["llama-tiny"]["hardware"] == "2xatom (tensor)"
+    assert res.pools[0].kv_blocks > 1.9 * one.pools[0].kv_blocks  # two chips' DRAM
+    assert s["devices"]["llama-tiny/0"]["chips"] == 2
