@@ -30,8 +30,6 @@ Measured 2026-12-01 (2-core AMD EPYC; buckets compiled once, then cached):
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 FLEETS = {
     "atom static": ("atom", 'scheduler = "static"\nmax_batch = 8\nmax_delay = "500 ms"'),
@@ -61,7 +59,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run the fleets whose name starts with this")
     args = ap.parse_args()
     from kcompiler import cluster
-    from kcompiler.cluster import fleet, metrics
+    from kcompiler.cluster import deployment, fleet, metrics
     from kcompiler.cluster.latency import Profiler
 
     prof = Profiler(log=print)
@@ -73,10 +71,7 @@ def main() -> None:
     for name, (target, extra) in FLEETS.items():
         if args.only and not name.startswith(args.only):
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "dep.toml"
-            p.write_text(DEP.format(name=name, target=target, extra=extra))
-            dep = cluster.load_deployment(p)
+        dep = deployment.loads(DEP.format(name=name, target=target, extra=extra), name)
         out = {}
         for wname, wl in wls.items():
             res = fleet.simulate(dep, wl, prof)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 DEPLOYMENT = """
 name = "llama-7b on {chips} atoms"
@@ -47,14 +45,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=None, help="requests/s (default: 1.25 per chip)")
     args = ap.parse_args()
     from kcompiler import cluster
-    from kcompiler.cluster import fleet, metrics
+    from kcompiler.cluster import deployment, fleet, metrics
     from kcompiler.cluster.latency import Profiler
 
     rate = args.rate or 1.25 * args.chips
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "dep.toml"
-        p.write_text(DEPLOYMENT.format(chips=args.chips))
-        dep = cluster.load_deployment(p)
+    dep = deployment.loads(DEPLOYMENT.format(chips=args.chips), "cluster_scale")
     wl = cluster.synthetic(rate, args.requests, seed=0, prompt=("lognormal", 256, 128, 1, 768),
                            output=("lognormal", 64, 32, 1, 256))
     prof = Profiler(log=print)

@@ -49,7 +49,6 @@ class PoolSpec:
     interconnect: str = "pcie-gen5"
     prefill_target: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    line: int = 0
 
     @property
     def llm(self) -> bool:
@@ -74,7 +73,17 @@ class Deployment:
 
 
 def load(path: str | Path) -> Deployment:
-    src = Source(path, "deployment")
+    return _read(Source(path, "deployment"))
+
+
+def loads(text: str, name: str = "<deployment>") -> Deployment:
+    """A deployment from TOML text (`name` stands for the file in messages; a .kcm model is
+    looked up from the current folder)."""
+    return _read(Source(name, "deployment", text))
+
+
+def _read(src: Source) -> Deployment:
+    path = src.path
     d = src.data
     src.check_keys(d, (), {"name", "pool", "chips", "slo", "seed"})
     pools_raw = d.get("pool")
@@ -173,7 +182,7 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
         if isinstance(v, int) and not isinstance(v, bool) and v > hi:
             raise src.error(at + (k,), f"{v:,} is more than the simulator takes ({hi:,})")
     out = PoolSpec(name=str(p.get("name", model if not model.endswith(".kcm") else Path(model).stem)),
-                   model=model, target=target, line=0)
+                   model=model, target=target)
     out.replicas = positive(src, at + ("replicas",), p.get("replicas", 1))
     if "devices" in p:
         out.devices = positive(src, at + ("devices",), p["devices"])
@@ -283,4 +292,4 @@ def _partition(src: Source, path: tuple, value: Any, target: str) -> tuple[int, 
     return index, count
 
 
-__all__ = ["Deployment", "PoolSpec", "ChipGroup", "load", "ClusterSpecError"]
+__all__ = ["Deployment", "PoolSpec", "ChipGroup", "load", "loads", "ClusterSpecError"]

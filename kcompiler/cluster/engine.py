@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from itertools import islice
 
@@ -138,7 +139,7 @@ class Chip:
                 sim.at(sim.now, nxt.kick_cb)
 
 
-class Replica:
+class Replica(ABC):
     """One copy of a model on its hardware, with a scheduler; subclasses decide iterations."""
 
     kind = "replica"
@@ -161,11 +162,17 @@ class Replica:
         self.share_factor = 0.0  # NPU+PIM package: the NPU share of the sibling's work
 
     # the scheduler -----------------------------------------------------------------------------
-    def next_iteration(self):  # -> (duration_s, energy_j, name, payload) or None
-        raise NotImplementedError
+    @abstractmethod
+    def arrive(self, rid: int) -> None:
+        """Request `rid` is routed here."""
 
+    @abstractmethod
+    def next_iteration(self):
+        """The iteration to run now, as (duration_s, energy_j, name, payload), or None to wait."""
+
+    @abstractmethod
     def complete(self, payload) -> None:
-        raise NotImplementedError
+        """The iteration started with `payload` has ended (sim.now is its end)."""
 
     # the machinery -----------------------------------------------------------------------------
     def _kick(self, _=None) -> None:
@@ -232,9 +239,6 @@ class Replica:
     def has_work(self) -> bool:
         return True
 
-    def arrive(self, rid: int) -> None:
-        raise NotImplementedError
-
     def finish(self, rid: int, t: float) -> None:
         sim = self.sim
         sim.finish[rid] = t
@@ -242,27 +246,26 @@ class Replica:
         self.outstanding -= 1
         self.pool.completed += 1
 
-    # router figures
-    def load(self) -> float:
-        return self.outstanding
+    def refuse(self, rid: int) -> None:
+        """rid can never be served here (its context needs more KV than the replica has)."""
+        self.pool.rejected += 1
+        self.outstanding -= 1
+        self.sim.finish[rid] = -1.0
 
+    # router figure (kv-aware)
     def free_kv(self) -> float:
         return 0.0
 
 
 # ---- CNNs and encoders ---------------------------------------------------------------------------
 
-class DynamicBatcher(Replica):
-    """Triton's dynamic batcher: run when max_batch requests wait or the oldest has waited
-    max_delay (then run what is there)."""
+class QueueBatcher(Replica):
+    """A FCFS queue from which a batch starts when max_batch requests wait or the oldest has
+    waited max_delay (then with what is there): Triton's dynamic batcher's rule."""
 
-    kind = "dynamic"
-
-    def __init__(self, sim, pool, index, local, chip, table, contended_table=None):
+    def __init__(self, sim, pool, index, local, chip):
         super().__init__(sim, pool, index, local, chip)
         self.queue: deque = deque()
-        self.lat, self.en = table
-        self.lat_c = contended_table[0] if contended_table else None
         self.max_batch = pool.max_batch
         self.max_delay = pool.max_delay
 
@@ -277,21 +280,39 @@ class DynamicBatcher(Replica):
 
     def _timer(self, _=None) -> None:
         self.timer_at = INF
-        self.share_factor = 0.0  # NPU+PIM package: the NPU share of the sibling's work
         self._kick()
 
-    def next_iteration(self):
+    def batch_due(self) -> bool:
+        """Whether a batch starts now; if not, a timer wakes the replica when the oldest request
+        has waited max_delay."""
         q = self.queue
         if not q:
+            return False
+        if len(q) >= self.max_batch:
+            return True
+        due = self.sim.arrival[q[0]] + self.max_delay
+        if self.sim.now >= due - 1e-12:
+            return True
+        if self.timer_at > due:
+            self.timer_at = due
+            self.sim.at(due, self._timer)
+        return False
+
+
+class DynamicBatcher(QueueBatcher):
+    """Triton's dynamic batcher (CNNs, encoders): a request's answer is its batch's end."""
+
+    kind = "dynamic"
+
+    def __init__(self, sim, pool, index, local, chip, table, contended_table=None):
+        super().__init__(sim, pool, index, local, chip)
+        self.lat, self.en = table
+        self.lat_c = contended_table[0] if contended_table else None
+
+    def next_iteration(self):
+        if not self.batch_due():
             return None
-        now = self.sim.now
-        if len(q) < self.max_batch:
-            due = self.sim.arrival[q[0]] + self.max_delay
-            if now < due - 1e-12:
-                if self.timer_at > due:
-                    self.timer_at = due
-                    self.sim.at(due, self._timer)
-                return None
+        q = self.queue
         b = min(len(q), self.max_batch)
         batch = [q.popleft() for _ in range(b)]
         return self.lat[b], self.en[b], f"batch {b}", batch
@@ -305,9 +326,6 @@ class DynamicBatcher(Replica):
         for rid in batch:
             first[rid] = t
             self.finish(rid, t)
-
-    def load(self) -> float:
-        return len(self.queue) + (self.max_batch if self.busy else 0)
 
 
 # ---- LLMs ----------------------------------------------------------------------------------------
@@ -327,20 +345,10 @@ class KVTable:
         ks = np.arange(0, kmax + step, step, dtype=float)
         ks_c = np.clip(ks, prof.kvs[0], prof.kvs[-1])
         self.dec_t, self.dec_e = [None], [None]
-        rows_t = np.array([np.interp(ks_c, prof.kvs, prof.dec_t[j]) for j in range(len(prof.batches))])
-        rows_e = np.array([np.interp(ks_c, prof.kvs, prof.dec_e[j]) for j in range(len(prof.batches))])
         for b in range(1, max_batch + 1):
-            if len(prof.batches) > 1:
-                i = min(int(np.searchsorted(prof.batches, b, "right")) - 1, len(prof.batches) - 2)
-                b0, b1 = prof.batches[i], prof.batches[i + 1]
-                w = (b - b0) / (b1 - b0)
-                w = min(max(w, 0.0), 1.0)
-                t = rows_t[i] * (1 - w) + rows_t[i + 1] * w
-                e = rows_e[i] * (1 - w) + rows_e[i + 1] * w
-            else:
-                t, e = rows_t[0], rows_e[0]
-            self.dec_t.append(t.tolist())
-            self.dec_e.append(e.tolist())
+            t, e = prof.batch_rows(b)
+            self.dec_t.append(np.interp(ks_c, prof.kvs, t).tolist())
+            self.dec_e.append(np.interp(ks_c, prof.kvs, e).tolist())
         self._pre: dict[int, tuple[float, float]] = {}
         self._chunk: dict[tuple[int, int], tuple[float, float]] = {}
         self.weight_s = prof.weight_time_s
@@ -390,10 +398,6 @@ class LLMReplica(Replica):
         self.prefilling: deque = deque()  # chunked: [rid, tokens done, total]
         self.handoff = None  # disaggregation: hands a prefilled request to a decode replica
         self.pending_in: deque = deque()  # decode side: requests whose KV arrived, waiting for blocks
-
-    # routing figures
-    def load(self) -> float:
-        return self.outstanding
 
     def free_kv(self) -> float:
         return self.blocks_free - sum(ceil_blocks(self.sim.prompt[r] + 1) for r in islice(self.waiting, 8))
@@ -453,10 +457,7 @@ class LLMReplica(Replica):
         sim = self.sim
         if ceil_blocks(sim.prompt[rid] + sim.output[rid]) <= self.blocks_total:
             return False
-        self.waiting.popleft()
-        self.pool.rejected += 1
-        self.outstanding -= 1
-        sim.finish[rid] = -1.0
+        self.refuse(self.waiting.popleft())
         return True
 
     def _blocks_for_step(self) -> int:
@@ -471,10 +472,7 @@ class LLMReplica(Replica):
         while self.pending_in and len(self.run) < self.max_batch:
             rid = self.pending_in[0]
             if ceil_blocks(sim.prompt[rid] + sim.output[rid]) > self.blocks_total:
-                self.pending_in.popleft()  # can never fit this replica's KV: refused
-                self.pool.rejected += 1
-                self.outstanding -= 1
-                sim.finish[rid] = -1.0
+                self.refuse(self.pending_in.popleft())  # can never fit this replica's KV
                 continue
             need = ceil_blocks(sim.prompt[rid] + 1)
             if need > self.blocks_free:
@@ -635,63 +633,36 @@ def ceil_blocks(tokens: int) -> int:
     return -(-tokens // BLOCK)
 
 
-class StaticReplica(Replica):
-    """Static batching: wait for max_batch requests (or max_delay), pad prompts to the longest,
-    decode until the longest output is done; everyone's answer returns at the end."""
+class StaticReplica(QueueBatcher):
+    """Static batching: a batch starts by the dynamic batcher's rule, its prompts are padded to
+    the longest, and it decodes until its longest output is done; every answer returns at the end."""
 
     kind = "static"
 
     def __init__(self, sim, pool, index, local, chip, table: KVTable, kv_blocks: int):
         super().__init__(sim, pool, index, local, chip)
         self.t = table
-        self.queue: deque = deque()
-        self.max_batch = pool.max_batch
-        self.max_delay = pool.max_delay
         self.blocks_total = kv_blocks
         self.blocks_peak = 0
 
-    def has_work(self) -> bool:
-        return bool(self.queue)
-
-    def arrive(self, rid: int) -> None:
-        self.outstanding += 1
-        self.queue.append(rid)
-        if not self.busy:
-            self._kick()
-
-    def _timer(self, _=None) -> None:
-        self.timer_at = INF
-        self.share_factor = 0.0  # NPU+PIM package: the NPU share of the sibling's work
-        self._kick()
-
     def next_iteration(self):
         sim, q = self.sim, self.queue
-        if not q:
+        if not self.batch_due():
             return None
-        if len(q) < self.max_batch:
-            due = sim.arrival[q[0]] + self.max_delay
-            if sim.now < due - 1e-12:
-                if self.timer_at > due:
-                    self.timer_at = due
-                    sim.at(due, self._timer)
-                return None
         batch: list[int] = []
         s_max = o_max = 0
         while q and len(batch) < self.max_batch:
             rid = q[0]
             s2, o2 = max(s_max, sim.prompt[rid]), max(o_max, sim.output[rid])
-            if len(batch) and (len(batch) + 1) * ceil_blocks(s2 + o2) > self.blocks_total:
-                break
             if not batch and ceil_blocks(s2 + o2) > self.blocks_total:
-                q.popleft()
-                self.pool.rejected += 1
-                self.outstanding -= 1
-                sim.finish[rid] = -1.0
+                self.refuse(q.popleft())
                 continue
+            if (len(batch) + 1) * ceil_blocks(s2 + o2) > self.blocks_total:
+                break
             batch.append(q.popleft())
             s_max, o_max = s2, o2
         if not batch:
-            return self.next_iteration() if q else None
+            return None
         b = len(batch)
         self.blocks_peak = max(self.blocks_peak, b * ceil_blocks(s_max + o_max))
         pt, pe = self.t.prefill(s_max)
@@ -701,19 +672,14 @@ class StaticReplica(Replica):
             dt, de = self.t.decode(b, b * (s_max + k))
             t_dec += dt
             e_dec += de
-        return t_pre + t_dec, e_pre + e_dec, f"static batch {b} ({s_max}+{o_max} tok)", (batch, t_pre)
+        return t_pre + t_dec, e_pre + e_dec, f"static batch {b} ({s_max}+{o_max} tok)", (batch, sim.now + t_pre)
 
     def complete(self, payload) -> None:
-        batch, t_pre = payload
+        batch, first_token = payload
         now = self.sim.now
-        start = self._start
         for rid in batch:
-            self.sim.first[rid] = start + t_pre
+            self.sim.first[rid] = first_token
             self.finish(rid, now)
-
-    def _kick(self, _=None) -> None:
-        self._start = self.sim.now
-        super()._kick()
 
     def free_kv(self) -> float:
         return self.blocks_total

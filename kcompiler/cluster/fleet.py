@@ -34,6 +34,8 @@ class Pool:
         self.hardware: str = ""
         self.kv_blocks = 0
         self.devices_per_replica = 1
+        self.entry_index = -1  # which of the pools that receive requests (pool_of), -1: a decode pool
+        self.extra: dict[str, Any] = {}  # kind-specific figures for the summary
 
 
 @dataclass
@@ -120,7 +122,7 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
             _wire_handoff(sim, pool, by_name[pool.spec.decode_pool])
     entry_pools = [p for p in pools if p.spec.role != "decode"]
     for k, p in enumerate(entry_pools):
-        p.index_in_entries = k
+        p.entry_index = k
     log(f"simulating {n:,} requests on {len(replicas)} replica(s)")
     sim.track_busy(len(replicas), float(wl.arrival[-1]) * 1.2 + 1e-3 if n else 1.0)
     t0 = time.perf_counter()
@@ -142,7 +144,7 @@ def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> d
     from kcompiler.zoo import transformers as tz
 
     system = targets.resolve(target)
-    cap = memory_bytes(system)
+    cap = memory_bytes(system.accelerators)
     wb = {}
     for p in users:
         if p.model in tz.PRESETS:
@@ -156,11 +158,8 @@ def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> d
     return {m: b / link.bandwidth + link.latency for m, b in wb.items()}
 
 
-def _hw(spec: PoolSpec, target: str | None = None, bandwidth: float | None = None, local: int = 0) -> Hardware:
-    part = None
-    if spec.partition is not None:
-        part = spec.partition
-    return Hardware(target or spec.target, spec.devices, spec.parallel, part, bandwidth)
+def _hw(spec: PoolSpec, bandwidth: float | None = None) -> Hardware:
+    return Hardware(spec.target, spec.devices, spec.parallel, spec.partition, bandwidth)
 
 
 def _build_pool(sim, pool: Pool, prof: Profiler, need, chips, replicas, by_name, log) -> None:
@@ -226,7 +225,7 @@ def kv_blocks(spec: PoolSpec, system, sizes: tuple[int, int], devices=None) -> i
     both hold them in an NPU+PIM system; tensor parallelism splits one copy)."""
     kv_per_token, weight_bytes = sizes
     devs = devices if devices is not None else system.accelerators
-    cap = sum(memory_bytes_of(d) for d in devs) * spec.memory_utilization
+    cap = memory_bytes(devs) * spec.memory_utilization
     kinds = {d.chip.kind for d in devs}
     copies = len(kinds & {"npu", "pim"}) or 1
     free = cap - copies * weight_bytes
@@ -238,12 +237,6 @@ def kv_blocks(spec: PoolSpec, system, sizes: tuple[int, int], devices=None) -> i
                       f"(at memory_utilization {spec.memory_utilization})",
                       hint="use more devices (devices = N, tensor parallel), a smaller dtype, or a larger chip")
     return blocks
-
-
-def memory_bytes_of(device) -> int:
-    class _S:  # memory_bytes takes a system
-        accelerators = (device,)
-    return memory_bytes(_S)
 
 
 def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None:
@@ -295,7 +288,6 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
             dt = sim.prompt[rid] * kvb / link.bandwidth + link.latency
             sim.at(sim.now + dt, dec.receive, rid)
         pre.handoff = handoff
-    pool.decode_replicas = [r for r in replicas if r.name.endswith(".decode") and r.pool is pool]
 
 
 def _wire_handoff(sim, pool: Pool, dpool: Pool) -> None:

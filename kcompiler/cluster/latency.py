@@ -236,17 +236,23 @@ class LLMProfile:
     weight_bytes: int = 0
     busy_fraction: dict[str, float] = field(default_factory=dict)  # decode's busy share per device
 
-    def decode(self, b: float, kv: float) -> tuple[float, float]:
+    def batch_rows(self, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """Decode latency and energy over the KV buckets for a batch of b (linear between the two
+        batch buckets around it)."""
         if b < self.batches[0] - 1e-9 or b > self.batches[-1] + 1e-9:
             raise KCError(f"internal: decode batch {b} outside the compiled buckets")
-        kv = max(kv, self.kvs[0])  # below the smallest bucket: the smallest bucket's cost (an upper bound)
-        i = int(np.searchsorted(self.batches, b, "right")) - 1
-        i = min(max(i, 0), len(self.batches) - 2) if len(self.batches) > 1 else 0
-        rows_t = [np.interp(kv, self.kvs, self.dec_t[j]) for j in range(len(self.batches))]
-        rows_e = [np.interp(kv, self.kvs, self.dec_e[j]) for j in range(len(self.batches))]
+        if len(self.batches) == 1:
+            return self.dec_t[0], self.dec_e[0]
+        i = min(int(np.searchsorted(self.batches, b, "right")) - 1, len(self.batches) - 2)
+        w = min(max((b - self.batches[i]) / (self.batches[i + 1] - self.batches[i]), 0.0), 1.0)
+        return (self.dec_t[i] * (1 - w) + self.dec_t[i + 1] * w, self.dec_e[i] * (1 - w) + self.dec_e[i + 1] * w)
+
+    def decode(self, b: float, kv: float) -> tuple[float, float]:
         if kv > self.kvs[-1] + 1e-9:
             raise KCError(f"internal: KV length {kv:g} outside the compiled buckets (up to {self.kvs[-1]})")
-        return float(np.interp(b, self.batches, rows_t)), float(np.interp(b, self.batches, rows_e))
+        kv = max(kv, self.kvs[0])  # below the smallest bucket: the smallest bucket's cost (an upper bound)
+        t, e = self.batch_rows(b)
+        return float(np.interp(kv, self.kvs, t)), float(np.interp(kv, self.kvs, e))
 
     def prefill(self, s: float) -> tuple[float, float]:
         s = max(s, self.prompts[0])
@@ -348,10 +354,10 @@ def llm_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int, max_co
     return out
 
 
-def memory_bytes(system) -> int:
-    """DRAM capacity of a system's accelerators (NPU DRAM, PIM devices' DRAM)."""
+def memory_bytes(devices) -> int:
+    """DRAM capacity of some accelerators (a system's ``accelerators``): NPU DRAM, PIM devices' DRAM."""
     total = 0
-    for d in system.accelerators:
+    for d in devices:
         spec = d.chip.spec
         if hasattr(spec, "dram") and getattr(spec.dram, "capacity", None):
             total += int(spec.dram.capacity)

@@ -80,11 +80,12 @@ def _matches(full: list, path: tuple, counts: dict, want: list, idx: dict) -> bo
 class Source:
     """A TOML file read once: its data, and errors that point into it."""
 
-    def __init__(self, path: str | Path, kind: str):
+    def __init__(self, path: str | Path, kind: str, text: str | None = None):
+        """Read `path`, or take `text` (then `path` only names it in messages)."""
         self.path = Path(path)
         self.kind = kind
         try:
-            self.text = self.path.read_text(encoding="utf-8")
+            self.text = self.path.read_text(encoding="utf-8") if text is None else text
         except FileNotFoundError:
             raise ClusterSpecError(f"{kind} file '{path}' does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -250,17 +250,28 @@ def test_cnn_tenants_on_partitions_contend_for_bandwidth(prof, tmp_path):
     assert len(s["chips"]) == 1 and s_own["chips"] == {}
 
 
+#: squeezenet and bert-tiny time-sharing one Warboy (no partitions)
+TIME_SHARED = """
+[chips.w]
+target = "warboy"
+[[pool]]
+model = "squeezenet"
+chips = "w"
+[[pool]]
+model = "bert-tiny"
+chips = "w"
+"""
+
+
+def test_deployment_from_text_equals_the_file(tmp_path):
+    from kcompiler.cluster import deployment
+
+    text, path = deployment.loads(TIME_SHARED), cluster.load_deployment(_dep(tmp_path, TIME_SHARED))
+    assert text.pools == path.pools and text.chips == path.chips and text.slo == path.slo
+
+
 def test_temporal_sharing_charges_switches(prof, tmp_path):
-    body = """
-    [chips.w]
-    target = "warboy"
-    [[pool]]
-    model = "squeezenet"
-    chips = "w"
-    [[pool]]
-    model = "bert-tiny"
-    chips = "w"
-    """
+    body = TIME_SHARED
     res, s = _run(prof, _dep(tmp_path, body), cluster.synthetic(300.0, 300, seed=2))
     assert s["completed"] == 300
     chip = s["chips"]["w/0"]
@@ -275,16 +286,7 @@ def test_temporal_sharing_charges_switches(prof, tmp_path):
 def test_temporal_sharing_is_fair_under_load(prof, tmp_path):
     """Both tenants always have work: the chip alternates between them (FCFS between tenants),
     neither starves while the other keeps it."""
-    body = """
-    [chips.w]
-    target = "warboy"
-    [[pool]]
-    model = "squeezenet"
-    chips = "w"
-    [[pool]]
-    model = "bert-tiny"
-    chips = "w"
-    """
+    body = TIME_SHARED
     wl = cluster.synthetic(50_000.0, 2000, seed=3)  # far above the chip's rate: queues never empty
     res, s = _run(prof, _dep(tmp_path, body), wl)
     assert s["completed"] == 2000
