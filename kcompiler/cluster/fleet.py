@@ -11,7 +11,7 @@ import numpy as np
 from kcompiler.cluster import engine as E
 from kcompiler.cluster.deployment import Deployment, PoolSpec
 from kcompiler.cluster.latency import (Hardware, Profiler, batch_profile, llm_profile, llm_sizes, memory_bytes,
-                                       system_for)
+                                       system_for, weight_bytes)
 from kcompiler.cluster.workload import Workload
 from kcompiler.errors import KCError
 
@@ -59,16 +59,6 @@ class Result:
     cached: int
     compile_s: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _weight_bytes_cnn(model: str) -> int:
-    import onnx_ir as ir
-
-    from kcompiler import opinfo, zoo
-
-    m, _ = zoo.resolve_model(model)
-    irm = ir.from_proto(m) if not isinstance(m, (str, bytes)) and hasattr(m, "graph") else ir.load(str(m))
-    return opinfo.parameter_count(irm) * 4
 
 
 def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, trace_limit: int = 0,
@@ -140,18 +130,10 @@ def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> d
     """Temporal sharing: a switch to a model reloads its weights over the host link when the
     tenants' weights do not all stay in the chip's DRAM (else nothing is reloaded)."""
     from kcompiler import targets
-    from kcompiler.cluster.latency import DTYPE_BYTES
-    from kcompiler.zoo import transformers as tz
 
     system = targets.resolve(target)
     cap = memory_bytes(system.accelerators)
-    wb = {}
-    for p in users:
-        if p.model in tz.PRESETS:
-            wb[p.model] = tz.parameter_count(p.model, **{k: v for k, v in p.options.items() if k == "layers"}) * \
-                DTYPE_BYTES.get(p.options.get("dtype", "fp32"), 4)
-        else:
-            wb[p.model] = _weight_bytes_cnn(p.model)
+    wb = {p.model: weight_bytes(p.model, p.options) for p in users}
     if sum(wb.values()) <= cap:
         return {m: 0.0 for m in wb}
     link = system.host.chip.spec.pcie_link()

@@ -98,6 +98,7 @@ class Profiler:
         self.path = Path(cache) if cache else None
         self.log = log or (lambda msg: None)
         self._mem: dict[str, dict] = {}
+        self._systems: dict[Hardware, tuple[Any, str]] = {}
         self._lock = threading.Lock()
         self.compiled = 0
         self.cached = 0
@@ -122,9 +123,12 @@ class Profiler:
         import kcompiler
         from kcompiler import zoo
 
-        system = system_for(hw)
+        if hw not in self._systems:  # resolved once per hardware, not once per bucket
+            system = system_for(hw)
+            self._systems[hw] = (system, _fingerprint(system))
+        system, fingerprint = self._systems[hw]
         key = json.dumps([self.version, model, sorted(options.items()), hw.target, hw.devices, hw.parallel,
-                          hw.partition, hw.bandwidth, _fingerprint(system)])
+                          hw.partition, hw.bandwidth, fingerprint])
         hit = self._mem.get(key)
         if hit is not None:
             self.cached += 1
@@ -295,7 +299,21 @@ def llm_config(model: str):
     return cfg
 
 
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+def weight_bytes(model: str, options: dict | None = None) -> int:
+    """Bytes of a zoo model's weights: a transformer's parameters at its dtype (zoo options dtype
+    and layers), a CNN's parameters (as `kc zoo` counts them) as float32."""
+    from kcompiler.zoo import transformers as tz
+
+    options = dict(options or {})
+    if model in tz.PRESETS:
+        itemsize = tz.DTYPES[options.get("dtype", "fp32")][0].itemsize
+        return tz.parameter_count(model, **{k: v for k, v in options.items() if k == "layers"}) * itemsize
+    from kcompiler import zoo
+    from kcompiler.zoo.stats import cached_stats, entry_stats
+
+    entry = zoo.entries()[model]
+    st = cached_stats(entry) or entry_stats(entry)  # the counts `kc zoo` shows
+    return int(st["params"]) * 4
 
 
 def llm_sizes(model: str, options: dict | None = None) -> tuple[int, int]:
@@ -304,10 +322,9 @@ def llm_sizes(model: str, options: dict | None = None) -> tuple[int, int]:
 
     cfg = llm_config(model)
     options = dict(options or {})
-    eb = DTYPE_BYTES.get(options.get("dtype", "fp32"), 4)
+    itemsize = tz.DTYPES[options.get("dtype", "fp32")][0].itemsize
     layers = options.get("layers", cfg.layers)
-    params = tz.parameter_count(model, **{k: v for k, v in options.items() if k == "layers"})
-    return 2 * layers * cfg.kv_heads * cfg.head_dim * eb, params * eb
+    return 2 * layers * cfg.kv_heads * cfg.head_dim * itemsize, weight_bytes(model, options)
 
 
 def llm_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int, max_context: int, max_prompt: int,
