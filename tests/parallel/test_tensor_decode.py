@@ -21,6 +21,16 @@ LLAMA8 = tf.Config("llama", 64, 64, 1, 8, 8, 128, eps=1e-6, default_seq=1, defau
                    published="test LLaMA: 8 heads for an 8-way head split")
 
 
+def _split_equals_ort(ref, cm, seed: int) -> tuple[dict, dict]:
+    """Run the split model `cm` on ref's random inputs: its outputs must equal ONNX Runtime's on the
+    original model; returns them and the feeds."""
+    feeds = ref.random_inputs(seed=seed)
+    got = cm.run(feeds, simulate=False)
+    worst = compare_with_ort(ref, ref.check_feeds(feeds), got, rtol=1e-3, atol=2e-3)
+    assert worst.ok, worst.describe()
+    return got, feeds
+
+
 @pytest.fixture(scope="module")
 def llama8() -> onnx.ModelProto:
     with pytest.MonkeyPatch.context() as mp:
@@ -71,10 +81,7 @@ def test_nothing_is_gathered_inside_the_decode_step(llama8):
 def test_split_heads_decode_equals_ort(llama8, n):
     ref = kcompiler.compile(llama8, target="atom")
     cm = kcompiler.compile(llama8, target="atom", devices=n, parallel="tensor")
-    feeds = ref.random_inputs(seed=2)
-    got = cm.run(feeds, simulate=False)
-    worst = compare_with_ort(ref, ref.check_feeds(feeds), got, rtol=1e-3, atol=2e-3)
-    assert worst.ok, worst.describe()
+    _split_equals_ort(ref, cm, seed=2)
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -84,12 +91,9 @@ def test_llama_tiny_decode_batch2_equals_ort(n):
     ref = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16)
     cm = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16, devices=n,
                            parallel="tensor")
-    feeds = ref.random_inputs(seed=5)
+    got, feeds = _split_equals_ort(ref, cm, seed=5)
     want = ref.run(feeds, simulate=False)
-    got = cm.run(feeds, simulate=False)
     assert set(got) == set(want)
-    worst = compare_with_ort(ref, ref.check_feeds(feeds), got, rtol=1e-3, atol=2e-3)
-    assert worst.ok, worst.describe()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=2e-3, err_msg=f"llama-tiny x{n} {name}")
     if n == 2:
@@ -105,6 +109,4 @@ def test_data_parallel_decode_appends_each_chips_batch_in_place():
     ref = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16)
     cm = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16, devices=2, parallel="data")
     assert sum(is_state_append(n) for n in cm.model.graph if n.op_type == "Concat") == 2 * 2 * 2  # layers, K/V, chips
-    feeds = ref.random_inputs(seed=5)
-    worst = compare_with_ort(ref, ref.check_feeds(feeds), cm.run(feeds, simulate=False), rtol=1e-3, atol=2e-3)
-    assert worst.ok, worst.describe()
+    _split_equals_ort(ref, cm, seed=5)
