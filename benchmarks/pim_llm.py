@@ -1,6 +1,6 @@
 """llama-7b on atom alone vs atom+aim (timing mode): decode (batch 1, KV 2048) and prefill (512 tokens).
 
-The KV cache is device-resident state (kcompiler/runtime/state.py): a decode step reads it where it
+The KV cache is device-resident state (kcompiler/frontend/state.py): a decode step reads it where it
 is and appends the new token in place; nothing of it crosses PCIe. On atom+aim the placement puts
 the weight GEMVs, the KV append and both attention products (q.K^T, p.V) on the AiM chips; the
 NPU keeps norms, rotary, softmax and the embedding gather. In prefill every product is a GEMM and

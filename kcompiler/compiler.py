@@ -290,11 +290,11 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
 
     state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
     take the model's metadata or detect past_*/present_* names, False for none, a mapping
-    input -> output, or a list of resident output names (see kcompiler.runtime.state).
+    input -> output, or a list of resident output names (see kcompiler.frontend.state).
 
     parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
     system's identical chips; auto picks the best plan for `objective` (latency | throughput).
-    interconnect / topology: the chips' fabric (kcompiler/parallel/interconnects.toml).
+    interconnect / topology: the chips' fabric (kcompiler/targets/fabrics/interconnects.toml).
 
     progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
     detail says which partition), for a command line to show where a long compile is.
@@ -332,7 +332,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     src_model, model_name = zoo.resolve_model(model, **zoo_options)
     irm, source = load_model(src_model, shapes)
     source_stats = opinfo.model_stats(irm)
-    from kcompiler.runtime import state as _state
+    from kcompiler.frontend import state as _state
 
     _state.mark(irm, state)
     ctx = PassContext(system=system, disabled=frozenset(disable_passes), print_after=frozenset(print_after),

@@ -274,7 +274,7 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
 
 def _wire_handoff(sim, pool: Pool, dpool: Pool) -> None:
     """Prefill pool -> decode pool across servers: the KV goes over the pool's interconnect."""
-    from kcompiler.parallel import interconnect as ic
+    from kcompiler.targets import interconnect as ic
 
     link = ic.presets().get(pool.spec.interconnect)
     if link is None:

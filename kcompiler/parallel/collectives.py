@@ -23,7 +23,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import Program, Subgraph, Timeline
 from kcompiler.errors import ExecutionError
-from kcompiler.parallel import interconnect as ic
+from kcompiler.targets import interconnect as ic
 from kcompiler.runtime.report import OpRecord, Transfer
 
 DOMAIN = "kcompiler"
@@ -193,7 +193,7 @@ class CommProgram(Program):
 
 def _resident() -> str:
     try:
-        from kcompiler.runtime.state import RESIDENT
+        from kcompiler.frontend.state import RESIDENT
     except ImportError:  # pragma: no cover - older runtimes have no resident state
         return "<resident>"
     return RESIDENT

@@ -61,7 +61,7 @@ def compile_auto(model, system, shapes, objective: str = "latency", printer: Cal
                                                                "name", "state")}
     src, _ = zoo.resolve_model(model, **zoo_opts)
     irm, _ = load_model(src, shapes)
-    from kcompiler.runtime import state as kstate
+    from kcompiler.frontend import state as kstate
 
     kstate.mark(irm, options.get("state"))
     ctx = PassContext(system=system, disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None,

@@ -38,7 +38,7 @@ from kcompiler import opinfo
 from kcompiler.errors import KCError
 from kcompiler.parallel.collectives import COMM_DEVICE, DOMAIN, collective_time
 from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
-from kcompiler.runtime.state import SHARD_KEY, STATE_KEY
+from kcompiler.frontend.state import SHARD_KEY, STATE_KEY
 
 
 @dataclass(frozen=True)
@@ -603,7 +603,7 @@ class Rewriter:
         self._conv: dict[tuple, Entry] = {}  # (id(value), (stage, layout)) -> the converted entry
         self._const_copies: dict[tuple[int, int, int], ir.Value] = {}
         self._names = 0
-        from kcompiler.runtime import state as kstate
+        from kcompiler.frontend import state as kstate
 
         self.state_in, self.state_out = kstate.pairs(model)
         self.nodes = list(model.graph)
@@ -1004,7 +1004,7 @@ class Rewriter:
         axis, same chips): chip r's slice of the output is what it reads as its slice of the input
         next step, so both stay on chip r (the Scatter of a resident input and the AllGather to
         resident state are free, collectives.py). Tag each rank's pair as resident state
-        (runtime/state.py) so that a Concat from one to the other is an append in place, as on one
+        (frontend/state.py) so that a Concat from one to the other is an append in place, as on one
         chip, instead of a copy of the rank's whole slice of the cache."""
         past = self.state_out.get(v.name)
         pv = next((x for x in self.model.graph.inputs if x.name == past), None) if past else None
@@ -1043,7 +1043,7 @@ class Rewriter:
 
 
 def _resident() -> str:
-    from kcompiler.runtime.state import RESIDENT
+    from kcompiler.frontend.state import RESIDENT
 
     return RESIDENT
 

@@ -24,7 +24,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import Backend
 from kcompiler.errors import UnsupportedOpError
 from kcompiler.passes.manager import PassContext, PassOutcome, register
-from kcompiler.runtime import state as kstate
+from kcompiler.frontend import state as kstate
 from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
 

@@ -385,7 +385,7 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
     if ic is not None:
         system["interconnect"] = {"name": ic.name, "bandwidth": ic.bandwidth, "latency": ic.latency,
                                   "topology": ic.topology, "devices": list(ic.devices)}
-    from kcompiler.runtime import state as _state
+    from kcompiler.frontend import state as _state
 
     _, state_out = _state.pairs(cm.model)
     return {
@@ -405,7 +405,7 @@ def _manifest(cm, version, metas, program_sections, sections, wsec, ntensors) ->
         "source_stats": getattr(cm, "source_stats", None),
         "weights": {"section": "weights", "align": WEIGHT_ALIGN, "tensors": ntensors,
                     "location": WEIGHTS_LOCATION},
-        # device-resident state {output: input or ""} (runtime/state.py); also tagged on the values
+        # device-resident state {output: input or ""} (frontend/state.py); also tagged on the values
         # of the stored graph, and put back from here on load
         "state": dict(sorted(state_out.items())),
         "parallel": _parallel_table(cm.parallel),
@@ -675,7 +675,7 @@ def _system(desc: dict[str, Any], path: Path):
     links = tuple((a, b, Link(**link)) for a, b, link in desc.get("links", ()))
     ic = desc.get("interconnect")
     if ic is not None:
-        from kcompiler.parallel.interconnect import Interconnect
+        from kcompiler.targets.interconnect import Interconnect
 
         ic = Interconnect(str(ic["name"]), float(ic["bandwidth"]), float(ic["latency"]), str(ic["topology"]),
                           tuple(str(d) for d in ic["devices"]))
@@ -780,9 +780,9 @@ def _restore_constants(model: ir.Model) -> None:
 
 
 def _restore_state(model: ir.Model, table: Any, path: Path) -> None:
-    """Put the device-resident state pairs of the manifest back on the graph (runtime/state.py's
+    """Put the device-resident state pairs of the manifest back on the graph (frontend/state.py's
     tags on values and model metadata), whatever the stored graph's metadata says."""
-    from kcompiler.runtime import state as _state
+    from kcompiler.frontend import state as _state
 
     if not isinstance(table, dict):
         raise ArtifactError(f"{path}: the manifest's state table is malformed")

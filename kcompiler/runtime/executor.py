@@ -100,9 +100,9 @@ class Executor:
 
     def _simulate(self, report: Report) -> Report:
         host = self.system.host.name
-        from kcompiler.runtime.state import RESIDENT, pairs
+        from kcompiler.frontend.state import RESIDENT, pairs
 
-        # device-resident state (KV cache): already on the device that reads it; see runtime/state.py
+        # device-resident state (KV cache): already on the device that reads it; see frontend/state.py
         state_in, state_out = pairs(self.model)
         home: dict[str, str] = {}
         ready: dict[str, tuple[float, str]] = {v.name: (0.0, RESIDENT if v.name in state_in else host)

@@ -28,6 +28,8 @@ else:  # pragma: no cover
 
 from kcompiler.errors import TargetError
 from kcompiler.targets import schema
+from kcompiler.targets.interconnect import Link, make
+from kcompiler.targets.kinds import known_kinds, plugin_target_files, spec_class_for_kind
 
 HOST = "host"
 
@@ -89,18 +91,6 @@ class Chip:
 
 
 @dataclass(frozen=True)
-class Link:
-    """A point-to-point (or shared) connection between two devices."""
-
-    bandwidth: float  # bytes per second, one direction
-    latency: float  # seconds per transfer
-    name: str = "pcie"
-
-    def transfer_s(self, nbytes: int) -> float:
-        return 0.0 if nbytes <= 0 else self.latency + nbytes / self.bandwidth
-
-
-@dataclass(frozen=True)
 class Device:
     """An instance of a chip in a system (``atom``, or ``atom0``..``atom3``)."""
 
@@ -119,7 +109,7 @@ class System:
     name: str
     devices: tuple[Device, ...]
     links: tuple[tuple[str, str, Link], ...] = ()
-    #: the chip-to-chip fabric of N identical chips (kcompiler.parallel.interconnect.Interconnect)
+    #: the chip-to-chip fabric of N identical chips (kcompiler.targets.interconnect.Interconnect)
     interconnect: Any = None
 
     def device(self, name: str) -> Device:
@@ -184,8 +174,6 @@ def read_chip_data(path: str | Path, text: str | None = None) -> dict:
 
 def chip_from_data(data: dict, path: str | Path) -> Chip:
     """Validate a chip's TOML table (as read by read_chip_data) into a Chip; `path` names it in errors."""
-    from kcompiler.backends import spec_class_for_kind, known_kinds
-
     path_s = str(path)
     for key in ("name", "kind"):
         if not isinstance(data.get(key), str) or not data.get(key):
@@ -224,8 +212,6 @@ def builtin_chips() -> dict[str, Chip]:
     One bad file (a plugin's, or one being edited) must not take every other target down:
     its error is kept in BROKEN and raised only when that chip is asked for.
     """
-    from kcompiler.backends import plugin_target_files
-
     chips: dict[str, Chip] = {}
     files = [(f.name, f.read_text()) for f in _builtin_dir().iterdir() if f.name.endswith(".toml")]
     files += [(str(p), Path(p).read_text()) for p in plugin_target_files()]
@@ -405,7 +391,7 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
     """Turn a target name (``npu``, ``atom+aim``, ``4xatom``, ``my.toml``, ``warboy[1/2]``) into a System.
 
     Two or more identical chips are joined by an interconnect (a preset of
-    kcompiler/parallel/interconnects.toml, PCIe Gen5 through a switch unless named).
+    kcompiler/targets/fabrics/interconnects.toml, PCIe Gen5 through a switch unless named).
     chips: chip name -> Chip to use for it instead of the built-in one (a variant).
     partition: (index, count) or (index, count, bandwidth fraction), or the text ``1/2`` /
     ``1/2@1.0``: every accelerator of the target is that partition of its chip (see partition;
@@ -417,8 +403,6 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
             target = dataclasses.replace(target, devices=devs, name=target.name + _suffix(devs))
         if interconnect is None and topology is None:
             return target
-        from kcompiler.parallel.interconnect import make
-
         names = tuple(d.name for d in target.accelerators)
         return dataclasses.replace(target, interconnect=make(names, interconnect, topology))
     target = (target or HOST).strip()
@@ -469,8 +453,6 @@ def resolve(target: "str | System | None", devices: int | None = None, interconn
     accs = [d for d in devs if d.kind != HOST]
     fabric = None
     if len(accs) > 1 and len({d.chip.name for d in accs}) == 1 or interconnect or topology:
-        from kcompiler.parallel.interconnect import make
-
         fabric = make(tuple(d.name for d in accs), interconnect, topology)
     return System(name=name, devices=tuple(devs), interconnect=fabric)
 

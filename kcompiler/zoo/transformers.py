@@ -283,7 +283,7 @@ class Writer:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   ir_version=IR_VERSION, producer_name="kcompiler.zoo",
                                   doc_string=doc)
-        # the KV cache is device-resident state: present.N.* <- past_key_values.N.* (kcompiler.runtime.state)
+        # the KV cache is device-resident state: present.N.* <- past_key_values.N.* (kcompiler.frontend.state)
         ins = {v.name for v in inputs}
         state = {o.name: o.name.replace("present.", "past_key_values.", 1) if o.name.replace(
             "present.", "past_key_values.", 1) in ins else "" for o in outputs if o.name.startswith("present.")}

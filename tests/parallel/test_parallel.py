@@ -10,7 +10,7 @@ import pytest
 import kcompiler
 from kcompiler import parallel as kp
 from kcompiler.check import compare_with_ort
-from kcompiler.parallel import interconnect as ic
+from kcompiler.targets import interconnect as ic
 from kcompiler.parallel.pipeline import partition_stages
 
 STRATEGIES = ("data", "tensor", "pipeline")

@@ -129,7 +129,7 @@ def _kv_model(past: int, state_meta: bool):
 
 
 def test_state_is_detected_by_name_metadata_or_argument():
-    from kcompiler.runtime import state
+    from kcompiler.frontend import state
 
     cm = kcompiler.compile(_kv_model(16, False), target="host", mode="timing")
     assert state.pairs(cm.model)[0] == {"past.0.key": "present.0.key", "past.0.value": "present.0.value"}

@@ -136,7 +136,7 @@ def test_pim_program_tampered_table(tmp_path):
 
 # ---- device-resident state ------------------------------------------------------------------
 def test_state_tags_survive_and_the_cache_stays_resident(tmp_path, monkeypatch):
-    from kcompiler.runtime import state
+    from kcompiler.frontend import state
 
     cm = kcompiler.compile("llama-tiny", target="atom+aim", phase="decode", kv=16)
     cm.simulate()

@@ -31,7 +31,7 @@ from kcompiler.backends.npu.sim import Binding, Buffer
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.tiler import ConvGeom, tile_attention, tile_gemm, tile_vector
 from kcompiler.errors import LoweringError
-from kcompiler.runtime.state import is_resident_pair
+from kcompiler.frontend.state import is_resident_pair
 
 F32 = np.float32
 
@@ -311,7 +311,7 @@ def emit_fill(cg: Codegen, op: int, dst: Layout, value: float, core: int = 0) ->
 
 def is_state_append(node: ir.Node) -> bool:
     """Concat(past, new, ...) -> present where past is a device-resident state input and present
-    its paired state output, or one chip's slices of them under a tensor split (runtime/state.py):
+    its paired state output, or one chip's slices of them under a tensor split (frontend/state.py):
     a KV-cache append, done in place."""
     if node.op_type != "Concat" or not node.inputs or node.inputs[0] is None or not node.outputs:
         return False

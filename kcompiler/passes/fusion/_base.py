@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.runtime.state import STATE_KEY
+from kcompiler.frontend.state import STATE_KEY
 from kcompiler.passes.manager import PassContext, PassOutcome
 
 DOMAIN = "kcompiler"
@@ -53,7 +53,7 @@ def npu_backends(ctx: PassContext) -> list[Any]:
 
 def _resident(v: ir.Value) -> bool:
     """Device-resident state (a KV-cache input, or a Concat appending to one): it sits where its
-    consumer runs, so it is never moved between devices (runtime/state.py)."""
+    consumer runs, so it is never moved between devices (frontend/state.py)."""
     if v.is_graph_input():
         return STATE_KEY in v.metadata_props
     p = v.producer()

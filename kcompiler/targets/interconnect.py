@@ -19,7 +19,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from kcompiler.errors import TargetError
-from kcompiler.targets import Link
+
+@dataclass(frozen=True)
+class Link:
+    """A point-to-point (or shared) connection between two devices."""
+
+    bandwidth: float  # bytes per second, one direction
+    latency: float  # seconds per transfer
+    name: str = "pcie"
+
+    def transfer_s(self, nbytes: int) -> float:
+        return 0.0 if nbytes <= 0 else self.latency + nbytes / self.bandwidth
+
 
 TOPOLOGIES = ("switch", "ring", "all-to-all")
 DEFAULT = "pcie-gen5"
@@ -36,8 +47,8 @@ class Preset:
 
 @lru_cache(maxsize=None)
 def presets() -> dict[str, Preset]:
-    path = "kcompiler/parallel/interconnects.toml"
-    data = tomllib.loads(resources.files("kcompiler.parallel").joinpath("interconnects.toml").read_text())
+    path = "kcompiler/targets/fabrics/interconnects.toml"
+    data = tomllib.loads(resources.files("kcompiler.targets.fabrics").joinpath("interconnects.toml").read_text())
     out = {}
     for name, t in data.items():
         unknown = sorted(set(t) - {"bandwidth", "latency_s", "topology"})

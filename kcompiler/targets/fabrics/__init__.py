@@ -1,0 +1,1 @@
+"""Interconnect presets (interconnects.toml), read by kcompiler.targets.interconnect."""
