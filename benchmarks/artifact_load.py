@@ -66,7 +66,7 @@ def measure(path: str, warm: str, repeats: int = 3) -> dict:
 
 def main() -> None:
     import kcompiler
-    from kcompiler.runtime.artifact import read_manifest
+    from kcompiler.artifact import read_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         real = materialize("resnet50", os.path.join(tmp, "resnet50_weights.onnx"))

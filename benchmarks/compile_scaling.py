@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                     help="undo compile()'s pause of the cyclic GC (to measure what the pause saves)")
     args = ap.parse_args(argv)
     import kcompiler
-    import kcompiler.compiler as kc_compiler
+    import kcompiler.driver.compile as kc_compiler
 
     if args.gc_during_compile and hasattr(kc_compiler.compile, "__wrapped__"):
         kc_compiler.compile = kc_compiler.compile.__wrapped__

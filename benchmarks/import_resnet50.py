@@ -16,18 +16,17 @@ import time
 def import_once(path, target: str) -> tuple[float, dict[str, float], int]:
     """Seconds for load + default pipeline; per-stage seconds; nodes left."""
     from kcompiler import targets
-    from kcompiler.backends import make_backend
+    from kcompiler.driver import make_backends
     from kcompiler.frontend import load_model
-    from kcompiler.passes import PassContext, run_pipeline
+    from kcompiler.passes import CompileContext, run_pipeline
 
     system = targets.resolve(target)
     t0 = time.perf_counter()
     model, _ = load_model(path)
     t1 = time.perf_counter()
     # the same context compile() gives the passes (fusion rules may read the target's backends)
-    ctx = PassContext(system=system, options={"mode": "functional",
-                                              "backends": {d.name: make_backend(d, system) for d in system.devices}})
-    run_pipeline(model, ctx, "default")
+    ctx = CompileContext(system=system, backends=make_backends(system))
+    run_pipeline(model, ctx, "optimize")
     t2 = time.perf_counter()
     stages = {"frontend": t1 - t0, "passes": t2 - t1}
     stages.update({f"  {name}": s for name, s in ctx.timings})

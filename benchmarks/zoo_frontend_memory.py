@@ -34,11 +34,9 @@ def main(argv=None) -> int:
 
     sys.addaudithook(hook)
     from kcompiler import targets
-    from kcompiler.backends import make_backend
+    from kcompiler.driver import make_backends
     from kcompiler.frontend import loader as L
-    from kcompiler.passes import PassContext, run_pipeline
-    from kcompiler.passes.placement import place_nodes
-    from kcompiler.runtime.partition import partition
+    from kcompiler.passes import CompileContext, run_pipeline
     from kcompiler.zoo import transformers as T
 
     rows = []
@@ -62,14 +60,14 @@ def main(argv=None) -> int:
     L.infer_shapes(irm, src)
     stage("shape inference")
     system = targets.resolve(args.target, None)
-    ctx = PassContext(system=system, options={"mode": "timing"})
-    backends = {d.name: make_backend(d, system) for d in system.devices}
-    ctx.options["backends"] = backends
-    run_pipeline(irm, ctx)
+    ctx = CompileContext(system=system, backends=make_backends(system), mode="timing")
+    run_pipeline(irm, ctx, "optimize")
     stage("passes")
-    place_nodes(irm, backends)
+    run_pipeline(irm, ctx, "placement")
     stage("placement")
-    progs = [backends[s.device].lower(s, {"mode": "timing"}) for s in partition(irm)]
+    run_pipeline(irm, ctx, "partition")
+    run_pipeline(irm, ctx, "lower")
+    progs = ctx.programs
     stage(f"lower ({len(progs)} programs)")
     size = (path.parent / T.WEIGHTS_FILE).stat().st_size if not isinstance(path, type(proto)) else 0
     print(f"{args.model} {args.phase} kv={args.kv} on {args.target}: {len(irm.graph)} nodes, "

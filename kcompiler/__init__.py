@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from kcompiler.version import __version__  # noqa: E402
 
 from kcompiler.errors import KCError  # noqa: E402
 
 
 def compile(model, target="host", shapes=None, **options):
-    """Compile an ONNX model for a target; returns a CompiledModel (kcompiler.compiler).
+    """Compile an ONNX model for a target; returns a CompiledModel (kcompiler.driver).
 
     model: an .onnx path, a zoo name (`kcompiler.zoo()` lists them), an onnx.ModelProto or an
       onnx_ir.Model.
@@ -39,7 +39,7 @@ def compile(model, target="host", shapes=None, **options):
       batch, seq, kv, phase, dtype, layers, seed, weights: options of zoo models.
 
     Errors are KCError subclasses with a message naming the input and a hint."""
-    from kcompiler.compiler import compile as _compile
+    from kcompiler.driver.compile import compile as _compile
 
     return _compile(model, target, shapes, **options)
 
@@ -50,7 +50,7 @@ from kcompiler import targets, zoo  # noqa: E402
 
 def load(path):
     """Load a compiled artifact (.kcm)."""
-    from kcompiler.runtime.artifact import load as _load
+    from kcompiler.driver.loading import load as _load
 
     return _load(path)
 

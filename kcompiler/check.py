@@ -28,7 +28,7 @@ def reference_description(cm) -> str:
             return "the original model (stored in the artifact)"
         return "the original model"
     if getattr(cm, "artifact", None) is not None:
-        from kcompiler.runtime.artifact import original_reference
+        from kcompiler.driver.loading import original_reference
 
         ref = original_reference(cm)
         if ref is not None:
@@ -52,7 +52,7 @@ def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
     elif cm.original is not None:
         proto = cm.original
     else:
-        from kcompiler.runtime.artifact import original_reference
+        from kcompiler.driver.loading import original_reference
 
         ref = original_reference(cm) if getattr(cm, "artifact", None) is not None else None
         if ref is not None:  # an artifact too big to carry its original refers to the file

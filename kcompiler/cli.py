@@ -307,7 +307,7 @@ def compile_cmd(model, target, shape_specs, disable, print_after, devices, mode,
         if seconds > 0.05:
             console.print(f"  pass {name}: {seconds:.3f} s", highlight=False)
     if output:
-        from kcompiler.runtime.artifact import save
+        from kcompiler.artifact import save
 
         save(cm, output)
         console.print(f"wrote {output}")
@@ -630,7 +630,7 @@ def _artifact_table(art) -> Table:
 def inspect_cmd(model, target, asm, shape_specs, debug):
     """Show MODEL's ops, shapes, parameters, FLOPs and placement."""
     from kcompiler import opinfo
-    from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+    from kcompiler.passes.placement import DEVICE_KEY, REASON_KEY
 
     cm = _load_or_compile(model, target, shape_specs)
     if cm.artifact is not None:

@@ -63,7 +63,7 @@ class KCBackendRep(BackendRep):
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
         cm = self._compiled.get(key)
         if cm is None:
-            from kcompiler.compiler import compile as kc_compile
+            from kcompiler.driver.compile import compile as kc_compile
 
             kw = dict(self.compile_kw)
             kw["shapes"] = dict(shapes) or None

@@ -84,6 +84,36 @@ class EngineSpan:
 
 
 @dataclass
+class OpRecord:
+    """One op on the whole system's clock (a report's row; a program's OpEvent placed in time)."""
+
+    name: str
+    op_type: str
+    device: str
+    start_s: float
+    end_s: float
+    cycles: int = 0
+    macs: int = 0
+    dram_bytes: int = 0
+    sram_bytes: int = 0
+    energy_j: float = 0.0
+    bound: str = "compute"
+    engine: str = ""
+
+
+@dataclass
+class Transfer:
+    """A value crossing a link between two devices."""
+
+    src: str
+    dst: str
+    value: str
+    nbytes: int
+    start_s: float
+    end_s: float
+
+
+@dataclass
 class Timeline:
     """A program's simulated run: its ops and each engine's busy time."""
 
@@ -111,6 +141,15 @@ class Program(abc.ABC):
     """A device's compiled code for one subgraph."""
 
     device: str
+    #: a program whose ops span several devices and links (communication): the executor hands it
+    #: the shared clocks (`schedule`) instead of running it on one device's clock
+    spans_devices: ClassVar[bool] = False
+
+    def schedule(self, ready: dict, link_free: dict, transfers: list, ops: list) -> None:
+        """For programs that span devices: advance the shared clocks. `ready` maps value ->
+        (time, device) and `link_free` a directed link -> when it is next free; append the
+        Transfers and OpRecords it makes."""
+        raise NotImplementedError(f"{type(self).__name__} runs on one device (spans_devices is False)")
 
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,6 +174,23 @@ class Backend(abc.ABC):
     kind: ClassVar[str]
     #: the dataclass validating the chip TOML's ``[kind]`` table
     spec_class: ClassVar[type]
+    #: False for a backend that is no chip (communication): target files cannot name its kind
+    is_chip: ClassVar[bool] = True
+    #: the device every node can fall back to (the host): placement's last resort, and never a
+    #: reason not to fuse
+    fallback: ClassVar[bool] = False
+    #: the fusion patterns this backend lowers as one op, as data (like TVM Relax's
+    #: FuseOpsByPattern tables): pattern name -> the kcompiler ops (kcompiler.fused) it makes.
+    #: A fusion rule fires only when some device of the target claims its pattern and every
+    #: claiming device's `check_fusion` accepts the node (passes/fusion/_base.py: claim_check).
+    #: Built-in patterns: "epilogue" (Fused{Conv,MatMul,Gemm}), "elementwise-chain"
+    #: (FusedElementwise), "attention" (ONNX Attention).
+    fusions: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: rewrite rules of the backend's own, as (name, rule) pairs of onnxscript RewriteRules, run
+    #: by the fusion pass ``backend-patterns`` on targets that have this device: how a chip adds a
+    #: fused op of its own (its ``supports`` then claims the op; its function body lets every
+    #: other device, ONNX Runtime included, run it)
+    patterns: ClassVar[Sequence[tuple[str, Any]]] = ()
 
     def __init__(self, device: "Device", system: "System"):
         self.device = device
@@ -148,6 +204,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def supports(self, node: ir.Node) -> Support:
         """Whether this device can run the node, and if not, why."""
+
+    def check_fusion(self, pattern: str, node: ir.Node, **facts: Any) -> Support:
+        """Whether this device can run what fusion `pattern` would make of `node`; `facts` are
+        what the rule measured (each pattern documents its own: an epilogue's operands, the
+        members of an elementwise chain, attention's dimensions). Default: `supports(node)`."""
+        return self.supports(node)
 
     @abc.abstractmethod
     def estimate(self, node: ir.Node) -> Cost:

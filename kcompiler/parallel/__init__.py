@@ -116,7 +116,7 @@ def accelerators(system) -> list:
 
 def node_costs(model: ir.Model, backends: dict) -> dict[int, float]:
     """Estimated seconds of every node on the device placement chose (the backends' `estimate`)."""
-    from kcompiler.runtime.partition import device_of
+    from kcompiler.passes.placement import device_of
 
     out = {}
     for n in model.graph:
@@ -131,7 +131,7 @@ def node_costs(model: ir.Model, backends: dict) -> dict[int, float]:
 def tensor_seeds(model: ir.Model, host: str) -> set[int]:
     """MatMul / Gemm nodes on an accelerator with a constant 2-D weight: candidates for a column split."""
     from kcompiler.parallel.spmd import is_const
-    from kcompiler.runtime.partition import device_of
+    from kcompiler.passes.placement import device_of
 
     seeds = set()
     for n in model.graph:
@@ -287,7 +287,7 @@ def apply(model: ir.Model, system, backends: dict, plan: Plan, objective: str = 
     rw.run()
     info.stages = [list(g) for g in groups]
     info.split_matmuls = len(seeds)
-    from kcompiler.parallel.collectives import is_comm
+    from kcompiler.backends.comm.collectives import is_comm
 
     for n in model.graph:
         if is_comm(n):

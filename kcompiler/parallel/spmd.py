@@ -36,8 +36,8 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.errors import KCError
-from kcompiler.parallel.collectives import COMM_DEVICE, DOMAIN, collective_time
-from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+from kcompiler.backends.comm.collectives import COMM_DEVICE, DOMAIN, collective_time
+from kcompiler.passes.placement import DEVICE_KEY, REASON_KEY
 from kcompiler.frontend.state import SHARD_KEY, STATE_KEY
 
 

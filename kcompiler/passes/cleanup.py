@@ -8,7 +8,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from kcompiler.frontend.loader import ShapeInferencePass
-from kcompiler.passes.manager import PassContext, PassOutcome, ir_pass, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, ir_pass, register
 
 #: fold constants up to this many elements; larger ones (weights built by ConstantOfShape)
 #: stay as they are and backends read them with opinfo.const_value without materialising them
@@ -17,7 +17,7 @@ FOLD_OUTPUT_LIMIT = 1 << 20
 
 
 @register("fold-constants")
-def fold_constants(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fold_constants(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
     from onnxscript import optimizer
 
@@ -78,7 +78,7 @@ register("cse", "Merge identical nodes with identical inputs (onnx_ir CSE)")(
 register("toposort", "Sort nodes topologically (onnx_ir TopologicalSortPass)")(
     ir_pass(ir_passes.TopologicalSortPass))
 @register("name-fix")
-def name_fix(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def name_fix(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Give every value and node a unique name (onnx_ir NameFixPass); unnamed nodes by op and output.
 
     A node the exporter left unnamed is named after its op and first output ("Conv_conv1_1")
@@ -93,7 +93,7 @@ def name_fix(model: ir.Model, ctx: PassContext) -> PassOutcome:
 
 
 @register("shape-inference")
-def shape_inference(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def shape_inference(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Re-run ONNX shape inference after rewrites (keeps shapes it cannot infer)."""
     ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     return PassOutcome(changed=False)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import onnx_ir as ir
 
 from kcompiler.errors import KCError, PassError
+
+if TYPE_CHECKING:  # (types only: passes sit below the backends and the targets' users)
+    from kcompiler.backends.base import Backend, Program, Subgraph
+    from kcompiler.targets import System
 
 
 @dataclass
@@ -23,19 +27,48 @@ class PassOutcome:
 
 
 @dataclass
-class PassContext:
-    """What passes may read (the target) and what the manager records."""
+class CompileContext:
+    """Everything a compile step reads and records: one typed object handed to every pass,
+    from cleanup to lowering (the driver, kcompiler/driver, fills the target's fields).
 
-    system: Any = None  # kcompiler.targets.System
+    A pass that only rewrites the graph needs none of the target fields; fusion rules read
+    ``backends`` (what each device claims), placement and parallelisation write ``placement``
+    and ``parallel``, partitioning writes ``parts`` and lowering ``programs``."""
+
+    #: the target (kcompiler.targets.System) and a backend per device name (plus the
+    #: communication backend on a multi-chip system)
+    system: "System | None" = None
+    backends: "dict[str, Backend]" = field(default_factory=dict)
+    #: "functional" (programs carry their weights) or "timing" (no weight data is read)
+    mode: str = "functional"
+    #: the parallel plan (kcompiler.parallel.Plan) when compiling over several chips, and what to
+    #: optimise for
+    plan: Any = None
+    objective: str = "latency"
+    #: user pins for placement: node name | op type | "*" -> device name | kind
+    pin: "dict[str, str] | None" = None
     disabled: frozenset[str] = frozenset()
     print_after: frozenset[str] = frozenset()
     printer: Callable[[str], None] = print
+    #: called as progress(stage, detail) when a step starts (for a command line's status)
+    progress: Callable[[str, str], None] | None = None
+    # ---- what the steps record ----
     timings: list[tuple[str, float]] = field(default_factory=list)
     fired: dict[str, int] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    #: device name -> nodes placed on it (placement, parallelise)
+    placement: dict[str, int] = field(default_factory=dict)
+    #: the applied plan's summary (kcompiler.parallel.ParallelInfo), if any
+    parallel: Any = None
+    #: the placed graph cut into per-device subgraphs (partition) and their programs (lower)
+    parts: "list[Subgraph]" = field(default_factory=list)
+    programs: "list[Program]" = field(default_factory=list)
+
+    def say(self, stage: str, detail: str = "") -> None:
+        if self.progress is not None:
+            self.progress(stage, detail)
 
 
-PassFn = Callable[[ir.Model, PassContext], PassOutcome]
+PassFn = Callable[[ir.Model, CompileContext], PassOutcome]
 
 
 @dataclass(frozen=True)
@@ -43,16 +76,22 @@ class PassInfo:
     name: str
     fn: PassFn
     doc: str
+    #: what --print-after prints after it (default: the graph as ONNX text)
+    show: Callable[[ir.Model, "CompileContext"], str] | None = None
+    #: a step compiling cannot do without (placement, partition, lower): --disable-pass refuses it
+    required: bool = False
 
 
 REGISTRY: dict[str, PassInfo] = {}
 
 
-def register(name: str, doc: str = ""):
-    """Decorator: make a pass available by name in pipelines and on the command line."""
+def register(name: str, doc: str = "", show: Callable[[ir.Model, CompileContext], str] | None = None,
+             required: bool = False):
+    """Decorator: make a pass available by name in pipelines and on the command line; `show`
+    is what --print-after prints after it, `required` marks a step --disable-pass cannot skip."""
 
     def deco(fn: PassFn) -> PassFn:
-        REGISTRY[name] = PassInfo(name, fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        REGISTRY[name] = PassInfo(name, fn, doc or (fn.__doc__ or "").strip().splitlines()[0], show, required)
         return fn
 
     return deco
@@ -61,7 +100,7 @@ def register(name: str, doc: str = ""):
 def ir_pass(factory: Callable[[], Any]) -> PassFn:
     """Wrap an onnx_ir pass class (or factory) as a kcompiler pass."""
 
-    def run(model: ir.Model, ctx: PassContext) -> PassOutcome:
+    def run(model: ir.Model, ctx: CompileContext) -> PassOutcome:
         result = factory()(model)
         return PassOutcome(changed=bool(getattr(result, "modified", True)))
 
@@ -74,7 +113,11 @@ def graph_text(model: ir.Model) -> str:
     return ir.to_onnx_text(model, exclude_initializers=True)
 
 
-def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: dict[str, list[str]]) -> None:
+def _graph_text(model: ir.Model, ctx: CompileContext) -> str:
+    return graph_text(model)
+
+
+def run_passes(model: ir.Model, names: list[str], ctx: CompileContext, pipelines: dict[str, list[str]]) -> None:
     """Run passes and sub-pipelines in order, skipping disabled ones."""
     for name in names:
         if name in ctx.disabled:
@@ -99,25 +142,23 @@ def run_passes(model: ir.Model, names: list[str], ctx: PassContext, pipelines: d
         for rule, count in (outcome.fired if outcome else {}).items():
             ctx.fired[rule] = ctx.fired.get(rule, 0) + count
         if name in ctx.print_after:
-            ctx.printer(f"// after {name}\n{graph_text(model)}")
+            ctx.printer(f"// after {name}\n{(info.show or _graph_text)(model, ctx)}")
         # a rule name prints the graph after the pass that fired it, labelled with the rule
         rules = sorted(r for r in (outcome.fired if outcome else {}) if r in ctx.print_after and r != name)
         if rules:
             ctx.printer(f"// after rule {', '.join(rules)} (pass {name})\n{graph_text(model)}")
 
 
-def check_names(names, pipelines: dict[str, list[str]], what: str) -> None:
-    known = set(REGISTRY) | set(pipelines)
-    for rule_names in _rule_names():
-        known |= rule_names
+def check_names(names, pipelines: dict[str, list[str]], what: str, rule_names=frozenset()) -> None:
+    """Every name is a pass, a pipeline or a rule (`rule_names`); --disable-pass may not name a
+    required step."""
+    known = set(REGISTRY) | set(pipelines) | set(rule_names)
     bad = [n for n in names if n not in known]
     if bad:
         raise PassError(f"{what} names unknown pass(es) {bad}",
                         hint=f"known passes and pipelines: {', '.join(sorted(known))}")
-
-
-def _rule_names():
-    """Names of individual rewrite rules (from rule-table passes), also valid for --disable-pass."""
-    from kcompiler.passes import pipelines
-
-    yield set(getattr(pipelines, "RULE_NAMES", ()))
+    if what == "--disable-pass":
+        required = sorted(n for n in names if n in REGISTRY and REGISTRY[n].required)
+        if required:
+            raise PassError(f"--disable-pass {', '.join(required)}: a compile cannot skip this step",
+                            hint="`kc passes` lists the passes that can be disabled")

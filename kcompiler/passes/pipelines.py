@@ -6,23 +6,28 @@ import onnx_ir as ir
 
 from kcompiler.passes import cleanup  # noqa: F401  (registers the cleanup passes)
 from kcompiler.passes import fusion  # noqa: F401  (registers the fusion rule passes)
-from kcompiler.passes.manager import REGISTRY, PassContext, check_names, run_passes
+from kcompiler.passes import placement  # noqa: F401  (registers the placement step)
+from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
     "cleanup": ["fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
-    # rewrite rules (passes/fusion); hardware-specific ones read ctx.system
+    # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
-    # the pipeline every compile runs before placement
-    "default": ["cleanup", "fusion"],
+    # the graph optimisations, before anything is placed
+    "optimize": ["cleanup", "fusion"],
+    # what every compile runs (kcompiler/driver registers parallelise, partition and lower):
+    # parallelise splits the graph over the chips when there is a parallel plan, placement puts
+    # every other node on its best device, partition cuts the placed graph into per-device
+    # subgraphs, lower turns each into its device's program
+    "default": ["optimize", "parallelise", "placement", "partition", "lower"],
 }
-
 #: names of individual rewrite rules (filled in by rule-table passes such as fusion)
 RULE_NAMES: set[str] = set(fusion.RULES)
 
 
-def run_pipeline(model: ir.Model, ctx: PassContext, name: str = "default") -> PassContext:
-    check_names(ctx.disabled, PIPELINES, "--disable-pass")
-    check_names(ctx.print_after, PIPELINES, "--print-after")
+def run_pipeline(model: ir.Model, ctx: CompileContext, name: str = "default") -> CompileContext:
+    check_names(ctx.disabled, PIPELINES, "--disable-pass", RULE_NAMES)
+    check_names(ctx.print_after, PIPELINES, "--print-after", RULE_NAMES)
     run_passes(model, [name], ctx, PIPELINES)
     return ctx
 

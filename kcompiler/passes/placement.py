@@ -17,15 +17,25 @@ stored on the node (metadata ``kcompiler.device`` / ``kcompiler.reason``) for `k
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import Backend
 from kcompiler.errors import UnsupportedOpError
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 from kcompiler.frontend import state as kstate
-from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+
+if TYPE_CHECKING:  # (types only: placement sees backends through the compile context)
+    from kcompiler.backends.base import Backend
+
+#: node metadata: the device placement chose and why (`kc inspect` shows both)
+DEVICE_KEY = "kcompiler.device"
+REASON_KEY = "kcompiler.reason"
+
+
+def device_of(node: ir.Node) -> str:
+    return node.metadata_props.get(DEVICE_KEY, "host")
 
 
 def _is_const_producer(node: ir.Node) -> bool:
@@ -54,7 +64,7 @@ def _pinned(node: ir.Node, pin: dict[str, str] | None, backends: dict[str, Backe
 
 def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None = None) -> dict[str, int]:
     """Assign every node a device; `pin` forces nodes (by name, op type, or "*") onto a device."""
-    host = next(name for name, b in backends.items() if b.kind == "host")
+    host = next(name for name, b in backends.items() if b.fallback)
     system = next(iter(backends.values())).system
     nodes = list(model.graph)
     deferred = [n for n in nodes if _is_const_producer(n)]
@@ -203,9 +213,13 @@ def placement_text(model: ir.Model) -> str:
     return "\n".join(lines)
 
 
-@register("placement")
-def placement_pass(model: ir.Model, ctx: PassContext) -> PassOutcome:
-    """Assign each node to a device of the target system."""
-    counts = place_nodes(model, ctx.options["backends"])
-    ctx.options["placement"] = counts
+@register("placement", show=lambda model, ctx: placement_text(model), required=True)
+def placement_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
+    """Assign each node to a device of the target, minimising end-to-end latency (`--place` pins
+    nodes); a parallel plan (the `parallelise` step) has placed every node already."""
+    if ctx.parallel is not None:
+        return PassOutcome(changed=False)
+    ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")
+    chips = {name: b for name, b in ctx.backends.items() if b.is_chip}
+    ctx.placement = place_nodes(model, chips, dict(ctx.pin) if ctx.pin else None)
     return PassOutcome(changed=True)

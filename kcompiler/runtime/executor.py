@@ -16,6 +16,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import EngineSpan, Program, Subgraph
 from kcompiler.errors import ExecutionError, KCError
+from kcompiler.frontend.state import RESIDENT, pairs
 from kcompiler.runtime.report import OpRecord, Report, Transfer
 from kcompiler.targets import System
 
@@ -100,8 +101,6 @@ class Executor:
 
     def _simulate(self, report: Report) -> Report:
         host = self.system.host.name
-        from kcompiler.frontend.state import RESIDENT, pairs
-
         # device-resident state (KV cache): already on the device that reads it; see frontend/state.py
         state_in, state_out = pairs(self.model)
         home: dict[str, str] = {}
@@ -116,8 +115,8 @@ class Executor:
         energy = 0.0
         dram = 0
         for sub, prog in zip(self.parts, self.programs):
-            if getattr(prog, "collective", False):  # communication ops (kcompiler.parallel) span devices
-                prog.schedule(self, ready, link_free, transfers, ops)
+            if prog.spans_devices:  # communication ops (kcompiler.backends.comm) span devices and links
+                prog.schedule(ready, link_free, transfers, ops)
                 continue
             dev = sub.device
             start = device_free.get(dev, 0.0)

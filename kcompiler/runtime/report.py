@@ -9,33 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kcompiler.backends.base import EngineSpan
-
-
-@dataclass
-class OpRecord:
-    name: str
-    op_type: str
-    device: str
-    start_s: float
-    end_s: float
-    cycles: int = 0
-    macs: int = 0
-    dram_bytes: int = 0
-    sram_bytes: int = 0
-    energy_j: float = 0.0
-    bound: str = "compute"
-    engine: str = ""
-
-
-@dataclass
-class Transfer:
-    src: str
-    dst: str
-    value: str
-    nbytes: int
-    start_s: float
-    end_s: float
+from kcompiler.backends.base import EngineSpan, OpRecord, Transfer
 
 
 @dataclass

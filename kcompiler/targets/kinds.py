@@ -23,6 +23,7 @@ BUILTIN = {
     "host": "kcompiler.backends.host:HostBackend",
     "npu": "kcompiler.backends.npu:NpuBackend",
     "pim": "kcompiler.backends.pim:PimBackend",
+    "comm": "kcompiler.backends.comm:CommBackend",
 }
 
 ENTRY_POINT_GROUP = "kcompiler.backends"
@@ -65,13 +66,14 @@ def backend_class(kind: str):
 
 
 def known_kinds() -> list[str]:
-    kinds = [k for k in BUILTIN if backend_class(k) is not None]
+    """The chip kinds target files may name (the communication backend is no chip)."""
+    kinds = [k for k in BUILTIN if (cls := backend_class(k)) is not None and cls.is_chip]
     return kinds + [k for k in _entry_points() if k not in BUILTIN]
 
 
 def spec_class_for_kind(kind: str):
     cls = backend_class(kind)
-    return None if cls is None else cls.spec_class
+    return None if cls is None or not cls.is_chip else cls.spec_class
 
 
 def plugin_target_files() -> list[str]:

@@ -16,7 +16,7 @@ from kcompiler.zoo import ZooEntry
 
 
 def _cache_path():
-    from kcompiler import __version__
+    from kcompiler.version import __version__
     from kcompiler.zoo import cache_dir
 
     return cache_dir() / f"zoo-stats-{__version__}.json"

@@ -12,7 +12,7 @@ import pytest
 
 import kcompiler
 from kcompiler.check import compare_with_ort
-from kcompiler.parallel.collectives import is_comm
+from kcompiler.backends.comm.collectives import is_comm
 from kcompiler.zoo import transformers as tf
 
 #: a LLaMA with 8 query and 8 KV heads (llama-tiny has 2 KV heads: no 8-way split), one layer,

@@ -12,7 +12,7 @@ import pytest
 
 import kcompiler
 from kcompiler.errors import PassError
-from kcompiler.passes import PIPELINES, PassContext, PassOutcome, register, run_pipeline
+from kcompiler.passes import PIPELINES, CompileContext, PassOutcome, register, run_pipeline
 from kcompiler.passes.manager import REGISTRY
 
 HEADER = '<ir_version: 10, opset_import: ["" : 18]>\n'
@@ -41,7 +41,7 @@ def apply(name: str, text: str) -> tuple[ir.Model, ir.Model]:
     """(before, after) of one pass; checks that both compute the same outputs."""
     before = parse(text)
     after = parse(text)
-    REGISTRY[name].fn(after, PassContext())
+    REGISTRY[name].fn(after, CompileContext())
     feeds = random_feeds(before)
     for want, got in zip(run_ort(before, feeds), run_ort(after, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -96,7 +96,7 @@ def test_fold_constants_keeps_castlike_saturate():
     """
     header = '<ir_version: 10, opset_import: ["" : 19]>\n'
     before, after = ir.from_onnx_text(header + text), ir.from_onnx_text(header + text)
-    REGISTRY["fold-constants"].fn(after, PassContext())
+    REGISTRY["fold-constants"].fn(after, CompileContext())
     (cast,) = [n for n in after.graph]
     assert cast.op_type == "Cast" and cast.attributes["saturate"].value == 0
     assert cast.attributes["to"].value == ir.DataType.FLOAT8E4M3FN
@@ -241,7 +241,7 @@ def test_toposort_orders_nodes():
     model.graph.remove(neg)
     model.graph.insert_before(list(model.graph)[0], neg)  # consumer first: Neg, Relu, Exp
     assert ops(model) == ["Neg", "Relu", "Exp"]
-    REGISTRY["toposort"].fn(model, PassContext())
+    REGISTRY["toposort"].fn(model, CompileContext())
     assert ops(model) == ["Relu", "Exp", "Neg"]
     # the unsorted model is not valid ONNX, so compare with the sorted text it was made from
     feeds = random_feeds(model)
@@ -275,7 +275,7 @@ def test_cleanup_pipeline_on_every_pass_at_once():
     }
     """
     before, after = parse(text), parse(text)
-    ctx = run_pipeline(after, PassContext(), "cleanup")
+    ctx = run_pipeline(after, CompileContext(), "cleanup")
     assert sorted(ops(after)) == ["Add", "Mul"]
     feeds = random_feeds(before)
     np.testing.assert_allclose(run_ort(after, feeds)[0], run_ort(before, feeds)[0], rtol=1e-6)
@@ -295,7 +295,7 @@ g (float[2,3] x) => (float[2,3] y) {
 
 def test_disable_pass_skips_it():
     model = parse(DUPLICATES)
-    ctx = run_pipeline(model, PassContext(disabled=frozenset({"cse"})), "cleanup")
+    ctx = run_pipeline(model, CompileContext(disabled=frozenset({"cse"})), "cleanup")
     assert ops(model).count("Relu") == 2  # not merged
     assert "Exp" not in ops(model)  # dce still ran
     assert "cse" not in [name for name, _ in ctx.timings]
@@ -303,7 +303,7 @@ def test_disable_pass_skips_it():
 
 def test_disable_whole_pipeline():
     model = parse(DUPLICATES)
-    ctx = run_pipeline(model, PassContext(disabled=frozenset({"cleanup", "fusion"})), "default")
+    ctx = run_pipeline(model, CompileContext(disabled=frozenset({"cleanup", "fusion"})), "optimize")
     assert ops(model) == ["Relu", "Relu", "Exp", "Add"]
     assert ctx.timings == []
 
@@ -311,7 +311,7 @@ def test_disable_whole_pipeline():
 def test_print_after_shows_the_graph():
     printed: list[str] = []
     model = parse(DUPLICATES)
-    run_pipeline(model, PassContext(print_after=frozenset({"dce", "cleanup"}), printer=printed.append), "default")
+    run_pipeline(model, CompileContext(print_after=frozenset({"dce", "cleanup"}), printer=printed.append), "optimize")
     assert len(printed) == 2
     after_dce, after_cleanup = printed
     assert after_dce.startswith("// after dce") and "Exp" not in after_dce and after_dce.count("Relu") == 2
@@ -321,20 +321,20 @@ def test_print_after_shows_the_graph():
 
 @pytest.mark.parametrize("field", ["disabled", "print_after"])
 def test_unknown_pass_name_is_pass_error(field):
-    ctx = PassContext(**{field: frozenset({"no-such-pass"})})
+    ctx = CompileContext(**{field: frozenset({"no-such-pass"})})
     with pytest.raises(PassError) as info:
-        run_pipeline(parse(DUPLICATES), ctx, "default")
+        run_pipeline(parse(DUPLICATES), ctx, "optimize")
     assert "no-such-pass" in str(info.value) and "cse" in str(info.value)
 
 
 def test_unknown_pipeline_is_pass_error():
     with pytest.raises(PassError, match="no-such-pipeline"):
-        run_pipeline(parse(DUPLICATES), PassContext(), "no-such-pipeline")
+        run_pipeline(parse(DUPLICATES), CompileContext(), "no-such-pipeline")
 
 
 def test_timings_recorded_per_pass():
     model = parse(DUPLICATES)
-    ctx = run_pipeline(model, PassContext(), "default")
+    ctx = run_pipeline(model, CompileContext(), "optimize")
     names = [name for name, _ in ctx.timings]
     assert names == PIPELINES["cleanup"] + PIPELINES["fusion"]
     assert all(isinstance(s, float) and s >= 0 for _, s in ctx.timings)
@@ -342,12 +342,12 @@ def test_timings_recorded_per_pass():
 
 def test_failing_pass_becomes_pass_error_naming_it():
     @register("test-explodes", "raises, for this test")
-    def explodes(model: ir.Model, ctx: PassContext) -> PassOutcome:
+    def explodes(model: ir.Model, ctx: CompileContext) -> PassOutcome:
         raise RuntimeError("boom")
 
     try:
         with pytest.raises(PassError) as info:
-            run_pipeline(parse(DUPLICATES), PassContext(), "test-explodes")
+            run_pipeline(parse(DUPLICATES), CompileContext(), "test-explodes")
         assert "test-explodes" in str(info.value) and "boom" in str(info.value)
         assert "--disable-pass test-explodes" in str(info.value)
     finally:

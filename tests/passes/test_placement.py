@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kcompiler
 from kcompiler.check import compare_with_ort
-from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
+from kcompiler.passes.placement import DEVICE_KEY, REASON_KEY
 
 PRODUCTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -16,7 +16,7 @@ import pytest
 
 import kcompiler
 from kcompiler.errors import ArtifactError, InputError, KCError
-from kcompiler.runtime import artifact
+from kcompiler.artifact import container as artifact
 from kcompiler.zoo import BUNDLED, bundled_path
 
 SLOW = {"vgg19", "zfnet512", "densenet121", "bvlc_alexnet"}

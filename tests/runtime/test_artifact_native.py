@@ -10,7 +10,8 @@ import pytest
 import kcompiler
 from kcompiler.backends.pim.backend import PimBackend, PimProgram
 from kcompiler.errors import ArtifactError
-from kcompiler.runtime import artifact
+from kcompiler.artifact import container as artifact, writer as artifact_writer
+from kcompiler.driver import loading as artifact_reader
 
 PIM_MODELS = {
     "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
@@ -168,8 +169,8 @@ def test_state_comes_from_the_manifest(tmp_path):
     x, y = ir.Value(name="x"), ir.Value(name="y")
     model = ir.Model(ir.Graph([x], [y], nodes=[]), ir_version=10)
     with pytest.raises(ArtifactError):
-        artifact._restore_state(model, manifest["state"], path)  # names values this graph lacks
-    artifact._restore_state(model, {"y": "x"}, path)
+        artifact_reader._restore_state(model, manifest["state"], path)  # names values this graph lacks
+    artifact_reader._restore_state(model, {"y": "x"}, path)
     assert x.metadata_props["kcompiler.state"] == "y" and y.metadata_props["kcompiler.state"] == "x"
     lm = kcompiler.load(path)
     assert {v.name: v.metadata_props.get("kcompiler.state") for v in lm.model.graph.inputs
@@ -180,7 +181,7 @@ def test_state_comes_from_the_manifest(tmp_path):
 @pytest.mark.parametrize("case", ["bert-tiny tensor", "resnet50 data", "bert-tiny pipeline"])
 def test_parallel_round_trip(case, tmp_path, monkeypatch, random_cnn):
     from kcompiler.backends.npu.backend import NpuBackend
-    from kcompiler.parallel.collectives import CommProgram
+    from kcompiler.backends.comm.collectives import CommProgram
 
     if case.startswith("bert-tiny"):
         cm = kcompiler.compile("bert-tiny", target="atom", devices=2, parallel=case.split()[1])
@@ -217,13 +218,13 @@ def test_original_model_travels_for_check(tmp_path):
     cm = kcompiler.compile("bert-tiny", target="atom")
     with_src = tmp_path / "src.kcm"
     cm.save(with_src)
-    old = (artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA)
+    old = (artifact_writer.SOURCE_MAX_EXTRA, artifact_writer.SOURCE_MIN_EXTRA)
     try:
-        artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA = -1, -1
+        artifact_writer.SOURCE_MAX_EXTRA, artifact_writer.SOURCE_MIN_EXTRA = -1, -1
         bare = tmp_path / "bare.kcm"
         cm.save(bare)
     finally:
-        artifact.SOURCE_MAX_EXTRA, artifact.SOURCE_MIN_EXTRA = old
+        artifact_writer.SOURCE_MAX_EXTRA, artifact_writer.SOURCE_MIN_EXTRA = old
     # the original's weights are the compiled graph's where they are equal: a small cost
     extra = with_src.stat().st_size - bare.stat().st_size
     assert 0 < extra < 0.05 * bare.stat().st_size, extra
@@ -271,7 +272,7 @@ def test_original_too_big_to_carry_is_referenced(tmp_path, monkeypatch, random_c
     shutil.copy(given + ".data", tmp_path / "squeezenet.onnx.data")
     cm = kcompiler.compile(str(src), target="aim")
     with monkeypatch.context() as m:
-        m.setattr(artifact, "_source_bytes", lambda cm, weights: None)  # as if its weights were too big
+        m.setattr(artifact_writer, "_source_bytes", lambda cm, weights: None)  # as if its weights were too big
         cm.save(tmp_path / "ref.kcm")
     lm = kcompiler.load(tmp_path / "ref.kcm")
     assert lm.original is None and lm.artifact.manifest["source"]["path"] == str(src.resolve())

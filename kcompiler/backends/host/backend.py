@@ -235,6 +235,7 @@ class HostProgram(Program):
 
 class HostBackend(Backend):
     kind = "host"
+    fallback = True
     spec_class = HostSpec
 
     def supports(self, node: ir.Node) -> Support:

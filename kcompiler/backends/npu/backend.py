@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import math
 from typing import Any, Callable, Mapping
 
 import onnx_ir as ir
@@ -14,7 +15,9 @@ from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.program import NpuProgram
 from kcompiler.backends.npu.sim import ProgramData
 from kcompiler.backends.npu.spec import NpuSpec
+from kcompiler.backends.npu.tiler import tile_attention
 from kcompiler.errors import ArtifactError, LoweringError
+from kcompiler.fused.elementwise import parse_step
 
 FLOAT = ir.DataType.FLOAT
 
@@ -227,8 +230,6 @@ KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 
 
 def _chain_check(node: ir.Node) -> Support:
-    from kcompiler.backends.npu.chain import parse_step
-
     for s in K.a_strs(node, "steps"):
         op = parse_step(s)[0]
         if op not in K.ELEMENTWISE and op != "Clip":
@@ -258,6 +259,42 @@ def _spec_of_node(node):
 class NpuBackend(Backend):
     kind = "npu"
     spec_class = NpuSpec
+    fusions = {"epilogue": ("FusedConv", "FusedMatMul", "FusedGemm"), "elementwise-chain": ("FusedElementwise",),
+               "attention": ("Attention",)}
+
+    def check_fusion(self, pattern: str, node: ir.Node, **facts) -> Support:
+        """epilogue: `node` is the GEMM-like anchor, facts `operands` the epilogue operands (each
+        needs an output-sized tile double-buffered beside the GEMM's); elementwise-chain: `node`
+        is the fused op, facts `members` the ops it replaces; attention: facts bh, s, t, hd, hdv,
+        mask (a flash-attention tiling must fit one core's scratchpad)."""
+        if pattern == "epilogue":
+            return self._check_epilogue(node, facts["operands"])
+        if pattern == "elementwise-chain":
+            for m in facts["members"]:
+                ok = self.supports(m)
+                if not ok:
+                    return no(f"{m.op_type} '{m.name}': {ok.reason}")
+            return self.supports(node)
+        if pattern == "attention":
+            bh, s, t = facts["bh"], facts["s"], facts["t"]
+            if tile_attention(self.spec, max(1, math.ceil(bh / self.spec.cores)), s, t, facts["hd"], facts["hdv"],
+                              facts["mask"]) is None:
+                return no(f"no attention tiling of s={s} t={t} hd={facts['hd']} fits {self.spec.sram_bytes} bytes "
+                          "of SRAM")
+            return YES
+        return no(f"the NPU does not claim the fusion pattern '{pattern}'")
+
+    def _check_epilogue(self, anchor: ir.Node, operands) -> Support:
+        ok = self.supports(anchor)
+        if not ok:
+            return ok
+        k = self.kernel(anchor)
+        if not isinstance(k, K.GemmKernel):
+            return no(f"it does not lower {anchor.op_type} as a GEMM")
+        full = sum(1 for v in operands if opinfo.shape_of(v) == opinfo.shape_of(anchor.outputs[0]))
+        if not K.epilogue_fits(k, full):
+            return no(f"the GEMM tiles plus {full} epilogue operand tile(s) exceed {self.spec.sram_bytes} bytes")
+        return YES
 
     @staticmethod
     def _table(node: ir.Node):

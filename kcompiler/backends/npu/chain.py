@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels import ELEMENTWISE, VectorKernel, VTile, a_strs, const_scalar, elementwise_step
-
-
-def parse_step(step: str):
-    from kcompiler.passes.fusion.elementwise import parse_step as parse
-
-    return parse(step)
+from kcompiler.fused.elementwise import parse_step
 
 
 def step_class(op: str) -> str:

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.frontend.state import STATE_KEY
-from kcompiler.passes.manager import PassContext, PassOutcome
+from kcompiler.passes.manager import CompileContext, PassOutcome
 
-DOMAIN = "kcompiler"
-DOMAIN_VERSION = 1
-#: opset the function bodies are written against (the frontend's canonical opset)
-BODY_OPSET = 23
+if TYPE_CHECKING:  # (types only: passes see backends through the context, never import them)
+    from kcompiler.backends.base import Backend
 
 #: every rule name, filled in as rule modules are imported (pipelines.RULE_NAMES reads it)
 RULES: dict[str, str] = {}
@@ -36,19 +33,23 @@ def rule_name(name: str, doc: str) -> str:
     return name
 
 
-# ---- the target ----------------------------------------------------------------------------
-def npu_specs(ctx: PassContext) -> list[Any]:
-    """Specs of the NPU devices of the target (empty on host-only or PIM-only targets)."""
-    backends = (ctx.options or {}).get("backends") or {}
-    specs = [b.spec for b in backends.values() if getattr(b, "kind", "") == "npu"]
-    if specs or ctx.system is None:
-        return specs
-    return [d.chip.spec for d in getattr(ctx.system, "devices", ()) if d.chip.kind == "npu"]
+# ---- the target: what its devices claim ----------------------------------------------------
+def claimants(ctx: CompileContext, pattern: str) -> list[Backend]:
+    """The target's backends that declare fusion `pattern` (Backend.fusions)."""
+    return [b for b in ctx.backends.values() if pattern in b.fusions]
 
 
-def npu_backends(ctx: PassContext) -> list[Any]:
-    backends = (ctx.options or {}).get("backends") or {}
-    return [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
+def claim_check(ctx: CompileContext, pattern: str, node: ir.Node, what: str, **facts: Any) -> str | None:
+    """None if some device of the target claims `pattern` and every claiming device accepts
+    what it would make of `node` (Backend.check_fusion with the rule's `facts`), else why not."""
+    backends = claimants(ctx, pattern)
+    if not backends:
+        return f"no device of the target lowers {what}"
+    for b in backends:
+        ok = b.check_fusion(pattern, node, **facts)
+        if not ok:
+            return f"{b.name}: {ok.reason}"
+    return None
 
 
 def _resident(v: ir.Value) -> bool:
@@ -61,30 +62,29 @@ def _resident(v: ir.Value) -> bool:
         and p.inputs[0].is_graph_input() and STATE_KEY in p.inputs[0].metadata_props
 
 
-def faster_elsewhere(ctx: PassContext, node: ir.Node) -> str | None:
-    """Why fusing `node` into an NPU-only op would cost time: another accelerator of the
-    target (PIM, for GEMVs) runs it faster than every NPU even after its activations cross the
-    link from the NPU and back (their bytes at the link's bandwidth), and the fused op would pin
-    it to the NPU. None when the NPU is the best place anyway (as for a prefill's large
-    activations)."""
-    return group_faster_elsewhere(ctx, [node], node)
+def faster_elsewhere(ctx: CompileContext, pattern: str, node: ir.Node) -> str | None:
+    """Why fusing `node` into an op only the devices claiming `pattern` run would cost time:
+    another accelerator of the target (PIM, for GEMVs) runs it faster than every claimant even
+    after its activations cross the link and back (their bytes at the link's bandwidth), and the
+    fused op would pin it to the claimants. None when a claimant is the best place anyway (as
+    for a prefill's large activations)."""
+    return group_faster_elsewhere(ctx, pattern, [node], node)
 
 
-def group_faster_elsewhere(ctx: PassContext, members: list[ir.Node], fused: ir.Node) -> str | None:
+def group_faster_elsewhere(ctx: CompileContext, pattern: str, members: list[ir.Node], fused: ir.Node) -> str | None:
     """faster_elsewhere for the nodes `members` that fusion would turn into `fused` (a single
     node is its own group): refuse only if another accelerator runs the members one by one
-    faster than the best NPU runs `fused`, counting the bytes of the group's inputs and outputs
-    that would cross the link."""
-    backends = (ctx.options or {}).get("backends") or {}
-    npu = [b for b in backends.values() if getattr(b, "kind", "") == "npu"]
-    others = [b for b in backends.values() if getattr(b, "kind", "") not in ("npu", "host")]
-    if not npu or not others:
+    faster than the best claimant runs `fused`, counting the bytes of the group's inputs and
+    outputs that would cross the link."""
+    claim = claimants(ctx, pattern)
+    others = [b for b in ctx.backends.values() if b not in claim and not b.fallback]
+    if not claim or not others:
         return None
     what = f"{fused.op_type} '{fused.name}'" if members == [fused] else f"these {len(members)} ops"
     moved_in = [v for v in fused.inputs if v is not None and not opinfo.is_const(v) and not _resident(v)]
     try:
-        best = min(npu, key=lambda b: b.estimate(fused).seconds)
-        t_npu = best.estimate(fused).seconds
+        best = min(claim, key=lambda b: b.estimate(fused).seconds)
+        t_best = best.estimate(fused).seconds
         for b in others:
             if not all(b.supports(m) for m in members):
                 continue
@@ -93,8 +93,8 @@ def group_faster_elsewhere(ctx: PassContext, members: list[ir.Node], fused: ir.N
             bw_in, bw_out = b.system.link(best.name, b.name).bandwidth, b.system.link(b.name, best.name).bandwidth
             t = sum(b.estimate(m).seconds for m in members) + sum(opinfo.nbytes(v) for v in moved_in) / bw_in \
                 + sum(opinfo.nbytes(v) for v in fused.outputs) / bw_out
-            if t < t_npu:
-                return f"{b.name} runs {what} faster than the NPU; fusing would pin it there"
+            if t < t_best:
+                return f"{b.name} runs {what} faster than {best.name}; fusing would pin it there"
     except Exception:  # an estimate that cannot analyse the node: do not fuse
         return f"cannot estimate {what} on every device"
     return None
@@ -173,43 +173,6 @@ def add_initializer(graph: ir.Graph, v: ir.Value) -> ir.Value:
     return v
 
 
-# ---- kcompiler-domain functions ------------------------------------------------------------
-def ensure_domain(model: ir.Model) -> None:
-    model.opset_imports.setdefault(DOMAIN, DOMAIN_VERSION)
-    # overloaded functions (one body per epilogue) need IR version 10
-    if model.ir_version < 10:
-        model.ir_version = 10
-
-
-def ensure_function(model: ir.Model, name: str, overload: str, build: Callable[[], onnx.FunctionProto]) -> None:
-    """Add the model-local function (DOMAIN, name, overload) unless it is there already."""
-    ensure_domain(model)
-    key = (DOMAIN, name, overload)
-    if key in model.functions:
-        return
-    proto = build()
-    proto.domain, proto.name, proto.overload = DOMAIN, name, overload
-    if not any(o.domain == "" for o in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid("", BODY_OPSET))
-    model.functions[key] = ir.serde.deserialize_function(proto)
-
-
-def ref_attr(name: str, attr_type: int) -> onnx.AttributeProto:
-    a = onnx.AttributeProto()
-    a.name = name
-    a.ref_attr_name = name
-    a.type = attr_type
-    return a
-
-
-def overload_name(parts: Sequence[str]) -> str:
-    """A readable, identifier-like overload from epilogue steps ('add', 'clip:0:6' ...)."""
-    out = "_".join(parts) or "plain"
-    for a, b in ((":", "_"), (".", "p"), ("-", "m"), ("+", "")):
-        out = out.replace(a, b)
-    return out
-
-
 # ---- running rule tables -------------------------------------------------------------------
 @dataclass
 class Rewrite:
@@ -226,7 +189,7 @@ class Rewrite:
     keep_names: bool = False
 
 
-NodeRuleFn = Callable[[ir.Node, PassContext, ir.Model], "Rewrite | str | None"]
+NodeRuleFn = Callable[[ir.Node, CompileContext, ir.Model], "Rewrite | str | None"]
 
 
 @dataclass(frozen=True)
@@ -235,7 +198,7 @@ class NodeRule:
     fn: NodeRuleFn
 
 
-def apply_node_rules(model: ir.Model, ctx: PassContext, rules: Sequence[NodeRule], fired: dict[str, int],
+def apply_node_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[NodeRule], fired: dict[str, int],
                      max_rounds: int = 16) -> bool:
     """Try every enabled rule on every node until nothing fires (rules grow fused ops
     step by step, so a chain needs several rounds)."""
@@ -271,7 +234,7 @@ def apply_node_rules(model: ir.Model, ctx: PassContext, rules: Sequence[NodeRule
     return changed
 
 
-def apply_pattern_rules(model: ir.Model, ctx: PassContext, rules: Sequence[tuple[str, Any]],
+def apply_pattern_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[tuple[str, Any]],
                         fired: dict[str, int], commute: bool = False, max_rounds: int = 4) -> bool:
     """Run onnxscript rewrite rules one name at a time (so each is counted and can be
     disabled on its own), each until it stops firing."""

@@ -15,7 +15,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import fuse_hardswish_rules
 
 from kcompiler.passes.fusion._base import apply_pattern_rules, const, outcome, rule_name
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 HARDSWISH = rule_name("hardswish", "x*HardSigmoid(x) | x*Clip(x+3,0,6)/6 -> HardSwish")
 SOFTMAX = rule_name("softmax", "Exp(x-ReduceMax(x))/ReduceSum(..) over one axis -> Softmax")
@@ -61,7 +61,7 @@ def rules():
 
 
 @register("raise-activations")
-def raise_activations(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def raise_activations(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Raise decomposed HardSwish and Softmax to single ops."""
     fired: dict[str, int] = {}
     changed = apply_pattern_rules(model, ctx, rules(), fired)

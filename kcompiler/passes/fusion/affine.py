@@ -23,7 +23,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const_thunk, lazy, other_input,
                                            outcome, rule_name, sole_user)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 AFFINE_MUL = rule_name("affine-mul", "Conv/Gemm/MatMul -> Mul|Div by a per-channel constant  =>  scaled weights")
 AFFINE_ADD = rule_name("affine-add", "Conv/Gemm -> Add|Sub of a per-channel constant  =>  folded bias")
@@ -109,7 +109,7 @@ def _per_channel_consumer(node: ir.Node, ops: tuple[str, str], what: str, matmul
     return _channel_vector(c, ys, axis) or (got, (u, c_fn))
 
 
-def mul_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def mul_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     found = _per_channel_consumer(node, ("Mul", "Div"), "scale", matmul=True)
     if not isinstance(found, tuple):
         return found
@@ -161,7 +161,7 @@ def mul_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(u, [node, u], [new], [u.outputs[0]], [new.outputs[0]], initializers=inits)
 
 
-def add_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def add_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     found = _per_channel_consumer(node, ("Add", "Sub"), "shift", matmul=False)
     if not isinstance(found, tuple):
         return found
@@ -196,7 +196,7 @@ RULES = [NodeRule(AFFINE_MUL, mul_rule), NodeRule(AFFINE_ADD, add_rule)]
 
 
 @register("fold-affine")
-def fold_affine(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fold_affine(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fold constant Mul/Add chains into the preceding Conv/Gemm/MatMul weights and bias."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired)

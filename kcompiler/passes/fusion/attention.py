@@ -32,9 +32,9 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const, faster_elsewhere, npu_specs, outcome,
-                                           rule_name, scalar, sole_user)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, const, faster_elsewhere,
+                                           outcome, rule_name, scalar, sole_user)
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 ATTENTION = rule_name("attention", "MatMul(Q,Kᵀ)[/c][+mask]->Softmax->MatMul(·,V) -> Attention")
 ATTENTION_HEADS = rule_name("attention-heads", "head split/merge Reshape+Transpose around Attention -> 3-D Attention")
@@ -51,17 +51,10 @@ def _perm(node: ir.Node) -> list[int] | None:
     return None if a is None else [int(x) for x in a.value]
 
 
-def fits(ctx: PassContext, bh: int, s: int, t: int, hd: int, hdv: int, mask: bool) -> str | None:
-    """None if every NPU of the target can tile the fused op, else why not."""
-    from kcompiler.backends.npu.tiler import tile_attention
-
-    specs = npu_specs(ctx)
-    if not specs:
-        return "the target has no NPU to lower Attention"
-    for spec in specs:
-        if tile_attention(spec, max(1, math.ceil(bh / spec.cores)), s, t, hd, hdv, mask) is None:
-            return f"no attention tiling of s={s} t={t} hd={hd} fits {spec.sram_bytes} bytes of SRAM"
-    return None
+def fits(ctx: CompileContext, node: ir.Node, bh: int, s: int, t: int, hd: int, hdv: int, mask: bool) -> str | None:
+    """None if every device claiming fused attention can run it at these dimensions (the NPU: a
+    flash-attention tiling fits one core's scratchpad), else why not."""
+    return claim_check(ctx, "attention", node, "Attention", bh=bh, s=s, t=t, hd=hd, hdv=hdv, mask=mask)
 
 
 def _unrepeat(v: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
@@ -165,7 +158,7 @@ def _match(sm: ir.Node) -> "_Sdpa | str | None":
     return _Sdpa(sm, pv, chain, q, k, v, k_rep, v_rep, mask, scale, (qs, ks, vs))
 
 
-def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+def attention_rule(sm: ir.Node, ctx: CompileContext, model: ir.Model):
     m = _match(sm)
     if not isinstance(m, _Sdpa):
         return m
@@ -173,8 +166,8 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
     if any(t.dtype != ir.DataType.FLOAT for t in (m.q, m.k, m.v)):
         return "only float32 attention"
     qk = next(n for n in m.chain if n.op_type == "MatMul" and n is not m.pv)
-    why = fits(ctx, b * h, s, ks[2], hd, vs[3], m.mask is not None) or faster_elsewhere(ctx, qk) or \
-        faster_elsewhere(ctx, m.pv)
+    why = fits(ctx, sm, b * h, s, ks[2], hd, vs[3], m.mask is not None) or faster_elsewhere(ctx, "attention", qk) or \
+        faster_elsewhere(ctx, "attention", m.pv)
     if why:
         return why
     scale_mul = 1.0 if m.scale is None else m.scale
@@ -190,7 +183,7 @@ def attention_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(m.pv, [n for n in model.graph if any(n is o for o in old)], [node], [m.pv.outputs[0]], [out])
 
 
-def gqa_group_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+def gqa_group_rule(sm: ir.Node, ctx: CompileContext, model: ir.Model):
     """Where attention is not fused (the target's NPU cannot tile it, or its products run
     faster on another device such as PIM), drop the repeat_kv copies of K and V: fold each
     kv head's query heads into the rows of one product instead,
@@ -282,7 +275,7 @@ def _split_heads(v: ir.Value) -> tuple[ir.Value, int, list[ir.Node]] | None:
     return x, hs[2], [rs, tr]
 
 
-def attention_heads_rule(att: ir.Node, ctx: PassContext, model: ir.Model):
+def attention_heads_rule(att: ir.Node, ctx: CompileContext, model: ir.Model):
     if att.op_type != "Attention" or att.domain not in ("", "ai.onnx") or len(att.outputs) != 1:
         return None
     qs = opinfo.shape_of(att.inputs[0])
@@ -314,7 +307,7 @@ def attention_heads_rule(att: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(rs, old, [node], [rs.outputs[0]], [node.outputs[0]])
 
 
-def gqa_group_first_rule(sm: ir.Node, ctx: PassContext, model: ir.Model):
+def gqa_group_first_rule(sm: ir.Node, ctx: CompileContext, model: ir.Model):
     """Unmasked grouped-query attention (decode) is grouped before `attention` looks at it, so
     fusion weighs the products the devices would run (K read once per kv head, not an expanded
     copy); `attention` then fuses the grouped form (Hkv heads of g*S rows) where the NPU wins."""
@@ -331,7 +324,7 @@ RULES = [NodeRule(GQA_GROUP, gqa_group_first_rule), NodeRule(ATTENTION, attentio
 
 
 @register("fuse-attention")
-def fuse_attention(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fuse_attention(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse scaled dot-product attention into Attention (flash-style on the NPU); group GQA by kv head."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired)

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const_thunk, lazy, outcome,
                                            rule_name, sole_user)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 BN_CONV = rule_name("batchnorm-conv", "Conv -> BatchNormalization  =>  Conv with folded weights and bias")
 BN_GEMM = rule_name("batchnorm-gemm", "Gemm -> BatchNormalization  =>  Gemm with folded weights and bias")
@@ -39,7 +39,7 @@ def _bn_params(bn: ir.Node):
     return params
 
 
-def _fold(node: ir.Node, ctx: PassContext, model: ir.Model, op: str):
+def _fold(node: ir.Node, ctx: CompileContext, model: ir.Model, op: str):
     if node.op_type != op or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
     bn = sole_user(node.outputs[0])
@@ -101,7 +101,7 @@ RULES = [NodeRule(BN_CONV, lambda n, c, m: _fold(n, c, m, "Conv")),
 
 
 @register("fold-batchnorm")
-def fold_batchnorm(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fold_batchnorm(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fold inference BatchNormalization into the preceding Conv/Gemm."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired, max_rounds=1)

@@ -19,157 +19,41 @@ double-buffered tile of one row of every streamed input fits its scratchpad.
 
 from __future__ import annotations
 
-import hashlib
 
-import onnx
 import onnx_ir as ir
-from onnx import helper
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (DOMAIN, NodeRule, Rewrite, apply_node_rules, ensure_function,
-                                           group_faster_elsewhere, npu_backends, outcome, rule_name)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.fused import DOMAIN, ensure_function
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, group_faster_elsewhere,
+                                           outcome, rule_name)
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 CHAIN = rule_name("elementwise-chain", "a tree of single-use elementwise ops -> one FusedElementwise vector op")
 
-FUSED = "FusedElementwise"
-#: ops the chain may hold (the NPU's elementwise table, plus Clip) and their attributes
-OPS: dict[str, tuple[str, ...]] = {
-    **{op: () for op in ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Relu", "Sigmoid", "Tanh",
-                         "Exp", "Log", "Erf", "Sqrt", "Neg", "Abs", "Reciprocal", "Sign", "Floor", "Ceil",
-                         "Softplus", "HardSwish", "Clip")},
-    "LeakyRelu": ("alpha",), "Elu": ("alpha",), "HardSigmoid": ("alpha", "beta"), "Gelu": ("approximate",),
-}
-MAX_INPUTS = 8
-MAX_STEPS = 16
 
 
-# ---- the program of a (plain or fused) elementwise node -------------------------------------
-def _is_member(node: ir.Node | None) -> bool:
-    if node is None or len(node.outputs) != 1:
-        return False
-    if node.domain == DOMAIN:
-        return node.op_type == FUSED
-    return node.domain in ("", "ai.onnx") and node.op_type in OPS and \
-        set(node.attributes) <= set(OPS[node.op_type])
-
-
-def _attr_text(node: ir.Node) -> str:
-    parts = []
-    for name in OPS[node.op_type]:
-        a = node.attributes.get(name)
-        if a is not None:
-            parts.append(f"{name}={a.value!r}" if isinstance(a.value, str) else f"{name}={float(a.value)!r}")
-    return ",".join(parts)
-
-
-def parse_step(step: str) -> tuple[str, list[int | None], dict[str, float | str]]:
-    op, args, attrs = step.split("|")
-    operands = [None if a == "-" else int(a) for a in args.split(",") if a]
-    kv: dict[str, float | str] = {}
-    for item in filter(None, attrs.split(",")):
-        k, v = item.split("=", 1)
-        kv[k] = v.strip("'\"") if v[:1] in "'\"" else float(v)
-    return op, operands, kv
-
-
-def program_of(node: ir.Node) -> tuple[list[ir.Value | None], list[str]]:
-    """(inputs, steps) of a fused node, or of a plain op as a one-step program."""
-    if node.domain == DOMAIN:
-        return list(node.inputs), [str(s) for s in node.attributes["steps"].value]
-    ins = list(node.inputs)
-    while ins and ins[-1] is None:
-        ins.pop()
-    real = [v for v in ins if v is not None]
-    idx, args = {}, []
-    for v in ins:
-        if v is None:
-            args.append("-")
-        else:
-            idx.setdefault(id(v), len(idx))
-            args.append(str(idx[id(v)]))
-    uniq = list({id(v): v for v in real}.values())
-    return uniq, [f"{node.op_type}|{','.join(args)}|{_attr_text(node)}"]
-
-
-def _shift(step: str, remap) -> str:
-    op, operands, _ = parse_step(step)
-    attrs = step.split("|")[2]
-    return f"{op}|{','.join('-' if a is None else str(remap(a)) for a in operands)}|{attrs}"
-
-
-def merge(producer: ir.Node, consumer: ir.Node) -> tuple[list[ir.Value], list[str]]:
-    """The program of consumer with producer's output computed inline."""
-    p_ins, p_steps = program_of(producer)
-    c_ins, c_steps = program_of(consumer)
-    y = producer.outputs[0]
-    inputs: list[ir.Value] = []
-
-    def slot(v):
-        for i, u in enumerate(inputs):
-            if u is v:
-                return i
-        inputs.append(v)
-        return len(inputs) - 1
-
-    # inputs first (their final count fixes where step results are numbered from)
-    p_slots = [slot(v) for v in p_ins]
-    c_slots = [None if v is y else slot(v) for v in c_ins]
-    n = len(inputs)
-    np_ = len(p_ins)
-    steps = [_shift(s, lambda a: p_slots[a] if a < np_ else n + (a - np_)) for s in p_steps]
-    p_result = n + len(p_steps) - 1
-    nc = len(c_ins)
-    steps += [_shift(s, lambda a: (p_result if c_slots[a] is None else c_slots[a]) if a < nc
-                     else n + len(p_steps) + (a - nc)) for s in c_steps]
-    return inputs, steps
-
-
-# ---- the function body ----------------------------------------------------------------------
-def function_body(n_inputs: int, steps: list[str]) -> onnx.FunctionProto:
-    ins = [f"X{i}" for i in range(n_inputs)]
-    names = ins + [f"v{i}" for i in range(len(steps))]
-    names[-1] = "Y"
-    nodes = []
-    for i, step in enumerate(steps):
-        op, operands, attrs = parse_step(step)
-        args = ["" if a is None else names[a] for a in operands]
-        nodes.append(helper.make_node(op, args, [names[n_inputs + i]], **attrs))
-    return helper.make_function(DOMAIN, FUSED, ins, ["Y"], nodes, [helper.make_opsetid("", 23)])
-
-
-def overload_for(n_inputs: int, steps: list[str]) -> str:
-    """Steps joined are long and not identifiers; a short digest names the body."""
-    ops = "_".join(parse_step(s)[0].lower() for s in steps[:4])
-    digest = hashlib.sha1(f"{n_inputs};{';'.join(steps)}".encode()).hexdigest()[:10]
-    return f"{ops}_{digest}"
+from kcompiler.fused.elementwise import (FUSED, MAX_INPUTS, MAX_STEPS, OPS, is_chain_member, function_body,  # noqa: F401
+                                         merge, overload_for, parse_step, program_of)
 
 
 # ---- the check ------------------------------------------------------------------------------
-def fits(ctx: PassContext, members: list[ir.Node], node: ir.Node) -> str | None:
-    backends = npu_backends(ctx)
-    if not backends:
-        return "the target has no NPU to run a fused elementwise op"
-    for b in backends:
-        for m in members:
-            ok = b.supports(m)
-            if not ok:
-                return f"{b.name}: {m.op_type} '{m.name}': {ok.reason}"
-        ok = b.supports(node)
-        if not ok:
-            return f"{b.name}: {ok.reason}"
-    return group_faster_elsewhere(ctx, members, node)
+def fits(ctx: CompileContext, members: list[ir.Node], node: ir.Node) -> str | None:
+    """None if every device claiming elementwise chains runs each member and the fused op (the
+    NPU: a double-buffered row of every streamed input fits its scratchpad) and no other
+    accelerator runs the members faster, else why not."""
+    return claim_check(ctx, "elementwise-chain", node, "a fused elementwise op", members=members) or \
+        group_faster_elsewhere(ctx, "elementwise-chain", members, node)
 
 
-def chain_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
-    if not _is_member(node):
+def chain_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
+    if not is_chain_member(node):
         return None
     y_out = node.outputs[0]
     if y_out.dtype != ir.DataType.FLOAT or opinfo.shape_of(y_out) is None:
         return None
     for v in node.inputs:
         p = v.producer() if v is not None else None
-        if not _is_member(p) or v.is_graph_output() or any(u.node is not node for u in v.uses()):
+        if not is_chain_member(p) or v.is_graph_output() or any(u.node is not node for u in v.uses()):
             continue
         if v.dtype != ir.DataType.FLOAT or opinfo.shape_of(v) is None:
             continue
@@ -194,7 +78,7 @@ RULES = [NodeRule(CHAIN, chain_rule)]
 
 
 @register("fuse-elementwise")
-def fuse_elementwise(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fuse_elementwise(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse single-use elementwise chains into one vector op (NPU targets)."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired, max_rounds=MAX_STEPS)

@@ -23,65 +23,25 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx import helper
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (DOMAIN, NodeRule, Rewrite, apply_node_rules, const, ensure_function,
-                                           faster_elsewhere, npu_backends, other_input, outcome, overload_name, ref_attr,
-                                           rule_name, sole_user, users)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.fused import DOMAIN, ensure_function, overload_name
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, claimants, const,
+                                           faster_elsewhere, other_input, outcome, rule_name, sole_user, users)
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 BIAS = rule_name("epilogue-bias", "MatMul/Conv/Gemm + constant bias -> fused epilogue")
 ACTIVATION = rule_name("epilogue-activation", "... + Relu/Clip/LeakyRelu/Sigmoid/Tanh/Gelu/SiLU/HardSwish -> fused")
 RESIDUAL = rule_name("epilogue-residual", "... + residual Add (or gating Mul) of the output's shape -> fused")
 
-BASE_OPS = ("Conv", "MatMul", "Gemm")
-FUSED = {f"Fused{b}": b for b in BASE_OPS}
-#: attributes of each base op the function body passes through
-BASE_ATTRS = {
-    "Conv": {"auto_pad": onnx.AttributeProto.STRING, "dilations": onnx.AttributeProto.INTS,
-             "group": onnx.AttributeProto.INT, "kernel_shape": onnx.AttributeProto.INTS,
-             "pads": onnx.AttributeProto.INTS, "strides": onnx.AttributeProto.INTS},
-    "MatMul": {},
-    "Gemm": {"alpha": onnx.AttributeProto.FLOAT, "beta": onnx.AttributeProto.FLOAT,
-             "transA": onnx.AttributeProto.INT, "transB": onnx.AttributeProto.INT},
-}
-MAX_STEPS = 6
-#: how many inputs of the base op the fused op keeps in front of the epilogue operands
-BASE_ARITY = {"Conv": 3, "MatMul": 2, "Gemm": 3}
 
 
-# ---- reading a (fused or plain) GEMM-like node ---------------------------------------------
-def base_of(node: ir.Node) -> str | None:
-    if node.domain in ("", "ai.onnx") and node.op_type in BASE_OPS:
-        return node.op_type
-    if node.domain == DOMAIN and node.op_type in FUSED:
-        return FUSED[node.op_type]
-    return None
-
-
-def epilogue_of(node: ir.Node) -> list[str]:
-    a = node.attributes.get("epilogue")
-    return [] if a is None else [str(s) for s in a.value]
-
-
-def split_inputs(node: ir.Node) -> tuple[list[ir.Value | None], list[ir.Value]]:
-    """(base inputs, epilogue operands) of a plain or fused GEMM-like node."""
-    base = base_of(node)
-    if node.domain == DOMAIN:
-        n = BASE_ARITY[base]
-        return list(node.inputs[:n]), list(node.inputs[n:])
-    return list(node.inputs), []
+from kcompiler.fused.epilogue import (BASE_ARITY, BASE_ATTRS, BASE_OPS, FUSED, MAX_STEPS,  # noqa: F401
+                                      fmt_float, base_of, epilogue_of, function_body, split_inputs)
 
 
 # ---- the epilogue steps a consumer adds ----------------------------------------------------
-def _fmt(x: float) -> str:
-    return repr(float(np.float32(x)))
-
-
 def activation_step(node: ir.Node) -> str | None:
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
@@ -92,9 +52,9 @@ def activation_step(node: ir.Node) -> str | None:
         approx = node.attributes.get_string("approximate", "none")
         return "gelu_tanh" if approx == "tanh" else "gelu"
     if op == "LeakyRelu":
-        return f"leakyrelu:{_fmt(node.attributes.get_float('alpha', 0.01))}"
+        return f"leakyrelu:{fmt_float(node.attributes.get_float('alpha', 0.01))}"
     if op == "HardSigmoid":
-        return f"hardsigmoid:{_fmt(node.attributes.get_float('alpha', 0.2))}:{_fmt(node.attributes.get_float('beta', 0.5))}"
+        return f"hardsigmoid:{fmt_float(node.attributes.get_float('alpha', 0.2))}:{fmt_float(node.attributes.get_float('beta', 0.5))}"
     if op == "Clip":
         bounds = []
         for i in (1, 2):
@@ -105,95 +65,25 @@ def activation_step(node: ir.Node) -> str | None:
             c = const(v)
             if c is None or c.size != 1:
                 return None
-            bounds.append(_fmt(float(c.reshape(-1)[0])))
+            bounds.append(fmt_float(float(c.reshape(-1)[0])))
         return f"clip:{bounds[0]}:{bounds[1]}"
     return None
 
 
-# ---- the function body of one epilogue -----------------------------------------------------
-def _body_step(step: str, x: str, operand: str | None, out: str, tag: str) -> list[onnx.NodeProto]:
-    name, *args = step.split(":")
-    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish"}
-    if name in simple:
-        return [helper.make_node(simple[name], [x], [out])]
-    if name == "gelu":
-        return [helper.make_node("Gelu", [x], [out])]
-    if name == "gelu_tanh":
-        return [helper.make_node("Gelu", [x], [out], approximate="tanh")]
-    if name == "silu":
-        return [helper.make_node("Sigmoid", [x], [f"{tag}_s"]), helper.make_node("Mul", [x, f"{tag}_s"], [out])]
-    if name == "leakyrelu":
-        return [helper.make_node("LeakyRelu", [x], [out], alpha=float(args[0]))]
-    if name == "hardsigmoid":
-        return [helper.make_node("HardSigmoid", [x], [out], alpha=float(args[0]), beta=float(args[1]))]
-    if name == "clip":
-        nodes, ins = [], [x]
-        for j, bound in enumerate(args):
-            if bound in ("-inf", "inf"):
-                ins.append("")
-                continue
-            nodes.append(helper.make_node("Constant", [], [f"{tag}_c{j}"],
-                                          value=helper.make_tensor(f"{tag}_c{j}", onnx.TensorProto.FLOAT, [],
-                                                                   [float(bound)])))
-            ins.append(f"{tag}_c{j}")
-        while ins and ins[-1] == "":
-            ins.pop()
-        return nodes + [helper.make_node("Clip", ins, [out])]
-    if name in ("add", "mul"):
-        return [helper.make_node(name.capitalize(), [x, operand], [out])]
-    raise ValueError(f"unknown epilogue step {step!r}")
-
-
-def function_body(base: str, has_c: bool, steps: list[str]) -> onnx.FunctionProto:
-    ins = ["A", "B"] + (["C"] if has_c else [])
-    n_ops = sum(1 for s in steps if s.split(":")[0] in ("add", "mul"))
-    ops = [f"E{i}" for i in range(n_ops)]
-    core = helper.make_node(base, ins, ["y0"])
-    for name, kind in BASE_ATTRS[base].items():
-        core.attribute.append(ref_attr(name, kind))
-    nodes, cur, k = [core], "y0", 0
-    for i, step in enumerate(steps):
-        out = "Y" if i == len(steps) - 1 else f"y{i + 1}"
-        operand = None
-        if step.split(":")[0] in ("add", "mul"):
-            operand, k = ops[k], k + 1
-        nodes += _body_step(step, cur, operand, out, f"t{i}")
-        cur = out
-    if not steps:
-        nodes.append(helper.make_node("Identity", ["y0"], ["Y"]))
-    return helper.make_function(DOMAIN, "", ins + ops, ["Y"], nodes, [helper.make_opsetid("", 23)],
-                                attributes=list(BASE_ATTRS[base]))
-
-
 # ---- the check: does the fused op fit the target -------------------------------------------
-def fits(ctx: PassContext, anchor: ir.Node, operands: list[ir.Value]) -> str | None:
-    """None if every NPU of the target claims the base op and can tile it with the epilogue
-    operands (each a double-buffered output-sized tile) in SRAM, else why not."""
-    backends = npu_backends(ctx)
-    if not backends:
-        return "the target has no NPU to run a fused epilogue"
-    from kcompiler.backends.npu.kernels import GemmKernel, epilogue_fits
-
-    why = faster_elsewhere(ctx, anchor)
-    if why:
-        return why
-
-    for b in backends:
-        ok = b.supports(anchor)
-        if not ok:
-            return f"{b.name}: {ok.reason}"
-        k = b.kernel(anchor)
-        if not isinstance(k, GemmKernel):
-            return f"{b.name} does not lower {anchor.op_type} as a GEMM"
-        full = sum(1 for v in operands if opinfo.shape_of(v) == opinfo.shape_of(anchor.outputs[0]))
-        if not epilogue_fits(k, full):
-            return f"{b.name}: the GEMM tiles plus {full} epilogue operand tile(s) exceed {b.spec.sram_bytes} bytes"
-    return None
+def fits(ctx: CompileContext, anchor: ir.Node, operands: list[ir.Value]) -> str | None:
+    """None if every device claiming fused epilogues accepts the base op with these epilogue
+    operands (the NPU: each a double-buffered output-sized tile beside the GEMM's in SRAM) and
+    no other accelerator would run the base op faster, else why not."""
+    if not claimants(ctx, "epilogue"):
+        return "no device of the target lowers a fused epilogue"
+    return faster_elsewhere(ctx, "epilogue", anchor) or \
+        claim_check(ctx, "epilogue", anchor, "a fused epilogue", operands=operands)
 
 
 # ---- building the fused node ---------------------------------------------------------------
 def _fuse(model: ir.Model, anchor: ir.Node, step: str, operand: ir.Value | None, absorbed: list[ir.Node],
-          result: ir.Value, ctx: PassContext) -> Rewrite | str:
+          result: ir.Value, ctx: CompileContext) -> Rewrite | str:
     base = base_of(anchor)
     base_ins, ops = split_inputs(anchor)
     steps = epilogue_of(anchor) + [step]
@@ -238,7 +128,7 @@ def _anchor_and_user(node: ir.Node) -> tuple[ir.Node, ir.Value] | None:
     return node, y
 
 
-def bias_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def bias_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     got = _anchor_and_user(node)
     if got is None:
         return None
@@ -256,7 +146,7 @@ def bias_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
     return _fuse(model, anchor, "add", b, [u], u.outputs[0], ctx)
 
 
-def activation_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def activation_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     got = _anchor_and_user(node)
     if got is None:
         return None
@@ -278,7 +168,7 @@ def activation_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
     return _fuse(model, anchor, step, None, [uses[0]], uses[0].outputs[0], ctx)
 
 
-def residual_rule(node: ir.Node, ctx: PassContext, model: ir.Model):
+def residual_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     got = _anchor_and_user(node)
     if got is None:
         return None
@@ -303,7 +193,7 @@ RULES = [NodeRule(BIAS, bias_rule), NodeRule(ACTIVATION, activation_rule), NodeR
 
 
 @register("fuse-epilogue")
-def fuse_epilogue(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def fuse_epilogue(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse bias, activation and residual into the GEMM/Conv before them (NPU targets)."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired)

@@ -17,7 +17,7 @@ from onnxscript.rewriter.ort_fusions import erfgelu
 from onnxscript.rewriter.ort_fusions.gelu import GeluErfFusion
 
 from kcompiler.passes.fusion._base import apply_pattern_rules, outcome, rule_name
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 GELU_ERF = rule_name("gelu-erf", "0.5*x*(1+Erf(x/sqrt2)) -> Gelu")
 GELU_TANH = rule_name("gelu-tanh", "0.5*x*(1+Tanh(sqrt(2/pi)*(x+0.044715*x^3))) -> Gelu(approximate=tanh)")
@@ -82,7 +82,7 @@ def rules():
 
 
 @register("raise-gelu")
-def raise_gelu(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def raise_gelu(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Raise Erf- and Tanh-form GELU to Gelu."""
     fired: dict[str, int] = {}
     # a cheap pre-filter: a rule runs only if the op it is built around (Erf, Tanh) is in the

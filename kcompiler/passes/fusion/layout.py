@@ -29,7 +29,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const, outcome, rule_name,
                                            sole_user)
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 TT = rule_name("transpose-transpose", "Transpose(Transpose(x,p),q) -> Transpose(x, p∘q) or x")
 T_ID = rule_name("transpose-identity", "Transpose with the identity permutation -> x")
@@ -66,7 +66,7 @@ def _bypass(node: ir.Node, x: ir.Value, model: ir.Model) -> Rewrite | str:
     return Rewrite(node, [node], [], [y], [x], keep_names=True)
 
 
-def transpose_transpose(node: ir.Node, ctx: PassContext, model: ir.Model):
+def transpose_transpose(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not _std(node, ("Transpose",)):
         return None
     p = node.inputs[0].producer()
@@ -90,7 +90,7 @@ def transpose_transpose(node: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(node, [p, node], [new], [y], [new.outputs[0]])
 
 
-def transpose_identity(node: ir.Node, ctx: PassContext, model: ir.Model):
+def transpose_identity(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not _std(node, ("Transpose",)):
         return None
     p = _perm(node)
@@ -99,7 +99,7 @@ def transpose_identity(node: ir.Node, ctx: PassContext, model: ir.Model):
     return _bypass(node, node.inputs[0], model)
 
 
-def reshape_reshape(node: ir.Node, ctx: PassContext, model: ir.Model):
+def reshape_reshape(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not _std(node, VIEWS):
         return None
     p = node.inputs[0].producer()
@@ -117,7 +117,7 @@ def reshape_reshape(node: ir.Node, ctx: PassContext, model: ir.Model):
     return Rewrite(node, [p, node], [new], [y], [new.outputs[0]], initializers=[shp])
 
 
-def reshape_identity(node: ir.Node, ctx: PassContext, model: ir.Model):
+def reshape_identity(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not _std(node, VIEWS):
         return None
     x, y = node.inputs[0], node.outputs[0]
@@ -146,7 +146,7 @@ def _reaches_transpose(y: ir.Value, depth: int = 8) -> bool:
     return False
 
 
-def transpose_elementwise(node: ir.Node, ctx: PassContext, model: ir.Model):
+def transpose_elementwise(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not _std(node, UNARY + BINARY) or len(node.outputs) != 1:
         return None
     ins = [v for v in node.inputs]
@@ -191,7 +191,7 @@ RULES = [NodeRule(TT, transpose_transpose), NodeRule(T_ID, transpose_identity), 
 
 
 @register("cancel-layout")
-def cancel_layout(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def cancel_layout(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Cancel and propagate Transpose/Reshape pairs."""
     fired: dict[str, int] = {}
     changed = apply_node_rules(model, ctx, RULES, fired)

@@ -15,7 +15,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
 
 from kcompiler.passes.fusion._base import apply_pattern_rules, outcome, rule_name, scalar
-from kcompiler.passes.manager import PassContext, PassOutcome, register
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 LAYERNORM = rule_name("layernorm", "decomposed LayerNorm (ReduceMean/Sub/Pow/.../Mul[/Add]) -> LayerNormalization")
 LAYERNORM_BIAS = rule_name("layernorm-bias", "LayerNormalization(x, scale) + bias -> LayerNormalization(x, scale, bias)")
@@ -49,7 +49,7 @@ def rules():
 
 
 @register("raise-norms")
-def raise_norms(model: ir.Model, ctx: PassContext) -> PassOutcome:
+def raise_norms(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Raise decomposed LayerNorm and RMSNorm to single ops."""
     fired: dict[str, int] = {}
     changed = apply_pattern_rules(model, ctx, rules(), fired)

@@ -12,7 +12,8 @@ import kcompiler
 from kcompiler.backends.host import extract_model
 from kcompiler.backends.base import Subgraph
 from kcompiler.frontend import load_model
-from kcompiler.runtime.partition import DEVICE_KEY, partition
+from kcompiler.driver.partition import partition
+from kcompiler.passes.placement import DEVICE_KEY
 
 TEXT = """
 <ir_version: 8, opset_import: ["" : 18]>

@@ -12,7 +12,7 @@ from conftest import make_model, ort_run, rand
 
 import kcompiler
 from kcompiler.backends.npu.backend import _layernorm_stats
-from kcompiler.runtime.partition import REASON_KEY
+from kcompiler.passes.placement import REASON_KEY
 
 
 def _placed(model):

@@ -331,7 +331,7 @@ def test_a_program_runs_where_onnx_cannot_be_imported(tmp_path):
 # ---- artifacts carry the program they run --------------------------------------------------------
 def _resign(path):
     """Recompute every section's SHA-256 and the manifest's, as someone editing the file would."""
-    from kcompiler.runtime import artifact as art
+    from kcompiler.artifact import container as art
 
     raw = bytearray(path.read_bytes())
     magic, version, reserved, moff, mlen, mhash = art.HEADER.unpack_from(raw)
@@ -353,7 +353,7 @@ def test_a_loaded_artifact_executes_the_program_it_carries(tmp_path):
     cm.save(path)
     np.testing.assert_array_equal(kcompiler.load(path).run(feeds, simulate=False)["y"], want)
     # change the K of the first MATMUL inside the stored program, re-sign the file
-    from kcompiler.runtime import artifact as art
+    from kcompiler.artifact import container as art
 
     raw = path.read_bytes()
     _, _, _, moff, mlen, _ = art.HEADER.unpack_from(raw)

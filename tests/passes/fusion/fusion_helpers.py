@@ -9,16 +9,16 @@ import onnxruntime as ort
 
 from kcompiler import targets
 from kcompiler.backends import make_backend
-from kcompiler.passes import PassContext
+from kcompiler.passes import CompileContext
 from kcompiler.passes.manager import REGISTRY
 
 HEADER = '<ir_version: 10, opset_import: ["" : 23]>\n'
 
 
-def ctx_for(target: str = "npu", disabled=()) -> PassContext:
+def ctx_for(target: str = "npu", disabled=()) -> CompileContext:
     system = targets.resolve(target, None)
     backends = {d.name: make_backend(d, system) for d in system.devices}
-    return PassContext(system=system, disabled=frozenset(disabled), options={"backends": backends})
+    return CompileContext(system=system, disabled=frozenset(disabled), backends=backends)
 
 
 def parse(text: str) -> ir.Model:
@@ -26,8 +26,8 @@ def parse(text: str) -> ir.Model:
     from kcompiler.passes import run_pipeline
 
     model = ir.serde.deserialize_model(onnx.parser.parse_model(HEADER + text))
-    REGISTRY["shape-inference"].fn(model, PassContext())
-    run_pipeline(model, PassContext(), "cleanup")
+    REGISTRY["shape-inference"].fn(model, CompileContext())
+    run_pipeline(model, CompileContext(), "cleanup")
     return model
 
 

@@ -1,47 +1,28 @@
-"""compile(): frontend -> passes -> placement -> partition -> lower, and CompiledModel."""
+"""CompiledModel: what the driver assembles from a compile (or an artifact) and what users run."""
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from kcompiler import opinfo, targets
-from kcompiler.backends import make_backend
+from kcompiler.artifact.writer import save as save_artifact
 from kcompiler.backends.base import Backend, Program, Subgraph
-from kcompiler.errors import InputError, KCError
-from kcompiler.frontend import ModelSource, load_model
-from kcompiler.passes import PassContext, run_pipeline
-from kcompiler.passes.placement import place_nodes
+from kcompiler.errors import InputError
+from kcompiler.frontend import ModelSource
+from kcompiler.passes import CompileContext
 from kcompiler.runtime.executor import Executor
-from kcompiler.runtime.partition import partition as partition_graph
 from kcompiler.runtime.report import Report
 from kcompiler.targets.area import system_area
-
-MODES = ("functional", "timing")
-
-
-@dataclass
-class CompileOptions:
-    shapes: Mapping[str, Sequence[int]] | None = None
-    disabled: Iterable[str] = ()
-    print_after: Iterable[str] = ()
-    printer: Callable[[str], None] = print
-    pipeline: str = "default"
-    mode: str = "functional"  # "timing" compiles without touching weight data
-    devices: int | None = None
-
 
 class CompiledModel:
     """A model compiled for a system: run it for values, simulate it for time."""
 
     def __init__(self, name: str, model: ir.Model, system: targets.System, backends: dict[str, Backend],
-                 parts: list[Subgraph], programs: list[Program], ctx: PassContext, source: ModelSource,
+                 parts: list[Subgraph], programs: list[Program], ctx: CompileContext, source: ModelSource,
                  compile_s: float, mode: str):
         self.name = name
         self.model = model
@@ -201,9 +182,7 @@ class CompiledModel:
     # ---- artifacts -----------------------------------------------------------------------
     def save(self, path: "str | os.PathLike"):
         """Write the compiled model to an artifact (.kcm) that `kcompiler.load` reads back."""
-        from kcompiler.runtime.artifact import save
-
-        return save(self, path)
+        return save_artifact(self, path)
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -233,142 +212,9 @@ def _np_dtype(value: ir.Value):
         return None
 
 
-def _without_cyclic_gc(fn):
-    """Run `fn` with Python's cyclic garbage collector paused.
-
-    Every full collection scans the whole IR graph (nodes and values reference each other),
-    and their number grows with the graph, so compile time was O(n log n): full collections
-    took 18% of compile CPU at 10,000 nodes and 28% at 100,000 (benchmarks/compile_scaling.py).
-    Reference counting still frees acyclic garbage; cycles wait for the next collection after
-    compile returns (peak RSS +10% at 100,000 nodes)."""
-    import functools
-    import gc
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    return wrapper
-
-
-def _idle_chip_notes(system: "targets.System", parallel, placement: Mapping[str, int]) -> list[str]:
-    """Chips a system has that the compiled model leaves idle, and a split over one chip: said, not
-    silently ignored."""
-    accs = system.accelerators
-    notes = []
-    if parallel in (None, "none") and len(accs) > 1:
-        idle = [d.name for d in accs if not placement.get(d.name)]
-        if idle:
-            notes.append(f"{', '.join(idle)} of {system.name} run nothing: without --parallel each node goes to "
-                         "the one device that suits it best, so identical chips beyond the first stay idle; "
-                         "--parallel data|tensor|pipeline|auto splits the model over them")
-    elif isinstance(parallel, str) and parallel not in ("none", "auto") and len(accs) == 1:
-        notes.append(f"--parallel {parallel} on one chip splits nothing: give --devices N or a target like "
-                     f"4x{accs[0].chip.name}")
-    return notes
-
-
-@_without_cyclic_gc
-def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "str | targets.System" = "host",
-            shapes: Mapping[str, Sequence[int]] | None = None, *, disable_passes: Iterable[str] = (),
-            print_after: Iterable[str] = (), printer: Callable[[str], None] = print,
-            pipeline: str = "default", mode: str = "functional", devices: int | None = None,
-            name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
-            interconnect: str | None = None, topology: str | None = None,
-            place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
-            partition: "tuple | str | None" = None, **zoo_options) -> CompiledModel:
-    """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
-
-    place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
-    pins every node that device supports (the rest are placed freely).
-
-    state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
-    take the model's metadata or detect past_*/present_* names, False for none, a mapping
-    input -> output, or a list of resident output names (see kcompiler.frontend.state).
-
-    parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
-    system's identical chips; auto picks the best plan for `objective` (latency | throughput).
-    interconnect / topology: the chips' fabric (kcompiler/targets/fabrics/interconnects.toml).
-
-    progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
-    detail says which partition), for a command line to show where a long compile is.
-
-    partition: compile for a slice of the chip (a virtual NPU): (index, count), (index, count,
-    DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition)."""
-    t0 = time.perf_counter()
-    say = progress or (lambda stage, detail="": None)
-    if mode not in MODES:
-        raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
-    system = targets.resolve(target, devices, interconnect, topology, partition=partition)
-    plan = None
-    if parallel not in (None, "none"):
-        from kcompiler import parallel as kpar
-
-        if place:
-            raise KCError("--place cannot be combined with --parallel: a parallel plan places every node itself",
-                          hint="drop --place, or compile with --parallel none")
-        if objective not in kpar.OBJECTIVES:
-            raise KCError(f"objective '{objective}' is not one of {list(kpar.OBJECTIVES)}")
-        if parallel == "auto":
-            from kcompiler.parallel.search import compile_auto
-
-            return compile_auto(model, system, shapes, objective=objective, printer=printer,
-                                options=dict(disable_passes=disable_passes, print_after=print_after,
-                                             pipeline=pipeline, mode=mode, name=name, state=state, **zoo_options))
-        plan = parallel if isinstance(parallel, kpar.Plan) else kpar.Plan.fixed(parallel, len(system.accelerators))
-        if plan.devices <= 1 and len(system.accelerators) <= 1:
-            # nothing to split: the same program as without --parallel (the plan's one-chip path would
-            # place and fuse differently for nothing); _idle_chip_notes says so
-            plan = None
-    from kcompiler import zoo
-
-    say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
-    src_model, model_name = zoo.resolve_model(model, **zoo_options)
-    irm, source = load_model(src_model, shapes)
-    source_stats = opinfo.model_stats(irm)
-    from kcompiler.frontend import state as _state
-
-    _state.mark(irm, state)
-    ctx = PassContext(system=system, disabled=frozenset(disable_passes), print_after=frozenset(print_after),
-                      printer=printer, options={"mode": mode})
-    backends = {d.name: make_backend(d, system) for d in system.devices}
-    ctx.options["backends"] = backends
-    say("passes", f"{len(irm.graph)} nodes")
-    run_pipeline(irm, ctx, pipeline)
-    say("place", f"{len(irm.graph)} nodes on {', '.join(d.name for d in system.devices)}")
-    par_info = None
-    if plan is not None:
-        from kcompiler import parallel as kpar
-
-        par_info = kpar.apply(irm, system, backends, plan, objective)
-    else:
-        place_nodes(irm, backends, dict(place) if place else None)
-    if "placement" in ctx.print_after:  # placement is not a pass of the pipeline, but users ask to see it
-        from kcompiler.passes.placement import placement_text
-
-        printer(f"// after placement\n{placement_text(irm)}")
-    parts = partition_graph(irm)
-    programs = []
-    for i, sub in enumerate(parts):
-        say("lower", f"partition {i + 1}/{len(parts)}: {len(sub.nodes)} node{'s' * (len(sub.nodes) != 1)} "
-                     f"for {sub.device}")
-        if sub.device not in backends and par_info is not None:  # communication ops: the runtime runs them
-            from kcompiler.parallel import collectives
-
-            programs.append(collectives.lower(sub, system))
-            continue
-        programs.append(backends[sub.device].lower(sub, {"mode": mode}))
-    compile_s = time.perf_counter() - t0
-    cm = CompiledModel(name or model_name, irm, system, backends, parts, programs, ctx, source, compile_s, mode)
-    cm.parallel = par_info
-    cm.notes.extend(_idle_chip_notes(system, parallel, cm.placement))
-    cm.source_stats = source_stats
-    # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
-    cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None
+def assemble(name: str, model: ir.Model, system: targets.System, ctx: CompileContext, source: ModelSource,
+             compile_s: float, mode: str) -> CompiledModel:
+    """The CompiledModel of a finished compile context (a compile's, or an artifact's rebuilt one)."""
+    cm = CompiledModel(name, model, system, ctx.backends, ctx.parts, ctx.programs, ctx, source, compile_s, mode)
+    cm.parallel = ctx.parallel
     return cm

@@ -1,9 +1,10 @@
-"""Communication ops (domain ``kcompiler``) and the program that runs them.
+"""Communication ops (domain ``kcompiler``) and the program that runs them (the ``comm`` backend).
 
-The parallel strategies insert these nodes; they are never lowered for a chip. The runtime
-executes them itself: values are the sum / concatenation / slices of the per-device arrays,
-time is the closed forms of interconnect.py on the links of the system, reserved so that
-transfers and collectives sharing a link queue behind each other.
+The parallel strategies insert these nodes and tag them with the communication device; the
+comm backend lowers them into a CommProgram that spans devices: values are the sum /
+concatenation / slices of the per-device arrays, time is the closed forms of interconnect.py on
+the links of the system, reserved so that transfers and collectives sharing a link queue behind
+each other.
 
     Send(x)            src, dst      x crosses from src to dst (n / bandwidth + latency per hop)
     Recv(x)            src, dst      marks its arrival on dst (free)
@@ -21,10 +22,11 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import Program, Subgraph, Timeline
-from kcompiler.errors import ExecutionError
+from kcompiler.backends.base import OpRecord, Program, Subgraph, Timeline, Transfer
+from kcompiler.errors import ArtifactError, ExecutionError
+from kcompiler.frontend.state import RESIDENT
 from kcompiler.targets import interconnect as ic
-from kcompiler.runtime.report import OpRecord, Transfer
+from kcompiler.targets.interconnect import Link
 
 DOMAIN = "kcompiler"
 #: the placement tag of communication nodes: the runtime, not a backend, runs them
@@ -57,7 +59,7 @@ def _shards(x: np.ndarray, axis: int, p: int) -> list[np.ndarray]:
 class CommProgram(Program):
     """A run of communication nodes; the executor schedules it across devices and links."""
 
-    collective = True  # tells the executor to call schedule() instead of placing it on one device
+    spans_devices = True  # the executor calls schedule() instead of placing it on one device's clock
 
     def __init__(self, sub: Subgraph, system):
         self.device = COMM_DEVICE
@@ -104,7 +106,7 @@ class CommProgram(Program):
         return "\n".join(lines)
 
     # ---- time --------------------------------------------------------------------------
-    def schedule(self, ex, ready: dict, link_free: dict, transfers: list, ops: list) -> None:
+    def schedule(self, ready: dict, link_free: dict, transfers: list, ops: list) -> None:
         """Advance the executor's clocks: `ready` maps value -> (time, device), `link_free`
         directed link -> time it is next free."""
         system = self.system
@@ -115,7 +117,7 @@ class CommProgram(Program):
                 src, dst = _str(node, "src"), _str(node, "dst")
                 v = node.inputs[0]
                 t, where = ready.get(v.name, (0.0, host))
-                end = t if where == dst else ex._transfer(v, where, dst, t, link_free, transfers)
+                end = t if where == dst else self._p2p(where, dst, opinfo.nbytes(v), t, link_free, transfers, v.name)
                 ready[node.outputs[0].name] = (end, dst)
                 ops.append(OpRecord(node.name, op, src, t, end, bound="link", engine="comm"))
                 continue
@@ -126,7 +128,7 @@ class CommProgram(Program):
             if op == "Scatter":
                 v = node.inputs[0]
                 t, where = ready.get(v.name, (0.0, host))
-                if where == _resident():  # device-resident state: every device already holds its slice
+                if where == RESIDENT:  # device-resident state: every device already holds its slice
                     for dev, out in zip(devices, node.outputs):
                         ready[out.name] = (t, dev)
                     continue
@@ -141,12 +143,12 @@ class CommProgram(Program):
             for dev, v in zip(devices, node.inputs):
                 t, where = ready.get(v.name, (0.0, host))
                 if where != dev:
-                    t = ex._transfer(v, where, dev, t, link_free, transfers)
+                    t = self._p2p(where, dev, opinfo.nbytes(v), t, link_free, transfers, v.name)
                 start = max(start, t)
             p = len(devices)
             targets = _strs(node, "targets") or devices
-            if op == "AllGather" and targets == [_resident()]:  # state output: the slices stay put
-                ready[node.outputs[0].name] = (start, _resident())
+            if op == "AllGather" and targets == [RESIDENT]:  # state output: the slices stay put
+                ready[node.outputs[0].name] = (start, RESIDENT)
                 continue
             if op == "AllGather" and targets == [host]:
                 end = start
@@ -191,17 +193,7 @@ class CommProgram(Program):
         return end
 
 
-def _resident() -> str:
-    try:
-        from kcompiler.frontend.state import RESIDENT
-    except ImportError:  # pragma: no cover - older runtimes have no resident state
-        return "<resident>"
-    return RESIDENT
-
-
 def _slowest(system, pairs):
-    from kcompiler.targets import Link
-
     links = [system.link(a, b) for a, b in pairs]
     if not links:
         return Link(bandwidth=float("inf"), latency=0.0, name="local")
@@ -223,8 +215,6 @@ def save_program(program: CommProgram, sub: Subgraph) -> tuple[bytes, dict]:
 
 
 def load_program(sub: Subgraph, blob: bytes, meta: Mapping, system) -> CommProgram:
-    from kcompiler.errors import ArtifactError
-
     ops = list(meta.get("ops", ()))
     got = [n.op_type for n in sub.nodes]
     if ops != got or not all(is_comm(n) for n in sub.nodes):
@@ -233,7 +223,7 @@ def load_program(sub: Subgraph, blob: bytes, meta: Mapping, system) -> CommProgr
     for n in sub.nodes:
         for dev in _strs(n, "devices") + _strs(n, "targets") + [
                 a.value for k, a in n.attributes.items() if k in ("src", "dst")]:
-            if dev != _resident():
+            if dev != RESIDENT:
                 system.device(dev)  # a TargetError names the device the system lacks
     prog = CommProgram(sub, system)
     if prog.asm().encode() != bytes(blob):

@@ -6,13 +6,8 @@ import onnx_ir as ir
 
 from kcompiler.backends.base import Subgraph
 from kcompiler.irutil import node_inputs
-
-DEVICE_KEY = "kcompiler.device"
-REASON_KEY = "kcompiler.reason"
-
-
-def device_of(node: ir.Node) -> str:
-    return node.metadata_props.get(DEVICE_KEY, "host")
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
+from kcompiler.passes.placement import device_of
 
 
 def partition(model: ir.Model) -> list[Subgraph]:
@@ -53,3 +48,16 @@ def partition(model: ir.Model) -> list[Subgraph]:
         outputs.sort(key=lambda v: order.get(id(v), len(order)))
         subs.append(Subgraph(device=dev, nodes=nodes, inputs=inputs, outputs=outputs, model=model))
     return subs
+
+
+def partitions_text(parts: list[Subgraph]) -> str:
+    """What `--print-after partition` prints: one line per subgraph."""
+    return "\n".join(f"{i:>3} {sub.device:<10} {len(sub.nodes):>5} nodes  {sub.nodes[0].name} .. {sub.nodes[-1].name}"
+                     f"  in: {len(sub.inputs)}  out: {len(sub.outputs)}" for i, sub in enumerate(parts))
+
+
+@register("partition", show=lambda model, ctx: partitions_text(ctx.parts), required=True)
+def partition_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
+    """Cut the placed graph into subgraphs, one per run of consecutive nodes on one device."""
+    ctx.parts = partition(model)
+    return PassOutcome(changed=False)

@@ -14,15 +14,18 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from kcompiler import parallel as kp
+from kcompiler.driver.context import load, make_backends
 from kcompiler.errors import KCError
+from kcompiler.passes import CompileContext, run_pipeline
+from kcompiler.passes.placement import place_nodes
 
 #: plans beyond the fixed ones that are compiled and simulated, best estimates first
 EXTRA_FINALISTS = 2
 
 
 def candidate_plans(n: int) -> list:
-    from kcompiler.parallel import Plan
-
+    Plan = kp.Plan
     plans = [Plan("none", 1, 1)]
     d = 2
     sizes = sorted({x for x in range(2, n + 1) if n % x == 0})
@@ -42,33 +45,22 @@ def _objective_value(rep, objective: str) -> float:
                                                         float("inf"))
 
 
-def compile_auto(model, system, shapes, objective: str = "latency", printer: Callable[[str], None] = print,
-                 options: Mapping[str, Any] | None = None):
-    from kcompiler import parallel as kp
-    from kcompiler.backends import make_backend
-    from kcompiler.compiler import compile as kc_compile
-    from kcompiler.frontend import load_model
-    from kcompiler.passes import PassContext, run_pipeline
-    from kcompiler.passes.placement import place_nodes
-    from kcompiler import zoo
-
+def compile_auto(compile_fn: Callable[..., Any], model, system, shapes, objective: str = "latency",
+                 printer: Callable[[str], None] = print, options: Mapping[str, Any] | None = None):
+    """Rank the plans for `system` and return the best finalist compiled by `compile_fn` (the
+    driver's own compile, kcompiler.driver.compile)."""
     options = dict(options or {})
     accs = kp.accelerators(system)
     n = len(accs)
     t0 = time.perf_counter()
-    # one analysis model: frontend + passes + one-chip placement
+    # one analysis model: the driver's load and graph optimisations, then one-chip placement
     zoo_opts = {k: v for k, v in options.items() if k not in ("disable_passes", "print_after", "pipeline", "mode",
                                                                "name", "state")}
-    src, _ = zoo.resolve_model(model, **zoo_opts)
-    irm, _ = load_model(src, shapes)
-    from kcompiler.frontend import state as kstate
-
-    kstate.mark(irm, options.get("state"))
-    ctx = PassContext(system=system, disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None,
-                      options={"mode": "timing"})
-    backends = {d.name: make_backend(d, system) for d in system.devices}
-    ctx.options["backends"] = backends
-    run_pipeline(irm, ctx, options.get("pipeline", "default"))
+    irm, _, _, _ = load(model, shapes, options.get("state"), **zoo_opts)
+    backends = {name: b for name, b in make_backends(system).items() if b.is_chip}
+    ctx = CompileContext(system=system, backends=backends, mode="timing",
+                         disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None)
+    run_pipeline(irm, ctx, "optimize")
     place_nodes(irm, {system.host.name: backends[system.host.name], accs[0].name: backends[accs[0].name]})
     cost = kp.node_costs(irm, backends)
     rows: list[dict[str, Any]] = []
@@ -97,7 +89,7 @@ def compile_auto(model, system, shapes, objective: str = "latency", printer: Cal
     for r in finalists:
         plan = kp.Plan(r["intra"], r["t"], r["k"])
         try:
-            cm = kc_compile(model, system, shapes, parallel=plan, objective=objective, printer=lambda s: None,
+            cm = compile_fn(model, system, shapes, parallel=plan, objective=objective, printer=lambda s: None,
                             **options)
         except KCError as exc:
             r["skipped"] = exc.message

@@ -1,0 +1,148 @@
+"""compile(): one pipeline from a model to a CompiledModel.
+
+    load -> optimize (cleanup, fusion) -> parallelise | placement -> partition -> lower -> assemble
+
+Every step after loading is a registered pass over one CompileContext (passes/manager.py), so
+`--print-after` and `--disable-pass` reach all of them; the pipeline is
+kcompiler.passes.pipelines.PIPELINES["default"]. `--parallel auto` (auto.py) ranks plans that
+this same function compiles, and loading an artifact assembles its CompiledModel with the same
+`assemble` (model.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import onnx
+import onnx_ir as ir
+
+from kcompiler import opinfo, parallel as kparallel, targets
+from kcompiler.driver import lower as _lower  # noqa: F401  (registers the lower step)
+from kcompiler.driver import partition as _partition  # noqa: F401  (registers the partition step)
+from kcompiler.driver.auto import compile_auto
+from kcompiler.driver.context import load, make_backends
+from kcompiler.driver.model import CompiledModel, assemble
+from kcompiler.errors import KCError, PassError
+from kcompiler.parallel import step as _parallelise  # noqa: F401  (registers the parallelise step)
+from kcompiler.passes import CompileContext, run_pipeline
+
+MODES = ("functional", "timing")
+
+
+def without_cyclic_gc(fn):
+    """Run `fn` with Python's cyclic garbage collector paused.
+
+    Every full collection scans the whole IR graph (nodes and values reference each other),
+    and their number grows with the graph, so compile time was O(n log n): full collections
+    took 18% of compile CPU at 10,000 nodes and 28% at 100,000 (benchmarks/compile_scaling.py).
+    Reference counting still frees acyclic garbage; cycles wait for the next collection after
+    compile returns (peak RSS +10% at 100,000 nodes)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
+
+
+def _idle_chip_notes(system: targets.System, parallel, placement: Mapping[str, int]) -> list[str]:
+    """Chips a system has that the compiled model leaves idle, and a split over one chip: said, not
+    silently ignored."""
+    accs = system.accelerators
+    notes = []
+    if parallel in (None, "none") and len(accs) > 1:
+        idle = [d.name for d in accs if not placement.get(d.name)]
+        if idle:
+            notes.append(f"{', '.join(idle)} of {system.name} run nothing: without --parallel each node goes to "
+                         "the one device that suits it best, so identical chips beyond the first stay idle; "
+                         "--parallel data|tensor|pipeline|auto splits the model over them")
+    elif isinstance(parallel, str) and parallel not in ("none", "auto") and len(accs) == 1:
+        notes.append(f"--parallel {parallel} on one chip splits nothing: give --devices N or a target like "
+                     f"4x{accs[0].chip.name}")
+    return notes
+
+
+def _plan(parallel, objective: str, place, system: targets.System):
+    """The parallel plan to compile for: None (no split), "auto", or a kcompiler.parallel.Plan."""
+    if parallel in (None, "none"):
+        return None
+    if place:
+        raise KCError("--place cannot be combined with --parallel: a parallel plan places every node itself",
+                      hint="drop --place, or compile with --parallel none")
+    if objective not in kparallel.OBJECTIVES:
+        raise KCError(f"objective '{objective}' is not one of {list(kparallel.OBJECTIVES)}")
+    if parallel == "auto":
+        return "auto"
+    plan = parallel if isinstance(parallel, kparallel.Plan) else kparallel.Plan.fixed(parallel,
+                                                                                      len(system.accelerators))
+    if plan.devices <= 1 and len(system.accelerators) <= 1:
+        # nothing to split: the same program as without --parallel (the plan's one-chip path would
+        # place and fuse differently for nothing); _idle_chip_notes says so
+        return None
+    return plan
+
+
+@without_cyclic_gc
+def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "str | targets.System" = "host",
+            shapes: Mapping[str, Sequence[int]] | None = None, *, disable_passes: Iterable[str] = (),
+            print_after: Iterable[str] = (), printer: Callable[[str], None] = print,
+            pipeline: str = "default", mode: str = "functional", devices: int | None = None,
+            name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
+            interconnect: str | None = None, topology: str | None = None,
+            place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
+            partition: "tuple | str | None" = None, **zoo_options) -> CompiledModel:
+    """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
+
+    place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
+    pins every node that device supports (the rest are placed freely).
+
+    state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
+    take the model's metadata or detect past_*/present_* names, False for none, a mapping
+    input -> output, or a list of resident output names (see kcompiler.frontend.state).
+
+    parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
+    system's identical chips; auto picks the best plan for `objective` (latency | throughput).
+    interconnect / topology: the chips' fabric (kcompiler/targets/fabrics/interconnects.toml).
+
+    progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
+    detail says which partition), for a command line to show where a long compile is.
+
+    partition: compile for a slice of the chip (a virtual NPU): (index, count), (index, count,
+    DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition)."""
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
+    system = targets.resolve(target, devices, interconnect, topology, partition=partition)
+    plan = _plan(parallel, objective, place, system)
+    if plan == "auto":  # auto compiles its finalists with this very function
+        return compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
+                            options=dict(disable_passes=disable_passes, print_after=print_after,
+                                         pipeline=pipeline, mode=mode, name=name, state=state, **zoo_options))
+    ctx = CompileContext(system=system, backends=make_backends(system), mode=mode, plan=plan, objective=objective,
+                         pin=dict(place) if place else None, disabled=frozenset(disable_passes),
+                         print_after=frozenset(print_after), printer=printer, progress=progress)
+    ctx.say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
+    irm, source, src_model, model_name = load(model, shapes, state, **zoo_options)
+    source_stats = opinfo.model_stats(irm)
+    ctx.say("passes", f"{len(irm.graph)} nodes")
+    run_pipeline(irm, ctx, pipeline)
+    if not ctx.parts or len(ctx.programs) != len(ctx.parts):
+        raise PassError(f"pipeline '{pipeline}' stops before every subgraph is lowered",
+                        hint="compile with the default pipeline, or one that ends with placement, partition "
+                             "and lower (`kc passes` lists them)")
+    cm = assemble(name or model_name, irm, system, ctx, source, time.perf_counter() - t0, mode)
+    cm.notes.extend(_idle_chip_notes(system, parallel, cm.placement))
+    cm.source_stats = source_stats
+    # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
+    cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None
+    return cm
