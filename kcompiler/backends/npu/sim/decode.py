@@ -16,6 +16,7 @@ from kcompiler.errors import PartitionFault
 
 
 def _dt(code: int) -> str:
+    """The dtype name of a dtype code."""
     if code >= len(isa.DTYPES):
         raise _Bad(f"unknown dtype code {code}")
     return isa.DTYPES[code]
@@ -29,10 +30,12 @@ def _raw(code: int) -> str:
 
 
 def _block(ins: Instr, names=("n0", "n1", "n2", "n3")) -> tuple[int, ...]:
+    """The block shape an instruction's size fields give."""
     return tuple(ins.arg(n) for n in names)
 
 
 def _canonical_strides(shape, strides, what: str) -> None:
+    """A dim of size 1 has stride 0 (the field is reserved)."""
     for d, (n, s) in enumerate(zip(shape, strides)):
         if n == 1 and s != 0:
             raise _Bad(f"{what} stride of dim {d} is {s}, but the dim has size 1 (reserved: must be 0)")

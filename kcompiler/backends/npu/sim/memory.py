@@ -14,6 +14,8 @@ from kcompiler.backends.npu.sim.data import NP_DTYPES
 
 @dataclass(frozen=True)
 class Access:
+    """One strided block an instruction reads or writes, in DRAM or in one core's scratchpad."""
+
     space: str  # "dram" | "sram"
     core: int
     addr: int  # absolute byte address in the image
@@ -60,13 +62,16 @@ def data_view(mem: np.ndarray, addr: int, dtype: str, shape, strides, writeable:
 
 
 def _w(a: Access) -> Access:
+    """The same block, written."""
     return Access(a.space, a.core, a.addr, a.dtype, a.shape, a.strides, True, a.region)
 
 
 def _read(a: Access) -> Access:
+    """The same block, read."""
     return Access(a.space, a.core, a.addr, a.dtype, a.shape, a.strides, False, a.region)
 
 
 def _dense_access(a: Access) -> bool:
+    """Whether the access covers every byte of its extent (no gaps between elements)."""
     ext = a.extent()
     return ext is None or ext[1] - ext[0] == math.prod(a.shape) * a.esize

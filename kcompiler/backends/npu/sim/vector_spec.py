@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 
 def _masked(shape, mask) -> tuple[int, ...]:
+    """The shape of an operand broadcast over the dims in `mask` (size 1 there)."""
     return tuple(1 if mask >> d & 1 else n for d, n in enumerate(shape))
 
 
 def _dense(shape) -> tuple[int, ...]:
+    """Row-major element strides of `shape` (0 for a dim of size 1)."""
     out, s = [], 1
     for n in reversed(shape):
         out.append(s if n > 1 else 0)

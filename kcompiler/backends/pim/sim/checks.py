@@ -32,6 +32,7 @@ def _check_desc(code: Code, c: Command) -> None:
 
 
 def _check_fields(c: Command, channels: int) -> None:
+    """The channel, the fields a command does not use (0), its dtypes and flags."""
     if c.op in HOST_OPS:
         if c.channel != HOST:
             raise _Fail(f"host command on channel {c.channel}")
@@ -91,6 +92,7 @@ def _host_ranges(code: Code, c: Command) -> list[tuple[int, int]]:
 
 
 def _check_regions(code: Code, c: Command, spec: PimSpec) -> None:
+    """Every staging range the command touches lies inside one buffer of the program's table."""
     if not len(code.regions):
         return
     if c.op in HOST_OPS:
@@ -110,6 +112,7 @@ def _check_regions(code: Code, c: Command, spec: PimSpec) -> None:
 
 
 def _check_buffer_table(code: Code) -> None:
+    """The program's buffer table is sorted, disjoint and has no empty buffer."""
     r = code.regions
     if len(r) and ((r[:, 1] <= r[:, 0]).any() or (r[1:, 0] < r[:-1, 1]).any()):
         k = int(np.flatnonzero(r[1:, 0] < r[:-1, 1])[0]) if (r[1:, 0] < r[:-1, 1]).any() else 0
@@ -118,6 +121,7 @@ def _check_buffer_table(code: Code) -> None:
 
 
 def _static_error(code: Code, c: Command, spec: PimSpec) -> str | None:
+    """Why a command fails the static checks, or None."""
     try:
         _check_fields(c, spec.channels)
         if "desc" in OPCODES[c.op][2]:

@@ -16,6 +16,7 @@ class DeviceCommands:
     """The device commands' semantics over a Machine's memories."""
 
     def wr_gb(self, chs, cs: list[Command]) -> None:
+        """WR_GB: staging words into each channel's global buffer."""
         c = cs[0]
         if c.gb + c.length > self.spec.input_buffer_elems or c.length < 1:
             raise _Fail(f"global buffer overflow: {c.gb}+{c.length} > {self.spec.input_buffer_elems} elements")
@@ -27,6 +28,7 @@ class DeviceCommands:
             self.gb_valid[ch, c.gb:c.gb + c.length] = True
 
     def mac_abk(self, chs, c: Command) -> None:
+        """MAC_ABK: every unit multiplies a bank row by the global buffer into its accumulator(s)."""
         self._geometry(c)
         regs = self.spec.accumulators_per_unit
         lanes = self.lanes
@@ -89,6 +91,7 @@ class DeviceCommands:
         self.counts["macs"] += len(chs) * c.units * c.count * lanes
 
     def rd_mac(self, chs, cs: list[Command]) -> None:
+        """RD_MAC: the accumulators read back into staging."""
         c = cs[0]
         regs = self.spec.accumulators_per_unit
         if not 1 <= c.units <= self.upc or c.nacc < 1 or c.acc + c.nacc > regs:
@@ -115,6 +118,7 @@ class DeviceCommands:
         return hit
 
     def _bk_index1(self, c: Command) -> np.ndarray:
+        """_bk_index, worked out (and the descriptor checked)."""
         d = self.code.descs
         if c.desc >= len(d):
             raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
@@ -134,6 +138,7 @@ class DeviceCommands:
                 + np.arange(self.lanes)[None, None, :])
 
     def wr_bk(self, chs, cs: list[Command]) -> None:
+        """WR_BK: staging words into a bank row of every unit."""
         c = cs[0]
         self._geometry(c)
         rel = self._bk_index(c)
@@ -146,6 +151,7 @@ class DeviceCommands:
         self._bank_write(chs, c, c.row, self.words[idx].view(self.dev))
 
     def rd_bk(self, chs, cs: list[Command]) -> None:
+        """RD_BK: a bank row of every unit into staging."""
         c = cs[0]
         self._geometry(c)
         rel = self._bk_index(c)
@@ -159,6 +165,7 @@ class DeviceCommands:
         self.valid[idx] = True
 
     def ew(self, chs, c: Command) -> None:
+        """EWADD, EWMUL, AF: the elementwise units, from bank rows into a bank row."""
         rows = ("row", "row3") if c.op == "AF" else ("row", "row2", "row3")
         self._geometry(c, rows)
         a = self._bank_read(chs, c, c.row).astype(np.float32)

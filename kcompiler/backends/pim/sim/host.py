@@ -17,6 +17,7 @@ class HostCommands:
 
     # ---- host commands ---------------------------------------------------------------------
     def _desc3(self, c: Command):
+        """A host copy's descriptor: (dims, source strides, destination strides)."""
         d = self.code.descs
         if c.desc >= len(d):
             raise _Fail(f"descriptor {c.desc} does not exist ({len(d)})")
@@ -24,6 +25,7 @@ class HostCommands:
         return row[0:4], row[4:8], row[8:12]
 
     def _shift(self, c: Command) -> int:
+        """The scaling shift a command reads from its shift register (or pair)."""
         regs = [c.reg] + ([c.reg + 1] if c.flags & PAIR else [])
         if any(r >= SREGS for r in regs):
             raise _Fail(f"shift register {c.reg} outside 0..{SREGS - 1}")
@@ -32,6 +34,7 @@ class HostCommands:
         return int(sum(self.sreg[r] for r in regs))
 
     def host(self, c: Command) -> None:
+        """One host command over the staging area."""
         op = c.op
         if op == "HZERO":
             if c.length < 2 or c.length % 2:
@@ -123,6 +126,7 @@ class HostCommands:
         return src_dt, src, src_w, dst, dst_w
 
     def hrange(self, c: Command) -> None:
+        """HRANGE: a range rule's shifts, from the operands' magnitudes, into two shift registers."""
         if c.fn >= len(RANGE_RULES) or c.reg + 1 >= SREGS or c.reg == 0:
             raise _Fail(f"range rule {c.fn} / registers {c.reg},{c.reg + 1} do not exist")
         rule = RANGE_RULES[c.fn]

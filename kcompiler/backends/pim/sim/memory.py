@@ -126,10 +126,12 @@ class Memories:
         ok[...] = True
 
     def _words(self, addr: int, n: int, what: str) -> slice:
+        """The staging words [addr, addr + 2n) (bounds checked)."""
         self._check_staging(addr, 2 * n, what)
         return slice(addr // 2, addr // 2 + n)
 
     def _geometry(self, c: Command, rows=("row",)) -> None:
+        """A device command's units, bank, rows and columns lie inside the device and the program's rows."""
         s = self.spec
         if not 1 <= c.units <= self.upc:
             raise _Fail(f"units={c.units} outside 1..{self.upc}")
@@ -145,6 +147,7 @@ class Memories:
             raise _Fail(f"columns {c.col}..{c.col + c.count} past the row ({s.columns_per_row} columns)")
 
     def _banks(self, c: Command) -> np.ndarray:
+        """The bank index of each unit a device command runs on."""
         return np.arange(c.units) * self.bpu + c.bank
 
     def _bank_read(self, chs, c: Command, row: int):
@@ -162,6 +165,7 @@ class Memories:
 
 
 def _written_rows(code: Code) -> set[int]:
+    """The bank rows the program's commands write (cached per command list)."""
     key = ("written", len(code.commands), hash(tuple(code.commands)))
     hit = code._views.get("written")
     if hit is None or hit[0] != key:

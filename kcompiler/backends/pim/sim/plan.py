@@ -12,6 +12,7 @@ from kcompiler.backends.pim.spec import PimSpec
 
 
 def _key(c: Command):
+    """The fields of a device command but its channel and staging address (equal keys: one group)."""
     return (c.op, c.row, c.col, c.count, c.flags, c.bank, c.units, c.acc, c.nacc, c.row2, c.row3, c.gb, c.length,
             c.desc, c.fn, c.step)
 

@@ -44,6 +44,7 @@ def step(m: Machine, i: int, c: Command) -> None:
 
 
 def state(m: Machine) -> tuple:
+    """Every memory of a machine (for comparing two runs)."""
     return (m.bank, m.bank_valid, m.gb, m.gb_valid, m.acc.view(np.uint8), m.acc_valid, m.staging, m.valid,
             m.sreg, m.sreg_valid)
 
@@ -83,6 +84,7 @@ def execute(spec: PimSpec, code: Code, feeds: dict, fast: bool = True) -> tuple[
 
 
 def _run(spec: PimSpec, code: Code, feeds: dict, shared: bool):
+    """One run of the plan; on a failing group, the first failing command in program order is named."""
     cmds = code.commands
     m = _start(spec, code, feeds, share=shared)
     for entry in code._plan[1]:
