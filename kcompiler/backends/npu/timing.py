@@ -25,7 +25,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from kcompiler.backends.npu import isa
+import numpy as np
+
+from kcompiler.backends.npu import isa, sim
 from kcompiler.backends.npu.cost import systolic_cycles, vector_cycles
 from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
@@ -282,18 +284,11 @@ def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list
     next head) or when a token of a channel it waits on is pushed or popped, which only an
     instruction of its own core does; so after each start only that core's heads that wait on a
     channel it touched are looked at again, and candidates sit in a heap (stale ones skipped)."""
-    queues: dict[tuple[int, str], list[int]] = {}
-    for i in seg:
-        queues.setdefault((instrs[i].core, engines[i]), []).append(i)
-    keys = list(queues)
-    qs = [queues[k] for k in keys]
-    pos = [0] * len(keys)
-    free = [t0] * len(keys)
-    by_core: dict[int, list[int]] = {}
-    for q, (core, _) in enumerate(keys):
-        by_core.setdefault(core, []).append(q)
+    qs, by_core = _engine_queues(seg, instrs, engines)
+    pos = [0] * len(qs)
+    free = [t0] * len(qs)
     tokens: dict[tuple[int, int], deque] = {}
-    best: list[tuple[int, int] | None] = [None] * len(keys)  # (earliest start, index) of each head
+    best: list[tuple[int, int] | None] = [None] * len(qs)  # (earliest start, index) of each head
     heap: list[tuple[int, int, int]] = []
 
     def look(q: int) -> None:
@@ -317,29 +312,18 @@ def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list
         best[q] = (t, i)
         heapq.heappush(heap, (t, i, q))
 
-    for q in range(len(keys)):
+    for q in range(len(qs)):
         look(q)
     rel: dict[int, tuple] = {}
     busy: dict[str, int] = {}
     dram_free = t0
     end_all = t0
-    remaining = len(seg)
-    while remaining:
-        while heap:
-            t, i, q = heapq.heappop(heap)
-            if best[q] == (t, i):
-                break
-        else:
-            stuck = [instrs[qs[q][pos[q]]].text() for q in range(len(keys)) if pos[q] < len(qs[q])]
-            raise LoweringError("NPU program deadlocks: no engine can start; heads: " + "; ".join(stuck[:4]))
+    for _ in range(len(seg)):
+        t, i, q = _pop_head(heap, best, instrs, qs, pos)
         ins = instrs[i]
         core = ins.core
         pos[q] += 1
-        w = ins.wait
-        while w:
-            bit = w & -w
-            w ^= bit
-            tokens[(core, bit)].popleft()
+        _take_tokens(tokens, core, ins.wait)
         nbytes = works[i].dram_bytes
         if nbytes:
             xfer = math.ceil(nbytes / bpc)
@@ -354,14 +338,9 @@ def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list
         name = f"core{core}.{engines[i]}"
         busy[name] = busy.get(name, 0) + (end - t)
         free[q] = end
-        s = ins.signal
-        while s:
-            bit = s & -s
-            s ^= bit
-            tokens.setdefault((core, bit), deque()).append(end)
+        _give_tokens(tokens, core, ins.signal, end)
         if end > end_all:
             end_all = end
-        remaining -= 1
         touched = ins.wait | ins.signal
         for r in by_core[core]:
             if r == q or (pos[r] < len(qs[r]) and instrs[qs[r][pos[r]]].wait & touched):
@@ -370,6 +349,47 @@ def _run_segment(seg: list[int], t0: int, instrs: list[isa.Instr], engines: list
     if leftover:
         raise LoweringError(f"NPU program leaves unconsumed tokens on channels {leftover}")
     return [rel[i] for i in seg], busy, end_all - t0
+
+
+def _engine_queues(seg: list[int], instrs: list[isa.Instr], engines: list[str]
+                   ) -> tuple[list[list[int]], dict[int, list[int]]]:
+    """The segment's in-order queues, one per (core, engine) in the order they first appear, and
+    per core the indices of its queues."""
+    queues: dict[tuple[int, str], list[int]] = {}
+    for i in seg:
+        queues.setdefault((instrs[i].core, engines[i]), []).append(i)
+    by_core: dict[int, list[int]] = {}
+    for q, (core, _) in enumerate(queues):
+        by_core.setdefault(core, []).append(q)
+    return list(queues.values()), by_core
+
+
+def _pop_head(heap: list[tuple[int, int, int]], best: list, instrs: list[isa.Instr], qs: list[list[int]],
+              pos: list[int]) -> tuple[int, int, int]:
+    """(start, instruction, queue) of the head that can start earliest, stale candidates skipped;
+    a deadlock when no head can start."""
+    while heap:
+        t, i, q = heapq.heappop(heap)
+        if best[q] == (t, i):
+            return t, i, q
+    stuck = [instrs[qs[q][pos[q]]].text() for q in range(len(qs)) if pos[q] < len(qs[q])]
+    raise LoweringError("NPU program deadlocks: no engine can start; heads: " + "; ".join(stuck[:4]))
+
+
+def _take_tokens(tokens: dict[tuple[int, int], deque], core: int, wait: int) -> None:
+    """Pop one token of every channel in the `wait` mask of `core`."""
+    while wait:
+        bit = wait & -wait
+        wait ^= bit
+        tokens[(core, bit)].popleft()
+
+
+def _give_tokens(tokens: dict[tuple[int, int], deque], core: int, signal: int, end: int) -> None:
+    """Push a token carrying `end` on every channel in the `signal` mask of `core`."""
+    while signal:
+        bit = signal & -signal
+        signal ^= bit
+        tokens.setdefault((core, bit), deque()).append(end)
 
 
 def order_violations(prog, times: list[InstrTime], limit: int = 20) -> list[str]:
@@ -382,10 +402,6 @@ def order_violations(prog, times: list[InstrTime], limit: int = 20) -> list[str]
     start after the last writer of its bytes ended, a writer after the last writer and every
     reader since. Returns one line per violation (at most `limit`); empty when the tokens order
     every dependency."""
-    import numpy as np
-
-    from kcompiler.backends.npu import sim
-
     dec = sim.Decoder(prog)
     out: list[str] = []
     sram_w = [np.full(prog.sram_bytes, -1, np.int64) for _ in range(prog.cores)]
@@ -438,8 +454,6 @@ def order_violations(prog, times: list[InstrTime], limit: int = 20) -> list[str]
 
 def _byte_indices(a) -> "np.ndarray":
     """The absolute byte addresses an access touches (every byte of every element)."""
-    import numpy as np
-
     e = a.esize
     idx = np.asarray(a.addr, np.int64)
     for n, s in zip(a.shape, a.strides):

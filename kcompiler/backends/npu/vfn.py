@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from kcompiler.backends.numerics import sigmoid
+
 F32 = np.float32
 
 
@@ -45,10 +47,6 @@ _TANH_C = F32(math.sqrt(2 / math.pi))
 
 def gelu_tanh(x):
     return (0.5 * x * (1 + np.tanh(_TANH_C * (x + F32(0.044715) * x ** 3)))).astype(F32)
-
-
-def sigmoid(x):
-    return (1 / (1 + np.exp(-x))).astype(F32)
 
 
 def silu(x):
