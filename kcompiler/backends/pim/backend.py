@@ -13,6 +13,8 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline, no
 from kcompiler.backends.pim import kernels, sim
+from kcompiler.backends.pim.kernels.matvec import emit_weight_writes, matvec_layout, partial_bytes
+from kcompiler.backends.pim.kernels.stream import StreamLayout, stream_layout
 from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, PAIR, RESIDENT, UP, Command, decode_all, encode_all
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ArtifactError, ExecutionError, LoweringError
@@ -233,7 +235,7 @@ class PimBackend(Backend):
             return no(f"{p.M} activation rows > max_gemv_rows {self.spec.max_gemv_rows}: compute-bound GEMM")
         if min(p.N, p.K) < 1:
             return no("empty product")
-        rows = kernels.matvec_layout(self.spec, p.G, p.N, p.K).rows
+        rows = matvec_layout(self.spec, p.G, p.N, p.K).rows
         if rows > self.spec.rows_per_bank:
             return no(f"its operand needs {rows} DRAM rows per bank; the device has {self.spec.rows_per_bank}")
         return p
@@ -551,7 +553,7 @@ class _Lowering:
             y = _Buf(x.addr, x.dtype, osh)
         self.env[out.name] = y
 
-    def _to_stream(self, src: _Buf, sl: kernels.StreamLayout, dst: int, reg: int = 0) -> None:
+    def _to_stream(self, src: _Buf, sl: StreamLayout, dst: int, reg: int = 0) -> None:
         """Row-major float32 -> per-channel padded blocks of the device dtype (scaled by 2**-sreg[reg])."""
         nf, rest = divmod(src.numel, sl.share)
         if nf:
@@ -560,7 +562,7 @@ class _Lowering:
             self.hcopy(dst + nf * sl.block * 2, self.dev, src.addr + nf * sl.share * 4, src.dtype, [rest], [1], [1],
                        reg=reg)
 
-    def _from_stream(self, src: int, sl: kernels.StreamLayout, dst: _Buf, reg: int = 0, flags: int = 0) -> None:
+    def _from_stream(self, src: int, sl: StreamLayout, dst: _Buf, reg: int = 0, flags: int = 0) -> None:
         nf, rest = divmod(dst.numel, sl.share)
         if nf:
             self.hcopy(dst.addr, 0, src, self.dev, [nf, sl.share], [sl.block, 1], [sl.share, 1], reg=reg,
@@ -569,7 +571,7 @@ class _Lowering:
             self.hcopy(dst.addr + nf * sl.share * 4, 0, src + nf * sl.block * 2, self.dev, [rest], [1], [1], reg=reg,
                        flags=flags)
 
-    def _stream_buf(self, sl: kernels.StreamLayout, numel: int) -> int:
+    def _stream_buf(self, sl: StreamLayout, numel: int) -> int:
         n = sl.channels * sl.block
         addr = self.em.alloc(2 * n)
         if n != numel:
@@ -581,7 +583,7 @@ class _Lowering:
         out = node.outputs[0]
         osh = tuple(opinfo.shape_of(out))
         numel = math.prod(osh)
-        sl = kernels.stream_layout(s, numel)
+        sl = stream_layout(s, numel)
         op = node.op_type
         ins = [self.buf(v) for v in node.inputs if v is not None]
         # FP16 devices (HBM-PIM): per-tensor power-of-two scaling, as explicit host commands. HRANGE
@@ -647,7 +649,7 @@ class _Lowering:
             state = v.is_graph_input() and v.metadata_props.get(STATE_KEY) == out.name
             src = b
             if not state:  # through the banks
-                sl = kernels.stream_layout(self.s, b.numel)
+                sl = stream_layout(self.s, b.numel)
                 st = self._stream_buf(sl, b.numel)
                 self._to_stream(b, sl, st)
                 r = em.reserve_rows(sl.rows)
@@ -665,7 +667,7 @@ class _Lowering:
         G, M, N, K = p.G, p.M, p.N, p.K
         out = node.outputs[0]
         osh = tuple(opinfo.shape_of(out))
-        lay = kernels.matvec_layout(s, G, N, K)
+        lay = matvec_layout(s, G, N, K)
         Kp, Np = lay.Kp, lay.Np
         a = self.buf(node.inputs[0])
         dot = s.mac_dataflow == "dot"
@@ -724,7 +726,7 @@ class _Lowering:
                 self.zero(x_dev, G * M * Kp, self.dev)
             self.hcopy(x_dev, self.dev, a.addr, a.dtype, list(batch) + [M, K], xs,
                        [b_ * M * Kp for b_ in bstr] + [Kp, 1], reg=xreg)
-        part = em.alloc(kernels.partial_bytes(s, lay, M))
+        part = em.alloc(partial_bytes(s, lay, M))
         em.block("matvec", (G, M, N, K), (x_dev, part), (base,))
         y = self.new((G, M, N))
         self.zero(y.addr, y.numel, 0)
@@ -763,7 +765,7 @@ class _Lowering:
             buf[:, :, :N] = np.swapaxes(w, 1, 2).astype(dt)
         # the compiler's own descriptor table: these writes are not part of the program
         scratch = kernels.Emitter(s)
-        cmds = kernels.emit_weight_writes(scratch, lay, G, N, K, 0, base)
+        cmds = emit_weight_writes(scratch, lay, G, N, K, 0, base)
         self.writes.append((buf.reshape(-1).view(np.uint16), cmds, np.array(scratch.descs, np.int64).reshape(-1, 12)))
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
