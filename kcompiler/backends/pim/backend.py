@@ -18,6 +18,7 @@ from kcompiler.backends.pim.kernels.stream import StreamLayout, stream_layout
 from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, PAIR, RESIDENT, UP, Command, decode_all, encode_all
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ArtifactError, ExecutionError, LoweringError
+from kcompiler.frontend.state import STATE_KEY
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -38,7 +39,6 @@ EW_TABLE = {"Add": "EWADD", "Mul": "EWMUL"}
 RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
 #: what may sit between a resident KV cache and the product reading it as its matrix operand
 LAYOUT_VIEWS = RESHAPES + ("Transpose", "Expand")
-STATE_KEY = "kcompiler.state"
 
 
 def _feeds_matrix_operand(v: ir.Value, depth: int = 0) -> tuple[bool, int]:
@@ -213,7 +213,7 @@ class PimBackend(Backend):
 
     def _plan_append(self, node: ir.Node) -> Plan | Support:
         """KV-cache append: Concat(past, new) -> present, where past/present are device-resident state
-        (runtime/state.py): the new rows are written into the banks in place."""
+        (frontend/state.py): the new rows are written into the banks in place."""
         out = node.outputs[0]
         state = [v for v in node.inputs if v is not None and v.is_graph_input() and
                  v.metadata_props.get(STATE_KEY) == out.name]
