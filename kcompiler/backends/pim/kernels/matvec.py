@@ -187,7 +187,7 @@ def partial_slots(spec: PimSpec, lay: MatvecLayout, M: int, part_addr: int):
 
 def vector_desc(n: int) -> tuple[int, ...]:
     """The canonical copy descriptor of n contiguous elements (dims, source and destination strides,
-    as backend._merge writes it: a dim of 1 has stride 0)."""
+    as geometry.merge_dims writes it: a dim of 1 has stride 0)."""
     return (1, 1, 1, n, 0, 0, 0, 1, 0, 0, 0, 1) if n != 1 else (1, 1, 1, 1) + (0,) * 8
 
 
