@@ -78,7 +78,7 @@ _FMT = struct.Struct(FORMAT)
 ENCODED_SIZE = _FMT.size
 assert ENCODED_SIZE == 64
 
-#: HRANGE rules (fn): which FP16 scaling the host applies (backend.py explains the numerics)
+#: HRANGE rules (fn): which FP16 scaling the host applies (elementwise.py explains the numerics)
 RANGE_RULES = ("one", "add", "mul", "matvec_const", "matvec")
 
 
