@@ -141,6 +141,7 @@ def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> d
 
 
 def _hw(spec: PoolSpec, bandwidth: float | None = None) -> Hardware:
+    """The hardware a pool's replica runs on."""
     return Hardware(spec.target, spec.devices, spec.parallel, spec.partition, bandwidth)
 
 

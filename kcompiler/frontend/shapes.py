@@ -93,6 +93,7 @@ def _as_dims(name: str, dims, src: ModelSource) -> tuple[int, ...]:
 
 
 def _fmt(shape) -> str:
+    """A shape as messages show it: [1,3,?,224]."""
     if shape is None:
         return "[?]"
     return "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape) + "]"

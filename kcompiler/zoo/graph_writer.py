@@ -97,6 +97,7 @@ class Writer:
     # nodes
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
            **attrs) -> Any:
+        """Add one node; its output name (or names, with outputs > 1)."""
         base = hint or op_type
         if isinstance(outputs, int):
             outs = [self.fresh(base) for _ in range(outputs)]

@@ -51,10 +51,12 @@ class Sim:
             b += 1
 
     def at(self, t: float, fn, arg=None) -> None:
+        """Schedule fn(arg) at time t (events at one time run in the order scheduled)."""
         self._n += 1
         heapq.heappush(self._q, (t, self._n, fn, arg))
 
     def run(self) -> None:
+        """Run events until none is left."""
         q, pop = self._q, heapq.heappop
         n = 0
         while q:
