@@ -175,7 +175,7 @@ class KCBackend(Backend):
         if opset is None:
             # the op's newest version, but no lower than kcompiler's canonical opset: not simply
             # onnx's newest opset, which ONNX Runtime may not support yet
-            from kcompiler.frontend.loader import CANONICAL_OPSET
+            from kcompiler.frontend.opset import CANONICAL_OPSET
 
             try:
                 opset = onnx.defs.get_schema(node.op_type, node.domain or "").since_version

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from kcompiler.cluster import fleet, metrics
 from kcompiler.cluster.deployment import Deployment, load as load_deployment
+from kcompiler.cluster.latency import Profiler
 from kcompiler.cluster.spec import ClusterSpecError
 from kcompiler.cluster.workload import Workload, load as load_workload, synthetic
 
@@ -33,9 +35,6 @@ def run(deployment: "str | Path | Deployment", workload: "str | Path | Workload"
         rate: float | None = None, trace_limit: int = 0, cache: "str | Path | None" = "default",
         log: Callable[[str], None] | None = None) -> ClusterRun:
     """Simulate `workload` on `deployment`; both may be files or loaded objects."""
-    from kcompiler.cluster import fleet, metrics
-    from kcompiler.cluster.latency import Profiler
-
     dep = deployment if isinstance(deployment, Deployment) else load_deployment(deployment)
     wl = workload if isinstance(workload, Workload) else load_workload(workload, requests=requests, rate=rate)
     res = fleet.simulate(dep, wl, Profiler(cache, log=log), trace_limit=trace_limit, log=log)

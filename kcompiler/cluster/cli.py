@@ -7,7 +7,12 @@ import json
 import os
 
 import click
+from rich.console import Console
+from rich.table import Table
 
+from kcompiler import cluster
+from kcompiler.cluster import metrics, search
+from kcompiler.cluster.latency import Profiler
 from kcompiler.errors import KCError
 
 
@@ -38,11 +43,6 @@ def cluster_cmd(deployment, workload, requests, rate, json_path, trace_path, tra
 
     Every iteration's latency comes from kcompiler's timing mode for its (model, hardware,
     batch, KV length) bucket, compiled once and cached. Examples: examples/cluster/."""
-    from rich.console import Console
-
-    from kcompiler import cluster
-    from kcompiler.cluster import metrics
-
     quiet = quiet or os.environ.get("KC_QUIET") == "1"
     err = Console(stderr=True)
 
@@ -78,8 +78,6 @@ def fmt_s(x) -> str:
 
 
 def summary_table(s: dict, title: str):
-    from rich.table import Table
-
     ms = fmt_s
 
     t = Table(title=f"{title}: {s['requests']:,} requests ({s['workload']['description']})")
@@ -114,23 +112,16 @@ def summary_table(s: dict, title: str):
 
 
 def _search(deployment, workload, requests, rate, vary, json_path, no_cache, quiet, log):
-    from rich.console import Console
-    from rich.table import Table
-
-    from kcompiler import cluster
-    from kcompiler.cluster import search as S
-    from kcompiler.cluster.latency import Profiler
-
     dep = cluster.load_deployment(deployment)
     wl = cluster.load_workload(workload, requests=requests, rate=rate)
-    spec = S.parse_vary(list(vary))
-    rows = S.search(dep, wl, spec, Profiler(None if no_cache else "default", log=log), log=log)
-    front = S.frontier(rows)
+    spec = search.parse_vary(list(vary))
+    rows = search.search(dep, wl, spec, Profiler(None if no_cache else "default", log=log), log=log)
+    front = search.frontier(rows)
     good = sorted((r for r in rows if r.meets), key=lambda r: (r.packages, -r.summary["goodput_rps"]))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": S.as_json(rows), "frontier": S.as_json(front),
-                       "cheapest_meeting_slo": S.as_json(good[:1]), "slo": dep.slo}, f, indent=1)
+            json.dump({"rows": search.as_json(rows), "frontier": search.as_json(front),
+                       "cheapest_meeting_slo": search.as_json(good[:1]), "slo": dep.slo}, f, indent=1)
     if quiet:
         return
     t = Table(title=f"{dep.name}: {len(rows)} fleets for {len(wl):,} requests at {wl.rate:.3g}/s "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcompiler import targets, zoo
 from kcompiler.cluster.spec import ClusterSpecError, Source, choice, positive, seconds
 from kcompiler.errors import KCError
 
@@ -132,9 +133,6 @@ def _read(src: Source) -> Deployment:
 
 
 def _check_target(src: Source, path: tuple, target: str) -> None:
-    from kcompiler import targets
-    from kcompiler.errors import KCError
-
     try:
         targets.resolve(target)
     except KCError as exc:
@@ -143,8 +141,6 @@ def _check_target(src: Source, path: tuple, target: str) -> None:
 
 
 def _check_model(src: Source, path: tuple, model: str) -> None:
-    from kcompiler import zoo
-
     if model.endswith(".kcm"):
         if not (Path(src.path).parent / model).is_file() and not Path(model).is_file():
             raise src.error(path, f"compiled model '{model}' does not exist",
@@ -156,10 +152,30 @@ def _check_model(src: Source, path: tuple, model: str) -> None:
 
 
 def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
+    """One [[pool]] table, checked key by key (in the order the messages have always come in)."""
     at = ("pool", i)
     if not isinstance(p, dict):
         raise src.error(at, "must be a table")
     src.check_keys(p, at, POOL_KEYS)
+    model, target, chips_name = _model_and_target(src, at, p, chips)
+    out = PoolSpec(name=str(p.get("name", model if not model.endswith(".kcm") else Path(model).stem)),
+                   model=model, target=target)
+    is_llm = _scheduling(src, at, p, out)
+    _placement(src, at, p, out, chips, chips_name)
+    for k in ("dtype", "layers"):
+        if k in p:
+            out.options[k] = p[k]
+    if out.options:
+        try:
+            _check_options(model, out.options, is_llm)
+        except (ValueError, TypeError, KCError) as exc:
+            raise src.error(at + (next(iter(out.options)),), str(exc).splitlines()[0]) from None
+    return out
+
+
+def _model_and_target(src: Source, at: tuple, p: dict, chips: dict[str, ChipGroup]) -> tuple[str, str, str | None]:
+    """A pool's model (a .kcm beside the deployment file is taken from there), its target and the
+    chips group it names; and the size limits of its figures."""
     model = p.get("model")
     if not isinstance(model, str):
         raise src.error(at + ("model",), "missing or not a string", hint='e.g. model = "llama-7b"')
@@ -181,15 +197,18 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
         v = p.get(k)
         if isinstance(v, int) and not isinstance(v, bool) and v > hi:
             raise src.error(at + (k,), f"{v:,} is more than the simulator takes ({hi:,})")
-    out = PoolSpec(name=str(p.get("name", model if not model.endswith(".kcm") else Path(model).stem)),
-                   model=model, target=target)
+    return model, target, chips_name
+
+
+def _scheduling(src: Source, at: tuple, p: dict, out: PoolSpec) -> bool:
+    """Replicas, devices, the scheduler and its batching figures, router and role, into `out`;
+    whether the model is a zoo decoder."""
+    model, target = out.model, out.target
     out.replicas = positive(src, at + ("replicas",), p.get("replicas", 1))
     if "devices" in p:
         out.devices = positive(src, at + ("devices",), p["devices"])
     out.parallel = choice(src, at + ("parallel",), p.get("parallel", "tensor" if (out.devices or 1) > 1 else "none"),
                           PARALLEL)
-    from kcompiler import zoo
-
     entry = zoo.entries().get(model)
     is_llm = entry is not None and _is_decoder(model)
     out.scheduler = choice(src, at + ("scheduler",), p.get("scheduler", "continuous" if is_llm else "dynamic"),
@@ -222,6 +241,13 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
         if not any(d.chip.kind == "pim" for d in _system(target).accelerators):
             raise src.error(at + ("role",), f"'package' runs prefill on the NPU and decode on PIM of one "
                                             f"package; '{target}' has no PIM device", hint="use e.g. atom+aim")
+    return is_llm
+
+
+def _placement(src: Source, at: tuple, p: dict, out: PoolSpec, chips: dict[str, ChipGroup],
+               chips_name: str | None) -> None:
+    """Where a pool's replicas sit and what they hand on: decode pool, share of the requests, the
+    chips group and partition, interconnect, prefill target; into `out`."""
     out.decode_pool = p.get("decode_pool")
     share = p.get("share", 1.0)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0:
@@ -232,25 +258,17 @@ def _pool(src: Source, i: int, p: Any, chips: dict[str, ChipGroup]) -> PoolSpec:
         raise src.error(at + ("replicas",), f"{out.replicas} replicas on chips.{chips_name}'s "
                                             f"{chips[chips_name].count} chip(s)", hint="one replica per chip")
     if "partition" in p:
-        out.partition = _partition(src, at + ("partition",), p["partition"], target)
+        out.partition = _partition(src, at + ("partition",), p["partition"], out.target)
         if not chips_name:
             raise src.error(at + ("partition",), "a partition is of a shared chip",
                             hint='name the chips it shares with chips = "..."')
     ic = p.get("interconnect", "pcie-gen5")
     out.interconnect = str(ic)
     out.prefill_target = p.get("prefill_target")
-    for k in ("dtype", "layers"):
-        if k in p:
-            out.options[k] = p[k]
-    if out.options:
-        try:
-            _check_options(model, out.options, is_llm)
-        except (ValueError, TypeError, KCError) as exc:
-            raise src.error(at + (next(iter(out.options)),), str(exc).splitlines()[0]) from None
-    return out
 
 
 def _check_options(model: str, options: dict, is_llm: bool) -> None:
+    # (zoo.transformers imports onnx: kept out of `kc`'s start, which imports this module)
     from kcompiler.zoo import transformers as tz
 
     if is_llm:
@@ -267,8 +285,6 @@ def _is_decoder(model: str) -> bool:
 
 
 def _system(target: str):
-    from kcompiler import targets
-
     return targets.resolve(target)
 
 

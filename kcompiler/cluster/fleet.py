@@ -8,12 +8,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kcompiler.cluster import engine as E
+from kcompiler import targets
+from kcompiler.cluster import engine
 from kcompiler.cluster.deployment import Deployment, PoolSpec
 from kcompiler.cluster.latency import (Hardware, Profiler, batch_profile, llm_profile, llm_sizes, memory_bytes,
                                        system_for, weight_bytes)
 from kcompiler.cluster.workload import Workload
 from kcompiler.errors import KCError
+from kcompiler.targets import interconnect
 
 
 class Pool:
@@ -26,8 +28,8 @@ class Pool:
         self.max_delay = spec.max_delay
         self.max_tokens = spec.max_tokens
         self.chunk = spec.chunk
-        self.replicas: list[E.Replica] = []
-        self.router: E.Router | None = None
+        self.replicas: list[engine.Replica] = []
+        self.router: engine.Router | None = None
         self.completed = 0
         self.rejected = 0
         self.profiles: list[dict] = []
@@ -49,8 +51,8 @@ class Result:
     preempted: np.ndarray
     pool_of: np.ndarray
     pools: list[Pool]
-    replicas: list[E.Replica]
-    chips: list[E.Chip]
+    replicas: list[engine.Replica]
+    chips: list[engine.Chip]
     trace: list[tuple]
     trace_dropped: int
     wall_s: float
@@ -69,7 +71,7 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
     log = log or (lambda m: None)
     prof = profiler or Profiler(log=log)
     n = len(wl)
-    sim = E.Sim(n, wl.arrival.tolist(), wl.prompt.tolist(), wl.output.tolist(), trace_limit)
+    sim = engine.Sim(n, wl.arrival.tolist(), wl.prompt.tolist(), wl.output.tolist(), trace_limit)
     pools = [Pool(p, i) for i, p in enumerate(dep.pools)]
     by_name = {p.name: p for p in pools}
     entries = [p for p in pools if p.spec.role != "decode"]
@@ -89,7 +91,7 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
         if p.spec.decode_pool:
             a, b = need.get(p.spec.decode_pool, (1, 2))
             need[p.spec.decode_pool] = (max(a, mp), max(b, mc))
-    chips: dict[str, list[E.Chip]] = {}
+    chips: dict[str, list[engine.Chip]] = {}
     for gname, g in dep.chips.items():
         users = [p for p in dep.pools if p.chips == gname]
         sharing = "partition" if any(p.partition for p in users) else "temporal"
@@ -100,12 +102,12 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
         switch = {}
         if sharing == "temporal" and len(users) > 1:
             switch = _switch_costs(users, g.target, prof, need)
-        chips[gname] = [E.Chip(f"{gname}/{i}", sharing, switch) for i in range(g.count)]
-    replicas: list[E.Replica] = []
+        chips[gname] = [engine.Chip(f"{gname}/{i}", sharing, switch) for i in range(g.count)]
+    replicas: list[engine.Replica] = []
     for pool in pools:
         _build_pool(sim, pool, prof, need.get(pool.name, (1, 2)), chips, replicas, by_name, log)
     for pool in pools:
-        pool.router = E.Router(pool.spec.router, pool.replicas)
+        pool.router = engine.Router(pool.spec.router, pool.replicas)
     # disaggregation: hand-offs carry the KV over a link
     for pool in pools:
         if pool.spec.role == "prefill":
@@ -116,7 +118,7 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
     log(f"simulating {n:,} requests on {len(replicas)} replica(s)")
     sim.track_busy(len(replicas), float(wl.arrival[-1]) * 1.2 + 1e-3 if n else 1.0)
     t0 = time.perf_counter()
-    E.route_all(sim, entry_pools, n)
+    engine.route_all(sim, entry_pools, n)
     sim.run()
     wall = time.perf_counter() - t0
     all_chips = [c for cs in chips.values() for c in cs]
@@ -129,8 +131,6 @@ def simulate(dep: Deployment, wl: Workload, profiler: Profiler | None = None, tr
 def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> dict[str, float]:
     """Temporal sharing: a switch to a model reloads its weights over the host link when the
     tenants' weights do not all stay in the chip's DRAM (else nothing is reloaded)."""
-    from kcompiler import targets
-
     system = targets.resolve(target)
     cap = memory_bytes(system.accelerators)
     wb = {p.model: weight_bytes(p.model, p.options) for p in users}
@@ -141,6 +141,7 @@ def _switch_costs(users: list[PoolSpec], target: str, prof: Profiler, need) -> d
 
 
 def _hw(spec: PoolSpec, bandwidth: float | None = None) -> Hardware:
+    """The hardware a pool's replica runs on."""
     return Hardware(spec.target, spec.devices, spec.parallel, spec.partition, bandwidth)
 
 
@@ -175,7 +176,7 @@ def _build_pool(sim, pool: Pool, prof: Profiler, need, chips, replicas, by_name,
         if bp.max_batch < spec.max_batch:
             pool.max_batch = bp.max_batch
         for i in range(spec.replicas):
-            add(E.DynamicBatcher(sim, pool, len(replicas), i, chip_for(i), table, ctable))
+            add(engine.DynamicBatcher(sim, pool, len(replicas), i, chip_for(i), table, ctable))
         return
     mb = spec.max_batch
     if spec.role == "package":
@@ -186,19 +187,19 @@ def _build_pool(sim, pool: Pool, prof: Profiler, need, chips, replicas, by_name,
     lp = llm_profile(prof, spec.model, hw, mb, max_ctx, max_prompt, spec.chunk, spec.options,
                      decode=spec.role != "prefill", prefill=spec.role != "decode")
     pool.profiles.append(lp.describe())
-    table = E.KVTable(lp, mb, max_ctx)
+    table = engine.KVTable(lp, mb, max_ctx)
     ctab = None
     if hw_c:
         lpc = llm_profile(prof, spec.model, hw_c, mb, max_ctx, max_prompt, spec.chunk, spec.options,
                           decode=spec.role != "prefill", prefill=spec.role != "decode")
         pool.profiles.append({**lpc.describe(), "use": "while another tenant of the chip is busy"})
-        ctab = E.KVTable(lpc, mb, max_ctx)
+        ctab = engine.KVTable(lpc, mb, max_ctx)
     pool.kv_blocks = blocks
     for i in range(spec.replicas):
         if spec.scheduler == "static":
-            add(E.StaticReplica(sim, pool, len(replicas), i, chip_for(i), table, blocks))
+            add(engine.StaticReplica(sim, pool, len(replicas), i, chip_for(i), table, blocks))
         else:
-            add(E.LLMReplica(sim, pool, len(replicas), i, chip_for(i), table, blocks, ctab))
+            add(engine.LLMReplica(sim, pool, len(replicas), i, chip_for(i), table, blocks, ctab))
 
 
 def kv_blocks(spec: PoolSpec, system, sizes: tuple[int, int], devices=None) -> int:
@@ -211,7 +212,7 @@ def kv_blocks(spec: PoolSpec, system, sizes: tuple[int, int], devices=None) -> i
     kinds = {d.chip.kind for d in devs}
     copies = len(kinds & {"npu", "pim"}) or 1
     free = cap - copies * weight_bytes
-    blocks = int(free // (kv_per_token * E.BLOCK))
+    blocks = int(free // (kv_per_token * engine.BLOCK))
     if blocks < 1:
         names = "+".join(d.chip.name for d in devs)
         raise KCError(f"pool '{spec.name}': {spec.model} ({weight_bytes / 1e9:.1f} GB of weights x {copies}) "
@@ -226,8 +227,6 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
     (placement puts decode's GEMVs on PIM) run at the same time; the KV goes over the package's
     NPU-PIM link. The two share the NPU: a decode step keeps it busy for its NPU fraction f
     (measured from the compiled decode program), so while both run each is charged 1 + f."""
-    from kcompiler import targets
-
     spec = pool.spec
     max_prompt, max_ctx = need
     system = targets.resolve(spec.target)
@@ -249,15 +248,15 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
     f = lp_dec.busy_fraction.get(npus[0].name, 0.0)
     pool.kv_blocks = dec_blocks
     link = system.link(npus[0].name, pims[0].name)
-    t_pre, t_dec = E.KVTable(lp_pre, spec.max_batch, max_ctx), E.KVTable(lp_dec, spec.max_batch, max_ctx)
+    t_pre, t_dec = engine.KVTable(lp_pre, spec.max_batch, max_ctx), engine.KVTable(lp_dec, spec.max_batch, max_ctx)
     pool.hardware = f"{spec.target} (prefill on {npu_target}, decode on {spec.target})"
     pool.extra = {"npu_fraction_of_decode": f, "link_GBps": link.bandwidth / 1e9}
     for i in range(spec.replicas):
-        chip = E.Chip(f"{pool.name}/{i}", "package")
-        pre = E.LLMReplica(sim, pool, len(replicas), i, chip, t_pre, pre_blocks)
+        chip = engine.Chip(f"{pool.name}/{i}", "package")
+        pre = engine.LLMReplica(sim, pool, len(replicas), i, chip, t_pre, pre_blocks)
         pre.name = f"{pool.name}/{i}.prefill"
         replicas.append(pre)
-        dec = E.LLMReplica(sim, pool, len(replicas), i, chip, t_dec, dec_blocks)
+        dec = engine.LLMReplica(sim, pool, len(replicas), i, chip, t_dec, dec_blocks)
         dec.name = f"{pool.name}/{i}.decode"
         replicas.append(dec)
         chip.tenants += [pre, dec]
@@ -274,12 +273,10 @@ def _build_package(sim, pool: Pool, prof: Profiler, need, replicas, log) -> None
 
 def _wire_handoff(sim, pool: Pool, dpool: Pool) -> None:
     """Prefill pool -> decode pool across servers: the KV goes over the pool's interconnect."""
-    from kcompiler.targets import interconnect as ic
-
-    link = ic.presets().get(pool.spec.interconnect)
+    link = interconnect.presets().get(pool.spec.interconnect)
     if link is None:
         raise KCError(f"pool '{pool.name}': interconnect '{pool.spec.interconnect}' is unknown",
-                      hint=f"one of {', '.join(ic.presets())}")
+                      hint=f"one of {', '.join(interconnect.presets())}")
     bw, lat = link.bandwidth, link.latency
     lp_desc = pool.profiles[0]
     kvb = lp_desc["kv_bytes_per_token"]

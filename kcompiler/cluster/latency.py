@@ -39,7 +39,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+import kcompiler
+from kcompiler import __version__, targets, zoo
 from kcompiler.errors import KCError
+from kcompiler.zoo.stats import cached_stats, entry_stats
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,6 @@ class Hardware:
 
 def system_for(hw: Hardware):
     """The System a replica runs on (a partition: a slice of every accelerator, targets.partition)."""
-    from kcompiler import targets
-
     if hw.partition is None:
         return targets.resolve(hw.target, devices=hw.devices)
     part = (*hw.partition, hw.bandwidth) if hw.bandwidth is not None else tuple(hw.partition)
@@ -90,8 +91,6 @@ class Profiler:
     """Compiles buckets in timing mode and remembers them (in memory and on disk)."""
 
     def __init__(self, cache: str | Path | None = "default", log: Callable[[str], None] | None = None):
-        from kcompiler import __version__, zoo
-
         self.version = __version__
         if cache == "default":
             cache = zoo.cache_dir() / "cluster-latency.json"
@@ -120,9 +119,6 @@ class Profiler:
         os.replace(tmp, self.path)
 
     def measure(self, model: str, options: dict[str, Any], hw: Hardware) -> Measured:
-        import kcompiler
-        from kcompiler import zoo
-
         if hw not in self._systems:  # resolved once per hardware, not once per bucket
             system = system_for(hw)
             self._systems[hw] = (system, _fingerprint(system))
@@ -201,13 +197,12 @@ class BatchProfile:
                 "latency_s": [float(x) for x in self.latency], "interpolation": "linear in batch"}
 
 
-def batch_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int, options: dict | None = None) -> BatchProfile:
+def batch_profile(prof: Profiler, model: str, hw: Hardware, max_batch: int,
+                  options: dict | None = None) -> BatchProfile:
     options = dict(options or {})
     if model.endswith(".kcm"):
         # an artifact's shapes are fixed: one run serves up to its batch (the leading dim of its
         # first input) and costs the same however many of its rows are real requests
-        import kcompiler
-
         m = prof.measure(model, {}, hw)
         shape = next(iter(kcompiler.load(model).inputs.values()))[0]
         b = int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else 1
@@ -289,6 +284,7 @@ class LLMProfile:
 
 
 def llm_config(model: str):
+    # (zoo.transformers imports onnx: kept out of `kc`'s start, which imports kcompiler.cluster)
     from kcompiler.zoo import transformers as tz
 
     cfg = tz.PRESETS.get(model)
@@ -308,9 +304,6 @@ def weight_bytes(model: str, options: dict | None = None) -> int:
     if model in tz.PRESETS:
         itemsize = tz.DTYPES[options.get("dtype", "fp32")][0].itemsize
         return tz.parameter_count(model, **{k: v for k, v in options.items() if k == "layers"}) * itemsize
-    from kcompiler import zoo
-    from kcompiler.zoo.stats import cached_stats, entry_stats
-
     entry = zoo.entries()[model]
     st = cached_stats(entry) or entry_stats(entry)  # the counts `kc zoo` shows
     return int(st["params"]) * 4

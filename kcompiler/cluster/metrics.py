@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from kcompiler.cluster.fleet import Result
+from kcompiler.errors import KCError
 
 
 def _pcts(x: np.ndarray, prefix: str, out: dict) -> None:
@@ -148,9 +149,7 @@ def write_trace(res: Result, path) -> None:
 
 def plot(res: Result, path) -> None:
     """Latency CDFs (TTFT, TPOT, end-to-end) and utilisation over time, one PNG."""
-    from kcompiler.errors import KCError
-
-    try:
+    try:  # (matplotlib is optional: `pip install -e ".[plot]"`)
         import matplotlib
 
         matplotlib.use("Agg")

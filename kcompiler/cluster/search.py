@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kcompiler.cluster import fleet, metrics
 from kcompiler.cluster.deployment import SCHEDULERS, Deployment
 from kcompiler.errors import KCError
 
@@ -101,8 +102,6 @@ def meets_slo(s: dict, slo: dict) -> bool:
 
 
 def search(dep: Deployment, wl, vary: dict, profiler, log: Callable[[str], None] | None = None) -> list[Row]:
-    from kcompiler.cluster import fleet, metrics
-
     log = log or (lambda m: None)
     rows = []
     for setting, d in variants(dep, vary):

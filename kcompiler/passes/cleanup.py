@@ -7,7 +7,7 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
-from kcompiler.frontend.loader import ShapeInferencePass
+from kcompiler.frontend.inference import ShapeInferencePass
 from kcompiler.passes.manager import CompileContext, PassOutcome, ir_pass, register
 
 #: fold constants up to this many elements; larger ones (weights built by ConstantOfShape)

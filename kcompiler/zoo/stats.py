@@ -12,13 +12,11 @@ import json
 import os
 from typing import Any
 
-from kcompiler.zoo import ZooEntry
+from kcompiler.version import __version__
+from kcompiler.zoo import ZooEntry, cache_dir
 
 
 def _cache_path():
-    from kcompiler.version import __version__
-    from kcompiler.zoo import cache_dir
-
     return cache_dir() / f"zoo-stats-{__version__}.json"
 
 
@@ -57,6 +55,7 @@ def entry_stats(entry: ZooEntry, **options) -> dict[str, Any]:
 
 
 def _count(entry: ZooEntry, **options) -> dict[str, Any]:
+    # (onnx_ir: `kc zoo` with counts in the cache, and kc cluster, never load the frontend)
     from kcompiler import opinfo
     from kcompiler.frontend import load_model
 

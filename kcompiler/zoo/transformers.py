@@ -14,7 +14,8 @@ Weights:
   Nothing reads the file unless values are computed (then every weight is zero).
 
 Every builder also runs in "meta" mode (no tensors at all) to count parameters and FLOPs
-from shapes: ``model_info(name, **options)``.
+from shapes: ``model_info(name, **options)``. The presets and their options are in zoo.presets,
+the graph writer in zoo.graph_writer.
 """
 
 from __future__ import annotations
@@ -23,276 +24,31 @@ import hashlib
 import json
 import math
 import os
-import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from kcompiler.errors import KCError
-from kcompiler.zoo import ZooEntry, register
+from kcompiler.zoo import ZooEntry, cache_dir, graph_writer, presets, register
+from kcompiler.zoo.graph_writer import WEIGHTS_FILE, Writer
+from kcompiler.zoo.presets import ENCODER_OPTIONS, OPTIONS, PRESETS, Config, Options, resolve_options
+from kcompiler.zoo.presets import DTYPES  # noqa: F401  (transformers.DTYPES: kc cluster sizes weights by it)
 
-OPSET = 18
-IR_VERSION = 8
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover
+    ml_dtypes = None
+
 #: models with at least this many parameters keep their weights as sparse external data
 EXTERNAL_PARAMS = 100_000_000
 #: bump when the graphs change so cached files are rebuilt
 FORMAT_VERSION = 1
-#: offsets of external tensors are aligned like onnx's own writer does for mmap
-ALIGN = 4096
+#: the source files that decide the graphs (with FORMAT_VERSION, the key of cached files)
+_SOURCES = (__file__, graph_writer.__file__, presets.__file__)
 
-DTYPES = {"fp32": (np.dtype(np.float32), TensorProto.FLOAT),
-          "fp16": (np.dtype(np.float16), TensorProto.FLOAT16)}
-try:
-    import ml_dtypes
-
-    DTYPES["bf16"] = (np.dtype(ml_dtypes.bfloat16), TensorProto.BFLOAT16)
-except ImportError:  # pragma: no cover
-    pass
-
-PHASES = ("prefill", "decode")
-OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "seed")
-ENCODER_OPTIONS = ("batch", "seq", "dtype", "layers", "seed")
-
-
-# ---- configurations ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Config:
-    family: str  # "bert" | "llama" | "gpt2"
-    vocab: int
-    d: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    max_pos: int = 0  # learned position table size (bert, gpt2); 0 for rotary
-    eps: float = 1e-5
-    rope_theta: float = 10000.0
-    tied: bool = False
-    type_vocab: int = 0
-    default_seq: int = 128
-    default_kv: int = 128
-    published: str = ""
-
-    @property
-    def head_dim(self) -> int:
-        return self.d // self.heads
-
-
-PRESETS: dict[str, Config] = {
-    "bert-tiny": Config("bert", 30522, 128, 2, 2, 2, 512, max_pos=512, eps=1e-12, type_vocab=2,
-                        default_seq=16, published="google/bert_uncased_L-2_H-128_A-2, 4.4M"),
-    "bert-base": Config("bert", 30522, 768, 12, 12, 12, 3072, max_pos=512, eps=1e-12, type_vocab=2,
-                        published="bert-base-uncased, 110M"),
-    "bert-large": Config("bert", 30522, 1024, 24, 16, 16, 4096, max_pos=512, eps=1e-12, type_vocab=2,
-                         published="bert-large-uncased, 335M"),
-    "gpt2-tiny": Config("gpt2", 512, 64, 2, 4, 4, 256, max_pos=128, tied=True, default_seq=8, default_kv=8,
-                        published="toy GPT-2 for tests"),
-    "gpt2": Config("gpt2", 50257, 768, 12, 12, 12, 3072, max_pos=1024, tied=True, published="gpt2, 124M"),
-    "llama-tiny": Config("llama", 512, 64, 2, 4, 2, 128, eps=1e-6, default_seq=8, default_kv=8,
-                         published="toy LLaMA (GQA 4:2) for tests"),
-    "llama-1b": Config("llama", 32000, 2048, 22, 32, 4, 5632, published="TinyLlama-1.1B shape, 1.1B"),
-    "llama-7b": Config("llama", 32000, 4096, 32, 32, 32, 11008, eps=1e-6, published="LLaMA-2 7B, 6.7B"),
-    "llama-13b": Config("llama", 32000, 5120, 40, 40, 40, 13824, eps=1e-6, published="LLaMA-2 13B, 13.0B"),
-}
-
-
-@dataclass(frozen=True)
-class Options:
-    batch: int
-    seq: int
-    kv: int  # past length L (0 in prefill)
-    phase: str
-    dtype: str
-    layers: int
-    seed: int
-
-
-def _positive(name: str, model: str, value: Any, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
-        raise KCError(f"zoo model '{model}': option {name}={value!r} must be a "
-                      f"{'non-negative' if allow_zero else 'positive'} integer")
-    return int(value)
-
-
-def resolve_options(name: str, batch=None, seq=None, kv=None, phase=None, dtype=None, layers=None,
-                    seed=None) -> tuple[Config, Options]:
-    cfg = PRESETS[name]
-    enc = cfg.family == "bert"
-    if enc and (phase not in (None, "prefill") or kv is not None):
-        raise KCError(f"zoo model '{name}' is an encoder: it has no decode phase or KV cache",
-                      hint="drop --phase/--kv for BERT-style models")
-    phase = phase or "prefill"
-    if phase not in PHASES:
-        raise KCError(f"zoo model '{name}': phase '{phase}' is not one of {list(PHASES)}")
-    if phase == "prefill" and kv is not None:
-        raise KCError(f"zoo model '{name}': --kv applies to the decode phase only",
-                      hint="add --phase decode, or drop --kv")
-    dtype = dtype or "fp32"
-    if dtype not in DTYPES:
-        raise KCError(f"zoo model '{name}': dtype '{dtype}' is not one of {sorted(DTYPES)}")
-    batch = _positive("batch", name, 1 if batch is None else batch)
-    seq = _positive("seq", name, (cfg.default_seq if phase == "prefill" else 1) if seq is None else seq)
-    kv = 0 if phase == "prefill" else _positive("kv", name, cfg.default_kv if kv is None else kv)
-    layers = _positive("layers", name, cfg.layers if layers is None else layers)
-    seed = _positive("seed", name, 0 if seed is None else seed, allow_zero=True)
-    if cfg.max_pos and seq + kv > cfg.max_pos:
-        raise KCError(f"zoo model '{name}': {seq + kv} positions (seq {seq} + kv {kv}) exceed its "
-                      f"position table of {cfg.max_pos}", hint=f"keep seq + kv <= {cfg.max_pos}")
-    return replace(cfg, layers=layers), Options(batch, seq, kv, phase, dtype, layers, seed)
-
-
-# ---- graph writer --------------------------------------------------------------------------------
-
-class Writer:
-    """Collects nodes, constants and weights. mode: "random" | "external" | "meta"."""
-
-    def __init__(self, name: str, dtype: str, mode: str, seed: int = 0):
-        self.name = name
-        self.np_dtype, self.onnx_dtype = DTYPES[dtype]
-        self.mode = mode
-        self.seed = seed
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.weights: list[tuple[str, tuple[int, ...]]] = []  # every parameter, in order
-        self.params = 0
-        self.macs = 0  # multiply-accumulates of one inference
-        self._consts: dict[tuple, str] = {}
-        self._count = 0
-        self.offset = 0  # bytes used in the external file
-
-    # names
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    # tensors
-    def _tensor(self, name: str, arr: np.ndarray, onnx_dtype: int) -> onnx.TensorProto:
-        t = TensorProto(name=name, data_type=onnx_dtype, dims=list(arr.shape))
-        t.raw_data = np.ascontiguousarray(arr).tobytes()
-        return t
-
-    def const(self, arr, dtype: str = "model", hint: str = "const") -> str:
-        """A small constant embedded in the model (shapes, scalars, masks, rotary tables)."""
-        if dtype == "int64":
-            arr = np.asarray(arr, dtype=np.int64)
-            odt = TensorProto.INT64
-        else:
-            arr = np.asarray(arr, dtype=np.float64).astype(self.np_dtype)
-            odt = self.onnx_dtype
-        key = (odt, arr.shape, arr.tobytes()) if arr.size <= 64 else None
-        if key is not None and key in self._consts:
-            return self._consts[key]
-        name = self.fresh(hint)
-        if self.mode != "meta":
-            self.initializers.append(self._tensor(name, arr, odt))
-        if key is not None:
-            self._consts[key] = name
-        return name
-
-    def weight(self, name: str, shape: tuple[int, ...], init: str = "normal") -> str:
-        """A parameter. init: "normal" (std 0.02), "ones" (1 + noise), "bias" (noise)."""
-        shape = tuple(int(s) for s in shape)
-        self.weights.append((name, shape))
-        n = math.prod(shape)
-        self.params += n
-        if self.mode == "random":
-            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-            if init == "normal":
-                arr = rng.standard_normal(shape, dtype=np.float32) * 0.02
-            elif init == "ones":
-                arr = 1.0 + rng.standard_normal(shape, dtype=np.float32) * 0.02
-            else:  # "bias": small random rather than zero, so tests see every term
-                arr = rng.standard_normal(shape, dtype=np.float32) * 0.02
-            self.initializers.append(self._tensor(name, arr.astype(self.np_dtype), self.onnx_dtype))
-        elif self.mode == "external":
-            nbytes = n * self.np_dtype.itemsize
-            t = TensorProto(name=name, data_type=self.onnx_dtype, dims=list(shape))
-            t.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", WEIGHTS_FILE), ("offset", str(self.offset)), ("length", str(nbytes))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
-            self.initializers.append(t)
-            self.offset += (nbytes + ALIGN - 1) // ALIGN * ALIGN
-        return name
-
-    # nodes
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
-           **attrs) -> Any:
-        base = hint or op_type
-        if isinstance(outputs, int):
-            outs = [self.fresh(base) for _ in range(outputs)]
-        else:
-            outs = list(outputs)
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(f"/{base}/{op_type}"),
-                                           **attrs))
-        return outs[0] if len(outs) == 1 else outs
-
-    # patterns
-    def matmul(self, x: str, w: str, tokens: int, k: int, n: int, hint: str, bias: str | None = None) -> str:
-        self.macs += tokens * k * n
-        y = self.op("MatMul", [x, w], hint)
-        return self.op("Add", [y, bias], hint) if bias else y
-
-    def linear(self, x: str, prefix: str, tokens: int, k: int, n: int, bias: bool) -> str:
-        w = self.weight(f"{prefix}.weight", (k, n))
-        b = self.weight(f"{prefix}.bias", (n,), "bias") if bias else None
-        return self.matmul(x, w, tokens, k, n, prefix, b)
-
-    def layer_norm(self, x: str, prefix: str, d: int, eps: float) -> str:
-        """PyTorch's decomposed LayerNorm: ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add."""
-        axes = self.const([-1], "int64", "axes")
-        mean = self.op("ReduceMean", [x, axes], prefix, keepdims=1)
-        dev = self.op("Sub", [x, mean], prefix)
-        sq = self.op("Pow", [dev, self.const(2.0, hint="two")], prefix)
-        var = self.op("ReduceMean", [sq, axes], prefix, keepdims=1)
-        std = self.op("Sqrt", [self.op("Add", [var, self.const(eps, hint="eps")], prefix)], prefix)
-        y = self.op("Div", [dev, std], prefix)
-        y = self.op("Mul", [y, self.weight(f"{prefix}.weight", (d,), "ones")], prefix)
-        return self.op("Add", [y, self.weight(f"{prefix}.bias", (d,), "bias")], prefix)
-
-    def rms_norm(self, x: str, prefix: str, d: int, eps: float) -> str:
-        """RMSNorm as exported: Pow/ReduceMean/Add/Sqrt/Div/Mul."""
-        axes = self.const([-1], "int64", "axes")
-        sq = self.op("Pow", [x, self.const(2.0, hint="two")], prefix)
-        ms = self.op("ReduceMean", [sq, axes], prefix, keepdims=1)
-        rms = self.op("Sqrt", [self.op("Add", [ms, self.const(eps, hint="eps")], prefix)], prefix)
-        y = self.op("Div", [x, rms], prefix)
-        return self.op("Mul", [y, self.weight(f"{prefix}.weight", (d,), "ones")], prefix)
-
-    def gelu_erf(self, x: str, hint: str) -> str:
-        e = self.op("Erf", [self.op("Div", [x, self.const(math.sqrt(2.0), hint="sqrt2")], hint)], hint)
-        y = self.op("Mul", [x, self.op("Add", [e, self.const(1.0, hint="one")], hint)], hint)
-        return self.op("Mul", [y, self.const(0.5, hint="half")], hint)
-
-    def gelu_tanh(self, x: str, hint: str) -> str:
-        cube = self.op("Pow", [x, self.const(3.0, hint="three")], hint)
-        inner = self.op("Add", [x, self.op("Mul", [cube, self.const(0.044715, hint="c")], hint)], hint)
-        t = self.op("Tanh", [self.op("Mul", [inner, self.const(math.sqrt(2 / math.pi), hint="c")], hint)], hint)
-        y = self.op("Mul", [self.op("Mul", [x, self.const(0.5, hint="half")], hint),
-                            self.op("Add", [t, self.const(1.0, hint="one")], hint)], hint)
-        return y
-
-    def finish(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-               doc: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, self.name, inputs, outputs, initializer=self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  ir_version=IR_VERSION, producer_name="kcompiler.zoo",
-                                  doc_string=doc)
-        # the KV cache is device-resident state: present.N.* <- past_key_values.N.* (kcompiler.frontend.state)
-        ins = {v.name for v in inputs}
-        state = {o.name: o.name.replace("present.", "past_key_values.", 1) if o.name.replace(
-            "present.", "past_key_values.", 1) in ins else "" for o in outputs if o.name.startswith("present.")}
-        if state:
-            helper.set_model_props(model, {"kcompiler.state": json.dumps(state, sort_keys=True)})
-        return model
-
-
-WEIGHTS_FILE = "weights.bin"
 
 
 # ---- the families --------------------------------------------------------------------------------
@@ -504,8 +260,6 @@ def parameter_count(name: str, **options) -> int:
 
 def cache_root() -> Path:
     """Where large presets' models are kept: the zoo's cache folder (zoo.cache_dir), under zoo/."""
-    from kcompiler.zoo import cache_dir
-
     return cache_dir() / "zoo"
 
 
@@ -525,7 +279,7 @@ def build(name: str, weights: str | None = None, **options) -> Any:
         w = _write(name, cfg, o, "random")
         return w.finish(w.inputs, w.outputs, doc)
     # the builder's own source is part of the key: any change to the graphs rebuilds the cache
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    source = hashlib.sha256(b"".join(Path(f).read_bytes() for f in _SOURCES)).hexdigest()[:16]
     key = json.dumps({"v": FORMAT_VERSION, "src": source, "cfg": asdict(cfg), "opt": asdict(o)}, sort_keys=True)
     folder = cache_root() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     path = folder / "model.onnx"

@@ -118,8 +118,9 @@ def test_link_transfer_time():
 
 def test_a_broken_builtin_file_only_breaks_itself(monkeypatch):
     import kcompiler.targets as t
+    from kcompiler.targets import chips
 
-    real = t._builtin_dir
+    real = chips.builtin_dir
 
     class Fake:
         def __init__(self, name, text):
@@ -133,7 +134,7 @@ def test_a_broken_builtin_file_only_breaks_itself(monkeypatch):
             yield from real().iterdir()
             yield Fake("zz_broken.toml", 'name = "zz_broken"\nkind = "host"\n[host]\nclock_hz = -1\n')
 
-    monkeypatch.setattr(t, "_builtin_dir", lambda: Dir())
+    monkeypatch.setattr(chips, "builtin_dir", lambda: Dir())
     t.builtin_chips.cache_clear()
     try:
         assert t.resolve("host").host.name == "host"

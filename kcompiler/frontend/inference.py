@@ -1,0 +1,135 @@
+"""Shape inference: ONNX's, through onnx_ir's pass with a merge that keeps non-tensor types, strict
+first and without data propagation (which could materialise huge constants) until sizes are checked."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_passes
+
+from kcompiler.errors import ShapeError
+from kcompiler.frontend.reading import ModelSource
+from kcompiler.frontend.shapes import check_size
+
+try:
+    from onnx_ir.passes.common import _c_api_utils
+except ImportError:  # another onnx_ir layout: ShapeInferencePass falls back on onnx_ir's own
+    _c_api_utils = None
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _captured_log(name: str):
+    """Collect a library logger's records instead of printing them (no stray tracebacks)."""
+    logger = logging.getLogger(name)
+    handler, propagate = _Records(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+_SHAPE_LOG = logging.getLogger("onnx_ir.passes.common.shape_inference")
+
+
+def _merge_inferred(model: ir.Model, inferred_proto: onnx.ModelProto) -> bool:
+    """Copy inferred types and shapes onto the model's values, graph by graph (subgraphs too).
+
+    onnx_ir 1.1's own merge copies only dtype and shape, and assigning a dtype to an untyped
+    value makes it a tensor: a sequence inside a Loop or If body then became a tensor, and ONNX
+    Runtime refused the model (8 ONNX conformance cases). Non-tensor types are copied whole."""
+    inferred_model = ir.serde.deserialize_model(inferred_proto)
+    modified = False
+    for graph, inferred_graph in zip(model.graphs(), inferred_model.graphs()):
+        inferred = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            got = inferred.get(name)
+            if got is None or got.type is None:
+                continue
+            if not isinstance(got.type, ir.TensorType):
+                if value.type != got.type:
+                    value.type = got.type
+                    modified = True
+                continue
+            if got.shape is not None and value.shape != got.shape:
+                value.shape = got.shape
+                modified = True
+            if got.dtype is not None and value.dtype != got.dtype:
+                value.dtype = got.dtype
+                modified = True
+    return modified
+
+
+class ShapeInferencePass(ir_passes.ShapeInferencePass):
+    """onnx_ir's ShapeInferencePass (ONNX shape inference on the serialised model, large
+    initializers left out), merging types with `_merge_inferred`. Like the original, it does
+    not raise: a failure is logged on onnx_ir's logger and the model is left unchanged."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if _c_api_utils is None:  # another onnx_ir layout: its own pass, with its own merge
+            return super().call(model)
+
+        def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+            return onnx.shape_inference.infer_shapes(proto, check_type=self.check_type,
+                                                     strict_mode=self.strict_mode, data_prop=self.data_prop)
+
+        try:
+            inferred = _c_api_utils.call_onnx_api(infer, model)
+        except Exception as exc:  # noqa: BLE001 - reported through the log, as onnx_ir does
+            _SHAPE_LOG.warning("Shape inference failed: %s. Model is left unchanged", exc, exc_info=exc)
+            return ir.passes.PassResult(model, False)
+        return ir.passes.PassResult(model, _merge_inferred(model, inferred))
+
+
+def _function_body_limit(text: str) -> bool:
+    """Whether a strict-inference error is ONNX's own limit inside a standard op's function body
+    rather than a fault of the model: onnx 1.23 cannot resolve a Constant whose value is an
+    attribute reference in the body (MeanVarianceNormalization's axes), and says the Constant
+    has no value. A top-level Constant like that fails the checker before inference runs."""
+    m = re.match(r"\[ShapeInferenceError\] Inference error\(s\): \(op_type:(\w+)\): \[ShapeInferenceError\] "
+                 r"Inference error\(s\): \(op_type:Constant\): .*One and only one of the attributes", text)
+    return m is not None and m.group(1) != "Constant"
+
+
+def infer_shapes(model: ir.Model, src: ModelSource) -> None:
+    """Give every value a shape and dtype where ONNX shape inference can."""
+    # onnx_ir's pass does not raise: it logs the failure (with a traceback) and leaves the
+    # model unchanged, so capture its log record to see whether strict inference failed.
+    # First without data propagation, and check sizes: propagation materialises the values of
+    # constant-derived tensors, so a 200-byte model (Add of a Range of 10^12 elements) would
+    # exhaust memory inside ONNX before any size check
+    with _captured_log("onnx_ir.passes.common.shape_inference") as records:
+        ShapeInferencePass(strict_mode=True, data_prop=False)(model)
+        if not records:
+            for node in model.graph:
+                for value in node.outputs:
+                    check_size(value, src)
+            ShapeInferencePass(strict_mode=True, data_prop=True)(model)
+    failure = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None), None)
+    if failure is not None:
+        text = " ".join(str(failure).split())[:600]
+        if isinstance(failure, onnx.shape_inference.InferenceError) and not _function_body_limit(text):
+            raise ShapeError(f"{src.name}: shape inference failed: {text}",
+                             hint="the shapes in the model are inconsistent; check --shape and the exporter")
+        # anything else (an op ONNX cannot infer): keep what non-strict inference finds
+        with _captured_log("onnx_ir.passes.common.shape_inference"):
+            ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+        src.notes.append(f"shape inference reported: {text}")
+    for node in model.graph:
+        for value in node.outputs:
+            check_size(value, src)
