@@ -378,13 +378,12 @@ def run_cmd(model, target, inputs_path, outputs_path, check, rtol, atol, shape_s
         np.savez(outputs_path, **outs)
         console.print(f"wrote {outputs_path}")
     if check:
-        from kcompiler.check import (REDUCED_PRECISION_TOLERANCE, compare_with_ort, reduced_precision,
-                                     reference_description)
+        from kcompiler.check import compare_with_ort, reduced_precision, reference_description
 
-        why = reduced_precision(cm)
+        reduced = reduced_precision(cm)
         scale = 0.0
-        if why and rtol is None and atol is None:
-            rtol, scale = REDUCED_PRECISION_TOLERANCE
+        if reduced and rtol is None and atol is None:
+            why, (rtol, scale) = reduced
             atol = 0.0
             console.print(f"reduced precision ({why}): tolerance rtol {rtol}, atol {scale} of each output's "
                           "largest value", highlight=False)

@@ -135,6 +135,9 @@ class Backend(abc.ABC):
     kind: ClassVar[str]
     #: the dataclass validating the chip TOML's ``[kind]`` table
     spec_class: ClassVar[type]
+    #: (rtol, atol as a fraction of each output's largest value) of `kc run --check` when this device computes
+    #: in reduced precision (kcompiler.check.reduced_precision); None: it computes in float32 (rtol 1e-3, atol 1e-4)
+    check_tolerance: ClassVar[tuple[float, float] | None] = None
 
     def __init__(self, device: "Device", system: "System"):
         self.device = device
