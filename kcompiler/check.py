@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx_ir as ir
+
+from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
+from kcompiler.frontend import read_model_proto
+from kcompiler.driver.loading import original_reference
 
 
 @dataclass
@@ -28,8 +33,6 @@ def reference_description(cm) -> str:
             return "the original model (stored in the artifact)"
         return "the original model"
     if getattr(cm, "artifact", None) is not None:
-        from kcompiler.driver.loading import original_reference
-
         ref = original_reference(cm)
         if ref is not None:
             return f"the original model ({ref}, referenced by the artifact and unchanged since)"
@@ -41,19 +44,12 @@ def reference_description(cm) -> str:
 def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
     """ONNX Runtime on the model exactly as the user gave it (before any kcompiler pass); for an
     artifact without the original model, on the compiled graph."""
-    import onnx_ir as ir
-
-    from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
-    from kcompiler.frontend import read_model_proto
-
     base_dir = cm.source.base_dir
     if cm.source.path is not None:
         proto, _ = read_model_proto(cm.source.path)
     elif cm.original is not None:
         proto = cm.original
     else:
-        from kcompiler.driver.loading import original_reference
-
         ref = original_reference(cm) if getattr(cm, "artifact", None) is not None else None
         if ref is not None:  # an artifact too big to carry its original refers to the file
             proto, _ = read_model_proto(ref)
@@ -114,21 +110,27 @@ def compare_with_ort(cm, feeds, outs, rtol=1e-3, atol=1e-4, atol_scale=0.0) -> C
     return compare(reference_outputs(cm, feeds), outs, rtol, atol, atol_scale)
 
 
-#: (rtol, atol relative to each output's scale) for values computed in 16-bit floating point:
-#: bf16 keeps 8 bits of mantissa (2^-8 = 0.4%), and sums of a few hundred rounded products
-#: drift to about 2% of the output's scale (the PIM tests' bound)
+#: (rtol, atol relative to each output's scale) for a model whose values are 16-bit floats: bf16 keeps
+#: 8 bits of mantissa (2^-8 = 0.4%), and sums of a few hundred rounded products drift to about 2% of
+#: the output's scale (the PIM tests' bound; a device computing in 16 bits says its own:
+#: Backend.check_tolerance)
 REDUCED_PRECISION_TOLERANCE = (2e-2, 2e-2)
 
 
-def reduced_precision(cm) -> str | None:
-    """Why cm's values are computed in less than float32 (a PIM device in use, or a 16-bit
-    model), or None: `kc run --check` then uses REDUCED_PRECISION_TOLERANCE."""
+def reduced_precision(cm) -> tuple[str, tuple[float, float]] | None:
+    """Why cm's values are computed in less than float32, with the (rtol, atol relative to each
+    output's scale) `kc run --check` then uses; None when they are float32's.
+
+    A device in use that multiplies in 16 bits gives its backend's `check_tolerance` (PIM's), so no
+    kind is named here; a 16-bit model gives REDUCED_PRECISION_TOLERANCE."""
     used = {sub.device for sub in getattr(cm, "parts", ()) if sub.nodes}
+    backends = getattr(cm, "backends", {})
     for d in getattr(cm.system, "devices", ()):
         dtype = getattr(d.chip.spec, "dtype", None)
-        if d.name in used and d.kind == "pim" and dtype in ("bfloat16", "float16"):
-            return f"{d.name} multiplies in {dtype}"
+        tolerance = getattr(backends.get(d.name), "check_tolerance", None)
+        if d.name in used and tolerance is not None and dtype in ("bfloat16", "float16"):
+            return f"{d.name} multiplies in {dtype}", tolerance
     for v in list(cm.model.graph.inputs) + list(cm.model.graph.outputs):
         if v.dtype is not None and v.dtype.name in ("FLOAT16", "BFLOAT16"):
-            return f"the model computes in {v.dtype.name.lower()}"
+            return f"the model computes in {v.dtype.name.lower()}", REDUCED_PRECISION_TOLERANCE
     return None

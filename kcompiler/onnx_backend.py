@@ -17,7 +17,9 @@ import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
 
+from kcompiler.driver.compile import compile as kc_compile
 from kcompiler.errors import InputError, KCError, ModelLoadError, TargetError
+from kcompiler.frontend.opset import CANONICAL_OPSET
 
 __all__ = ["KCBackend", "KCBackendRep", "prepare", "run_model", "run_node", "supports_device"]
 
@@ -63,8 +65,6 @@ class KCBackendRep(BackendRep):
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
         cm = self._compiled.get(key)
         if cm is None:
-            from kcompiler.driver.compile import compile as kc_compile
-
             kw = dict(self.compile_kw)
             kw["shapes"] = dict(shapes) or None
             cm = kc_compile(self.source, target=self.target, **kw)
@@ -175,8 +175,6 @@ class KCBackend(Backend):
         if opset is None:
             # the op's newest version, but no lower than kcompiler's canonical opset: not simply
             # onnx's newest opset, which ONNX Runtime may not support yet
-            from kcompiler.frontend.opset import CANONICAL_OPSET
-
             try:
                 opset = onnx.defs.get_schema(node.op_type, node.domain or "").since_version
             except Exception:  # unknown op: let the frontend report it

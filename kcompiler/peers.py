@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+from onnx import external_data_helper
 
+from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
 from kcompiler.errors import KCError
+from kcompiler.frontend import load_model
+from kcompiler.irutil import external_weights_dir
+from kcompiler.threads import host_threads
 
 PEERS = ("ort", "tvm")
 
@@ -29,8 +35,6 @@ class PeerResult:
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        from kcompiler.threads import host_threads
-
         return {"peer": self.peer, "compile_s": self.compile_s, "latency_s": self.latency_s, "runs": self.runs,
                 "threads": host_threads()}
 
@@ -38,11 +42,6 @@ class PeerResult:
 def frontend_proto(cm) -> onnx.ModelProto:
     """The model as loaded by the frontend for `cm` (bound shapes), before kcompiler's passes.
     Weights kept in external files stay there (see `weights_dir`)."""
-    import onnx_ir as ir
-
-    from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION
-    from kcompiler.frontend import load_model
-
     src = cm.source.path if cm.source.path is not None else cm.original
     if src is None:
         proto = ir.serde.serialize_model(cm.model)
@@ -55,8 +54,6 @@ def frontend_proto(cm) -> onnx.ModelProto:
 
 def weights_dir(cm) -> str | None:
     """The folder the model's external weight files are in (None if it has none)."""
-    from kcompiler.irutil import external_weights_dir
-
     return external_weights_dir(cm.model.graph.initializers.values())
 
 
@@ -72,8 +69,6 @@ def _time(fn, min_runs: int = 3, budget_s: float = 2.0) -> tuple[float, int]:
 
 
 def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], base_dir: str | None = None) -> PeerResult:
-    from kcompiler.backends.host.backend import ort_session
-
     t0 = time.perf_counter()
     sess = ort_session(proto, "onnxruntime peer", base_dir)
     compile_s = time.perf_counter() - t0
@@ -118,21 +113,19 @@ def _with_external_data(proto: onnx.ModelProto, base_dir: str) -> onnx.ModelProt
     """A copy of `proto` with its external weights read in. The frontend has already checked
     every external record (inside the model's folder, sizes matching), so only their total
     size is checked here."""
-    from onnx import external_data_helper as ext
-
     total = sum(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * math.prod(t.dims)
-                for t in proto.graph.initializer if ext.uses_external_data(t))
+                for t in proto.graph.initializer if external_data_helper.uses_external_data(t))
     if total > TVM_MAX_EXTERNAL_BYTES:
         raise KCError(f"--compare tvm: the model's {total / 2**30:.1f} GiB of external weights are too large "
                       f"to hand to TVM's importer (limit {TVM_MAX_EXTERNAL_BYTES / 2**30:.0f} GiB)",
                       hint="compare with ort only (--compare ort), or use a smaller model preset")
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    ext.load_external_data_for_model(proto, base_dir)
+    external_data_helper.load_external_data_for_model(proto, base_dir)
     return proto
 
 
 def run_tvm(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], base_dir: str | None = None) -> PeerResult:
-    import tvm
+    import tvm  # (an optional extra: build_tvm says how to install it)
     from tvm import relax
 
     ex, compile_s = build_tvm(proto, base_dir=base_dir)
@@ -160,8 +153,6 @@ def compare_peers(cm, peers, feeds: dict[str, np.ndarray] | None = None) -> list
     proto = frontend_proto(cm)
     feeds = feeds if feeds is not None else cm.random_inputs()
     runners = {"ort": run_ort, "tvm": run_tvm}
-    from kcompiler.threads import host_threads
-
     # TVM's thread pool reads TVM_NUM_THREADS when it starts (on its first run)
     os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
     return [runners[p](proto, feeds, weights_dir(cm)) for p in peers]

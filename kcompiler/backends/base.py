@@ -191,6 +191,9 @@ class Backend(abc.ABC):
     #: fused op of its own (its ``supports`` then claims the op; its function body lets every
     #: other device, ONNX Runtime included, run it)
     patterns: ClassVar[Sequence[tuple[str, Any]]] = ()
+    #: (rtol, atol as a fraction of each output's largest value) of `kc run --check` when this device computes
+    #: in reduced precision (kcompiler.check.reduced_precision); None: it computes in float32 (rtol 1e-3, atol 1e-4)
+    check_tolerance: ClassVar[tuple[float, float] | None] = None
 
     def __init__(self, device: "Device", system: "System"):
         self.device = device
@@ -219,7 +222,7 @@ class Backend(abc.ABC):
     def lower(self, subgraph: Subgraph, options: Mapping[str, Any] | None = None) -> Program:
         """Compile a placed subgraph into a Program."""
 
-    # ---- artifacts (runtime/artifact.py) -------------------------------------------------
+    # ---- artifacts (kcompiler/artifact) -------------------------------------------------
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
         """The program's bytes plus a JSON-able table of whatever else `load_program` needs.
 

@@ -36,7 +36,7 @@ class CompiledModel:
         self.mode = mode
         self.executor = Executor(model, system, parts, programs)
         self._report: Report | None = None
-        #: set on models loaded from an artifact (runtime/artifact.py: path, manifest, load_s)
+        #: set on models loaded from an artifact (kcompiler/artifact: path, manifest, load_s)
         self.artifact = None
         #: the parallel plan's summary (kcompiler.parallel.ParallelInfo) when compiled for several chips
         self.parallel = None

@@ -23,7 +23,7 @@ from kcompiler.targets import System
 
 @contextlib.contextmanager
 def _cyclic_gc_paused():
-    """Python's cyclic garbage collector paused, as compile() pauses it (compiler.py).
+    """Python's cyclic garbage collector paused, as compile() pauses it (driver/compile.py).
 
     Timing a large program allocates a few objects per instruction (its times, its engine spans,
     the report's records: over half a million for llama-7b), which triggers full collections that

@@ -10,6 +10,7 @@ import importlib.util
 
 import click
 
+import kcompiler
 from kcompiler.errors import KCError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -26,8 +27,6 @@ def require_serve_extra() -> None:
 def load_models(specs, target: str, target_given: bool, name: str | None) -> dict:
     """{URL name: CompiledModel} of the MODEL arguments: .kcm artifacts are loaded, anything else
     (an .onnx path, a zoo name) is compiled for `target`."""
-    import kcompiler
-
     if name is not None and len(specs) > 1:
         raise KCError(f"--name names one model, but {len(specs)} are given",
                       hint="serve them under their own names (drop --name), or run one kc serve per model")
@@ -71,7 +70,7 @@ def serve_cmd(models, target, host, port, max_body_mb, name, log_level):
     ctx = click.get_current_context()
     target_given = ctx.get_parameter_source("target") == click.core.ParameterSource.COMMANDLINE
     served = load_models(models, target, target_given, name)
-    from kcompiler.serve.app import serve
+    from kcompiler.serve.app import serve  # (starlette and uvicorn: the serve extra, checked above)
 
     shown = f"[{host}]" if ":" in host else host
     for key, cm in served.items():

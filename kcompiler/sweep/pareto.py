@@ -83,10 +83,11 @@ def plot(rows: Sequence[dict], objectives: Sequence[str], path: str | Path, para
 
 def describe(row: dict[str, Any], params: Sequence[str]) -> str:
     """A point's parameters as `key=value` text."""
-    return " ".join(f"{k}={_fmt(row.get(k))}" for k in params) or "(base)"
+    return " ".join(f"{k}={fmt_value(row.get(k))}" for k in params) or "(base)"
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
+    """A value as the tables and labels write it: 4Mi, 1.2G, 0.5."""
     if isinstance(v, int) and not isinstance(v, bool) and v >= 1 << 20 and v % (1 << 20) == 0:
         return f"{v >> 20}Mi"
     if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= 1e6:

@@ -12,6 +12,8 @@ import time
 import traceback
 from typing import Any
 
+import kcompiler
+from kcompiler import targets, zoo
 from kcompiler.errors import KCError
 from kcompiler.sweep.spec import Point, chip_changes
 
@@ -28,8 +30,6 @@ class ModelCache:
         self.builds = 0
 
     def get(self, spec):
-        from kcompiler import zoo
-
         key = (spec.name, spec.options)
         if key not in self._models:
             # an ONNX file stays a path (read at each compile, its external data beside it); a zoo
@@ -45,8 +45,6 @@ _CACHE = ModelCache()
 
 def system_for(point: Point):
     """The System a point describes: its target with the chip figures it changes."""
-    from kcompiler import targets
-
     devices = point.param("devices")
     base = targets.resolve(point.target)
     changes = chip_changes(base, point.params)
@@ -59,8 +57,6 @@ def system_for(point: Point):
 def evaluate(point: Point, cache: ModelCache | None = None) -> dict[str, Any]:
     """Compile and simulate `point`; a row of the results store. A KCError (an impossible
     configuration, a model that does not fit) is a failed row with its message, not an exception."""
-    import kcompiler
-
     cache = cache or _CACHE
     row: dict[str, Any] = {"status": "ok", "error": None, "worker": f"{os.uname().nodename}:{os.getpid()}"}
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Callable
 from kcompiler.errors import KCError
 from kcompiler.sweep import pareto
 from kcompiler.sweep.point import ModelCache, evaluate
-from kcompiler.sweep.spec import OBJECTIVES, Point, Spec
+from kcompiler.sweep.spec import OBJECTIVES, Point, Spec, parse
 from kcompiler.sweep.store import Store
 
 
@@ -160,8 +161,6 @@ class RayPool:
 
 def _check_reachable(address: str) -> None:
     """A KCError now, rather than Ray retrying for minutes, when nothing listens at host:port."""
-    import socket
-
     if address == "auto" or "://" in address:
         return
     host, sep, port = address.rpartition(":")
@@ -326,8 +325,6 @@ def _run_optuna(spec, store, pool, done_ids, on_start, on_result) -> SweepResult
 
 def load_spec_from_store(out: str | Path) -> Spec:
     """The newest spec recorded in a results store (for `kc sweep --resume --out FILE`)."""
-    from kcompiler.sweep.spec import parse
-
     if not Path(out).exists():
         raise KCError(f"--resume: no results store at {out}", hint="give the spec file to start the sweep")
     store = Store(out)

@@ -24,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from kcompiler.errors import KCError
+from kcompiler.errors import KCError, TargetError
+from kcompiler.targets import chip_data, is_system_name, resolve
 
 #: objective name -> (report figure, direction): "min" or "max"
 OBJECTIVES = {
@@ -283,8 +284,6 @@ def _models(value, source) -> tuple[list[ModelSpec], list[dict]]:
 
 def _parameters(table, source, targets, prefix="parameters") -> tuple[tuple[str, tuple[Any, ...]], ...]:
     _table(table, source, prefix)
-    from kcompiler import targets as kt
-
     out = []
     for key, value in table.items():
         where = f"{prefix}.{key}"
@@ -294,7 +293,7 @@ def _parameters(table, source, targets, prefix="parameters") -> tuple[tuple[str,
                 if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
                     raise KCError(f"{source}: {where}: {v!r} is not a chip count (1 to 1024)")
             for t in targets:
-                if kt.is_system_name(t):
+                if is_system_name(t):
                     raise KCError(f"{source}: {where} applies to a single chip, not the system '{t}'",
                                   hint="vary a chip figure such as aim.pim.chips, or list systems in 'targets'")
         elif key == "parallel":
@@ -371,12 +370,9 @@ def _check_figure(key: str, values: list, targets: list[str], source: str, where
     """`chip.table.figure` (one chip of the target) or `kind.figure` (every chip of that kind) must
     name a figure of every target's chips. Values are checked per point (a value may be valid with
     some of the other parameters and not with others): an impossible one is a failed point."""
-    from kcompiler import targets as kt
-    from kcompiler.errors import TargetError
-
     for t in targets:
         try:
-            system = kt.resolve(t)
+            system = resolve(t)
         except TargetError as exc:
             raise KCError(f"{source}: sweep.target '{t}': {exc.message}", hint=exc.hint) from None
         try:
@@ -385,7 +381,7 @@ def _check_figure(key: str, values: list, targets: list[str], source: str, where
             raise KCError(f"{source}: {where}: {exc.message}", hint=exc.hint) from None
         chips = {d.chip.name: d.chip for d in system.accelerators}
         for chip_name, ch in changes.items():
-            data = kt.chip_data(chips[chip_name])
+            data = chip_data(chips[chip_name])
             for dotted in ch:
                 node = data
                 for part in dotted.split("."):

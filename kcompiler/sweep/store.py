@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from kcompiler import __version__
 from kcompiler.errors import KCError
 from kcompiler.sweep.point import FIGURES
 from kcompiler.sweep.spec import Point, Spec
@@ -104,8 +105,6 @@ class Store:
         return {r[0] for r in self.con.execute("SELECT point_id FROM results").fetchall()}
 
     def add(self, point: Point, spec: Spec, row: dict[str, Any]) -> None:
-        from kcompiler import __version__
-
         cols: dict[str, Any] = {"point_id": point.id, "spec_hash": spec.hash, "kcompiler": __version__,
                                 "model": point.model.label, "target": point.target, "mode": point.mode}
         for k, v in point.params:

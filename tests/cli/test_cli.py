@@ -97,7 +97,7 @@ def test_targets_show_a_system(name, chips):
 
 
 def test_target_help_names_every_chip_and_says_it_repeats():
-    from kcompiler.cli import TARGET_HELP
+    from kcompiler.cli.options import TARGET_HELP
     from kcompiler.targets import list_targets
 
     assert all(c.name in TARGET_HELP for c in list_targets())

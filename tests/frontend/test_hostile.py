@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kcompiler
-from kcompiler.cli import _load_npz
+from kcompiler.cli.run import load_npz as _load_npz
 from kcompiler.errors import KCError
 
 from hostile_cases import CASES, Call, Case, matmul_bytes, matmul_model

@@ -240,7 +240,10 @@ def test_binary_data_output_for_every_output(client):
 
 
 def test_half_and_brain_float_data():
-    from kcompiler.serve.app import DATATYPES, TensorSpec, _json_tensor, _json_values, datatype_of
+    from kcompiler.serve.model import TensorSpec
+    from kcompiler.serve.protocol import DATATYPES, datatype_of
+    from kcompiler.serve.request import _json_tensor
+    from kcompiler.serve.response import _json_values
 
     for name, dtype in DATATYPES.items():
         assert datatype_of(dtype) == name

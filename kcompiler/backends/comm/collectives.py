@@ -206,7 +206,7 @@ def lower(sub: Subgraph, system) -> CommProgram:
     return CommProgram(sub, system)
 
 
-# ---- artifacts (runtime/artifact.py) ---------------------------------------------------------
+# ---- artifacts (kcompiler/artifact) ---------------------------------------------------------
 def save_program(program: CommProgram, sub: Subgraph) -> tuple[bytes, dict]:
     """A communication program is its nodes, which the stored graph holds (op, devices, axis and
     targets are node attributes); the program section is its assembler text, the table the ops in

@@ -1,4 +1,4 @@
-"""A PIM program in a compiled-model artifact (runtime/artifact.py): the command list as 64-byte
+"""A PIM program in a compiled-model artifact (kcompiler/artifact): the command list as 64-byte
 records in the blob; descriptors, I/O table, function table and per-step rows in the table; the
 bank image rows that hold data, the validity of their columns and the staging constants in the
 weight section (deduplicated by content). Loading rebuilds the program from these alone."""

@@ -53,7 +53,7 @@ def simulate_channel(spec: PimSpec, commands: list[Command]) -> ChannelTime:
     for c in commands:
         if c.op in HOST_OPS or c.flags & RESIDENT:
             # host-side conversion, scaling and reduction are outside the device's timeline; a
-            # resident KV cache is already in the banks (runtime/state.py): no bus time
+            # resident KV cache is already in the banks (frontend/state.py): no bus time
             continue
         bursts = c.bursts(spec.simd_lanes, eb, acc_bytes, lpa)
         if c.op in ("MAC_ABK", "EWADD", "EWMUL", "AF"):

@@ -1,5 +1,5 @@
 """KV-cache append on the NPU: Concat(past, new) -> present with past/present a device-resident
-state pair (runtime/state.py) writes only the new rows, in place over the cached ones."""
+state pair (frontend/state.py) writes only the new rows, in place over the cached ones."""
 
 from __future__ import annotations
 

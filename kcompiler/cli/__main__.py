@@ -1,0 +1,3 @@
+from kcompiler.cli import main
+
+main()
