@@ -27,6 +27,31 @@ SCRIPT = textwrap.dedent("""
     c = compare_with_ort(cm, feeds, outs)
     assert c.ok, c.describe()
     assert "VOP.Relu" in "".join(p.asm() for p in cm.programs)
+
+    # the plugin's own fusion: its declared pattern (Backend.patterns) makes a fused op of its own
+    from onnx import TensorProto, helper
+    shape = [4, 256]
+    g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["s"]),
+                           helper.make_node("Relu", ["s"], ["y"])], "muladd",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "xwb"],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    cm = kcompiler.compile(m, target="dsp")
+    assert cm.context.fired.get("dsp-muladd") == 1, cm.context.fired
+    assert [(n.domain, n.op_type) for n in cm.model.graph] == [("kc_dsp", "MulAdd"), ("", "Relu")]
+    assert cm.placement == {"dsp": 2}, cm.placement
+    body = cm.model.functions[next(k for k in cm.model.functions if k[:2] == ("kc_dsp", "MulAdd"))]
+    assert [n.op_type for n in body] == ["Mul", "Add"]  # the reference body: the matched nodes
+    asm = "".join(p.asm() for p in cm.programs)
+    assert "VOP.MulAdd" in asm and "VOP.Mul " not in asm, asm
+    feeds = cm.random_inputs(seed=2)
+    c = compare_with_ort(cm, feeds, cm.run(feeds))
+    assert c.ok, c.describe()
+    off = kcompiler.compile(m, target="dsp", disable_passes=["dsp-muladd"])
+    assert [n.op_type for n in off.model.graph] == ["Mul", "Add", "Relu"]
+    host = kcompiler.compile(m, target="host")  # no DSP in the target: its pattern does not run
+    assert [n.op_type for n in host.model.graph] == ["Mul", "Add", "Relu"]
     print("PLUGIN-OK", cm.placement)
 """)
 

@@ -6,6 +6,7 @@ import logging
 
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
+from onnxscript import optimizer
 
 from kcompiler.frontend.inference import ShapeInferencePass
 from kcompiler.passes.manager import CompileContext, PassOutcome, ir_pass, register
@@ -19,8 +20,6 @@ FOLD_OUTPUT_LIMIT = 1 << 20
 @register("fold-constants")
 def fold_constants(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
-    from onnxscript import optimizer
-
     cast_like = _cast_like_to_cast(model)
     try:
         result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,

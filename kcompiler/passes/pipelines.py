@@ -26,8 +26,9 @@ RULE_NAMES: set[str] = set(fusion.RULES)
 
 
 def run_pipeline(model: ir.Model, ctx: CompileContext, name: str = "default") -> CompileContext:
-    check_names(ctx.disabled, PIPELINES, "--disable-pass", RULE_NAMES)
-    check_names(ctx.print_after, PIPELINES, "--print-after", RULE_NAMES)
+    rules = RULE_NAMES | {name for name, _ in fusion.backend.backend_rules(ctx)}
+    check_names(ctx.disabled, PIPELINES, "--disable-pass", rules)
+    check_names(ctx.print_after, PIPELINES, "--print-after", rules)
     run_passes(model, [name], ctx, PIPELINES)
     return ctx
 

@@ -3,6 +3,12 @@
 It claims elementwise ops, computes them with numpy, and charges each op
 ceil(elements / lanes) cycles per pass plus its DRAM traffic at the chip's bandwidth.
 Everything else stays on the host. See kcompiler's docs/backends.md.
+
+It also brings a fused op of its own: the DSP's multiply-accumulate instruction computes
+``a * b + c`` in one pass, so the backend declares a rewrite pattern (``Backend.patterns``:
+Mul then Add -> ``kc_dsp.MulAdd``) that kcompiler's fusion pipeline runs on any target with a
+DSP. The rule is made with ``as_function=True``, so the fused node carries the matched Mul and
+Add as its model-local function: the host and ONNX Runtime run it by that body.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
+from onnxscript.rewriter import pattern
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Timeline, no
@@ -25,7 +32,11 @@ OPS = {
     "Relu": (lambda x: np.maximum(x, 0), 1), "Neg": (np.negative, 1), "Abs": (np.abs, 1),
     "Exp": (np.exp, 8), "Tanh": (np.tanh, 8), "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), 10),
     "Sqrt": (np.sqrt, 4),
+    # the fused op of the DSP's own pattern (below): one multiply-accumulate pass
+    "MulAdd": (lambda a, b, c: a * b + c, 1),
 }
+#: the domain of the DSP's own ops
+DOMAIN = "kc_dsp"
 OPCODES = {name: i for i, name in enumerate(sorted(OPS))}
 
 
@@ -82,13 +93,38 @@ class DspProgram(Program):
         return b"".join(struct.pack("<BI", OPCODES[op], c.cycles) for op, _, _, _, c in self.steps)
 
 
+def _mul_add(op, a, b, c):
+    return op.Add(op.Mul(a, b), c)
+
+
+def _mul_add_fused(op, a, b, c):
+    return op.MulAdd(a, b, c, _domain=DOMAIN)
+
+
+def _same_shapes(context, a, b, c, **_):
+    """Fuse only when a, b and c have one static shape and float32 type (the instruction does
+    not broadcast) and the product feeds nothing else."""
+    shapes = [v.shape for v in (a, b, c)]
+    return all(s is not None and s.is_static() for s in shapes) and len({tuple(s) for s in shapes}) == 1 \
+        and all(v.dtype is not None and v.dtype.name == "FLOAT" for v in (a, b, c))
+
+
+#: Mul then Add -> kc_dsp.MulAdd (onnxscript pattern, check, rewrite); the matched nodes become
+#: the fused op's function body
+MUL_ADD = pattern.RewriteRule(_mul_add, _mul_add_fused, _same_shapes, as_function=True, name="dsp-muladd")
+
+
 class DspBackend(Backend):
     kind = "dsp"
     spec_class = DspSpec
+    # the DSP's own fusion: kcompiler's `backend-patterns` pass runs it on targets with a DSP
+    patterns = (("dsp-muladd", MUL_ADD),)
 
     def supports(self, node):
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx", DOMAIN):
             return no(f"domain {node.domain} is not ONNX's")
+        if node.domain == DOMAIN and node.op_type != "MulAdd":
+            return no(f"{node.op_type} is not an op of this DSP")
         if node.op_type not in OPS:
             return no(f"{node.op_type} is not a vector op of this DSP")
         if any(v is not None and opinfo.shape_of(v) is None for v in (*node.inputs, *node.outputs)):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxscript.rewriter import pattern
 
 from kcompiler import opinfo
 from kcompiler.frontend.state import STATE_KEY
@@ -228,8 +230,6 @@ def apply_node_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[NodeR
         if not any_fired:
             break
     if changed:  # producers only the replaced nodes read (e.g. folded weights) are dead now
-        from onnx_ir.passes.common import RemoveUnusedNodesPass
-
         RemoveUnusedNodesPass()(model)
     return changed
 
@@ -238,8 +238,6 @@ def apply_pattern_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[tu
                         fired: dict[str, int], commute: bool = False, max_rounds: int = 4) -> bool:
     """Run onnxscript rewrite rules one name at a time (so each is counted and can be
     disabled on its own), each until it stops firing."""
-    from onnxscript.rewriter import pattern
-
     changed = False
     for name, rule in rules:
         if name in ctx.disabled:
@@ -252,8 +250,6 @@ def apply_pattern_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[tu
             fired[name] = fired.get(name, 0) + n
             changed = True
     if changed:  # the constants the matched pattern read are dead now
-        from onnx_ir.passes.common import RemoveUnusedNodesPass
-
         RemoveUnusedNodesPass()(model)
     return changed
 
