@@ -64,41 +64,68 @@ def _pinned(node: ir.Node, pin: dict[str, str] | None, backends: dict[str, Backe
 
 def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None = None) -> dict[str, int]:
     """Assign every node a device; `pin` forces nodes (by name, op type, or "*") onto a device."""
-    host = next(name for name, b in backends.items() if b.fallback)
-    system = next(iter(backends.values())).system
+    placer = _Placer(model, backends, pin)
     nodes = list(model.graph)
-    deferred = [n for n in nodes if _is_const_producer(n)]
     work = [n for n in nodes if not _is_const_producer(n)]
-    graph_outputs = {id(v) for v in model.graph.outputs}
-
     # last consumer (index into work) of every non-constant value: it leaves the frontier after it
-    last_use: dict[int, int] = {}
     for i, n in enumerate(work):
         for v in n.inputs:
             if v is not None and not opinfo.is_const(v):
-                last_use[id(v)] = i
-
-    link_cache: dict[tuple[str, str, int], float] = {}
-
-    def transfer(src: str, dst: str, v: ir.Value) -> float:
-        key = (src, dst, id(v))
-        if key not in link_cache:
-            link_cache[key] = system.link(src, dst).transfer_s(opinfo.nbytes(v))
-        return link_cache[key]
-
+                placer.last_use[id(v)] = i
     # device-resident state (KV cache): a state input is already on whichever device reads it; the
     # frontier remembers that device as its home ("home", name), where the paired output must end up
-    state_in, state_out = kstate.pairs(model)
     everywhere = frozenset(backends)
     # state per device: (total seconds, frontier {id(value): frozenset(devices holding it)})
-    initial = {id(v): everywhere if v.name in state_in else frozenset((host,)) for v in model.graph.inputs}
-    states: dict[str, tuple[float, dict[int, frozenset]]] = {"": (0.0, initial)}
+    initial = {id(v): everywhere if v.name in placer.state_in else frozenset((placer.host,))
+               for v in model.graph.inputs}
+    states: dict[str, tuple[float, dict]] = {"": (0.0, initial)}
     back: list[dict[str, tuple[str, float, float]]] = []  # per node: dev -> (prev dev, compute s, transfer s)
     options: list[tuple[dict[str, float], list[str]]] = []
     for i, node in enumerate(work):
+        est, refusals = placer.options(node)
+        options.append((est, refusals))
+        states, choice = placer.advance(i, node, est, states)
+        back.append(choice)
+    dev = min(states.items(), key=placer.final_cost)[0] if work else placer.host
+    counts: dict[str, int] = {}
+    for i in range(len(work) - 1, -1, -1):
+        dev = placer.record(work[i], dev, back[i][dev], options[i], counts)
+    for node in (n for n in nodes if _is_const_producer(n)):
+        users = [u.node for v in node.outputs for u in v.uses()]
+        d = users[0].metadata_props.get(DEVICE_KEY, placer.host) if users else placer.host
+        node.metadata_props[DEVICE_KEY] = d
+        node.metadata_props[REASON_KEY] = "constant: placed with its consumer"
+        counts[d] = counts.get(d, 0) + 1
+    _keep_constants_next_to_consumers(model)
+    return counts
+
+
+class _Placer:
+    """The dynamic programme of place_nodes: per node, the cheapest assignment ending on each
+    device together with where the live values then sit (its frontier)."""
+
+    def __init__(self, model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None):
+        self.model = model
+        self.backends = backends
+        self.pin = pin
+        self.host = next(name for name, b in backends.items() if b.fallback)
+        self.system = next(iter(backends.values())).system
+        self.graph_outputs = {id(v) for v in model.graph.outputs}
+        self.state_in, self.state_out = kstate.pairs(model)
+        self.last_use: dict[int, int] = {}
+        self._links: dict[tuple[str, str, int], float] = {}
+
+    def transfer(self, src: str, dst: str, v: ir.Value) -> float:
+        key = (src, dst, id(v))
+        if key not in self._links:
+            self._links[key] = self.system.link(src, dst).transfer_s(opinfo.nbytes(v))
+        return self._links[key]
+
+    def options(self, node: ir.Node) -> tuple[dict[str, float], list[str]]:
+        """Each device's estimate for the node (respecting pins), and why the others refused."""
         est: dict[str, float] = {}
         refusals: list[str] = []
-        for name, backend in backends.items():
+        for name, backend in self.backends.items():
             ok = backend.supports(node)
             if not ok:
                 refusals.append(f"{name}: {ok.reason}")
@@ -109,14 +136,18 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
         if not est:
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) runs on no device",
                                      hint="; ".join(refusals))
-        pinned, explicit = _pinned(node, pin, backends)
+        pinned, explicit = _pinned(node, self.pin, self.backends)
         if pinned and pinned & set(est):
             est = {d: t for d, t in est.items() if d in pinned}
             refusals.append("pinned by --place")
         elif pinned and explicit:
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) is pinned to {sorted(pinned)}, "
                                      "which cannot run it", hint="; ".join(refusals) or None)
-        options.append((est, refusals))
+        return est, refusals
+
+    def advance(self, i: int, node: ir.Node, est: dict[str, float], states: dict) -> tuple[dict, dict]:
+        """The states after node i on each device it may run on, and the choice behind each."""
+        host = self.host
         inputs = [v for v in node.inputs if v is not None and not opinfo.is_const(v)]
         new_states, choice = {}, {}
         for dev, t_dev in est.items():
@@ -126,7 +157,7 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
                 for v in inputs:
                     held = where.get(id(v), frozenset((host,)))
                     if dev not in held:
-                        xfer += min(transfer(src, dev, v) for src in held)
+                        xfer += min(self.transfer(src, dev, v) for src in held)
                 cost = total + t_dev + xfer
                 if best is None or cost < best[0]:
                     best = (cost, prev, xfer)
@@ -134,41 +165,40 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
             where = dict(states[prev][1])
             for v in inputs:
                 held = where.get(id(v), frozenset((host,)))
-                if v.name in state_in and ("home", v.name) not in where:
+                if v.name in self.state_in and ("home", v.name) not in where:
                     where[("home", v.name)] = dev
-                if last_use.get(id(v)) == i and id(v) not in graph_outputs:
+                if self.last_use.get(id(v)) == i and id(v) not in self.graph_outputs:
                     where.pop(id(v), None)
                 else:
                     where[id(v)] = held | {dev}
             for v in node.outputs:
-                if id(v) in last_use or id(v) in graph_outputs:
+                if id(v) in self.last_use or id(v) in self.graph_outputs:
                     where[id(v)] = frozenset((dev,))
             new_states[dev] = (cost, where)
             choice[dev] = (prev, t_dev, xfer)
-        states = new_states
-        back.append(choice)
+        return new_states, choice
 
-    # graph outputs return to the host; state outputs stay on the device (moving only if they were
-    # produced away from the device holding their input, which reads them next step)
-    def final(item):
-        dev, (total, where) = item
+    def final_cost(self, item) -> float:
+        """A final state's total: graph outputs return to the host; state outputs stay on the
+        device (moving only if they were produced away from the device holding their input,
+        which reads them next step)."""
+        _, (total, where) = item
+        host = self.host
         back_s = 0.0
-        for v in model.graph.outputs:
+        for v in self.model.graph.outputs:
             held = where.get(id(v), frozenset((host,)))
-            if v.name in state_out:
-                home = where.get(("home", state_out[v.name])) if state_out[v.name] else None
+            if v.name in self.state_out:
+                home = where.get(("home", self.state_out[v.name])) if self.state_out[v.name] else None
                 if home is not None and home not in held:
-                    back_s += min(transfer(s, home, v) for s in held)
+                    back_s += min(self.transfer(s, home, v) for s in held)
             elif host not in held:
-                back_s += min(transfer(s, host, v) for s in held)
+                back_s += min(self.transfer(s, host, v) for s in held)
         return total + back_s
 
-    dev = min(states.items(), key=final)[0] if work else host
-    counts: dict[str, int] = {}
-    for i in range(len(work) - 1, -1, -1):
-        node = work[i]
-        prev, t_dev, xfer = back[i][dev]
-        est, refusals = options[i]
+    def record(self, node: ir.Node, dev: str, step: tuple[str, float, float], option, counts: dict[str, int]) -> str:
+        """Tag the node with its device and the reason; return the device of the node before it."""
+        prev, t_dev, xfer = step
+        est, refusals = option
         node.metadata_props[DEVICE_KEY] = dev
         alts = ", ".join(f"{d} {_us(t)}" for d, t in sorted(est.items(), key=lambda kv: kv[1]) if d != dev)
         why = f"{_us(t_dev)} here + {_us(xfer)} input transfers (latency-optimal assignment)"
@@ -178,15 +208,7 @@ def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, st
             why += "; " + "; ".join(refusals)
         node.metadata_props[REASON_KEY] = why
         counts[dev] = counts.get(dev, 0) + 1
-        dev = prev
-    for node in deferred:
-        users = [u.node for v in node.outputs for u in v.uses()]
-        d = users[0].metadata_props.get(DEVICE_KEY, host) if users else host
-        node.metadata_props[DEVICE_KEY] = d
-        node.metadata_props[REASON_KEY] = "constant: placed with its consumer"
-        counts[d] = counts.get(d, 0) + 1
-    _keep_constants_next_to_consumers(model)
-    return counts
+        return prev
 
 
 def _keep_constants_next_to_consumers(model: ir.Model) -> None:
@@ -209,7 +231,8 @@ def placement_text(model: ir.Model) -> str:
     lines = []
     for n in model.graph:
         why = n.metadata_props.get(REASON_KEY, "")
-        lines.append(f"{n.metadata_props.get(DEVICE_KEY, '?'):<10} {n.op_type:<22} {n.name}" + (f"  ; {why}" if why else ""))
+        lines.append(f"{n.metadata_props.get(DEVICE_KEY, '?'):<10} {n.op_type:<22} {n.name}"
+                     + (f"  ; {why}" if why else ""))
     return "\n".join(lines)
 
 
