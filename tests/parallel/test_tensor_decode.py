@@ -69,7 +69,7 @@ def test_nothing_is_gathered_inside_the_decode_step(llama8):
     cm = kcompiler.compile(llama8, target="atom", devices=8, parallel="tensor", mode="timing")
     gathers = [n for n in cm.model.graph if is_comm(n) and n.op_type == "AllGather"]
     assert gathers and all("targets" in n.attributes for n in gathers), [n.name for n in gathers]
-    from kcompiler.backends.npu.kernels import is_state_append
+    from kcompiler.backends.npu.kernels.copy import is_state_append
 
     appends = [n for n in cm.model.graph if n.op_type == "Concat" and is_state_append(n)]
     assert len(appends) == 2 * 8  # K and V on every chip, in place
@@ -104,7 +104,7 @@ def test_llama_tiny_decode_batch2_equals_ort(n):
 
 def test_data_parallel_decode_appends_each_chips_batch_in_place():
     """Split by batch, each chip keeps its sequences' cache: the appends are in place too."""
-    from kcompiler.backends.npu.kernels import is_state_append
+    from kcompiler.backends.npu.kernels.copy import is_state_append
 
     ref = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16)
     cm = kcompiler.compile("llama-tiny", target="atom", phase="decode", batch=2, kv=16, devices=2, parallel="data")

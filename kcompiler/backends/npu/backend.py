@@ -10,7 +10,18 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
-from kcompiler.backends.npu import isa, kernels as K
+from kcompiler.backends.npu import isa
+from kcompiler.backends.npu.kernels.attention import AttentionKernel
+from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_float, a_int, a_str, a_strs, value_dtype
+from kcompiler.backends.npu.kernels.codegen import Codegen
+from kcompiler.backends.npu.kernels.common import Kernel
+from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKernel, prepare_state_layouts
+from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
+                                                        ElementwiseKernel)
+from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.pool import PoolKernel
+from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
+                                                      SoftmaxKernel)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.program import NpuProgram
 from kcompiler.backends.npu.sim import ProgramData
@@ -28,7 +39,7 @@ def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
         if opinfo.shape_of(v) is None and _used(v):
             return no(f"output '{v.name}' has no static shape")
     for v in node.outputs[:1]:
-        if v.dtype not in K.FLOATS:
+        if v.dtype not in FLOATS:
             return no(f"dtype {v.dtype} (the NPU claims float32, float16 and bfloat16 ops)")
     ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
     for v in ins:
@@ -36,7 +47,7 @@ def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
             continue
         if opinfo.shape_of(v) is None:
             return no(f"input '{v.name}' has no static shape")
-        if v.dtype not in K.FLOATS:
+        if v.dtype not in FLOATS:
             return no(f"input '{v.name}' has dtype {v.dtype}")
     return YES
 
@@ -86,7 +97,7 @@ def _min_rank(i: int, r: int):
 
 def _attr_in(name: str, allowed, default):
     def check(node):
-        v = K.a_str(node, name, default) if isinstance(default, str) else K.a_int(node, name, default)
+        v = a_str(node, name, default) if isinstance(default, str) else a_int(node, name, default)
         return YES if v in allowed else no(f"attribute {name}={v!r} is not supported (only {list(allowed)})")
     return check
 
@@ -107,7 +118,7 @@ def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype not in K.FLOATS:
+    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS:
         return no("only float views")
     return YES
 
@@ -117,48 +128,48 @@ _x_only = lambda n: _static_float(n, 1)  # noqa: E731
 
 #: op -> (kernel class, check)
 OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
-    "Conv": (K.GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)),
+    "Conv": (GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)),
                                lambda n: YES if len(n.inputs) < 3 or n.inputs[2] is None or
-                               n.inputs[2].dtype in K.FLOATS else no("bias must be a float"))),
-    "MatMul": (K.GemmKernel, _all(_elementwise, _min_rank(0, 2), _min_rank(1, 2))),
-    "Gemm": (K.GemmKernel, _elementwise),
-    **{op: (K.ElementwiseKernel, _elementwise) for op in K.ELEMENTWISE},
-    "Clip": (K.ClipKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "BatchNormalization": (K.BatchNormKernel, _all(_x_only, lambda n: _consts(n, 1), _only_first_output,
+                               n.inputs[2].dtype in FLOATS else no("bias must be a float"))),
+    "MatMul": (GemmKernel, _all(_elementwise, _min_rank(0, 2), _min_rank(1, 2))),
+    "Gemm": (GemmKernel, _elementwise),
+    **{op: (ElementwiseKernel, _elementwise) for op in ELEMENTWISE},
+    "Clip": (ClipKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "BatchNormalization": (BatchNormKernel, _all(_x_only, lambda n: _consts(n, 1), _only_first_output,
                                                    _attr_in("training_mode", (0,), 0), _min_rank(0, 2))),
-    "LayerNormalization": (K.LayerNormKernel, _all(_elementwise, lambda n: _layernorm_stats(n))),
-    "RMSNormalization": (K.RmsNormKernel, _elementwise),
-    "Attention": (K.AttentionKernel, _all(_elementwise, _only_first_output, lambda n: _attention_check(n))),
-    "Softmax": (K.SoftmaxKernel, _elementwise),
-    "LogSoftmax": (K.SoftmaxKernel, _elementwise),
-    "Hardmax": (K.SoftmaxKernel, _elementwise),
-    "Cast": (K.CastKernel, _all(_elementwise, lambda n: _float_cast(n))),
-    "CastLike": (K.CastKernel, _all(_x_only, lambda n: _float_cast(n))),
-    "ReduceMean": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "ReduceSum": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "ReduceMax": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "ReduceMin": (K.ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "MaxPool": (K.PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
-    "AveragePool": (K.PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
-    "GlobalAveragePool": (K.ReduceKernel, _all(_x_only, _min_rank(0, 3))),
-    "GlobalMaxPool": (K.ReduceKernel, _all(_x_only, _min_rank(0, 3))),
-    "LRN": (K.LrnKernel, _all(_x_only, _rank(0, (4,)))),
-    "Concat": (K.CopyKernel, _elementwise),
-    "Transpose": (K.CopyKernel, _x_only),
-    "Slice": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "Split": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "Pad": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1),
+    "LayerNormalization": (LayerNormKernel, _all(_elementwise, lambda n: _layernorm_stats(n))),
+    "RMSNormalization": (RmsNormKernel, _elementwise),
+    "Attention": (AttentionKernel, _all(_elementwise, _only_first_output, lambda n: _attention_check(n))),
+    "Softmax": (SoftmaxKernel, _elementwise),
+    "LogSoftmax": (SoftmaxKernel, _elementwise),
+    "Hardmax": (SoftmaxKernel, _elementwise),
+    "Cast": (CastKernel, _all(_elementwise, lambda n: _float_cast(n))),
+    "CastLike": (CastKernel, _all(_x_only, lambda n: _float_cast(n))),
+    "ReduceMean": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceSum": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceMax": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "ReduceMin": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "MaxPool": (PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
+    "AveragePool": (PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
+    "GlobalAveragePool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
+    "GlobalMaxPool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
+    "LRN": (LrnKernel, _all(_x_only, _rank(0, (4,)))),
+    "Concat": (CopyKernel, _elementwise),
+    "Transpose": (CopyKernel, _x_only),
+    "Slice": (CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Split": (CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Pad": (CopyKernel, _all(_x_only, lambda n: _consts(n, 1),
                                _attr_in("mode", ("constant", "reflect", "edge"), "constant"))),
-    "Gather": (K.CopyKernel, _all(lambda n: _static_float(n, 0), _gather_data_const)),
-    "Expand": (K.CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "Reshape": (K.ViewKernel, _view_check),
-    "Flatten": (K.ViewKernel, _view_check),
-    "Squeeze": (K.ViewKernel, _view_check),
-    "Unsqueeze": (K.ViewKernel, _view_check),
-    "Identity": (K.ViewKernel, _view_check),
-    "Dropout": (K.ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
-    "Constant": (K.ConstKernel, _const_producer),
-    "ConstantOfShape": (K.ConstKernel, _const_producer),
+    "Gather": (CopyKernel, _all(lambda n: _static_float(n, 0), _gather_data_const)),
+    "Expand": (CopyKernel, _all(_x_only, lambda n: _consts(n, 1))),
+    "Reshape": (ViewKernel, _view_check),
+    "Flatten": (ViewKernel, _view_check),
+    "Squeeze": (ViewKernel, _view_check),
+    "Unsqueeze": (ViewKernel, _view_check),
+    "Identity": (ViewKernel, _view_check),
+    "Dropout": (ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
+    "Constant": (ConstKernel, _const_producer),
+    "ConstantOfShape": (ConstKernel, _const_producer),
 }
 
 
@@ -173,8 +184,8 @@ def _layernorm_stats(node: ir.Node) -> Support:
     extra = [v for v in node.outputs[1:] if v is not None and v.name and _used(v)]
     if not extra:
         return YES
-    if K.a_int(node, "stash_type", 1) != 1:
-        return no(f"its Mean/InvStdDev outputs are used with stash_type={K.a_int(node, 'stash_type', 1)} "
+    if a_int(node, "stash_type", 1) != 1:
+        return no(f"its Mean/InvStdDev outputs are used with stash_type={a_int(node, 'stash_type', 1)} "
                   "(the NPU computes them in float32 only)")
     for v in extra:
         if v.dtype != FLOAT:
@@ -185,7 +196,7 @@ def _layernorm_stats(node: ir.Node) -> Support:
 def _float_cast(node: ir.Node) -> Support:
     """A cast between the float types the NPU holds is the vector unit's copy into another dtype."""
     out = node.outputs[0]
-    if out.dtype not in K.FLOATS or node.inputs[0] is None or node.inputs[0].dtype not in K.FLOATS:
+    if out.dtype not in FLOATS or node.inputs[0] is None or node.inputs[0].dtype not in FLOATS:
         return no("the NPU casts only between float32, float16 and bfloat16")
     return YES
 
@@ -205,12 +216,12 @@ def _attention_check(node: ir.Node) -> Support:
         return no(f"attribute(s) {unknown} are not lowered")
     if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
         return no("Attention with a past KV cache input runs on the host")
-    if K.a_int(node, "is_causal", 0) or K.a_float(node, "softcap", 0.0):
+    if a_int(node, "is_causal", 0) or a_float(node, "softcap", 0.0):
         return no("is_causal and softcap are not lowered (the fusion passes an explicit mask)")
     ranks = {len(opinfo.shape_of(v)) for v in node.inputs[:3]}
     if ranks not in ({3}, {4}):
         return no("Q, K and V must all be 3-D or all 4-D")
-    k = K.AttentionKernel(node, _spec_of_node(node))
+    k = AttentionKernel(node, _spec_of_node(node))
     if any(k.tiling(hi - lo) is None for lo, hi in k.per_core):
         return no("no attention tiling fits the scratchpad")
     return YES
@@ -218,7 +229,7 @@ def _attention_check(node: ir.Node) -> Support:
 
 def _gemm_epilogue_check(node: ir.Node) -> Support:
     base = node.op_type.removeprefix("Fused")
-    bad = [s for s in K.a_strs(node, "epilogue") if s.split(":")[0] not in K.EPILOGUE]
+    bad = [s for s in a_strs(node, "epilogue") if s.split(":")[0] not in EPILOGUE]
     if bad:
         return no(f"epilogue steps {bad} are not lowered")
     return OPS[base][1](node)
@@ -226,13 +237,13 @@ def _gemm_epilogue_check(node: ir.Node) -> Support:
 
 #: ops of the kcompiler domain (passes/fusion): a fused GEMM is its base op's kernel plus an epilogue
 KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
-    f"Fused{b}": (K.GemmKernel, _gemm_epilogue_check) for b in ("Conv", "MatMul", "Gemm")}
+    f"Fused{b}": (GemmKernel, _gemm_epilogue_check) for b in ("Conv", "MatMul", "Gemm")}
 
 
 def _chain_check(node: ir.Node) -> Support:
-    for s in K.a_strs(node, "steps"):
+    for s in a_strs(node, "steps"):
         op = parse_step(s)[0]
-        if op not in K.ELEMENTWISE and op != "Clip":
+        if op not in ELEMENTWISE and op != "Clip":
             return no(f"elementwise step {op} is not lowered")
     r = _elementwise(node)
     if not r:
@@ -289,10 +300,10 @@ class NpuBackend(Backend):
         if not ok:
             return ok
         k = self.kernel(anchor)
-        if not isinstance(k, K.GemmKernel):
+        if not isinstance(k, GemmKernel):
             return no(f"it does not lower {anchor.op_type} as a GEMM")
         full = sum(1 for v in operands if opinfo.shape_of(v) == opinfo.shape_of(anchor.outputs[0]))
-        if not K.epilogue_fits(k, full):
+        if not epilogue_fits(k, full):
             return no(f"the GEMM tiles plus {full} epilogue operand tile(s) exceed {self.spec.sram_bytes} bytes")
         return YES
 
@@ -309,7 +320,7 @@ class NpuBackend(Backend):
         entry = table.get(node.op_type)
         if entry is None:
             return no(f"{node.op_type} is not in the NPU's op table")
-        token = _CHECK_SPEC.set(self.spec.for_values(K.value_dtype(node)))
+        token = _CHECK_SPEC.set(self.spec.for_values(value_dtype(node)))
         try:
             return entry[1](node)
         except Exception as exc:  # a malformed node: let the host (ONNX Runtime) judge it
@@ -317,8 +328,8 @@ class NpuBackend(Backend):
         finally:
             _CHECK_SPEC.reset(token)
 
-    def kernel(self, node: ir.Node) -> K.Kernel:
-        return self._table(node)[node.op_type][0](node, self.spec.for_values(K.value_dtype(node)))
+    def kernel(self, node: ir.Node) -> Kernel:
+        return self._table(node)[node.op_type][0](node, self.spec.for_values(value_dtype(node)))
 
     def estimate(self, node: ir.Node) -> Cost:
         s: NpuSpec = self.spec
@@ -343,10 +354,10 @@ class NpuBackend(Backend):
         # itself, so `--disable-pass fusion` compares against truly unfused programs
         kernels = [self.kernel(n) for n in subgraph.nodes]
         part = self.device.chip.partition  # a virtual NPU: its buffers go in its DRAM window
-        cg = K.Codegen(s, functional, subgraph.inputs, subgraph.outputs, part.dram_base if part else 0)
-        K.prepare_state_layouts(cg, subgraph.nodes)
+        cg = Codegen(s, functional, subgraph.inputs, subgraph.outputs, part.dram_base if part else 0)
+        prepare_state_layouts(cg, subgraph.nodes)
         for v in subgraph.inputs:
-            if not opinfo.is_const(v) and K.IR_DTYPE.get(v.dtype) is not None and opinfo.shape_of(v) is not None:
+            if not opinfo.is_const(v) and IR_DTYPE.get(v.dtype) is not None and opinfo.shape_of(v) is not None:
                 cg.layout(v)
         for i, k in enumerate(kernels):
             before = len(cg.instrs)

@@ -6,7 +6,9 @@ scratchpad temporaries, the last step writes the output's dtype."""
 from __future__ import annotations
 
 from kcompiler.backends.npu import isa
-from kcompiler.backends.npu.kernels import ELEMENTWISE, VectorKernel, VTile, a_strs, const_scalar, elementwise_step
+from kcompiler.backends.npu.kernels.attrs import a_strs, const_scalar
+from kcompiler.backends.npu.kernels.elementwise import ELEMENTWISE, elementwise_step
+from kcompiler.backends.npu.kernels.vector import VectorKernel, VTile
 from kcompiler.fused.elementwise import parse_step
 
 

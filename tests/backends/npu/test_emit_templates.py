@@ -8,25 +8,26 @@ import dataclasses
 import pytest
 
 import kcompiler
-from kcompiler.backends.npu import emit, kernels
+from kcompiler.backends.npu import emit
+from kcompiler.backends.npu.kernels import gemm
 
 
 @pytest.fixture(scope="module")
 def descs():
     """The GEMM descs of a conv net with biases and residuals, and of a transformer decoder step."""
     seen = []
-    real = kernels.emit_gemm
+    real = gemm.emit_gemm
 
     def record(desc, op, sram_bytes):
         seen.append((desc, op, sram_bytes))
         return real(desc, op, sram_bytes)
 
-    kernels.emit_gemm = record
+    gemm.emit_gemm = record
     try:
         kcompiler.compile("squeezenet", target="atom", mode="timing")
         kcompiler.compile("llama-tiny", target="warboy", phase="decode", kv=16, layers=3, mode="timing")
     finally:
-        kernels.emit_gemm = real
+        gemm.emit_gemm = real
     assert len(seen) > 20
     return seen
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kcompiler
-from kcompiler.backends.npu.kernels import is_state_append
+from kcompiler.backends.npu.kernels.copy import is_state_append
 from kcompiler.check import compare_with_ort
 
 KV = 256

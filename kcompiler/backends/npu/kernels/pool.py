@@ -1,0 +1,66 @@
+"""MaxPool and AveragePool: a window function of the vector unit (window.py) over whole input
+planes; the taps that read only padding are trimmed when pads do not count."""
+
+from __future__ import annotations
+
+import math
+
+from kcompiler.backends.npu.kernels.attrs import a_int, a_ints, a_str, shape
+from kcompiler.backends.npu.kernels.vector import VectorKernel
+from kcompiler.backends.npu.kernels.window import emit_window_op, same_pads, trim_taps
+
+
+class PoolKernel(VectorKernel):
+    """MaxPool / AveragePool: the window of the vector unit's CONFIG over whole input planes, tiled
+    over channels (or images). One-dimensional pools are two-dimensional with a height of one."""
+
+    def __init__(self, node, spec):
+        op = node.op_type
+        self.is_max = op == "MaxPool"
+        self.fn = "maxpool" if self.is_max else "avgpool"
+        super().__init__(node, spec)
+        xs = shape(node.inputs[0])
+        self.spatial = list(xs[2:])
+        self.kernel = a_ints(node, "kernel_shape")
+        k = len(self.kernel)
+        self.strides = a_ints(node, "strides", [1] * k)
+        self.dil = a_ints(node, "dilations", [1] * k)
+        self.pads = a_ints(node, "pads", [0] * (2 * k))
+        auto = a_str(node, "auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            self.pads = same_pads(self.spatial, self.out_shape[2:], self.kernel, self.strides, self.dil, auto)
+        elif auto == "VALID":
+            self.pads = [0] * (2 * k)
+        self.work_per_elem = float(math.prod(self.kernel)) / max(1, math.prod(self.strides))
+
+    def stream_inputs(self):
+        return [self.node.inputs[0]]
+
+    def pick_axis(self):
+        return 1 if self.out_shape[1] > 1 else (0 if self.out_shape[0] > 1 else -1)
+
+    def window(self) -> dict:
+        """The CONFIG fields (a 1-D pool is a 2-D one of height 1)."""
+        if len(self.kernel) == 1:
+            kh, kw, sh, sw, dh, dw = 1, self.kernel[0], 1, self.strides[0], 1, self.dil[0]
+            pt, pl, pb, pr = 0, self.pads[0], 0, self.pads[1]
+            h, w, oh, ow = 1, self.spatial[0], 1, self.out_shape[2]
+        else:
+            kh, kw = self.kernel
+            sh, sw = self.strides
+            dh, dw = self.dil
+            pt, pl, pb, pr = self.pads
+            h, w = self.spatial
+            oh, ow = self.out_shape[2:]
+        include = not self.is_max and a_int(self.node, "count_include_pad", 0)
+        if not include:
+            pb = pr = 0  # only a count that includes the pads reads the bottom/right ones
+            # taps that read only padding (a 3x3 pool padded by 1 over a 1x1 input) change nothing
+            # when pads do not count: the window starts and ends at taps that read the input
+            kh, pt = trim_taps(kh, dh, pt, sh, h, oh)
+            kw, pl = trim_taps(kw, dw, pl, sw, w, ow)
+        return dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr, h=h, w=w, oh=oh, ow=ow,
+                    flags=1 if include else 0)
+
+    def emit(self, cg, op):
+        emit_window_op(self, cg, op, self.window(), self.fn, self.node.inputs[0], None, [], 1)
