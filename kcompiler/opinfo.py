@@ -24,7 +24,6 @@ ELEMENTWISE_BINARY = frozenset(
      "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "Mod", "BitShift"}
 )
 ELEMENTWISE = ELEMENTWISE_UNARY | ELEMENTWISE_BINARY
-MATMUL_LIKE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul"})
 POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"})
 NORMALIZATION = frozenset(
     {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -34,15 +33,11 @@ REDUCTION = frozenset(
     {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceL1",
      "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin", "Softmax", "LogSoftmax"}
 )
-DATA_MOVEMENT = frozenset(
-    {"Concat", "Reshape", "Flatten", "Transpose", "Slice", "Split", "Pad", "Gather", "Squeeze",
-     "Unsqueeze", "Expand", "Tile", "Shape", "Size", "ConstantOfShape", "Constant", "Resize",
-     "DepthToSpace", "SpaceToDepth", "GatherElements", "ScatterND", "Range"}
-)
+#: ops that only reshape: the output is the input's bytes under another shape (layout rules,
+#: sharding rules and backends all read this one list)
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 #: ops whose output aliases a reshaped view of the input: no data moves on real hardware
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
-#: memory-bound ops with little reuse: candidates for processing in memory
-PIM_FRIENDLY = frozenset({"MatMul", "Gemm", "Add", "Mul"})
+VIEW_OPS = frozenset(RESHAPES + ("Identity", "Dropout"))
 
 
 def shape_of(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -5,9 +5,15 @@ Renders to JSON (DESIGN.md's bench schema), a rich table and a Chrome trace.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
 
 from kcompiler.backends.base import EngineSpan, OpRecord, Transfer
 
@@ -127,8 +133,6 @@ class Report:
 
     def table(self, top: int = 15):
         """A rich renderable: totals, then the slowest ops."""
-        from rich.console import Group
-        from rich.table import Table
 
         summary = Table(title=f"{self.model} on {self.target} ({self.mode})", show_header=False)
         summary.add_column("metric", no_wrap=True)
@@ -157,7 +161,6 @@ class Report:
                         f"{op.macs:,}", f"{op.dram_bytes:,}", op.bound)
         parts = [summary, ops]
         if self.notes:
-            from rich.text import Text
             parts.append(Text("\n".join(f"note: {n}" for n in self.notes)))
         return Group(*parts)
 
@@ -212,9 +215,6 @@ def _mj(joules: float) -> str:
 
 def comparison_csv(reports: list[Report], peers: list[dict] | None = None) -> str:
     """The comparison as CSV: a header of COMPARISON_COLUMNS, one row per target; list cells joined by '; '."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(comparison_columns(peers))
@@ -228,9 +228,6 @@ def comparison_table(reports: list[Report], peers: list[dict] | None = None, wid
     """One table across targets: the figures a user compares chips by. With a width (a terminal's, or
     80 when piped) the layout that fits it: a row per target when it is wide enough, else a
     column per target, else one small table per target; a cell is wrapped, never cut short."""
-    from rich.console import Console, Group
-    from rich.table import Table
-
     title = f"{reports[0].model if reports else ''}: one inference, simulated"
     rows = comparison_rows(reports, peers)
     columns = comparison_columns(peers)

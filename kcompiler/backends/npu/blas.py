@@ -23,13 +23,13 @@ import glob
 import os
 from functools import lru_cache
 
+import numpy as np
+
 from kcompiler.threads import host_threads  # noqa: F401  (re-exported: the simulator's thread count)
 
 
 @lru_cache(maxsize=1)
 def _openblas():
-    import numpy as np
-
     libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     for path in glob.glob(os.path.join(libdir, "*openblas*.so*")):
         try:

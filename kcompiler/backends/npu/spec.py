@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from kcompiler.backends.npu.cost import VECTOR_CLASSES
 from kcompiler.errors import TargetError
 from kcompiler.targets.schema import field
 
@@ -169,8 +170,6 @@ class NpuSpec:
                                   hint=f"known dtypes: {sorted(DTYPE_BYTES)}")
             if not r > 0:
                 raise TargetError(f"{path}: 'npu.array.dtypes.{d}' = {r} must be positive")
-        from kcompiler.backends.npu.cost import VECTOR_CLASSES
-
         for table in ("latency", "cycles_per_elem"):
             got = getattr(self.vector, table)
             missing = [c for c in VECTOR_CLASSES if c not in got]

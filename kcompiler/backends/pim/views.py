@@ -14,7 +14,7 @@ from kcompiler.backends.pim.lowering import Buf, Lowering
 from kcompiler.backends.pim.spec import PimSpec
 
 #: ops that only reinterpret a tensor's shape: free wherever its data sits (bank layout or read-back buffer)
-RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+RESHAPES = opinfo.RESHAPES + ("Identity",)
 #: what may sit between a resident KV cache and the product reading it as its matrix operand
 LAYOUT_VIEWS = RESHAPES + ("Transpose", "Expand")
 

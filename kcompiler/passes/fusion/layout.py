@@ -37,7 +37,7 @@ RR = rule_name("reshape-reshape", "Reshape(Reshape(x,s1),s2) -> Reshape(x,s2)")
 R_ID = rule_name("reshape-identity", "Reshape of x to x's own shape -> x")
 T_EW = rule_name("transpose-elementwise", "Op(Transpose(x)) -> Transpose(Op(x)) for elementwise Op")
 
-VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+VIEWS = opinfo.RESHAPES
 UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "Gelu", "Sqrt", "Neg", "Abs", "Reciprocal",
          "Sign", "Floor", "Ceil", "Softplus", "Elu", "HardSigmoid", "HardSwish", "Identity", "Cast")
 BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
