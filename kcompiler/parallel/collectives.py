@@ -22,7 +22,9 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Program, Subgraph, Timeline
-from kcompiler.errors import ExecutionError
+from kcompiler.errors import ArtifactError, ExecutionError
+from kcompiler.frontend.state import RESIDENT
+from kcompiler.targets import Link
 from kcompiler.targets import interconnect as ic
 from kcompiler.runtime.report import OpRecord, Transfer
 
@@ -37,20 +39,24 @@ def is_comm(node: ir.Node) -> bool:
 
 
 def _strs(node: ir.Node, name: str) -> list[str]:
+    """A strings attribute (devices, targets) as a list; empty when absent."""
     a = node.attributes.get(name)
     return list(a.value) if a is not None else []
 
 
 def _str(node: ir.Node, name: str) -> str:
+    """A string attribute the op requires (src, dst)."""
     return node.attributes[name].value
 
 
 def _int(node: ir.Node, name: str, default: int = 0) -> int:
+    """An int attribute (axis), or `default` when absent."""
     a = node.attributes.get(name)
     return int(a.value) if a is not None else default
 
 
 def _shards(x: np.ndarray, axis: int, p: int) -> list[np.ndarray]:
+    """`x` cut into `p` equal contiguous slices along `axis` (what Scatter hands out)."""
     return [np.ascontiguousarray(s) for s in np.split(x, p, axis=axis)]
 
 
@@ -126,7 +132,7 @@ class CommProgram(Program):
             if op == "Scatter":
                 v = node.inputs[0]
                 t, where = ready.get(v.name, (0.0, host))
-                if where == _resident():  # device-resident state: every device already holds its slice
+                if where == RESIDENT:  # device-resident state: every device already holds its slice
                     for dev, out in zip(devices, node.outputs):
                         ready[out.name] = (t, dev)
                     continue
@@ -145,8 +151,8 @@ class CommProgram(Program):
                 start = max(start, t)
             p = len(devices)
             targets = _strs(node, "targets") or devices
-            if op == "AllGather" and targets == [_resident()]:  # state output: the slices stay put
-                ready[node.outputs[0].name] = (start, _resident())
+            if op == "AllGather" and targets == [RESIDENT]:  # state output: the slices stay put
+                ready[node.outputs[0].name] = (start, RESIDENT)
                 continue
             if op == "AllGather" and targets == [host]:
                 end = start
@@ -191,17 +197,7 @@ class CommProgram(Program):
         return end
 
 
-def _resident() -> str:
-    try:
-        from kcompiler.frontend.state import RESIDENT
-    except ImportError:  # pragma: no cover - older runtimes have no resident state
-        return "<resident>"
-    return RESIDENT
-
-
 def _slowest(system, pairs):
-    from kcompiler.targets import Link
-
     links = [system.link(a, b) for a, b in pairs]
     if not links:
         return Link(bandwidth=float("inf"), latency=0.0, name="local")
@@ -223,8 +219,6 @@ def save_program(program: CommProgram, sub: Subgraph) -> tuple[bytes, dict]:
 
 
 def load_program(sub: Subgraph, blob: bytes, meta: Mapping, system) -> CommProgram:
-    from kcompiler.errors import ArtifactError
-
     ops = list(meta.get("ops", ()))
     got = [n.op_type for n in sub.nodes]
     if ops != got or not all(is_comm(n) for n in sub.nodes):
@@ -233,7 +227,7 @@ def load_program(sub: Subgraph, blob: bytes, meta: Mapping, system) -> CommProgr
     for n in sub.nodes:
         for dev in _strs(n, "devices") + _strs(n, "targets") + [
                 a.value for k, a in n.attributes.items() if k in ("src", "dst")]:
-            if dev != _resident():
+            if dev != RESIDENT:
                 system.device(dev)  # a TargetError names the device the system lacks
     prog = CommProgram(sub, system)
     if prog.asm().encode() != bytes(blob):

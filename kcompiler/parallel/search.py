@@ -14,14 +14,20 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from kcompiler import zoo
+from kcompiler.backends import make_backend
 from kcompiler.errors import KCError
+from kcompiler.frontend import load_model
+from kcompiler.frontend import state as kstate
+from kcompiler.passes import PassContext, run_pipeline
+from kcompiler.passes.placement import place_nodes
 
 #: plans beyond the fixed ones that are compiled and simulated, best estimates first
 EXTRA_FINALISTS = 2
 
 
 def candidate_plans(n: int) -> list:
-    from kcompiler.parallel import Plan
+    from kcompiler.parallel import Plan  # (cycle: kcompiler.parallel imports this module)
 
     plans = [Plan("none", 1, 1)]
     d = 2
@@ -44,13 +50,8 @@ def _objective_value(rep, objective: str) -> float:
 
 def compile_auto(model, system, shapes, objective: str = "latency", printer: Callable[[str], None] = print,
                  options: Mapping[str, Any] | None = None):
-    from kcompiler import parallel as kp
-    from kcompiler.backends import make_backend
-    from kcompiler.compiler import compile as kc_compile
-    from kcompiler.frontend import load_model
-    from kcompiler.passes import PassContext, run_pipeline
-    from kcompiler.passes.placement import place_nodes
-    from kcompiler import zoo
+    from kcompiler import parallel as kp  # (cycle: kcompiler.parallel imports this module)
+    from kcompiler.compiler import compile as kc_compile  # (cycle: compile() calls the strategies)
 
     options = dict(options or {})
     accs = kp.accelerators(system)
@@ -61,8 +62,6 @@ def compile_auto(model, system, shapes, objective: str = "latency", printer: Cal
                                                                "name", "state")}
     src, _ = zoo.resolve_model(model, **zoo_opts)
     irm, _ = load_model(src, shapes)
-    from kcompiler.frontend import state as kstate
-
     kstate.mark(irm, options.get("state"))
     ctx = PassContext(system=system, disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None,
                       options={"mode": "timing"})
