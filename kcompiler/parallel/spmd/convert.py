@@ -16,6 +16,7 @@ from kcompiler import opinfo
 from kcompiler.errors import KCError
 from kcompiler.parallel.collectives import COMM_DEVICE, DOMAIN, collective_time
 from kcompiler.parallel.spmd.layout import REPL, Layout, is_const, local_shape, shard
+from kcompiler.parallel.strategies import get_split
 from kcompiler.runtime.partition import DEVICE_KEY, REASON_KEY
 
 
@@ -62,6 +63,8 @@ class Converter:
         if any(len(g) != self.t for g in groups):
             raise KCError("every pipeline stage needs the same number of devices")
         self.intra = intra
+        #: the intra-stage split (kcompiler.parallel.strategies): where graph inputs start split
+        self.split = get_split(intra)
         self.emit = emit
         self.label = label or intra
         #: id(value) -> stage -> entry; the inner dicts are replaced, never changed (forks share them)
@@ -150,8 +153,9 @@ class Converter:
         else:  # a graph input (on the host, or resident state)
             e = Entry(REPL, [v] * self.t if self.emit else None, -1)
             shape = opinfo.shape_of(v)
-            if self.intra == "data" and shape and shape[0] % self.t == 0 and self.t > 1:
-                e = self._scatter(v, e, 0, stage)
+            axis = self.split.input_axis  # data parallelism: inputs start split along the batch
+            if axis is not None and shape and len(shape) > axis and shape[axis] % self.t == 0 and self.t > 1:
+                e = self._scatter(v, e, axis, stage)
         self.info[id(v)] = {**self.info.get(id(v), {}), stage: e}
         return e
 

@@ -78,7 +78,7 @@ class Rewriter(Converter):
     # ---- regions: the sharded nodes joined by the values they pass -------------------------
     def is_seed(self, node: ir.Node) -> bool:
         """Whether a rule may start a split at this node (tensor parallelism's column-split MatMuls)."""
-        return self.intra == "tensor" and id(node) in self.seeds
+        return self.split.seeded and id(node) in self.seeds
 
     def _find(self, x: int) -> int:
         while self._parent.get(x, x) != x:
