@@ -1,5 +1,5 @@
 """Compile time of tensor-parallel plans, and the share of it spent choosing the column splits
-(kcompiler.parallel.select_tensor_regions), timing mode, no weight data.
+(kcompiler.parallel.tensor.select_tensor_regions), timing mode, no weight data.
 
     python benchmarks/tensor_parallel_compile.py [--only llama7b-decode-4x,...] [--repeat N]
                                                  [--reference] [--check]
@@ -98,14 +98,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import kcompiler
-    import kcompiler.parallel as kp
+    from kcompiler.parallel import tensor as tensor_strategy  # the tensor strategy calls its own
     from kcompiler import zoo
 
     cases = [c for c in args.only.split(",") if c] or list(CASES)
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         ap.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    incremental = kp.select_tensor_regions
+    incremental = tensor_strategy.select_tensor_regions
     spent = {"select": 0.0, "reference": 0.0}
 
     def timed(model, system, group, seeds, cost):
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                 assert _analysis_key(model, ref_an) == _analysis_key(model, an), "the reference analyses otherwise"
         return accepted, an
 
-    kp.select_tensor_regions = timed
+    tensor_strategy.select_tensor_regions = timed
     m, _ = zoo.resolve_model("llama-tiny", phase="decode")
     kcompiler.compile(m, target="2xatom", mode="timing", parallel="tensor")  # imports, caches
     print(f"{'case':27s} {'compile s':>10s} {'select s':>9s}" + (f" {'reference select s':>19s}" if
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         if args.reference or args.check:
             line += f" {best[2]:19.3f}"
         print(line, flush=True)
-    kp.select_tensor_regions = incremental
+    tensor_strategy.select_tensor_regions = incremental
     if args.check:
         print("check: the incremental selection decided like the whole re-analysis in every case")
     return 0

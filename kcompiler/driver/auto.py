@@ -24,22 +24,6 @@ from kcompiler.passes.placement import place_nodes
 EXTRA_FINALISTS = 2
 
 
-def candidate_plans(n: int) -> list:
-    Plan = kp.Plan
-    plans = [Plan("none", 1, 1)]
-    d = 2
-    sizes = sorted({x for x in range(2, n + 1) if n % x == 0})
-    for d in sizes:
-        for t in [x for x in range(1, d + 1) if d % x == 0]:
-            k = d // t
-            if t == 1:
-                plans.append(Plan("none", 1, k))
-            else:
-                plans.append(Plan("tensor", t, k))
-                plans.append(Plan("data", t, k))
-    return plans
-
-
 def _objective_value(rep, objective: str) -> float:
     return rep.latency_s if objective == "latency" else (1.0 / rep.throughput_per_s if rep.throughput_per_s else
                                                         float("inf"))
@@ -64,11 +48,11 @@ def compile_auto(compile_fn: Callable[..., Any], model, system, shapes, objectiv
     place_nodes(irm, {system.host.name: backends[system.host.name], accs[0].name: backends[accs[0].name]})
     cost = kp.node_costs(irm, backends)
     rows: list[dict[str, Any]] = []
-    for plan in candidate_plans(n):
+    for plan in kp.candidate_plans(n):
         row = {"plan": plan.label, "intra": plan.intra, "t": plan.t, "k": plan.k, "chips": plan.devices}
-        if plan.intra == "data" and not any(v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int)
-                                            and v.shape[0] % plan.t == 0 for v in irm.graph.inputs):
-            row["skipped"] = f"no input with a batch divisible by {plan.t}"
+        why = kp.skip_reason(irm, plan)
+        if why:
+            row["skipped"] = why
             rows.append(row)
             continue
         try:
@@ -80,7 +64,7 @@ def compile_auto(compile_fn: Callable[..., Any], model, system, shapes, objectiv
         row.update(est_latency_s=lat, est_interval_s=interval)
         rows.append(row)
     key = "est_latency_s" if objective == "latency" else "est_interval_s"
-    fixed = {kp.Plan("none", 1, 1), kp.Plan("data", n, 1), kp.Plan("tensor", n, 1), kp.Plan("none", 1, n)}
+    fixed = set(kp.fixed_plans(n))
     viable = [r for r in rows if "skipped" not in r]
     ranked = sorted(viable, key=lambda r: r[key])
     fixed_rows = [r for r in viable if kp.Plan(r["intra"], r["t"], r["k"]) in fixed]

@@ -66,7 +66,7 @@ def _idle_chip_notes(system: targets.System, parallel, placement: Mapping[str, i
             notes.append(f"{', '.join(idle)} of {system.name} run nothing: without --parallel each node goes to "
                          "the one device that suits it best, so identical chips beyond the first stay idle; "
                          "--parallel data|tensor|pipeline|auto splits the model over them")
-    elif isinstance(parallel, str) and parallel not in ("none", "auto") and len(accs) == 1:
+    elif isinstance(parallel, str) and not kparallel.get_strategy(parallel).searches and len(accs) == 1:
         notes.append(f"--parallel {parallel} on one chip splits nothing: give --devices N or a target like "
                      f"4x{accs[0].chip.name}")
     return notes
@@ -81,7 +81,7 @@ def _plan(parallel, objective: str, place, system: targets.System):
                       hint="drop --place, or compile with --parallel none")
     if objective not in kparallel.OBJECTIVES:
         raise KCError(f"objective '{objective}' is not one of {list(kparallel.OBJECTIVES)}")
-    if parallel == "auto":
+    if isinstance(parallel, str) and kparallel.get_strategy(parallel).searches:
         return "auto"
     plan = parallel if isinstance(parallel, kparallel.Plan) else kparallel.Plan.fixed(parallel,
                                                                                       len(system.accelerators))

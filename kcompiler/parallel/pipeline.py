@@ -7,7 +7,7 @@ estimated times and a cut costs the transfer of every value live across it:
     best[k][j] = min over i < j of max(best[k-1][i], cost(i..j), transfer(cut after i))
 
 The steady-state time between micro-batches is that minimum; the latency of one input is
-the sum of the stages plus the transfers.
+the sum of the stages plus the transfers. As a strategy (``pipeline``): one stage per chip.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
+from kcompiler.parallel.strategies import Plan, Strategy, register_strategy
 
 
 @dataclass
@@ -88,3 +89,13 @@ def partition_stages(nodes: list[ir.Node], cost: list[float], cut_bytes_: np.nda
         if s + 1 < len(bounds):
             cut_s.append(float(comm[end]))
     return StagePlan(stage_of, stage_s, cut_s, bounds)
+
+
+@register_strategy
+class PipelineParallel(Strategy):
+    """The model cut into one stage per chip; inputs stream through the stages."""
+
+    name = "pipeline"
+
+    def plan(self, n: int) -> Plan:
+        return Plan("none", 1, n)
