@@ -14,7 +14,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support
 from kcompiler.backends.pim import artifact, cost, ops, sim
-from kcompiler.backends.pim.claims import Plan
+from kcompiler.backends.pim.claims import OpPlan
 from kcompiler.backends.pim.kernels.emitter import Emitter, Packed
 from kcompiler.backends.pim.kernels.figures import Kernel
 from kcompiler.backends.pim.lowering import Buf, Lowering, dtype_code
@@ -39,13 +39,13 @@ class PimBackend(Backend):
         self._cache: dict[tuple, Cost] = {}
 
     # ---- what the device claims (ops.py) --------------------------------------------------
-    def plan(self, node: ir.Node) -> Plan | Support:
+    def plan(self, node: ir.Node) -> OpPlan | Support:
         """What `node` is on this device, or why it does not run it."""
         return ops.plan(self.spec, node)
 
     def supports(self, node: ir.Node) -> Support:
         p = self.plan(node)
-        return YES if isinstance(p, Plan) else p
+        return YES if isinstance(p, OpPlan) else p
 
     # ---- cost (cost.py) -------------------------------------------------------------------
     def kernel_cost(self, k: Kernel) -> Cost:
@@ -54,7 +54,7 @@ class PimBackend(Backend):
 
     def estimate(self, node: ir.Node) -> Cost:
         p = self.plan(node)
-        if not isinstance(p, Plan):
+        if not isinstance(p, OpPlan):
             return Cost(seconds=float("inf"), bound="overhead")
         key = cost.estimate_key(node, p)
         if key not in self._cache:
@@ -88,7 +88,7 @@ class PimBackend(Backend):
                     env[v.name] = low.const(v)
             else:
                 p = self.plan(node)
-                if not isinstance(p, Plan):
+                if not isinstance(p, OpPlan):
                     raise LoweringError(f"node '{node.name}' ({node.op_type}) was placed on {self.name}, "
                                         f"which cannot run it: {p.reason}")
                 ops.lower_node(low, node, p)

@@ -1,6 +1,6 @@
-"""What a claimed node is on the PIM (a Plan), and the checks every computing op shares.
+"""What a claimed node is on the PIM (an OpPlan), and the checks every computing op shares.
 
-A claim answers `supports`: a Plan when the device runs the node (what the lowering and the cost
+A claim answers `supports`: an OpPlan when the device runs the node (what the lowering and the cost
 estimate then build from), else a Support saying why not (shown by `kc inspect`). Which op is
 claimed how is the table in ops.py; the claims themselves sit with their op family (products.py,
 elementwise.py, views.py, kvcache.py)."""
@@ -28,7 +28,7 @@ def attr(node: ir.Node, name: str, default):
 
 
 @dataclass
-class Plan:
+class OpPlan:
     """What a node is on the PIM: a matrix-vector product or an element-wise op."""
 
     kind: str  # "matvec" | "elementwise" | "view" | "append"
@@ -51,8 +51,8 @@ class Operands:
     out: tuple[int, ...]
 
 
-#: a claim: the node's Plan on the device, or why the device does not run it
-Claim = Callable[[PimSpec, ir.Node], Plan | Support]
+#: a claim: the node's OpPlan on the device, or why the device does not run it
+Claim = Callable[[PimSpec, ir.Node], OpPlan | Support]
 
 
 def operands(node: ir.Node) -> Operands | Support:
@@ -67,10 +67,10 @@ def operands(node: ir.Node) -> Operands | Support:
     return Operands(ins, shapes, out)
 
 
-def computing(claim: Callable[[PimSpec, ir.Node, Operands], Plan | Support]) -> Claim:
+def computing(claim: Callable[[PimSpec, ir.Node, Operands], OpPlan | Support]) -> Claim:
     """The claim of an op the PIM units compute: the shared operand checks, then `claim` itself."""
 
-    def check(spec: PimSpec, node: ir.Node) -> Plan | Support:
+    def check(spec: PimSpec, node: ir.Node) -> OpPlan | Support:
         ops = operands(node)
         return ops if isinstance(ops, Support) else claim(spec, node, ops)
 

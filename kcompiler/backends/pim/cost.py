@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Cost
-from kcompiler.backends.pim.claims import Plan
+from kcompiler.backends.pim.claims import OpPlan
 from kcompiler.backends.pim.kernels.emitter import Emitter
 from kcompiler.backends.pim.kernels.figures import Kernel
 from kcompiler.backends.pim.kvcache import is_resident
@@ -29,14 +29,14 @@ def kernel_cost(s: PimSpec, k: Kernel) -> Cost:
                 dram_bytes=bank_bytes, sram_bytes=io, energy_j=energy, bound="memory")
 
 
-def estimate_key(node: ir.Node, p: Plan) -> tuple:
+def estimate_key(node: ir.Node, p: OpPlan) -> tuple:
     """What a node's estimate depends on: nodes with equal keys cost the same."""
     resident = p.kind == "matvec" and not p.const_weight and is_resident(node.inputs[1])
     return (node.op_type, p.kind, p.G, p.M, p.N, p.K, p.numel, p.streamed, resident,
             tuple(opinfo.shape_of(v) if v is not None else None for v in node.inputs))
 
 
-def lone_kernel(spec: PimSpec, node: ir.Node, p: Plan) -> Kernel:
+def lone_kernel(spec: PimSpec, node: ir.Node, p: OpPlan) -> Kernel:
     """The node's kernel lowered alone in timing mode, its blocks packed, its inputs at address 0."""
     em = Emitter(spec, packed=True)
     env = {v.name: Buf(0, 0, opinfo.shape_of(v)) for v in node.inputs

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import Support, no
 from kcompiler.backends.pim import sim
-from kcompiler.backends.pim.claims import Operands, Plan, attr
+from kcompiler.backends.pim.claims import Operands, OpPlan, attr
 from kcompiler.backends.pim.geometry import broadcast_strides, merge_dims, row_major_strides
 from kcompiler.backends.pim.isa import PAIR, UP
 from kcompiler.backends.pim.kernels.stream import StreamLayout, stream_layout
@@ -29,7 +29,7 @@ AF_TABLE = tuple(sim.AF_FUNCS)
 EW_TABLE = {"Add": "EWADD", "Mul": "EWMUL"}
 
 
-def claim_binary(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
+def claim_binary(spec: PimSpec, node: ir.Node, ops: Operands) -> OpPlan | Support:
     """Add or Mul of operands the host can broadcast, within FP16's range on an FP16 device."""
     ins, shapes, out = ops.values, ops.shapes, ops.out
     numel = math.prod(out)
@@ -47,20 +47,20 @@ def claim_binary(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
         if sh is not None and math.prod(sh) != numel and merge_dims(
                 list(out), broadcast_strides(tuple(sh), tuple(out)), row_major_strides(out)) is None:
             return no("an operand broadcasts over more than 4 strided dimensions (the host copy takes 4)")
-    return Plan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not opinfo.is_const(v)))
+    return OpPlan("elementwise", numel=numel, streamed=sum(1 for v in ins if v is not None and not opinfo.is_const(v)))
 
 
-def claim_activation(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
+def claim_activation(spec: PimSpec, node: ir.Node, ops: Operands) -> OpPlan | Support:
     """An activation function the device's AF unit has."""
     op = node.op_type
     if op not in spec.activation_functions:
         return no(f"the activation-function unit has no {op} (it has {', '.join(spec.activation_functions)})")
     if op == "Gelu" and attr(node, "approximate", "none") not in ("none", "tanh"):
         return no("unknown Gelu approximation")
-    return Plan("elementwise", numel=math.prod(ops.out), streamed=1)
+    return OpPlan("elementwise", numel=math.prod(ops.out), streamed=1)
 
 
-def lower_binary(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_binary(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """Add or Mul: both operands written into the banks, EWADD / EWMUL, the result read back."""
     em = low.em
     op = node.op_type
@@ -84,7 +84,7 @@ AF_PARAMS = {
 }
 
 
-def lower_activation(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_activation(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """An activation function: its operand written into the banks, AF, the result read back."""
     em = low.em
     op = node.op_type

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Support, no
-from kcompiler.backends.pim.claims import FLOAT_TYPES, Plan, attr
+from kcompiler.backends.pim.claims import FLOAT_TYPES, OpPlan, attr
 from kcompiler.backends.pim.isa import RESIDENT
 from kcompiler.backends.pim.kernels.stream import stream_layout
 from kcompiler.backends.pim.lowering import Lowering
@@ -36,7 +36,7 @@ def is_resident(v: ir.Value | None, depth: int = 0) -> bool:
     return False
 
 
-def claim_append(spec: PimSpec, node: ir.Node) -> Plan | Support:
+def claim_append(spec: PimSpec, node: ir.Node) -> OpPlan | Support:
     """KV-cache append: Concat(past, new) -> present, where past/present are device-resident state
     (frontend/state.py): the new rows are written into the banks in place."""
     out = node.outputs[0]
@@ -53,10 +53,10 @@ def claim_append(spec: PimSpec, node: ir.Node) -> Plan | Support:
     new = math.prod(osh) - math.prod(opinfo.shape_of(state[0]))
     if new <= 0:
         return no("nothing appended")
-    return Plan("append", numel=new, streamed=len(node.inputs) - 1)
+    return OpPlan("append", numel=new, streamed=len(node.inputs) - 1)
 
 
-def lower_append(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_append(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """KV-cache append Concat(past, new) -> present: the host concatenates (the resident past is
     where it was); the new elements go into the banks (the timed in-place write) and the present
     value hands back what the banks hold (a resident read: no bus time)."""

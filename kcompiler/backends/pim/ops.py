@@ -2,7 +2,7 @@
 
 A table, not an if/elif chain over op types (like kcompiler/targets/kinds.py for chip kinds):
 adding an op is one row, its claim and lowering living with their family (products.py,
-elementwise.py, views.py, kvcache.py). A claim returns the node's Plan or why the PIM does
+elementwise.py, views.py, kvcache.py). A claim returns the node's OpPlan or why the PIM does
 not run it; the lowering turns the planned node into commands through a Lowering context."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import onnx_ir as ir
 
 from kcompiler.backends.base import Support, no
-from kcompiler.backends.pim.claims import Claim, Operands, Plan, computing
+from kcompiler.backends.pim.claims import Claim, Operands, OpPlan, computing
 from kcompiler.backends.pim.elementwise import (AF_TABLE, EW_TABLE, claim_activation, claim_binary, lower_activation,
                                                 lower_binary)
 from kcompiler.backends.pim.kvcache import claim_append, lower_append
@@ -28,7 +28,7 @@ class PimOp:
     """How the PIM runs one op type."""
 
     claim: Claim
-    lower: Callable[[Lowering, ir.Node, Plan], None]
+    lower: Callable[[Lowering, ir.Node, OpPlan], None]
 
 
 OPS: dict[str, PimOp] = {
@@ -45,7 +45,7 @@ def _not_a_pim_op(spec: PimSpec, node: ir.Node, ops: Operands) -> Support:
     return no(f"{node.op_type} is not a PIM operation (GEMV-like MatMul/Gemm, Add, Mul, activation functions)")
 
 
-def plan(spec: PimSpec, node: ir.Node) -> Plan | Support:
+def plan(spec: PimSpec, node: ir.Node) -> OpPlan | Support:
     """What `node` is on the PIM, or why the PIM does not run it."""
     if node.domain not in ("", "ai.onnx"):
         return no(f"custom-domain op {node.domain}::{node.op_type}")
@@ -54,6 +54,6 @@ def plan(spec: PimSpec, node: ir.Node) -> Plan | Support:
     return entry.claim(spec, node) if entry is not None else computing(_not_a_pim_op)(spec, node)
 
 
-def lower_node(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_node(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """Emit a planned node's commands."""
     OPS[node.op_type].lower(low, node, p)

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import Support, no
 from kcompiler.backends.pim import sim
-from kcompiler.backends.pim.claims import Operands, Plan, attr
+from kcompiler.backends.pim.claims import Operands, OpPlan, attr
 from kcompiler.backends.pim.geometry import broadcast_strides, merge_dims, row_major_strides
 from kcompiler.backends.pim.isa import PAIR, RESIDENT, UP
 from kcompiler.backends.pim.kernels.emitter import Emitter
@@ -26,7 +26,7 @@ from kcompiler.backends.pim.spec import PimSpec
 
 
 # ---- claims ------------------------------------------------------------------------------
-def claim_gemm(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
+def claim_gemm(spec: PimSpec, node: ir.Node, ops: Operands) -> OpPlan | Support:
     """A Gemm over a constant weight (and constant bias) without transA."""
     ins = ops.values
     a, b = ops.shapes[0], ops.shapes[1]
@@ -38,10 +38,10 @@ def claim_gemm(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
         return no("Gemm with a non-constant B")
     M, K = a
     N = b[0] if attr(node, "transB", 0) else b[1]
-    return check_rows(spec, Plan("matvec", 1, M, N, K, const_weight=True))
+    return check_rows(spec, OpPlan("matvec", 1, M, N, K, const_weight=True))
 
 
-def claim_matmul(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
+def claim_matmul(spec: PimSpec, node: ir.Node, ops: Operands) -> OpPlan | Support:
     """A MatMul over a constant 2-d weight, or over an activation matrix (batched: G groups) whose
     operands the host copy can stage."""
     ins = ops.values
@@ -53,7 +53,7 @@ def claim_matmul(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
         if len(b) != 2:
             return no("batched constant weights")
         M = math.prod(a[:-1]) if len(a) > 1 else 1
-        return check_rows(spec, Plan("matvec", 1, M, N, K, const_weight=True))
+        return check_rows(spec, OpPlan("matvec", 1, M, N, K, const_weight=True))
     if opinfo.is_const(ins[0]):
         return no("constant left operand")
     if len(a) < 2:
@@ -64,10 +64,10 @@ def claim_matmul(spec: PimSpec, node: ir.Node, ops: Operands) -> Plan | Support:
                   row_major_strides(batch + (a[-2], K))) is None or \
             merge_dims(list(batch) + [N, K], ws[:-2] + [ws[-1], ws[-2]], row_major_strides(batch + (N, K))) is None:
         return no("operands broadcast over more than 4 strided dimensions (the host copy takes 4)")
-    return check_rows(spec, Plan("matvec", math.prod(batch), a[-2], N, K))
+    return check_rows(spec, OpPlan("matvec", math.prod(batch), a[-2], N, K))
 
 
-def check_rows(spec: PimSpec, p: Plan) -> Plan | Support:
+def check_rows(spec: PimSpec, p: OpPlan) -> OpPlan | Support:
     """A product is PIM work only while memory-bound (few activation rows) and if its operand fits the banks."""
     if p.M > spec.max_gemv_rows:
         return no(f"{p.M} activation rows > max_gemv_rows {spec.max_gemv_rows}: compute-bound GEMM")
@@ -80,7 +80,7 @@ def check_rows(spec: PimSpec, p: Plan) -> Plan | Support:
 
 
 # ---- lowering ----------------------------------------------------------------------------
-def lower_matvec(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_matvec(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """Stage the product's matrix and input vectors, run its MACs, add the partial sums on the host."""
     em, s = low.em, low.s
     G, M, N, K = p.G, p.M, p.N, p.K
@@ -107,7 +107,7 @@ def lower_matvec(low: Lowering, node: ir.Node, p: Plan) -> None:
     low.env[out.name] = Buf(y.addr, 0, osh)
 
 
-def _stage_const_weight(low: Lowering, node: ir.Node, p: Plan, lay: MatvecLayout, a: Buf, x_dev: int,
+def _stage_const_weight(low: Lowering, node: ir.Node, p: OpPlan, lay: MatvecLayout, a: Buf, x_dev: int,
                         base: int) -> tuple[int, int]:
     """A constant weight goes into the bank image (functional mode); the input vectors into staging.
     Returns the shift registers the input and the weight were scaled through."""
@@ -137,7 +137,7 @@ def _stage_const_weight(low: Lowering, node: ir.Node, p: Plan, lay: MatvecLayout
     return xreg, 0
 
 
-def _stage_activation_matrix(low: Lowering, node: ir.Node, p: Plan, lay: MatvecLayout, a: Buf, x_dev: int,
+def _stage_activation_matrix(low: Lowering, node: ir.Node, p: OpPlan, lay: MatvecLayout, a: Buf, x_dev: int,
                              base: int, osh: tuple[int, ...]) -> tuple[int, int]:
     """An activation matrix (broadcast over the batch) is staged in the device dtype and written into
     the banks by the program (in place when it is a resident KV cache); the input vectors likewise.

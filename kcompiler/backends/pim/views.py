@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Support, no
-from kcompiler.backends.pim.claims import FLOAT_TYPES, Plan
+from kcompiler.backends.pim.claims import FLOAT_TYPES, OpPlan
 from kcompiler.backends.pim.geometry import broadcast_strides, merge_dims, row_major_strides
 from kcompiler.backends.pim.lowering import Buf, Lowering
 from kcompiler.backends.pim.spec import PimSpec
@@ -67,7 +67,7 @@ def moves_only_unit_axes(node: ir.Node) -> bool:
     return kept == sorted(kept)
 
 
-def claim_view(spec: PimSpec, node: ir.Node) -> Plan | Support:
+def claim_view(spec: PimSpec, node: ir.Node) -> OpPlan | Support:
     """Shape-only ops cost nothing; a transpose or broadcast is free only as the layout in which a
     product's matrix operand (a resident KV cache) is stored and read."""
     op = node.op_type
@@ -79,20 +79,20 @@ def claim_view(spec: PimSpec, node: ir.Node) -> Plan | Support:
     if opinfo.shape_of(x) is None or opinfo.shape_of(node.outputs[0]) is None:
         return no("shapes unknown")
     if op in RESHAPES:
-        return Plan("view")
+        return OpPlan("view")
     if op == "Transpose" and moves_only_unit_axes(node):
-        return Plan("view")
+        return OpPlan("view")
     ok, _ = feeds_matrix_operand(node.outputs[0])
     if ok and (op == "Expand" or swaps_last_two(node)):
         xs, ys = tuple(opinfo.shape_of(x)), tuple(opinfo.shape_of(node.outputs[0]))
         src = broadcast_strides(xs, ys) if op == "Expand" else [row_major_strides(xs)[a] for a in perm(node, len(xs))]
         if merge_dims(list(ys), src, row_major_strides(ys)) is None:
             return no(f"{op} of more than 4 strided dimensions (the host copy takes 4)")
-        return Plan("view")
+        return OpPlan("view")
     return no(f"{op} moves data; PIM only reads a product's matrix operand in a transposed or broadcast layout")
 
 
-def lower_view(low: Lowering, node: ir.Node, p: Plan) -> None:
+def lower_view(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     """A transpose or broadcast is a host copy into the view's layout; a reshape the same bytes."""
     x = low.buf(node.inputs[0])
     out = node.outputs[0]

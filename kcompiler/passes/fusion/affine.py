@@ -47,10 +47,10 @@ def _channel_vector(c: ir.Value, out_shape: tuple[int, ...], channel_axis: int) 
 
 def _as_channels(fn, n_out: int):
     """A thunk of the constant as a float64 vector of the n_out channels."""
-    def vec():
+    def channels():
         v = np.asarray(fn(), np.float64).reshape(-1)
         return np.broadcast_to(v, (n_out,)) if v.size == 1 else v
-    return vec
+    return channels
 
 
 def _anchor(node: ir.Node):
