@@ -87,3 +87,15 @@ def test_a_loaded_artifact_is_assembled_like_a_compile(tmp_path):
     a, b = cm.run(feeds), loaded.run(feeds)
     assert all((a[k] == b[k]).all() for k in a)
     assert loaded.report.latency_s == cm.report.latency_s
+
+
+def test_the_command_line_offers_every_registered_strategy():
+    """`kc --parallel` lists the strategies as a literal (reading the registry would import onnx_ir into
+    `kc --help`): it must name exactly the registered ones, in their order."""
+    import click
+
+    from kcompiler.cli.bench import bench_cmd
+    from kcompiler.parallel import STRATEGIES
+
+    choice = next(p for p in bench_cmd.params if p.name == "parallel").type
+    assert isinstance(choice, click.Choice) and tuple(choice.choices) == STRATEGIES

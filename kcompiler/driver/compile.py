@@ -136,7 +136,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     source_stats = opinfo.model_stats(irm)
     ctx.say("passes", f"{len(irm.graph)} nodes")
     run_pipeline(irm, ctx, pipeline)
-    if not ctx.parts or len(ctx.programs) != len(ctx.parts):
+    if "lower" not in {step for step, _ in ctx.timings}:
         raise PassError(f"pipeline '{pipeline}' stops before every subgraph is lowered",
                         hint="compile with the default pipeline, or one that ends with placement, partition "
                              "and lower (`kc passes` lists them)")

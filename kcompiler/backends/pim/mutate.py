@@ -38,6 +38,7 @@ import numpy as np
 
 from kcompiler.backends.pim import sim
 from kcompiler.backends.pim.isa import HOST_OPS, OPCODES, Command
+from kcompiler.backends.pim.kernels import Kernel
 from kcompiler.errors import ExecutionError
 
 KINDS = ("field", "opcode", "unused_field", "drop", "duplicate", "swap", "descriptor", "image", "constant")
@@ -140,8 +141,6 @@ def draw(code: sim.Code, rng: random.Random, kind: str) -> Mutation:
 
 def _observe(spec, code: sim.Code, feeds: list[dict]):
     outs = [sim.execute(spec, code, f)[0] for f in feeds]
-    from kcompiler.backends.pim.kernels import Kernel
-
     by: dict[int, list] = {}
     for c in code.commands:
         by.setdefault(c.step, []).append(c)

@@ -22,6 +22,7 @@ from kcompiler.backends.npu.kernels.codegen import Codegen, Layout, contiguous
 from kcompiler.backends.npu.kernels.common import Kernel, broadcast_operand
 from kcompiler.backends.npu.tiler import ConvGeom, tile_gemm
 from kcompiler.errors import LoweringError
+from kcompiler.fused.epilogue import BASE_ARITY
 
 #: epilogue step (passes/fusion/epilogue.py) -> vector function
 EPILOGUE = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "silu": "silu", "gelu": "gelu",
@@ -51,8 +52,7 @@ def base_op(node: ir.Node) -> str:
 def base_arity(op: str) -> int:
     """How many inputs of a GEMM-like node belong to its base op `op`; a fused node's further
     inputs are its epilogue's operands."""
-    arity = {"Conv": 3, "MatMul": 2, "Gemm": 3}[op]
-    return arity
+    return BASE_ARITY[op]
 
 
 def lowering_of(node: ir.Node) -> str:
