@@ -5,25 +5,32 @@ weight section (deduplicated by content). Loading rebuilds the program from thes
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 from kcompiler.backends.base import Program, Subgraph
 from kcompiler.backends.pim import sim
 from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, decode_all
-from kcompiler.backends.pim.program import PimProgram
+from kcompiler.backends.pim.program import PimProgram, ProgramBackend
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ArtifactError
-
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.backend import PimBackend
 
 #: bump when the meaning of a stored command, table or image changes
 ENCODING = 2
 
 
-def save_program(backend: PimBackend, program: Program, subgraph: Subgraph,
+class _Backend(ProgramBackend, Protocol):
+    """What saving and loading use of the backend (kcompiler.backends.pim.backend.PimBackend): what its
+    programs use, its device (the chip's name is stored) and its name (for messages)."""
+
+    device: Any
+
+    @property
+    def name(self) -> str: ...
+
+
+def save_program(backend: _Backend, program: Program, subgraph: Subgraph,
                  weights: Any = None) -> tuple[bytes, dict[str, Any]]:
     """The command list (64-byte records) in the blob; descriptors, I/O table, function table and
     per-step rows in the table; the bank image rows that hold data, the validity of their
@@ -49,7 +56,7 @@ def save_program(backend: PimBackend, program: Program, subgraph: Subgraph,
     return program.to_bytes(), meta
 
 
-def load_program(backend: PimBackend, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+def load_program(backend: _Backend, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
                  options: Mapping[str, Any] | None = None) -> Program:
     """Rebuild the program from the artifact alone: no planning, no layout, no graph values."""
     s: PimSpec = backend.spec

@@ -3,12 +3,12 @@ blocks), bank image and staging I/O table; run by the simulator (sim.py), timed 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol
 
 import numpy as np
 import onnx_ir as ir
 
-from kcompiler.backends.base import OpEvent, Program, Subgraph, Timeline
+from kcompiler.backends.base import Cost, OpEvent, Program, Subgraph, Timeline
 from kcompiler.backends.pim import sim
 from kcompiler.backends.pim.isa import Command, encode_all
 from kcompiler.backends.pim.kernels.emitter import unpack
@@ -16,8 +16,14 @@ from kcompiler.backends.pim.kernels.figures import Kernel
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ExecutionError
 
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.backend import PimBackend
+
+class ProgramBackend(Protocol):
+    """What a program uses of the backend that made it (kcompiler.backends.pim.backend.PimBackend): its
+    device's spec, and the cost of a node's kernel (to time the program)."""
+
+    spec: PimSpec
+
+    def kernel_cost(self, k: Kernel) -> Cost: ...
 
 
 class PimProgram(Program):
@@ -26,7 +32,7 @@ class PimProgram(Program):
     ``commands`` and ``image`` are the live objects the simulator reads on every ``run`` (mutate them
     in place, then call ``invalidate`` to drop the fast path's cached grouping)."""
 
-    def __init__(self, backend: PimBackend, sub: Subgraph, code: sim.Code, rows: list[int],
+    def __init__(self, backend: ProgramBackend, sub: Subgraph, code: sim.Code, rows: list[int],
                  packed: list | None = None):
         self.device = sub.device
         self.backend = backend

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kcompiler.cluster.engine.replica import Replica
+from typing import Protocol
 
 INF = math.inf
+
+
+class Traced(Protocol):
+    """What a trace span names: a replica (kcompiler.cluster.engine.replica.Replica) by its fleet-wide index."""
+
+    index: int
 
 
 class Sim:
@@ -66,7 +69,7 @@ class Sim:
             n += 1
         self.events += n
 
-    def span(self, rep: "Replica", name: str, start: float, end: float, args: dict | None = None) -> None:
+    def span(self, rep: Traced, name: str, start: float, end: float, args: dict | None = None) -> None:
         if len(self.trace) < self.trace_limit:
             self.trace.append((rep.index, name, start, end, args))
         else:

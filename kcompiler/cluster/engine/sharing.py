@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 from kcompiler.cluster.engine.events import Sim
 
-if TYPE_CHECKING:
-    from kcompiler.cluster.engine.replica import Replica
+
+class Tenant(Protocol):
+    """What a Chip uses of a replica sharing it (kcompiler.cluster.engine.replica.Replica): whether it
+    is busy, its pool (for the pool's model) and its kick callback, scheduled when it gets the chip."""
+
+    busy: bool
+    pool: Any
+    kick_cb: Callable[..., None]
 
 
 class Chip:
@@ -19,8 +25,8 @@ class Chip:
     def __init__(self, name: str, sharing: str, switch_s: dict[str, float] | None = None):
         self.name = name
         self.sharing = sharing  # "partition" | "temporal"
-        self.tenants: list[Replica] = []
-        self.owner: Replica | None = None
+        self.tenants: list[Tenant] = []
+        self.owner: Tenant | None = None
         self.waiting: deque = deque()
         self.last_model: str | None = None
         self.switch_s = switch_s or {}
@@ -28,10 +34,10 @@ class Chip:
         self.switch_time = 0.0
         self.contended_s = 0.0
 
-    def others_busy(self, rep: "Replica") -> bool:
+    def others_busy(self, rep: Tenant) -> bool:
         return any(t.busy for t in self.tenants if t is not rep)
 
-    def acquire(self, rep: "Replica") -> float | None:
+    def acquire(self, rep: Tenant) -> float | None:
         """Temporal sharing: None if another tenant holds the chip (rep waits), else the switch
         time to charge before rep's work."""
         if self.owner is not None and self.owner is not rep:
@@ -47,7 +53,7 @@ class Chip:
         self.last_model = rep.pool.model
         return cost
 
-    def release(self, rep: "Replica", sim: Sim) -> None:
+    def release(self, rep: Tenant, sim: Sim) -> None:
         """rep is done with the chip: the longest-waiting tenant gets it (FCFS between tenants;
         rep cannot take it straight back while another waits)."""
         if self.owner is rep:

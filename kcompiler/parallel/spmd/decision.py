@@ -2,15 +2,15 @@
 the helpers the rules share.
 
 A rule is called as ``rule(node, ins, t, rw)``: the node, an ``In`` per input (None: absent),
-the number of ranks, and the rewriter (for ``is_seed`` and ``int_const``). It returns the
-layout every input must have and the layouts of the outputs, or None when it cannot split the
-node that way (the node is then replicated).
+the number of ranks, and the rewriter, seen as a ``RuleContext`` (``is_seed`` and ``int_const``).
+It returns the layout every input must have and the layouts of the outputs, or None when it
+cannot split the node that way (the node is then replicated).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import onnx_ir as ir
@@ -18,8 +18,15 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.parallel.spmd.layout import REPL, Layout
 
-if TYPE_CHECKING:  # the rewriter calls the rules; the rules only read it
-    from kcompiler.parallel.spmd.rewriter import Rewriter
+
+class RuleContext(Protocol):
+    """What a rule reads of the rewriter that calls it (kcompiler.parallel.spmd.rewriter.Rewriter)."""
+
+    def is_seed(self, node: ir.Node) -> bool:
+        """Whether a rule may start a split at this node."""
+
+    def int_const(self, values, hint: str) -> ir.Value:
+        """A new int64 initializer holding `values` (named after `hint`)."""
 
 
 @dataclass
@@ -50,7 +57,7 @@ class Decision:
     plain_elsewhere: str = ""
 
 
-Rule = Callable[[ir.Node, list, int, "Rewriter"], "Decision | None"]
+Rule = Callable[[ir.Node, list, int, RuleContext], "Decision | None"]
 
 
 def out_shape(node: ir.Node, i: int = 0):

@@ -4,16 +4,22 @@ and the scratchpad accesses of one VECTOR of its kind (with the kind's reserved-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kcompiler.backends.npu import isa, vfn
 from kcompiler.backends.npu.isa import NONE
 from kcompiler.backends.npu.sim.faults import _Bad
 from kcompiler.backends.npu.sim.memory import Access, _w
-from kcompiler.backends.npu.sim.window import _valid
+from kcompiler.backends.npu.sim.window import Window, _valid
 
-if TYPE_CHECKING:
-    from kcompiler.backends.npu.sim.decode import Decoder
+
+class _Operands(Protocol):
+    """What a vector spec uses of the decoder (kcompiler.backends.npu.sim.decode.Decoder): its
+    scratchpad accesses and the windows configured per (core, slot)."""
+
+    windows: dict[tuple[int, int], Window]
+
+    def sram(self, core: int, addr: int, dtype: str, shape, strides, write: bool) -> Access: ...
 
 
 def _masked(shape, mask) -> tuple[int, ...]:
@@ -43,7 +49,7 @@ class _VSpec:
     def sources(self, f) -> int:
         return self.n
 
-    def accesses(self, dec: Decoder, ins, core, f, shape, masks, axes, dt, srcs) -> list[Access]:
+    def accesses(self, dec: _Operands, ins, core, f, shape, masks, axes, dt, srcs) -> list[Access]:
         """The accesses of one VECTOR of this kind, sources first, destination last (dt[i]: operand
         i's dtype name, 0 the destination)."""
         def sram(i, addr, shp, write=False):

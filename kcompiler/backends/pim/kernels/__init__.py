@@ -2,8 +2,9 @@
 
 emitter.py collects a program's commands (and keeps a timing-mode product's blocks packed);
 matvec.py lays out and emits matrix-vector products, stream.py element-wise streams, columns.py
-the bank-column runs and transfer descriptors both use; figures.py times and counts a node's
-commands. The names below are those tests, benchmarks and mutate.py read from this package.
+the bank-column runs and transfer descriptors both use (and `CommandSink`, the Emitter as both see
+it); figures.py times and counts a node's commands. The names below are those tests, benchmarks and
+mutate.py read from this package.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A unit's columns in its banks: runs of columns split at row ends, and the canonical
-bank-transfer descriptor of a run.
+bank-transfer descriptor of a run; and `CommandSink`, what the kernels emit into.
 
 The bank-transfer descriptor (ustride, kstride, grp, phase) says where column j of unit u comes
 from: ``u * ustride + ((phase + j) // grp) * kstride + ((phase + j) % grp) * lanes``.
@@ -7,12 +7,22 @@ from: ``u * ustride + ((phase + j) // grp) * kstride + ((phase + j) % grp) * lan
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from kcompiler.backends.pim.isa import HOST
 from kcompiler.backends.pim.spec import PimSpec
 
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.kernels.emitter import Emitter
+
+class CommandSink(Protocol):
+    """What the kernels emit into (kcompiler.backends.pim.kernels.emitter.Emitter): the spec, the
+    current step, the descriptor table and the command list."""
+
+    spec: PimSpec
+    step: int
+
+    def desc(self, *vals: int) -> int: ...
+
+    def emit(self, op: str, channel: int = HOST, **kw) -> None: ...
 
 
 def segments(offset: int, ncols: int, spec: PimSpec) -> list[tuple[int, int, int, int]]:
@@ -36,7 +46,7 @@ def seg_start(off: int, row: int, bank: int, col: int, s: PimSpec) -> int:
     return row * s.columns_per_row * s.banks_per_unit + bank * s.columns_per_row + col - off
 
 
-def bk_desc(em: Emitter, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int,
+def bk_desc(em: CommandSink, ustride: int, kstride: int, grp: int, phase: int, units: int, count: int,
             lanes: int) -> tuple[int, int]:
     """A canonical bank-transfer descriptor, and the element offset to add to the command's address.
 

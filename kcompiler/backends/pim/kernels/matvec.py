@@ -21,14 +21,10 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from kcompiler.backends.pim.isa import CLR, Command
-from kcompiler.backends.pim.kernels.columns import bk_desc, seg_start, segments
+from kcompiler.backends.pim.kernels.columns import CommandSink, bk_desc, seg_start, segments
 from kcompiler.backends.pim.spec import PimSpec
-
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.kernels.emitter import Emitter
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ def matvec_layout(spec: PimSpec, G: int, N: int, K: int) -> MatvecLayout:
     return MatvecLayout(per_channel, -(-max_cols // per_row) if max_cols else 0, Kp, Np)
 
 
-def emit_weight_writes(em: Emitter, lay: MatvecLayout, G: int, N: int, K: int, w_addr: int, base_row: int,
+def emit_weight_writes(em: CommandSink, lay: MatvecLayout, G: int, N: int, K: int, w_addr: int, base_row: int,
                        flags: int = 0) -> list[Command]:
     """WR_BK commands putting a matrix laid out in staging (module docstring) into its bank columns.
     Returned, and emitted only if `em` is given a step (the compiler runs them itself for constants)."""
@@ -134,7 +130,7 @@ def emit_weight_writes(em: Emitter, lay: MatvecLayout, G: int, N: int, K: int, w
     return out
 
 
-def emit_matvec(em: Emitter, lay: MatvecLayout, G: int, M: int, N: int, x_addr: int, part_addr: int,
+def emit_matvec(em: CommandSink, lay: MatvecLayout, G: int, M: int, N: int, x_addr: int, part_addr: int,
                 base_row: int) -> None:
     """The channel streams of y[g,m,:] = W[g] @ x[g,m,:]: each item's MACs, then its RD_MAC into the
     partial-sum slot `partial_slots` gives it (emit_partial_sums adds them up on the host)."""
@@ -191,7 +187,7 @@ def vector_desc(n: int) -> tuple[int, ...]:
     return (1, 1, 1, n, 0, 0, 0, 1, 0, 0, 0, 1) if n != 1 else (1, 1, 1, 1) + (0,) * 8
 
 
-def emit_partial_sums(em: Emitter, lay: MatvecLayout, M: int, N: int, part_addr: int, y_addr: int,
+def emit_partial_sums(em: CommandSink, lay: MatvecLayout, M: int, N: int, part_addr: int, y_addr: int,
                       acc_dtype: int) -> None:
     """The host adds each item's read-back partial sums into y[g, m, n0:n1] (float32, zeroed before)."""
     descs: dict[int, int] = {}

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from kcompiler.backends.pim.kernels.columns import bk_desc, seg_start, segments
+from kcompiler.backends.pim.kernels.columns import CommandSink, bk_desc, seg_start, segments
 from kcompiler.backends.pim.spec import PimSpec
-
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.kernels.emitter import Emitter
 
 
 @dataclass
@@ -43,7 +39,7 @@ def stream_layout(spec: PimSpec, numel: int) -> StreamLayout:
     return StreamLayout(share, nch, units, cols, rows, units * spec.simd_lanes)
 
 
-def emit_stream_transfer(em: Emitter, sl: StreamLayout, numel: int, op: str, addr: int, base_row: int,
+def emit_stream_transfer(em: CommandSink, sl: StreamLayout, numel: int, op: str, addr: int, base_row: int,
                          flags: int = 0) -> None:
     """WR_BK (staging -> banks) or RD_BK (banks -> staging) of a stream laid out per channel in
     padded blocks of `sl.block` elements."""
@@ -59,7 +55,7 @@ def emit_stream_transfer(em: Emitter, sl: StreamLayout, numel: int, op: str, add
                     desc=bk_desc(em, s.simd_lanes, sl.units_lanes, 1, 0, sl.units, cnt, s.simd_lanes)[0], flags=flags)
 
 
-def emit_stream_op(em: Emitter, sl: StreamLayout, numel: int, op: str, rows: tuple[int, int, int], fn: int = 0):
+def emit_stream_op(em: CommandSink, sl: StreamLayout, numel: int, op: str, rows: tuple[int, int, int], fn: int = 0):
     s = em.spec
     for ch in range(sl.channels):
         n = min(sl.share, numel - ch * sl.share)

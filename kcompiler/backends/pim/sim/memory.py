@@ -5,7 +5,7 @@ shift registers and the staging area (a validity bit per 16-bit word), and their
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,10 +16,10 @@ from kcompiler.backends.pim.sim.numerics import NP_DTYPES
 from kcompiler.backends.pim.spec import PimSpec
 from kcompiler.errors import ExecutionError
 
-if TYPE_CHECKING:
-    from kcompiler.backends.pim.sim.machine import Machine
-
 SREGS = 16
+
+#: the class of the memories cloned (a Machine, which mixes the command units into Memories)
+_M = TypeVar("_M", bound="Memories")
 
 
 class Memories:
@@ -65,8 +65,8 @@ class Memories:
         self.counts = {"macs": 0}
         self._rel: dict = {}
 
-    def clone(self, code: Code | None = None) -> "Machine":
-        """An independent copy of the memories (views re-made over the copied staging)."""
+    def clone(self: _M, code: Code | None = None) -> _M:
+        """An independent copy of the memories, of self's class (views re-made over the copied staging)."""
         m = copy.copy(self)
         for name in ("bank", "bank_valid", "gb", "gb_valid", "acc", "acc_valid", "staging", "valid", "sreg",
                      "sreg_valid"):
