@@ -10,7 +10,7 @@ OpenBLAS's): run one right after the other and each finds the other's threads st
 Interleaving single runs measured here ORT at 92-96 ms and the simulator at 88-92 ms, against
 26 and 62 ms alone, which says nothing about either. Blocks time each as it runs by itself.
 
-The simulator executes the generated instructions (backends/npu/sim.py: the replay of the
+The simulator executes the generated instructions (backends/npu/sim/: the replay of the
 reference walk), its host threads running the chip's cores side by side (KC_NPU_THREADS, default
 every core), one BLAS call per MATMUL instruction, each on one thread (so that results do not
 depend on the thread count, and the replay equals the instruction walk bit for bit).

@@ -72,7 +72,9 @@ def zoo_cmd():
 @click.command("passes")
 def passes_cmd():
     """List passes and pipelines (names for --disable-pass and --print-after)."""
-    from kcompiler.passes import PIPELINES, list_passes  # (onnxscript, onnx_ir: seconds of kc's start-up)
+    # (onnxscript, onnx_ir: seconds of kc's start-up); the driver registers every step of the pipeline
+    from kcompiler.driver import compile as _registers_every_step  # noqa: F401
+    from kcompiler.passes import PIPELINES, list_passes
 
     for name, doc in list_passes().items():
         console.print(f"{name:24s} {doc}", highlight=False)

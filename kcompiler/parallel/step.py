@@ -11,8 +11,10 @@ from kcompiler.passes.placement import placement_text
 
 @register("parallelise", show=lambda model, ctx: placement_text(model), required=True)
 def parallelise_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
-    """Split the graph over the system's chips for the parallel plan, placing every node and
-    inserting the collectives (nothing to do without a plan: placement places the nodes)."""
+    """Split the graph over the system's chips for the parallel plan (--parallel), if any.
+
+    The plan places every node and inserts the collectives; without a plan there is nothing to
+    do here and placement places the nodes."""
     if ctx.plan is None:
         return PassOutcome(changed=False)
     ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")

@@ -34,4 +34,6 @@ def run_pipeline(model: ir.Model, ctx: CompileContext, name: str = "default") ->
 
 
 def list_passes() -> dict[str, str]:
-    return {name: info.doc for name, info in sorted(REGISTRY.items())}
+    """name -> its doc line (`kc passes`); a step a compile cannot skip says so."""
+    return {name: info.doc + (" (required: --disable-pass refuses it)" if info.required else "")
+            for name, info in sorted(REGISTRY.items())}

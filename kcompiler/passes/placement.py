@@ -238,8 +238,9 @@ def placement_text(model: ir.Model) -> str:
 
 @register("placement", show=lambda model, ctx: placement_text(model), required=True)
 def placement_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
-    """Assign each node to a device of the target, minimising end-to-end latency (`--place` pins
-    nodes); a parallel plan (the `parallelise` step) has placed every node already."""
+    """Assign each node to a device of the target, minimising end-to-end latency.
+
+    `--place` pins nodes; a parallel plan (the `parallelise` step) has placed every node already."""
     if ctx.parallel is not None:
         return PassOutcome(changed=False)
     ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")

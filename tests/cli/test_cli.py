@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,14 @@ def test_passes_lists_cleanup():
     out = kc("passes")
     for name in ("fold-constants", "remove-identity", "dce", "cse", "toposort", "pipeline cleanup"):
         assert name in out
+
+
+def test_passes_lists_every_step_of_the_compile_pipeline():
+    out = kc("passes")
+    assert "pipeline default: optimize -> parallelise -> placement -> partition -> lower" in out
+    flat = " ".join(out.split())  # (rich wraps long lines)
+    for step in ("parallelise", "placement", "partition", "lower"):
+        assert re.search(rf"(^| ){step} [^:]{{0,160}}\(required: --disable-pass refuses it\)", flat), step
 
 
 BENCH_KEYS = {"model", "target", "mode", "compile_s", "latency_s", "throughput_per_s", "cycles", "energy_j",

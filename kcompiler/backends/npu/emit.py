@@ -4,7 +4,7 @@
 element strides, dtypes, its tiling on each core and its epilogue; ``emit_gemm`` turns it
 into the op's instructions (per core: window CONFIG, DMA loads, MATMULs, epilogue VECTORs,
 DMA stores, with the double-buffering tokens). The code generator (kernels/) builds the
-desc from an ONNX node; the functional simulator (sim.py) may use a desc the program carries
+desc from an ONNX node; the functional simulator (sim/) may use a desc the program carries
 as a hint for a faster whole-op computation, but only after emitting it again and finding
 exactly the instructions the program holds: the instruction fields prove the equivalence.
 

@@ -1,7 +1,7 @@
 """The NPU instruction set: self-contained instructions, a fixed binary encoding, assembler text.
 
 Every instruction carries what executing it needs: memory addresses, element dtypes, shapes,
-strides, flags and immediates. The functional simulator (sim.py) computes from these fields
+strides, flags and immediates. The functional simulator (sim/) computes from these fields
 and the memory images alone; the ``op`` field only says which op of the program an
 instruction belongs to, for profiles and error messages, and is never used to compute.
 
@@ -132,7 +132,7 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "maxpool": ("pool", 1, 1.0), "avgpool": ("pool", 1, 1.0),  # window of the vector unit's CONFIG
     "dwconv": ("mul", 2, 1.0),  # depthwise conv: src0 planes, src1 per-channel taps, window of CONFIG
     "lrn": ("transcendental", 1, 1.0),  # across channels (the masked dim): arg = size; imm0..2 alpha beta bias
-    "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim.py)
+    "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim/)
     "attn_final": ("alu", 2, 1.0),  # the output tile: accumulator / running sum
     # appended after the first ISA (earlier functions keep their codes, so programs stay valid)
     "reduce_rstd": ("reduce", 1, 2.0),  # 1 / sqrt(mean((x - mean)^2) + imm0): LayerNorm's InvStdDev

@@ -1,5 +1,5 @@
 """An NPU program: instructions, buffer table, IO bindings and initial DRAM image; run for values
-(sim.py) and for time (timing.py) from the same instruction list.
+(sim/) and for time (timing.py) from the same instruction list.
 
 This module and the simulator modules it uses import neither onnx nor onnx_ir: a program runs
 without the model it was compiled from (tests/backends/npu/test_npu_sim.py checks it).

@@ -1,7 +1,7 @@
 """DRAM processing-in-memory backend (SK hynix AiM-like and Samsung HBM-PIM-like devices).
 
 The backend (lowering: planning, bank layout, command generation) reads ONNX graphs; its simulator
-(sim.py) must not, so this package imports the backend only when it is asked for."""
+(sim/) must not, so this package imports the backend only when it is asked for."""
 
 from __future__ import annotations
 

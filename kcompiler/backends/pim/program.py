@@ -1,5 +1,5 @@
 """A PIM device's compiled program: its commands (emitted lazily from a timing-mode program's packed
-blocks), bank image and staging I/O table; run by the simulator (sim.py), timed per node."""
+blocks), bank image and staging I/O table; run by the simulator (sim/), timed per node."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ chose, MATMUL / VECTOR instructions over those addresses, DMA stores of the resu
 dependency tokens. Every value the program touches lives in a DRAM buffer at an address the
 codegen chose; constant inputs (weights, folded batch-norm factors) are laid out there by the
 compiler, in the layout the instructions read. The simulator executes these instructions and
-nothing else (sim.py): no kernel computes a value.
+nothing else (sim/): no kernel computes a value.
 
 In timing mode no kernel reads a weight: buffers are laid out, no bytes are written.
 
