@@ -149,7 +149,8 @@ class Program(abc.ABC):
         """For programs that span devices: advance the shared clocks. `ready` maps value ->
         (time, device) and `link_free` a directed link -> when it is next free; append the
         Transfers and OpRecords it makes."""
-        raise NotImplementedError(f"{type(self).__name__} runs on one device (spans_devices is False)")
+        raise TypeError(f"{type(self).__name__} runs on one device (spans_devices is False): the executor runs it, "
+                        "it does not schedule itself")
 
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

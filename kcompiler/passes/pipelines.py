@@ -26,7 +26,7 @@ RULE_NAMES: set[str] = set(fusion.RULES)
 
 
 def run_pipeline(model: ir.Model, ctx: CompileContext, name: str = "default") -> CompileContext:
-    rules = RULE_NAMES | {name for name, _ in fusion.backend.backend_rules(ctx)}
+    rules = RULE_NAMES | {rule for rule, _ in fusion.backend.backend_rules(ctx)}
     check_names(ctx.disabled, PIPELINES, "--disable-pass", rules)
     check_names(ctx.print_after, PIPELINES, "--print-after", rules)
     run_passes(model, [name], ctx, PIPELINES)
