@@ -28,7 +28,7 @@ for _op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalizat
 for _op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceL1",
             "ReduceSumSquare", "ReduceLogSumExp"):
     RULES[_op] = rule_reduce
-for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+for _op in opinfo.RESHAPES:
     RULES[_op] = rule_view
 RULES.update(Transpose=rule_transpose, Expand=rule_expand, Slice=rule_slice, Split=rule_split,
              Concat=rule_concat, Gather=rule_gather, MatMul=rule_matmul, Gemm=rule_gemm, Attention=rule_attention)

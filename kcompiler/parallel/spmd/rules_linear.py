@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from kcompiler.fused.epilogue import BASE_ARITY, FUSED as FUSED_GEMMS
 from kcompiler.parallel.spmd.decision import Decision, attr, out_shape, replicate, sharded_axis
 from kcompiler.parallel.spmd.layout import PARTIAL, REPL, shard
 from kcompiler.parallel.spmd.rules_shape import rule_batch_only
@@ -88,12 +89,14 @@ def rule_gemm(node, ins, t, rw):
     return None
 
 
-FUSED_BASE = {"FusedMatMul": ("MatMul", 2, rule_matmul), "FusedGemm": ("Gemm", 3, rule_gemm),
-              "FusedConv": ("Conv", 3, rule_batch_only)}
+#: the sharding rule of each fused GEMM-like op's base op (kcompiler.fused.epilogue: the fused op
+#: keeps BASE_ARITY[base] base inputs, then its epilogue operands)
+_BASE_RULES = {"MatMul": rule_matmul, "Gemm": rule_gemm, "Conv": rule_batch_only}
+FUSED_BASE = {fused: (base, BASE_ARITY[base], _BASE_RULES[base]) for fused, base in FUSED_GEMMS.items()}
 
 
 def rule_fused(node, ins, t, rw):
-    """A GEMM/Conv with a fused epilogue (passes/fusion/epilogue.py): the base op decides, the
+    """A GEMM/Conv with a fused epilogue (kcompiler/fused/epilogue.py): the base op decides, the
     epilogue operands follow the output like an elementwise op's; partial sums may only pass
     through additions, which then happen on rank 0 alone."""
     base, arity, base_rule = FUSED_BASE[node.op_type]
