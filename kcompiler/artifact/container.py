@@ -60,6 +60,7 @@ import onnx
 import onnx_ir as ir
 
 from kcompiler.errors import ArtifactError
+from kcompiler.frontend.reading import proto_tensors
 
 MAGIC = b"KCMODEL\x00"
 FORMAT_VERSION = 1
@@ -141,32 +142,6 @@ def tensor_set(slot, tensor) -> None:
         owner.attributes[key] = ir.AttrTensor(key, tensor)
 
 
-# ---- tensors of an ONNX protobuf ---------------------------------------------------------
-def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    def graph(g):
-        yield from g.initializer
-        for sp in g.sparse_initializer:
-            yield sp.values
-            yield sp.indices
-        for n in g.node:
-            yield from nodes([n])
-
-    def nodes(ns):
-        for n in ns:
-            for a in n.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                if a.HasField("g"):
-                    yield from graph(a.g)
-                for sg in a.graphs:
-                    yield from graph(sg)
-
-    yield from graph(proto.graph)
-    for fn in proto.functions:
-        yield from nodes(fn.node)
-
-
 # ---- writing sections ---------------------------------------------------------------------
 class SectionFile:
     """Writes sections one after another with aligned offsets and records their hashes."""
@@ -235,7 +210,7 @@ class ArtifactWeights:
         return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset + offset, shape=(length,))
 
     def resolve(self, proto: onnx.ModelProto, what: str) -> None:
-        for t in _proto_tensors(proto):
+        for t in proto_tensors(proto):
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in t.external_data}

@@ -41,9 +41,9 @@ def compile_auto(compile_fn: Callable[..., Any], model, system, shapes, objectiv
     zoo_opts = {k: v for k, v in options.items() if k not in ("disable_passes", "print_after", "pipeline", "mode",
                                                                "name", "state")}
     irm, _, _, _ = load(model, shapes, options.get("state"), **zoo_opts)
-    backends = {name: b for name, b in make_backends(system).items() if b.is_chip}
-    ctx = CompileContext(system=system, backends=backends, mode="timing",
+    ctx = CompileContext(system=system, backends=make_backends(system), mode="timing",
                          disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None)
+    backends = ctx.chips
     run_pipeline(irm, ctx, "optimize")
     place_nodes(irm, {system.host.name: backends[system.host.name], accs[0].name: backends[accs[0].name]})
     cost = kp.node_costs(irm, backends)

@@ -75,21 +75,32 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return proto
 
 
-def _iter_tensors(graph: onnx.GraphProto):
-    """Every TensorProto in a graph, its nodes' attributes and nested subgraphs."""
+def proto_tensors(proto: onnx.ModelProto):
+    """Every TensorProto of a model: initializers (sparse ones' values and indices), tensor
+    attributes of nodes, nested subgraphs, and the nodes of its local functions."""
+    yield from _graph_tensors(proto.graph)
+    for fn in proto.functions:
+        yield from _node_tensors(fn.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
     yield from graph.initializer
     for sp in graph.sparse_initializer:
         yield sp.values
         yield sp.indices
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _iter_tensors(attr.g)
+                yield from _graph_tensors(attr.g)
             for g in attr.graphs:
-                yield from _iter_tensors(g)
+                yield from _graph_tensors(g)
 
 
 def _repeated(fd) -> bool:
@@ -114,13 +125,7 @@ def _check_text(msg, src: ModelSource) -> None:
 def check_proto_structure(proto: onnx.ModelProto, src: ModelSource) -> None:
     """Reject impossible tensors and external data that escapes the model's folder."""
     _check_text(proto, src)
-    tensors = list(_iter_tensors(proto.graph))
-    for fn in proto.functions:
-        for node in fn.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    tensors.append(attr.t)
-    for t in tensors:
+    for t in proto_tensors(proto):
         if any(d < 0 for d in t.dims):
             raise ModelLoadError(f"{src.name}: tensor '{t.name}' has a negative dimension {list(t.dims)}",
                                  hint="the model is corrupt; re-export it")

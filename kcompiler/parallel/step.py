@@ -18,6 +18,5 @@ def parallelise_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     if ctx.plan is None:
         return PassOutcome(changed=False)
     ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")
-    chips = {name: b for name, b in ctx.backends.items() if b.is_chip}
-    ctx.parallel = apply(model, ctx.system, chips, ctx.plan, ctx.objective)
+    ctx.parallel = apply(model, ctx.system, ctx.chips, ctx.plan, ctx.objective)
     return PassOutcome(changed=True)

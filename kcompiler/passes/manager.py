@@ -63,6 +63,12 @@ class CompileContext:
     parts: "list[Subgraph]" = field(default_factory=list)
     programs: "list[Program]" = field(default_factory=list)
 
+    @property
+    def chips(self) -> "dict[str, Backend]":
+        """The backends of the system's devices (the host and the accelerators), without the
+        communication backend: what placement and parallelisation choose among."""
+        return {name: b for name, b in self.backends.items() if b.is_chip}
+
     def say(self, stage: str, detail: str = "") -> None:
         if self.progress is not None:
             self.progress(stage, detail)

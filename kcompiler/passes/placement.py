@@ -244,6 +244,5 @@ def placement_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     if ctx.parallel is not None:
         return PassOutcome(changed=False)
     ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")
-    chips = {name: b for name, b in ctx.backends.items() if b.is_chip}
-    ctx.placement = place_nodes(model, chips, dict(ctx.pin) if ctx.pin else None)
+    ctx.placement = place_nodes(model, ctx.chips, dict(ctx.pin) if ctx.pin else None)
     return PassOutcome(changed=True)

@@ -9,6 +9,7 @@ subclasses; each registers itself with ``lowers=``."""
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -69,13 +70,13 @@ _LOWERINGS: dict[str, type[GemmKernel]] = {}
 
 
 # ---- the shared base ----------------------------------------------------------------------------
-class GemmKernel(Kernel):
+class GemmKernel(Kernel, metaclass=abc.ABCMeta):
     """Conv (implicit GEMM), MatMul (batched) and Gemm on the systolic array (emit.GemmDesc).
 
     Subclasses say what the GEMM is (`_init_dims`: groups g, sizes m, k, n), how A, B and the
     output are read (`_views`), what the base op adds before a fused epilogue (`_base_steps`:
     a bias, Gemm's alpha and beta) and how an epilogue operand is read in the output's
-    coordinates (`_operand_in_output`)."""
+    coordinates (`_operand_in_output`): the abstract methods every registered lowering defines."""
 
     kind = "gemm"
     #: a depthwise conv (depthwise.py) runs on the vector unit, not the array
@@ -107,9 +108,9 @@ class GemmKernel(Kernel):
         #: (biases) too, at their own size
         self.full_operands = [v for v in self.operands if opinfo.numel(v) == math.prod(out_shape)]
 
+    @abc.abstractmethod
     def _init_dims(self) -> None:
         """Set g, m, k, n: the GEMM's groups and sizes."""
-        raise NotImplementedError
 
     # ---- work split and tiling ----
     def _split(self):
@@ -186,9 +187,9 @@ class GemmKernel(Kernel):
             cores.append((gr[0], gr[1], mr[0], mr[1], nr[0], nr[1], t.tm, t.tn, tk, 0 if t.order == "mnk" else 1))
         return GemmDesc(A.dtype, Y.dtype, self.g, self.m, self.n, self.k, a, b, out, conv, tuple(cores), tuple(steps))
 
+    @abc.abstractmethod
     def _views(self, A: Layout, B: Layout, Y: Layout):
         """(A view, B view, output view, conv window or None) of the desc."""
-        raise NotImplementedError
 
     def _operand_view(self, cg: Codegen, v, Y: Layout):
         """An epilogue operand read in the output's (g, m, n) coordinates: (buf, per-group offsets,
@@ -202,9 +203,9 @@ class GemmKernel(Kernel):
         st = broadcast_operand(lay, y_sh).strides
         return self._operand_in_output(lay, st, y_sh)
 
+    @abc.abstractmethod
     def _operand_in_output(self, lay: Layout, st: tuple[int, ...], y_sh: tuple[int, ...]):
         """`_operand_view` of `lay`, broadcast to the output with element strides `st`."""
-        raise NotImplementedError
 
     def _rows_operand(self, lay: Layout, st: tuple[int, ...], y_sh: tuple[int, ...]):
         """An epilogue operand of a GEMM whose output's leading dims are its M rows."""
