@@ -121,9 +121,14 @@ def reduced_precision(cm) -> tuple[str, tuple[float, float]] | None:
     """Why cm's values are computed in less than float32, with the (rtol, atol relative to each
     output's scale) `kc run --check` then uses; None when they are float32's.
 
-    A device in use that multiplies in 16 bits gives its backend's `check_tolerance` (PIM's), so no
-    kind is named here; a 16-bit model gives REDUCED_PRECISION_TOLERANCE."""
+    A program that computes in less than float32 says so itself (Program.check_precision); a device
+    in use that multiplies in 16 bits gives its backend's `check_tolerance` (PIM's), so no kind is
+    named here; a 16-bit model gives REDUCED_PRECISION_TOLERANCE."""
     used = {sub.device for sub in getattr(cm, "parts", ()) if sub.nodes}
+    for p in getattr(cm, "programs", ()):  # a program that knows its own arithmetic (CIM: its bits, its noise)
+        got = p.check_precision() if getattr(p, "device", None) in used else None
+        if got is not None:
+            return got
     backends = getattr(cm, "backends", {})
     for d in getattr(cm.system, "devices", ()):
         dtype = getattr(d.chip.spec, "dtype", None)

@@ -71,6 +71,8 @@ class OpEvent:
     energy_j: float = 0.0
     bound: str = "compute"
     engine: str = ""  # "" means the whole device; else e.g. "core0.matrix"
+    #: where energy_j goes, for devices that know (CIM: dac, crossbar, adc, shift_add, digital, ...)
+    energy_parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +101,7 @@ class OpRecord:
     energy_j: float = 0.0
     bound: str = "compute"
     engine: str = ""
+    energy_parts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,6 +163,16 @@ class Program(abc.ABC):
     def simulate(self) -> Timeline:
         """Simulated time of one run; needs no data."""
 
+    def check_precision(self) -> tuple[str, tuple[float, float]] | None:
+        """Why this program's values are not float32's, and the (rtol, atol as a fraction of each
+        output's largest value) `kc run --check` should use; None: float32, or the backend's
+        `check_tolerance` says it (kcompiler.check.reduced_precision)."""
+        return None
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Apply run-time options of its backend (`Backend.options`, e.g. the time a CIM chip is read
+        after programming) to a compiled or loaded program. Default: none apply."""
+
     def asm(self) -> str:
         """Assembler text of the program (empty for devices without an ISA)."""
         return ""
@@ -195,6 +208,10 @@ class Backend(abc.ABC):
     #: (rtol, atol as a fraction of each output's largest value) of `kc run --check` when this device computes
     #: in reduced precision (kcompiler.check.reduced_precision); None: it computes in float32 (rtol 1e-3, atol 1e-4)
     check_tolerance: ClassVar[tuple[float, float] | None] = None
+    #: options of this kind, given to `lower` (and to a loaded program's `Program.configure`): name ->
+    #: (metavar, help). The command line offers each as --name-with-dashes on compile, run, bench and
+    #: inspect; a compile naming one that no device of its target reads is refused
+    options: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
     def __init__(self, device: "Device", system: "System"):
         self.device = device
@@ -204,6 +221,10 @@ class Backend(abc.ABC):
     @property
     def name(self) -> str:
         return self.device.name
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse a malformed value of one of this backend's `options` (a KCError naming it) before
+        anything is compiled. Default: nothing to check."""
 
     @abc.abstractmethod
     def supports(self, node: ir.Node) -> Support:

@@ -55,7 +55,8 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
         plot._matplotlib()  # fail before compiling anything if it is missing
         plot_files = plot.plot_paths(plot_path, list(target_list))
     for i, target in enumerate(target_list):
-        cm = compile_model(model, target, shape_specs, disable, print_after, mode=mode, quiet=quiet)
+        cm = compile_model(model, target, shape_specs, disable, print_after, mode=mode, quiet=quiet,
+                           targets_given=tuple(target_list))
         with status(f"simulating {model} on {target}", quiet):
             if mode == "functional":
                 cm.run(cm.random_inputs())

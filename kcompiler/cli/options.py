@@ -1,6 +1,6 @@
 """Options shared by several commands, and reading them back.
 
-The zoo, parallel, placement and partition options are not passed to the command function: a
+The zoo, parallel, placement, partition and device (Backend.options) options are not passed to the command function: a
 wrapper keeps them on the click context (ctx.meta), where kcompiler.cli.driver reads them when it
 compiles the model. --threads sets KC_THREADS around the command.
 """
@@ -12,8 +12,10 @@ import os
 
 import click
 
+from kcompiler.targets.kinds import backend_class, known_kinds
+
 #: --target's help: what it takes
-TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, host: `kc targets`), a system of chips "
+TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, hermes, isaac, host: `kc targets`), a system of chips "
                "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), a partition of a chip (warboy[1/2]), "
                "or a chip TOML file.")
 
@@ -46,11 +48,41 @@ def debug_option(f):
     return click.option("--debug", is_flag=True, hidden=False, help="Show tracebacks.")(f)
 
 
+def backend_option_table() -> dict[str, tuple[str, str]]:
+    """Every option the installed chip kinds declare (Backend.options): name -> (metavar, help)."""
+    table: dict[str, tuple[str, str]] = {}
+    for kind in known_kinds():
+        cls = backend_class(kind)
+        table.update(getattr(cls, "options", {}) if cls is not None else {})
+    return table
+
+
+def device_options(f):
+    """--cim-time and the other options chip kinds declare (Backend.options), kept on the click
+    context and given to kcompiler.compile as device_options (or to a loaded artifact's configure)."""
+    table = backend_option_table()
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        click.get_current_context().meta["kc.device"] = {k: kwargs.pop(k, None) for k in table}
+        return f(*args, **kwargs)
+
+    for name, (metavar, text) in reversed(table.items()):
+        wrapper = click.option("--" + name.replace("_", "-"), name, default=None, metavar=metavar, help=text)(wrapper)
+    return wrapper
+
+
+def device_kwargs() -> dict:
+    """The backend options (device_options) of the command being run, those given."""
+    ctx = click.get_current_context(silent=True)
+    return {k: v for k, v in (ctx.meta.get("kc.device", {}) if ctx is not None else {}).items() if v is not None}
+
+
 def shape_option(f):
     """--shape NAME=DIMS (repeatable), with the zoo and --place options every model-taking command has."""
-    return place_option(zoo_options(click.option("--shape", "shape_specs", multiple=True,
-                                                   metavar="NAME=1x3x224x224",
-                                                   help="Bind an input's shape (repeatable).")(f)))
+    return device_options(place_option(zoo_options(click.option("--shape", "shape_specs", multiple=True,
+                                                                metavar="NAME=1x3x224x224",
+                                                                help="Bind an input's shape (repeatable).")(f))))
 
 
 def place_option(f):

@@ -25,7 +25,7 @@ from kcompiler.driver import lower as _lower  # noqa: F401  (registers the lower
 from kcompiler.driver import partition as _partition  # noqa: F401  (registers the partition step)
 from kcompiler.driver.auto import compile_auto
 from kcompiler.driver.context import load, make_backends
-from kcompiler.driver.model import CompiledModel, assemble
+from kcompiler.driver.model import CompiledModel, assemble, check_device_options
 from kcompiler.errors import KCError, PassError
 from kcompiler.parallel import step as _parallelise  # noqa: F401  (registers the parallelise step)
 from kcompiler.passes import CompileContext, run_pipeline
@@ -100,7 +100,8 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             name: str | None = None, state=None, parallel: "str | Any" = "none", objective: str = "latency",
             interconnect: str | None = None, topology: str | None = None,
             place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
-            partition: "tuple | str | None" = None, **zoo_options) -> CompiledModel:
+            partition: "tuple | str | None" = None, device_options: Mapping[str, Any] | None = None,
+            **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
@@ -118,7 +119,10 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     detail says which partition), for a command line to show where a long compile is.
 
     partition: compile for a slice of the chip (a virtual NPU): (index, count), (index, count,
-    DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition)."""
+    DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition).
+
+    device_options: options of the target's backends (Backend.options), e.g. {"cim_time": "1h",
+    "cim_noise": "off"} for a CIM chip; one that no device of the target reads is refused."""
     t0 = time.perf_counter()
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
@@ -127,10 +131,14 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     if plan == "auto":  # auto compiles its finalists with this very function
         return compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
                             options=dict(disable_passes=disable_passes, print_after=print_after,
-                                         pipeline=pipeline, mode=mode, name=name, state=state, **zoo_options))
-    ctx = CompileContext(system=system, backends=make_backends(system), mode=mode, plan=plan, objective=objective,
+                                         pipeline=pipeline, mode=mode, name=name, state=state,
+                                         device_options=device_options, **zoo_options))
+    backends = make_backends(system)
+    check_device_options(backends, device_options or {})
+    ctx = CompileContext(system=system, backends=backends, mode=mode, plan=plan, objective=objective,
                          pin=dict(place) if place else None, disabled=frozenset(disable_passes),
-                         print_after=frozenset(print_after), printer=printer, progress=progress)
+                         print_after=frozenset(print_after), printer=printer, progress=progress,
+                         device_options={k: v for k, v in (device_options or {}).items() if v is not None})
     ctx.say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
     irm, source, src_model, model_name = load(model, shapes, state, **zoo_options)
     source_stats = opinfo.model_stats(irm)

@@ -24,6 +24,6 @@ def lower_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     for i, sub in enumerate(ctx.parts):
         ctx.say("lower", f"partition {i + 1}/{len(ctx.parts)}: {len(sub.nodes)} node{'s' * (len(sub.nodes) != 1)} "
                          f"for {sub.device}")
-        programs.append(ctx.backends[sub.device].lower(sub, {"mode": ctx.mode}))
+        programs.append(ctx.backends[sub.device].lower(sub, {"mode": ctx.mode, **ctx.device_options}))
     ctx.programs = programs
     return PassOutcome(changed=False)

@@ -11,12 +11,25 @@ import onnx_ir as ir
 from kcompiler import opinfo, targets
 from kcompiler.artifact.writer import save as save_artifact
 from kcompiler.backends.base import Backend, Program, Subgraph
-from kcompiler.errors import InputError
+from kcompiler.errors import InputError, KCError
 from kcompiler.frontend import ModelSource
 from kcompiler.passes import CompileContext
 from kcompiler.runtime.executor import Executor
 from kcompiler.runtime.report import Report
 from kcompiler.targets.area import system_area
+
+def check_device_options(backends: Mapping[str, Backend], options: Mapping[str, Any]) -> None:
+    """Refuse options (given, not None) that no backend of the target reads."""
+    known = {k: b.kind for b in backends.values() for k in b.options}
+    for k, v in options.items():
+        if v is not None and k not in known:
+            flag = "--" + k.replace("_", "-")
+            raise KCError(f"{flag} applies to no device of this target", hint=f"devices: "
+                          f"{', '.join(sorted({b.name for b in backends.values()}))}; {flag} needs a device "
+                          "whose kind reads it (e.g. a cim chip: --target atom+hermes)")
+    for b in backends.values():
+        b.check_options({k: v for k, v in options.items() if k in b.options and v is not None})
+
 
 class CompiledModel:
     """A model compiled for a system: run it for values, simulate it for time."""
@@ -46,6 +59,16 @@ class CompiledModel:
         self.notes: list[str] = []
         #: nodes, params, flops, macs of the model as loaded, before the passes (opinfo.model_stats)
         self.source_stats: dict[str, int] | None = None
+
+    def configure(self, **options) -> None:
+        """Apply run-time options of the target's backends (Backend.options, e.g.
+        ``cim_time="1y"``) to every program, compiled or loaded; an option no device reads is a KCError."""
+        check_device_options(self.backends, options)
+        opts = {k: v for k, v in options.items() if v is not None}
+        self.context.device_options.update(opts)
+        for p in self.programs:
+            p.configure(opts)
+        self._report = None
 
     @property
     def report(self) -> Report:

@@ -52,6 +52,8 @@ class CompileContext:
     printer: Callable[[str], None] = print
     #: called as progress(stage, detail) when a step starts (for a command line's status)
     progress: Callable[[str, str], None] | None = None
+    #: options of the target's backends (Backend.options, e.g. cim_time), given to every `lower`
+    device_options: dict[str, Any] = field(default_factory=dict)
     # ---- what the steps record ----
     timings: list[tuple[str, float]] = field(default_factory=list)
     fired: dict[str, int] = field(default_factory=dict)

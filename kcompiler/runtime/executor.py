@@ -113,6 +113,7 @@ class Executor:
         dev_macs: dict[str, int] = {}
         ops, transfers = [], []
         energy = 0.0
+        energy_parts: dict[str, dict[str, float]] = {}
         dram = 0
         for sub, prog in zip(self.parts, self.programs):
             if prog.spans_devices:  # communication ops (kcompiler.backends.comm) span devices and links
@@ -131,7 +132,11 @@ class Executor:
             tl = prog.simulate()
             for e in tl.ops:
                 ops.append(OpRecord(e.name, e.op_type, dev, start + e.start_s, start + e.end_s, e.cycles,
-                                    e.macs, e.dram_bytes, e.sram_bytes, e.energy_j, e.bound, e.engine))
+                                    e.macs, e.dram_bytes, e.sram_bytes, e.energy_j, e.bound, e.engine,
+                                    dict(e.energy_parts)))
+                for k, v in e.energy_parts.items():
+                    parts = energy_parts.setdefault(dev, {})
+                    parts[k] = parts.get(k, 0.0) + v
                 energy += e.energy_j
                 dram += e.dram_bytes
                 dev_macs[dev] = dev_macs.get(dev, 0) + e.macs
@@ -169,6 +174,8 @@ class Executor:
         report.host_nodes = nodes.get(host, 0)
         report.devices = {d: {"nodes": nodes.get(d, 0), "macs": dev_macs.get(d, 0), "busy_s": busy.get(d, 0.0)}
                           for d in busy}
+        for d, parts in energy_parts.items():
+            report.devices[d]["energy_parts"] = parts
         clock = _clock_hz(self.system)
         report.cycles = int(round(latency * clock))
         return report

@@ -1,6 +1,6 @@
 """Chip kinds: kind -> the backend class that implements it, found by name.
 
-A table of the built-in kinds (``host``, ``npu``, ``pim``, ``comm``) plus the entry-point
+A table of the built-in kinds (``host``, ``npu``, ``pim``, ``cim``, ``comm``) plus the entry-point
 group ``kcompiler.backends`` (name = kind, value = ``module:BackendClass``) for plugins.
 Classes are imported by name when first asked for, so target files can be validated
 against a kind's spec class without this package importing the backends (which sit above
@@ -23,6 +23,7 @@ BUILTIN = {
     "host": "kcompiler.backends.host:HostBackend",
     "npu": "kcompiler.backends.npu:NpuBackend",
     "pim": "kcompiler.backends.pim:PimBackend",
+    "cim": "kcompiler.backends.cim:CimBackend",
     "comm": "kcompiler.backends.comm:CommBackend",
 }
 
