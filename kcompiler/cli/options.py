@@ -15,7 +15,7 @@ import click
 from kcompiler.targets.kinds import backend_class, known_kinds
 
 #: --target's help: what it takes
-TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, hermes, isaac, host: `kc targets`), a system of chips "
+TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, hermes, hermes-1p, isaac, host: `kc targets`), a system of chips "
                "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), a partition of a chip (warboy[1/2]), "
                "or a chip TOML file.")
 

@@ -216,8 +216,15 @@ def host_area(spec, name: str = "host") -> Area:
     return Area.of({"cpu_cores": cores * HOST_CORE_MM2_7NM * logic_scale(nm) / logic_scale(7)}, notes)
 
 
+def cim_area(spec, name: str = "cim") -> Area:
+    """Analog in-memory chips: crossbars x the published area per crossbar core (its ADCs, DACs and
+    digital periphery included), plus the rest of the die; the spec holds them (backends/cim/spec.py)."""
+    return spec.area_model(name)
+
+
 #: chip kind -> its area model (a table: a kind's model is data, not a branch)
-AREA_MODELS: dict[str, Callable[[Any, str], Area]] = {"npu": npu_area, "pim": pim_area, "host": host_area}
+AREA_MODELS: dict[str, Callable[[Any, str], Area]] = {"npu": npu_area, "pim": pim_area, "host": host_area,
+                                                      "cim": cim_area}
 
 
 def chip_area(chip) -> Area:

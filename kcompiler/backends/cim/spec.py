@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kcompiler.errors import TargetError
 from kcompiler.targets import Link
+from kcompiler.targets.area import Area
 from kcompiler.targets.schema import field
 
 #: the longest crossbar line (rows or columns) a chip file may describe: IR drop along a line limits
@@ -74,6 +75,13 @@ class CimLinkSpec:
 
 
 @dataclass(frozen=True)
+class CimArea:
+    crossbar_mm2: float = field(min=0.0, max=1e4, unit="mm²",
+                                doc="one crossbar with its share of the chip's periphery (ADCs, DACs, digital, memory)")
+    other_mm2: float = field(0.0, min=0.0, max=1e5, unit="mm²", doc="the rest of the die (off-chip links)")
+
+
+@dataclass(frozen=True)
 class CimSpec:
     crossbars: int = field(min=1, max=1 << 24, doc="crossbar arrays on the chip")
     rows: int = field(min=1, max=MAX_LINES, doc="rows (inputs) of one crossbar")
@@ -93,6 +101,7 @@ class CimSpec:
     timing: CimTiming = field(doc="[cim.timing] table")
     energy: CimEnergy = field(doc="[cim.energy] table")
     link: CimLinkSpec = field(doc="[cim.link] table: the chip's link to an NPU on the same card")
+    area: CimArea = field(doc="[cim.area] table: published die areas")
     process_nm: float | None = field(None, min=3, max=130, unit="nm", doc="CMOS process of the periphery")
     adc_headroom: float = field(4.0, min=0.01, max=1e6, doc="calibrated full scale in column-norm units")
     digital_dtype: str = field("float32", choices=("float32",), doc="dtype of the digital periphery")
@@ -166,6 +175,10 @@ class CimSpec:
     @property
     def peak_ops_per_w(self) -> float:
         return 2.0 * self.weights_per_crossbar / sum(self.mvm_energy().values())
+
+    def area_model(self, name: str = "cim") -> Area:
+        """The die from published areas (kcompiler.targets.area's model for the cim kind)."""
+        return Area.of({"crossbar_cores": self.crossbars * self.area.crossbar_mm2, "other": self.area.other_mm2})
 
     def peer_link(self) -> Link:
         return Link(bandwidth=self.link.bandwidth, latency=self.link.latency_s, name="card")
