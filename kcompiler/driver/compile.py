@@ -61,11 +61,17 @@ def _idle_chip_notes(system: targets.System, parallel, placement: Mapping[str, i
     accs = system.accelerators
     notes = []
     if parallel in (None, "none") and len(accs) > 1:
-        idle = [d.name for d in accs if not placement.get(d.name)]
-        if idle:
-            notes.append(f"{', '.join(idle)} of {system.name} run nothing: without --parallel each node goes to "
+        idle = [d for d in accs if not placement.get(d.name)]
+        busy = {d.chip.name for d in accs if placement.get(d.name)}
+        twins = [d.name for d in idle if d.chip.name in busy]
+        others = [d.name for d in idle if d.chip.name not in busy]
+        if twins:
+            notes.append(f"{', '.join(twins)} of {system.name} run nothing: without --parallel each node goes to "
                          "the one device that suits it best, so identical chips beyond the first stay idle; "
                          "--parallel data|tensor|pipeline|auto splits the model over them")
+        if others:
+            notes.append(f"{', '.join(others)} of {system.name} run nothing: every node runs faster elsewhere "
+                         "(`kc inspect` gives each node's estimates); --place KEY=DEVICE pins nodes to it")
     elif isinstance(parallel, str) and not kparallel.get_strategy(parallel).searches and len(accs) == 1:
         notes.append(f"--parallel {parallel} on one chip splits nothing: give --devices N or a target like "
                      f"4x{accs[0].chip.name}")
