@@ -99,3 +99,9 @@ def test_the_command_line_offers_every_registered_strategy():
 
     choice = next(p for p in bench_cmd.params if p.name == "parallel").type
     assert isinstance(choice, click.Choice) and tuple(choice.choices) == STRATEGIES
+
+
+def test_a_single_chip_without_parallel_says_nothing_about_splitting():
+    """--parallel none (the default) on one chip is no request to split: no note about it."""
+    cm = kcompiler.compile("bert-tiny", target="atom", mode="timing")
+    assert not any("splits nothing" in n for n in cm.notes), cm.notes

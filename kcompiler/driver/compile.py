@@ -60,8 +60,8 @@ def _idle_chip_notes(system: targets.System, parallel, placement: Mapping[str, i
     silently ignored."""
     accs = system.accelerators
     notes = []
-    if parallel in (None, "none") and len(accs) > 1:
-        idle = [d for d in accs if not placement.get(d.name)]
+    if parallel in (None, "none"):
+        idle = [d for d in accs if not placement.get(d.name)] if len(accs) > 1 else []
         busy = {d.chip.name for d in accs if placement.get(d.name)}
         twins = [d.name for d in idle if d.chip.name in busy]
         others = [d.name for d in idle if d.chip.name not in busy]

@@ -114,6 +114,7 @@ class Executor:
         ops, transfers = [], []
         energy = 0.0
         energy_parts: dict[str, dict[str, float]] = {}
+        dev_energy: dict[str, float] = {}
         dram = 0
         for sub, prog in zip(self.parts, self.programs):
             if prog.spans_devices:  # communication ops (kcompiler.backends.comm) span devices and links
@@ -138,6 +139,7 @@ class Executor:
                     parts = energy_parts.setdefault(dev, {})
                     parts[k] = parts.get(k, 0.0) + v
                 energy += e.energy_j
+                dev_energy[dev] = dev_energy.get(dev, 0.0) + e.energy_j
                 dram += e.dram_bytes
                 dev_macs[dev] = dev_macs.get(dev, 0) + e.macs
             end = start + tl.seconds
@@ -172,8 +174,8 @@ class Executor:
         report.dram_bytes = dram
         report.macs = sum(dev_macs.values())
         report.host_nodes = nodes.get(host, 0)
-        report.devices = {d: {"nodes": nodes.get(d, 0), "macs": dev_macs.get(d, 0), "busy_s": busy.get(d, 0.0)}
-                          for d in busy}
+        report.devices = {d: {"nodes": nodes.get(d, 0), "macs": dev_macs.get(d, 0), "busy_s": busy.get(d, 0.0),
+                              "energy_j": dev_energy.get(d, 0.0)} for d in busy}
         for d, parts in energy_parts.items():
             report.devices[d]["energy_parts"] = parts
         clock = _clock_hz(self.system)

@@ -79,7 +79,8 @@ class Report:
                  f"throughput {self.throughput_per_s:,.1f} /s, energy {_mj(self.energy_j)} mJ, "
                  f"DRAM {self.dram_bytes:,} B, {self.macs:,} MACs, {self.host_nodes} host node(s)"]
         lines += [f"  {d}: {i['nodes']} nodes, {i['macs']:,} MACs, busy {i['busy_s'] * 1e3:.4f} ms"
-                  for d, i in self.devices.items()]
+                  + (f", {_mj(i['energy_j'])} mJ ({2 * i['macs'] / i['energy_j'] / 1e12:.2f} TOPS/W)"
+                     if i.get("energy_j") and i.get("macs") else "") for d, i in self.devices.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
-from kcompiler.backends.cim import isa
+from kcompiler.backends.cim import artifact, isa
 from kcompiler.backends.cim.conditions import OPTIONS, Conditions
 from kcompiler.backends.cim.lowering import Lowering, broadcast_strides, parse_step
 from kcompiler.backends.cim.program import CimProgram
@@ -115,6 +115,19 @@ class CimBackend(Backend):
         if self._images > self.spec.crossbars:  # the device's weights do not fit: reprogram every inference
             for p in self._programs:
                 p.code.instrs[p.code.instrs[:, 0] == isa.PROG, 4] = 1
+        return prog
+
+    # ---- artifacts (artifact.py, kcompiler/artifact) -------------------------------------
+    ARTIFACT_ENCODING = artifact.ENCODING
+
+    def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
+        return artifact.save_program(self.name, self.device.chip.name, program, subgraph, weights)
+
+    def load_program(self, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
+                     options: Mapping[str, Any] | None = None) -> Program:
+        prog = artifact.load_program(self.name, self.spec, subgraph, blob, meta, weights, options)
+        self._images += len(prog.code.image_rows)
+        self._programs.append(prog)
         return prog
 
     def _lower(self, inputs, nodes, outputs, timing_only: bool, first_image: int,

@@ -76,15 +76,22 @@ class CimProgram(Program):
         used = len({int(r[2]) for r in self.code.instrs if int(r[0]) == isa.PROG})
         if every:
             tl.notes.append(f"{self.device}: the model's weights need more crossbars than the chip's "
-                            f"{self.spec.crossbars}: they are reprogrammed every inference (charged in time and "
+                            f"{self.spec.crossbars} ({self.utilisation():.0%} of this program's crossbar cells used): "
+                            "they are reprogrammed every inference (charged in time and "
                             "energy as 'programming'); a target with more CIM chips or a smaller model keeps "
                             "them resident")
         elif used:
             s, j, n = programming_cost(self.spec, self.code)
-            tl.notes.append(f"{self.device}: weights resident in {n} of {self.spec.crossbars} crossbars, programmed "
-                            f"once ({s * 1e3:.3g} ms, {j * 1e3:.3g} mJ, not per inference); "
-                            f"{self.conditions.describe()}")
+            tl.notes.append(f"{self.device}: weights resident in {n} of {self.spec.crossbars} crossbars "
+                            f"({self.utilisation():.0%} of their cells used), programmed once ({s * 1e3:.3g} ms, "
+                            f"{j * 1e3:.3g} mJ, not per inference); {self.conditions.describe()}")
         return tl
+
+    def utilisation(self) -> float:
+        """Share of the cells of this program's crossbar images that hold a weight digit."""
+        c, s = self.code, self.spec
+        cells = float((c.image_rows.astype(np.int64) * c.image_outs * s.slices).sum())
+        return cells / max(len(c.image_rows) * s.rows * s.cols, 1)
 
     def asm(self) -> str:
         lines, step = [], -1

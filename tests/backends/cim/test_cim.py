@@ -248,3 +248,18 @@ def test_command_line_places_explains_and_reads_later(tmp_path: Path):
     r = CliRunner().invoke(cli_main, ["bench", str(path), "--target", "atom", "--target", "hermes", "--cim-time",
                                       "1d", "--json", str(tmp_path / "b.json")])
     assert r.exit_code == 0, r.output
+
+
+def test_an_artifact_runs_the_program_it_carries(tmp_path: Path):
+    m, shapes = conv_model()
+    feeds = _feeds(shapes)
+    cm = kcompiler.compile(m, target="atom+hermes", place={"Conv": "hermes"}, device_options={"cim_time": "1d"})
+    prog = _cim(cm)[0]
+    prog.code.images.out_scale[0, :] *= 2  # a change the graph does not know about: the artifact must carry it
+    want = cm.run(feeds)["o"]
+    cm.save(tmp_path / "m.kcm")
+    loaded = kcompiler.load(tmp_path / "m.kcm")
+    assert _cim(loaded)[0].conditions.time_s == 86400
+    assert np.array_equal(loaded.run(feeds)["o"], want)
+    loaded.configure(cim_time="1y")
+    assert not np.array_equal(loaded.run(feeds)["o"], want)
