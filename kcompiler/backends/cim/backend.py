@@ -7,6 +7,7 @@ energy then charge."""
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Mapping
 
 import numpy as np
@@ -14,9 +15,9 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
-from kcompiler.backends.cim import artifact, isa
+from kcompiler.backends.cim import artifact, isa, mapping
 from kcompiler.backends.cim.conditions import OPTIONS, Conditions
-from kcompiler.backends.cim.lowering import Lowering, broadcast_strides, parse_step
+from kcompiler.backends.cim.lowering import Lowering, broadcast_strides, gemm_dims, parse_step
 from kcompiler.backends.cim.program import CimProgram
 from kcompiler.backends.cim.sim import Binding, Code, Images
 from kcompiler.backends.cim.spec import CimSpec
@@ -41,6 +42,7 @@ class CimBackend(Backend):
         self._cache: dict[tuple, Cost] = {}
         self._images = 0
         self._programs: list[CimProgram] = []
+        self._plans: dict[tuple[int, int], dict[int, tuple[ir.Node, int]]] = {}
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         Conditions.from_options(options)
@@ -88,12 +90,52 @@ class CimBackend(Backend):
         a node it could run unfused."""
         return self.supports(node)
 
+    # ---- weight replication ---------------------------------------------------------------
+    def copies(self, node: ir.Node) -> int:
+        """How many copies of `node`'s weights the chip holds (replication_plan of its graph)."""
+        g = node.graph
+        if g is None:
+            return 1
+        key = (id(g), len(g))
+        if key not in self._plans:
+            self._plans = {key: self.replication_plan(g)}
+        return self._plans[key].get(id(node), (node, 1))[1]
+
+    def replication_plan(self, graph: ir.Graph) -> dict[int, tuple[ir.Node, int]]:
+        """Spare crossbars go to copies of the weights of the layers that stream the most vectors.
+
+        Every node of the graph the chip can run is counted as if it ran here (placement has not
+        chosen yet, and estimates and lowering must agree), so the copies never take the crossbars
+        another node needs: with B crossbars of base weights and P on the chip, P - B are handed
+        out, one copy of one node at a time, to the node whose time per crossbar falls most
+        (vectors x (1/r - 1/(r+1)) / tiles). A model that does not fit gets no copies."""
+        nodes = []
+        for n in graph:
+            if self.supports(n):
+                k, n_out, vecs = gemm_dims(n)
+                nodes.append((n, mapping.crossbars_needed(self.spec, k, n_out), vecs))
+        spare = self.spec.crossbars - sum(t for _, t, _ in nodes)
+        copies = {id(n): 1 for n, _, _ in nodes}
+        heap = [(-vecs / 2 / tiles, i) for i, (n, tiles, vecs) in enumerate(nodes) if vecs > 1 and tiles <= spare]
+        heapq.heapify(heap)
+        while heap and spare > 0:
+            _, i = heapq.heappop(heap)
+            n, tiles, vecs = nodes[i]
+            if tiles > spare:
+                continue
+            r = copies[id(n)] = copies[id(n)] + 1
+            spare -= tiles
+            if r < vecs:
+                heapq.heappush(heap, (-vecs * (1 / r - 1 / (r + 1)) / tiles, i))
+        return {id(n): (n, copies[id(n)]) for n, _, _ in nodes}
+
     # ---- cost ---------------------------------------------------------------------------
     def estimate(self, node: ir.Node) -> Cost:
         if not self.supports(node):
             return Cost(seconds=float("inf"), bound="overhead")
+        copies = self.copies(node)
         key = (node.op_type, node.domain, tuple(tuple(opinfo.shape_of(v) or ()) for v in node.inputs if v),
-               tuple((k, repr(a.value)) for k, a in sorted(node.attributes.items())))
+               tuple((k, repr(a.value)) for k, a in sorted(node.attributes.items())), copies)
         if key not in self._cache:
             prog = self._lower(list(node.inputs), [node], list(node.outputs), timing_only=True, first_image=0)
             tl = prog.simulate()
@@ -133,7 +175,7 @@ class CimBackend(Backend):
     def _lower(self, inputs, nodes, outputs, timing_only: bool, first_image: int,
                conditions: Conditions | None = None) -> CimProgram:
         s: CimSpec = self.spec
-        low = Lowering(s, first_image, timing_only)
+        low = Lowering(s, first_image, timing_only, self.copies)
         bindings = []
         for v in inputs:
             if v is None or v.name in low.env or opinfo.is_const(v):
@@ -145,6 +187,9 @@ class CimBackend(Backend):
             bindings.append(Binding(v.name, b.addr, tuple(sh)))
         for i, node in enumerate(nodes):
             low.em.step = i
+            if node.op_type in ("Constant", "ConstantOfShape") and node.domain in ("", "ai.onnx") and all(
+                    opinfo.is_const(v) for v in node.outputs):
+                continue  # placed with its consumer: its value is constant data in the memory image
             ok = self.supports(node)
             if not ok:
                 raise LoweringError(f"node '{node.name}' ({node.op_type}) was placed on {self.name}, which cannot "

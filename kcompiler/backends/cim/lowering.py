@@ -66,8 +66,10 @@ def broadcast_strides(out: tuple[int, ...], opnd: tuple[int, ...]) -> tuple[tupl
 class Lowering:
     """Lowering state of one subgraph: the activation memory plan, constants, crossbar images."""
 
-    def __init__(self, spec: CimSpec, first_image: int, timing_only: bool):
+    def __init__(self, spec: CimSpec, first_image: int, timing_only: bool, copies=lambda node: 1):
         self.spec, self.timing_only = spec, timing_only
+        #: node -> how many copies of its weights to program (the backend's replication plan)
+        self.copies = copies
         self.em = isa.Emitter()
         self.mem = 0
         self.consts: list[tuple[int, np.ndarray]] = []
@@ -110,13 +112,34 @@ class Lowering:
         self.image_outs.extend(t.outs for t in tiles)
         return tiles
 
-    def gemm(self, x: Buf, nvec: int, k_dim: int, tiles: list[mapping.Tile], dst: Buf, n_dim: int) -> None:
-        """dst[nvec, N] = x[nvec, K] @ W through the tiles' crossbars (row blocks accumulate)."""
-        for t in tiles:
-            self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image, every=0)
-        for t in tiles:
-            self.em.emit("MVM", xbar=t.image % self.spec.crossbars, src=x.addr + t.k0, pitch=k_dim, nvec=nvec,
-                         rows=t.rows, dst=dst.addr + t.n0, dpitch=n_dim, outs=t.outs, acc=int(t.k0 > 0))
+    def replicate(self, tiles: list[mapping.Tile], copies: int) -> list[list[mapping.Tile]]:
+        """The tiles and copies - 1 replicas of them on crossbars of their own (each programmed, and
+        so noisy, on its own): weight replication, as ISAAC does for its busiest layers."""
+        sets = [tiles]
+        for _ in range(copies - 1):
+            first = self.first_image + len(self.image_rows)
+            sets.append([mapping.Tile(first + i, t.k0, t.rows, t.n0, t.outs) for i, t in enumerate(tiles)])
+            if not self.timing_only:
+                self.images.extend(self.images[t.image - self.first_image] for t in tiles)
+            self.image_rows.extend(t.rows for t in tiles)
+            self.image_outs.extend(t.outs for t in tiles)
+        return sets
+
+    def gemm(self, x: Buf, nvec: int, k_dim: int, tiles: list[mapping.Tile], dst: Buf, n_dim: int,
+             copies: int = 1) -> None:
+        """dst[nvec, N] = x[nvec, K] @ W through the tiles' crossbars (row blocks accumulate); with
+        copies > 1 each replica of the tiles takes its own block of the vectors."""
+        block = -(-nvec // max(1, min(copies, nvec)))
+        sets = self.replicate(tiles, -(-nvec // block))  # every copy gets a block of `block` vectors, the last the rest
+        for ts in sets:  # image ids are the device's (crossbar = id mod crossbars); PROG names this program's
+            for t in ts:
+                self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image - self.first_image, every=0)
+        for j, ts in enumerate(sets):
+            lo, n = j * block, min(block, nvec - j * block)
+            for t in ts:
+                self.em.emit("MVM", xbar=t.image % self.spec.crossbars, src=x.addr + lo * k_dim + t.k0, pitch=k_dim,
+                             nvec=n, rows=t.rows, dst=dst.addr + lo * n_dim + t.n0, dpitch=n_dim, outs=t.outs,
+                             acc=int(t.k0 > 0))
 
     def vop(self, fn: int, dst: Buf, b: Buf | None, alpha: float = 0.0, beta: float = 0.0) -> None:
         if b is None:
@@ -149,7 +172,7 @@ class Lowering:
         x = self.operand(a)
         nvec = max(math.prod(x.shape), 1) // k_dim
         tiles = self.matrix(w, k_dim, n_dim, lambda arr: arr.reshape(k_dim, n_dim))
-        self.gemm(x, nvec, k_dim, tiles, out, n_dim)
+        self.gemm(x, nvec, k_dim, tiles, out, n_dim, self.copies(node))
 
     def _gemm(self, node: ir.Node, ins, out: Buf) -> None:
         attr = {k: a.value for k, a in node.attributes.items()}
@@ -165,7 +188,7 @@ class Lowering:
         n_dim = ws[0] if attr.get("transB", 0) else ws[1]
         tiles = self.matrix(ins[1], k_dim, n_dim,
                             lambda arr: alpha * (arr.T if attr.get("transB", 0) else arr))
-        self.gemm(x, m, k_dim, tiles, out, n_dim)
+        self.gemm(x, m, k_dim, tiles, out, n_dim, self.copies(node))
         if len(ins) > 2 and ins[2] is not None and beta != 0.0:
             self.vop(isa.VOP_FNS.index("add"), out, self.operand(ins[2]), beta)
 
@@ -179,11 +202,27 @@ class Lowering:
         self.em.emit("IM2COL", dst=cols.addr, src=x.addr, nstride=c * h * w, **g)
         tiles = self.matrix(ins[1], k_dim, co, lambda arr: arr.reshape(co, k_dim).T)
         pix = self.alloc((n * oh * ow, co))
-        self.gemm(cols, n * oh * ow, k_dim, tiles, pix, co)
+        self.gemm(cols, n * oh * ow, k_dim, tiles, pix, co, self.copies(node))
         self.em.emit("XPOSE", dst=out.addr, src=pix.addr, a=n, b=oh * ow, c=co)
         if len(ins) > 2 and ins[2] is not None:
             bias = self.operand(ins[2])
             self.vop(isa.VOP_FNS.index("add"), out, Buf(bias.addr, (co,) + (1,) * (len(out.shape) - 2)), 1.0)
+
+
+def gemm_dims(node: ir.Node) -> tuple[int, int, int]:
+    """(K, N, vectors) of a GEMM-like node the backend supports: what its crossbars multiply."""
+    ins, _ = split_inputs(node)
+    xs, ws = opinfo.shape_of(ins[0]), opinfo.shape_of(ins[1])
+    base = base_of(node)
+    if base == "MatMul":
+        return ws[0], (ws[1] if len(ws) == 2 else 1), max(math.prod(xs), 1) // ws[0]
+    if base == "Gemm":
+        trans_a = node.attributes.get("transA")
+        trans_b = node.attributes.get("transB")
+        k, m = (xs[0], xs[1]) if trans_a is not None and trans_a.value else (xs[1], xs[0])
+        return k, (ws[0] if trans_b is not None and trans_b.value else ws[1]), m
+    ys = opinfo.shape_of(node.outputs[0])
+    return math.prod(ws[1:]), ws[0], ys[0] * math.prod(ys[2:])
 
 
 def conv_geometry(node: ir.Node, xs, ws, ys) -> dict[str, int]:
