@@ -72,6 +72,13 @@ class CimProgram(Program):
 
     def simulate(self) -> Timeline:
         tl = simulate(self.spec, self.code)
+        s = self.spec
+        if len(self.code.image_rows):
+            tl.notes.append(f"{self.device} multiplies in analog, as charged: {s.input_bits}-bit inputs "
+                            f"({s.input_slices} read{'s' * (s.input_slices > 1)} of {s.dac_bits} bit"
+                            f"{'s' * (s.dac_bits > 1)}), {s.weight_bits}-bit weights over {s.slices} cell"
+                            f"{'s' * (s.slices > 1)} of {s.cell_bits} bits, {s.adc_bits}-bit ADCs; its digital "
+                            f"periphery computes in {s.digital_dtype}")
         every = any(int(r[0]) == isa.PROG and int(r[4]) for r in self.code.instrs)
         used = len({int(r[2]) for r in self.code.instrs if int(r[0]) == isa.PROG})
         if every:
