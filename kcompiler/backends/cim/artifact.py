@@ -81,6 +81,14 @@ def load_program(name: str, spec: CimSpec, subgraph: Subgraph, blob: bytes, meta
             except (KeyError, TypeError, ValueError) as exc:
                 raise ArtifactError(f"{where}: malformed crossbar image '{f.name}' ({exc})") from None
         images = Images(**arrays)
+        n = len(image_rows)
+        want = {"codes": (n, spec.planes, spec.rows, spec.cols), "col_out": (n, spec.cols),
+                "col_slice": (n, spec.cols), "out_scale": (n, spec.outputs_per_crossbar), "adc_fs": (n, spec.cols),
+                "col_flip": (n, spec.cols)}
+        for key, shape in want.items():
+            if arrays[key].shape != shape:
+                raise ArtifactError(f"{where}: crossbar image '{key}' has shape {arrays[key].shape}, the chip's "
+                                    f"program needs {shape}", hint="recompile the model for this chip")
         consts = [(int(a), np.array(weights.map(off, 4 * n)).view("<f4").astype(np.float32))
                   for a, off, n in meta.get("consts", ())]
     code = Code(instrs, images, image_rows, image_outs, mem_elems, consts, inputs, outputs,

@@ -18,7 +18,7 @@ import kcompiler
 from kcompiler.backends.cim.conditions import Conditions, parse_time
 from kcompiler.backends.cim.program import CimProgram
 from kcompiler.cli import cli as cli_main
-from kcompiler.errors import ExecutionError, InputError, KCError, TargetError
+from kcompiler.errors import ArtifactError, ExecutionError, InputError, KCError, TargetError
 from kcompiler.targets import chip
 from kcompiler.targets.chips import load_chip_file
 
@@ -304,3 +304,35 @@ def test_an_artifact_runs_the_program_it_carries(tmp_path: Path):
     assert np.array_equal(loaded.run(feeds)["o"], want)
     loaded.configure(cim_time="1y")
     assert not np.array_equal(loaded.run(feeds)["o"], want)
+
+
+def test_a_corrupt_cim_artifact_is_refused(tmp_path: Path):
+    """Images of the wrong shape (a file written for another chip, or tampered with) are an
+    ArtifactError, not an IndexError inside the simulator."""
+    from kcompiler.backends.cim import artifact
+
+    m, shapes = gemm_model()
+    cm = kcompiler.compile(m, target="hermes", place={"*": "hermes"})
+    prog, sub = _cim(cm)[0], next(s for s in cm.parts if s.device == "hermes")
+
+    class Weights:
+        def __init__(self):
+            self.data = bytearray()
+
+        def add(self, raw: bytes) -> int:
+            self.data += raw
+            return len(self.data) - len(raw)
+
+        def map(self, off: int, n: int):
+            return np.frombuffer(bytes(self.data[off:off + n]), np.uint8)
+
+    w = Weights()
+    blob, meta = artifact.save_program("hermes", "hermes", prog, sub, w)
+    loaded = artifact.load_program("hermes", prog.spec, sub, blob, meta, w)
+    feeds = {b.name: np.ones(b.shape, np.float32) for b in prog.code.inputs}
+    assert np.array_equal(loaded.run(feeds)[prog.output_names[0]], prog.run(feeds)[prog.output_names[0]])
+    bad = dict(meta, images=dict(meta["images"], codes=[meta["images"]["codes"][0], "|u1", [1, 2, 8, 256]]))
+    with pytest.raises(ArtifactError, match="codes"):
+        artifact.load_program("hermes", prog.spec, sub, blob, bad, w)
+    with pytest.raises(ArtifactError, match="whole number"):
+        artifact.load_program("hermes", prog.spec, sub, blob[:-3], meta, w)
