@@ -29,6 +29,10 @@ def _f32(v: ir.Value | None) -> bool:
     return v is not None and v.dtype == ir.DataType.FLOAT
 
 
+#: the replication plan's entry that says the graph's weights exceed the chip's crossbars
+OVERFLOW = -1
+
+
 class CimBackend(Backend):
     kind = "cim"
     spec_class = CimSpec
@@ -91,15 +95,24 @@ class CimBackend(Backend):
         return self.supports(node)
 
     # ---- weight replication ---------------------------------------------------------------
-    def copies(self, node: ir.Node) -> int:
-        """How many copies of `node`'s weights the chip holds (replication_plan of its graph)."""
+    def _plan_of(self, node: ir.Node) -> dict[int, tuple[ir.Node, int]]:
         g = node.graph
         if g is None:
-            return 1
+            return {}
         key = (id(g), len(g))
         if key not in self._plans:
             self._plans = {key: self.replication_plan(g)}
-        return self._plans[key].get(id(node), (node, 1))[1]
+        return self._plans[key]
+
+    def copies(self, node: ir.Node) -> int:
+        """How many copies of `node`'s weights the chip holds (replication_plan of its graph)."""
+        return self._plan_of(node).get(id(node), (node, 1))[1]
+
+    def overflows(self, node: ir.Node) -> bool:
+        """Whether the weights of every node of `node`'s graph the chip can run exceed its crossbars:
+        then estimates charge reprogramming, as a program would (conservative when placement puts some
+        of those nodes elsewhere)."""
+        return self._plan_of(node).get(OVERFLOW, (None, 0))[1] > 0
 
     def replication_plan(self, graph: ir.Graph) -> dict[int, tuple[ir.Node, int]]:
         """Spare crossbars go to copies of the weights of the layers that stream the most vectors.
@@ -127,17 +140,21 @@ class CimBackend(Backend):
             spare -= tiles
             if r < vecs:
                 heapq.heappush(heap, (-vecs * (1 / r - 1 / (r + 1)) / tiles, i))
-        return {id(n): (n, copies[id(n)]) for n, _, _ in nodes}
+        plan = {id(n): (n, copies[id(n)]) for n, _, _ in nodes}
+        plan[OVERFLOW] = (None, int(spare < 0))
+        return plan
 
     # ---- cost ---------------------------------------------------------------------------
     def estimate(self, node: ir.Node) -> Cost:
         if not self.supports(node):
             return Cost(seconds=float("inf"), bound="overhead")
-        copies = self.copies(node)
+        copies = self.copies(node), self.overflows(node)
         key = (node.op_type, node.domain, tuple(tuple(opinfo.shape_of(v) or ()) for v in node.inputs if v),
                tuple((k, repr(a.value)) for k, a in sorted(node.attributes.items())), copies)
         if key not in self._cache:
             prog = self._lower(list(node.inputs), [node], list(node.outputs), timing_only=True, first_image=0)
+            if self.overflows(node):
+                prog.code.instrs[prog.code.instrs[:, 0] == isa.PROG, 4] = 1
             tl = prog.simulate()
             parts = [e for e in tl.ops]
             self._cache[key] = Cost(seconds=tl.seconds, cycles=tl.cycles, macs=sum(e.macs for e in parts),
