@@ -1,8 +1,8 @@
 """Options shared by several commands, and reading them back.
 
-The zoo, parallel, placement, partition and device (Backend.options) options are not passed to the command function: a
-wrapper keeps them on the click context (ctx.meta), where kcompiler.cli.driver reads them when it
-compiles the model. --threads sets KC_THREADS around the command.
+The zoo, parallel, placement, partition and device (Backend.options) options are not passed to the
+command function: a wrapper keeps them on the click context (ctx.meta), where kcompiler.cli.driver
+reads them when it compiles the model. --threads sets KC_THREADS around the command.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import click
 from kcompiler.targets.kinds import backend_class, known_kinds
 
 #: --target's help: what it takes
-TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, hermes, hermes-1p, isaac, host: `kc targets`), a system of chips "
-               "joined by '+' or repeated by 'N x' (atom+aim, 4xatom), a partition of a chip (warboy[1/2]), "
-               "or a chip TOML file.")
+TARGET_HELP = ("A chip (warboy, atom, rngd, npu, aim, hbm-pim, hermes, hermes-1p, isaac, host: `kc targets`), "
+               "a system of chips joined by '+' or repeated by 'N x' (atom+aim, 4xatom, atom+hermes), a partition "
+               "of a chip (warboy[1/2]), or a chip TOML file.")
 
 
 def threads_option(f):

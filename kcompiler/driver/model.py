@@ -18,9 +18,10 @@ from kcompiler.runtime.executor import Executor
 from kcompiler.runtime.report import Report
 from kcompiler.targets.area import system_area
 
+
 def check_device_options(backends: Mapping[str, Backend], options: Mapping[str, Any]) -> None:
     """Refuse options (given, not None) that no backend of the target reads."""
-    known = {k: b.kind for b in backends.values() for k in b.options}
+    known = {k for b in backends.values() for k in b.options}
     for k, v in options.items():
         if v is not None and k not in known:
             flag = "--" + k.replace("_", "-")
