@@ -208,6 +208,25 @@ def table(results: dict, aih: dict | None, aih_floor: dict | None, reps: int, y_
     return lines
 
 
+def summary_line(results: dict, aih: dict | None, floor: dict | None, reps: int) -> list[str]:
+    """The ranges the notes quote: std ratio and KS vs aihwkit over all rows, ours vs aihwkit's 2nd seed."""
+    if aih is None:
+        return ["(no aihwkit run: nothing to compare)"]
+    out = []
+    for name, errs in [("aihwkit 2nd seed", floor), ("aihwkit tile", aih.get("tile"))] + list(results.items()):
+        if errs is None:
+            continue
+        ratios, kss = [], []
+        for kind in ("raw", "comp"):
+            for i in range(len(TIMES)):
+                a, b = pooled(errs, kind, i, reps), pooled(aih, kind, i, reps)
+                ratios.append(np.std(a) / np.std(b))
+                kss.append(ks_stat(a, b))
+        out.append(f"- {name}: std ratio vs aihwkit {min(ratios):.4f}..{max(ratios):.4f}, "
+                   f"KS {min(kss):.4f}..{max(kss):.4f} over the {len(ratios)} rows")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=512)
@@ -230,7 +249,7 @@ def main(argv=None) -> int:
     if aih is not None:
         floor, _ = run_aihwkit(args.aihwkit_python, args.aihwkit_src, w, x, args.reps, args.seed + 4)
     t_aih = time.perf_counter() - t0
-    lines = table(results, aih, floor, args.reps, y_std)
+    lines = table(results, aih, floor, args.reps, y_std) + [""] + summary_line(results, aih, floor, args.reps)
     cmd = "python benchmarks/cim_aihwkit_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     head = [f"Command: `{cmd.strip()}`", "",
             f"W {args.n}x{args.n} ~ N(0,1), {args.vectors} inputs x ~ N(0,1), seed {args.seed}, g_max {G_MAX} µS, "
