@@ -131,12 +131,13 @@ class Lowering:
         copies > 1 each replica of the tiles takes its own block of the vectors."""
         block = -(-nvec // max(1, min(copies, nvec)))
         sets = self.replicate(tiles, -(-nvec // block))  # every copy gets a block of `block` vectors, the last the rest
-        for ts in sets:  # image ids are the device's (crossbar = id mod crossbars); PROG names this program's
-            for t in ts:
-                self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image - self.first_image, every=0)
         for j, ts in enumerate(sets):
             lo, n = j * block, min(block, nvec - j * block)
             for t in ts:
+                # each MVM right after the PROG of its image: image ids are the device's, crossbar = id mod
+                # crossbars, so when the weights outnumber the crossbars a later image takes an earlier one's
+                # crossbar, and must not before that one has been read; PROG names this program's image
+                self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image - self.first_image, every=0)
                 self.em.emit("MVM", xbar=t.image % self.spec.crossbars, src=x.addr + lo * k_dim + t.k0, pitch=k_dim,
                              nvec=n, rows=t.rows, dst=dst.addr + lo * n_dim + t.n0, dpitch=n_dim, outs=t.outs,
                              acc=int(t.k0 > 0))

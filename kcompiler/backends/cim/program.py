@@ -89,9 +89,10 @@ class CimProgram(Program):
                             "them resident")
         elif used:
             s, j, n = programming_cost(self.spec, self.code)
-            tl.notes.append(f"{self.device}: weights resident in {n} of {self.spec.crossbars} crossbars "
-                            f"({self.utilisation():.0%} of their cells used), programmed once ({s * 1e3:.3g} ms, "
-                            f"{j * 1e3:.3g} mJ, not per inference); {self.conditions.describe()}")
+            tl.notes.append(f"{self.device}: this program's weights resident in {n} of the chip's "
+                            f"{self.spec.crossbars} crossbars ({self.utilisation():.0%} of their cells used), "
+                            f"programmed once ({s * 1e3:.3g} ms, {j * 1e3:.3g} mJ, not per inference); "
+                            f"{self.conditions.describe()}")
         return tl
 
     def utilisation(self) -> float:

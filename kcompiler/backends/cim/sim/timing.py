@@ -70,7 +70,7 @@ def simulate(spec: CimSpec, code: Code) -> Timeline:
         digital = st.digital_ops / spec.timing.digital_ops_per_s
         memory = st.bytes / spec.timing.sram_bandwidth
         dur = max(analog, digital, memory)
-        bound = "compute" if analog >= max(digital, memory) else "memory"
+        bound = "memory" if memory > max(analog, digital) else "compute"  # the digital periphery computes too
         ops.append(OpEvent(name, op_type, t, t + dur, cycles=int(round(dur * spec.clock_hz)), macs=st.macs,
                            sram_bytes=int(st.bytes), energy_j=sum(st.energy.values()), bound=bound,
                            engine="crossbars", energy_parts={k: v for k, v in st.energy.items() if v}))
