@@ -172,7 +172,8 @@ CASES = {"resnet50": resnet50_case, "bert-tiny": bert_case, "cls": cls_case}
 
 def outputs_of(model: str, outs: list[dict]) -> dict[str, np.ndarray]:
     if model == "bert-tiny":
-        return {"pooler": outs[0]["pooler_output"].argmax(-1), "token": outs[0]["last_hidden_state"].argmax(-1).reshape(-1)}
+        return {"pooler": outs[0]["pooler_output"].argmax(-1),
+                "token": outs[0]["last_hidden_state"].argmax(-1).reshape(-1)}
     return {"top1": np.concatenate([next(iter(o.values())).argmax(-1) for o in outs])}
 
 

@@ -92,7 +92,8 @@ def table(rows: list[dict]) -> str:
              " resident: latency ms, energy mJ |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         place = ", ".join(f"{d} {n}" for d, n in r["placement"].items())
-        split = "; ".join(f"{d}: " + " / ".join(_mj(c["parts"].get(p, 0.0)) for p in PARTS) for d, c in r["cim"].items())
+        split = "; ".join(f"{d}: " + " / ".join(_mj(c["parts"].get(p, 0.0)) for p in PARTS)
+                          for d, c in r["cim"].items())
         xb = "; ".join(f"{c['need']} / {c['have']} ({'reprogrammed every inference' if c['every'] else 'resident'})"
                        for c in r["cim"].values())
         res = (f"{r['res_latency_s'] * 1e3:.3g}, {_mj(r['res_energy_j'])}"
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
         f"# CIM energy per inference (timing mode, batch 1)\n\nCommand: `{cmd}` "
         f"({time.perf_counter() - t0:.0f} s)  \nMachine: {platform.machine()} 2-core AMD EPYC, Python "
         f"{platform.python_version()}; {datetime.date.today().isoformat()}.\n\n" + __doc__.split("\n\n", 2)[2]
-        + "\n" + md + "\n\n## Findings\n\n" + findings(ok) + "\n\n## The reports' notes on the CIM programs\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        + "\n" + md + "\n\n## Findings\n\n" + findings(ok) + "\n\n## The reports' notes on the CIM programs\n\n"
+        + "\n".join(f"- {n}" for n in notes) + "\n")
     return 0
 
 

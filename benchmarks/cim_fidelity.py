@@ -116,7 +116,8 @@ def hermes_table(rows: list[dict]) -> str:
         t, w = r["paper_tops"], r["paper_tpw"]
         lines.append(
             f"| {r['target']} | {r['shape']} | {r['bound']} ({r['xbar_s'] * 1e6:.1f} / {r['digital_s'] * 1e6:.1f} / "
-            f"{r['memory_s'] * 1e6:.1f}) | {r['tops']:.1f} ({r['tops'] / t:.2f}) | {r['tpw']:.2f} ({r['tpw'] / w:.2f}) | "
+            f"{r['memory_s'] * 1e6:.1f}) | {r['tops']:.1f} ({r['tops'] / t:.2f}) | "
+            f"{r['tpw']:.2f} ({r['tpw'] / w:.2f}) | "
             f"{r['xbar_tops']:.1f} ({r['xbar_tops'] / t:.2f}) | {r['xbar_tpw']:.2f} ({r['xbar_tpw'] / w:.2f}) | "
             f"{r['spec_tops']:.1f}, {r['spec_tpw']:.2f} | {_pct(r['parts'], r['energy_j'])} |")
     return "\n".join(lines)
@@ -129,7 +130,8 @@ def isaac_table(f: dict) -> str:
         "| ISAAC figure | simulated | published | ratio |", "|---|---|---|---|",
         f"| crossbar read per input bit | {f['read_per_bit_s'] * 1e9:.1f} ns | 100 ns | "
         f"{f['read_per_bit_s'] / p['read_per_bit_s']:.3f} |",
-        f"| one 16-bit MVM of a 128x128 crossbar | {f['mvm16_s'] * 1e6:.3f} us | 1.6 us | {f['mvm16_s'] / p['mvm16_s']:.3f} |",
+        f"| one 16-bit MVM of a 128x128 crossbar | {f['mvm16_s'] * 1e6:.3f} us | 1.6 us | "
+        f"{f['mvm16_s'] / p['mvm16_s']:.3f} |",
         f"| energy per ADC conversion | {f['adc_conv_j'] * 1e12:.3f} pJ | 1.5625 pJ (16 mW / 8 ADCs / 1.28 GS/s) | "
         f"{f['adc_conv_j'] / p['adc_conv_j']:.3f} |",
         f"| whole chip full, device ({chip['bound']}-bound: crossbars {chip['xbar_s'] * 1e6:.1f} us, digital "
