@@ -23,7 +23,6 @@ of bert-tiny's 13 weight GEMMs there), so every node the chip supports is pinned
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import platform
 import sys
@@ -36,8 +35,6 @@ import onnx
 import onnxruntime as ort
 
 import kcompiler
-from kcompiler.backends.cim import isa
-from kcompiler.backends.cim.program import CimProgram
 from kcompiler.zoo import with_random_weights
 from kcompiler.zoo.transformers import build as build_transformer
 
@@ -56,42 +53,6 @@ def conditions(times=TIMES, compensation=(True, False)) -> list[tuple[str, dict]
             out.append((f"{t} comp {'on' if c else 'off'}",
                         {"cim_noise": "on", "cim_time": t, "cim_compensation": "on" if c else "off"}))
     return out
-
-
-def rebase_cim_images(cm) -> bool:
-    """Work around a backend bug (reported, not fixed here): CimBackend numbers crossbar images across
-    all the programs of a device (PROG image = global index), but each program's Code holds only its own
-    images, so the second CIM subgraph of a model fails ("PROG names image 3; the program has 3").
-    Renumber each program's PROG rows from 0. A no-op once the backend numbers them per program."""
-    changed = False
-    for p in cm.programs:
-        if not isinstance(p, CimProgram) or p.code.images is None:
-            continue
-        rows = p.code.instrs[:, 0] == isa.PROG
-        if rows.any() and p.code.instrs[rows, 3].max() >= len(p.code.image_rows):
-            p.code.instrs[rows, 3] -= p.code.instrs[rows, 3].min()
-            p.invalidate()
-            changed = True
-    return changed
-
-
-def configure(cm, opts: dict, seed: int) -> None:
-    """cm.configure, then a distinct device seed per program: after rebase_cim_images every program's
-    images are numbered from 0, and the device draws are seeded by (seed, image), so without this the
-    programs would draw the same noise for their first crossbars."""
-    cm.configure(**opts, cim_seed=seed)
-    for i, p in enumerate(cm.programs):
-        if isinstance(p, CimProgram):
-            p.set_conditions(dataclasses.replace(p.conditions, seed=seed * 1000 + i))
-
-
-def cim_pins(path: str, target: str, shapes: dict) -> dict[str, str]:
-    """{node name: "cim"} for every node of the compiled graph a CIM device supports. place={"*": "cim"}
-    would be simpler but fails: it pins the weights' Constant nodes too, and lowering then refuses them
-    (a backend bug, reported); so compile once unpinned, ask each CIM backend, and pin by name."""
-    cm = kcompiler.compile(path, target=target, shapes=shapes, mode="timing")
-    cims = [b for b in cm.backends.values() if b.kind == "cim"]
-    return {n.name: "cim" for n in cm.model.graph if any(b.supports(n) for b in cims)}
 
 
 def cim_nodes(cm) -> str:
@@ -140,31 +101,9 @@ def cls_case(tmp: Path, n: int):
     paths = realmodels.fetch_ocr_models()
     lines = realmodels.render_text_lines(n, seed=0)
     x, labels = realmodels.cls_batch([im for im, _ in lines], [i % 2 == 1 for i in range(n)])
-    path = constants_to_initializers(paths["cls"], tmp / "cls.onnx")
+    path = str(paths["cls"])
     ref = ort_run(path, {"x": x})[0].argmax(-1)
     return path, [{"x": x}], {"top1": ref}, labels
-
-
-def constants_to_initializers(src: Path, dst: Path) -> str:
-    """The model with every tensor-valued Constant node made an initializer (same values; ORT and
-    kcompiler both read the result). Works around a backend bug (reported): the Paddle exporter stores
-    weights as Constant nodes, the placer puts a Constant on the CIM device with the Conv it feeds, and
-    CimBackend's lowering refuses the Constant node ("Constant is not a matrix product")."""
-    m = onnx.load(str(src))
-    keep = []
-    for node in m.graph.node:
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and len(node.attribute) == 1:
-            t = onnx.TensorProto()
-            t.CopyFrom(value.t)
-            t.name = node.output[0]
-            m.graph.initializer.append(t)
-        else:
-            keep.append(node)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    onnx.save(m, str(dst))
-    return str(dst)
 
 
 CASES = {"resnet50": resnet50_case, "bert-tiny": bert_case, "cls": cls_case}
@@ -181,14 +120,13 @@ def measure(model: str, target: str, case, conds, seeds, log) -> list[dict]:
     path, feeds, ref, labels = case
     shapes = {k: v.shape for k, v in feeds[0].items()}
     t0 = time.perf_counter()
-    cm = kcompiler.compile(path, target=target, shapes=shapes, place=cim_pins(path, target, shapes))
-    rebased = rebase_cim_images(cm)
-    log(f"{model} on {target}: compiled in {time.perf_counter() - t0:.1f} s; {cim_nodes(cm)}"
-        + ("; PROG images renumbered per program (backend bug workaround)" if rebased else ""))
+    # every node the chip can run is pinned to it (the placer keeps small layers on the host, faster there)
+    cm = kcompiler.compile(path, target=target, shapes=shapes, place={"*": target})
+    log(f"{model} on {target}: compiled in {time.perf_counter() - t0:.1f} s; {cim_nodes(cm)}")
     rows = []
     for label, opts in conds:
         for seed in (seeds if opts.get("cim_noise") != "off" else seeds[:1]):
-            configure(cm, opts, seed)
+            cm.configure(**opts, cim_seed=seed)
             t = time.perf_counter()
             got = outputs_of(model, [cm.run(f, simulate=False) for f in feeds])
             row = {"model": model, "target": target, "cond": label, "seed": seed, "n": len(ref[next(iter(ref))]),

@@ -31,7 +31,7 @@ def save_program(name: str, chip: str, program: CimProgram, subgraph: Subgraph,
         "mem_elems": code.mem_elems, "image_rows": code.image_rows.tolist(), "image_outs": code.image_outs.tolist(),
         "inputs": [[b.name, b.addr, list(b.shape)] for b in code.inputs],
         "outputs": [[b.name, b.addr, list(b.shape)] for b in code.outputs],
-        "conditions": asdict(program.conditions), "consts": [], "images": {}}
+        "conditions": asdict(program.conditions), "consts": [], "images": {}, "image_base": code.image_base}
     if code.images is not None:
         if weights is None:
             raise ArtifactError(f"CIM program on {name}: saving crossbar images needs the artifact's weight writer")
@@ -92,7 +92,7 @@ def load_program(name: str, spec: CimSpec, subgraph: Subgraph, blob: bytes, meta
         consts = [(int(a), np.array(weights.map(off, 4 * n)).view("<f4").astype(np.float32))
                   for a, off, n in meta.get("consts", ())]
     code = Code(instrs, images, image_rows, image_outs, mem_elems, consts, inputs, outputs,
-                [(n.name, n.op_type) for n in subgraph.nodes])
+                [(n.name, n.op_type) for n in subgraph.nodes], int(meta.get("image_base", 0)))
     prog = CimProgram(subgraph.device, spec, code, conditions)
     prog.configure({k: v for k, v in (options or {}).items() if k != "mode"})
     return prog

@@ -220,7 +220,7 @@ class CimBackend(Backend):
             outs.append(Binding(v.name, b.addr, tuple(opinfo.shape_of(v) or b.shape)))
         code = Code(low.em.code(), None if timing_only else Images.stack(low.images, s),
                     _ints(low.image_rows), _ints(low.image_outs), max(low.mem, 1), low.consts, bindings, outs,
-                    [(n.name, n.op_type) for n in nodes])
+                    [(n.name, n.op_type) for n in nodes], first_image)
         return CimProgram(self.name, s, code, conditions or Conditions())
 
 

@@ -64,7 +64,7 @@ class CimProgram(Program):
             if self.code.images is None:
                 raise ExecutionError("this CIM program was compiled in timing mode and holds no crossbar images",
                                      hint="compile with mode='functional'")
-            self._xbars = Crossbars(self.spec, self.code.images, self.conditions)
+            self._xbars = Crossbars(self.spec, self.code.images, self.conditions, self.code.image_base)
         return self._xbars
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -286,6 +286,8 @@ def test_two_programs_on_one_chip_share_its_crossbars():
     assert len(progs) == 2
     held = [set(p.code.instrs[p.code.instrs[:, 0] == 1, 2].tolist()) for p in progs]
     assert not held[0] & held[1], "each program's weights stay in crossbars of their own"
+    bases = [p.code.image_base for p in progs]
+    assert bases[0] != bases[1], "two programs' images are the device's own, and so draw their own noise"
     feeds = _feeds({"x": (4, 64)})
     ref = _ort(m, feeds)
     assert np.abs(cm.run(feeds)["o"] - ref).max() / np.abs(ref).max() < 0.05

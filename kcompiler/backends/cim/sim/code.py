@@ -60,3 +60,6 @@ class Code:
     inputs: list[Binding]
     outputs: list[Binding]
     steps: list[tuple[str, str]] = field(default_factory=list)  # (node name, op type) per step
+    #: the device's number of this program's first image: device draws are seeded by it, so two programs of
+    #: one chip (whose PROG rows both count from 0) never read the same noise
+    image_base: int = 0

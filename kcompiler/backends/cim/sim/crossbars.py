@@ -17,8 +17,9 @@ class Crossbars:
     """Effective conductance of every image under `conditions`, drawn once per image and cached
     (a program re-run under the same conditions reads the same devices)."""
 
-    def __init__(self, spec: CimSpec, images: Images, conditions: Conditions):
+    def __init__(self, spec: CimSpec, images: Images, conditions: Conditions, image_base: int = 0):
         self.spec = spec
+        self.image_base = image_base
         self.images = images
         self.conditions = conditions
         d = spec.device
@@ -39,15 +40,15 @@ class Crossbars:
         target = d.g_min_us + self.images.codes[image].astype(np.float64) * self.g_step
         if not cond.noise:
             return self._levels(target), 1.0
-        rng = np.random.default_rng([cond.seed, image, 0])
+        rng = np.random.default_rng([cond.seed, self.image_base + image, 0])
         prog = self.model.program(target, rng)
         now = self.model.read(prog, cond.time_s, rng)
         ref = prog.g
         if d.stuck_at_rate > 0:  # the same devices are stuck when programmed and when read
             ref = devices.stuck_at(ref, d.stuck_at_rate, d.sa1_fraction, d.g_min_us, d.g_max_us,
-                                   np.random.default_rng([cond.seed, image, 1]))
+                                   np.random.default_rng([cond.seed, self.image_base + image, 1]))
             now = devices.stuck_at(now, d.stuck_at_rate, d.sa1_fraction, d.g_min_us, d.g_max_us,
-                                   np.random.default_rng([cond.seed, image, 1]))
+                                   np.random.default_rng([cond.seed, self.image_base + image, 1]))
         net_now = self._levels(now)
         alpha = devices.global_drift_alpha(self._levels(ref), net_now) if cond.compensation else 1.0
         return net_now, float(alpha)
