@@ -89,12 +89,14 @@ def hermes_rows(b: int) -> list[dict]:
 
 def isaac_figures(b: int, chip_b: int) -> dict:
     """ISAAC's per-crossbar figures from one simulated full crossbar, and the whole chip full."""
-    one = simulate_matmul("isaac", b, 128, 16)
+    # one vector: a layer that leaves crossbars spare streams its vectors through copies of its weights
+    # (replication), so only a single vector times one crossbar's read alone
+    one = simulate_matmul("isaac", 1, 128, 16)
     s = one["spec"]
     reads = s.input_slices * s.timing.read_phases
     cols = 16 * s.slices
-    out = {"read_per_bit_s": one["xbar_s"] / b / reads, "mvm16_s": one["xbar_s"] / b,
-           "adc_conv_j": one["parts"]["adc"] / (b * reads * cols), "one": one}
+    out = {"read_per_bit_s": one["xbar_s"] / reads, "mvm16_s": one["xbar_s"],
+           "adc_conv_j": one["parts"]["adc"] / (reads * cols), "one": one}
     chip = simulate_matmul("isaac", chip_b, 128 * 126, 16 * 128)
     assert 126 * 128 == s.crossbars
     ops = 2.0 * chip["macs"]
