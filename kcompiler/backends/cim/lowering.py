@@ -112,8 +112,8 @@ class Lowering:
 
     def gemm(self, x: Buf, nvec: int, k_dim: int, tiles: list[mapping.Tile], dst: Buf, n_dim: int) -> None:
         """dst[nvec, N] = x[nvec, K] @ W through the tiles' crossbars (row blocks accumulate)."""
-        for t in tiles:
-            self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image, every=0)
+        for t in tiles:  # image: this program's own table (Code.images); xbar: the device's numbering
+            self.em.emit("PROG", xbar=t.image % self.spec.crossbars, image=t.image - self.first_image, every=0)
         for t in tiles:
             self.em.emit("MVM", xbar=t.image % self.spec.crossbars, src=x.addr + t.k0, pitch=k_dim, nvec=nvec,
                          rows=t.rows, dst=dst.addr + t.n0, dpitch=n_dim, outs=t.outs, acc=int(t.k0 > 0))
