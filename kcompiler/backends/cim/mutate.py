@@ -414,11 +414,18 @@ def neutral(spec, code: Code, mutant: Code, m: Mutation, feeds: list[dict], xbar
 
 
 # ---- running and judging ---------------------------------------------------------------------
-def values(spec, code: Code, feeds: list[dict], xbars: Crossbars | None = None) -> list[bytes]:
-    """Every output of every feed as bytes (bit-for-bit), noise off."""
+def values(spec, code: Code, feeds: list[dict], xbars: Crossbars | None = None,
+           base: list[list[bytes]] | None = None) -> list[list[bytes]]:
+    """Every output of every feed as bytes (bit-for-bit), noise off; given `base`, stops at the
+    first feed whose outputs differ from it (the mutant is detected: the rest need not run)."""
     xb = xbars or Crossbars(spec, code.images, OFF)
-    outs = [execute(spec, code, f, xb) for f in feeds]
-    return [np.ascontiguousarray(o[k]).tobytes() for o in outs for k in sorted(o)]
+    got = []
+    for k, f in enumerate(feeds):
+        o = execute(spec, code, f, xb)
+        got.append([np.ascontiguousarray(o[n]).tobytes() for n in sorted(o)])
+        if base is not None and got[-1] != base[k]:
+            break
+    return got
 
 
 def timeline(spec, code: Code):
@@ -450,7 +457,7 @@ class CimMutator:
         mutant = copy_code(self.code, images=m.kind in TABLES)
         m.apply(mutant)
         try:
-            got = values(self.spec, mutant, self.feeds)
+            got = values(self.spec, mutant, self.feeds, base=self.base)
             if got != self.base:
                 return Outcome(kind, m.where, "detected", "outputs changed")
             t = timeline(self.spec, mutant)
