@@ -342,8 +342,7 @@ def _extension(code: Code, mutant: Code, m: Mutation) -> bool:
         return False
     (_, w_old), (_, w_new) = _access(code.instrs[i]), _access(mutant.instrs[i])
     if op == "VOP":
-        old, new = ((r[m] for m in ("d0", "d1", "d2", "d3")) for r in (f, g))
-        old, new = tuple(old), tuple(new)
+        old, new = (f["d0"], f["d1"], f["d2"], f["d3"]), (g["d0"], g["d1"], g["d2"], g["d3"])
         if f["fn"] in isa.BINARY:
             offs = [sum(ix * r[f"s{k}"] for k, ix in enumerate(np.indices(d).reshape(4, -1))) for r, d in
                     ((f, old), (g, new))]
