@@ -101,3 +101,30 @@ def test_neutral_proofs_are_not_given_away():
         p = mut.index
         inside = r < code.image_rows[p] and 0 <= code.images.col_out[p, c] < code.image_outs[p]
         assert (mutate._block(prog.spec, code, mut) is None) == inside
+
+
+def _grow(code, op: str, fn: str | None, name: str) -> tuple[mutate.Mutation, object]:
+    i = next(k for k, r in enumerate(code.instrs) if r[0] == isa.OPS[op][0] and (fn is None or
+                                                                                 isa.VOP_FNS[r[2]] == fn))
+    col = 2 + isa.OPS[op][1].index(name)
+    new = int(code.instrs[i, col]) + 1
+    m = mutate.Mutation(f"field:{op}.{name}", "", lambda c: c.instrs.__setitem__((i, col), new), i, name, new)
+    mutant = mutate.copy_code(code, images=False)
+    m.apply(mutant)
+    return m, mutant
+
+
+def test_an_extension_is_neutral_only_into_dead_memory():
+    """One more element of the ReLU after the MatMul lands on its bias, which nothing reads after
+    the bias add: dead. A bias add over [6, 25] instead of [6, 24] reads other bias elements for
+    the original ones: not an extension. One more vector of the MatMul's MVM lands there too, but before the add
+    reads it: live, so not neutral (and the run shows it)."""
+    prog, feeds = _program("hermes")
+    code = prog.code
+    m, mutant = _grow(code, "VOP", "relu", "d3")
+    assert mutate._extension(code, mutant, m)
+    m, mutant = _grow(code, "VOP", "add", "d3")  # [6, 24] -> [6, 25]: rows read other bias elements
+    assert not mutate._extension(code, mutant, m)
+    m, mutant = _grow(code, "MVM", None, "nvec")
+    assert not mutate._extension(code, mutant, m)
+    assert mutate.CimMutator(prog.spec, code, feeds).judge(m).result == "detected"
