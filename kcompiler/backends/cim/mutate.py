@@ -34,8 +34,8 @@ mutated byte (so a field the simulator ignored can never make its mutation look 
   - "extension into dead memory": an MVM's nvec, a VOP's dims, IM2COL's n or XPOSE's a made larger,
     where the ops are independent per vector / element / image / block (so the original elements
     are unchanged, decoded) and the extra elements written are dead.
-Anything else that does not change the outputs survives; an exception that is not a KCError crashes.
-Used by benchmarks/mutation_score.py and tests/backends/cim/test_mutation.py.
+Anything else that does not change the outputs survives (its report says whether the final memory
+differed: read but masked downstream); an exception that is not a KCError is a crash.
 """
 
 from __future__ import annotations
@@ -308,15 +308,10 @@ def _reorder(spec, code: Code, xbars: Crossbars, m: Mutation, feeds: list[dict])
 def _unused(op: str, f: dict, name: str, new: int) -> bool:
     """A field the row's other fields make irrelevant, whatever its new value (within the checks)."""
     if op == "VOP" and 0 <= f["fn"] < len(isa.VOP_FNS):
-        fn = isa.VOP_FNS[f["fn"]]
-        if name == "alpha":
-            return fn not in UNARY_ALPHA | {"add"}
-        if name == "beta":
-            return fn not in ("hardsigmoid", "clip")
-        if name == "b" or name[0] == "s" and f["fn"] not in isa.BINARY:
-            return f["fn"] not in isa.BINARY
-        if name[0] == "s":
-            return f[f"d{name[1]}"] == 1 and new >= 0
+        fn, binary = isa.VOP_FNS[f["fn"]], f["fn"] in isa.BINARY
+        uses = {"alpha": fn in UNARY_ALPHA | {"add"}, "beta": fn in ("hardsigmoid", "clip"), "b": binary}
+        if name in uses or name[0] == "s":  # a stride of a dim of size 1 steps nowhere
+            return not uses[name] if name in uses else not binary or (f[f"d{name[1]}"] == 1 and new >= 0)
     if op == "MVM" and name in ("pitch", "dpitch"):
         return f["nvec"] == 1 and new >= 0
     if op == "IM2COL":
@@ -326,9 +321,8 @@ def _unused(op: str, f: dict, name: str, new: int) -> bool:
     return False
 
 
-#: per-unit independent ops and the field counting their units (outermost first)
-_UNITS = {("MVM", "nvec"), ("IM2COL", "n"), ("XPOSE", "a"), ("VOP", "d0"), ("VOP", "d1"), ("VOP", "d2"),
-          ("VOP", "d3")}
+#: per-unit independent ops and the field counting their units
+_UNITS = {("MVM", "nvec"), ("IM2COL", "n"), ("XPOSE", "a")} | {("VOP", f"d{k}") for k in range(4)}
 
 
 def _extension(code: Code, mutant: Code, m: Mutation) -> bool:
@@ -465,23 +459,31 @@ class CimMutator:
         except Exception as e:  # noqa: BLE001 - a simulator crash is what this test reports
             return Outcome(kind, m.where, "crash", f"{type(e).__name__}: {e} @ "
                            f"{traceback.extract_tb(e.__traceback__)[-1].name}")
-        timed = not _same_time(t, self.base_time)
+        timed = t != self.base_time
         if timed and (m.kind in TIMED):
             return Outcome(kind, m.where, "detected", "timeline changed")
         why = neutral(self.spec, self.code, mutant, m, self.feeds, self.xbars)
         if why:
             return Outcome(kind, m.where, "neutral", why)
-        return Outcome(kind, m.where, "survived", "only the timeline changed (the values ignore it)" if timed
-                       else "no output or time changed on the test inputs")
+        why = "only the timeline changed (the values ignore it)" if timed else "no output or time changed"
+        return Outcome(kind, m.where, "survived", why + self._masked(mutant))
+
+    def _masked(self, mutant: Code) -> str:
+        """A survivor's diagnosis (it stays one): final memories that differ say the mutated thing was
+        read but did not reach an output (e.g. an 8-bit input quantiser downstream absorbed it)."""
+        try:
+            a, b = (_prefix(self.spec, c, Crossbars(self.spec, c.images, OFF), self.feeds[0], len(c.instrs))
+                    for c in (self.code, mutant))
+        except KCError:
+            return ""
+        n = int(np.count_nonzero(a.mem.view(np.uint32) != b.mem.view(np.uint32)))
+        return (f"; {n} elements of the final memory differ: read, masked before the outputs" if n else
+                "; the final memory is identical")
 
     def random(self, rng: random.Random, t: int) -> Outcome:
         kind = self.avail[t % len(self.avail)]
         self.fields += kind == "field"
         return self.judge(draw(self.spec, self.code, rng, kind, self.fields))
-
-
-def _same_time(a, b) -> bool:
-    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
 
 
 def score_cim(program, feeds: list[dict], n: int, seed: int = 0) -> Score:
