@@ -60,7 +60,9 @@ CASES = {
 def resnet_mini(path: str, seed: int = 0) -> str:
     """A small ResNet saved to `path` (8x8 input): conv 3x3 (3->16) + ReLU, two basic blocks of 16 channels
     (conv-ReLU-conv, residual Add, ReLU), a block of stride 2 to 32 channels with a 1x1 projection,
-    global average pooling and a 10-class Gemm; He-normal weights, small biases (seeded)."""
+    global average pooling and a 10-class Gemm; He-normal weights centred per filter and small
+    positive biases (seeded): with random uncentred filters a ReLU channel whose weights sum to a
+    negative number is dead on every input, and every mutation behind it is masked."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -69,9 +71,10 @@ def resnet_mini(path: str, seed: int = 0) -> str:
 
     def conv(x, cin, cout, k, stride=1, relu=True):
         name = f"c{len(inits)}"
-        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, name + "w"),
-                      numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), name + "b")])
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
+        w -= w.mean(axis=(1, 2, 3), keepdims=True)  # centred filters: no channel dead on every input
+        inits.extend([numpy_helper.from_array(w.astype(np.float32), name + "w"),
+                      numpy_helper.from_array(rng.uniform(0.0, 0.2, cout).astype(np.float32), name + "b")])
         nodes.append(helper.make_node("Conv", [x, name + "w", name + "b"], [name], pads=[k // 2] * 4,
                                       strides=[stride, stride]))
         if relu:

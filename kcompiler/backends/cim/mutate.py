@@ -486,9 +486,23 @@ class CimMutator:
         return self.judge(draw(self.spec, self.code, rng, kind, self.fields))
 
 
-def score_cim(program, feeds: list[dict], n: int, seed: int = 0) -> Score:
-    """n mutations of a CimProgram (kinds in turn), each judged on every feed, noise off."""
-    m = CimMutator(program.spec, program.code, feeds)
+def more_feeds(code: Code, feeds: list[dict], seed: int) -> list[dict]:
+    """The feeds, the first one negated, and seeded normal ones at 10x the first's spread: a ReLU
+    channel that a random-weight model's bias keeps dead on its own inputs comes alive when the
+    weights outweigh the bias, and a program of a few vectors (a pooler, a classifier) reads so few
+    ADC values that a changed weight or full scale hides in their rounding (8 normal feeds then)."""
+    rng = np.random.default_rng(seed)
+    first = feeds[0]
+    vectors = sum(int(r[5]) for r in code.instrs if int(r[0]) == isa.MVM)  # MVM field nvec
+    normal = [{b.name: (rng.standard_normal(b.shape) * 10 * (float(np.std(first[b.name])) or 1.0)).astype(
+        np.float32) for b in code.inputs} for _ in range(1 if vectors >= 64 else 8)]
+    return list(feeds) + [{k: -np.asarray(v) for k, v in first.items()}] + normal
+
+
+def score_cim(program, feeds: list[dict], n: int, seed: int = 0, extra: bool = True) -> Score:
+    """n mutations of a CimProgram (kinds in turn), each judged on every feed (and more_feeds' two
+    when `extra`), noise off."""
+    m = CimMutator(program.spec, program.code, more_feeds(program.code, feeds, seed) if extra else feeds)
     rng = random.Random(seed)
     out = Score()
     for t in range(n if m.avail else 0):
@@ -496,4 +510,4 @@ def score_cim(program, feeds: list[dict], n: int, seed: int = 0) -> Score:
     return out
 
 
-__all__ = ["CimMutator", "Mutation", "copy_code", "dead", "draw", "neutral", "score_cim"]
+__all__ = ["CimMutator", "Mutation", "copy_code", "dead", "draw", "more_feeds", "neutral", "score_cim"]
