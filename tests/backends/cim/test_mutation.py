@@ -30,7 +30,8 @@ def _model() -> onnx.ModelProto:
              helper.make_node("Conv", ["y", "K", "KB"], ["c"], pads=[1, 1, 1, 1], strides=[2, 1]),
              helper.make_node("LeakyRelu", ["c"], ["o2"], alpha=0.1)]
     f = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
-    g = helper.make_graph(nodes, "g", [f("x", [6, 40]), f("y", [1, 3, 7, 5])], [f("o1", [6, 24]), f("o2", [1, 6, 4, 5])],
+    g = helper.make_graph(nodes, "g", [f("x", [6, 40]), f("y", [1, 3, 7, 5])],
+                          [f("o1", [6, 24]), f("o2", [1, 6, 4, 5])],
                           [numpy_helper.from_array(a, n) for n, a in (("W", w), ("B", b), ("K", k), ("KB", kb))])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 10
@@ -51,13 +52,22 @@ def _program(target: str) -> tuple[CimProgram, list[dict]]:
 def test_every_mutation_is_detected_or_proven_neutral(target):
     prog, feeds = _program(target)
     instrs = prog.code.instrs.copy()
-    score = mutate.score_cim(prog, feeds, 60, seed=5)
+    score = mutate.score_cim(prog, feeds, 60, seed=5, extra=False)  # its feeds have live ReLUs and 26 vectors
     bad = [o for o in score.outcomes if o.result in ("survived", "crash")]
     assert not bad, "\n".join(f"{o.result}: {o.kind}: {o.where} ({o.why})" for o in bad)
     assert score.count("detected") >= 50, score.line()
     kinds = {o.kind for o in score.outcomes}
     assert {"cim:field:MVM", "cim:field:VOP", "cim:field:IM2COL", "cim:codes", "cim:adc_fs", "cim:drop"} <= kinds
     assert np.array_equal(prog.code.instrs, instrs), "the original program must never be mutated"
+
+
+def test_more_feeds_negate_the_first_and_add_wide_normal_ones():
+    prog, feeds = _program("isaac")
+    more = mutate.more_feeds(prog.code, feeds, 0)
+    assert len(more) == len(feeds) + 1 + 8, "26 vectors: a program of few vectors gets 8 normal feeds"
+    assert np.array_equal(more[len(feeds)]["x"], -feeds[0]["x"])
+    assert all(f[k].shape == feeds[0][k].shape and f[k].dtype == np.float32 for f in more for k in f)
+    assert np.std(more[-1]["x"]) > 5 * np.std(feeds[0]["x"])
 
 
 def _alpha_mutation(code) -> mutate.Mutation:
