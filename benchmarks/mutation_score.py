@@ -39,6 +39,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 
 os.environ.setdefault("KC_NPU_THREADS", "1")
 
@@ -215,6 +216,9 @@ def main(argv=None) -> int:
                 for o in score.outcomes:
                     if o.result in ("survived", "crash"):
                         print(f"  {o.result.upper()}: {o.kind}: {o.where}\n    {o.why}")
+                if kind == "cim":  # what was counted as neutral, and by which proof
+                    why = Counter(o.why for o in score.outcomes if o.result == "neutral")
+                    print("  neutral: " + (", ".join(f"{w} {c}" for w, c in why.most_common()) or "none"))
                 if kind == "npu" and args.artifact:
                     artifact_check(cm, p, inputs[id(p)], score, args.artifact, tmp, args.seed + k)
                 totals.outcomes.extend(score.outcomes)
