@@ -1,14 +1,18 @@
-"""Mutation score: do the NPU and PIM simulators execute every field of the programs they run?
+"""Mutation score: do the NPU, PIM and CIM simulators execute every field of the programs they run?
 
     python benchmarks/mutation_score.py [--mutations 500] [--cases resnet50,bert-tiny,llama-decode]
                                         [--targets npu,aim,atom+aim] [--artifact 20] [--seed 0]
+    python benchmarks/mutation_score.py --cases bert-tiny,resnet-mini --targets hermes,isaac,atom+hermes
 
 For each model (resnet50 with seeded random weights, bert-tiny, llama-tiny decoding with a KV
 cache) on each target, the model is compiled and run on two random inputs while every device
 program's own inputs are captured. Then each NPU or PIM program gets --mutations random single
 mutations (backends/npu/mutate.py, backends/pim/mutate.py: a field of an instruction or command
 (addresses, offsets, sizes, strides, K ranges, accumulate flags, opcodes and functions, dtypes),
-a dropped, duplicated or swapped instruction, a flipped byte of the weight image). A mutation is
+a dropped, duplicated or swapped instruction, a flipped byte of the weight image); each CIM program
+(hermes, isaac) gets them from backends/cim/mutate.py (every field of every opcode, opcodes, rows
+dropped, duplicated or swapped, device levels and column tables of the crossbar images, constants,
+bindings), run with device noise off. A mutation is
 detected when an output changes or the simulator raises a KCError; neutral when the two programs'
 memories, compared by the reference walk where their instruction lists agree again, differ only in
 bytes the rest of the program never reads (these are not counted); otherwise it survives (or
@@ -18,6 +22,11 @@ their explanation.
 --artifact K: for K detected NPU mutations per program, the mutated model is saved to a .kcm,
 loaded back and run: the loaded model must behave as the mutated one (a loaded artifact runs the
 program it carries, never one regenerated from its graph).
+
+Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, and resnet-mini: a small
+ResNet (8x8 input, a stem, two residual blocks, a strided block with a projection, pooling and a
+classifier; seeded He weights), for the CIM chips, whose functional simulation runs resnet50's
+biggest program in about 20 s (200 mutations would take hours).
 
 The last line reads: mutation score: N of M meaningful mutations detected (P%).
 """
@@ -30,12 +39,14 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 
 os.environ.setdefault("KC_NPU_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
 import kcompiler  # noqa: E402
+from kcompiler.backends.cim import mutate as cim_mutate  # noqa: E402
 from kcompiler.backends.npu import mutate as npu_mutate  # noqa: E402
 from kcompiler.zoo import with_random_weights  # noqa: E402
 
@@ -43,7 +54,55 @@ CASES = {
     "resnet50": ("resnet50", {}),
     "bert-tiny": ("bert-tiny", {}),
     "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
+    "resnet-mini": ("resnet-mini", {}),
 }
+
+
+def resnet_mini(path: str, seed: int = 0) -> str:
+    """A small ResNet saved to `path` (8x8 input): conv 3x3 (3->16) + ReLU, two basic blocks of 16 channels
+    (conv-ReLU-conv, residual Add, ReLU), a block of stride 2 to 32 channels with a 1x1 projection,
+    global average pooling and a 10-class Gemm; He-normal weights centred per filter and small
+    positive biases (seeded): with random uncentred filters a ReLU channel whose weights sum to a
+    negative number is dead on every input, and every mutation behind it is masked."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def conv(x, cin, cout, k, stride=1, relu=True):
+        name = f"c{len(inits)}"
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
+        w -= w.mean(axis=(1, 2, 3), keepdims=True)  # centred filters: no channel dead on every input
+        inits.extend([numpy_helper.from_array(w.astype(np.float32), name + "w"),
+                      numpy_helper.from_array(rng.uniform(0.0, 0.2, cout).astype(np.float32), name + "b")])
+        nodes.append(helper.make_node("Conv", [x, name + "w", name + "b"], [name], pads=[k // 2] * 4,
+                                      strides=[stride, stride]))
+        if relu:
+            nodes.append(helper.make_node("Relu", [name], [name + "r"]))
+            return name + "r"
+        return name
+
+    def block(x, cin, cout, stride):
+        h = conv(conv(x, cin, cout, 3, stride), cout, cout, 3, relu=False)
+        skip = x if cin == cout and stride == 1 else conv(x, cin, cout, 1, stride, relu=False)
+        out = f"add{len(nodes)}"
+        nodes.extend([helper.make_node("Add", [h, skip], [out]), helper.make_node("Relu", [out], [out + "r"])])
+        return out + "r"
+
+    x = block(block(block(conv("input", 3, 16, 3), 16, 16, 1), 16, 16, 1), 16, 32, 2)
+    w = (rng.standard_normal((10, 32)) * np.sqrt(1.0 / 32)).astype(np.float32)
+    inits.extend([numpy_helper.from_array(w, "fcw"),
+                  numpy_helper.from_array((rng.standard_normal(10) * 0.1).astype(np.float32), "fcb")])
+    nodes.extend([helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+                  helper.make_node("Gemm", ["flat", "fcw", "fcb"], ["logits"], transB=1)])
+    g = helper.make_graph(nodes, "resnet_mini", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.save(m, path)
+    return path
 
 
 def token_ids(name, feeds, seed):
@@ -101,6 +160,17 @@ def pim_score(prog, feeds, n, seed) -> npu_mutate.Score:
     return out
 
 
+def compile_case(case, src, target, opts):
+    """resnet-mini's layers are small enough that the host beats a CIM chip on them: on a target with
+    a CIM chip they are pinned to it (every node it supports: the pooling stays where it can run)."""
+    if case == "resnet-mini":
+        try:
+            return kcompiler.compile(src, target=target, place={"*": "cim"}, **opts)
+        except kcompiler.KCError:
+            pass  # no CIM chip in this target
+    return kcompiler.compile(src, target=target, **opts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mutations", type=int, default=500)
@@ -113,21 +183,25 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="kc-mut-")
     for case in args.cases.split(","):
         name, opts = CASES[case]
-        src = with_random_weights(name, os.path.join(tmp, f"{name}.onnx")) if name == "resnet50" else name
+        src = with_random_weights(name, os.path.join(tmp, f"{name}.onnx")) if name == "resnet50" else (
+            resnet_mini(os.path.join(tmp, f"{name}.onnx"), args.seed) if name == "resnet-mini" else name)
         for target in args.targets.split(","):
-            cm = kcompiler.compile(src, target=target, **opts)
-            progs = [p for p in cm.programs if hasattr(p, "sim") or type(p).__name__ == "PimProgram"]
+            cm = compile_case(case, src, target, opts)
+            progs = [p for p in cm.programs if hasattr(p, "sim") or type(p).__name__ in ("PimProgram", "CimProgram")]
             if not progs:
-                print(f"{case} on {target}: no NPU or PIM program (everything ran on the host)")
+                print(f"{case} on {target}: no NPU, PIM or CIM program (everything ran on the host)")
                 continue
             feeds = [token_ids(name, cm.random_inputs(s), s) for s in (0, 1)]
             inputs = captured_inputs(cm, progs, feeds)
             for k, p in enumerate(progs):
-                kind = "npu" if hasattr(p, "sim") else "pim"
+                kind = "npu" if hasattr(p, "sim") else ("cim" if type(p).__name__ == "CimProgram" else "pim")
                 t0 = time.perf_counter()
                 if kind == "npu":
                     score = npu_mutate.score_npu(p, inputs[id(p)], args.mutations, seed=args.seed + k)
                     size = f"{len(p.data.instrs)} instructions"
+                elif kind == "cim":
+                    score = cim_mutate.score_cim(p, inputs[id(p)], args.mutations, seed=args.seed + k)
+                    size = f"{len(p.code.instrs)} rows, {len(p.code.image_rows)} crossbar images"
                 else:
                     score = pim_score(p, inputs[id(p)], args.mutations, args.seed + k)
                     size = f"{len(p.code.commands)} commands"
@@ -142,6 +216,9 @@ def main(argv=None) -> int:
                 for o in score.outcomes:
                     if o.result in ("survived", "crash"):
                         print(f"  {o.result.upper()}: {o.kind}: {o.where}\n    {o.why}")
+                if kind == "cim":  # what was counted as neutral, and by which proof
+                    why = Counter(o.why for o in score.outcomes if o.result == "neutral")
+                    print("  neutral: " + (", ".join(f"{w} {c}" for w, c in why.most_common()) or "none"))
                 if kind == "npu" and args.artifact:
                     artifact_check(cm, p, inputs[id(p)], score, args.artifact, tmp, args.seed + k)
                 totals.outcomes.extend(score.outcomes)

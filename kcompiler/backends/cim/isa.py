@@ -78,6 +78,8 @@ def fields_of(row: np.ndarray) -> tuple[str, dict[str, int]]:
     if name is None:
         raise ExecutionError(f"CIM program: unknown opcode {int(row[0])}")
     names = OPS[name][1]
+    if np.any(row[2 + len(names):]):  # a slot the opcode has no field for: a corrupted row
+        raise ExecutionError(f"CIM program: a {name} row sets slots beyond its {len(names)} fields")
     return name, {n: int(v) for n, v in zip(names, row[2:2 + len(names)])}
 
 

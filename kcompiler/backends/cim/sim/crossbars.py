@@ -11,6 +11,7 @@ from kcompiler.backends.cim import devices
 from kcompiler.backends.cim.conditions import Conditions
 from kcompiler.backends.cim.sim.code import Images
 from kcompiler.backends.cim.spec import CimSpec
+from kcompiler.errors import ExecutionError
 
 
 class Crossbars:
@@ -37,6 +38,9 @@ class Crossbars:
 
     def _read(self, image: int) -> tuple[np.ndarray, float]:
         d, cond = self.spec.device, self.conditions
+        if self.images.codes[image].max(initial=0) >= self.spec.levels:
+            raise ExecutionError(f"CIM program: image {image} holds a device level beyond the "
+                                 f"{self.spec.levels} a cell has")
         target = d.g_min_us + self.images.codes[image].astype(np.float64) * self.g_step
         if not cond.noise:
             return self._levels(target), 1.0

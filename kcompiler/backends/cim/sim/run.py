@@ -50,6 +50,8 @@ def _prog(m: Machine, f: dict) -> None:
         raise ExecutionError(f"CIM program: PROG names crossbar {f['xbar']}; the chip has {m.spec.crossbars}")
     if not 0 <= f["image"] < len(m.code.image_rows):
         raise ExecutionError(f"CIM program: PROG names image {f['image']}; the program has {len(m.code.image_rows)}")
+    if f["every"] not in (0, 1):  # a flag: any other value is a corrupted row, not "reprogram"
+        raise ExecutionError(f"CIM program: PROG every={f['every']} (0: resident, 1: every inference)")
     m.held[f["xbar"]] = f["image"]
 
 
@@ -89,6 +91,14 @@ def _mvm(m: Machine, f: dict) -> None:
     if not 0 < rows <= spec.rows or not 0 < outs <= spec.outputs_per_crossbar:
         raise ExecutionError(f"CIM program: MVM of {rows} rows x {outs} outputs does not fit a {spec.rows}-row "
                              f"crossbar of {spec.outputs_per_crossbar} outputs")
+    # the block the image was programmed with: rows beyond it hold unprogrammed devices, which read as
+    # zero weights with the noise off, so a corrupted `rows` or `outs` could otherwise go unseen
+    if rows != int(code.image_rows[image]) or outs != int(code.image_outs[image]):
+        raise ExecutionError(f"CIM program: MVM of {rows} rows x {outs} outputs on crossbar {f['xbar']}, whose "
+                             f"image {image} holds a block of {int(code.image_rows[image])} x "
+                             f"{int(code.image_outs[image])}")
+    if f["acc"] not in (0, 1):
+        raise ExecutionError(f"CIM program: MVM acc={f['acc']} (0: write, 1: accumulate)")
     x = m.rows2d(f["src"], f["pitch"], f["nvec"], rows, "MVM input").astype(np.float64)
     qmax = float((1 << (spec.input_bits - 1)) - 1)
     amax = np.abs(x).max(axis=1)
@@ -98,6 +108,9 @@ def _mvm(m: Machine, f: dict) -> None:
     g = g[:rows]
     imgs = code.images
     fs = imgs.adc_fs[image].astype(np.float64)
+    if not np.all(np.isfinite(fs) & (fs > 0)) or np.any(imgs.col_flip[image] > 1):
+        raise ExecutionError(f"CIM program: image {image}'s column tables hold an ADC full scale that is not "
+                             "positive or a flip flag that is not 0 or 1")
     flip = imgs.col_flip[image].astype(bool)
     acc = np.zeros((x.shape[0], spec.cols))
     for d, weight in _digits(spec, xq):
@@ -139,6 +152,16 @@ def execute(spec: CimSpec, code: Code, inputs: Mapping[str, np.ndarray], xbars: 
     if code.images is None:
         raise ExecutionError("this CIM program was compiled in timing mode and holds no crossbar images",
                              hint="compile with mode='functional'")
+    m = load(spec, code, inputs, xbars)
+    for row in code.instrs:
+        step(m, row)
+    return {b.name: m.mem[m.span(b.addr, int(np.prod(b.shape)), f"output '{b.name}'")].reshape(b.shape).copy()
+            for b in code.outputs}
+
+
+def load(spec: CimSpec, code: Code, inputs: Mapping[str, np.ndarray], xbars: Crossbars) -> Machine:
+    """The machine before the first instruction: constants and inputs in its memory (a separate step
+    so that a reference walk, kcompiler.backends.cim.mutate, can run instructions one at a time)."""
     m = Machine(spec, code, xbars)
     for addr, data in code.consts:
         m.mem[m.span(addr, data.size, "constant")] = data.reshape(-1)
@@ -147,8 +170,10 @@ def execute(spec: CimSpec, code: Code, inputs: Mapping[str, np.ndarray], xbars: 
         if v.size != int(np.prod(b.shape)):
             raise ExecutionError(f"CIM program input '{b.name}' has shape {v.shape}, expected {b.shape}")
         m.mem[m.span(b.addr, v.size, f"input '{b.name}'")] = v.reshape(-1)
-    for row in code.instrs:
-        name, f = isa.fields_of(row)
-        HANDLERS[int(row[0])](m, f)
-    return {b.name: m.mem[m.span(b.addr, int(np.prod(b.shape)), f"output '{b.name}'")].reshape(b.shape).copy()
-            for b in code.outputs}
+    return m
+
+
+def step(m: Machine, row: np.ndarray) -> None:
+    """Execute one instruction row."""
+    _, f = isa.fields_of(row)  # first: it refuses an unknown opcode
+    HANDLERS[int(row[0])](m, f)

@@ -16,6 +16,7 @@ from kcompiler.backends.base import OpEvent, Timeline
 from kcompiler.backends.cim import isa
 from kcompiler.backends.cim.sim.code import Code
 from kcompiler.backends.cim.spec import CimSpec
+from kcompiler.errors import ExecutionError
 
 ENERGY_PARTS = ("dac", "crossbar", "adc", "shift_add", "digital", "data_movement", "programming")
 
@@ -41,6 +42,8 @@ def _account(spec: CimSpec, code: Code, st: _Step, row: np.ndarray) -> None:
         st.digital_ops += n * (2 * f["rows"] + 3 * f["outs"])
         st.bytes += 4 * n * (f["rows"] + f["outs"] * (2 if f["acc"] else 1))
         st.macs += n * f["rows"] * f["outs"]
+    elif name == "PROG" and f["every"] not in (0, 1):
+        raise ExecutionError(f"CIM program: PROG every={f['every']} (0: resident, 1: every inference)")
     elif name == "PROG" and f["every"]:
         rows = int(code.image_rows[f["image"]]) if 0 <= f["image"] < len(code.image_rows) else spec.rows
         st.xbar_s[f["xbar"]] += rows * spec.timing.program_row_s
@@ -59,6 +62,8 @@ def _account(spec: CimSpec, code: Code, st: _Step, row: np.ndarray) -> None:
 def simulate(spec: CimSpec, code: Code) -> Timeline:
     steps: dict[int, _Step] = defaultdict(_Step)
     for row in code.instrs:
+        if not 0 <= int(row[1]) < len(code.steps):  # its time would be charged to no node, silently
+            raise ExecutionError(f"CIM program: a row of step {int(row[1])}; the program has {len(code.steps)}")
         _account(spec, code, steps[int(row[1])], row)
     t, ops, busy = 0.0, [], defaultdict(float)
     e = spec.energy
