@@ -14,10 +14,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kcompiler
 from kcompiler.backends.cim import isa, mutate
+from kcompiler.backends.cim.backend import CimBackend
 from kcompiler.backends.cim.program import CimProgram
 from kcompiler.backends.cim.sim import run
 
 RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(autouse=True)
+def one_copy_of_each_layer(monkeypatch):
+    """Programs without weight replication: copies split a layer's vectors, so a one-level change in one
+    copy is read by fewer of them and more often lost in the ADC's rounding (detected, then, only by
+    other inputs); these tests study how the simulator reads each field, on one copy per layer."""
+    monkeypatch.setattr(CimBackend, "replication_plan", lambda self, graph: {})
 
 
 def _model() -> onnx.ModelProto:
