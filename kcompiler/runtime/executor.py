@@ -135,9 +135,7 @@ class Executor:
                 ops.append(OpRecord(e.name, e.op_type, dev, start + e.start_s, start + e.end_s, e.cycles,
                                     e.macs, e.dram_bytes, e.sram_bytes, e.energy_j, e.bound, e.engine,
                                     dict(e.energy_parts)))
-                for k, v in e.energy_parts.items():
-                    parts = energy_parts.setdefault(dev, {})
-                    parts[k] = parts.get(k, 0.0) + v
+                _add(energy_parts.setdefault(dev, {}), e.energy_parts)
                 energy += e.energy_j
                 dev_energy[dev] = dev_energy.get(dev, 0.0) + e.energy_j
                 dram += e.dram_bytes
@@ -176,7 +174,7 @@ class Executor:
         report.host_nodes = nodes.get(host, 0)
         report.devices = {d: {"nodes": nodes.get(d, 0), "macs": dev_macs.get(d, 0), "busy_s": busy.get(d, 0.0),
                               "energy_j": dev_energy.get(d, 0.0)} for d in busy}
-        for d, parts in energy_parts.items():
+        for d, parts in energy_parts.items():  # (a device that says where its energy goes: CIM)
             report.devices[d]["energy_parts"] = parts
         clock = _clock_hz(self.system)
         report.cycles = int(round(latency * clock))
@@ -201,3 +199,9 @@ def _clock_hz(system: System) -> float:
         if clk:
             return float(clk)
     return float(getattr(system.host.chip.spec, "clock_hz", 1e9))
+
+
+def _add(total: dict[str, float], parts: dict[str, float]) -> None:
+    """Add an op's energy_parts into a device's totals."""
+    for k, v in parts.items():
+        total[k] = total.get(k, 0.0) + v
