@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from kcompiler.errors import ArtifactError
+
 if TYPE_CHECKING:  # (a Program runs without the model: the runtime side imports no onnx_ir)
     import onnx_ir as ir
 
@@ -180,6 +182,18 @@ class Program(abc.ABC):
     def to_bytes(self) -> bytes:
         """The program's binary encoding, for artifacts."""
         return b""
+
+
+def check_stored_program(where: str, kind: str, meta: Mapping[str, Any], encoding: int, subgraph: Subgraph) -> None:
+    """What every backend's `load_program` checks first: the program was stored in the encoding this
+    kcompiler reads (`kind` names it: "PIM", "CIM"), and its step table matches the subgraph's nodes."""
+    if int(meta.get("encoding", 0)) != encoding:
+        raise ArtifactError(f"{where}: stored in {kind} encoding {meta.get('encoding')}, this kcompiler reads "
+                            f"{encoding}", hint="recompile the model")
+    ops = list(meta.get("ops", ()))
+    if ops != [n.op_type for n in subgraph.nodes]:
+        raise ArtifactError(f"{where}: its step table ({len(ops)} steps) does not match the subgraph's "
+                            f"{len(subgraph.nodes)} nodes")
 
 
 class Backend(abc.ABC):

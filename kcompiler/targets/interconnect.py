@@ -19,6 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from kcompiler.errors import TargetError
+from kcompiler.targets.schema import field
 
 @dataclass(frozen=True)
 class Link:
@@ -30,6 +31,17 @@ class Link:
 
     def transfer_s(self, nbytes: int) -> float:
         return 0.0 if nbytes <= 0 else self.latency + nbytes / self.bandwidth
+
+
+@dataclass(frozen=True)
+class CardLink:
+    """A chip file's link to an NPU on the same card (the [pim.link] and [cim.link] tables)."""
+
+    bandwidth: float = field(min=1e6, unit="B/s", doc="this device <-> an NPU on the same card, one direction")
+    latency_s: float = field(min=0.0, max=1.0, unit="s")
+
+    def link(self) -> Link:
+        return Link(bandwidth=self.bandwidth, latency=self.latency_s, name="card")
 
 
 TOPOLOGIES = ("switch", "ring", "all-to-all")

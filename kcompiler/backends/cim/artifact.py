@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kcompiler.backends.base import Program, Subgraph
+from kcompiler.backends.base import Program, Subgraph, check_stored_program
 from kcompiler.backends.cim import isa
 from kcompiler.backends.cim.conditions import Conditions
 from kcompiler.backends.cim.program import CimProgram
@@ -46,13 +46,7 @@ def save_program(name: str, chip: str, program: CimProgram, subgraph: Subgraph,
 def load_program(name: str, spec: CimSpec, subgraph: Subgraph, blob: bytes, meta: Mapping[str, Any], weights: Any,
                  options: Mapping[str, Any] | None = None) -> Program:
     where = f"CIM program on {name}"
-    if int(meta.get("encoding", 0)) != ENCODING:
-        raise ArtifactError(f"{where}: stored in CIM encoding {meta.get('encoding')}, this kcompiler reads "
-                            f"{ENCODING}", hint="recompile the model")
-    ops = list(meta.get("ops", ()))
-    if ops != [n.op_type for n in subgraph.nodes]:
-        raise ArtifactError(f"{where}: its step table ({len(ops)} steps) does not match the subgraph's "
-                            f"{len(subgraph.nodes)} nodes")
+    check_stored_program(where, "CIM", meta, ENCODING, subgraph)
     if len(blob) % _ROW:
         raise ArtifactError(f"{where}: {len(blob)} bytes of instructions is not a whole number of rows")
     instrs = np.frombuffer(blob, "<i8").reshape(-1, 2 + isa.FIELDS).astype(np.int64)

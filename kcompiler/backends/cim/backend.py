@@ -156,7 +156,7 @@ class CimBackend(Backend):
             if self.overflows(node):
                 prog.code.instrs[prog.code.instrs[:, 0] == isa.PROG, 4] = 1
             tl = prog.simulate()
-            parts = [e for e in tl.ops]
+            parts = tl.ops
             self._cache[key] = Cost(seconds=tl.seconds, cycles=tl.cycles, macs=sum(e.macs for e in parts),
                                     sram_bytes=sum(e.sram_bytes for e in parts),
                                     energy_j=sum(e.energy_j for e in parts),

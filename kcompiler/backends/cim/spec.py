@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kcompiler.errors import TargetError
 from kcompiler.targets import Link
+from kcompiler.targets.interconnect import CardLink
 from kcompiler.targets.area import Area
 from kcompiler.targets.schema import field
 
@@ -69,12 +70,6 @@ class CimEnergy:
 
 
 @dataclass(frozen=True)
-class CimLinkSpec:
-    bandwidth: float = field(min=1e6, unit="B/s", doc="chip <-> NPU on the same card, one direction")
-    latency_s: float = field(min=0.0, max=1.0, unit="s")
-
-
-@dataclass(frozen=True)
 class CimArea:
     crossbar_mm2: float = field(min=0.0, max=1e4, unit="mm²",
                                 doc="one crossbar with its share of the chip's periphery (ADCs, DACs, digital, memory)")
@@ -100,7 +95,7 @@ class CimSpec:
     device: CimDevice = field(doc="[cim.device] table")
     timing: CimTiming = field(doc="[cim.timing] table")
     energy: CimEnergy = field(doc="[cim.energy] table")
-    link: CimLinkSpec = field(doc="[cim.link] table: the chip's link to an NPU on the same card")
+    link: CardLink = field(doc="[cim.link] table: the chip's link to an NPU on the same card")
     area: CimArea = field(doc="[cim.area] table: published die areas")
     process_nm: float | None = field(None, min=3, max=130, unit="nm", doc="CMOS process of the periphery")
     adc_headroom: float = field(4.0, min=0.01, max=1e6, doc="calibrated full scale in column-norm units")
@@ -181,7 +176,7 @@ class CimSpec:
         return Area.of({"crossbar_cores": self.crossbars * self.area.crossbar_mm2, "other": self.area.other_mm2})
 
     def peer_link(self) -> Link:
-        return Link(bandwidth=self.link.bandwidth, latency=self.link.latency_s, name="card")
+        return self.link.link()
 
     def headline(self) -> str:
         return (f"{self.peak_ops / 1e12:.1f} TOPS at {self.peak_ops_per_w / 1e12:.2f} TOPS/W "

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from kcompiler.backends.base import Program, Subgraph
+from kcompiler.backends.base import Program, Subgraph, check_stored_program
 from kcompiler.backends.pim import sim
 from kcompiler.backends.pim.isa import ENCODED_SIZE, HOST, decode_all
 from kcompiler.backends.pim.program import PimProgram, ProgramBackend
@@ -61,13 +61,8 @@ def load_program(backend: _Backend, subgraph: Subgraph, blob: bytes, meta: Mappi
     """Rebuild the program from the artifact alone: no planning, no layout, no graph values."""
     s: PimSpec = backend.spec
     where = f"PIM program on {backend.name}"
-    if int(meta.get("encoding", 0)) != ENCODING:
-        raise ArtifactError(f"{where}: stored in PIM encoding {meta.get('encoding')}, this kcompiler reads "
-                            f"{ENCODING}", hint="recompile the model")
+    check_stored_program(where, "PIM", meta, ENCODING, subgraph)
     ops = list(meta.get("ops", ()))
-    if ops != [n.op_type for n in subgraph.nodes]:
-        raise ArtifactError(f"{where}: its step table ({len(ops)} steps) does not match the subgraph's "
-                            f"{len(subgraph.nodes)} nodes")
     if len(blob) % ENCODED_SIZE:
         raise ArtifactError(f"{where}: {len(blob)} bytes of commands is not a whole number of commands")
     try:

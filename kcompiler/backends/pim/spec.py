@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from kcompiler.errors import TargetError
 from kcompiler.targets import Link
+from kcompiler.targets.interconnect import CardLink
 from kcompiler.targets.schema import field
 
 
@@ -39,12 +40,6 @@ class PimEnergy:
 
 
 @dataclass(frozen=True)
-class PimLinkSpec:
-    bandwidth: float = field(min=1e6, unit="B/s", doc="device <-> NPU on the same card, one direction")
-    latency_s: float = field(min=0.0, max=1.0, unit="s")
-
-
-@dataclass(frozen=True)
 class PimSpec:
     clock_hz: float = field(min=1e6, max=1e10, unit="Hz", doc="processing-unit clock")
     dtype: str = field(choices=("bfloat16", "float16"), doc="multiplier input type")
@@ -68,7 +63,7 @@ class PimSpec:
     activation_functions: tuple[str, ...] = field(doc="ONNX ops the activation-function unit evaluates")
     timing: DramTiming = field(doc="[pim.timing] table")
     energy: PimEnergy = field(doc="[pim.energy] table")
-    link: PimLinkSpec = field(doc="[pim.link] table: the device's link to an NPU on the same card")
+    link: CardLink = field(doc="[pim.link] table: the device's link to an NPU on the same card")
     process_nm: float | None = field(None, min=3, max=130, unit="nm",
                                      doc="DRAM process node of the packages (20 for a '20 nm' DRAM, 17 for "
                                          "'1y nm'), for the die-area model of the PIM logic "
@@ -133,7 +128,7 @@ class PimSpec:
         return self.channels * self.banks_per_channel * self.rows_per_bank * self.row_bytes
 
     def peer_link(self) -> Link:
-        return Link(bandwidth=self.link.bandwidth, latency=self.link.latency_s, name="card")
+        return self.link.link()
 
     def headline(self) -> str:
         return (f"{self.peak_flops / 1e12:.2f} TFLOP/s {self.dtype}, internal {self.internal_bandwidth / 1e9:.0f} GB/s "

@@ -6,6 +6,7 @@ along it), in which case the rule declines and the input is gathered first.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -77,12 +78,27 @@ def from_axis(node, rank):
     return set(range(norm_axis(int(attr(node, "axis", -1)), rank), rank))
 
 
-def rule_reduce(node, ins, t, rw):
-    x = ins[0]
-    if x is None or x.shape is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
+def follows_input(rule=None, *, needs_out: bool = False):
+    """A rule that follows the split of its first input: without that input's shape (or the output's,
+    with needs_out), or with a partial sum on it, no decision; an unsplit input replicates the op;
+    otherwise `rule` decides, given the input as `x`."""
+    if rule is None:
+        return functools.partial(follows_input, needs_out=needs_out)
+
+    @functools.wraps(rule)
+    def wrapped(node, ins, t, rw):
+        x = ins[0]
+        if x is None or x.shape is None or x.layout.partial or (needs_out and out_shape(node) is None):
+            return None
+        if not x.layout.sharded:
+            return replicate(node, ins)
+        return rule(node, ins, t, rw, x)
+
+    return wrapped
+
+
+@follows_input
+def rule_reduce(node, ins, t, rw, x):
     axes = const_ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
     if axes is None:
         axes = attr(node, "axes", None)
@@ -96,12 +112,8 @@ def rule_reduce(node, ins, t, rw):
     return Decision([shard(a)] + [None if i is None else REPL for i in ins[1:]], [shard(out_axis)])
 
 
-def rule_transpose(node, ins, t, rw):
-    x = ins[0]
-    if x is None or x.shape is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
+@follows_input
+def rule_transpose(node, ins, t, rw, x):
     perm = list(attr(node, "perm", list(range(x.rank))[::-1]))
     return Decision([x.layout], [shard(perm.index(x.layout.axis))])
 
@@ -119,14 +131,10 @@ def map_axis_through_reshape(in_shape, out_shape, axis: int, t: int) -> int | No
     return None
 
 
-def rule_view(node, ins, t, rw):
+@follows_input(needs_out=True)
+def rule_view(node, ins, t, rw, x):
     """Reshape / Flatten / Squeeze / Unsqueeze: follow the split through the row-major view."""
-    x = ins[0]
     out = out_shape(node)
-    if x is None or x.shape is None or out is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
     b = map_axis_through_reshape(x.shape, out, x.layout.axis, t)
     if b is None:
         return None
@@ -137,13 +145,9 @@ def rule_view(node, ins, t, rw):
     return d
 
 
-def rule_expand(node, ins, t, rw):
-    x = ins[0]
+@follows_input(needs_out=True)
+def rule_expand(node, ins, t, rw, x):
     out = out_shape(node)
-    if x is None or x.shape is None or out is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
     oa = x.layout.axis + len(out) - x.rank
     d = Decision([x.layout, REPL], [shard(oa)])
     local = local_shape(out, shard(oa), t)
@@ -151,12 +155,8 @@ def rule_expand(node, ins, t, rw):
     return d
 
 
-def rule_slice(node, ins, t, rw):
-    x = ins[0]
-    if x is None or x.shape is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
+@follows_input
+def rule_slice(node, ins, t, rw, x):
     starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
     if starts is None or ends is None:
         return None
@@ -172,12 +172,8 @@ def rule_slice(node, ins, t, rw):
     return Decision([x.layout] + [None if i is None else REPL for i in ins[1:]], [x.layout])
 
 
-def rule_split(node, ins, t, rw):
-    x = ins[0]
-    if x is None or x.shape is None or x.layout.partial:
-        return None
-    if not x.layout.sharded:
-        return replicate(node, ins)
+@follows_input
+def rule_split(node, ins, t, rw, x):
     if norm_axis(int(attr(node, "axis", 0)), x.rank) == x.layout.axis:
         return None
     return Decision([x.layout] + [None if i is None else REPL for i in ins[1:]], [x.layout] * len(node.outputs))
