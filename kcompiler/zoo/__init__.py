@@ -27,6 +27,9 @@ class ZooEntry:
     #: (**options) -> {"params", "flops", "flops_per_unit", "unit", ...} from shapes alone, or None
     #: (then `kc zoo` loads the model to count); see kcompiler/zoo/stats.py
     info: Callable[..., dict] | None = None
+    #: the dtypes the builder writes itself (option dtype); others (a bundled CNN at int8) are
+    #: the driver's to quantise with a calibration set (kcompiler.quantize)
+    dtypes: tuple[str, ...] = ("fp32",)
 
 
 BUNDLED = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
@@ -61,6 +64,14 @@ def _load_builders() -> None:
 def entries() -> dict[str, ZooEntry]:
     _load_builders()
     return dict(_REGISTRY)
+
+
+def builds_dtype(name: str, dtype: str) -> bool:
+    """Whether zoo model `name` is built at `dtype` by the zoo itself: the transformers/LLMs write
+    their float (fp32/fp16/bf16) and quantised (int8/fp8 QDQ, int4 MatMulNBits) forms; the bundled
+    CNNs are fp32 only. False for a name that is not in the zoo."""
+    entry = entries().get(name)
+    return entry is not None and dtype in entry.dtypes
 
 
 def resolve_model(model: Any, **options) -> tuple[Any, str]:

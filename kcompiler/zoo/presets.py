@@ -1,5 +1,5 @@
 """Transformer presets (the shapes of published models) and the options a build takes
-(batch, seq, KV length, phase, dtype, layers, seed), checked into ``Options``."""
+(batch, seq, KV length, phase, dtype, activation dtype, layers, seed), checked into ``Options``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from onnx import TensorProto
 
 from kcompiler.errors import KCError
+from kcompiler.zoo.quant import QUANT_DTYPES
 
 DTYPES = {"fp32": (np.dtype(np.float32), TensorProto.FLOAT),
           "fp16": (np.dtype(np.float16), TensorProto.FLOAT16)}
@@ -21,8 +22,11 @@ except ImportError:  # pragma: no cover
     pass
 
 PHASES = ("prefill", "decode")
-OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "seed")
-ENCODER_OPTIONS = ("batch", "seq", "dtype", "layers", "seed")
+OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "act_dtype", "layers", "seed")
+ENCODER_OPTIONS = ("batch", "seq", "dtype", "act_dtype", "layers", "seed")
+#: bytes a weight takes at each dtype a zoo transformer builds (int4: 4 bits; the block scales,
+#: one 16-bit number per 32 weights, are counted by model_info's "weight_bytes", not here)
+WEIGHT_ITEMSIZE = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "fp8": 1.0, "int4": 0.5}
 
 
 
@@ -73,7 +77,8 @@ class Options:
     seq: int
     kv: int  # past length L (0 in prefill)
     phase: str
-    dtype: str
+    dtype: str  # fp32 | fp16 | bf16, or a quantised form: int8 | fp8 (QDQ weight GEMMs) | int4 (MatMulNBits)
+    act_dtype: str  # the float dtype of everything not quantised (= dtype for the float forms)
     layers: int
     seed: int
 
@@ -85,8 +90,25 @@ def _positive(name: str, model: str, value: Any, allow_zero: bool = False) -> in
     return int(value)
 
 
+def _dtypes(name: str, dtype, act_dtype) -> tuple[str, str]:
+    """(dtype, act_dtype) checked: a float dtype is its own activation dtype; a quantised one keeps
+    the rest of the graph at act_dtype (default QUANT_DTYPES[dtype])."""
+    dtype = dtype or "fp32"
+    if dtype not in DTYPES and dtype not in QUANT_DTYPES:
+        raise KCError(f"zoo model '{name}': dtype '{dtype}' is not one of {sorted(DTYPES) + sorted(QUANT_DTYPES)}")
+    if dtype in DTYPES:
+        if act_dtype not in (None, dtype):
+            raise KCError(f"zoo model '{name}': act_dtype '{act_dtype}' applies to the quantised dtypes "
+                          f"{sorted(QUANT_DTYPES)}, not to dtype '{dtype}'", hint="drop act_dtype")
+        return dtype, dtype
+    act_dtype = act_dtype or QUANT_DTYPES[dtype]
+    if act_dtype not in DTYPES:
+        raise KCError(f"zoo model '{name}': act_dtype '{act_dtype}' is not one of {sorted(DTYPES)}")
+    return dtype, act_dtype
+
+
 def resolve_options(name: str, batch=None, seq=None, kv=None, phase=None, dtype=None, layers=None,
-                    seed=None) -> tuple[Config, Options]:
+                    seed=None, act_dtype=None) -> tuple[Config, Options]:
     cfg = PRESETS[name]
     enc = cfg.family == "bert"
     if enc and (phase not in (None, "prefill") or kv is not None):
@@ -98,9 +120,7 @@ def resolve_options(name: str, batch=None, seq=None, kv=None, phase=None, dtype=
     if phase == "prefill" and kv is not None:
         raise KCError(f"zoo model '{name}': --kv applies to the decode phase only",
                       hint="add --phase decode, or drop --kv")
-    dtype = dtype or "fp32"
-    if dtype not in DTYPES:
-        raise KCError(f"zoo model '{name}': dtype '{dtype}' is not one of {sorted(DTYPES)}")
+    dtype, act_dtype = _dtypes(name, dtype, act_dtype)
     batch = _positive("batch", name, 1 if batch is None else batch)
     seq = _positive("seq", name, (cfg.default_seq if phase == "prefill" else 1) if seq is None else seq)
     kv = 0 if phase == "prefill" else _positive("kv", name, cfg.default_kv if kv is None else kv)
@@ -109,4 +129,4 @@ def resolve_options(name: str, batch=None, seq=None, kv=None, phase=None, dtype=
     if cfg.max_pos and seq + kv > cfg.max_pos:
         raise KCError(f"zoo model '{name}': {seq + kv} positions (seq {seq} + kv {kv}) exceed its "
                       f"position table of {cfg.max_pos}", hint=f"keep seq + kv <= {cfg.max_pos}")
-    return replace(cfg, layers=layers), Options(batch, seq, kv, phase, dtype, layers, seed)
+    return replace(cfg, layers=layers), Options(batch, seq, kv, phase, dtype, act_dtype, layers, seed)

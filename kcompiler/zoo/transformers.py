@@ -16,6 +16,12 @@ Weights:
 Every builder also runs in "meta" mode (no tensors at all) to count parameters and FLOPs
 from shapes: ``model_info(name, **options)``. The presets and their options are in zoo.presets,
 the graph writer in zoo.graph_writer.
+
+Quantised forms (dtype int8 | fp8 | int4, the rest of the graph at act_dtype): the weight GEMMs as
+onnxruntime.quantization writes them (QDQ with uint8/float8 activations and per-channel weights, or
+4-bit MatMulNBits); see zoo.quant. Random-weight int8/fp8 models get activation scales from a
+calibration run of their float twin in ONNX Runtime; external (timing) ones synthetic scales, and
+their doc_string says so.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,11 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from kcompiler.errors import KCError
-from kcompiler.zoo import ZooEntry, cache_dir, graph_writer, presets, register
+from kcompiler.zoo import ZooEntry, cache_dir, graph_writer, presets, quant, register
 from kcompiler.zoo.graph_writer import WEIGHTS_FILE, Writer
 from kcompiler.zoo.presets import ENCODER_OPTIONS, OPTIONS, PRESETS, Config, Options, resolve_options
 from kcompiler.zoo.presets import DTYPES  # noqa: F401  (transformers.DTYPES: kc cluster sizes weights by it)
+from kcompiler.zoo.quant import QUANT_DTYPES
 
 try:
     import ml_dtypes
@@ -47,7 +54,7 @@ EXTERNAL_PARAMS = 100_000_000
 #: bump when the graphs change so cached files are rebuilt
 FORMAT_VERSION = 1
 #: the source files that decide the graphs (with FORMAT_VERSION, the key of cached files)
-_SOURCES = (__file__, graph_writer.__file__, presets.__file__)
+_SOURCES = (__file__, graph_writer.__file__, presets.__file__, quant.__file__)
 
 
 
@@ -116,10 +123,16 @@ def _repeat_kv(w: Writer, x: str, b: int, nkv: int, rep: int, t: int, hd: int, h
     return w.op("Reshape", [e, w.const([b, nkv * rep, t, hd], "int64", "shape")], hint)
 
 
-def build_decoder(name: str, cfg: Config, o: Options, mode: str) -> Writer:
+def _writer(name: str, o: Options, mode: str, ranges: dict | None) -> Writer:
+    return Writer(name, o.act_dtype, mode, o.seed, quant=o.dtype if o.dtype in QUANT_DTYPES else None,
+                  ranges=ranges)
+
+
+def build_decoder(name: str, cfg: Config, o: Options, mode: str, ranges: dict | None = None) -> Writer:
     """LLaMA-style (RMSNorm, rotary, GQA, SwiGLU) or GPT-2-style (LayerNorm, learned positions,
-    fused c_attn + Split, tanh GELU, tied LM head) decoder, in prefill or decode phase."""
-    w = Writer(f"{name}_{o.phase}", o.dtype, mode, o.seed)
+    fused c_attn + Split, tanh GELU, tied LM head) decoder, in prefill or decode phase. A tied
+    head (GPT-2) stays a float MatMul in the quantised forms: its weight is the embedding's."""
+    w = _writer(f"{name}_{o.phase}", o, mode, ranges)
     llama = cfg.family == "llama"
     b, s, past, d = o.batch, o.seq, o.kv, cfg.d
     h, nkv, hd = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -190,16 +203,14 @@ def build_decoder(name: str, cfg: Config, o: Options, mode: str) -> Writer:
         w.macs += bs * d * cfg.vocab
         w.op("MatMul", [x, head], "lm_head", outputs=["logits"])
     else:
-        head = w.weight("lm_head.weight", (d, cfg.vocab))
-        w.macs += bs * d * cfg.vocab
-        w.op("MatMul", [x, head], "lm_head", outputs=["logits"])
+        w.linear(x, "lm_head", bs, d, cfg.vocab, False, out="logits")
     w.inputs, w.outputs = inputs, outputs
     return w
 
 
-def build_encoder(name: str, cfg: Config, o: Options, mode: str) -> Writer:
+def build_encoder(name: str, cfg: Config, o: Options, mode: str, ranges: dict | None = None) -> Writer:
     """BERT-style post-LN encoder with Erf GELU and a pooler, as HF BertModel exports."""
-    w = Writer(name, o.dtype, mode, o.seed)
+    w = _writer(name, o, mode, ranges)
     b, s, d, h, hd = o.batch, o.seq, cfg.d, cfg.heads, cfg.head_dim
     bs = b * s
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [b, s])]
@@ -235,9 +246,31 @@ def build_encoder(name: str, cfg: Config, o: Options, mode: str) -> Writer:
     return w
 
 
-def _write(name: str, cfg: Config, o: Options, mode: str) -> Writer:
+def _write(name: str, cfg: Config, o: Options, mode: str, ranges: dict | None = None) -> Writer:
     fn = build_encoder if cfg.family == "bert" else build_decoder
-    return fn(name, cfg, o, mode)
+    return fn(name, cfg, o, mode, ranges)
+
+
+def _calibrated(name: str, cfg: Config, o: Options) -> dict:
+    """Activation ranges of the weight GEMMs of a random-weight int8/fp8 model: its float twin
+    (same weights, dtype act_dtype) run in ONNX Runtime on seeded random inputs (quant.calibrate)."""
+    twin = _write(name, cfg, replace(o, dtype=o.act_dtype), "random")
+    proto = twin.finish(twin.inputs, twin.outputs, "calibration twin")
+    return quant.calibrate(proto, twin.linear_io, cfg.vocab, o.seed)
+
+
+def _quant_doc(o: Options, calibrated: bool) -> str:
+    """What the model's doc_string says about its quantisation (reports quote it)."""
+    if o.dtype not in QUANT_DTYPES:
+        return ""
+    if o.dtype == "int4":
+        return (f"; weight GEMMs are com.microsoft MatMulNBits (4-bit symmetric, block {quant.BLOCK}), the rest "
+                f"{o.act_dtype}")
+    form = "uint8 activations, int8" if o.dtype == "int8" else "float8e4m3fn activations and"
+    scales = ("activation scales calibrated on random inputs (ONNX Runtime, MinMax)" if calibrated else
+              "synthetic quantisation scales (timing mode: no weight or activation was read)")
+    return (f"; QDQ weight GEMMs ({form} per-channel weights), {scales}; LayerNorm, Softmax, residual adds "
+            f"and attention's activation products stay {o.act_dtype}")
 
 
 # ---- public entry points -------------------------------------------------------------------------
@@ -251,7 +284,8 @@ def model_info(name: str, **options) -> dict[str, Any]:
     flops = 2 * w.macs
     return {"name": name, "params": w.params, "macs": w.macs, "flops": flops,
             "flops_per_unit": flops / (o.batch if per == "inference" else tokens), "unit": per, "weights": w.weights,
-            "options": asdict(o), "config": asdict(cfg), "external": w.params >= EXTERNAL_PARAMS}
+            "options": asdict(o), "config": asdict(cfg), "external": w.params >= EXTERNAL_PARAMS,
+            "weight_bytes": w.weight_bytes}
 
 
 def parameter_count(name: str, **options) -> int:
@@ -276,8 +310,9 @@ def build(name: str, weights: str | None = None, **options) -> Any:
         raise KCError(f"zoo model '{name}': weights='{weights}' is not 'random' or 'external'")
     doc = f"{name} ({cfg.published}); options {asdict(o)}; built by kcompiler.zoo.transformers"
     if weights == "random":
-        w = _write(name, cfg, o, "random")
-        return w.finish(w.inputs, w.outputs, doc)
+        ranges = _calibrated(name, cfg, o) if o.dtype in ("int8", "fp8") else None
+        w = _write(name, cfg, o, "random", ranges)
+        return w.finish(w.inputs, w.outputs, doc + _quant_doc(o, ranges is not None))
     # the builder's own source is part of the key: any change to the graphs rebuilds the cache
     source = hashlib.sha256(b"".join(Path(f).read_bytes() for f in _SOURCES)).hexdigest()[:16]
     key = json.dumps({"v": FORMAT_VERSION, "src": source, "cfg": asdict(cfg), "opt": asdict(o)}, sort_keys=True)
@@ -287,7 +322,7 @@ def build(name: str, weights: str | None = None, **options) -> Any:
     if path.is_file() and data.is_file():
         return path
     w = _write(name, cfg, o, "external")
-    proto = w.finish(w.inputs, w.outputs, doc + "; weights are a sparse external file (all zero)")
+    proto = w.finish(w.inputs, w.outputs, doc + "; weights are a sparse external file (all zero)" + _quant_doc(o, False))
     folder.mkdir(parents=True, exist_ok=True)
     tmp_data = folder / f".{WEIGHTS_FILE}.{os.getpid()}"
     with open(tmp_data, "wb") as f:
@@ -310,6 +345,8 @@ def _entry(name: str) -> ZooEntry:
     opts = ENCODER_OPTIONS if cfg.family == "bert" else OPTIONS
     fields = {f for f in ZooEntry.__dataclass_fields__}
     extra = {"info": (lambda name=name, **kw: model_info(name, **kw))} if "info" in fields else {}
+    if "dtypes" in fields:
+        extra["dtypes"] = tuple(DTYPES) + tuple(QUANT_DTYPES)
     return ZooEntry(name, "transformer" if cfg.family == "bert" else "llm", desc,
                     lambda name=name, **kw: build(name, **kw), opts + ("weights",), **extra)
 
