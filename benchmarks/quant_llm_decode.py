@@ -48,7 +48,8 @@ def run_row(target: str, dtype: str, act: str | None, kv: int, layers: int | Non
         cm = kcompiler.compile("llama-7b", target=target, mode="timing", **opts)
         rep = cm.simulate()
     except Exception as exc:  # a row that fails is reported, not fatal: the others still say something
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "weight_bytes": info["weight_bytes"]}
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                "weight_bytes": info["weight_bytes"]}
     return {"latency_s": rep.latency_s, "dram_bytes": rep.dram_bytes, "weight_bytes": info["weight_bytes"],
             "compile_s": time.perf_counter() - t0, "placement": dict(cm.placement),
             "dtypes": sorted({str(getattr(op, "dtype", "")) for op in rep.ops} - {""}),
@@ -56,8 +57,8 @@ def run_row(target: str, dtype: str, act: str | None, kv: int, layers: int | Non
 
 
 def table(results: list[tuple[tuple, dict]]) -> list[str]:
-    lines = ["| target | weights (activations) | latency ms/token | DRAM MB/token | stored weight MB | placement (nodes) "
-             "| op dtypes |", "|---|---|---:|---:|---:|---|---|"]
+    lines = ["| target | weights (activations) | latency ms/token | DRAM MB/token | stored weight MB "
+             "| placement (nodes) | op dtypes |", "|---|---|---:|---:|---:|---|---|"]
     for (target, label, _, _), r in results:
         if "error" in r:
             lines.append(f"| {target} | {label} | failed: {r['error']} | | {r['weight_bytes'] / 1e6:,.0f} | | |")

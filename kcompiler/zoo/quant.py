@@ -81,9 +81,10 @@ def synthetic_weight_scale(name: str, n: int, seed: int, qmax: float) -> np.ndar
 
 def pack_nbits(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """A weight [K, N] as symmetric 4-bit blocks along K, as ORT's matmul_nbits_quantizer writes
-    them (no zero-point input, so the zero point is 8; K padded to whole blocks with zero bytes): per block the value of largest magnitude
-    v gives scale = v / -8, q = clip(round(w / scale) + 8, 0, 15), two values a byte, the first in
-    the low nibble. Returns B uint8 [N, n_blocks, block/2] and scales float32 [N, n_blocks]."""
+    them (no zero-point input, so the zero point is 8; K padded to whole blocks with zero bytes): per
+    block the value of largest magnitude v gives scale = v / -8, q = clip(round(w / scale) + 8, 0, 15),
+    two values a byte, the first in the low nibble. Returns B uint8 [N, n_blocks, block/2] and
+    scales float32 [N, n_blocks]."""
     k, n = w.shape
     nb = -(-k // block)
     wt = np.zeros((n, nb * block), np.float32)

@@ -322,7 +322,8 @@ def build(name: str, weights: str | None = None, **options) -> Any:
     if path.is_file() and data.is_file():
         return path
     w = _write(name, cfg, o, "external")
-    proto = w.finish(w.inputs, w.outputs, doc + "; weights are a sparse external file (all zero)" + _quant_doc(o, False))
+    proto = w.finish(w.inputs, w.outputs,
+                     doc + "; weights are a sparse external file (all zero)" + _quant_doc(o, False))
     folder.mkdir(parents=True, exist_ok=True)
     tmp_data = folder / f".{WEIGHTS_FILE}.{os.getpid()}"
     with open(tmp_data, "wb") as f:
