@@ -41,7 +41,7 @@ from kcompiler.errors import KCError
 from kcompiler.zoo import ZooEntry, cache_dir, graph_writer, presets, quant, register
 from kcompiler.zoo.graph_writer import WEIGHTS_FILE, Writer
 from kcompiler.zoo.presets import ENCODER_OPTIONS, OPTIONS, PRESETS, Config, Options, resolve_options
-from kcompiler.zoo.presets import DTYPES  # noqa: F401  (transformers.DTYPES: kc cluster sizes weights by it)
+from kcompiler.zoo.presets import DTYPES, WEIGHT_ITEMSIZE  # noqa: F401  (kc cluster sizes weights by them)
 from kcompiler.zoo.quant import QUANT_DTYPES
 
 try:
