@@ -302,8 +302,8 @@ def weight_bytes(model: str, options: dict | None = None) -> int:
 
     options = dict(options or {})
     if model in tz.PRESETS:
-        itemsize = tz.DTYPES[options.get("dtype", "fp32")][0].itemsize
-        return tz.parameter_count(model, **{k: v for k, v in options.items() if k == "layers"}) * itemsize
+        itemsize = tz.WEIGHT_ITEMSIZE[options.get("dtype", "fp32")]  # int4: half a byte
+        return int(tz.parameter_count(model, **{k: v for k, v in options.items() if k == "layers"}) * itemsize)
     entry = zoo.entries()[model]
     st = cached_stats(entry) or entry_stats(entry)  # the counts `kc zoo` shows
     return int(st["params"]) * 4
@@ -315,7 +315,10 @@ def llm_sizes(model: str, options: dict | None = None) -> tuple[int, int]:
 
     cfg = llm_config(model)
     options = dict(options or {})
-    itemsize = tz.DTYPES[options.get("dtype", "fp32")][0].itemsize
+    dtype = options.get("dtype", "fp32")
+    # a quantised decoder keeps its KV cache at its activation dtype (zoo.presets: act_dtype)
+    kv_dtype = options.get("act_dtype") or tz.QUANT_DTYPES.get(dtype, dtype)
+    itemsize = tz.DTYPES[kv_dtype][0].itemsize
     layers = options.get("layers", cfg.layers)
     return 2 * layers * cfg.kv_heads * cfg.head_dim * itemsize, weight_bytes(model, options)
 
