@@ -34,7 +34,8 @@ def quantize_cmd(model, output, method, activations, per_tensor, report, report_
     """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
     per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
     activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
-    from kcompiler.quantize import accuracy_report, quant_info, quantize  # (onnxruntime.quantization: not at start-up)
+    # (onnxruntime.quantization: not at kc's start-up)
+    from kcompiler.quantize import accuracy_report, quant_info, quantize
     from kcompiler.quantize.report import quantised_tensors
 
     zoo = {k: v for k, v in zoo_kwargs().items() if v is not None}
@@ -46,8 +47,8 @@ def quantize_cmd(model, output, method, activations, per_tensor, report, report_
     if model in _zoo_cnns() and zoo.get("weights") is None:
         zoo["weights"] = "random"  # (the files' constant fills have nothing to calibrate)
     with status(f"quantising {model} to {qdtype}", False):
-        q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output, activations=activations,
-                     zoo_options=zoo or None)
+        q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
+                     activations=activations, zoo_options=zoo or None)
     info = quant_info(q) or {}
     console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
                   f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)
