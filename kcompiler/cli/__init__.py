@@ -15,6 +15,7 @@ from kcompiler.cli.compile import compile_cmd
 from kcompiler.cli.errors import KCGroup
 from kcompiler.cli.inspection import inspect_cmd
 from kcompiler.cli.listing import passes_cmd, targets_cmd, zoo_cmd
+from kcompiler.cli.quantize import quantize_cmd
 from kcompiler.cli.run import run_cmd
 # `kc cluster` (the K-Cloud fleet serving simulator), `kc serve` (the Open Inference Protocol: its module
 # imports no server library), `kc sweep` (design-space exploration: Ray is imported only when it runs)
@@ -29,8 +30,8 @@ def cli():
     """kcompiler: compile ONNX models for simulated NPU and PIM chips, and run them for values and time."""
 
 
-for _command in (compile_cmd, run_cmd, bench_cmd, inspect_cmd, targets_cmd, zoo_cmd, passes_cmd, serve_cmd,
-                 sweep_cmd, cluster_cmd):
+for _command in (compile_cmd, run_cmd, bench_cmd, inspect_cmd, targets_cmd, zoo_cmd, passes_cmd, quantize_cmd,
+                 serve_cmd, sweep_cmd, cluster_cmd):
     cli.add_command(_command)
 
 

@@ -64,7 +64,7 @@ def bench_cmd(model, target_list, mode, json_path, trace_path, plot_path, quiet,
         if not quiet and len(target_list) == 1 and fmt == "table":
             console.print(rep.table())
         reports.append(rep)
-        results.append(rep.to_dict())
+        results.append(with_dtype(rep.to_dict(), cm))
         if trace_path and i == 0:
             Path(trace_path).write_text(json.dumps(rep.chrome_trace()))
         if plot_path:
@@ -115,9 +115,23 @@ def bench_document(results: list[dict], peers: list[dict]) -> dict:
         load = list(os.getloadavg())
     except OSError:  # not on this platform (_loadavg)
         load = None
+    dtypes = sorted({r["dtype"] for r in results if r.get("dtype")})
     return {"schema_version": BENCH_SCHEMA_VERSION, "kcompiler": version("kcompiler"),
             "host": {"cpus": os.cpu_count(), "threads": host_threads(), "loadavg": load},
-            "results": results, "peers": peers}
+            "dtype": dtypes[0] if len(dtypes) == 1 else (dtypes or None), "results": results, "peers": peers}
+
+
+def with_dtype(result: dict, cm) -> dict:
+    """A result with the dtype the compiled model computes at (int8, fp8, int4, fp32, fp16, bf16), unless the
+    report already says it."""
+    if not result.get("dtype"):
+        dtype = getattr(cm, "dtype", None)
+        if dtype is None:
+            from kcompiler.quantize import model_dtype  # (onnx: not at kc's start-up)
+
+            dtype = model_dtype(cm.model)
+        result["dtype"] = dtype
+    return result
 
 
 def _loadavg() -> float | None:

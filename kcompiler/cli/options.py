@@ -105,12 +105,20 @@ def place_option(f):
                              "(repeatable); the rest are placed for the lowest latency.")(wrapper)
 
 
-ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "weights")
+ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "weights", "calibrate")
+
+#: --dtype's choices: the float types and the quantised ones (kcompiler.quantize)
+DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
+
+CALIBRATE_HELP = ("With --dtype int8|fp8: calibration data, an .npz with a leading sample axis per input or a "
+                  "folder of .npz files (one sample each); 'synthetic' for seeded random inputs (timing only). "
+                  "Zoo models default to their own set; timing-only runs of files to synthetic inputs.")
 
 
 def zoo_options(f):
-    """--batch/--seq/--kv/--phase/--dtype/--layers for zoo models, kept on the click context
-    (not passed to the command) and given to kcompiler.compile by kcompiler.cli.driver."""
+    """--batch/--seq/--kv/--phase/--dtype/--layers/--weights for zoo models, and --dtype/--calibrate for any
+    model, kept on the click context (not passed to the command) and given to kcompiler.compile by
+    kcompiler.cli.driver (--dtype int8|fp8|int4 quantises the model first: kcompiler.driver.quantise)."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
@@ -122,13 +130,18 @@ def zoo_options(f):
             ("seq", int, "Zoo models: sequence length (new tokens in the decode phase)."),
             ("kv", int, "Zoo LLMs: KV-cache length (decode phase)."),
             ("phase", click.Choice(["prefill", "decode"]), "Zoo LLMs: prefill or decode."),
-            ("dtype", click.Choice(["fp32", "fp16", "bf16"]), "Zoo models: weight and activation type."),
+            ("dtype", click.Choice(DTYPE_CHOICES),
+             "Weight and activation type: fp32/fp16/bf16 (zoo models are built so; a file must be at it), or "
+             "int8 / fp8 (QDQ, calibrated with --calibrate) / int4 (4-bit weights, float activations), "
+             "quantised with ONNX Runtime's quantiser unless the zoo builds the model so."),
             ("layers", int, "Zoo models: override the number of layers."),
             ("weights", click.Choice(["bundled", "random", "external"]),
              "Zoo models' weights. Bundled CNNs: the file's constant fills (bundled, default) or seeded "
              "random ones, whose outputs depend on the input (use these with --check). Transformers: "
-             "random (default below 100M parameters) or external (an all-zero sparse file)."))):
-        wrapper = click.option(f"--{name}", name, type=kind, default=None, help=text)(wrapper)
+             "random (default below 100M parameters) or external (an all-zero sparse file)."),
+            ("calibrate", str, CALIBRATE_HELP))):
+        wrapper = click.option(f"--{name}", name, type=kind, default=None, help=text,
+                               metavar="DATA" if name == "calibrate" else None)(wrapper)
     return wrapper
 
 

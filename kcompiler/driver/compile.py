@@ -26,9 +26,11 @@ from kcompiler.driver import partition as _partition  # noqa: F401  (registers t
 from kcompiler.driver.auto import compile_auto
 from kcompiler.driver.context import load, make_backends
 from kcompiler.driver.model import CompiledModel, assemble, check_device_options
+from kcompiler.driver.quantise import check_float_dtype, source as quantised_source
 from kcompiler.errors import KCError, PassError
 from kcompiler.parallel import step as _parallelise  # noqa: F401  (registers the parallelise step)
 from kcompiler.passes import CompileContext, run_pipeline
+from kcompiler.quantize import model_dtype
 
 MODES = ("functional", "timing")
 
@@ -107,7 +109,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             interconnect: str | None = None, topology: str | None = None,
             place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
             partition: "tuple | str | None" = None, device_options: Mapping[str, Any] | None = None,
-            **zoo_options) -> CompiledModel:
+            calibrate: Any = None, **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
@@ -128,17 +130,25 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition).
 
     device_options: options of the target's backends (Backend.options), e.g. {"cim_time": "1h",
-    "cim_noise": "off"} for a CIM chip; one that no device of the target reads is refused."""
+    "cim_noise": "off"} for a CIM chip; one that no device of the target reads is refused.
+
+    dtype (with the zoo options): fp32 | fp16 | bf16 | int8 | fp8 | int4. int8/fp8/int4 quantise the model
+    first (kcompiler.driver.quantise) with `calibrate` (an .npz, a folder of .npz, a list of dicts,
+    "synthetic"), or the zoo's default set; the report's notes say how."""
     t0 = time.perf_counter()
     if mode not in MODES:
         raise KCError(f"mode '{mode}' is not one of {list(MODES)}")
     system = targets.resolve(target, devices, interconnect, topology, partition=partition)
     plan = _plan(parallel, objective, place, system)
-    if plan == "auto":  # auto compiles its finalists with this very function
-        return compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
-                            options=dict(disable_passes=disable_passes, print_after=print_after,
-                                         pipeline=pipeline, mode=mode, name=name, state=state,
-                                         device_options=device_options, **zoo_options))
+    src = quantised_source(model, zoo_options.get("dtype"), calibrate, mode, zoo_options, name)
+    model, zoo_options, name = src.model, src.zoo_options, src.name
+    if plan == "auto":  # auto compiles its finalists with this very function (the model quantised once)
+        cm = compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
+                          options=dict(disable_passes=disable_passes, print_after=print_after,
+                                       pipeline=pipeline, mode=mode, name=name, state=state,
+                                       device_options=device_options, **zoo_options))
+        cm.notes.extend(src.notes)
+        return cm
     backends = make_backends(system)
     check_device_options(backends, device_options or {})
     ctx = CompileContext(system=system, backends=backends, mode=mode, plan=plan, objective=objective,
@@ -147,6 +157,8 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
                          device_options={k: v for k, v in (device_options or {}).items() if v is not None})
     ctx.say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
     irm, source, src_model, model_name = load(model, shapes, state, **zoo_options)
+    check_float_dtype(irm, src, model)
+    dtype = model_dtype(irm)  # (what the model computes at, before any pass rewrites it)
     source_stats = opinfo.model_stats(irm)
     ctx.say("passes", f"{len(irm.graph)} nodes")
     run_pipeline(irm, ctx, pipeline)
@@ -155,7 +167,10 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
                         hint="compile with the default pipeline, or one that ends with placement, partition "
                              "and lower (`kc passes` lists them)")
     cm = assemble(name or model_name, irm, system, ctx, source, time.perf_counter() - t0, mode)
+    cm.notes.extend(src.notes)
     cm.notes.extend(_idle_chip_notes(system, parallel, cm.placement))
+    #: the dtype the model computes at (int8, fp8, int4, fp32, fp16, bf16): the bench JSON's "dtype"
+    cm.dtype = dtype
     cm.source_stats = source_stats
     # the model as given, for `--check` and artifacts (a file is re-read from its path instead)
     cm.original = src_model if isinstance(src_model, onnx.ModelProto) else None

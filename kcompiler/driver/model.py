@@ -60,6 +60,8 @@ class CompiledModel:
         self.notes: list[str] = []
         #: nodes, params, flops, macs of the model as loaded, before the passes (opinfo.model_stats)
         self.source_stats: dict[str, int] | None = None
+        #: the dtype the model computes at (kcompiler.quantize.model_dtype), set by compile
+        self.dtype: str | None = None
 
     def configure(self, **options) -> None:
         """Apply run-time options of the target's backends (Backend.options, e.g.

@@ -1,0 +1,84 @@
+"""`kc quantize MODEL --calibrate DATA -o OUT.onnx`: quantise with ONNX Runtime's quantiser, optionally
+report what it cost (--report, --holdout) and gate on it (--max-loss)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kcompiler.cli.options import debug_option, zoo_kwargs, zoo_options
+from kcompiler.cli.output import console, status
+from kcompiler.errors import KCError
+
+
+@click.command("quantize")
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the quantised .onnx here.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX Runtime's calibrator (int8).")
+@click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="int8 activations: the type ONNX Runtime's CPU kernels compute exactly (its uint8 x int8 "
+                   "kernels saturate on x86 without VNNI).")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--report", "report", is_flag=True, help="Print per-layer SQNR and output agreement with float32.")
+@click.option("--report-json", "report_json", default=None, metavar="FILE", help="Write the report as JSON.")
+@click.option("--holdout", default=None, metavar="DATA", help="Held-out inputs for the report (same forms as DATA).")
+@click.option("--max-loss", "max_loss", type=click.FloatRange(0.0, 100.0), default=None, metavar="X",
+              help="Fail (exit 1) when top-1 agreement with float32 is more than X percentage points below 100%.")
+@zoo_options
+@debug_option
+def quantize_cmd(model, output, method, activations, per_tensor, report, report_json, holdout, max_loss,
+                 debug):
+    """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
+    per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
+    activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
+    # (onnxruntime.quantization: not at kc's start-up)
+    from kcompiler.quantize import accuracy_report, quant_info, quantize
+    from kcompiler.quantize.report import quantised_tensors
+
+    zoo = {k: v for k, v in zoo_kwargs().items() if v is not None}
+    calibrate = zoo.pop("calibrate", None)
+    qdtype = zoo.pop("dtype", None) or "int8"
+    if qdtype not in ("int8", "fp8", "int4"):
+        raise KCError(f"--dtype {qdtype}: kc quantize makes int8, fp8 or int4 models",
+                      hint="give --dtype int8, fp8 or int4 (the model given is the float one)")
+    if model in _zoo_cnns() and zoo.get("weights") is None:
+        zoo["weights"] = "random"  # (the files' constant fills have nothing to calibrate)
+    with status(f"quantising {model} to {qdtype}", False):
+        q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
+                     activations=activations, zoo_options=zoo or None)
+    info = quant_info(q) or {}
+    console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
+                  f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)
+    for note in info.get("notes", []):
+        console.print(f"note: {note}", highlight=False)
+    if not (report or report_json or max_loss is not None):
+        return
+    data = calibrate if calibrate is not None else _default_data(q)
+    with status("measuring accuracy against float32", False):
+        rep = accuracy_report(model, output, data, holdout, zoo_options=zoo or None)
+    if report:
+        console.print(rep.table())
+    if report_json:
+        Path(report_json).write_text(json.dumps(rep.to_dict(), indent=1))
+        console.print(f"wrote {report_json}", highlight=False)
+    if max_loss is not None:
+        rep.check(max_loss)
+        console.print(f"accuracy gate passed: top-1 agreement {rep.gate_set.top1:.2%} on the {rep.gate_set.label} "
+                      f"set (--max-loss {max_loss:g})", highlight=False)
+
+
+def _zoo_cnns() -> tuple[str, ...]:
+    from kcompiler.zoo import BUNDLED
+
+    return BUNDLED
+
+
+def _default_data(q):
+    """The data the report runs on when --calibrate was not given: the zoo's default set (the same seeded
+    inputs quantize() calibrated on), or for int4 files synthetic inputs (the report says so)."""
+    from kcompiler.quantize import CalibrationSet
+
+    return CalibrationSet.generate(q, 32)

@@ -1,0 +1,299 @@
+"""quantize(): a float ONNX model as the QDQ (int8, fp8) or MatMulNBits (int4) model ONNX Runtime's
+quantiser writes, which kcompiler then compiles like any other model.
+
+The calibration itself is ONNX Runtime's (quantize_static's MinMax / Entropy / Percentile calibrators,
+its Distribution calibrator for float 8, MatMulNBitsQuantizer for 4-bit weights): kcompiler only
+prepares the model (initializers off the input list, ir_version 10, ORT's quant_pre_process), checks
+the calibration data against it, and records what it did in the model's metadata
+(``kcompiler.quantize``), so a compile of the written file can say how it was quantised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnx
+from onnx import external_data_helper
+
+from kcompiler.errors import KCError, ModelLoadError
+from kcompiler.quantize.calibration import CalibrationSet
+
+#: the quantised dtypes, and the float ones compile takes as they are
+DTYPES = ("int8", "fp8", "int4")
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+METHODS = ("minmax", "entropy", "percentile")
+#: ops ONNX Runtime's static QDQ quantiser turns into integer (or fp8) compute; others only get Q/DQ around
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM"})
+#: the metadata key quantize() writes: {"dtype", "method", "calibration", "samples", "synthetic", "notes"}
+META_KEY = "kcompiler.quantize"
+#: synthetic samples used when a timing-only compile has no calibration data
+SYNTHETIC_SAMPLES = 8
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantiser logs advice on the root logger and prints its histogram progress to
+    stdout: neither belongs in kcompiler's output (what matters is said in the model's notes)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def float_model(model: Any, zoo_options: dict | None = None) -> tuple[onnx.ModelProto, str, bool]:
+    """(the float model as a ModelProto with its weights loaded, its name, whether it is a zoo model)."""
+    from kcompiler import zoo
+    from kcompiler.frontend.reading import read_model_proto
+
+    is_zoo = isinstance(model, str) and model in zoo.entries()
+    resolved, name = zoo.resolve_model(model, **{k: v for k, v in (zoo_options or {}).items() if v is not None})
+    if isinstance(resolved, onnx.ModelProto):
+        return resolved, name, is_zoo
+    if hasattr(resolved, "graph") and not isinstance(resolved, (str, os.PathLike)):  # an onnx_ir.Model
+        import onnx_ir as ir
+
+        return ir.serde.serialize_model(resolved), name, is_zoo
+    proto, src = read_model_proto(resolved)
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(src.base_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{resolved}: cannot read its external weights ({exc})",
+                             hint="keep the weight files beside the model, as it was saved") from None
+    return proto, name, is_zoo
+
+
+def prepared(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy ORT's quantiser takes: initializers off the input list (IR < 4 files list them, and the
+    quantiser would then calibrate them as inputs), ir_version 10 (ORT 1.32's), opset >= 13 (per-axis Q/DQ)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    inits = {t.name for t in m.graph.initializer}
+    real = [vi for vi in m.graph.input if vi.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(real)
+    m.ir_version = 10
+    default = next((o for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    if default is not None and default.version < 13:
+        from onnx import version_converter
+
+        try:
+            m = version_converter.convert_version(m, 13)
+        except Exception as exc:  # onnx's converter raises its own RuntimeErrors
+            raise KCError(f"model '{proto.graph.name}': cannot convert opset {default.version} to 13 for "
+                          f"quantisation ({exc})", hint="re-export the model at opset 13 or later") from None
+        m.ir_version = 10
+    return m
+
+
+def quantisable_ops(proto: onnx.ModelProto, dtype: str) -> list[str]:
+    """The names of the nodes the quantiser will compute at `dtype` (int4: MatMuls with a 2-D constant weight)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    if dtype == "int4":
+        return [n.name or n.output[0] for n in proto.graph.node if n.op_type == "MatMul" and len(n.input) == 2
+                and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    return [n.name or n.output[0] for n in proto.graph.node if n.op_type in COMPUTE_OPS]
+
+
+def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: str = "minmax",
+             per_channel: bool = True, output: "str | os.PathLike | None" = None, *, activations: str = "int8",
+             zoo_options: dict | None = None, calibration_samples: int = 32) -> onnx.ModelProto:
+    """Quantise `model` (an .onnx path, a zoo name, a ModelProto) and return the quantised ModelProto
+    (also written to `output` if given).
+
+    calibration: an .npz with a leading sample axis, a folder of .npz files (one sample each), a list of
+      {input name: array} dicts, a CalibrationSet, "synthetic" (seeded realistic random inputs: timing
+      only), or None for a zoo model's default set (`calibration_samples` synthetic samples).
+    dtype: int8 (QDQ, int8 activations (or uint8: `activations`), int8 symmetric weights, per channel), fp8 (QDQ with
+      float8e4m3fn activations and weights, ORT's Distribution calibrator) or int4 (MatMulNBits: 4-bit
+      weights in blocks of 32, float activations; no calibration).
+    method: minmax | entropy | percentile (ONNX Runtime's calibrators; int8 only).
+    activations: int8 (default: quantize_static's own default, and the pairing ONNX Runtime's CPU kernels
+      compute exactly) or uint8 (ORT's u8 x s8 kernels on x86 without VNNI saturate 16-bit pair sums, so
+      ORT's optimised run of a uint8 model differs from the model's QDQ function by up to 20 steps)."""
+    if dtype not in DTYPES:
+        raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
+                      hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
+    if method not in METHODS:
+        raise KCError(f"calibration method '{method}' is not one of {', '.join(METHODS)}",
+                      hint="minmax is the usual choice; entropy and percentile clip outliers")
+    if activations not in ("uint8", "int8"):
+        raise KCError(f"activations '{activations}' is not uint8 or int8")
+    proto, name, is_zoo = float_model(model, zoo_options)
+    proto = prepared(proto)
+    if not quantisable_ops(proto, dtype):
+        what = "MatMul with a constant 2-D weight" if dtype == "int4" else "/".join(sorted(COMPUTE_OPS))
+        raise KCError(f"model '{name}' has no op that {dtype} quantisation computes at low precision (no {what})",
+                      hint="quantising it would only add conversions; compile it as float")
+    notes: list[str] = []
+    if dtype == "int4":
+        if calibration is not None:
+            notes.append("int4: weight-only quantisation (MatMulNBits, 4-bit blocks of 32) needs no calibration; "
+                         "the calibration data given was not used")
+        q, info = _int4(proto), {"method": "weight-only (block 32, symmetric)", "calibration": None}
+    else:
+        cs = calibration_set(proto, calibration, name, is_zoo, calibration_samples)
+        notes.extend(cs.notes if cs.synthetic else [])
+        q = _static(proto, cs, dtype, method, per_channel, activations, notes)
+        info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
+                "samples": len(cs), "synthetic": cs.synthetic}
+    if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):
+        raise KCError(f"model '{name}': ONNX Runtime's quantiser quantised no op at {dtype}",
+                      hint="the model's ops may have no quantised form in ONNX Runtime; compile it as float")
+    q.ir_version = 10
+    meta = {"dtype": dtype, "per_channel": per_channel, "activations": activations if dtype == "int8" else dtype,
+            **info, "notes": notes}
+    _set_meta(q, meta)
+    if output is not None:
+        save(q, output)
+    return q
+
+
+def calibration_set(proto: onnx.ModelProto, calibration: Any, name: str, is_zoo: bool,
+                    samples: int = 32) -> CalibrationSet:
+    """The checked calibration set for `proto`: the given data, or a synthetic set for a zoo model
+    (its default) or when asked for by name ("synthetic")."""
+    if isinstance(calibration, str) and calibration == "synthetic":
+        cs = CalibrationSet.generate(proto, SYNTHETIC_SAMPLES)
+        cs.notes.append(f"quantised with synthetic calibration ({len(cs)} random inputs): the scales fit random "
+                        "data, so the timing is that of the quantised program but its values say nothing of "
+                        "the model's accuracy")
+        return cs
+    if calibration is None:
+        if not is_zoo:
+            raise KCError(f"model '{name}': int8 and fp8 quantisation need calibration data (typical inputs)",
+                          hint="give --calibrate DATA (an .npz with a leading sample axis, or a folder of .npz "
+                               "files); --calibrate synthetic quantises with random inputs (timing only)")
+        cs = CalibrationSet.generate(proto, samples)
+        cs.source = f"the zoo's default set ({len(cs)} seeded realistic inputs)"
+        return cs
+    return CalibrationSet.load(calibration, proto)
+
+
+def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
+            activations: str, notes: list[str]) -> onnx.ModelProto:
+    """ORT's quantize_static in QDQ format, after its quant_pre_process (shape inference and basic graph
+    optimisation such as folding BatchNormalization into Conv), skipped with a note where it fails."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    big = proto.ByteSize() > 1_500_000_000
+    with tempfile.TemporaryDirectory(prefix="kc-quantize-") as tmp, _quiet():
+        src = Path(tmp) / "float.onnx"
+        _save_for_ort(proto, src, big)
+        pre = _pre_process(src, Path(tmp) / "pre.onnx", big, notes)
+        if dtype == "fp8":
+            if method != "minmax":
+                notes.append(f"fp8: ONNX Runtime calibrates float 8 only with its distribution method; "
+                             f"'{method}' was not used")
+            act = weight = QuantType.QFLOAT8E4M3FN
+            cal = CalibrationMethod.Distribution
+        else:
+            act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
+            weight = QuantType.QInt8
+            cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}[method]
+        out = Path(tmp) / "quant.onnx"
+        try:
+            quantize_static(str(pre), str(out), cs.reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=act, weight_type=weight, calibrate_method=cal,
+                            use_external_data_format=big,
+                            extra_options=_extra_options(dtype))
+        except KCError:
+            raise
+        except Exception as exc:  # ORT's errors: say which model and what failed
+            raise KCError(f"ONNX Runtime's quantiser failed on model '{proto.graph.name}': "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                          hint="check that the model runs in onnxruntime on the calibration data") from None
+        return onnx.load(str(out))
+
+
+def _extra_options(dtype: str) -> dict:
+    """quantize_static's extra options: symmetric weights always; for fp8 symmetric activations and the
+    Relu/Clip kept (ORT drops them as redundant, which holds only where a uint8 zero point clamps at 0:
+    an fp8 model without them computes a different function)."""
+    opts = {"WeightSymmetric": True}
+    if dtype == "fp8":
+        opts.update(ActivationSymmetric=True, QDQKeepRemovableActivations=True)
+    return opts
+
+
+def _save_for_ort(proto: onnx.ModelProto, path: Path, big: bool) -> None:
+    if big:
+        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(proto, str(path))
+
+
+def _pre_process(src: Path, dst: Path, big: bool, notes: list[str]) -> Path:
+    """ORT's quant_pre_process (symbolic then ONNX shape inference, basic optimisation); on failure
+    without symbolic shape inference, then not at all, each said in the notes."""
+    from onnxruntime.quantization import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic, save_as_external_data=big,
+                              all_tensors_to_one_file=True)
+            if skip_symbolic:
+                notes.append("quant_pre_process: symbolic shape inference failed; ran without it")
+            return dst
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    notes.append(f"quant_pre_process failed ({error}); quantised the model as given")
+    return src
+
+
+def _int4(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """4-bit weight-only quantisation: every MatMul with a constant weight becomes com.microsoft
+    MatMulNBits (symmetric blocks of 32 along K)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    with _quiet():
+        try:
+            qz = MatMulNBitsQuantizer(proto, bits=4, block_size=32, is_symmetric=True)
+            qz.process()
+        except Exception as exc:
+            raise KCError(f"ONNX Runtime's 4-bit quantiser failed on model '{proto.graph.name}': "
+                          f"{type(exc).__name__}: {exc}") from None
+    return qz.model.model
+
+
+def _set_meta(q: onnx.ModelProto, meta: dict) -> None:
+    for p in list(q.metadata_props):
+        if p.key == META_KEY:
+            q.metadata_props.remove(p)
+    entry = q.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+
+
+def quant_info(proto: onnx.ModelProto) -> dict | None:
+    """What quantize() recorded in a model (META_KEY), or None."""
+    for p in proto.metadata_props:
+        if p.key == META_KEY:
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                return None
+    return None
+
+
+def save(q: onnx.ModelProto, output: "str | os.PathLike") -> None:
+    """Write a quantised model (its weights as external data beside it when over 2 GB)."""
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if q.ByteSize() > 1_900_000_000:
+            onnx.save(q, str(path), save_as_external_data=True, location=path.name + ".data")
+        else:
+            onnx.save(q, str(path))
+    except OSError as exc:
+        raise KCError(f"{path}: cannot write the quantised model: {exc.strerror}",
+                      hint="choose a writable path with -o") from None
