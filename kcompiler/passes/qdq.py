@@ -99,7 +99,9 @@ def _q(node: ir.Node) -> _Q | None:
         return None
     scale = node.inputs[1]
     zp = node.inputs[2] if len(node.inputs) > 2 else None
-    dtype = node.outputs[0].dtype
+    # (the output's type as inferred, else what QuantizeLinear's zero point or output_dtype make it)
+    attr = node.attributes.get_int("output_dtype", 0)
+    dtype = node.outputs[0].dtype or (zp.dtype if zp is not None else ir.DataType(attr or ir.DataType.UINT8))
     if scale is None or scale.dtype != ir.DataType.FLOAT or dtype not in _INT8 or opinfo.numel(scale) != 1:
         return None
     if opinfo.shape_of(scale) is None or (zp is not None and (zp.dtype != dtype or opinfo.numel(zp) != 1)):
