@@ -261,3 +261,33 @@ def test_fold_constants_keeps_weight_dequantisation(quantised):
 def test_nothing_to_do_on_a_float_model():
     _, after, fired = apply(HEADER + "g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }")
     assert ops(after) == ["Relu"] and not fired
+
+
+@pytest.mark.parametrize("domain", ["", "com.microsoft."])
+def test_fold_constants_never_dequantises_a_constant_weight(domain):
+    """DequantizeLinear(const int8 w) stays, in both domains, even small enough to fold."""
+    text = f"""<ir_version: 10, opset_import: ["" : 21, "com.microsoft" : 1]>
+    g (float[2,4] x) => (float[2,3] y)
+      <int8[4,3] w = {{1, -2, 3, 4, 5, -6, 7, 8, 9, 10, -11, 12}}, float ws = {{0.5}}, int8 wz = {{0}}>
+    {{
+      wf = {domain}DequantizeLinear(w, ws, wz)
+      y = MatMul(x, wf)
+    }}"""
+    model = ir.from_onnx_text(text)
+    REGISTRY["fold-constants"].fn(model, CompileContext())
+    assert [n.op_type for n in model.graph] == ["DequantizeLinear", "MatMul"]
+    assert model.graph.initializers["w"].dtype == ir.DataType.INT8
+
+
+def test_fold_constants_still_folds_float_weight_arithmetic():
+    """The guard is narrow: a Cast and Mul of a constant (hand-written dequantisation) still fold."""
+    text = HEADER + """g (float[2,4] x) => (float[2,3] y)
+      <int8[4,3] w = {1, -2, 3, 4, 5, -6, 7, 8, 9, 10, -11, 12}, float ws = {0.5}>
+    {
+      wc = Cast <to = 1> (w)
+      wf = Mul(wc, ws)
+      y = MatMul(x, wf)
+    }"""
+    model = ir.from_onnx_text(text)
+    REGISTRY["fold-constants"].fn(model, CompileContext())
+    assert [n.op_type for n in model.graph] == ["MatMul"]
