@@ -92,7 +92,9 @@ def _check_axis(node: ir.Node, scale: ir.Value, zp: ir.Value | None, data: ir.Va
     shape = opinfo.shape_of(scale)
     if shape is None or node.attributes.get_int("block_size", 0):
         return
-    if zp is not None and opinfo.shape_of(zp) is not None and opinfo.shape_of(zp) != shape:
+    # (a scalar and a [1] are both per tensor: ORT's quantiser writes that pair)
+    zshape = opinfo.shape_of(zp)
+    if zshape is not None and zshape != shape and not (math.prod(zshape) == 1 == math.prod(shape)):
         raise _fail(src, node, f"zero point '{zp.name}' has shape {list(opinfo.shape_of(zp))} but scale "
                                f"'{scale.name}' has {list(shape)}", hint="they must have the same shape; " + _HINT)
     if len(shape) == 0 or (len(shape) == 1 and shape[0] == 1 and node.attributes.get("axis") is None):

@@ -77,7 +77,8 @@ def _dq(v: ir.Value | None) -> _Dq | None:
         return None
     if zp is not None and zp.dtype != data.dtype or p.attributes.get_int("block_size", 0):
         return None
-    if opinfo.shape_of(scale) is None or (zp is not None and opinfo.shape_of(zp) != opinfo.shape_of(scale)):
+    if opinfo.shape_of(scale) is None or (zp is not None and opinfo.shape_of(zp) != opinfo.shape_of(scale)
+                                          and not opinfo.numel(zp) == 1 == opinfo.numel(scale)):
         return None
     rank = len(data.shape) if data.shape is not None else 0
     axis = p.attributes.get_int("axis", 1)

@@ -169,3 +169,8 @@ def nbits_weight_shape_mismatch(tmp: Path) -> Call:
 @case(ModelLoadError)
 def nbits_k_mismatch(tmp: Path) -> Call:
     return _call(tmp, matmul_nbits(a_cols=24), "nbits_k", "mm_q4", "'A'", "K=32")
+
+
+@case(ModelLoadError)
+def qdq_zero_point_shape_differs_from_scale(tmp: Path) -> Call:
+    return _call(tmp, qdq_matmul(w_zp=_t("wz", np.zeros(2, np.int8))), "zp_shape", "dequant_w", "'wz'", "[2]")
