@@ -56,11 +56,13 @@ def models(tmp_path_factory):
             "attention-qoperator": qm.quantize(qm.attention_block(), root, "qoperator", "uint8"),
             "mlp-fp8": qm.quantize(qm.mlp(), root, "qdq", "fp8", "fp8"),
             "mlp-nbits4-opset13": qm.nbits(mlp), "mlp-nbits8": qm.nbits(qm.mlp(), bits=8),
-            "attention-nbits4": qm.nbits(qm.attention_block())}
+            "attention-nbits4": qm.nbits(qm.attention_block()),
+            "conv-dynamic": qm.quantize_dynamic(conv, root), "attention-dynamic": qm.quantize_dynamic(
+                qm.attention_block(), root / "a", per_channel=True)}
 
 
 NAMES = ["conv-qoperator-u8", "conv-qoperator-s8", "attention-qoperator", "mlp-fp8", "mlp-nbits4-opset13",
-         "mlp-nbits8", "attention-nbits4"]
+         "mlp-nbits8", "attention-nbits4", "conv-dynamic", "attention-dynamic"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -158,6 +158,21 @@ def quantize(model: onnx.ModelProto, tmp: Path, fmt: str = "qdq", activation: st
     return onnx.load(str(dst))
 
 
+def quantize_dynamic(model: onnx.ModelProto, tmp: Path, per_channel: bool = False) -> onnx.ModelProto:
+    """The model quantised by ``onnxruntime.quantization.quantize_dynamic``: DynamicQuantizeLinear of
+    the activations, MatMulInteger / ConvInteger with int8 weights, float rescaling after."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    src, dst = tmp / f"{model.graph.name}.float.onnx", tmp / f"{model.graph.name}.dynamic.onnx"
+    onnx.save(model, src)
+    logging.getLogger("root").setLevel(logging.ERROR)
+    ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8 if not per_channel else QuantType.QInt8,
+                         per_channel=per_channel, op_types_to_quantize=["Conv", "MatMul"])
+    return onnx.load(str(dst))
+
+
 def nbits(model: onnx.ModelProto, bits: int = 4, block_size: int = 32, symmetric: bool = True) -> onnx.ModelProto:
     """The model with its MatMuls' constant weights in ORT's com.microsoft MatMulNBits form
     (``matmul_nbits_quantizer``, RTN weight-only)."""
