@@ -110,3 +110,27 @@ def test_model_with_bad_scale_never_reaches_ort(tmp_path, monkeypatch):
     with pytest.raises(KCError):
         kcompiler.compile(str(path), target="host")
     assert not made
+
+
+def test_silenced_root_logger_does_not_hide_shape_errors(tmp_path):
+    """ORT's quantiser (and many applications) set the root logger's level: strict shape inference
+    must still see its failure record and raise, not load an inconsistent model."""
+    import logging
+
+    from onnx import TensorProto, helper
+
+    from kcompiler.errors import ShapeError
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"], name="add")], "bad",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with pytest.raises(ShapeError):
+            load_model(model)
+    finally:
+        root.setLevel(level)

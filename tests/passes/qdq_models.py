@@ -5,6 +5,7 @@ the frontend tests; everything is deterministic (seeded weights, seeded calibrat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -22,6 +23,18 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
 def _model(nodes, name, inputs, outputs, inits, opset: int = 21) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantiser logs warnings through the root logger: silence them, then restore its level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def conv_net(seed: int = 0, opset: int = 21) -> onnx.ModelProto:
@@ -148,13 +161,13 @@ def quantize(model: onnx.ModelProto, tmp: Path, fmt: str = "qdq", activation: st
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         src = pre
     options = {"ActivationSymmetric": activation != "uint8"} | extra.pop("extra_options", {})
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantiser warns through the root logger
-    quantize_static(str(src), str(dst), _Reader(calibration(model, count)),
-                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                    activation_type=types[activation], weight_type=types[weight], per_channel=per_channel,
-                    extra_options=options, **extra,
-                    # (ORT calibrates float8 only from histograms)
-                    **({"calibrate_method": CalibrationMethod.Distribution} if activation == "fp8" else {}))
+    with _quiet():
+        quantize_static(str(src), str(dst), _Reader(calibration(model, count)),
+                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                        activation_type=types[activation], weight_type=types[weight], per_channel=per_channel,
+                        extra_options=options, **extra,
+                        # (ORT calibrates float8 only from histograms)
+                        **({"calibrate_method": CalibrationMethod.Distribution} if activation == "fp8" else {}))
     return onnx.load(str(dst))
 
 
@@ -167,9 +180,9 @@ def quantize_dynamic(model: onnx.ModelProto, tmp: Path, per_channel: bool = Fals
     tmp.mkdir(parents=True, exist_ok=True)
     src, dst = tmp / f"{model.graph.name}.float.onnx", tmp / f"{model.graph.name}.dynamic.onnx"
     onnx.save(model, src)
-    logging.getLogger("root").setLevel(logging.ERROR)
-    ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8 if not per_channel else QuantType.QInt8,
-                         per_channel=per_channel, op_types_to_quantize=["Conv", "MatMul"])
+    with _quiet():
+        ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8 if per_channel else QuantType.QUInt8,
+                             per_channel=per_channel, op_types_to_quantize=["Conv", "MatMul"])
     return onnx.load(str(dst))
 
 
@@ -178,10 +191,10 @@ def nbits(model: onnx.ModelProto, bits: int = 4, block_size: int = 32, symmetric
     (``matmul_nbits_quantizer``, RTN weight-only)."""
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    logging.getLogger("root").setLevel(logging.ERROR)
     config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits)
     q = mnq.MatMulNBitsQuantizer(model, algo_config=config)
-    q.process()
+    with _quiet():
+        q.process()
     return q.model.model
 
 
