@@ -19,7 +19,7 @@ from kcompiler.targets.kinds import known_kinds
 
 def test_the_default_pipeline_is_every_step():
     assert PIPELINES["default"] == ["optimize", "parallelise", "placement", "partition", "lower"]
-    assert PIPELINES["optimize"] == ["cleanup", "fusion"]
+    assert PIPELINES["optimize"] == ["cleanup", "qdq-to-qlinear", "fusion"]
     for step in ("parallelise", "placement", "partition", "lower"):
         assert REGISTRY[step].required, step
 

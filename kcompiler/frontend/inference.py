@@ -32,16 +32,22 @@ class _Records(logging.Handler):
 
 @contextlib.contextmanager
 def _captured_log(name: str):
-    """Collect a library logger's records instead of printing them (no stray tracebacks)."""
+    """Collect a library logger's records instead of printing them (no stray tracebacks).
+
+    The logger's own level is set for the duration: with none, it would inherit the root
+    logger's, and an application (or ORT's quantiser, which sets the root logger's level) that
+    silences warnings would hide the failure record infer_shapes looks for."""
     logger = logging.getLogger(name)
-    handler, propagate = _Records(), logger.propagate
+    handler, propagate, level = _Records(), logger.propagate, logger.level
     logger.addHandler(handler)
     logger.propagate = False
+    logger.setLevel(logging.WARNING)
     try:
         yield handler.records
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+        logger.setLevel(level)
 
 
 _SHAPE_LOG = logging.getLogger("onnx_ir.passes.common.shape_inference")

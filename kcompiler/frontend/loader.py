@@ -5,7 +5,7 @@ paths, declared tensor sizes), then the ONNX checker, opset conversion, shape
 binding and shape inference. Every failure is a KCError naming the file.
 
 The stages: reading (bytes to a checked proto), opset (checker, conversion), to_ir (here),
-shapes (binding), inference.
+shapes (binding), inference, quant (scales, zero points and MatMulNBits figures of quantised models).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from onnx_ir.passes import common as ir_passes
 from kcompiler.errors import ModelLoadError
 from kcompiler.frontend.inference import infer_shapes
 from kcompiler.frontend.opset import check_and_convert
+from kcompiler.frontend.quant import check_quantization
 from kcompiler.frontend.reading import ModelSource, read_model_proto
 from kcompiler.frontend.shapes import bind_shapes
 
@@ -48,6 +49,10 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | ir.Model,
     proto, src = read_model_proto(model, base_dir)
     proto = check_and_convert(proto, src)
     irm = to_ir(proto, src)
+    # twice: before inference with the types initializers and inputs declare (a zero point of the
+    # wrong type otherwise fails inference with a message that does not name it), then with all
+    check_quantization(irm, src)
     bind_shapes(irm, shapes, src)
     infer_shapes(irm, src)
+    check_quantization(irm, src)
     return irm, src

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -138,10 +139,28 @@ def check_proto_structure(proto: onnx.ModelProto, src: ModelSource) -> None:
                              hint="check the exporter's shapes")
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _check_external(t, src, nbytes)
+        elif t.int32_data and t.data_type in _INT32_FIELD_RANGES:
+            _check_int32_field(t, src)
         elif t.HasField("raw_data") and itemsize and len(t.raw_data) != nbytes:
             raise ModelLoadError(
                 f"{src.name}: tensor '{t.name}' of shape {list(t.dims)} should hold {nbytes} bytes "
                 f"but holds {len(t.raw_data)}", hint="the model is truncated or corrupt; re-export it")
+
+
+#: integer types ONNX stores one value per int32_data entry: a value outside the type's range is
+#: silently wrapped by every reader (a uint8 zero point of 300 becomes 44), so it is refused
+_INT32_FIELD_RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
+                       onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535)}
+
+
+def _check_int32_field(t: onnx.TensorProto, src: ModelSource) -> None:
+    lo, hi = _INT32_FIELD_RANGES[t.data_type]
+    values = np.asarray(t.int32_data, dtype=np.int64)
+    bad = (values < lo) | (values > hi)
+    if bad.any():
+        kind = onnx.TensorProto.DataType.Name(t.data_type).lower()
+        raise ModelLoadError(f"{src.name}: tensor '{t.name}' ({kind}) holds {int(values[bad][0])}, outside "
+                             f"{kind}'s range {lo}..{hi}", hint="the model is corrupt; re-export or re-quantise it")
 
 
 def _itemsize(data_type: int) -> float | None:

@@ -17,13 +17,28 @@ FOLD_INPUT_LIMIT = 1 << 16
 FOLD_OUTPUT_LIMIT = 1 << 20
 
 
+#: ops folding must never evaluate, in any domain: a DequantizeLinear of a constant int8 weight folded
+#: into a float initializer silently de-quantises the model (the backends would see a float
+#: layer), and the quantising ops and 4-bit MatMulNBits are what the backends lower as such.
+#: onnxscript's folder skips the ONNX-domain Q/DQ by default today; this makes it kcompiler's rule.
+NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits",
+                        "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"})
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """False for the quantisation ops (NEVER_FOLD) and every com.microsoft op; else onnxscript's rules."""
+    if node.op_type in NEVER_FOLD or node.domain == "com.microsoft":
+        return False
+    return None
+
+
 @register("fold-constants")
 def fold_constants(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
     cast_like = _cast_like_to_cast(model)
     try:
         result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
-                                          output_size_limit=FOLD_OUTPUT_LIMIT)
+                                          output_size_limit=FOLD_OUTPUT_LIMIT, should_fold=_should_fold)
     except RuntimeError as exc:
         # an op-specific folder of onnxscript crashed on a valid node (e.g. SplitToSequence
         # with a non-constant scalar `split`, ONNX test_split_to_sequence_1). Folding is only an
