@@ -37,8 +37,7 @@ def _zoo_entry(model: Any):
 
 
 def _builds(name: str, dtype: str) -> bool:
-    fn = getattr(zoo, "builds_dtype", None)  # (the zoo's own quantised builds, where it has them)
-    return bool(fn(name, dtype)) if fn is not None else False
+    return zoo.builds_dtype(name, dtype)
 
 
 def source(model: Any, dtype: str | None, calibrate: Any, mode: str, zoo_options: dict,

@@ -83,7 +83,7 @@ def test_int8_mlp_per_tensor_and_folder_calibration(tmp_path):
     assert quant_info(q)["samples"] == 6
     assert numpy_helper.to_array({t.name: t for t in q.graph.initializer}["A_scale"]).shape == ()
     rep = accuracy_report(mlp(), q, folder)
-    assert all(lay.sqnr_db > 20.0 for lay in rep.layers) and {lay.op_type for lay in rep.layers} == {"MatMul"}
+    assert all(lay.sqnr_db > 20.0 for lay in rep.layers) and "MatMul" in {lay.op_type for lay in rep.layers}
 
 
 def test_fp8_keeps_the_relu_and_tracks_float():
