@@ -19,6 +19,7 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
@@ -257,6 +258,11 @@ def _chain_check(node: ir.Node) -> Support:
 
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
 
+#: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py)
+MS_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
+    "MatMulNBits": (NBitsKernel, lambda n: nbits_check(n, _spec_of_node(n))),
+}
+
 #: the spec the table's checks run against, set by NpuBackend.supports for the duration of one
 #: check (a context variable: compiles in several threads, or nested, each see their own)
 _CHECK_SPEC: contextvars.ContextVar = contextvars.ContextVar("npu_check_spec")
@@ -311,6 +317,8 @@ class NpuBackend(Backend):
     def _table(node: ir.Node):
         if node.domain == "kcompiler":
             return KC_OPS
+        if node.domain == "com.microsoft":
+            return MS_OPS
         return OPS if node.domain in ("", "ai.onnx") else {}
 
     def supports(self, node: ir.Node) -> Support:
@@ -339,7 +347,8 @@ class NpuBackend(Backend):
         if k.kind in ("view", "const"):
             return Cost(bound="overhead")
         dram = int(sum(opinfo.numel(v) for v in node.inputs if v is not None) * eb
-                   + sum(opinfo.numel(v) for v in node.outputs) * eb)
+                   + sum(opinfo.numel(v) for v in node.outputs) * eb) if not hasattr(k, "dram_bytes") \
+            else k.dram_bytes()  # (a kernel of packed operands says what it moves)
         cycles = c.cycles + s.issue_cycles
         mem_cycles = dram / s.dram_bytes_per_cycle
         e = s.energy
