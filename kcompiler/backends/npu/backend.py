@@ -19,6 +19,7 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
@@ -171,6 +172,9 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Dropout": (ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
     "Constant": (ConstKernel, _const_producer),
     "ConstantOfShape": (ConstKernel, _const_producer),
+    # quantisation (kernels/lowbit.py): the vector unit's quant and dequant
+    "QuantizeLinear": (QdqKernel, qdq_check),
+    "DequantizeLinear": (QdqKernel, qdq_check),
 }
 
 
@@ -257,6 +261,7 @@ def _chain_check(node: ir.Node) -> Support:
 
 
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
+KC_OPS["Fp8MatMul"] = (Fp8MatMulKernel, fp8_matmul_check)
 
 #: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py)
 MS_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
@@ -277,7 +282,7 @@ class NpuBackend(Backend):
     kind = "npu"
     spec_class = NpuSpec
     fusions = {"epilogue": ("FusedConv", "FusedMatMul", "FusedGemm"), "elementwise-chain": ("FusedElementwise",),
-               "attention": ("Attention",)}
+               "attention": ("Attention",), "fp8-gemm": ("Fp8MatMul",)}
 
     def check_fusion(self, pattern: str, node: ir.Node, **facts) -> Support:
         """epilogue: `node` is the GEMM-like anchor, facts `operands` the epilogue operands (each
@@ -299,6 +304,10 @@ class NpuBackend(Backend):
                 return no(f"no attention tiling of s={s} t={t} hd={facts['hd']} fits {self.spec.sram_bytes} bytes "
                           "of SRAM")
             return YES
+        if pattern == "fp8-gemm":  # FP8 operands on the array only where the chip lists an FP8 rate
+            if "fp8" not in self.spec.array.dtypes:
+                return no(f"{self.name} lists no fp8 rate (npu.array.dtypes)")
+            return self.supports(node)
         return no(f"the NPU does not claim the fusion pattern '{pattern}'")
 
     def _check_epilogue(self, anchor: ir.Node, operands) -> Support:
