@@ -174,6 +174,64 @@ def test_nbits_decode_gemv_moves_under_30_percent_of_bf16():
     assert r4.dram_bytes >= K * N // 2  # every packed weight crosses DRAM once
 
 
+def test_nbits_chain_typed_and_on_npu():
+    """MatMulNBits -> Relu -> MatMulNBits: ONNX's inference cannot type the values after a contrib op;
+    the frontend's contrib inference does, so all three run on the NPU, with ORT's values."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    rng = np.random.default_rng(21)
+    w1, w2 = ((rng.standard_normal(s) * 0.1).astype(np.float32) for s in ((128, 96), (96, 64)))
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("MatMul", ["r", "w2"], ["y"])], "chain",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 128])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", "n"])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    q = MatMulNBitsQuantizer(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+                             block_size=32)
+    q.process()
+    m = q.model.model
+    cm = kcompiler.compile(m, target="atom")
+    assert cm.placement == {"atom": 3}
+    x = rng.standard_normal((1, 2, 128)).astype(np.float32)
+    got, ref = cm.run({"x": x})["y"], _ort(m, {"x": x})
+    assert got.shape == (1, 2, 64)
+    assert np.abs(got - ref).max() <= 2e-3 * np.abs(ref).max()
+
+
+def test_fp8_model_from_ort_quantize_static_on_rngd():
+    """An FP8 QDQ model as ORT's quantize_static writes it (E4M3 activations and weights): the MatMul
+    group fuses, and the values equal ORT's."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    rng = np.random.default_rng(31)
+    w, b = (rng.standard_normal((64, 48)) * 0.2).astype(np.float32), (rng.standard_normal(48) * 0.1).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+                          "f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    samples = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        f, qf = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), f)
+        quantize_static(f, qf, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QFLOAT8E4M3FN,
+                        weight_type=QuantType.QFLOAT8E4M3FN, calibrate_method=CalibrationMethod.Distribution)
+        m = onnx.load(qf)
+    cm = kcompiler.compile(m, target="rngd")
+    assert "Fp8MatMul" in [n.op_type for n in cm.model.graph] and set(cm.placement) == {"rngd"}
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    got, ref = cm.run({"x": x})["y"], _ort(m, {"x": x})
+    assert (got == ref).mean() >= 0.99 and np.abs(got - ref).max() <= 0.07 * np.abs(ref).max()
+
+
 # ---- corrupted fields -------------------------------------------------------------------------------
 def _run_mutated(prog, feeds, change):
     data = prog.data
