@@ -135,6 +135,28 @@ def test_fp8_quantize_saturates_and_rounds_like_ort():
         np.testing.assert_array_equal(cm.run({"x": x})["y"], _ort(m, {"x": x}))
 
 
+@pytest.mark.parametrize("qtype,per_axis", [(TensorProto.INT8, False), (TensorProto.UINT8, True)])
+def test_int8_qdq_per_tensor_and_axis_bit_exact(qtype, per_axis):
+    """The same quant/dequant with an int8/uint8 dtype field: ONNX Runtime's values, ties to even."""
+    rng = np.random.default_rng(41)
+    C = 16
+    npq = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    s = (rng.random(C) * 0.05 + 0.01).astype(np.float32) if per_axis else np.float32(0.037)
+    z = np.asarray(rng.integers(100, 150, C) if per_axis else 3).astype(npq)
+    g = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+                           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)], "qdq",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, 5, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, C, 5, 7])],
+                          [numpy_helper.from_array(np.asarray(s), "s"), numpy_helper.from_array(z, "z")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    x = (rng.standard_normal((2, C, 5, 7)) * 3).astype(np.float32)
+    sc = np.broadcast_to(np.asarray(s).reshape(1, -1, 1, 1) if per_axis else s, x.shape)
+    x[0, :, 0, :3] = np.array([0.5, 1.5, 2.5], np.float32) * sc[0, :, 0, :3]  # halfway: rounds to even
+    cm = kcompiler.compile(m, target="warboy")
+    assert cm.placement == {"warboy": 2}
+    np.testing.assert_array_equal(cm.run({"x": x})["y"], _ort(m, {"x": x}))
+
+
 # ---- MatMulNBits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target,rtol", [("atom", 2e-3), ("rngd", 1e-2)])
 @pytest.mark.parametrize("M,K,N,dtype,block,symmetric", [(4, 256, 128, TensorProto.FLOAT, 32, False),
