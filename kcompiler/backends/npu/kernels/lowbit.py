@@ -12,6 +12,8 @@ by float32 ulps, which can move a result that lies on an FP8 rounding boundary b
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 
@@ -105,12 +107,29 @@ def fp8_matmul_check(node: ir.Node) -> Support:
     return YES
 
 
+_FP8_SPECS: dict = {}  # id(spec) -> (spec, its FP8 view): the tiler's caches key on the spec's identity
+
+
+def _fp8_spec(spec):
+    """The chip as the tiler sees FP8 operands: 1-byte elements in DMA and SRAM, MACs at its fp8 rate
+    (NpuSpec.for_values covers the float dtypes only)."""
+    if "fp8" not in spec.array.dtypes:
+        return spec
+    hit = _FP8_SPECS.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    s = dataclasses.replace(spec, array=dataclasses.replace(spec.array, dtype="fp8"))
+    object.__setattr__(s, "_value_dtype", "fp8")
+    _FP8_SPECS[id(spec)] = (spec, s)
+    return s
+
+
 class Fp8MatMulKernel(MatMulKernel, lowers="Fp8MatMul"):
     """MatMul of FP8 A (xq) and B (wq) with the dequantisation scales and the output quantisation as
     epilogue steps (see the module docstring)."""
 
     def __init__(self, node, spec):
-        Kernel.__init__(self, node, spec)
+        Kernel.__init__(self, node, _fp8_spec(spec))
         self.conv = None
         self.base = "MatMul"
         self.steps, self.operands = [], []
