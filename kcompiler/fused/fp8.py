@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from kcompiler.fused import DOMAIN, ref_attr
+from kcompiler.fused import BODY_OPSET, DOMAIN, ref_attr
 
 FP8_MATMUL = "Fp8MatMul"
 
@@ -26,5 +26,5 @@ def fp8_body(quantised_out: bool) -> onnx.FunctionProto:
              helper.make_node("MatMul", ["xd", "wd"], ["y0" if quantised_out else "Y"])]
     if quantised_out:
         nodes.append(helper.make_node("QuantizeLinear", ["y0", "SY", "YZ"], ["Y"]))
-    return helper.make_function(DOMAIN, FP8_MATMUL, ins, ["Y"], nodes, [helper.make_opsetid("", 21)],
+    return helper.make_function(DOMAIN, FP8_MATMUL, ins, ["Y"], nodes, [helper.make_opsetid("", BODY_OPSET)],
                                 attributes=["axis"])

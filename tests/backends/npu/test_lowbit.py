@@ -9,6 +9,7 @@ import dataclasses
 import ml_dtypes
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -98,6 +99,8 @@ def test_fp8_matmul_on_rngd_matches_ort(per_channel, out_q, kind):
     mm = {isa.DTYPES[i.aux & 0xF] for i in data.instrs if i.opcode == isa.MATMUL}
     assert mm == {"f8e4m3" if kind == "e4m3" else "f8e5m2"}
     got, ref = cm.run({"x": x})["y"], _ort(m, {"x": x})
+    # the fused op's reference body (what the host and ONNX Runtime run) is the QDQ group itself
+    np.testing.assert_array_equal(_ort(ir.serde.serialize_model(cm.model), {"x": x}), ref)
     if out_q:  # FP8 results: equal but for a rounding boundary, never more than one FP8 step apart
         assert (got == ref).mean() >= 0.99
         assert np.all(np.abs(got - ref) <= _fp8_step(ref, kind) + 1e-7)
