@@ -19,6 +19,8 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
+from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
@@ -170,6 +172,9 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Dropout": (ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
     "Constant": (ConstKernel, _const_producer),
     "ConstantOfShape": (ConstKernel, _const_producer),
+    # quantisation (kernels/lowbit.py): the vector unit's quant and dequant
+    "QuantizeLinear": (QdqKernel, qdq_check),
+    "DequantizeLinear": (QdqKernel, qdq_check),
 }
 
 
@@ -256,6 +261,12 @@ def _chain_check(node: ir.Node) -> Support:
 
 
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
+KC_OPS["Fp8MatMul"] = (Fp8MatMulKernel, fp8_matmul_check)
+
+#: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py)
+MS_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
+    "MatMulNBits": (NBitsKernel, lambda n: nbits_check(n, _spec_of_node(n))),
+}
 
 #: the spec the table's checks run against, set by NpuBackend.supports for the duration of one
 #: check (a context variable: compiles in several threads, or nested, each see their own)
@@ -271,7 +282,7 @@ class NpuBackend(Backend):
     kind = "npu"
     spec_class = NpuSpec
     fusions = {"epilogue": ("FusedConv", "FusedMatMul", "FusedGemm"), "elementwise-chain": ("FusedElementwise",),
-               "attention": ("Attention",)}
+               "attention": ("Attention",), "fp8-gemm": ("Fp8MatMul",)}
 
     def check_fusion(self, pattern: str, node: ir.Node, **facts) -> Support:
         """epilogue: `node` is the GEMM-like anchor, facts `operands` the epilogue operands (each
@@ -293,6 +304,10 @@ class NpuBackend(Backend):
                 return no(f"no attention tiling of s={s} t={t} hd={facts['hd']} fits {self.spec.sram_bytes} bytes "
                           "of SRAM")
             return YES
+        if pattern == "fp8-gemm":  # FP8 operands on the array only where the chip lists an FP8 rate
+            if "fp8" not in self.spec.array.dtypes:
+                return no(f"{self.name} lists no fp8 rate (npu.array.dtypes)")
+            return self.supports(node)
         return no(f"the NPU does not claim the fusion pattern '{pattern}'")
 
     def _check_epilogue(self, anchor: ir.Node, operands) -> Support:
@@ -311,6 +326,8 @@ class NpuBackend(Backend):
     def _table(node: ir.Node):
         if node.domain == "kcompiler":
             return KC_OPS
+        if node.domain == "com.microsoft":
+            return MS_OPS
         return OPS if node.domain in ("", "ai.onnx") else {}
 
     def supports(self, node: ir.Node) -> Support:
@@ -339,7 +356,8 @@ class NpuBackend(Backend):
         if k.kind in ("view", "const"):
             return Cost(bound="overhead")
         dram = int(sum(opinfo.numel(v) for v in node.inputs if v is not None) * eb
-                   + sum(opinfo.numel(v) for v in node.outputs) * eb)
+                   + sum(opinfo.numel(v) for v in node.outputs) * eb) if not hasattr(k, "dram_bytes") \
+            else k.dram_bytes()  # (a kernel of packed operands says what it moves)
         cycles = c.cycles + s.issue_cycles
         mem_cycles = dram / s.dram_bytes_per_cycle
         e = s.energy

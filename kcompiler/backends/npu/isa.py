@@ -36,10 +36,20 @@ ALL_CORES = 0xFF
 NONE = 0xFFFFFFFF
 
 # ---- element dtypes (4-bit codes) -----------------------------------------------------------
-DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8", "u16", "u32", "u64")
+DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8", "u16", "u32", "u64",
+          # appended (issue 14; earlier codes keep theirs): FP8 E4M3 (no infinities, "fn") and E5M2,
+          # and 4-bit integers packed two per byte (element 2i in the low nibble, as ONNX packs them)
+          "f8e4m3", "f8e5m2", "i4", "u4")
 DT = {name: i for i, name in enumerate(DTYPES)}
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1, "u16": 2, "u32": 4, "u64": 8}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1, "u16": 2, "u32": 4, "u64": 8,
+               "f8e4m3": 1, "f8e5m2": 1}
+#: bits of one element of every dtype: the 4-bit ones have no whole byte size (DTYPE_BYTES leaves them
+#: out, so nothing addresses them as bytes by mistake): an operand of them is its packed bytes ("u8")
+DTYPE_BITS = {**{k: 8 * v for k, v in DTYPE_BYTES.items()}, "i4": 4, "u4": 4}
 FLOAT_DTYPES = ("f32", "f16", "bf16")
+FP8_DTYPES = ("f8e4m3", "f8e5m2")
+#: dtypes the systolic array multiplies (into the float32 accumulator): FP8 products are exact in float32
+ARRAY_DTYPES = FLOAT_DTYPES + FP8_DTYPES
 #: a DMA (LOAD, STORE, COPY; GATHER's data) moves elements of a size, without interpreting them:
 #: its aux (GATHER: low nibble) is the size code
 ESIZES = (1, 2, 4, 8)
@@ -149,6 +159,12 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "shrink": ("alu", 1, 1.0),  # imm0 bias, imm1 lambd
     "swish": ("transcendental", 1, 1.0),  # x * sigmoid(imm0 * x)
     "prelu": ("mul", 2, 1.0),  # src0 < 0 ? src0 * src1 : src0
+    # appended for issue 14 (see sim/lowbit.py): dst's dtype (int8/uint8/FP8) says what quant rounds to,
+    # src0's (int8/uint8/int4/uint4/FP8) what dequant reads; src1 = scale, src2 = zero point (optional);
+    # arg = 0: the scale and zero point broadcast by their masks; arg = B > 0: one per block of B
+    # elements along dim 3 (4-bit weights' blocks)
+    "quant": ("mul", 2, 1.0),  # saturate(round_half_even(src0 / src1) + src2)
+    "dequant": ("mul", 2, 1.0),  # (src0 - src2) * src1
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

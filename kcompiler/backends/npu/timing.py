@@ -34,7 +34,7 @@ from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
 
 #: the chip-table name of an instruction dtype (spec.array.dtypes keys)
-CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8"}
+CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "f8e4m3": "fp8", "f8e5m2": "fp8"}
 
 
 @dataclass(slots=True)
@@ -191,8 +191,8 @@ def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:
             return n0 * n1 * n2 * n3
         return _numel(*(1 if mask >> d & 1 else x for d, x in enumerate(tile)))
 
-    def dtype_bytes(i):
-        return isa.DTYPE_BYTES.get(_dt(dtypes >> (4 * i) & 0xF), 4)
+    def dtype_bytes(i):  # (a packed 4-bit operand: half a byte per element)
+        return isa.DTYPE_BITS.get(_dt(dtypes >> (4 * i) & 0xF), 32) / 8
 
     if fn in isa.WINDOW_FNS:
         kh, kw = windows.get((ins.core, 1), (1, 1))
@@ -207,7 +207,7 @@ def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:
         elems = numel(bcast)
     sram = elems * dtype_bytes(0) + sum(
         numel(bcast >> (4 * (i + 1))) * dtype_bytes(i + 1) for i in range(min(n_src, 4)) if srcs[i] != isa.NONE)
-    return 0, int(elems * per), sram
+    return 0, int(elems * per), int(sram)
 
 
 def simulate(instrs: list[isa.Instr], spec: NpuSpec, works: list[Work] | None = None, memo: bool = True

@@ -9,7 +9,7 @@ elementwise chains. Every rule name is in ``RULES`` so ``--disable-pass RULE`` w
 """
 
 from kcompiler.passes.fusion import (activations, affine, attention, backend, batchnorm,  # noqa: F401
-                                     elementwise, epilogue, gelu, layout, norms)
+                                     elementwise, epilogue, fp8, gelu, layout, norms)
 from kcompiler.passes.fusion._base import RULES
 
 #: each pass removes what it replaced and inserts fused nodes where the last node they absorb
@@ -18,6 +18,6 @@ from kcompiler.passes.fusion._base import RULES
 #: Transposes apart; elementwise chains after epilogues, so epilogues take their activations
 #: first; the target's own patterns (Backend.patterns) last, over what the generic rules left
 FUSION_PASSES = ["fold-batchnorm", "fold-affine", "raise-gelu", "raise-norms", "raise-activations", "fuse-attention",
-                 "cancel-layout", "fuse-epilogue", "fuse-elementwise", "backend-patterns"]
+                 "cancel-layout", "fuse-fp8-gemm", "fuse-epilogue", "fuse-elementwise", "backend-patterns"]
 
 __all__ = ["FUSION_PASSES", "RULES"]

@@ -15,7 +15,7 @@ _CHIP_DTYPE = {ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
 #: ONNX dtype -> instruction dtype of the values a program moves
 IR_DTYPE = {ir.DataType.FLOAT: "f32", ir.DataType.FLOAT16: "f16", ir.DataType.BFLOAT16: "bf16",
             ir.DataType.INT64: "i64", ir.DataType.INT32: "i32", ir.DataType.INT8: "i8", ir.DataType.BOOL: "u8",
-            ir.DataType.UINT8: "u8"}
+            ir.DataType.UINT8: "u8", ir.DataType.FLOAT8E4M3FN: "f8e4m3", ir.DataType.FLOAT8E5M2: "f8e5m2"}
 
 
 def value_dtype(node: ir.Node) -> str:

@@ -9,6 +9,7 @@ from kcompiler.backends.npu.isa import (ACCUMULATE, BARRIER, CONFIG, COPY, DTYPE
                                         NONE, STORE, VECTOR, WINDOW, Instr)
 from kcompiler.backends.npu.sim.data import ProgramData
 from kcompiler.backends.npu.sim.faults import _Bad, _Fault
+from kcompiler.backends.npu.sim.lowbit import LOWBIT_FNS, lowbit_accesses
 from kcompiler.backends.npu.sim.memory import Access, _read
 from kcompiler.backends.npu.sim.vector_spec import _VSPEC
 from kcompiler.backends.npu.sim.window import Window, _window_cols, _window_rows
@@ -120,6 +121,8 @@ class Decoder:
             dt = _dt(ins.aux & 0xF)
             if ins.aux & ~0xF:
                 raise _Bad("reserved bits of aux are set")
+            if dt not in DTYPE_BYTES:
+                raise _Bad(f"a fill writes whole-byte elements, not {dt}")
             shape = _block(ins)
             ds = tuple(f[f"d{d}"] for d in range(4))
             _canonical_strides(shape, ds, "destination")
@@ -152,8 +155,8 @@ class Decoder:
         if ins.aux & ~0x3F:
             raise _Bad("reserved bits of aux are set")
         dt = _dt(ins.aux & 0xF)
-        if dt not in isa.FLOAT_DTYPES:
-            raise _Bad(f"the array multiplies float operands, not {dt}")
+        if dt not in isa.ARRAY_DTYPES:
+            raise _Bad(f"the array multiplies float or FP8 operands, not {dt}")
         m, n, k, g = f["m"], f["n"], f["k"], f["g"]
         acc = self.sram(core, f["acc"], "f32", (g, m, n), (f["acc_sg"], f["acc_sm"], f["acc_sn"]), True)
         b = self.sram(core, f["b"], dt, (g, k, n), (f["b_sg"], f["b_sk"], f["b_sn"]), False)
@@ -231,6 +234,8 @@ class Decoder:
                     raise _Bad(f"operand {i - 1 if i else 'dst'} broadcasts over dim {d}, of size 1 (reserved: must "
                                "be 0)")
         names = [_dt(x) for x in dtypes]
+        if fn in LOWBIT_FNS:  # the quantisation functions read and write integer and FP8 operands
+            return lowbit_accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         for i in range(5):
             if (i == 0 or srcs[i - 1] != NONE) and names[i] not in isa.FLOAT_DTYPES and not (
                     fn == "attn_step" and i == 2 and names[i] == "u8"):  # a boolean mask

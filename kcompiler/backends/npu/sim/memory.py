@@ -58,7 +58,17 @@ def data_view(mem: np.ndarray, addr: int, dtype: str, shape, strides, writeable:
     hi = addr + sum(max(0, (n - 1) * s) * e for n, s in zip(shape, strides)) + e
     base = mem[lo:hi].view(dt)
     start = (addr - lo) // e
-    return np.lib.stride_tricks.as_strided(base[start:], shape, tuple(s * e for s in strides), writeable=writeable)
+    return strided(base[start:], shape, tuple(s * e for s in strides), writeable)
+
+
+def strided(x: np.ndarray, shape, byte_strides, writeable: bool = True) -> np.ndarray:
+    """np.lib.stride_tricks.as_strided, also for ml_dtypes' types (numpy cannot rebuild FP8 from the
+    array interface as_strided goes through: the view is made of same-size unsigned ints, then seen as
+    the type again)."""
+    if not x.dtype.type.__module__.startswith("ml_dtypes"):
+        return np.lib.stride_tricks.as_strided(x, shape, byte_strides, writeable=writeable)
+    raw = np.lib.stride_tricks.as_strided(x.view(f"u{x.dtype.itemsize}"), shape, byte_strides, writeable=writeable)
+    return raw.view(x.dtype)
 
 
 def _w(a: Access) -> Access:

@@ -16,7 +16,7 @@ from kcompiler.backends.npu.sim.data import F32, NP_DTYPES
 from kcompiler.backends.npu.sim.decode import Decoder
 from kcompiler.backends.npu.sim.faults import _Bad, _fail
 from kcompiler.backends.npu.sim.matrix import matmul_into
-from kcompiler.backends.npu.sim.memory import Access, _dense_access, byte_view
+from kcompiler.backends.npu.sim.memory import Access, _dense_access, byte_view, strided
 from kcompiler.backends.npu.sim.vector import attn_step, vector_result
 from kcompiler.backends.npu.sim.walk import Machine, gather_rows, matmul_operands
 
@@ -63,7 +63,7 @@ class _Lazy:
             used.add(d)
             strides.append(self.src.strides[d])
         base = self.src[start[0]:, start[1]:, start[2]:, start[3]:].view(NP_DTYPES[a.dtype])
-        return np.lib.stride_tricks.as_strided(base, a.shape, tuple(strides), writeable=False)
+        return strided(base, a.shape, tuple(strides), writeable=False)
 
 
 class Replay:

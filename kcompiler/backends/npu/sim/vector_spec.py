@@ -187,5 +187,8 @@ _VSPEC.update({
     # output accumulator (src3)
     "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "arg"})),
     "attn_final": _VSpec("attn_final", 2),
+    # the quantisation functions (sim/lowbit.py decodes and computes them)
+    "quant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
+    "dequant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
 })
 assert set(_VSPEC) == set(isa.VFN_NAMES), set(isa.VFN_NAMES) ^ set(_VSPEC)

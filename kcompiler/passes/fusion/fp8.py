@@ -1,0 +1,100 @@
+"""FP8 GEMM fusion: a QDQ FP8 group DequantizeLinear(x) + DequantizeLinear(const w) -> MatMul
+[-> QuantizeLinear] becomes one ``kcompiler.Fp8MatMul`` (fused/fp8.py), which a chip whose array
+lists an FP8 rate (rngd) runs as MATMULs of FP8 operands (1 byte moved per element) accumulating in
+float32, with the scales and the output quantisation in the epilogue.
+
+Rule ``fp8-gemm``; the check reads the target: every NPU claiming the pattern must list fp8 (on other
+chips the group stays QDQ: the DequantizeLinear on the vector unit, the MatMul at the chip's float
+dtype). A DequantizeLinear another op also reads stays for it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from kcompiler import opinfo
+from kcompiler.fused import DOMAIN, ensure_function
+from kcompiler.fused.fp8 import FP8_MATMUL, fp8_body
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, const, outcome,
+                                           rule_name, sole_user)
+from kcompiler.passes.manager import CompileContext, PassOutcome, register
+
+FP8_GEMM = rule_name("fp8-gemm", "DequantizeLinear(x fp8) + DequantizeLinear(w fp8) -> MatMul [-> Q fp8] -> Fp8MatMul")
+FP8 = (ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2)
+
+
+def _is(node: ir.Node | None, op: str) -> bool:
+    return node is not None and node.domain in ("", "ai.onnx") and node.op_type == op
+
+
+def _zero_or_absent(node: ir.Node) -> bool:
+    """A Q/DQ whose zero point is absent or a constant zero (FP8's always is)."""
+    z = node.inputs[2] if len(node.inputs) > 2 else None
+    if z is None:
+        return True
+    c = const(z)
+    return c is not None and not np.any(np.asarray(c, np.float32))
+
+
+def _dq_of(v: ir.Value, want_const: bool) -> ir.Node | None:
+    """The FP8 DequantizeLinear producing v (of a constant when `want_const`), per tensor unless it is
+    the weights' (then per tensor or along axis 1: the output columns)."""
+    p = v.producer()
+    if not _is(p, "DequantizeLinear") or p.inputs[0] is None or p.inputs[0].dtype not in FP8:
+        return None
+    if not _zero_or_absent(p) or const(p.inputs[1]) is None or "block_size" in p.attributes:
+        return None
+    if opinfo.is_const(p.inputs[0]) != want_const:
+        return None
+    scale = np.asarray(const(p.inputs[1]))
+    if scale.size != 1 and not (want_const and scale.ndim == 1 and p.attributes.get_int("axis", 1) in (1, -1)):
+        return None
+    return p
+
+
+def fp8_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
+    if not _is(node, "MatMul") or node.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
+    dx, dw = _dq_of(node.inputs[0], False), _dq_of(node.inputs[1], True)
+    if dx is None or dw is None:
+        return None
+    xq, wq = dx.inputs[0], dw.inputs[0]
+    if xq.dtype != wq.dtype:
+        return "x and w are different FP8 formats"
+    ws = opinfo.shape_of(wq)
+    if ws is None or len(ws) != 2 or opinfo.shape_of(node.outputs[0]) is None:
+        return "the weights are not a 2-D constant"
+    y = node.outputs[0]
+    q = sole_user(y)
+    if not (_is(q, "QuantizeLinear") and len(q.inputs) > 2 and q.inputs[2] is not None and q.inputs[2].dtype in FP8
+            and _zero_or_absent(q) and const(q.inputs[1]) is not None and np.asarray(const(q.inputs[1])).size == 1
+            and q.attributes.get_int("saturate", 1) == 1):
+        q = None
+    inputs = [xq, dx.inputs[1], wq, dw.inputs[1]] + ([q.inputs[1], q.inputs[2]] if q is not None else [])
+    result = q.outputs[0] if q is not None else y
+    fused = ir.Node(DOMAIN, FP8_MATMUL, inputs, attributes=[ir.AttrInt64("axis", 1)],
+                    overload="q" if q is not None else "f32", num_outputs=1, name=node.name)
+    fused.outputs[0].shape, fused.outputs[0].type = result.shape, result.type
+    why = claim_check(ctx, "fp8-gemm", fused, "an FP8 GEMM")
+    if why:
+        for i in range(len(fused.inputs)):
+            fused.replace_input_with(i, None)
+        return why
+    ensure_function(model, FP8_MATMUL, fused.overload, lambda: fp8_body(q is not None))
+    old = [node] + ([q] if q is not None else [])
+    old += [d for d in (dx, dw) if sole_user(d.outputs[0]) is node]
+    ids = {id(n) for n in old}
+    old = [n for n in model.graph if id(n) in ids]
+    return Rewrite(old[-1], old, [fused], [result], [fused.outputs[0]])
+
+
+RULES = [NodeRule(FP8_GEMM, fp8_rule)]
+
+
+@register("fuse-fp8-gemm")
+def fuse_fp8_gemm(model: ir.Model, ctx: CompileContext) -> PassOutcome:
+    """Fuse FP8 QDQ MatMul groups into Fp8MatMul (chips whose array lists fp8)."""
+    fired: dict[str, int] = {}
+    changed = apply_node_rules(model, ctx, RULES, fired)
+    return outcome(changed, fired)
