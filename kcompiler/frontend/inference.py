@@ -12,6 +12,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from kcompiler.errors import ShapeError
+from kcompiler.frontend.contrib import infer_contrib
 from kcompiler.frontend.reading import ModelSource
 from kcompiler.frontend.shapes import check_size
 
@@ -130,6 +131,9 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
         with _captured_log("onnx_ir.passes.common.shape_inference"):
             ShapeInferencePass(strict_mode=False, data_prop=True)(model)
         src.notes.append(f"shape inference reported: {text}")
+    if infer_contrib(model):  # an ORT contrib op (QGemm) typed: infer what follows it
+        with _captured_log("onnx_ir.passes.common.shape_inference"):
+            ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     for node in model.graph:
         for value in node.outputs:
             check_size(value, src)

@@ -20,6 +20,8 @@ from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKe
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
 from kcompiler.backends.npu.kernels.pool import PoolKernel
+from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
+from kcompiler.backends.npu.kernels.quant import QuantLinearKernel, quant_linear_check
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
@@ -118,9 +120,17 @@ def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS:
-        return no("only float views")
+    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS + _INT8:
+        return no("only float and int8/uint8 views")
     return YES
+
+
+_INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
+
+
+def _int_gemm(node) -> Support:
+    why = int_gemm_problem(node)
+    return YES if why is None else no(why)
 
 
 _elementwise = _all(lambda n: _static_float(n))
@@ -170,7 +180,13 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Dropout": (ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
     "Constant": (ConstKernel, _const_producer),
     "ConstantOfShape": (ConstKernel, _const_producer),
+    # the integer datapath (kernels/qgemm.py, kernels/quant.py)
+    **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
+    "QuantizeLinear": (QuantLinearKernel, quant_linear_check),
+    "DequantizeLinear": (QuantLinearKernel, quant_linear_check),
 }
+#: com.microsoft ops the NPU claims
+MS_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {"QGemm": (GemmKernel, _int_gemm)}
 
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
@@ -311,6 +327,8 @@ class NpuBackend(Backend):
     def _table(node: ir.Node):
         if node.domain == "kcompiler":
             return KC_OPS
+        if node.domain == "com.microsoft":
+            return MS_OPS
         return OPS if node.domain in ("", "ai.onnx") else {}
 
     def supports(self, node: ir.Node) -> Support:

@@ -113,8 +113,22 @@ class GemmDesc:
     #: per core: (g0, g1, m0, m1, n0, n1, tm, tn, tk, order) with order 0 = "mnk", 1 = "nmk"
     cores: tuple
     #: the epilogue: (fn, imm0, imm1, imm2, operand) with operand None or (buf, per-group byte offsets,
-    #: dtype, s_m, s_n, s_img) read in the output's coordinates (stride 0: broadcast)
+    #: dtype, s_m, s_n, s_img) read in the output's coordinates (stride 0: broadcast), or a tuple of
+    #: such views for a step reading several (requant: offsets, multipliers, shifts)
     steps: tuple
+    #: B's dtype when it differs from A's (an integer GEMM: u8 activations, i8 weights); "": A's
+    b_dtype: str = ""
+    #: integer conv: the byte a padding tap reads (the input zero point in A's dtype), 0 otherwise
+    pad: int = 0
+
+    @property
+    def integer(self) -> bool:
+        """Integer operands: an exact int32 accumulator and integer epilogue steps."""
+        return self.dtype in isa.INT_DTYPES
+
+    @property
+    def acc_dtype(self) -> str:
+        return "i32" if self.integer else "f32"
 
     @property
     def P(self) -> int:
@@ -130,6 +144,13 @@ class GemmDesc:
     def from_json(cls, text: str) -> "GemmDesc":
         d = json.loads(text)
         return cls(**{k: _tuples(v) for k, v in d.items()})
+
+
+def step_views(operand) -> list:
+    """The operand views of one epilogue step: none, one view, or a tuple of views."""
+    if operand is None:
+        return []
+    return list(operand) if isinstance(operand[0], tuple) else [operand]
 
 
 def _off(offs: tuple, g: int) -> int:
@@ -219,10 +240,10 @@ def sram_layout(desc: GemmDesc, core: int, sram_bytes: int) -> SramLayout:
         for ks in range(0, desc.K, tk):
             kt = min(desc.K, ks + tk) - ks
             a_max = max(a_max, _a_tile_bytes(desc, mt, kt, ms))
-    b_max = min(tk, desc.K) * min(tn, n1 - n0) * DTYPE_BYTES[desc.dtype]
+    b_max = min(tk, desc.K) * min(tn, n1 - n0) * DTYPE_BYTES[desc.b_dtype or desc.dtype]
     acc_max = min(tm, m1 - m0) * min(tn, n1 - n0) * 4
-    sizes = [a_max, b_max, acc_max] + [_operand_tile_bytes(desc, s[4], min(tm, m1 - m0), min(tn, n1 - n0))
-                                       for s in desc.steps if s[4] is not None]
+    sizes = [a_max, b_max, acc_max] + [_operand_tile_bytes(desc, v, min(tm, m1 - m0), min(tn, n1 - n0))
+                                       for s in desc.steps for v in step_views(s[4])]
     addr = 0
     slots = []
     for size in sizes:
@@ -270,7 +291,8 @@ def emit_gemm(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
             bufs.append(view[0])
         return (bufs.index(view[0]),) + tuple(view[1:])
 
-    steps = tuple(s[:4] + (number(s[4]),) for s in desc.steps)
+    steps = tuple(s[:4] + ((number(s[4]) if s[4] is None or not isinstance(s[4][0], tuple)
+                            else tuple(number(v) for v in s[4])),) for s in desc.steps)
     canon = replace(desc, a=number(desc.a), b=number(desc.b), out=number(desc.out), steps=steps)
     key = (canon, sram_bytes)
     try:
@@ -313,7 +335,7 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
     P = desc.P
     code: list[Instr] = []
     if conv is not None:
-        code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv)))
+        code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv, flags=desc.pad << isa.PAD_SHIFT)))
     iters, n_out = _iterations(desc, core)
     # which iterations (re)load A and B: a tile identical to the one just loaded stays
     loads, prev_a, prev_b = [], None, None
@@ -323,12 +345,12 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
         prev_a, prev_b = ka_key, kb_key
     has_load = [la or lb for la, lb in loads]
     a_slot = b_slot = 1
-    operands = [s[4] for s in desc.steps if s[4] is not None]
+    operands = [v for s in desc.steps for v in step_views(s[4])]
     # an operand constant along m (a bias) is loaded again only when the n range changes
     op_slot = [1] * len(operands)
     op_key: list = [None] * len(operands)
     # a float32 product with no vector step is stored straight from its accumulator: no VECTOR
-    plain = not desc.steps and desc.out_dtype == "f32"
+    plain = not desc.steps and desc.out_dtype == desc.acc_dtype
     for i, (gi, ma, mb, na, nb, ka, kb, first, last, j) in enumerate(iters):
         mt, nt, kt = mb - ma, nb - na, kb - ka
         la, lb = loads[i]
@@ -402,7 +424,7 @@ def _b_tile_kmajor(desc: GemmDesc) -> bool:
 
 
 def _b_load(desc: GemmDesc, core, op, g, n0, n1, k0, k1, sram) -> Instr:
-    dt = desc.dtype
+    dt = desc.b_dtype or desc.dtype
     eb = DTYPE_BYTES[dt]
     buf, offs, sk, sn = desc.b
     off = _off(offs, g) + (k0 * sk + n0 * sn) * eb
@@ -424,6 +446,8 @@ def _matmul(desc: GemmDesc, core, op, g, m0, m1, n0, n1, k0, k1, a, b, acc, firs
     acc_sm, acc_sn = (acc_sm if mt > 1 else 0), (acc_sn if nt > 1 else 0)
     b_sk, b_sn = (b_sk if kt > 1 else 0), (b_sn if nt > 1 else 0)
     aux = isa.DT[desc.dtype] | (0 if first else isa.ACCUMULATE)
+    if desc.integer:
+        aux |= isa.DT[desc.b_dtype or desc.dtype] << isa.B_DTYPE_SHIFT
     if desc.conv is not None:
         _, _, r0, rows = patch_rows(desc, m0, m1)
         return make(isa.MATMUL, core, op, wait, sig, aux | isa.WINDOW, a=a, b=b, acc=acc, m=mt, n=nt, k=kt,
@@ -478,21 +502,23 @@ def _epilogue(desc: GemmDesc, core, op, mt, nt, acc, operand_slots) -> list[Inst
     """The vector steps over one accumulator tile, in place; the last one writes the output dtype."""
     shape = (1, 1, nt, mt) if desc.conv is not None else (1, 1, mt, nt)
     steps = list(desc.steps) or [("copy", 0.0, 0.0, 0.0, None)]  # the accumulator to the output dtype
+    acc_dt = desc.acc_dtype
     out, t = [], 0
     for idx, (fn, i0, i1, i2, operand) in enumerate(steps):
-        dst_dt = desc.out_dtype if idx == len(steps) - 1 else "f32"
-        src1, src1_dt, mask1 = isa.NONE, None, 0
-        if operand is not None:
-            buf, offs, dtype, sm, sn, simg = operand
-            src1, src1_dt = operand_slots[t], dtype
+        dst_dt = desc.out_dtype if idx == len(steps) - 1 else acc_dt
+        srcs, dts, masks = [acc], [dst_dt, acc_dt], [0, 0]
+        for buf, offs, dtype, sm, sn, simg in step_views(operand):
+            srcs.append(operand_slots[t])
+            dts.append(dtype)
             t += 1
             m_b, n_b = not (sm or simg), not sn
             # dims 2 and 3 of the tile are (n, m) for a conv, (m, n) otherwise
-            mask1 = ((4 if n_b else 0) | (8 if m_b else 0)) if desc.conv is not None else \
+            mask = ((4 if n_b else 0) | (8 if m_b else 0)) if desc.conv is not None else \
                 ((4 if m_b else 0) | (8 if n_b else 0))
-            mask1 &= (4 if shape[2] > 1 else 0) | (8 if shape[3] > 1 else 0)  # no mask on a dim of size 1
-        out.append(make(isa.VECTOR, core, op, 0, 0, isa.VFN[fn], dst=acc, src0=acc, src1=src1, src2=isa.NONE,
-                        src3=isa.NONE, n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3],
-                        bcast=isa.pack_masks([0, 0, mask1]), dtypes=isa.pack_dtypes([dst_dt, "f32", src1_dt]),
+            masks.append(mask & ((4 if shape[2] > 1 else 0) | (8 if shape[3] > 1 else 0)))  # none on a dim of 1
+        srcs += [isa.NONE] * (4 - len(srcs))
+        out.append(make(isa.VECTOR, core, op, 0, 0, isa.VFN[fn], dst=acc, src0=srcs[0], src1=srcs[1], src2=srcs[2],
+                        src3=srcs[3], n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3],
+                        bcast=isa.pack_masks(masks), dtypes=isa.pack_dtypes(dts),
                         imm0=isa.f32_bits(i0), imm1=isa.f32_bits(i1), imm2=isa.f32_bits(i2)))
     return out

@@ -66,7 +66,18 @@ class _VSpec:
             return _attn_step_accesses(sram, f, shape, masks, axes, dt, srcs)
         if k == "attn_final":
             return _attn_final_accesses(sram, f, shape, masks, axes, dt, srcs)
+        if k == "int":
+            return self._integer(sram, f, shape, masks, srcs)
         raise AssertionError(k)
+
+    def _integer(self, sram, f, shape, masks, srcs) -> list[Access]:
+        """An integer-datapath function (sim/intvec.py): elementwise, its optional operand may be absent."""
+        dst_shape = _masked(shape, masks[0])
+        if masks[0] or masks[1]:
+            raise _Bad("the data operand and destination of a quantising function are not broadcast")
+        ins_ = [sram(i + 1, srcs[i], _masked(shape, masks[i + 1])) for i in range(self.n)
+                if not (i in self.optional and srcs[i] == NONE)]
+        return ins_ + [sram(0, f["dst"], dst_shape, True)]
 
     def _elementwise(self, sram, f, shape, masks, srcs) -> list[Access]:
         """An elementwise function: its operands broadcast to the destination's shape."""
@@ -187,5 +198,16 @@ _VSPEC.update({
     # output accumulator (src3)
     "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "arg"})),
     "attn_final": _VSpec("attn_final", 2),
+    # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
+    "quant": _VSpec("int", 3, optional=frozenset({2})), "dequant": _VSpec("int", 3, optional=frozenset({2})),
+    "requant": _VSpec("int", 4, imms=frozenset({"imm0"})), "iadd": _VSpec("int", 2),
 })
+_I8 = ("i8", "u8")
+#: the operand dtypes (destination first, then src0..) an integer-datapath function takes
+INT_DTYPE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "quant": (_I8, isa.FLOAT_DTYPES, ("f32",), _I8),
+    "dequant": (isa.FLOAT_DTYPES, _I8 + ("i32",), ("f32",), _I8 + ("i32",)),
+    "requant": (_I8, ("i32",), ("i32",), ("i32",), ("i32",)),
+    "iadd": (("i32",), ("i32",), ("i32",)),
+}
 assert set(_VSPEC) == set(isa.VFN_NAMES), set(isa.VFN_NAMES) ^ set(_VSPEC)

@@ -1,0 +1,109 @@
+"""The integer datapath: the array's exact integer product and the vector unit's quantisation
+functions (quant, dequant, requant, iadd; isa.VECTOR_FNS).
+
+The array multiplies i8/u8 operands into an int32 accumulator exactly. The simulator forms the
+product in float64, which is exact while every partial sum stays below 2^53 (K * 255 * 255 < 2^53
+for any K below 10^11), then stores it as int32 (wrapping, as a 32-bit adder does).
+
+Requantisation is the fixed-point step integer hardware and gemmlowp/TFLite use: the int32
+accumulator plus an int32 per-channel offset (bias - x_zero_point * colsum(W), folded at compile
+time) is multiplied by a Q31 multiplier M (an int32 in [2^30, 2^31)) into a 64-bit product, shifted
+right by r bits rounding half to even (ONNX QuantizeLinear's rounding), plus the output zero point,
+saturated to the output dtype. M and r come from the real scale x_scale * w_scale / y_scale (in
+float64), so (acc + offset) * M / 2^r equals (acc + offset) * scale to 2^-31 relative.
+
+ONNX Runtime's QLinearConv / QLinearMatMul / QGemm (MLAS) requantise in float32 instead:
+nearbyint(float(acc + bias) * float(scale)) + zero point. The two agree except where the exact
+product lies within float32's rounding (|value| * 2^-24, about 1.5e-5 for a value of 255) of a
+half-way point between two integers, where float32 may round the other way: a one-step
+difference in a few elements per 10^5 (tests/backends/npu/test_int8.py measures it). QuantizeLinear
+(x / scale in float32, round half to even, saturate) and DequantizeLinear ((x - zero point) *
+scale in float32) are computed as ONNX Runtime computes them, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcompiler.backends.npu import isa
+from kcompiler.backends.npu.sim.faults import _Bad
+
+F32 = np.float32
+#: the range of each integer dtype a quantising function saturates to
+RANGE = {"i8": (-128, 127), "u8": (0, 255), "i32": (-(1 << 31), (1 << 31) - 1)}
+INT_FNS = frozenset({"quant", "dequant", "requant", "iadd"})
+
+
+def imatmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool) -> None:
+    """acc (+)= a @ b exactly in int32 (wrapping), for integer operands."""
+    p = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    if accumulate:
+        p += acc
+    acc[...] = p.astype(np.int32)
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    """int64 values wrapped to int32's range (a 32-bit adder's result), as int64."""
+    return (x + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def round_shift(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """p / 2^r rounded half to even, in exact int64 arithmetic (r >= 1)."""
+    q = p >> r
+    rem = p - (q << r)
+    half = np.left_shift(np.int64(1), r - 1)
+    return q + ((rem > half) | ((rem == half) & (q & 1 == 1)))
+
+
+def dtype_of(f: dict, i: int) -> str:
+    """Operand i's dtype name (0 the destination) from a VECTOR's dtypes field."""
+    return isa.DTYPES[f["dtypes"] >> (4 * i) & 0xF]
+
+
+def int_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape) -> np.ndarray:
+    """What an integer-datapath VECTOR computes (before the store to the destination's dtype)."""
+    dst = dtype_of(f, 0)
+    if fn == "quant":
+        lo, hi = RANGE[dst]
+        q = np.rint(srcs[0].astype(F32) / srcs[1].astype(F32))
+        zp = srcs[2].astype(np.float64) if len(srcs) > 2 else 0.0
+        return np.broadcast_to(np.clip(q + zp, lo, hi), dst_shape)
+    if fn == "dequant":
+        x = srcs[0].astype(np.int64)
+        if len(srcs) > 2:
+            x = x - srcs[2].astype(np.int64)
+        return np.broadcast_to(x.astype(F32) * srcs[1].astype(F32), dst_shape)
+    if fn == "iadd":
+        return np.broadcast_to(_wrap32(srcs[0].astype(np.int64) + srcs[1].astype(np.int64)), dst_shape)
+    if fn == "requant":
+        acc, off, mult, shift = srcs
+        r = shift.astype(np.int64)
+        if r.size and (r.min() < 1 or r.max() > 62):
+            raise _Bad(f"a requantisation shift of {int(r.min() if r.min() < 1 else r.max())} bits (1..62)")
+        m = mult.astype(np.int64)
+        if m.size and m.min() < 0:
+            raise _Bad("a requantisation multiplier is negative")
+        x = _wrap32(acc.astype(np.int64) + off.astype(np.int64))
+        q = round_shift(x * m, r)
+        lo, hi = RANGE[dst]
+        return np.broadcast_to(np.clip(q + int(isa.bits_f32(f["imm0"])), lo, hi), dst_shape)
+    raise AssertionError(fn)
+
+
+def multiplier_shift(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q31 multipliers, right shifts) with real ~= M / 2^r, M in [2^30, 2^31), 1 <= r <= 62 (a scale
+    below 2^-32 is carried at r = 62 with a smaller M). Raises ValueError for a scale >= 2^30 or
+    not positive."""
+    real = np.asarray(real, np.float64).reshape(-1)
+    if real.size and (not np.all(np.isfinite(real)) or real.min() <= 0 or real.max() >= 2.0 ** 30):
+        raise ValueError("requantisation scales must be positive and below 2^30")
+    mant, exp = np.frexp(real)  # real = mant * 2^exp, mant in [0.5, 1)
+    m = np.rint(mant * 2.0 ** 31).astype(np.int64)
+    carry = m == 1 << 31
+    m[carry] >>= 1
+    exp = exp + carry
+    r = 31 - exp.astype(np.int64)
+    small = r > 62
+    m[small] = np.rint(real[small] * 2.0 ** 62).astype(np.int64)
+    r[small] = 62
+    return m.astype(np.int32), r.astype(np.int32)
