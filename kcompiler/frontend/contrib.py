@@ -4,6 +4,7 @@ too (inference.infer_shapes runs ONNX's inference again when a rule here fired).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -21,14 +22,51 @@ def _qgemm(node: ir.Node) -> bool:
     yzp = node.inputs[8] if len(node.inputs) > 8 else None
     dtype = (yzp.dtype if yzp is not None and yzp.dtype is not None else ir.DataType.UINT8) if ys is not None \
         else ir.DataType.FLOAT
-    changed = y.shape is None or y.dtype is None
-    if changed:
-        y.shape = ir.Shape([m, n])
-        y.dtype = dtype
-    return changed
+    return _set(y, [m, n], dtype)
 
 
-RULES = {("com.microsoft", "QGemm"): _qgemm}
+def _set(y: ir.Value, shape, dtype) -> bool:
+    if y.shape is not None and y.dtype is not None:
+        return False
+    y.shape = ir.Shape(list(shape))
+    y.dtype = dtype
+    return True
+
+
+def _qlinear_binary(node: ir.Node) -> bool:
+    """QLinearAdd / QLinearMul: A (input 0) and B (input 3) broadcast, in A's dtype."""
+    a, b = node.inputs[0], node.inputs[3] if len(node.inputs) > 3 else None
+    if a is None or b is None or a.shape is None or b.shape is None:
+        return False
+    try:
+        shape = np.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    except (ValueError, TypeError):
+        return False
+    return _set(node.outputs[0], shape, a.dtype)
+
+
+def _qlinear_unary(node: ir.Node) -> bool:
+    """QLinearSigmoid / QLinearLeakyRelu: X's shape and dtype."""
+    x = node.inputs[0]
+    return False if x is None or x.shape is None else _set(node.outputs[0], x.shape, x.dtype)
+
+
+def _qlinear_gap(node: ir.Node) -> bool:
+    """QLinearGlobalAveragePool: N, C and ones (channels first unless channels_last)."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) < 3:
+        return False
+    last = node.attributes.get("channels_last")
+    dims = list(x.shape)
+    shape = [dims[0]] + [1] * (len(dims) - 2) + [dims[-1]] if last is not None and last.value else \
+        dims[:2] + [1] * (len(dims) - 2)
+    return _set(node.outputs[0], shape, x.dtype)
+
+
+RULES = {("com.microsoft", "QGemm"): _qgemm, ("com.microsoft", "QLinearAdd"): _qlinear_binary,
+         ("com.microsoft", "QLinearMul"): _qlinear_binary, ("com.microsoft", "QLinearSigmoid"): _qlinear_unary,
+         ("com.microsoft", "QLinearLeakyRelu"): _qlinear_unary,
+         ("com.microsoft", "QLinearGlobalAveragePool"): _qlinear_gap}
 
 
 def infer_contrib(model: ir.Model) -> bool:
