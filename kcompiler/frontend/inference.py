@@ -131,7 +131,9 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
         with _captured_log("onnx_ir.passes.common.shape_inference"):
             ShapeInferencePass(strict_mode=False, data_prop=True)(model)
         src.notes.append(f"shape inference reported: {text}")
-    if infer_contrib(model):  # an ORT contrib op (QGemm) typed: infer what follows it
+    for _ in range(len(model.graph)):  # ORT contrib ops (QGemm, QLinearAdd) typed: infer what follows them
+        if not infer_contrib(model):
+            break
         with _captured_log("onnx_ir.passes.common.shape_inference"):
             ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     for node in model.graph:
