@@ -160,9 +160,11 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "prelu": ("mul", 2, 1.0),  # src0 < 0 ? src0 * src1 : src0
     # integer datapath (sim/intvec.py): dst (i8/u8) := saturate(round_half_even(src0 / src1) + src2 (zero point,
     # optional)); dst (float) := (src0 - src2) * src1 with src0 i8/u8/i32; dst (i8/u8) := saturate(
-    # round_half_even((src0 + src1) * src2 / 2^src3) + imm0) from an int32 accumulator src0, int32 offsets src1,
-    # Q31 multipliers src2 and right shifts src3; dst (i32) := src0 + src1 (int32, wrapping)
-    "quant": ("mul", 3, 1.0), "dequant": ("mul", 3, 1.0), "requant": ("mul", 4, 1.0), "iadd": ("alu", 2, 1.0),
+    # round_half_even((src0 + src1) * src2 / 2^imm1) + imm0) from an int32 accumulator src0, int32 offsets src1
+    # and Q31 multipliers src2 (one right shift imm1 for the tile); dst (i32) := src0 + src1 (int32, wrapping);
+    # requant_f32: as requant with float32 scales src2, saturate(nearbyint(f32(src0 + src1) * src2) + imm0)
+    "quant": ("mul", 3, 1.0), "dequant": ("mul", 3, 1.0), "requant": ("mul", 3, 1.0), "iadd": ("alu", 2, 1.0),
+    "requant_f32": ("mul", 3, 1.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

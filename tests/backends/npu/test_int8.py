@@ -181,11 +181,11 @@ def test_corrupted_multiplier_pad_and_zero_point_change_the_result(tmp_path):
             buf, off, raw = data.init[k]
             vals = np.array(raw, np.uint8).view(np.int32).copy()
             # a flipped high bit of the first channel's multiplier, one more bit of shift, a changed offset
-            vals[0] = {"multiplier": vals[0] ^ (1 << 28), "shift": vals[0] + 1, "offset": vals[0] + 500}[what]
+            vals[0] = {"multiplier": vals[0] ^ (1 << 28), "offset": vals[0] + 500}[what]
             data.init[k] = (buf, off, vals.view(np.uint8))
         return change
 
-    for what in ("multiplier", "shift", "offset"):
+    for what in ("multiplier", "offset"):
         assert _differs(_mutated_outputs(cm, prog, feeds, table(what)), base), what
     # the pad byte of the first conv's window (its input zero point) and requant's output zero point
     pads = [i for i, ins in enumerate(prog.data.instrs) if ins.opcode == isa.CONFIG and ins.arg("flags")]
@@ -197,10 +197,13 @@ def test_corrupted_multiplier_pad_and_zero_point_change_the_result(tmp_path):
     assert _differs(_mutated_outputs(cm, prog, feeds, pad_change), base)
     req = [i for i, ins in enumerate(prog.data.instrs) if ins.opcode == isa.VECTOR and ins.aux == isa.VFN["requant"]]
 
-    def zp_change(data):
-        ins = data.instrs[req[0]]
-        data.instrs[req[0]] = ins.replace(imm0=isa.f32_bits(isa.bits_f32(ins.arg("imm0")) + 1))
-    assert _differs(_mutated_outputs(cm, prog, feeds, zp_change), base)
+    def imm_change(name):
+        def change(data):
+            ins = data.instrs[req[0]]
+            data.instrs[req[0]] = ins.replace(**{name: isa.f32_bits(isa.bits_f32(ins.arg(name)) + 1)})
+        return change
+    assert _differs(_mutated_outputs(cm, prog, feeds, imm_change("imm0")), base)  # the output zero point
+    assert _differs(_mutated_outputs(cm, prog, feeds, imm_change("imm1")), base)  # the shift
     # and quantize's zero point operand at the model's input
     q = next(i for i, ins in enumerate(prog.data.instrs) if ins.opcode == isa.VECTOR and ins.aux == isa.VFN["quant"])
 
@@ -260,13 +263,13 @@ def test_timing_mode_needs_no_weights(tmp_path):
 def test_requant_arithmetic():
     """multiplier_shift and the half-to-even rounding shift reproduce x * scale rounded, exactly."""
     rng = np.random.default_rng(3)
-    real = rng.uniform(1e-5, 4.0, 64)
+    real = rng.uniform(1e-3, 4.0, 64)
     m, r = multiplier_shift(real)
-    assert np.all((m >= 1 << 30) & (m.astype(np.int64) < 1 << 31)) and np.all((r >= 1) & (r <= 62))
-    np.testing.assert_allclose(m / 2.0 ** r.astype(np.float64), real, rtol=2 ** -30)
+    assert m.max() >= 1 << 30 and m.astype(np.int64).max() < 1 << 31 and 1 <= r <= 62
+    assert np.all(np.abs(m / 2.0 ** r - real) <= 2.0 ** -r)  # M rounded to the nearest integer
     x = rng.integers(-(1 << 20), 1 << 20, 64)
-    got = round_shift(x * m.astype(np.int64), r.astype(np.int64))
-    want = np.rint(x * (m / 2.0 ** r.astype(np.float64)))
+    got = round_shift(x * m.astype(np.int64), np.int64(r))
+    want = np.rint(x * (m / 2.0 ** r))
     np.testing.assert_array_equal(got, want)
     # ties go to even
     np.testing.assert_array_equal(round_shift(np.array([3, 5, -3, -5, 7], np.int64), np.int64(1)), [2, 2, -2, -2, 4])
@@ -324,3 +327,14 @@ def test_asymmetric_weights_stay_on_the_host():
 
     node = next(iter(ir.from_proto(model).graph))
     assert "weight zero point" in int_gemm_problem(node)
+
+
+def test_float_requantisation_equals_ort_bit_for_bit(tmp_path, monkeypatch):
+    """KC_NPU_REQUANT=f32: requant_f32 computes MLAS's float32 formula; the outputs equal ORT's."""
+    monkeypatch.setenv("KC_NPU_REQUANT", "f32")
+    model, shapes = conv_net(stride=2, group=2)
+    path = quantised(model, tmp_path, shapes, QuantType.QInt8)
+    cm, eq, steps = compare(path)
+    prog = _npu_program(cm)
+    assert any(ins.opcode == isa.VECTOR and ins.aux == isa.VFN["requant_f32"] for ins in prog.data.instrs)
+    assert eq == 1.0 and steps == 0.0

@@ -8,9 +8,9 @@ x_zp folds, at compile time, into a per-output-channel int32 offset bias - x_zp 
 sum_k (x - x_zp) w = sum_k x w - x_zp sum_k w. A convolution's padding must then read as x_zp, not
 0, so the window feeder's CONFIG carries the pad byte. The epilogue is one vector step, requant
 (sim/intvec.py): (acc + offset) * M / 2^r rounded half to even, plus the output zero point,
-saturated; its offsets, Q31 multipliers M and shifts r are per-channel int32 tables the compiler
-lays out in DRAM (derived in float64 from x_scale * w_scale / y_scale, as gemmlowp and TFLite do),
-loaded into the scratchpad like a bias. MatMulInteger / ConvInteger store the int32 accumulator,
+saturated; its offsets and Q31 multipliers M are per-channel int32 tables the compiler lays out in DRAM
+(derived in float64 from x_scale * w_scale / y_scale, as gemmlowp and TFLite do; one shift r per op,
+an immediate of the instruction, fitted to the largest scale), loaded into the scratchpad like a bias. MatMulInteger / ConvInteger store the int32 accumulator,
 plus the offset table (iadd) when the op has an activation zero point.
 
 In timing mode no table is computed (no weight is read): only the layouts are made."""
@@ -18,6 +18,7 @@ In timing mode no table is computed (no weight is read): only the layouts are ma
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import onnx_ir as ir
@@ -31,6 +32,11 @@ from kcompiler.backends.npu.kernels.gemm import GemmOpKernel, MatMulKernel
 from kcompiler.backends.npu.sim.intvec import multiplier_shift
 from kcompiler.backends.npu.sim.window import Window, reads_pad
 from kcompiler.errors import LoweringError
+
+#: how the epilogue requantises: "fixed" (Q31 multipliers and a shift, as integer hardware does; the
+#: default) or "f32" (float32 scales, as ONNX Runtime's MLAS does: its results bit for bit), from the
+#: environment variable KC_NPU_REQUANT (read at each lowering)
+REQUANT = "fixed"
 
 #: per op: where its quantisation inputs are (x scale, x zero point, w scale, w zero point, y scale,
 #: y zero point, int32 bias); None: the op has no such input
@@ -110,38 +116,42 @@ class _IntGemm:
             raise LoweringError(f"'{self.node.name}': bias - x_zero_point * sum(W) overflows int32")
         return off.astype(np.int32)
 
-    def _scales(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scales(self, dtype=np.float64) -> np.ndarray:
+        """x_scale * w_scale (* alpha) / y_scale per channel, in float64, or in float32 operation by
+        operation as ONNX Runtime computes it (requant_f32)."""
         n = self._channels()
-        xs = const_array(role(self.node, "xs"))[0]
-        ws = np.broadcast_to(const_array(role(self.node, "ws")), (n,))
-        ys = const_array(role(self.node, "ys"))[0]
-        alpha = a_float(self.node, "alpha", 1.0) if self.node.op_type == "QGemm" else 1.0
-        real = np.float64(np.float32(xs)) * ws.astype(np.float32).astype(np.float64) * alpha / np.float64(
-            np.float32(ys))
+        xs = dtype(np.float32(const_array(role(self.node, "xs"))[0]))
+        ws = np.broadcast_to(const_array(role(self.node, "ws")), (n,)).astype(np.float32).astype(dtype)
+        ys = dtype(np.float32(const_array(role(self.node, "ys"))[0]))
+        alpha = dtype(a_float(self.node, "alpha", 1.0) if self.node.op_type == "QGemm" else 1.0)
+        return (alpha * xs * ws / ys).astype(dtype) if alpha != 1 else (xs * ws / ys).astype(dtype)
+
+    def _fixed_point(self) -> tuple[np.ndarray, int]:
         try:
-            return multiplier_shift(real)
+            return multiplier_shift(self._scales())
         except ValueError as exc:
             raise LoweringError(f"'{self.node.name}': {exc}") from None
 
-    def _table(self, cg, what: str, value) -> Layout:
+    def _table(self, cg, what: str, value, dtype: str = "i32") -> Layout:
         n = self._channels()
-        lay = cg.const(f"{self.node.name}/{what}", "i32", (n,), value)
+        lay = cg.const(f"{self.node.name}/{what}", dtype, (n,), value)
         if self.conv is not None:  # one value per output channel of NCHW
-            return Layout(lay.buf, lay.off, "i32", (n, 1, 1), (1, 0, 0))
+            return Layout(lay.buf, lay.off, dtype, (n, 1, 1), (1, 0, 0))
         return lay
 
     def _step_list(self, cg):
-        cache: dict = {}
-
-        def scales(i):
-            if not cache:
-                cache["ms"] = self._scales()
-            return cache["ms"][i]
-
+        zp = float(self._zp("yzp"))
+        if self.requantised and os.environ.get("KC_NPU_REQUANT", REQUANT) == "f32":
+            tables = [self._table(cg, "offset", self._offsets),
+                      self._table(cg, "scale", lambda: self._scales(np.float32), "f32")]
+            return [("requant_f32", (zp, 0.0, 0.0), tables)]
         if self.requantised:
-            tables = [self._table(cg, "offset", self._offsets), self._table(cg, "multiplier", lambda: scales(0)),
-                      self._table(cg, "shift", lambda: scales(1))]
-            return [("requant", (float(self._zp("yzp")), 0.0, 0.0), tables)]
+            # the shift is an immediate: in timing mode (no scales known) a placeholder of 31
+            known = all(const_array(role(self.node, k)) is not None for k in ("xs", "ws", "ys"))
+            shift = self._fixed_point()[1] if known else 31
+            tables = [self._table(cg, "offset", self._offsets),
+                      self._table(cg, "multiplier", lambda: self._fixed_point()[0])]
+            return [("requant", (zp, float(shift), 0.0), tables)]
         if role(self.node, "xzp") is not None:
             return [("iadd", (0.0, 0.0, 0.0), self._table(cg, "offset", self._offsets))]
         return []

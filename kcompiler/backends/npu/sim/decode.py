@@ -51,11 +51,15 @@ def _check_int_dtypes(fn: str, f: dict, names: list[str], srcs: list[int]) -> No
             raise _Bad(f"operand {i - 1 if i else 'dst'} of {fn} is {names[i]}, not one of {allowed}")
     if fn in ("quant", "dequant") and srcs[2] != NONE and names[3] != names[0 if fn == "quant" else 1]:
         raise _Bad(f"the zero point of {fn} has the dtype of the quantised values")
-    if fn == "requant":
+    if fn in ("requant", "requant_f32"):
         zp = isa.bits_f32(f["imm0"])
         lo, hi = RANGE[names[0]]
         if not (zp == int(zp) and lo <= zp <= hi):
             raise _Bad(f"an output zero point of {zp} is not an integer of {names[0]}")
+    if fn == "requant":
+        r = isa.bits_f32(f["imm1"])
+        if not (r == int(r) and 1 <= r <= 62):
+            raise _Bad(f"a requantisation shift of {r} bits (an integer 1..62)")
 
 
 class Decoder:

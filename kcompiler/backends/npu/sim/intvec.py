@@ -7,18 +7,22 @@ for any K below 10^11), then stores it as int32 (wrapping, as a 32-bit adder doe
 
 Requantisation is the fixed-point step integer hardware and gemmlowp/TFLite use: the int32
 accumulator plus an int32 per-channel offset (bias - x_zero_point * colsum(W), folded at compile
-time) is multiplied by a Q31 multiplier M (an int32 in [2^30, 2^31)) into a 64-bit product, shifted
-right by r bits rounding half to even (ONNX QuantizeLinear's rounding), plus the output zero point,
-saturated to the output dtype. M and r come from the real scale x_scale * w_scale / y_scale (in
-float64), so (acc + offset) * M / 2^r equals (acc + offset) * scale to 2^-31 relative.
+time) is multiplied by a per-channel Q31 multiplier M (an int32 below 2^31) into a 64-bit product,
+shifted right by the op's r bits rounding half to even (ONNX QuantizeLinear's rounding), plus the
+output zero point, saturated to the output dtype. M and r come from the real scales x_scale *
+w_scale / y_scale (in float64), r fitted to the largest, so (acc + offset) * M / 2^r equals
+(acc + offset) * scale to 2^-31 relative (times max scale / scale for the other channels).
 
 ONNX Runtime's QLinearConv / QLinearMatMul / QGemm (MLAS) requantise in float32 instead:
-nearbyint(float(acc + bias) * float(scale)) + zero point. The two agree except where the exact
-product lies within float32's rounding (|value| * 2^-24, about 1.5e-5 for a value of 255) of a
-half-way point between two integers, where float32 may round the other way: a one-step
-difference in a few elements per 10^5 (tests/backends/npu/test_int8.py measures it). QuantizeLinear
-(x / scale in float32, round half to even, saturate) and DequantizeLinear ((x - zero point) *
-scale in float32) are computed as ONNX Runtime computes them, bit for bit.
+nearbyint(float(acc + bias) * float(scale)) + zero point, with float(acc + bias) rounded to 24 bits
+and the product rounded again. The two agree except where the value lies within float32's rounding
+(about |acc| * 2^-24 * scale, 1e-5 for an output of 255) of a half-way point between two integers:
+a one-step difference in about 1 of 10^5 elements per layer (benchmarks/int8_agreement.py). A deep
+network propagates such a step (resnet50: a few % of the logits differ by up to a few steps), so
+requant_f32 also computes MLAS's float32 formula, bit for bit, for programs that must equal ORT
+(kernels/qgemm.py: KC_NPU_REQUANT=f32). QuantizeLinear (x / scale in float32, round half to even,
+saturate) and DequantizeLinear ((x - zero point) * scale in float32) are computed as ONNX Runtime
+computes them, bit for bit.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from kcompiler.backends.npu.sim.faults import _Bad
 F32 = np.float32
 #: the range of each integer dtype a quantising function saturates to
 RANGE = {"i8": (-128, 127), "u8": (0, 255), "i32": (-(1 << 31), (1 << 31) - 1)}
-INT_FNS = frozenset({"quant", "dequant", "requant", "iadd"})
+INT_FNS = frozenset({"quant", "dequant", "requant", "iadd", "requant_f32"})
 
 
 def imatmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool) -> None:
@@ -75,35 +79,34 @@ def int_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape) -> np.ndarra
         return np.broadcast_to(x.astype(F32) * srcs[1].astype(F32), dst_shape)
     if fn == "iadd":
         return np.broadcast_to(_wrap32(srcs[0].astype(np.int64) + srcs[1].astype(np.int64)), dst_shape)
+    lo, hi = RANGE[dst]
+    zp = int(isa.bits_f32(f["imm0"]))
+    acc, off, scale = srcs
+    x = _wrap32(acc.astype(np.int64) + off.astype(np.int64))
     if fn == "requant":
-        acc, off, mult, shift = srcs
-        r = shift.astype(np.int64)
-        if r.size and (r.min() < 1 or r.max() > 62):
-            raise _Bad(f"a requantisation shift of {int(r.min() if r.min() < 1 else r.max())} bits (1..62)")
-        m = mult.astype(np.int64)
+        m = scale.astype(np.int64)
         if m.size and m.min() < 0:
             raise _Bad("a requantisation multiplier is negative")
-        x = _wrap32(acc.astype(np.int64) + off.astype(np.int64))
-        q = round_shift(x * m, r)
-        lo, hi = RANGE[dst]
-        return np.broadcast_to(np.clip(q + int(isa.bits_f32(f["imm0"])), lo, hi), dst_shape)
+        q = round_shift(x * m, np.int64(isa.bits_f32(f["imm1"])))
+        return np.broadcast_to(np.clip(q + zp, lo, hi), dst_shape)
+    if fn == "requant_f32":  # MLAS's float requantisation, bit for bit
+        q = np.rint(x.astype(F32) * scale.astype(F32)).astype(np.float64)
+        return np.broadcast_to(np.clip(q + zp, lo, hi), dst_shape)
     raise AssertionError(fn)
 
 
-def multiplier_shift(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Q31 multipliers, right shifts) with real ~= M / 2^r, M in [2^30, 2^31), 1 <= r <= 62 (a scale
-    below 2^-32 is carried at r = 62 with a smaller M). Raises ValueError for a scale >= 2^30 or
-    not positive."""
+def multiplier_shift(real: np.ndarray) -> tuple[np.ndarray, int]:
+    """(Q31 multipliers, one right shift r) with real ~= M / 2^r per channel: r fits the largest scale
+    (its M in [2^30, 2^31)), the others' M are smaller (relative precision 2^-31 * max / scale), as
+    hardware with per-channel multipliers and a per-layer shift does; 1 <= r <= 62. Raises ValueError
+    for a scale >= 2^30 or not positive."""
     real = np.asarray(real, np.float64).reshape(-1)
-    if real.size and (not np.all(np.isfinite(real)) or real.min() <= 0 or real.max() >= 2.0 ** 30):
+    if not real.size or not np.all(np.isfinite(real)) or real.min() <= 0 or real.max() >= 2.0 ** 30:
         raise ValueError("requantisation scales must be positive and below 2^30")
-    mant, exp = np.frexp(real)  # real = mant * 2^exp, mant in [0.5, 1)
-    m = np.rint(mant * 2.0 ** 31).astype(np.int64)
-    carry = m == 1 << 31
-    m[carry] >>= 1
-    exp = exp + carry
-    r = 31 - exp.astype(np.int64)
-    small = r > 62
-    m[small] = np.rint(real[small] * 2.0 ** 62).astype(np.int64)
-    r[small] = 62
-    return m.astype(np.int32), r.astype(np.int32)
+    _, exp = np.frexp(real.max())  # max = mant * 2^exp, mant in [0.5, 1)
+    r = min(62, 31 - int(exp))
+    m = np.rint(real * 2.0 ** r).astype(np.int64)
+    if m.max() >= 1 << 31:  # the largest rounded up to 2^31
+        r -= 1
+        m = np.rint(real * 2.0 ** r).astype(np.int64)
+    return m.astype(np.int32), r

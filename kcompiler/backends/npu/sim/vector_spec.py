@@ -200,14 +200,16 @@ _VSPEC.update({
     "attn_final": _VSpec("attn_final", 2),
     # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
     "quant": _VSpec("int", 3, optional=frozenset({2})), "dequant": _VSpec("int", 3, optional=frozenset({2})),
-    "requant": _VSpec("int", 4, imms=frozenset({"imm0"})), "iadd": _VSpec("int", 2),
+    "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
+    "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
 })
 _I8 = ("i8", "u8")
 #: the operand dtypes (destination first, then src0..) an integer-datapath function takes
 INT_DTYPE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "quant": (_I8, isa.FLOAT_DTYPES, ("f32",), _I8),
     "dequant": (isa.FLOAT_DTYPES, _I8 + ("i32",), ("f32",), _I8 + ("i32",)),
-    "requant": (_I8, ("i32",), ("i32",), ("i32",), ("i32",)),
+    "requant": (_I8, ("i32",), ("i32",), ("i32",)),
+    "requant_f32": (_I8, ("i32",), ("i32",), ("f32",)),
     "iadd": (("i32",), ("i32",), ("i32",)),
 }
 assert set(_VSPEC) == set(isa.VFN_NAMES), set(isa.VFN_NAMES) ^ set(_VSPEC)
