@@ -63,7 +63,31 @@ def _qlinear_gap(node: ir.Node) -> bool:
     return _set(node.outputs[0], shape, x.dtype)
 
 
-RULES = {("com.microsoft", "QGemm"): _qgemm, ("com.microsoft", "QLinearAdd"): _qlinear_binary,
+def _qlinear_pool(node: ir.Node) -> bool:
+    """QLinearAveragePool (channels first, explicit pads): AveragePool's output extents."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) < 3 or not all(isinstance(d, int) for d in x.shape):
+        return False
+    attr = node.attributes
+    if (attr.get("channels_last") is not None and attr["channels_last"].value) or \
+            (attr.get("auto_pad") is not None and attr["auto_pad"].value not in ("NOTSET", b"NOTSET")):
+        return False
+    k = list(attr["kernel_shape"].value) if attr.get("kernel_shape") is not None else None
+    if k is None:
+        return False
+    nd = len(k)
+    st = list(attr["strides"].value) if attr.get("strides") is not None else [1] * nd
+    pads = list(attr["pads"].value) if attr.get("pads") is not None else [0] * (2 * nd)
+    ceil = attr.get("ceil_mode") is not None and attr["ceil_mode"].value
+    out = []
+    for i in range(nd):
+        span = x.shape[2 + i] + pads[i] + pads[nd + i] - k[i]
+        out.append((-(-span // st[i]) if ceil else span // st[i]) + 1)
+    return _set(node.outputs[0], list(x.shape[:2]) + out, x.dtype)
+
+
+RULES = {("com.microsoft", "QLinearAveragePool"): _qlinear_pool, ("com.microsoft", "QLinearSoftmax"): _qlinear_unary,
+         ("com.microsoft", "QGemm"): _qgemm, ("com.microsoft", "QLinearAdd"): _qlinear_binary,
          ("com.microsoft", "QLinearMul"): _qlinear_binary, ("com.microsoft", "QLinearSigmoid"): _qlinear_unary,
          ("com.microsoft", "QLinearLeakyRelu"): _qlinear_unary,
          ("com.microsoft", "QLinearGlobalAveragePool"): _qlinear_gap}
