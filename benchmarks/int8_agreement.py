@@ -4,12 +4,17 @@ equal ORT's on CPU, and the largest difference in quantisation steps.
     python benchmarks/int8_agreement.py [--models resnet50,bert-stack] [--targets warboy,atom]
                                         [--act int8|uint8] [--calib 8]
 
-resnet50: the zoo's resnet50 with seeded random weights (zoo.with_random_weights), quantised by
+resnet50: the zoo's resnet50 with seeded random weights (zoo.with_random_weights), pre-processed by
+onnxruntime.quantization.shape_inference.quant_pre_process (BatchNormalization folded into the
+convolutions; without it each BatchNormalization runs in float between DequantizeLinear and
+QuantizeLinear, where float rounding differences flip quantised values) and quantised by
 onnxruntime.quantization.quantize_static (QOperator, per-channel int8 weights) on --calib random
 images. bert-stack: a bert-tiny-like stack of QLinearMatMuls (4 layers of hidden 128, FFN 512, 128
 tokens). Every integer GEMM is pinned to the NPU (QLinearAdd and QLinearGlobalAveragePool, ORT
 contrib ops, run on the host). uint8 activations are quantised with reduce_range (ORT's x86 U8S8
-kernels saturate int16 pair sums otherwise: ORT itself is then off by tens of steps).
+kernels saturate int16 pair sums otherwise: ORT itself is then off by tens of steps). int8 activations
+meet the same saturation in ORT (MLAS without VNNI widens them to u8 and runs the U8S8 kernel) where two
+neighbouring products are both large: --reduce-range gives a reference ORT computes exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 import kcompiler  # noqa: E402
 from kcompiler.zoo import with_random_weights  # noqa: E402
@@ -68,10 +74,14 @@ def bert_stack(path, layers=4, hidden=128, ffn=512, seq=128, seed=0):
     return path, "x", (1, seq, hidden)
 
 
-def quantise(src, dst, name, shape, n, act):
-    quantize_static(src, dst, Reader(name, shape, n), quant_format=QuantFormat.QOperator, per_channel=True,
+def quantise(src, dst, name, shape, n, act, reduce_range=None):
+    """ONNX Runtime's pre-processing (shape inference, its graph optimisations: BatchNormalization folded
+    into the convolutions, as a deployed model has it) and quantize_static."""
+    pre = dst.replace(".onnx", ".pre.onnx")
+    quant_pre_process(src, pre)
+    quantize_static(pre, dst, Reader(name, shape, n), quant_format=QuantFormat.QOperator, per_channel=True,
                     activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8, reduce_range=act == "uint8")
+                    weight_type=QuantType.QInt8, reduce_range=act == "uint8" if reduce_range is None else reduce_range)
     return dst
 
 
@@ -102,6 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="warboy,atom")
     ap.add_argument("--act", default="int8", choices=("int8", "uint8"))
     ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="7-bit weights (quantize_static's reduce_range): ORT's own x86 kernels without VNNI are "
+                         "then exact (their int16 pair sums cannot saturate)")
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="kc-int8-")
     ok = True
@@ -113,7 +126,8 @@ def main(argv=None) -> int:
             inp = onnx.load(src, load_external_data=False).graph.input[0].name
         else:
             src, inp, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"))
-        q = quantise(src, os.path.join(tmp, f"{name}.int8.onnx"), inp, shape, args.calib, args.act)
+        q = quantise(src, os.path.join(tmp, f"{name}.int8.onnx"), inp, shape, args.calib, args.act,
+                     True if args.reduce_range else None)
         for target in args.targets.split(","):
             frac, steps, n, host, tc, tr = agreement(q, target)
             ok &= frac >= 0.999 and steps <= 1.0 + 1e-6 and host == 0

@@ -16,13 +16,14 @@ w_scale / y_scale (in float64), r fitted to the largest, so (acc + offset) * M /
 ONNX Runtime's QLinearConv / QLinearMatMul / QGemm (MLAS) requantise in float32 instead:
 nearbyint(float(acc + bias) * float(scale)) + zero point, with float(acc + bias) rounded to 24 bits
 and the product rounded again. The two agree except where the value lies within float32's rounding
-(about |acc| * 2^-24 * scale, 1e-5 for an output of 255) of a half-way point between two integers:
-a one-step difference in about 1 of 10^5 elements per layer (benchmarks/int8_agreement.py). A deep
-network propagates such a step (resnet50: a few % of the logits differ by up to a few steps), so
-requant_f32 also computes MLAS's float32 formula, bit for bit, for programs that must equal ORT
-(kernels/qgemm.py: KC_NPU_REQUANT=f32). QuantizeLinear (x / scale in float32, round half to even,
-saturate) and DequantizeLinear ((x - zero point) * scale in float32) are computed as ONNX Runtime
-computes them, bit for bit.
+(about |acc| * 2^-24 * scale) of a half-way point between two integers: measured, one step in 3 of
+802,816 elements of resnet50's first convolution (none in 100,352 of a 64-channel 3x3 layer). A deep
+network propagates such steps: on resnet50 (quantised by ORT, BatchNormalization folded) 98.4% of the
+logits equal ORT's, within 2 steps (benchmarks/int8_agreement.py). So requant_f32 also computes
+MLAS's float32 formula, bit for bit (kernels/qgemm.py: KC_NPU_REQUANT=f32; resnet50's logits then
+equal ORT's, all of them). QuantizeLinear (x / scale in float32, round half to even, saturate) and
+DequantizeLinear ((x - zero point) * scale in float32) are computed as ONNX Runtime computes them,
+bit for bit.
 """
 
 from __future__ import annotations
