@@ -98,6 +98,9 @@ def infer_contrib(model: ir.Model) -> bool:
     changed = False
     for node in model.graph:
         rule = RULES.get((node.domain, node.op_type))
-        if rule is not None and node.outputs and node.outputs[0] is not None:
-            changed |= rule(node)
+        if rule is not None and node.outputs and node.outputs[0] is not None and node.inputs:
+            try:
+                changed |= rule(node)
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+                pass  # a malformed node stays untyped: the host (ONNX Runtime) judges it
     return changed

@@ -338,3 +338,14 @@ def test_float_requantisation_equals_ort_bit_for_bit(tmp_path, monkeypatch):
     prog = _npu_program(cm)
     assert any(ins.opcode == isa.VECTOR and ins.aux == isa.VFN["requant_f32"] for ins in prog.data.instrs)
     assert eq == 1.0 and steps == 0.0
+
+
+def test_int8_program_text_and_encoding_round_trip(tmp_path):
+    """The assembler text and the binary encoding carry B's dtype, the pad byte and requant's fields."""
+    model, shapes = conv_net()
+    path = quantised(model, tmp_path, shapes)
+    prog = _npu_program(kcompiler.compile(path, target="npu", place={"*": "npu"}))
+    instrs = prog.data.instrs
+    assert any("bdt=i8" in ins.text() for ins in instrs)
+    assert isa.assemble(isa.disassemble(instrs)) == instrs
+    assert isa.decode_program(isa.encode_program(instrs)) == instrs
