@@ -235,6 +235,7 @@ def test_integer_matmuls_are_charged_at_int8(tmp_path, target):
                 assert w.cycles == systolic_cycles(a.rows, a.cols, a.dataflow, f["m"], f["k"], f["n"], rate) + \
                     spec.issue_cycles
         weights = [b for b in prog.data.buffers if b.name.endswith("_quantized") and b.role == "const"]
+        assert weights
         for b in weights:  # int8 weights: one byte each in the image
             assert b.nbytes == int(np.prod(_init_shape(path, b.name)))
     assert mms
