@@ -118,9 +118,10 @@ def _assert_all_int_gemms_on_npu(cm):
     assert cm.report.host_nodes == 0
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(pad=0, relu=False), dict(group=2), dict(dil=2),
-                                dict(batch=1, group=4, stride=2)])
-@pytest.mark.parametrize("act", [QuantType.QUInt8, QuantType.QInt8])
+@pytest.mark.parametrize("kw,act", [(dict(), QuantType.QUInt8), (dict(), QuantType.QInt8),
+                                    (dict(stride=2), QuantType.QUInt8), (dict(pad=0, relu=False), QuantType.QInt8),
+                                    (dict(group=2, dil=2), QuantType.QUInt8),
+                                    (dict(batch=1, group=4, stride=2), QuantType.QInt8)])
 def test_quantised_conv_net_matches_ort(tmp_path, kw, act):
     model, shapes = conv_net(**kw)
     path = quantised(model, tmp_path, shapes, act)
