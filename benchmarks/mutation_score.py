@@ -23,7 +23,8 @@ their explanation.
 loaded back and run: the loaded model must behave as the mutated one (a loaded artifact runs the
 program it carries, never one regenerated from its graph).
 
-Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, and resnet-mini: a small
+Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, resnet-mini-int8 and bert-int8
+(int8 programs: the models quantised by ONNX Runtime, see int8_case), and resnet-mini: a small
 ResNet (8x8 input, a stem, two residual blocks, a strided block with a projection, pooling and a
 classifier; seeded He weights), for the CIM chips, whose functional simulation runs resnet50's
 biggest program in about 20 s (200 mutations would take hours).
@@ -55,7 +56,24 @@ CASES = {
     "bert-tiny": ("bert-tiny", {}),
     "llama-decode": ("llama-tiny", {"phase": "decode", "kv": 16}),
     "resnet-mini": ("resnet-mini", {}),
+    # int8 programs: ONNX Runtime's quantize_static (QOperator, per-channel int8 weights) of resnet-mini and
+    # of a bert-tiny-like QLinearMatMul stack, every integer GEMM pinned to the NPU
+    "resnet-mini-int8": ("resnet-mini", {}),
+    "bert-int8": ("bert-stack", {}),
 }
+INT8_CASES = ("resnet-mini-int8", "bert-int8")
+
+
+def int8_case(case: str, tmp: str, seed: int) -> str:
+    """The quantised model of an int8 case (calibrated on 8 seeded random inputs)."""
+    from int8_agreement import bert_stack, quantise
+
+    if case == "bert-int8":
+        src, name, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"), layers=2, hidden=64, ffn=128, seq=16,
+                                      seed=seed)
+    else:
+        src, name, shape = resnet_mini(os.path.join(tmp, "resnet-mini.onnx"), seed), "input", (1, 3, 8, 8)
+    return quantise(src, os.path.join(tmp, f"{case}.onnx"), name, shape, 8, "int8")
 
 
 def resnet_mini(path: str, seed: int = 0) -> str:
@@ -163,11 +181,11 @@ def pim_score(prog, feeds, n, seed) -> npu_mutate.Score:
 def compile_case(case, src, target, opts):
     """resnet-mini's layers are small enough that the host beats a CIM chip on them: on a target with
     a CIM chip they are pinned to it (every node it supports: the pooling stays where it can run)."""
-    if case == "resnet-mini":
+    if case == "resnet-mini" or case in INT8_CASES:
         try:
-            return kcompiler.compile(src, target=target, place={"*": "cim"}, **opts)
+            return kcompiler.compile(src, target=target, place={"*": "npu" if case in INT8_CASES else "cim"}, **opts)
         except kcompiler.KCError:
-            pass  # no CIM chip in this target
+            pass  # no such chip in this target
     return kcompiler.compile(src, target=target, **opts)
 
 
@@ -183,8 +201,11 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="kc-mut-")
     for case in args.cases.split(","):
         name, opts = CASES[case]
-        src = with_random_weights(name, os.path.join(tmp, f"{name}.onnx")) if name == "resnet50" else (
-            resnet_mini(os.path.join(tmp, f"{name}.onnx"), args.seed) if name == "resnet-mini" else name)
+        if case in INT8_CASES:
+            src = int8_case(case, tmp, args.seed)
+        else:
+            src = with_random_weights(name, os.path.join(tmp, f"{name}.onnx")) if name == "resnet50" else (
+                resnet_mini(os.path.join(tmp, f"{name}.onnx"), args.seed) if name == "resnet-mini" else name)
         for target in args.targets.split(","):
             cm = compile_case(case, src, target, opts)
             progs = [p for p in cm.programs if hasattr(p, "sim") or type(p).__name__ in ("PimProgram", "CimProgram")]

@@ -12,6 +12,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from kcompiler.errors import ShapeError
+from kcompiler.frontend.contrib import infer_contrib
 from kcompiler.frontend.reading import ModelSource
 from kcompiler.frontend.shapes import check_size
 
@@ -136,6 +137,11 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
         with _captured_log("onnx_ir.passes.common.shape_inference"):
             ShapeInferencePass(strict_mode=False, data_prop=True)(model)
         src.notes.append(f"shape inference reported: {text}")
+    for _ in range(len(model.graph)):  # ORT contrib ops (QGemm, QLinearAdd) typed: infer what follows them
+        if not infer_contrib(model):
+            break
+        with _captured_log("onnx_ir.passes.common.shape_inference"):
+            ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     for node in model.graph:
         for value in node.outputs:
             check_size(value, src)

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from kcompiler.errors import ModelLoadError
-from kcompiler.frontend.contrib import infer_contrib
+from kcompiler.frontend.contrib_ort import infer_contrib_ort
 from kcompiler.frontend.inference import infer_shapes
 from kcompiler.frontend.opset import check_and_convert
 from kcompiler.frontend.quant import check_quantization
@@ -55,6 +55,6 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | ir.Model,
     check_quantization(irm, src)
     bind_shapes(irm, shapes, src)
     infer_shapes(irm, src)
-    infer_contrib(irm, src)  # values after ONNX Runtime contrib ops (MatMulNBits), which ONNX cannot type
+    infer_contrib_ort(irm, src)  # values after contrib ops the rules left untyped (contrib.py)
     check_quantization(irm, src)
     return irm, src

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -264,6 +265,21 @@ def _save_for_ort(proto: onnx.ModelProto, path: Path, big: bool) -> None:
         onnx.save(proto, str(path))
 
 
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run with `path` as the working directory (one thread at a time: the directory is the process's)."""
+    with _CWD_LOCK:
+        old = os.getcwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
 def _pre_process(src: Path, dst: Path, big: bool, notes: list[str]) -> Path:
     """ORT's quant_pre_process (symbolic then ONNX shape inference, basic optimisation); on failure
     without symbolic shape inference, then not at all, each said in the notes."""
@@ -271,8 +287,11 @@ def _pre_process(src: Path, dst: Path, big: bool, notes: list[str]) -> Path:
 
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic, save_as_external_data=big,
-                              all_tensors_to_one_file=True)
+            # (in the temporary folder: ORT's symbolic inference saves a file into the working directory
+            # when it cannot infer every shape)
+            with _working_dir(dst.parent):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic, save_as_external_data=big,
+                                  all_tensors_to_one_file=True)
             if skip_symbolic:
                 notes.append("quant_pre_process: symbolic shape inference failed; ran without it")
             return dst

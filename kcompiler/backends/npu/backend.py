@@ -22,6 +22,7 @@ from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_f
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
+from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
@@ -120,9 +121,17 @@ def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS:
-        return no("only float views")
+    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS + _INT8:
+        return no("only float and int8/uint8 views")
     return YES
+
+
+_INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
+
+
+def _int_gemm(node) -> Support:
+    why = int_gemm_problem(node)
+    return YES if why is None else no(why)
 
 
 _elementwise = _all(lambda n: _static_float(n))
@@ -172,9 +181,11 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Dropout": (ViewKernel, _all(_view_check, _only_first_output, lambda n: _inference_dropout(n))),
     "Constant": (ConstKernel, _const_producer),
     "ConstantOfShape": (ConstKernel, _const_producer),
-    # quantisation (kernels/lowbit.py): the vector unit's quant and dequant
+    # quantisation: the vector unit's quant and dequant (kernels/lowbit.py: int8/uint8/FP8, per tensor,
+    # per axis, per block) and the integer datapath (kernels/qgemm.py)
     "QuantizeLinear": (QdqKernel, qdq_check),
     "DequantizeLinear": (QdqKernel, qdq_check),
+    **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
 }
 
 
@@ -263,9 +274,11 @@ def _chain_check(node: ir.Node) -> Support:
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
 KC_OPS["Fp8MatMul"] = (Fp8MatMulKernel, fp8_matmul_check)
 
-#: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py)
+#: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py) and
+#: the integer Gemm (kernels/qgemm.py)
 MS_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "MatMulNBits": (NBitsKernel, lambda n: nbits_check(n, _spec_of_node(n))),
+    "QGemm": (GemmKernel, _int_gemm),
 }
 
 #: the spec the table's checks run against, set by NpuBackend.supports for the duration of one

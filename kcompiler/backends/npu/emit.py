@@ -19,12 +19,12 @@ channel-major, which is NCHW. Per group, A and B start at their own byte offset.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.isa import CH, DTYPE_BYTES, Instr
+from kcompiler.backends.npu.emit_desc import GemmDesc, _off, m_pieces, patch_rows, step_views  # noqa: F401
 from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.errors import LoweringError
 
@@ -89,84 +89,6 @@ def split_range(extent: int, parts: int, unit: int = 1) -> list[tuple[int, int]]
     return [(lo, min(extent, lo + step)) for lo in range(0, extent, step)]
 
 
-def _tuples(x):
-    if isinstance(x, list):
-        return tuple(_tuples(v) for v in x)
-    return x
-
-
-@dataclass(frozen=True)
-class GemmDesc:
-    dtype: str  # A and B as stored
-    out_dtype: str
-    G: int
-    M: int  # plain: rows; conv: pixels of all images
-    N: int
-    K: int
-    #: plain: (buf, per-group byte offsets, s_m, s_k); conv: (buf, per-group byte offsets, s_img, s_c, s_row, s_col)
-    a: tuple
-    b: tuple  # (buf, per-group byte offsets, s_k, s_n): B[g, k, n]
-    #: where acc[g, m, n] goes: (buf, per-group byte offsets, s_m, s_n, s_img); conv: m is the pixel of an image
-    out: tuple
-    #: conv: (kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, H, W, OH, OW); None for a plain GEMM
-    conv: tuple | None
-    #: per core: (g0, g1, m0, m1, n0, n1, tm, tn, tk, order) with order 0 = "mnk", 1 = "nmk"
-    cores: tuple
-    #: the epilogue: (fn, imm0, imm1, imm2, operand) with operand None or (buf, per-group byte offsets,
-    #: dtype, s_m, s_n, s_img) read in the output's coordinates (stride 0: broadcast)
-    steps: tuple
-
-    @property
-    def P(self) -> int:
-        """Pixels per image (conv) or rows (plain): the unit along m at which s_img applies."""
-        if self.conv is None:
-            return self.M
-        return self.conv[12] * self.conv[13]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> "GemmDesc":
-        d = json.loads(text)
-        return cls(**{k: _tuples(v) for k, v in d.items()})
-
-
-def _off(offs: tuple, g: int) -> int:
-    return offs[g] if len(offs) > 1 else offs[0]
-
-
-def m_pieces(m0: int, m1: int, P: int) -> list[tuple[int, int, int, int, int]]:
-    """The pixel range [m0, m1) as (image, images, first pixel, pixels, index in the tile) pieces
-    that are rectangular in (image, pixel): a partial first image, whole images, a partial last."""
-    out = []
-    m = m0
-    while m < m1:
-        img, p = divmod(m, P)
-        if p == 0 and m1 - m >= P:
-            n = (m1 - m) // P
-            out.append((img, n, 0, P, m - m0))
-            m += n * P
-        else:
-            take = min(P - p, m1 - m)
-            out.append((img, 1, p, take, m - m0))
-            m += take
-    return out
-
-
-def patch_rows(desc: GemmDesc, m0: int, m1: int) -> tuple[int, int, int, int]:
-    """(first image, images, first input row, rows) of the input patch an output pixel range needs."""
-    kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, H, W, OH, OW = desc.conv
-    P = OH * OW
-    img0, img1 = m0 // P, (m1 - 1) // P
-    if img1 > img0:
-        return img0, img1 - img0 + 1, 0, H
-    oh0, oh1 = (m0 % P) // OW, ((m1 - 1) % P) // OW
-    y0 = max(0, oh0 * sh - pt)
-    y1 = min(H, oh1 * sh - pt + (kh - 1) * dh + 1)
-    return img0, 1, y0, max(0, y1 - y0)
-
-
 @dataclass
 class SramLayout:
     a: tuple[int, int]
@@ -219,10 +141,10 @@ def sram_layout(desc: GemmDesc, core: int, sram_bytes: int) -> SramLayout:
         for ks in range(0, desc.K, tk):
             kt = min(desc.K, ks + tk) - ks
             a_max = max(a_max, _a_tile_bytes(desc, mt, kt, ms))
-    b_max = min(tk, desc.K) * min(tn, n1 - n0) * DTYPE_BYTES[desc.dtype]
+    b_max = min(tk, desc.K) * min(tn, n1 - n0) * DTYPE_BYTES[desc.b_dtype or desc.dtype]
     acc_max = min(tm, m1 - m0) * min(tn, n1 - n0) * 4
-    sizes = [a_max, b_max, acc_max] + [_operand_tile_bytes(desc, s[4], min(tm, m1 - m0), min(tn, n1 - n0))
-                                       for s in desc.steps if s[4] is not None]
+    sizes = [a_max, b_max, acc_max] + [_operand_tile_bytes(desc, v, min(tm, m1 - m0), min(tn, n1 - n0))
+                                       for s in desc.steps for v in step_views(s[4])]
     addr = 0
     slots = []
     for size in sizes:
@@ -270,7 +192,8 @@ def emit_gemm(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
             bufs.append(view[0])
         return (bufs.index(view[0]),) + tuple(view[1:])
 
-    steps = tuple(s[:4] + (number(s[4]),) for s in desc.steps)
+    steps = tuple(s[:4] + ((number(s[4]) if s[4] is None or not isinstance(s[4][0], tuple)
+                            else tuple(number(v) for v in s[4])),) for s in desc.steps)
     canon = replace(desc, a=number(desc.a), b=number(desc.b), out=number(desc.out), steps=steps)
     key = (canon, sram_bytes)
     try:
@@ -308,12 +231,9 @@ def _emit_all(desc: GemmDesc, op: int, sram_bytes: int) -> list[Instr]:
 def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Instr]:
     lay = sram_layout(desc, core, sram_bytes)
     conv = desc.conv
-    dt, odt = desc.dtype, desc.out_dtype
-    eb, oeb = DTYPE_BYTES[dt], DTYPE_BYTES[odt]
-    P = desc.P
     code: list[Instr] = []
     if conv is not None:
-        code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv)))
+        code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv, flags=desc.pad << isa.PAD_SHIFT)))
     iters, n_out = _iterations(desc, core)
     # which iterations (re)load A and B: a tile identical to the one just loaded stays
     loads, prev_a, prev_b = [], None, None
@@ -323,14 +243,14 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
         prev_a, prev_b = ka_key, kb_key
     has_load = [la or lb for la, lb in loads]
     a_slot = b_slot = 1
-    operands = [s[4] for s in desc.steps if s[4] is not None]
+    operands = [v for s in desc.steps for v in step_views(s[4])]
     # an operand constant along m (a bias) is loaded again only when the n range changes
     op_slot = [1] * len(operands)
     op_key: list = [None] * len(operands)
     # a float32 product with no vector step is stored straight from its accumulator: no VECTOR
-    plain = not desc.steps and desc.out_dtype == "f32"
+    plain = not desc.steps and desc.out_dtype == desc.acc_dtype
     for i, (gi, ma, mb, na, nb, ka, kb, first, last, j) in enumerate(iters):
-        mt, nt, kt = mb - ma, nb - na, kb - ka
+        mt, nt = mb - ma, nb - na
         la, lb = loads[i]
         todo = []
         if la:
@@ -402,7 +322,7 @@ def _b_tile_kmajor(desc: GemmDesc) -> bool:
 
 
 def _b_load(desc: GemmDesc, core, op, g, n0, n1, k0, k1, sram) -> Instr:
-    dt = desc.dtype
+    dt = desc.b_dtype or desc.dtype
     eb = DTYPE_BYTES[dt]
     buf, offs, sk, sn = desc.b
     off = _off(offs, g) + (k0 * sk + n0 * sn) * eb
@@ -424,6 +344,8 @@ def _matmul(desc: GemmDesc, core, op, g, m0, m1, n0, n1, k0, k1, a, b, acc, firs
     acc_sm, acc_sn = (acc_sm if mt > 1 else 0), (acc_sn if nt > 1 else 0)
     b_sk, b_sn = (b_sk if kt > 1 else 0), (b_sn if nt > 1 else 0)
     aux = isa.DT[desc.dtype] | (0 if first else isa.ACCUMULATE)
+    if desc.integer:
+        aux |= isa.DT[desc.b_dtype or desc.dtype] << isa.B_DTYPE_SHIFT
     if desc.conv is not None:
         _, _, r0, rows = patch_rows(desc, m0, m1)
         return make(isa.MATMUL, core, op, wait, sig, aux | isa.WINDOW, a=a, b=b, acc=acc, m=mt, n=nt, k=kt,
@@ -478,21 +400,23 @@ def _epilogue(desc: GemmDesc, core, op, mt, nt, acc, operand_slots) -> list[Inst
     """The vector steps over one accumulator tile, in place; the last one writes the output dtype."""
     shape = (1, 1, nt, mt) if desc.conv is not None else (1, 1, mt, nt)
     steps = list(desc.steps) or [("copy", 0.0, 0.0, 0.0, None)]  # the accumulator to the output dtype
+    acc_dt = desc.acc_dtype
     out, t = [], 0
     for idx, (fn, i0, i1, i2, operand) in enumerate(steps):
-        dst_dt = desc.out_dtype if idx == len(steps) - 1 else "f32"
-        src1, src1_dt, mask1 = isa.NONE, None, 0
-        if operand is not None:
-            buf, offs, dtype, sm, sn, simg = operand
-            src1, src1_dt = operand_slots[t], dtype
+        dst_dt = desc.out_dtype if idx == len(steps) - 1 else acc_dt
+        srcs, dts, masks = [acc], [dst_dt, acc_dt], [0, 0]
+        for buf, offs, dtype, sm, sn, simg in step_views(operand):
+            srcs.append(operand_slots[t])
+            dts.append(dtype)
             t += 1
             m_b, n_b = not (sm or simg), not sn
             # dims 2 and 3 of the tile are (n, m) for a conv, (m, n) otherwise
-            mask1 = ((4 if n_b else 0) | (8 if m_b else 0)) if desc.conv is not None else \
+            mask = ((4 if n_b else 0) | (8 if m_b else 0)) if desc.conv is not None else \
                 ((4 if m_b else 0) | (8 if n_b else 0))
-            mask1 &= (4 if shape[2] > 1 else 0) | (8 if shape[3] > 1 else 0)  # no mask on a dim of size 1
-        out.append(make(isa.VECTOR, core, op, 0, 0, isa.VFN[fn], dst=acc, src0=acc, src1=src1, src2=isa.NONE,
-                        src3=isa.NONE, n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3],
-                        bcast=isa.pack_masks([0, 0, mask1]), dtypes=isa.pack_dtypes([dst_dt, "f32", src1_dt]),
+            masks.append(mask & ((4 if shape[2] > 1 else 0) | (8 if shape[3] > 1 else 0)))  # none on a dim of 1
+        srcs += [isa.NONE] * (4 - len(srcs))
+        out.append(make(isa.VECTOR, core, op, 0, 0, isa.VFN[fn], dst=acc, src0=srcs[0], src1=srcs[1], src2=srcs[2],
+                        src3=srcs[3], n0=shape[0], n1=shape[1], n2=shape[2], n3=shape[3],
+                        bcast=isa.pack_masks(masks), dtypes=isa.pack_dtypes(dts),
                         imm0=isa.f32_bits(i0), imm1=isa.f32_bits(i1), imm2=isa.f32_bits(i2)))
     return out

@@ -83,7 +83,9 @@ OPCODES = {
                                    "sstride", "rows", "dstride")),
     # acc[g, m, n] (+)= sum_k A[g, m, k] * B[g, k, n]: operands at SRAM byte addresses with element
     # strides, the float32 accumulator too; aux: dtype | accumulate << 4 | window << 5. In window mode A
-    # is not stored: the feeder reads it as im2col of an input patch at `a` (see WINDOW_FIELDS)
+    # is not stored: the feeder reads it as im2col of an input patch at `a` (see WINDOW_FIELDS).
+    # Integer operands (dtype i8 or u8): aux bits 8-11 hold B's dtype (i8 or u8), the accumulator is
+    # int32 and exact (see INT_DTYPES); float operands leave those bits zero
     MATMUL: ("mm", "matrix", ("a", "b", "acc", "m", "n", "k", "a_sm", "a_sk", "b_sk", "b_sn", "acc_sm", "acc_sn",
                               "g", "a_sg", "b_sg", "acc_sg")),
     # dst := fn(src0..src3, imm0..imm2) over an n0 x n1 x n2 x n3 tile, every operand dense in SRAM
@@ -93,7 +95,9 @@ OPCODES = {
     VECTOR: ("vec", "vector", ("dst", "src0", "src1", "src2", "src3", "n0", "n1", "n2", "n3", "bcast", "dtypes",
                                "imm0", "imm1", "imm2", "arg")),
     # sets the window registers of one unit of a core (aux 0: the matrix feeder, 1: the vector unit):
-    # kernel, strides, dilations, pads, input and output extents; flags bit 0: pads count in averages
+    # kernel, strides, dilations, pads, input and output extents; flags bit 0: pads count in averages;
+    # for the matrix feeder, flags bits 8-15: the byte a padding tap reads (an integer conv's input zero
+    # point, in A's dtype; zero unless the window reads padding)
     CONFIG: ("cfg", "matrix", ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "h", "w", "oh", "ow",
                                "flags")),
     BARRIER: ("barrier", "all", ()),
@@ -117,6 +121,11 @@ CH = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
 ACCUMULATE = 1 << 4
 WINDOW = 1 << 5
+#: integer MATMUL operands (exact int32 accumulation); B's dtype code sits at aux bit B_DTYPE_SHIFT
+INT_DTYPES = ("i8", "u8")
+B_DTYPE_SHIFT = 8
+#: the matrix feeder's CONFIG flags bits holding the pad byte
+PAD_SHIFT = 8
 
 #: vector functions (the aux field of VECTOR): name -> (cost class, operands read, work per element).
 #: Work multiplies the tile's element count in the timing model (a window function's work per
@@ -165,6 +174,11 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     # elements along dim 3 (4-bit weights' blocks)
     "quant": ("mul", 2, 1.0),  # saturate(round_half_even(src0 / src1) + src2)
     "dequant": ("mul", 2, 1.0),  # (src0 - src2) * src1
+    # integer datapath (sim/intvec.py): requant: dst (i8/u8) := saturate(round_half_even((src0 + src1) * src2 /
+    # 2^imm1) + imm0) from an int32 accumulator src0, int32 offsets src1 and Q31 multipliers src2 (one right
+    # shift imm1 for the tile); iadd: dst (i32) := src0 + src1 (int32, wrapping); requant_f32: as requant with
+    # float32 scales src2, saturate(nearbyint(f32(src0 + src1) * src2) + imm0)
+    "requant": ("mul", 3, 1.0), "iadd": ("alu", 2, 1.0), "requant_f32": ("mul", 3, 1.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}
@@ -304,6 +318,8 @@ class Instr:
             parts.append(f"eb={_eb(self.aux & 0xF)} it={_dt(self.aux >> 4 & 0xF)}")
         elif self.opcode == MATMUL:
             parts.append(f"dt={_dt(self.aux & 0xF)} accum={self.aux >> 4 & 1} win={self.aux >> 5 & 1}")
+            if self.aux >> B_DTYPE_SHIFT:
+                parts.append(f"bdt={_dt(self.aux >> B_DTYPE_SHIFT & 0xF)}")
         elif self.opcode == CONFIG:
             parts.append(f"unit={'vector' if self.aux & 1 else 'matrix'}")
         window = self.opcode == MATMUL and self.aux & WINDOW
@@ -336,6 +352,8 @@ class Instr:
             aux = _eb_code(kv["eb"]) | DT[kv["it"]] << 4
         elif opcode == MATMUL:
             aux = DT[kv["dt"]] | int(kv["accum"]) << 4 | int(kv["win"]) << 5
+            if "bdt" in kv:
+                aux |= DT[kv["bdt"]] << B_DTYPE_SHIFT
         elif opcode == CONFIG:
             aux = 1 if kv["unit"] == "vector" else 0
         else:

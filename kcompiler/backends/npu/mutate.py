@@ -227,7 +227,9 @@ class NpuMutator:
             return False
         elif old.opcode == isa.VECTOR:
             d = int(changed[0][1])
-            if sim._VSPEC[isa.VFN_NAMES[old.aux]].kind != "elementwise" or any(old.arg(f"n{e}") != 1 for e in range(d)):
+            # (the integer datapath's functions are elementwise too: each element from its own operands)
+            if sim._VSPEC[isa.VFN_NAMES[old.aux]].kind not in ("elementwise", "int") or \
+                    any(old.arg(f"n{e}") != 1 for e in range(d)):
                 return False
         elif old.opcode not in (isa.LOAD, isa.STORE, isa.COPY, isa.FILL):
             return False
@@ -370,7 +372,8 @@ def _mutate_aux(rng: random.Random, ins) -> int:
         if ins.opcode == isa.VECTOR:
             new = rng.randrange(len(isa.VFN_NAMES) + 2)
         elif ins.opcode == isa.MATMUL:
-            new = rng.choice([old ^ isa.ACCUMULATE, old ^ isa.WINDOW, (old & ~0xF) | rng.randrange(8)])
+            new = rng.choice([old ^ isa.ACCUMULATE, old ^ isa.WINDOW, (old & ~0xF) | rng.randrange(8),
+                              (old & ~(0xF << isa.B_DTYPE_SHIFT)) | rng.randrange(8) << isa.B_DTYPE_SHIFT])
         elif ins.opcode == isa.GATHER:
             new = rng.choice([(old & ~0xF) | rng.randrange(8), (old & 0xF) | rng.randrange(8) << 4])
         elif ins.opcode == isa.CONFIG:

@@ -34,7 +34,8 @@ from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
 
 #: the chip-table name of an instruction dtype (spec.array.dtypes keys)
-CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "f8e4m3": "fp8", "f8e5m2": "fp8"}
+CHIP_DTYPE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8", "f8e4m3": "fp8",
+              "f8e5m2": "fp8"}
 
 
 @dataclass(slots=True)

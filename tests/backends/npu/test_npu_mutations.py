@@ -117,3 +117,37 @@ def test_wider_dma_elements_are_neutral_only_between_runs_of_bytes():
             assert o.result in ("detected", "neutral"), (o.where, o.why)
             seen.add(o.result)
     assert "detected" in seen
+
+
+def _int8_model(case, tmp_path):
+    """A quantised conv net (QLinearConv with stride, groups and padding read as the input zero point,
+    QGemm) or a quantised MatMul pair (QLinearMatMul), by ONNX Runtime's quantize_static."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType
+    from test_int8 import conv_net, quantised
+
+    if case == "conv":
+        model, shapes = conv_net(stride=2, group=2)
+        return quantised(model, tmp_path, shapes, QuantType.QUInt8)
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((24, 40)) * 0.2).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((40, 16)) * 0.2).astype(np.float32), "w2")]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("MatMul", ["r", "w2"], ["y"])], "mm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 24])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    return quantised(m, tmp_path, {"x": (2, 6, 24)}, QuantType.QInt8, name="mm")
+
+
+@pytest.mark.parametrize("case", ["conv", "matmul"])
+def test_int8_mutation_score(tmp_path, case):
+    """int8 programs (integer MATMULs, the pad byte, requant's tables and shift, quant/dequant) are
+    executed field by field too."""
+    prog, feeds = _program_and_feeds(_int8_model(case, tmp_path), "npu")
+    assert any(isa.DTYPES[ins.aux & 0xF] in isa.INT_DTYPES for ins in prog.data.instrs if ins.opcode == isa.MATMUL)
+    score = mutate.score_npu(prog, feeds, 100, seed=11)
+    bad = [o for o in score.outcomes if o.result in ("survived", "crash")]
+    assert score.ratio >= 0.99, [(o.kind, o.where, o.why[-300:]) for o in bad]
+    assert score.count("neutral") < 0.25 * len(score.outcomes)

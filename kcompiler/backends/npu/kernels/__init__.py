@@ -19,7 +19,7 @@ with conv and depthwise, attention.
 from __future__ import annotations
 
 # the GEMM family registers its lowerings with GemmKernel as its modules load (gemm.lowering_of)
-from kcompiler.backends.npu.kernels import conv, depthwise  # noqa: F401
+from kcompiler.backends.npu.kernels import conv, depthwise, qgemm  # noqa: F401
 from kcompiler.backends.npu.kernels.gemm import GemmKernel, epilogue_fits
 
 __all__ = ["GemmKernel", "epilogue_fits"]

@@ -18,8 +18,15 @@ IR_DTYPE = {ir.DataType.FLOAT: "f32", ir.DataType.FLOAT16: "f16", ir.DataType.BF
             ir.DataType.UINT8: "u8", ir.DataType.FLOAT8E4M3FN: "f8e4m3", ir.DataType.FLOAT8E5M2: "f8e5m2"}
 
 
+#: the integer GEMMs (kernels/qgemm.py): their values are int8/uint8 whatever their float scales
+INT_GEMMS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"})
+
+
 def value_dtype(node: ir.Node) -> str:
-    """The chip dtype name ('fp16', 'bf16', or 'fp32') of the float values a node moves."""
+    """The chip dtype name ('fp16', 'bf16', or 'fp32') of the float values a node moves ('int8' for
+    an integer GEMM)."""
+    if node.op_type in INT_GEMMS:
+        return "int8"
     for v in (*node.outputs, *node.inputs):
         if v is not None and v.dtype in FLOATS:
             return _CHIP_DTYPE.get(v.dtype, "fp32")

@@ -19,7 +19,7 @@ class ConvKernel(GemmKernel, lowers="Conv"):
 
     def _init_dims(self):
         node = self.node
-        xs, ws, ys = shape(node.inputs[0]), shape(node.inputs[1]), shape(self.out)
+        xs, ws, ys = shape(node.inputs[0]), shape(node.inputs[self.w_index]), shape(self.out)
         g = a_int(node, "group", 1)
         kh, kw = ws[2], ws[3]
         st = a_ints(node, "strides", [1, 1])

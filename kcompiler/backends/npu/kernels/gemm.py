@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Cost
+from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.emit import GemmDesc, emit_gemm, split_range
 from kcompiler.backends.npu.kernels.attrs import IR_DTYPE, a_float, a_int, shape
 from kcompiler.backends.npu.kernels.codegen import Codegen, Layout, contiguous
@@ -50,10 +51,14 @@ def base_op(node: ir.Node) -> str:
     return node.op_type.removeprefix("Fused") if node.domain == "kcompiler" else node.op_type
 
 
+#: inputs of the integer GEMMs (kernels/qgemm.py), all of them the base op's
+QUANT_ARITY = {"QLinearConv": 9, "QLinearMatMul": 8, "QGemm": 9, "MatMulInteger": 4, "ConvInteger": 4}
+
+
 def base_arity(op: str) -> int:
     """How many inputs of a GEMM-like node belong to its base op `op`; a fused node's further
     inputs are its epilogue's operands."""
-    return BASE_ARITY[op]
+    return BASE_ARITY[op] if op in BASE_ARITY else QUANT_ARITY[op]
 
 
 def lowering_of(node: ir.Node) -> str:
@@ -81,6 +86,8 @@ class GemmKernel(Kernel, metaclass=abc.ABCMeta):
     kind = "gemm"
     #: a depthwise conv (depthwise.py) runs on the vector unit, not the array
     depthwise = False
+    #: the input holding B (the weights): 1, or 3 for the QLinear ops (x, x_scale, x_zero_point, w, ...)
+    w_index = 1
 
     def __new__(cls, node: ir.Node | None = None, spec=None):
         if cls is GemmKernel and node is not None:
@@ -169,15 +176,18 @@ class GemmKernel(Kernel, metaclass=abc.ABCMeta):
 
     def desc(self, cg: Codegen) -> GemmDesc:
         node = self.node
-        a_v, b_v = node.inputs[0], node.inputs[1]
+        a_v, b_v = node.inputs[0], node.inputs[self.w_index]
         A, B, Y = cg.layout(a_v), cg.layout(b_v), cg.layout(self.out)
-        if A.dtype != B.dtype:
+        if A.dtype != B.dtype and not (A.dtype in isa.INT_DTYPES and B.dtype in isa.INT_DTYPES):
             raise LoweringError(f"'{node.name}': A is {A.dtype} and B {B.dtype}")
         a, b, out, conv = self._views(A, B, Y)
         steps = []
         for fn, imms, operand in self._step_list(cg):
-            steps.append((fn, float(imms[0]), float(imms[1]), float(imms[2]),
-                          None if operand is None else self._operand_view(cg, operand, Y)))
+            if isinstance(operand, list):  # a step reading several operands (requant's tables)
+                view = tuple(self._operand_view(cg, o, Y) for o in operand)
+            else:
+                view = None if operand is None else self._operand_view(cg, operand, Y)
+            steps.append((fn, float(imms[0]), float(imms[1]), float(imms[2]), view))
         cores = []
         for gr, mr, nr in self.per_core:
             t = self.tiling(gr, mr, nr)
@@ -185,7 +195,12 @@ class GemmKernel(Kernel, metaclass=abc.ABCMeta):
             if conv is not None and tk % (conv[0] * conv[1]) and tk != self.k:
                 raise LoweringError(f"'{node.name}': a K tile of {tk} is not whole channels")
             cores.append((gr[0], gr[1], mr[0], mr[1], nr[0], nr[1], t.tm, t.tn, tk, 0 if t.order == "mnk" else 1))
-        return GemmDesc(A.dtype, Y.dtype, self.g, self.m, self.n, self.k, a, b, out, conv, tuple(cores), tuple(steps))
+        return GemmDesc(A.dtype, Y.dtype, self.g, self.m, self.n, self.k, a, b, out, conv, tuple(cores), tuple(steps),
+                        *self._int_fields(B))
+
+    def _int_fields(self, B: Layout) -> tuple:
+        """(b_dtype, pad) of the desc: those of an integer GEMM (qgemm.py); a float one has none."""
+        return ()
 
     @abc.abstractmethod
     def _views(self, A: Layout, B: Layout, Y: Layout):
@@ -239,7 +254,7 @@ class MatMulKernel(GemmKernel, lowers="MatMul"):
     def _init_dims(self):
         node = self.node
         self.fold_m = False
-        a, b = shape(node.inputs[0]), shape(node.inputs[1])
+        a, b = shape(node.inputs[0]), shape(node.inputs[self.w_index])
         self.m, self.k, self.n = a[-2], a[-1], b[-1]
         if len(b) == 2:
             self.g = 1
@@ -291,7 +306,7 @@ class GemmOpKernel(GemmKernel, lowers="Gemm"):
 
     def _init_dims(self):
         node = self.node
-        a, b = shape(node.inputs[0]), shape(node.inputs[1])
+        a, b = shape(node.inputs[0]), shape(node.inputs[self.w_index])
         ta, tb = a_int(node, "transA", 0), a_int(node, "transB", 0)
         self.g = 1
         self.m, self.k = (a[1], a[0]) if ta else (a[0], a[1])

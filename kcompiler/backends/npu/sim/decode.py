@@ -11,8 +11,9 @@ from kcompiler.backends.npu.sim.data import ProgramData
 from kcompiler.backends.npu.sim.faults import _Bad, _Fault
 from kcompiler.backends.npu.sim.lowbit import LOWBIT_FNS, lowbit_accesses
 from kcompiler.backends.npu.sim.memory import Access, _read
-from kcompiler.backends.npu.sim.vector_spec import _VSPEC
-from kcompiler.backends.npu.sim.window import Window, _window_cols, _window_rows
+from kcompiler.backends.npu.sim.intvec import RANGE
+from kcompiler.backends.npu.sim.vector_spec import _VSPEC, INT_DTYPE_RULES
+from kcompiler.backends.npu.sim.window import Window, _window_cols, _window_rows, reads_pad
 from kcompiler.errors import PartitionFault
 
 
@@ -41,6 +42,23 @@ def _canonical_strides(shape, strides, what: str) -> None:
         if n == 1 and s != 0:
             raise _Bad(f"{what} stride of dim {d} is {s}, but the dim has size 1 (reserved: must be 0)")
 
+
+def _check_int_dtypes(fn: str, f: dict, names: list[str], srcs: list[int]) -> None:
+    """An integer-datapath VECTOR's operand dtypes (INT_DTYPE_RULES), the zero point's dtype that of
+    the quantised side, and requant's zero point immediate an integer in the output's range."""
+    rule = INT_DTYPE_RULES[fn]
+    for i, allowed in enumerate(rule):
+        if (i == 0 or srcs[i - 1] != NONE) and names[i] not in allowed:
+            raise _Bad(f"operand {i - 1 if i else 'dst'} of {fn} is {names[i]}, not one of {allowed}")
+    if fn in ("requant", "requant_f32"):
+        zp = isa.bits_f32(f["imm0"])
+        lo, hi = RANGE[names[0]]
+        if not (zp == int(zp) and lo <= zp <= hi):
+            raise _Bad(f"an output zero point of {zp} is not an integer of {names[0]}")
+    if fn == "requant":
+        r = isa.bits_f32(f["imm1"])
+        if not (r == int(r) and 1 <= r <= 62):
+            raise _Bad(f"a requantisation shift of {r} bits (an integer 1..62)")
 
 
 class Decoder:
@@ -145,21 +163,31 @@ class Decoder:
             if ins.aux & ~1:
                 raise _Bad("reserved bits of aux are set")
             w = Window.of(ins)
-            if ins.aux == 0 and (w.pb or w.pr or w.flags):
-                raise _Bad("the matrix feeder's window reads no bottom/right pads or flags (reserved: must be 0)")
+            if ins.aux == 0 and (w.pb or w.pr or w.flags & ~(0xFF << isa.PAD_SHIFT)):
+                raise _Bad("the matrix feeder's window reads no bottom/right pads or flags but its pad byte "
+                           "(reserved: must be 0)")
+            if ins.aux == 1 and w.flags & ~1:
+                raise _Bad(f"unknown window flags {w.flags:#x}")
             self.windows[(core, ins.aux)] = w
             return []
         raise _Bad(f"unknown opcode {oc}")
 
     def _matmul(self, ins: Instr, core: int, f: dict) -> list[Access]:
-        if ins.aux & ~0x3F:
+        if ins.aux & ~(0x3F | 0xF << isa.B_DTYPE_SHIFT):
             raise _Bad("reserved bits of aux are set")
         dt = _dt(ins.aux & 0xF)
-        if dt not in isa.ARRAY_DTYPES:
-            raise _Bad(f"the array multiplies float or FP8 operands, not {dt}")
+        integer = dt in isa.INT_DTYPES
+        if dt not in isa.ARRAY_DTYPES and not integer:
+            raise _Bad(f"the array multiplies float, FP8 or i8/u8 operands, not {dt}")
+        bdt = _dt(ins.aux >> isa.B_DTYPE_SHIFT & 0xF) if integer else dt
+        if integer and bdt not in isa.INT_DTYPES:
+            raise _Bad(f"an integer MATMUL's B is i8 or u8, not {bdt}")
+        if not integer and ins.aux >> isa.B_DTYPE_SHIFT:
+            raise _Bad("a float MATMUL's B has A's dtype (aux bits 8-11 reserved: must be 0)")
         m, n, k, g = f["m"], f["n"], f["k"], f["g"]
-        acc = self.sram(core, f["acc"], "f32", (g, m, n), (f["acc_sg"], f["acc_sm"], f["acc_sn"]), True)
-        b = self.sram(core, f["b"], dt, (g, k, n), (f["b_sg"], f["b_sk"], f["b_sn"]), False)
+        acc = self.sram(core, f["acc"], "i32" if integer else "f32", (g, m, n),
+                        (f["acc_sg"], f["acc_sm"], f["acc_sn"]), True)
+        b = self.sram(core, f["b"], bdt, (g, k, n), (f["b_sg"], f["b_sk"], f["b_sn"]), False)
         out = [b]
         if ins.aux & ACCUMULATE:
             out.append(_read(acc))
@@ -175,6 +203,8 @@ class Decoder:
             if g != 1:
                 raise _Bad("a window MATMUL has one group")
             taps = w.kh * w.kw
+            if w.flags >> isa.PAD_SHIFT and not (integer and reads_pad(w)):
+                raise _Bad("the feeder's pad byte is reserved (must be 0) unless an integer window reads padding")
             if k % taps:
                 raise _Bad(f"K = {k} is not a whole number of channels of {taps} taps")
             p0, r0, rows = f["a_sm"], f["a_sk"], f["a_sg"]
@@ -236,6 +266,9 @@ class Decoder:
         names = [_dt(x) for x in dtypes]
         if fn in LOWBIT_FNS:  # the quantisation functions read and write integer and FP8 operands
             return lowbit_accesses(self, ins, core, f, shape, masks, axes, names, srcs)
+        if fn in INT_DTYPE_RULES:
+            _check_int_dtypes(fn, f, names, srcs)
+            return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         for i in range(5):
             if (i == 0 or srcs[i - 1] != NONE) and names[i] not in isa.FLOAT_DTYPES and not (
                     fn == "attn_step" and i == 2 and names[i] == "u8"):  # a boolean mask

@@ -48,17 +48,19 @@ class WindowCols:
     _cache: dict = {}
 
     @classmethod
-    def of(cls, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int) -> "WindowCols":
-        key = (w, p0, m, k, ylo, xlo)
+    def of(cls, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int, pad: float = 0.0) -> "WindowCols":
+        key = (w, p0, m, k, ylo, xlo, pad)
         hit = cls._cache.get(key)
         if hit is None:
             if len(cls._cache) > 4096:
                 cls._cache.clear()
-            hit = cls._cache[key] = cls(w, p0, m, k, ylo, xlo)
+            hit = cls._cache[key] = cls(w, p0, m, k, ylo, xlo, pad)
         return hit
 
-    def __init__(self, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int):
+    def __init__(self, w: "Window", p0: int, m: int, k: int, ylo: int, xlo: int, pad: float = 0.0):
         self.c, self.kh, self.kw, self.m, self.k = k // (w.kh * w.kw), w.kh, w.kw, m, k
+        #: what a tap outside the image reads (an integer conv's input zero point; else 0)
+        self.pad = pad
         P = w.oh * w.ow
         img0 = p0 // P
         #: per image segment: (box image, pixels [lo, hi) of A, output rows [oh0, oh1), first pixel in
@@ -99,13 +101,13 @@ class WindowCols:
                     x = x[:, first // ow:, first % ow:]
                     return np.lib.stride_tricks.as_strided(x, (self.k, self.m), (x.strides[0], e),
                                                            writeable=False).T
-        out = np.zeros((self.c, self.kh, self.kw, self.m), F32)
+        out = np.full((self.c, self.kh, self.kw, self.m), self.pad, F32)
         if box is not None:
             for img, lo, hi, oh0, oh1, first, ow, taps in self.segments:
                 whole = first == 0 and (hi - lo) == (oh1 - oh0) * ow
                 # whole output rows: write the taps straight into A; else through the rows they cover
                 rows = out[..., lo:hi].reshape(self.c, self.kh, self.kw, oh1 - oh0, ow) if whole else \
-                    np.zeros((self.c, self.kh, self.kw, oh1 - oh0, ow), F32)
+                    np.full((self.c, self.kh, self.kw, oh1 - oh0, ow), self.pad, F32)
                 x = box[img]
                 for i, j, dr, dc, sr, sc in taps:
                     rows[:, i, j, dr, dc] = x[:, sr, sc]

@@ -15,10 +15,9 @@ from kcompiler.backends.npu.isa import (ACCUMULATE, BARRIER, CONFIG, COPY, DTYPE
 from kcompiler.backends.npu.sim.data import F32, NP_DTYPES
 from kcompiler.backends.npu.sim.decode import Decoder
 from kcompiler.backends.npu.sim.faults import _Bad, _fail
-from kcompiler.backends.npu.sim.matrix import matmul_into
 from kcompiler.backends.npu.sim.memory import Access, _dense_access, byte_view, strided
 from kcompiler.backends.npu.sim.vector import attn_step, vector_result
-from kcompiler.backends.npu.sim.walk import Machine, gather_rows, matmul_operands
+from kcompiler.backends.npu.sim.walk import Machine, gather_rows, matmul_operands, product_into
 
 
 class _Lazy:
@@ -221,12 +220,13 @@ class Replay:
             self._read(accs[1])
         accv = self._write(acc)
         accumulate = bool(ins.aux & ACCUMULATE)
+        product = product_into(ins)
         if win is not None:
-            def f(av=av, bv=bv, accv=accv, cols=win, accumulate=accumulate):
-                matmul_into(cols(av)[None], bv, accv, accumulate)
+            def f(av=av, bv=bv, accv=accv, cols=win, accumulate=accumulate, product=product):
+                product(cols(av)[None], bv, accv, accumulate)
         else:
-            def f(av=av, bv=bv, accv=accv, accumulate=accumulate):
-                matmul_into(av, bv, accv, accumulate)
+            def f(av=av, bv=bv, accv=accv, accumulate=accumulate, product=product):
+                product(av, bv, accv, accumulate)
         self.steps.append([i, f, True])
 
     def _plan_vector(self, i: int, ins: Instr, accs: list[Access], dec: Decoder) -> None:

@@ -66,7 +66,18 @@ class _VSpec:
             return _attn_step_accesses(sram, f, shape, masks, axes, dt, srcs)
         if k == "attn_final":
             return _attn_final_accesses(sram, f, shape, masks, axes, dt, srcs)
+        if k == "int":
+            return self._integer(sram, f, shape, masks, srcs)
         raise AssertionError(k)
+
+    def _integer(self, sram, f, shape, masks, srcs) -> list[Access]:
+        """An integer-datapath function (sim/intvec.py): elementwise, its optional operand may be absent."""
+        dst_shape = _masked(shape, masks[0])
+        if masks[0] or masks[1]:
+            raise _Bad("the data operand and destination of a quantising function are not broadcast")
+        ins_ = [sram(i + 1, srcs[i], _masked(shape, masks[i + 1])) for i in range(self.n)
+                if not (i in self.optional and srcs[i] == NONE)]
+        return ins_ + [sram(0, f["dst"], dst_shape, True)]
 
     def _elementwise(self, sram, f, shape, masks, srcs) -> list[Access]:
         """An elementwise function: its operands broadcast to the destination's shape."""
@@ -190,5 +201,15 @@ _VSPEC.update({
     # the quantisation functions (sim/lowbit.py decodes and computes them)
     "quant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
     "dequant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
+    # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
+    "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
+    "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
 })
+_I8 = ("i8", "u8")
+#: the operand dtypes (destination first, then src0..) an integer-datapath function takes
+INT_DTYPE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "requant": (_I8, ("i32",), ("i32",), ("i32",)),
+    "requant_f32": (_I8, ("i32",), ("i32",), ("f32",)),
+    "iadd": (("i32",), ("i32",), ("i32",)),
+}
 assert set(_VSPEC) == set(isa.VFN_NAMES), set(isa.VFN_NAMES) ^ set(_VSPEC)

@@ -13,7 +13,8 @@ from kcompiler.backends.npu.sim.faults import _Bad, _fail
 from kcompiler.backends.npu.sim.matrix import WindowCols, matmul_into
 from kcompiler.backends.npu.sim.memory import Access, data_view
 from kcompiler.backends.npu.sim.vector import attn_step, vector_result
-from kcompiler.backends.npu.sim.window import _window_cols, _window_rows
+from kcompiler.backends.npu.sim.intvec import imatmul_into
+from kcompiler.backends.npu.sim.window import _window_cols, _window_rows, pad_value
 from kcompiler.errors import ExecutionError
 
 
@@ -84,7 +85,7 @@ def execute(ins: Instr, accs: list[Access], view, dec: Decoder) -> None:
         a = op[1](view(op[0]) if op[0] is not None else None) if op[1] is not None else view(op[0])
         if op[1] is not None:
             a = a[None]
-        matmul_into(a, view(op[2]), view(op[3]), bool(ins.aux & ACCUMULATE))
+        product_into(ins)(a, view(op[2]), view(op[3]), bool(ins.aux & ACCUMULATE))
     elif oc == VECTOR:
         fn = isa.VFN_NAMES[ins.aux]
         f = ins.fields()
@@ -119,5 +120,11 @@ def matmul_operands(ins: Instr, accs: list[Access], dec: Decoder):
         f = ins.fields()
         _, _, ylo, _ = _window_rows(w, f["a_sm"], f["m"])
         cols = _window_cols(w)
-        return a, WindowCols.of(w, f["a_sm"], f["m"], f["k"], ylo, cols[0] if cols else 0), b, acc
+        pad = pad_value(w, isa.DTYPES[ins.aux & 0xF])
+        return a, WindowCols.of(w, f["a_sm"], f["m"], f["k"], ylo, cols[0] if cols else 0, pad), b, acc
     return a, None, b, acc
+
+
+def product_into(ins: Instr):
+    """The array's product of a MATMUL: exact int32 for integer operands, else float32."""
+    return imatmul_into if isa.DTYPES[ins.aux & 0xF] in isa.INT_DTYPES else matmul_into

@@ -46,9 +46,21 @@ class Window:
             if lo > hi:
                 raise _Bad(f"a window of {k} taps (dilation {d}, stride {s}, pad {pad}) over {size} input {dim} "
                            f"cannot give {out} outputs")
-        if w.flags & ~1:
+        if w.flags & ~(1 | 0xFF << 8):
             raise _Bad(f"unknown window flags {w.flags:#x}")
         return w
+
+
+def reads_pad(w: Window) -> bool:
+    """Whether some tap of some output of the window falls outside the input (reads padding)."""
+    return (w.pt > 0 or w.pl > 0 or (w.oh - 1) * w.sh - w.pt + (w.kh - 1) * w.dh >= w.h
+            or (w.ow - 1) * w.sw - w.pl + (w.kw - 1) * w.dw >= w.w)
+
+
+def pad_value(w: Window, dtype: str) -> float:
+    """The value a padding tap of the matrix feeder reads: the CONFIG's pad byte in A's dtype."""
+    b = w.flags >> 8 & 0xFF
+    return float(b - 256 if dtype == "i8" and b >= 128 else b)
 
 
 def _window_rows(w: Window, p0: int, m: int) -> tuple[int, int, int, int]:

@@ -1,0 +1,141 @@
+"""INT8 programs against ONNX Runtime: how many output elements of a quantised model run on the NPU
+equal ORT's on CPU, and the largest difference in quantisation steps.
+
+    python benchmarks/int8_agreement.py [--models resnet50,bert-stack] [--targets warboy,atom]
+                                        [--act int8|uint8] [--calib 8]
+
+resnet50: the zoo's resnet50 with seeded random weights (zoo.with_random_weights), pre-processed by
+onnxruntime.quantization.shape_inference.quant_pre_process (BatchNormalization folded into the
+convolutions; without it each BatchNormalization runs in float between DequantizeLinear and
+QuantizeLinear, where float rounding differences flip quantised values) and quantised by
+onnxruntime.quantization.quantize_static (QOperator, per-channel int8 weights) on --calib random
+images. bert-stack: a bert-tiny-like stack of QLinearMatMuls (4 layers of hidden 128, FFN 512, 128
+tokens). Every integer GEMM is pinned to the NPU (QLinearAdd and QLinearGlobalAveragePool, ORT
+contrib ops, run on the host). uint8 activations are quantised with reduce_range (ORT's x86 U8S8
+kernels saturate int16 pair sums otherwise: ORT itself is then off by tens of steps). int8 activations
+meet the same saturation in ORT (MLAS without VNNI widens them to u8 and runs the U8S8 kernel) where two
+neighbouring products are both large: --reduce-range gives a reference ORT computes exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KC_NPU_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
+
+import kcompiler  # noqa: E402
+from kcompiler.zoo import with_random_weights  # noqa: E402
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, name, shape, n, seed=0):
+        rng = np.random.default_rng(seed)
+        self.data = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)])
+
+    def get_next(self):
+        return next(self.data, None)
+
+
+def bert_stack(path, layers=4, hidden=128, ffn=512, seq=128, seed=0):
+    """Per layer: x @ Wq, x @ Wo (attention's projections without the softmax), x @ W1 -> Relu -> @ W2,
+    residual Adds: the GEMMs of bert-tiny at its sizes."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "x"
+    for i in range(layers):
+        def w(name, k, n):
+            inits.append(numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), name))
+            return name
+        nodes += [helper.make_node("MatMul", [x, w(f"wq{i}", hidden, hidden)], [f"q{i}"]),
+                  helper.make_node("MatMul", [f"q{i}", w(f"wo{i}", hidden, hidden)], [f"o{i}"]),
+                  helper.make_node("Add", [x, f"o{i}"], [f"a{i}"]),
+                  helper.make_node("MatMul", [f"a{i}", w(f"w1{i}", hidden, ffn)], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", w(f"w2{i}", ffn, hidden)], [f"f{i}"]),
+                  helper.make_node("Add", [f"a{i}", f"f{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    g = helper.make_graph(nodes, "bert_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, hidden])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, hidden])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.save(m, path)
+    return path, "x", (1, seq, hidden)
+
+
+def quantise(src, dst, name, shape, n, act, reduce_range=None):
+    """ONNX Runtime's pre-processing (shape inference, its graph optimisations: BatchNormalization folded
+    into the convolutions, as a deployed model has it) and quantize_static."""
+    pre = dst.replace(".onnx", ".pre.onnx")
+    quant_pre_process(src, pre)
+    quantize_static(pre, dst, Reader(name, shape, n), quant_format=QuantFormat.QOperator, per_channel=True,
+                    activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, reduce_range=act == "uint8" if reduce_range is None else reduce_range)
+    return dst
+
+
+def agreement(path, target, seed=0):
+    m = onnx.load(path, load_external_data=False)
+    inits = {i.name: i for i in m.graph.initializer}
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"][-1]
+    step = float(numpy_helper.to_array(inits[dq.input[1]]).reshape(-1)[0])
+    t0 = time.perf_counter()
+    cm = kcompiler.compile(path, target=target, place={"*": "npu"})
+    t1 = time.perf_counter()
+    feeds = cm.random_inputs(seed)
+    got = cm.run(feeds, simulate=False)
+    t2 = time.perf_counter()
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    eq = sum(int(np.sum(got[k] == r)) for k, r in ref.items())
+    n = sum(r.size for r in ref.values())
+    worst = max(float(np.abs(got[k].astype(np.float64) - r).max()) for k, r in ref.items()) / step
+    host_gemms = sum(1 for p in cm.parts if p.device == "host" for nd in p.nodes
+                     if nd.op_type in ("QLinearConv", "QLinearMatMul", "QGemm"))
+    return eq / n, worst, n, host_gemms, t1 - t0, t2 - t1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="resnet50,bert-stack")
+    ap.add_argument("--targets", default="warboy,atom")
+    ap.add_argument("--act", default="int8", choices=("int8", "uint8"))
+    ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="7-bit weights (quantize_static's reduce_range): ORT's own x86 kernels without VNNI are "
+                         "then exact (their int16 pair sums cannot saturate)")
+    args = ap.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="kc-int8-")
+    ok = True
+    for name in args.models.split(","):
+        if name == "resnet50":
+            src, inp, shape = with_random_weights("resnet50", os.path.join(tmp, "resnet50.onnx")), "input", None
+            shape = tuple(d.dim_value for d in onnx.load(src, load_external_data=False).graph.input[0].type
+                          .tensor_type.shape.dim)
+            inp = onnx.load(src, load_external_data=False).graph.input[0].name
+        else:
+            src, inp, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"))
+        q = quantise(src, os.path.join(tmp, f"{name}.int8.onnx"), inp, shape, args.calib, args.act,
+                     True if args.reduce_range else None)
+        for target in args.targets.split(","):
+            frac, steps, n, host, tc, tr = agreement(q, target)
+            ok &= frac >= 0.999 and steps <= 1.0 + 1e-6 and host == 0
+            print(f"{name} ({args.act} activations) on {target}: {100 * frac:.4f}% of {n} output elements equal "
+                  f"to ORT, max difference {steps:.3f} steps, {host} integer GEMMs on the host "
+                  f"[compile {tc:.0f} s, run {tr:.0f} s]", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
