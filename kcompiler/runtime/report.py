@@ -178,9 +178,10 @@ def device_dtypes(ops: list[OpRecord]) -> dict[str, dict[str, int]]:
 
 
 def emulation_notes(ops: list[OpRecord]) -> list[str]:
-    """One line per device whose GEMMs ran as emulations (OpRecord.dtype "fp32 as 10 int8 passes",
-    kcompiler.backends.npu.emulation): how many, their share of the device's MACs, and how to run at
-    the chip's own rate instead."""
+    """One line per device whose values were converted at its boundary (a PIM's DtypeConvert ops:
+    float32 to and from its bf16 or fp16), and one per device whose GEMMs ran as emulations
+    (OpRecord.dtype "fp32 as 10 int8 passes", kcompiler.backends.npu.emulation): how many, their
+    share of the device's MACs, and how to run at the chip's own rate instead."""
     macs: dict[str, int] = {}
     emu: dict[str, dict[str, list[int]]] = {}  # device -> array dtype -> [ops, MACs]
     for op in ops:
@@ -191,6 +192,16 @@ def emulation_notes(ops: list[OpRecord]) -> list[str]:
             x[0] += 1
             x[1] += op.macs
     out = []
+    conv: dict[str, dict[str, list]] = {}  # device -> direction -> [ops, seconds]
+    for op in ops:
+        if op.op_type == "DtypeConvert":
+            x = conv.setdefault(op.device, {}).setdefault(op.dtype, [0, 0.0])
+            x[0] += 1
+            x[1] += op.end_s - op.start_s
+    for dev, by in conv.items():
+        parts = ", ".join(f"{n} {d} ({s * 1e6:.3f} us)" for d, (n, s) in by.items())
+        out.append(f"{dev}: values cross its boundary in float32, its multipliers take another format: {parts}; "
+                   "each an explicit, charged DtypeConvert op")
     for dev, by in emu.items():
         for arr, (n, m) in by.items():
             out.append(f"{dev}: {n} GEMM{'s' if n != 1 else ''} emulated in {arr} passes "
