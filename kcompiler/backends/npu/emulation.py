@@ -19,26 +19,29 @@ Two families, from the literature:
   precision" (Henry, Tang, Heinecke, ARITH 2019, arXiv:1904.06376, abstract), so a two-term split
   holds 16 of float32's 24 bits and cannot be the float32 program the simulator computes; three
   terms (AMD's AI Engine guide, UG1603, emulates "an fp32 value ... using the sum of 3 bfloat16
-  values") with the six products of i + j <= 4 kept (Henry et al.'s bf16x6; bf16x3, two terms and
-  three products, is the cheaper, less accurate variant): 6 passes. float16 on bf16 (rngd): fp16's
-  11 significant bits need two bf16 terms, and both operands need both: 3 passes (hi*hi + hi*lo +
-  lo*hi; a 2-pass form would leave one operand at bf16 precision). bfloat16 on fp16 (atom): the
-  8-bit significand fits fp16's 11, one pass with a per-row power-of-two scaling for fp16's narrower
-  exponent range (our assumption: elements far below their row's largest are flushed).
+  values"; Henry et al.'s abstract: FP32 numbers decomposed "in several BF16 numbers") with the
+  six products of i + j <= 4 kept: 6 passes (the paper's "bf16x6" by our reading of it; "bf16x3",
+  two terms and three products, is the cheaper variant XNNPACK uses, which keeps ~16 bits).
+  float16 on bf16 (rngd): fp16's 11 significant bits need two bf16 terms, and both operands need
+  both: 3 passes (hi*hi + hi*lo + lo*hi; a 2-pass form would leave one operand at bf16 precision).
+  bfloat16 on fp16 (atom): the 8-bit significand fits fp16's 11, one pass with a per-row
+  power-of-two scaling for fp16's narrower exponent range (our assumption: elements far below
+  their row's largest are flushed).
 - **the Ozaki scheme on an integer array** (warboy, INT8 only): per-row (A) and per-column (B)
   power-of-two scaling, each operand split into s int8 slices of 7 bits, exact int32 products of
   the slices with i + j <= s + 1 kept: s(s+1)/2 passes (Ootomo, Ozaki, Yokota, "DGEMM on integer
   matrix multiplication unit", IJHPCA 2024, arXiv:2306.11975; Uchino, Ozaki, Imamura, SC'25,
-  arXiv:2508.03984, emulate SGEMM on INT8 engines with the CRT-based Ozaki scheme II instead, with
-  fewer products but a different pass structure; we model scheme I). float32's 24-bit significand
-  needs s = 4: 10 passes; float16 (11 bits) and bfloat16 (8 bits) s = 2: 3 passes. The pass counts
-  follow the brief's reading of these papers: the text we could retrieve (their abstracts) states
-  no pass count, so they are derived from the slice widths, not quoted.
+  arXiv:2508.03984, emulate SGEMM and DGEMM on INT8 engines, by a third-party summary of it with the
+  CRT-based Ozaki scheme II, arXiv:2504.08009, which splits no input and has another pass
+  structure; we model scheme I). float32's 24-bit significand needs s = 4: 10 passes; float16 (11
+  bits) and bfloat16 (8 bits) s = 2: 3 passes. The pass counts follow the brief's reading of these
+  papers: the text we could retrieve (their abstracts) states no pass count, so they are derived
+  from the slice widths, not quoted.
 
 When the array lists a float format, the float split is used even where int8 passes would be
 cheaper (atom: float32 as 3 fp16 passes at a quarter of the int8 rate): the float terms keep each
 element's own exponent, while the Ozaki slices share one exponent per row or column, so their
-accuracy depends on the rows' dynamic range (Ootomo et al. discuss this).
+accuracy depends on the rows' dynamic range.
 
 The simulator keeps computing an emulated GEMM in float32, the emulation's accuracy target: a
 modelling simplification (the emulation's own rounding is not modelled).

@@ -10,8 +10,8 @@ starts when every engine of every core has drained.
 Everything is read off the instructions' fields: the bytes a DMA moves are its block's
 elements times their dtype's size, a MATMUL's cycles are the systolic formula of its tile
 at the rate the chip lists for its operand dtype (an operand dtype the chip does not list: once per
-pass of the emulation emulation.charge gives, at the rate of the dtype the passes run at), a VECTOR's the vector unit's model over
-its tile (a window function's work per output is its CONFIG's taps). The same walk counts
+pass of the emulation emulation.charge gives, at the rate of the dtype the passes run at), a
+VECTOR's the vector unit's model over its tile (a window function's work per output is its CONFIG's taps). The same walk counts
 MACs, bytes and vector operations for the report.
 
 A segment whose instructions say exactly what an earlier segment's said about time (core,
