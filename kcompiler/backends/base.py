@@ -75,6 +75,9 @@ class OpEvent:
     engine: str = ""  # "" means the whole device; else e.g. "core0.matrix"
     #: where energy_j goes, for devices that know (CIM: dac, crossbar, adc, shift_add, digital, ...)
     energy_parts: dict[str, float] = field(default_factory=dict)
+    #: the dtype the op computed at: "int8", "fp16", "fp32 as 10 int8 passes" (an emulation in passes of
+    #: a dtype the chip lists), the vector unit's "fp32", a PIM's "bf16"; "" for ops that compute nothing
+    dtype: str = ""
 
 
 @dataclass
@@ -104,6 +107,7 @@ class OpRecord:
     bound: str = "compute"
     engine: str = ""
     energy_parts: dict[str, float] = field(default_factory=dict)
+    dtype: str = ""  # what it computed at (OpEvent.dtype)
 
 
 @dataclass

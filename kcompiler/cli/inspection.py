@@ -25,6 +25,26 @@ def _artifact_table(art) -> Table:
     return t
 
 
+def _dtype_table(cm) -> Table:
+    """Per device, the dtypes its ops compute at (OpEvent.dtype: "int8", "fp32 as 10 int8 passes", a PIM's
+    "bf16", its boundary conversions "fp32->bf16"), from each program's own timeline."""
+    counts: dict[str, Counter] = {}
+    for sub, prog in zip(cm.parts, cm.programs):
+        if getattr(prog, "spans_devices", False):
+            continue
+        for e in prog.simulate().ops:
+            if e.dtype:
+                counts.setdefault(sub.device, Counter())[e.dtype] += 1
+    t = Table(title="dtypes by device", caption="'as N passes': an emulation, every pass charged; 'a->b': a "
+                                                  "conversion at the device's boundary")
+    for col in ("device", "dtype", "ops"):
+        t.add_column(col, justify="right" if col == "ops" else "left")
+    for dev, c in counts.items():
+        for dtype, n in c.most_common():
+            t.add_row(dev, dtype, str(n))
+    return t
+
+
 @click.command("inspect")
 @click.argument("model")
 @click.option("--target", "-t", default="host", show_default=True, help=TARGET_HELP)
@@ -70,6 +90,7 @@ def inspect_cmd(model, target, asm, shape_specs, debug):
             pt.add_row(n.name, n.op_type, n.metadata_props.get(DEVICE_KEY, "host"),
                        n.metadata_props.get(REASON_KEY, ""))
         console.print(pt)
+    console.print(_dtype_table(cm))
     if asm:
         for sub, prog in zip(cm.parts, cm.programs):
             text = prog.asm()

@@ -17,7 +17,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import EngineSpan, Program, Subgraph
 from kcompiler.errors import ExecutionError, KCError
 from kcompiler.frontend.state import RESIDENT, pairs
-from kcompiler.runtime.report import OpRecord, Report, Transfer
+from kcompiler.runtime.report import OpRecord, Report, Transfer, emulation_notes
 from kcompiler.targets import System
 
 
@@ -134,7 +134,7 @@ class Executor:
             for e in tl.ops:
                 ops.append(OpRecord(e.name, e.op_type, dev, start + e.start_s, start + e.end_s, e.cycles,
                                     e.macs, e.dram_bytes, e.sram_bytes, e.energy_j, e.bound, e.engine,
-                                    dict(e.energy_parts)))
+                                    dict(e.energy_parts), e.dtype))
                 _add(energy_parts.setdefault(dev, {}), e.energy_parts)
                 energy += e.energy_j
                 dev_energy[dev] = dev_energy.get(dev, 0.0) + e.energy_j
@@ -167,6 +167,7 @@ class Executor:
             if note not in report.notes:
                 report.notes.append(note)
         report.ops = ops
+        report.notes.extend(n for n in emulation_notes(ops) if n not in report.notes)
         report.transfers = transfers
         report.energy_j = energy
         report.dram_bytes = dram

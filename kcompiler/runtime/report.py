@@ -124,7 +124,7 @@ class Report:
             events.append({"ph": "X", "name": label, "cat": op.op_type, "pid": pid, "tid": tid,
                            "ts": op.start_s * 1e6, "dur": max(op.end_s - op.start_s, 0.0) * 1e6,
                            "args": {"op_type": op.op_type, "cycles": op.cycles, "macs": op.macs,
-                                    "dram_bytes": op.dram_bytes, "bound": op.bound}})
+                                    "dram_bytes": op.dram_bytes, "bound": op.bound, "dtype": op.dtype}})
         for t in self.transfers:
             pid, tid = ids("links", f"{t.src}->{t.dst}")
             events.append({"ph": "X", "name": t.value, "cat": "transfer", "pid": pid, "tid": tid,
@@ -153,17 +153,61 @@ class Report:
         for r in rows:
             summary.add_row(*r)
         ops = Table(title=f"slowest {min(top, len(self.ops))} ops")
-        for col in ("op", "type", "device", "time (us)", "MACs", "DRAM B", "bound"):
+        for col in ("op", "type", "device", "dtype", "time (us)", "MACs", "DRAM B", "bound"):
             # names and types wrap whole (overflow "fold"), numbers never wrap
             ops.add_column(col, justify="right" if col in ("time (us)", "MACs", "DRAM B") else "left",
                            overflow="fold", no_wrap=col not in ("op", "type"))
         for op in sorted(self.ops, key=lambda o: o.end_s - o.start_s, reverse=True)[:top]:
-            ops.add_row(op.name, op.op_type, op.device, f"{(op.end_s - op.start_s) * 1e6:.2f}",
+            ops.add_row(op.name, op.op_type, op.device, op.dtype, f"{(op.end_s - op.start_s) * 1e6:.2f}",
                         f"{op.macs:,}", f"{op.dram_bytes:,}", op.bound)
         parts = [summary, ops]
         if self.notes:
             parts.append(Text("\n".join(f"note: {n}" for n in self.notes)))
         return Group(*parts)
+
+
+def device_dtypes(ops: list[OpRecord]) -> dict[str, dict[str, int]]:
+    """Per device, the dtypes its ops computed at and how many ops each ("" - ops that compute nothing -
+    left out), in the order they first appear: what `kc inspect` lists."""
+    out: dict[str, dict[str, int]] = {}
+    for op in ops:
+        if op.dtype:
+            d = out.setdefault(op.device, {})
+            d[op.dtype] = d.get(op.dtype, 0) + 1
+    return out
+
+
+def emulation_notes(ops: list[OpRecord]) -> list[str]:
+    """One line per device whose values were converted at its boundary (a PIM's DtypeConvert ops:
+    float32 to and from its bf16 or fp16), and one per device whose GEMMs ran as emulations
+    (OpRecord.dtype "fp32 as 10 int8 passes", kcompiler.backends.npu.emulation): how many, their
+    share of the device's MACs, and how to run at the chip's own rate instead."""
+    macs: dict[str, int] = {}
+    emu: dict[str, dict[str, list[int]]] = {}  # device -> array dtype -> [ops, MACs]
+    for op in ops:
+        macs[op.device] = macs.get(op.device, 0) + op.macs
+        if " as " in op.dtype and op.macs:
+            arr = op.dtype.split(" as ", 1)[1].split()[1]  # "fp32 as 10 int8 passes" -> "int8"
+            x = emu.setdefault(op.device, {}).setdefault(arr, [0, 0])
+            x[0] += 1
+            x[1] += op.macs
+    out = []
+    conv: dict[str, dict[str, list]] = {}  # device -> direction -> [ops, seconds]
+    for op in ops:
+        if op.op_type == "DtypeConvert":
+            x = conv.setdefault(op.device, {}).setdefault(op.dtype, [0, 0.0])
+            x[0] += 1
+            x[1] += op.end_s - op.start_s
+    for dev, by in conv.items():
+        parts = ", ".join(f"{n} {d} ({s * 1e6:.3f} us)" for d, (n, s) in by.items())
+        out.append(f"{dev}: values cross its boundary in float32, its multipliers take another format: {parts}; "
+                   "each an explicit, charged DtypeConvert op")
+    for dev, by in emu.items():
+        for arr, (n, m) in by.items():
+            out.append(f"{dev}: {n} GEMM{'s' if n != 1 else ''} emulated in {arr} passes "
+                       f"({m / max(macs[dev], 1):.0%} of its MACs), each pass charged: quantise with --dtype int8 "
+                       f"--calibrate DATA to run at the chip's INT8 rate")
+    return out
 
 
 COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "area (mm²)",

@@ -280,7 +280,8 @@ def test_the_comparison_fits_80_columns_when_piped():
     out = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--target", "atom+aim")
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "…" not in out
-    for figure in ("latency (ms)", "area (mm²)", "busiest engines", "atom+aim", "core0.dma_in", "atom.dram"):
+    # (float32 resnet50: its GEMMs emulated in int8 / fp16 passes keep the matrix units busiest)
+    for figure in ("latency (ms)", "area (mm²)", "busiest engines", "atom+aim", "core0.matrix", "atom.core"):
         assert figure in out, figure
     wide = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--wide")
     assert "…" not in wide and max(len(line) for line in wide.splitlines()) > 80

@@ -194,6 +194,8 @@ class HostProgram(Program):
         #: inputs and outputs whose type ONNX Runtime's numpy bridge cannot carry (RAW_TYPES)
         self.raw_types = {v.name: v.dtype for v in list(sub.inputs) + list(sub.outputs) if v.dtype in RAW_TYPES}
         self.node_info = [(n.name, n.op_type, cost_fn(n)) for n in sub.nodes]
+        #: per node, the dtype ONNX Runtime computes it at (its first output's; the report's dtype column)
+        self.node_dtypes = [_value_dtype(n) for n in sub.nodes]
         #: builds the session on first run (programs loaded from an artifact)
         self.make_session = None
 
@@ -222,11 +224,26 @@ class HostProgram(Program):
 
     def simulate(self) -> Timeline:
         t, ops = 0.0, []
-        for name, op_type, c in self.node_info:
+        dtypes = getattr(self, "node_dtypes", None) or [""] * len(self.node_info)
+        for (name, op_type, c), dtype in zip(self.node_info, dtypes):
             ops.append(OpEvent(name, op_type, t, t + c.seconds, macs=c.macs, dram_bytes=c.dram_bytes,
-                               energy_j=c.energy_j, bound=c.bound, engine="cpu"))
+                               energy_j=c.energy_j, bound=c.bound, engine="cpu", dtype=dtype))
             t += c.seconds
         return Timeline(seconds=t, cycles=0, ops=ops, engine_busy_s={"cpu": t})
+
+
+#: ONNX dtype names as the reports write them
+_REPORT_DTYPE = {"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "DOUBLE": "fp64", "INT8": "int8",
+                 "UINT8": "uint8", "INT32": "int32", "INT64": "int64", "FLOAT8E4M3FN": "fp8e4m3",
+                 "FLOAT8E5M2": "fp8e5m2", "BOOL": "bool"}
+
+
+def _value_dtype(node) -> str:
+    """The dtype a host node computes at, as the report writes it: its first typed output's."""
+    for v in node.outputs:
+        if v is not None and v.dtype is not None:
+            return _REPORT_DTYPE.get(v.dtype.name, v.dtype.name.lower())
+    return ""
 
 
 class HostBackend(Backend):

@@ -17,7 +17,7 @@ from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.blas import blas_threads
 from kcompiler.backends.npu.sim import Binding, Buffer, ProgramData, Simulator
 from kcompiler.backends.npu.spec import NpuSpec
-from kcompiler.backends.npu.timing import CHIP_DTYPE, mac_energy, simulate, work
+from kcompiler.backends.npu.timing import mac_charge, mac_energy, simulate, work
 from kcompiler.errors import ArtifactError, ExecutionError
 
 #: per op kind, the engine its report line names
@@ -94,6 +94,7 @@ class NpuProgram(Program):
             start = end = None
             dram = sram = macs = vec = mem = 0
             mac_terms = []
+            labels: dict[str, None] = {}  # what its MATMULs computed at, in order
             compute: dict[int, int] = {}
             has_matmul = False
             for i in idx:
@@ -113,7 +114,9 @@ class NpuProgram(Program):
                     dt = x.mac_dtype or spec.array.dtype
                     if dt not in per_mac:
                         per_mac[dt] = mac_energy(spec, dt)
-                    mac_terms.append(x.macs * per_mac[dt])
+                    mac_terms.append(x.macs * per_mac[dt] * x.mac_passes)  # every pass of an emulation
+                    if x.mac_label:
+                        labels.setdefault(x.mac_label)
                 oc = instrs[i].opcode
                 if oc == isa.MATMUL or oc == isa.VECTOR:
                     has_matmul = has_matmul or oc == isa.MATMUL
@@ -126,42 +129,38 @@ class NpuProgram(Program):
             if kind == "gemm" and not has_matmul:
                 engine = "vector"  # a depthwise conv runs on the vector unit
             energy = mac_j + vec * e.per_vector_op_j + sram * e.per_sram_byte_j + dram * e.per_dram_byte_j
+            # a MATMUL's dtype (emulation.Charge.label); the vector unit computes in float32 on every chip
+            dtype = ", ".join(labels) or ("fp32" if compute else "")
             ops.append(OpEvent(name, op_type, start / clock, end / clock, cycles=end - start, macs=macs,
-                               dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound, engine=engine))
+                               dram_bytes=dram, sram_bytes=sram, energy_j=energy, bound=bound, engine=engine,
+                               dtype=dtype))
         return Timeline(seconds=total / clock, cycles=total, ops=ops,
                         engine_busy_s={k: v / clock for k, v in sorted(busy.items())}, notes=self.notes(),
                         spans=self._spans(times))
 
     def notes(self) -> list[str]:
-        """What the report says about the dtypes the MATMULs were charged at and values moved in."""
+        """What the report says about the dtypes the MATMULs ran at (natively, or as an emulation in
+        passes of a dtype the chip lists: timing.mac_charge) and the values they moved."""
         spec = self.spec
-        seen: dict[str, None] = {}
-        codes: dict[int, None] = {}  # the operand dtype codes in the order they first appear
-        dtypes_at = isa.names_of(isa.VECTOR).index("dtypes")
+        codes: dict[int, None] = {}  # the MATMUL operand dtype codes in the order they first appear
         for ins in self.data.instrs:
-            oc = ins.opcode
-            if oc == isa.MATMUL:
+            if ins.opcode == isa.MATMUL:
                 codes.setdefault(ins.aux & 0xF)
-            elif oc == isa.VECTOR:
-                codes.setdefault(ins.args[dtypes_at] & 0xF)
+        out = []
         for code in codes:
             dt = isa.DTYPES[code] if code < len(isa.DTYPES) else ""
-            if dt in _VALUE_NAMES:
-                seen.setdefault(dt, None)
-        out = []
-        for dt in seen or ["f32"]:
-            name = CHIP_DTYPE[dt]
-            rate, charged = (spec.array.dtypes[name], name) if name in spec.array.dtypes else (spec.array.rate,
-                                                                                                 spec.array.dtype)
-            kind = "OPS" if charged.startswith("int") else "FLOPS"
-            text = (f"NPU time charged at {charged.upper()} throughput on {self.chip} "
-                    f"({spec.peak_ops_for(charged) / 1e12:.0f} T{kind} modelled) for {name.upper()} operands")
-            if charged != name:
-                text += f" ({self.chip} lists no {name.upper()} rate)"
-            text += f", {name.upper()} bytes; values computed in float32"
-            if dt != "f32":
-                text += f" and rounded to {_VALUE_NAMES[dt]} at each op's output"
+            c = mac_charge(spec, dt)
+            kind = "OPS" if c.dtype.startswith("int") else "FLOPS"
+            text = (f"NPU GEMMs with {c.operand.upper()} operands ({c.operand.upper()} bytes) on {self.chip}: "
+                    f"{spec.peak_ops_for(c.dtype) / 1e12:.0f} T{kind} {c.dtype.upper()} modelled")
+            if c.emulated:
+                text += (f", which {self.chip} runs as an emulation in {c.passes} {c.dtype.upper()} passes, each "
+                         f"charged ({self.chip} lists no {c.operand.upper()} rate; {c.source}); values computed "
+                         f"in float32, the emulation's accuracy target (its own rounding is not modelled)")
+            if dt in _VALUE_NAMES and dt != "f32":
+                text += f"; values rounded to {_VALUE_NAMES[dt]} at each op's output"
             out.append(text)
+        out.append(f"NPU vector unit on {self.chip}: computes in float32 (its formats are not published; modelled)")
         d = self.data
         if d.window is not None and d.dram_bytes > d.window[1] - d.window[0]:
             out.append(f"the program's DRAM buffers ({_size(d.dram_bytes)}) exceed {self.chip}'s "

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from kcompiler.backends.npu.cost import VECTOR_CLASSES
+from kcompiler.backends.npu.emulation import Charge, charge
 from kcompiler.errors import TargetError
 from kcompiler.targets.schema import field
 
@@ -110,26 +111,39 @@ class NpuSpec:
 
     def for_values(self, dtype: str) -> "NpuSpec":
         """This chip as the tiler sees ops whose values are `dtype` ('fp32', 'fp16' or 'bf16'): DMA
-        and SRAM bytes at `dtype`'s element size, MACs at the chip's rate and energy for that dtype
-        where it lists one (else at its charged dtype, e.g. INT8 on warboy). The timing model charges
-        each MATMUL at the rate of its own operand dtype the same way (timing.mac_rate). One object
-        per (chip, dtype), as the tiler's caches key on the spec's identity."""
+        and SRAM bytes at `dtype`'s element size; MACs at the array dtype and in the passes the one
+        rule (emulation.charge) gives for these operands, at that dtype's rate and MAC energy times the
+        passes (float32 on warboy: 10 int8 passes). The timing model charges each MATMUL by the same
+        rule (timing.mac_charge), so placement and simulated time agree. One object per (chip,
+        dtype), as the tiler's caches key on the spec's identity."""
         if dtype not in ("fp16", "bf16", "fp32"):
             return self
         key = (id(self), dtype)
         hit = _FOR_VALUES.get(key)
         if hit is not None and hit[0] is self:
             return hit[1]
-        arr, changes = self.array, {}
-        if dtype in arr.dtypes:  # charged at the chip's rate for these values, and at their MAC energy
-            e = MAC_ENERGY_45NM_PJ
-            scale = e[dtype] / e[arr.dtype] if dtype in e and arr.dtype in e else 1.0
-            changes = {"array": dataclasses.replace(arr, dtype=dtype),
-                       "energy": dataclasses.replace(self.energy, per_mac_j=self.energy.per_mac_j * scale)}
-        s = dataclasses.replace(self, **changes)  # always a copy: _value_dtype is set on it below
+        arr = self.array
+        c = charge(arr.dtypes, dtype, arr.dtype)
+        e = MAC_ENERGY_45NM_PJ
+        scale = e[c.dtype] / e[arr.dtype] if c.dtype in e and arr.dtype in e else 1.0
+        s = dataclasses.replace(self, array=dataclasses.replace(arr, dtype=c.dtype),
+                                energy=dataclasses.replace(self.energy,
+                                                           per_mac_j=self.energy.per_mac_j * scale * c.passes))
         object.__setattr__(s, "_value_dtype", dtype)
+        object.__setattr__(s, "_charge", c)
         _FOR_VALUES[key] = (self, s)
         return s
+
+    @property
+    def mac_passes(self) -> int:
+        """Passes of the array per GEMM of this spec's values (for_values; 1 for the chip itself)."""
+        c = self.__dict__.get("_charge")
+        return c.passes if c is not None else 1
+
+    @property
+    def gemm_charge(self) -> Charge | None:
+        """How this spec's values' GEMMs run (for_values), or None for the chip itself."""
+        return self.__dict__.get("_charge")
 
     @property
     def macs_per_cycle(self) -> float:

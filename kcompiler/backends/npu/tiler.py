@@ -97,6 +97,7 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
     epilogue streams `epilogue_inputs` output-sized operand tiles (double-buffered) and
     makes `epilogue_work` vector passes over each output tile."""
     a = spec.array
+    passes = spec.mac_passes  # an emulated GEMM (emulation.py) runs the array once per pass
     eb = spec.elem_bytes
     bpc = spec.dram_bytes_per_cycle / max(1, spec.cores)  # a core's share of DRAM
     lat = int(spec.dram.latency_s * spec.clock_hz)
@@ -123,7 +124,7 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
                 b_tile = tk * tn * eb
                 if 2 * (a_tile + b_tile) + acc_bytes > spec.sram_bytes:
                     continue
-                mm = systolic_cycles(a.rows, a.cols, a.dataflow, tm, tk, tn, a.rate) + issue
+                mm = passes * systolic_cycles(a.rows, a.cols, a.dataflow, tm, tk, tn, a.rate) + issue
                 vcyc = vector_cycles(vec.lanes, vec.latency["alu"], vec.cycles_per_elem["alu"],
                                      int(tm * tn * epilogue_work)) + issue
                 opl = epilogue_inputs * (dma_cycles(tm * tn * eb, bpc, lat) + issue) if epilogue_inputs else 0
@@ -214,8 +215,9 @@ def tile_attention(spec: NpuSpec, bh: int, s: int, t: int, hd: int, hdv: int, ma
                 dma_cycles(tq * hd * eb, bpc, lat) + issue)
             if mask:
                 ld += iters * (dma_cycles(tq * tk * eb, bpc, lat) + issue)
-            mm = iters * (systolic_cycles(a.rows, a.cols, a.dataflow, tq, hd, tk, a.rate)
-                          + systolic_cycles(a.rows, a.cols, a.dataflow, tq, tk, hdv, a.rate) + 2 * issue)
+            mm = iters * (spec.mac_passes * (systolic_cycles(a.rows, a.cols, a.dataflow, tq, hd, tk, a.rate)
+                                             + systolic_cycles(a.rows, a.cols, a.dataflow, tq, tk, hdv, a.rate))
+                          + 2 * issue)
             vx = iters * (vector_cycles(vec.lanes, vec.latency["transcendental"],
                                         vec.cycles_per_elem["transcendental"], 3 * tq * tk) + issue)
             st = bh * nq * (dma_cycles(tq * hdv * eb, bpc, lat) + issue)

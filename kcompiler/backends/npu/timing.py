@@ -9,8 +9,9 @@ starts when every engine of every core has drained.
 
 Everything is read off the instructions' fields: the bytes a DMA moves are its block's
 elements times their dtype's size, a MATMUL's cycles are the systolic formula of its tile
-at the rate the chip lists for its operand dtype, a VECTOR's the vector unit's model over
-its tile (a window function's work per output is its CONFIG's taps). The same walk counts
+at the rate the chip lists for its operand dtype (an operand dtype the chip does not list: once per
+pass of the emulation emulation.charge gives, at the rate of the dtype the passes run at), a
+VECTOR's the vector unit's model over its tile (a window function's work per output is its CONFIG's taps). The same walk counts
 MACs, bytes and vector operations for the report.
 
 A segment whose instructions say exactly what an earlier segment's said about time (core,
@@ -29,6 +30,7 @@ import numpy as np
 
 from kcompiler.backends.npu import isa, sim
 from kcompiler.backends.npu.cost import systolic_cycles, vector_cycles
+from kcompiler.backends.npu.emulation import Charge, charge
 from kcompiler.backends.npu.memo import BoundedStore
 from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
@@ -56,20 +58,39 @@ class Work:
     vector_elems: int = 0  # lane operations of the vector unit
     sram_bytes: int = 0
     cycles: int = 0  # engine cycles (MATMUL / VECTOR; DMA time comes from the DRAM channel)
-    mac_dtype: str = ""  # MATMUL: the operand dtype
+    mac_dtype: str = ""  # MATMUL: the array dtype its passes are charged at
+    mac_passes: int = 1  # MATMUL: passes of the array (an emulation's, emulation.py), each charged
+    mac_label: str = ""  # MATMUL: what it computed at, for the report ("fp32 as 10 int8 passes")
 
 
 def _numel(*dims: int) -> int:
     return math.prod(dims)
 
 
+def mac_charge(spec: NpuSpec, dtype: str) -> Charge:
+    """How a MATMUL with operands of instruction dtype `dtype` runs on the chip's array: natively at
+    its own rate where the chip lists it, else as the emulation the one rule gives (emulation.charge:
+    float32 on warboy is 10 int8 passes), the same rule the tiler's estimates use (spec.for_values).
+    Cached per (chip, dtype)."""
+    key = (id(spec), dtype)
+    hit = _CHARGES.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    a = spec.array
+    c = charge(a.dtypes, CHIP_DTYPE.get(dtype) or a.dtype, a.dtype)
+    _CHARGES[key] = (spec, c)
+    return c
+
+
+_CHARGES: dict = {}
+
+
 def mac_rate(spec: NpuSpec, dtype: str) -> tuple[float, str]:
-    """(MACs per PE per cycle, chip dtype charged) for operands of instruction dtype `dtype`: the
-    chip's rate for it where it lists one, else its charged dtype's."""
-    name = CHIP_DTYPE.get(dtype, "")
-    if name in spec.array.dtypes:
-        return spec.array.dtypes[name], name
-    return spec.array.rate, spec.array.dtype
+    """(MACs per PE per cycle of one pass, chip dtype charged) for operands of instruction dtype
+    `dtype`: the chip's rate for the dtype the passes run at (mac_charge; the number of passes
+    multiplies the cycles, see work())."""
+    c = mac_charge(spec, dtype)
+    return spec.array.dtypes.get(c.dtype, spec.array.rate), c.dtype
 
 
 def mac_energy(spec: NpuSpec, charged: str) -> float:
@@ -128,10 +149,12 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
                 _, g, m, n, k, code = key
                 dt = _dt(code)
                 rate, charged = mac_rate(spec, dt)
+                c = mac_charge(spec, dt)  # an emulated GEMM: the array runs every pass over the tile
                 eb = isa.DTYPE_BYTES.get(dt, 4)
                 w = seen[key] = Work(
                     macs=g * m * n * k, sram_bytes=g * ((m * k + k * n) * eb + m * n * 4),
-                    cycles=g * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + issue, mac_dtype=charged)
+                    cycles=g * c.passes * systolic_cycles(a.rows, a.cols, a.dataflow, m, k, n, rate) + issue,
+                    mac_dtype=charged, mac_passes=c.passes, mac_label=c.label)
         elif oc == isa.VECTOR:
             key = (oc, ins.aux, windows.get((ins.core, 1)), *(x[i] for i in _VEC_SHAPE),
                    *(x[i] == isa.NONE for i in _VEC_SRC))

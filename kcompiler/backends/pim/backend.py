@@ -58,7 +58,7 @@ class PimBackend(Backend):
             return Cost(seconds=float("inf"), bound="overhead")
         key = cost.estimate_key(node, p)
         if key not in self._cache:
-            self._cache[key] = self.kernel_cost(cost.lone_kernel(self.spec, node, p))
+            self._cache[key] = cost.lone_cost(self.spec, node, p)
         c = self._cache[key]
         return Cost(c.seconds, c.cycles, c.macs, c.dram_bytes, c.sram_bytes, c.energy_j, c.bound)
 

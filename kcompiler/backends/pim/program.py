@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler.backends.base import Cost, OpEvent, Program, Subgraph, Timeline
-from kcompiler.backends.pim import sim
+from kcompiler.backends.pim import cost, sim
 from kcompiler.backends.pim.isa import Command, encode_all
 from kcompiler.backends.pim.kernels.emitter import unpack
 from kcompiler.backends.pim.kernels.figures import Kernel
@@ -85,17 +85,33 @@ class PimProgram(Program):
         outs, self.last_counts = sim.execute(self.spec, self.code, dict(inputs), fast=self.fast)
         return {n: outs[n] for n in self.output_names}
 
+    def conversions(self) -> dict[int, dict[str, int]]:
+        """Per step, the elements converted between float32 and the device dtype at its boundary
+        (cost.conversions: values arriving in float32 staged into bf16/fp16, partial sums read back)."""
+        cmds = self._packed if self._packed is not None else self.code.commands
+        return cost.conversions(self.spec, cmds, self._code.descs)
+
     def simulate(self) -> Timeline:
-        t, ops, busy = 0.0, [], 0.0
-        for node, k in self.steps:
+        """Each node's kernel in turn, each preceded by its boundary conversions as an explicit op
+        ("DtypeConvert", engine "convert", dtype "fp32->bf16"), charged (cost.conversion_cost)."""
+        t, ops, busy, conv_busy = 0.0, [], 0.0, 0.0
+        dtype = cost.device_dtype(self.spec)
+        conv = self.conversions()
+        for i, (node, k) in enumerate(self.steps):
+            for label, n in conv.get(i, {}).items():
+                x = cost.conversion_cost(self.spec, label, n)
+                ops.append(OpEvent(f"{node.name}/convert {label}", "DtypeConvert", t, t + x.seconds, cycles=x.cycles,
+                                   sram_bytes=x.sram_bytes, bound=x.bound, engine="convert", dtype=label))
+                t += x.seconds
+                conv_busy += x.seconds
             c = self.backend.kernel_cost(k)
             ops.append(OpEvent(node.name, node.op_type, t, t + c.seconds, cycles=c.cycles, macs=c.macs,
                                dram_bytes=c.dram_bytes, sram_bytes=c.sram_bytes, energy_j=c.energy_j,
-                               bound=c.bound, engine="banks"))
+                               bound=c.bound, engine="banks", dtype=dtype if c.macs or c.dram_bytes else ""))
             t += c.seconds
             busy += c.seconds
         return Timeline(seconds=t, cycles=int(round(t * self.spec.clock_hz)), ops=ops,
-                        engine_busy_s={"banks": busy})
+                        engine_busy_s={"banks": busy, **({"convert": conv_busy} if conv_busy else {})})
 
     def asm(self) -> str:
         lines = []

@@ -78,12 +78,21 @@ def simulate(spec: CimSpec, code: Code) -> Timeline:
         bound = "memory" if memory > max(analog, digital) else "compute"  # the digital periphery computes too
         ops.append(OpEvent(name, op_type, t, t + dur, cycles=int(round(dur * spec.clock_hz)), macs=st.macs,
                            sram_bytes=int(st.bytes), energy_j=sum(st.energy.values()), bound=bound,
-                           engine="crossbars", energy_parts={k: v for k, v in st.energy.items() if v}))
+                           engine="crossbars", energy_parts={k: v for k, v in st.energy.items() if v},
+                           dtype=_dtype(spec, st)))
         busy["crossbars"] += analog
         busy["digital"] += digital
         busy["memory"] += memory
         t += dur
     return Timeline(seconds=t, cycles=int(round(t * spec.clock_hz)), ops=ops, engine_busy_s=dict(busy))
+
+
+def _dtype(spec: CimSpec, st: "_Step") -> str:
+    """What a CIM step computed at: its crossbars' analog products at the chip's input and weight
+    precisions, or only the digital periphery."""
+    if st.macs:
+        return f"analog {spec.input_bits}-bit x {spec.weight_bits}-bit"
+    return "digital" if st.digital_ops else ""
 
 
 def programming_cost(spec: CimSpec, code: Code) -> tuple[float, float, int]:
