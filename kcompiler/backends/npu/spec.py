@@ -58,6 +58,11 @@ class VectorSpec:
     latency: dict[str, int] = field(doc="pipeline latency in cycles per op class")
     #: op class -> cycles per lane-group (1 for simple ALU ops, more for transcendental ones)
     cycles_per_elem: dict[str, float] = field(doc="cycles per lane-group per op class")
+    #: how an integer GEMM's int32 accumulator becomes int8/uint8 (kernels/qgemm.py, sim/intvec.py)
+    requant: str = field("fixed", choices=("fixed", "float32"),
+                         doc="integer requantisation: fixed (a Q31 multiplier and a shift, gemmlowp/TFLite's "
+                             "integer arithmetic) or float32 (a float32 scale multiply, as ONNX Runtime's MLAS "
+                             "and TensorRT's int8 kernels do)")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The NPU's integer datapath (kernels/qgemm.py, kernels/quant.py, sim/intvec.py): models quantised by
+"""The NPU's integer datapath (kernels/qgemm.py, kernels/lowbit.py, sim/intvec.py): models quantised by
 ONNX Runtime's quantize_static (QOperator: QLinearConv, QLinearMatMul, QGemm, Q/DQ at the boundaries)
 run on the NPU and agree with ONNX Runtime on CPU in >= 99.9% of elements and within one
 quantisation step everywhere; the multiplier tables, the pad byte and the zero points are read from
@@ -331,12 +331,14 @@ def test_asymmetric_weights_stay_on_the_host():
     assert "weight zero point" in int_gemm_problem(node)
 
 
-def test_float_requantisation_equals_ort_bit_for_bit(tmp_path, monkeypatch):
-    """KC_NPU_REQUANT=f32: requant_f32 computes MLAS's float32 formula; the outputs equal ORT's."""
-    monkeypatch.setenv("KC_NPU_REQUANT", "f32")
+def test_float_requantisation_equals_ort_bit_for_bit(tmp_path):
+    """A chip that requantises in float32 (atom: npu.vector.requant = "float32") computes MLAS's formula
+    (requant_f32); the outputs equal ORT's. warboy's fixed-point requant is another instruction."""
     model, shapes = conv_net(stride=2, group=2)
     path = quantised(model, tmp_path, shapes, QuantType.QInt8)
-    cm, eq, steps = compare(path)
+    fixed = _npu_program(kcompiler.compile(path, target="warboy", place={"*": "npu"}))
+    assert any(ins.opcode == isa.VECTOR and ins.aux == isa.VFN["requant"] for ins in fixed.data.instrs)
+    cm, eq, steps = compare(path, target="atom")
     prog = _npu_program(cm)
     assert any(ins.opcode == isa.VECTOR and ins.aux == isa.VFN["requant_f32"] for ins in prog.data.instrs)
     assert eq == 1.0 and steps == 0.0

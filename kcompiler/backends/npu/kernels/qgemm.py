@@ -18,7 +18,6 @@ In timing mode no table is computed (no weight is read): only the layouts are ma
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import onnx_ir as ir
@@ -32,11 +31,6 @@ from kcompiler.backends.npu.kernels.gemm import GemmOpKernel, MatMulKernel
 from kcompiler.backends.npu.sim.intvec import multiplier_shift
 from kcompiler.backends.npu.sim.window import Window, reads_pad
 from kcompiler.errors import LoweringError
-
-#: how the epilogue requantises: "fixed" (Q31 multipliers and a shift, as integer hardware does; the
-#: default) or "f32" (float32 scales, as ONNX Runtime's MLAS does: its results bit for bit), from the
-#: environment variable KC_NPU_REQUANT (read at each lowering)
-REQUANT = "fixed"
 
 #: per op: where its quantisation inputs are (x scale, x zero point, w scale, w zero point, y scale,
 #: y zero point, int32 bias); None: the op has no such input
@@ -141,7 +135,9 @@ class _IntGemm:
 
     def _step_list(self, cg):
         zp = float(self._zp("yzp"))
-        if self.requantised and os.environ.get("KC_NPU_REQUANT", REQUANT) == "f32":
+        # how the chip requantises (npu.vector.requant): float32 scales, as ONNX Runtime's MLAS does (its
+        # results bit for bit), or Q31 multipliers and a shift
+        if self.requantised and self.spec.vector.requant == "float32":
             tables = [self._table(cg, "offset", self._offsets),
                       self._table(cg, "scale", lambda: self._scales(np.float32), "f32")]
             return [("requant_f32", (zp, 0.0, 0.0), tables)]

@@ -20,7 +20,7 @@ and the product rounded again. The two agree except where the value lies within 
 802,816 elements of resnet50's first convolution (none in 100,352 of a 64-channel 3x3 layer). A deep
 network propagates such steps: on resnet50 (quantised by ORT, BatchNormalization folded) 98.4% of the
 logits equal ORT's, within 2 steps (benchmarks/int8_agreement.py). So requant_f32 also computes
-MLAS's float32 formula, bit for bit (kernels/qgemm.py: KC_NPU_REQUANT=f32; resnet50's logits then
+MLAS's float32 formula, bit for bit (kernels/qgemm.py: npu.vector.requant = "float32"; resnet50's logits then
 equal ORT's, all of them). QuantizeLinear (x / scale in float32, round half to even, saturate) and
 DequantizeLinear ((x - zero point) * scale in float32) are computed as ONNX Runtime computes them,
 bit for bit.
