@@ -6,13 +6,21 @@ resnet50: calibrated on `--calib` zoo-default images (seed 0), measured on `--ho
 top-1 agreement of the 1000-class output, per-layer SQNR. bert-tiny: the zoo's default token ids, argmax
 agreement over the hidden axis of last_hidden_state and pooler_output (random weights have no vocabulary head).
 Writes a markdown table with every layer's SQNR.
+
+    python benchmarks/quant_accuracy.py --ocr [--ocr-lines 50] [--method percentile] [--fallback 4]
+
+PP-OCRv4 recogniser (rapidocr wheel, benchmarks/realmodels.py): calibrated on 32 rendered lines (seed 0),
+strings of 50 other lines (seed 1) from the INT8 QDQ model (ORT) against float32's; prints, writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+import onnxruntime as ort
 
 from kcompiler.quantize import CalibrationSet, accuracy_report, quantize
 from kcompiler.quantize.quantizer import float_model, prepared
@@ -55,13 +63,40 @@ def markdown(reports: list[tuple[object, float]], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ocr(lines: int, method: str, fallback: int, calib: int = 32) -> dict:
+    """INT8 PP-OCRv4 recogniser strings against float32's on `lines` rendered lines (rapidocr's batch width)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import realmodels as rm
+
+    paths = rm.fetch_ocr_models()
+    imgs = [im for im, _ in rm.render_text_lines(calib, seed=0)] + [im for im, _ in rm.render_text_lines(lines, 1)]
+    x = rm.rec_batch(imgs)
+    t0 = time.perf_counter()
+    q = quantize(str(paths["rec"]), [{"x": x[i:i + 1]} for i in range(calib)], method=method, fallback=fallback)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    qs = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    test = x[calib:]
+    want = rm.ctc_decode(rm.ort_session(paths["rec"]).run(None, {"x": test})[0], paths["keys"])
+    got = rm.ctc_decode(qs.run(None, {"x": test})[0], paths["keys"])
+    return {"same": sum(a == b for a, b in zip(got, want)), "lines": lines, "method": method, "fallback": fallback,
+            "seconds": time.perf_counter() - t0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--holdout", type=int, default=200)
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant_accuracy.md"))
     ap.add_argument("--models", default="resnet50,bert-tiny")
+    ap.add_argument("--ocr", action="store_true", help="measure the PP-OCRv4 recogniser's strings instead")
+    ap.add_argument("--ocr-lines", type=int, default=50)
+    ap.add_argument("--method", default="minmax")
+    ap.add_argument("--fallback", type=int, default=0)
     args = ap.parse_args()
+    if args.ocr:
+        print(ocr(args.ocr_lines, args.method, args.fallback))
+        return
     options = {"resnet50": {"weights": "random"}, "bert-tiny": {}}
     reports = []
     for name in args.models.split(","):

@@ -22,6 +22,11 @@ from kcompiler.errors import KCError
               help="int8 activations: the type ONNX Runtime's CPU kernels compute exactly (its uint8 x int8 "
                    "kernels saturate on x86 without VNNI).")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="NODE",
+              help="Leave this Conv/MatMul/Gemm (node or output name) float; repeatable.")
+@click.option("--fallback", type=click.IntRange(0, None), default=0, show_default=True, metavar="N",
+              help="Keep float the N GEMMs whose float version gains the output SQNR most (sensitivity analysis "
+                   "on the calibration set; the notes name them).")
 @click.option("--report", "report", is_flag=True, help="Print per-layer SQNR and output agreement with float32.")
 @click.option("--report-json", "report_json", default=None, metavar="FILE", help="Write the report as JSON.")
 @click.option("--holdout", default=None, metavar="DATA", help="Held-out inputs for the report (same forms as DATA).")
@@ -29,8 +34,8 @@ from kcompiler.errors import KCError
               help="Fail (exit 1) when top-1 agreement with float32 is more than X percentage points below 100%.")
 @zoo_options
 @debug_option
-def quantize_cmd(model, output, method, activations, per_tensor, report, report_json, holdout, max_loss,
-                 debug):
+def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, report, report_json, holdout,
+                 max_loss, debug):
     """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
     per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
     activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
@@ -48,7 +53,7 @@ def quantize_cmd(model, output, method, activations, per_tensor, report, report_
         zoo["weights"] = "random"  # (the files' constant fills have nothing to calibrate)
     with status(f"quantising {model} to {qdtype}", False):
         q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
-                     activations=activations, zoo_options=zoo or None)
+                     activations=activations, zoo_options=zoo or None, keep_float=keep_float, fallback=fallback)
     info = quant_info(q) or {}
     console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
                   f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)

@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import onnx
 from onnx import external_data_helper
@@ -39,6 +39,8 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention",
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: the metadata key quantize() writes: {"dtype", "method", "calibration", "samples", "synthetic", "notes"}
 META_KEY = "kcompiler.quantize"
+#: calibration samples the fallback's sensitivity analysis runs (the ranking needs few)
+FALLBACK_SAMPLES = 8
 #: synthetic samples used when a timing-only compile has no calibration data
 SYNTHETIC_SAMPLES = 8
 
@@ -89,6 +91,7 @@ def prepared(proto: onnx.ModelProto) -> onnx.ModelProto:
     m.graph.input.extend(real)
     m.ir_version = 10
     _lift_constants(m)
+    _name_nodes(m)
     default = next((o for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     if default is not None and default.version < 13:
         from onnx import version_converter
@@ -122,6 +125,19 @@ def _lift_constants(m: onnx.ModelProto) -> None:
         m.graph.node.extend(keep)
 
 
+def _name_nodes(m: onnx.ModelProto) -> None:
+    """Give unnamed nodes a unique name, in place: keep-float, ORT's nodes_to_exclude and the fallback's
+    report all name nodes."""
+    taken = {n.name for n in m.graph.node if n.name}
+    for i, n in enumerate(m.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+
+
 def quantisable_ops(proto: onnx.ModelProto, dtype: str) -> list[str]:
     """The names of the nodes the quantiser will compute at `dtype` (int4: MatMuls with a 2-D constant weight)."""
     inits = {t.name: t for t in proto.graph.initializer}
@@ -134,7 +150,8 @@ def quantisable_ops(proto: onnx.ModelProto, dtype: str) -> list[str]:
 def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: str = "minmax",
              per_channel: bool = True, output: "str | os.PathLike | None" = None, *, activations: str = "int8",
              zoo_options: dict | None = None, calibration_samples: int = 32,
-             op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES) -> onnx.ModelProto:
+             op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES, keep_float: Sequence[str] = (),
+             fallback: int = 0) -> onnx.ModelProto:
     """Quantise `model` (an .onnx path, a zoo name, a ModelProto) and return the quantised ModelProto
     (also written to `output` if given).
 
@@ -147,6 +164,10 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
     method: minmax | entropy | percentile (ONNX Runtime's calibrators; int8 only).
     op_types: the op types computed at low precision (default: the GEMMs, DEFAULT_OP_TYPES); None quantises
       every op ONNX Runtime can (softmax and residual adds too: less accurate).
+    keep_float: GEMMs (node or output tensor names) to leave in float (int8/fp8), as vendors' mixed precision does.
+    fallback: keep that many more GEMMs float, the ones the model's output is most sensitive to (for each
+      quantised GEMM, the output SQNR against float32 with that GEMM float, on up to FALLBACK_SAMPLES
+      calibration samples; see kcompiler.quantize.sensitivity); the notes name them and their gain.
     activations: int8 (default: quantize_static's own default, and the pairing ONNX Runtime's CPU kernels
       compute exactly) or uint8 (ORT's u8 x s8 kernels on x86 without VNNI saturate 16-bit pair sums, so
       ORT's optimised run of a uint8 model differs from the model's QDQ function by up to 20 steps)."""
@@ -156,6 +177,8 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
     if method not in METHODS:
         raise KCError(f"calibration method '{method}' is not one of {', '.join(METHODS)}",
                       hint="minmax is the usual choice; entropy and percentile clip outliers")
+    if fallback < 0:
+        raise KCError(f"fallback {fallback}: the number of GEMMs to keep float cannot be negative")
     if activations not in ("uint8", "int8"):
         raise KCError(f"activations '{activations}' is not uint8 or int8")
     proto, name, is_zoo = float_model(model, zoo_options)
@@ -169,11 +192,14 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
         if calibration is not None:
             notes.append("int4: weight-only quantisation (MatMulNBits, 4-bit blocks of 32) needs no calibration; "
                          "the calibration data given was not used")
+        if keep_float or fallback:
+            notes.append("int4: keep-float and fallback apply to int8 and fp8; every MatMul with a constant weight "
+                         "was made 4-bit")
         q, info = _int4(proto), {"method": "weight-only (block 32, symmetric)", "calibration": None}
     else:
         cs = calibration_set(proto, calibration, name, is_zoo, calibration_samples)
         notes.extend(cs.notes if cs.synthetic else [])
-        q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types)
+        q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types, keep_float, fallback)
         info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
                 "samples": len(cs), "synthetic": cs.synthetic}
     if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):
@@ -210,42 +236,94 @@ def calibration_set(proto: onnx.ModelProto, calibration: Any, name: str, is_zoo:
 
 
 def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
-            activations: str, notes: list[str], op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES
-            ) -> onnx.ModelProto:
+            activations: str, notes: list[str], op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES,
+            keep: Sequence[str] = (), fallback: int = 0) -> onnx.ModelProto:
     """ORT's quantize_static in QDQ format, after its quant_pre_process (shape inference and basic graph
-    optimisation such as folding BatchNormalization into Conv), skipped with a note where it fails."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
+    optimisation such as folding BatchNormalization into Conv), skipped with a note where it fails.
+    `keep`: GEMMs (node or output names) left float; `fallback`: that many more, the ones whose float
+    version gains the model's output most (sensitivity.layer_sensitivity), chosen after a first quantisation."""
     big = proto.ByteSize() > 1_500_000_000
+    if dtype == "fp8" and method != "minmax":
+        notes.append(f"fp8: ONNX Runtime calibrates float 8 only with its distribution method; '{method}' was not used")
     with tempfile.TemporaryDirectory(prefix="kc-quantize-") as tmp, _quiet():
         src = Path(tmp) / "float.onnx"
         _save_for_ort(proto, src, big)
         pre = _pre_process(src, Path(tmp) / "pre.onnx", big, notes)
-        if dtype == "fp8":
-            if method != "minmax":
-                notes.append(f"fp8: ONNX Runtime calibrates float 8 only with its distribution method; "
-                             f"'{method}' was not used")
-            act = weight = QuantType.QFLOAT8E4M3FN
-            cal = CalibrationMethod.Distribution
-        else:
-            act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
-            weight = QuantType.QInt8
-            cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}[method]
-        out = Path(tmp) / "quant.onnx"
-        try:
-            quantize_static(str(pre), str(out), cs.reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=act, weight_type=weight, calibrate_method=cal,
-                            use_external_data_format=big,
-                            op_types_to_quantize=list(op_types) if op_types is not None else None,
-                            extra_options=_extra_options(dtype))
-        except KCError:
-            raise
-        except Exception as exc:  # ORT's errors: say which model and what failed
-            raise KCError(f"ONNX Runtime's quantiser failed on model '{proto.graph.name}': "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          hint="check that the model runs in onnxruntime on the calibration data") from None
-        return onnx.load(str(out))
+        exclude = _resolve_nodes(onnx.load(str(pre), load_external_data=False), keep, proto.graph.name)
+        q = _ort_quantize(pre, Path(tmp) / "quant.onnx", cs, dtype, method, per_channel, activations, op_types,
+                          exclude, big, proto.graph.name)
+        if fallback > 0:
+            if big:
+                notes.append("fallback: the model is over 1.5 GB; no sensitivity analysis, nothing else kept float")
+            else:
+                worst = _most_sensitive(onnx.load(str(pre)), q, cs, fallback, exclude, notes)
+                if worst:
+                    exclude = exclude + worst
+                    q = _ort_quantize(pre, Path(tmp) / "quant.onnx", cs, dtype, method, per_channel, activations,
+                                      op_types, exclude, big, proto.graph.name)
+        if exclude:
+            notes.append(f"kept float ({len(exclude)} GEMMs, on the vector unit or host): {', '.join(exclude)}")
+        return q
+
+
+def _ort_quantize(pre: Path, out: Path, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
+                  activations: str, op_types: "tuple[str, ...] | None", exclude: list[str], big: bool,
+                  name: str) -> onnx.ModelProto:
+    """One quantize_static run, ORT's errors as a KCError naming the model."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if dtype == "fp8":
+        act = weight = QuantType.QFLOAT8E4M3FN
+        cal = CalibrationMethod.Distribution
+    else:
+        act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
+        weight = QuantType.QInt8
+        cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}[method]
+    try:
+        quantize_static(str(pre), str(out), cs.reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=act, weight_type=weight, calibrate_method=cal,
+                        use_external_data_format=big, nodes_to_exclude=list(exclude),
+                        op_types_to_quantize=list(op_types) if op_types is not None else None,
+                        extra_options=_extra_options(dtype))
+    except KCError:
+        raise
+    except Exception as exc:  # ORT's errors: say which model and what failed
+        raise KCError(f"ONNX Runtime's quantiser failed on model '{name}': "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                      hint="check that the model runs in onnxruntime on the calibration data") from None
+    return onnx.load(str(out))
+
+
+def _resolve_nodes(pre: onnx.ModelProto, wanted: Sequence[str], model: str) -> list[str]:
+    """Node names in the pre-processed model for `wanted` (node names or output tensor names); a name
+    that is neither, or names a node the quantiser does not compute at low precision, is a KCError."""
+    by_name = {n.name: n for n in pre.graph.node if n.name}
+    by_out = {o: n for n in pre.graph.node for o in n.output}
+    out = []
+    for w in wanted:
+        n = by_name.get(w) or by_out.get(w)
+        if n is None or n.op_type not in COMPUTE_OPS:
+            gemms = [m.name for m in pre.graph.node if m.op_type in COMPUTE_OPS][:6]
+            raise KCError(f"model '{model}': keep-float '{w}' is " + ("not a node or tensor of the model" if n is None
+                          else f"a {n.op_type}, not a quantised GEMM"),
+                          hint=f"name a Conv/MatMul/Gemm node or its output, e.g. {', '.join(gemms)}")
+        if n.name not in out:
+            out.append(n.name)
+    return out
+
+
+def _most_sensitive(pre: onnx.ModelProto, q: onnx.ModelProto, cs: CalibrationSet, count: int,
+                    exclude: list[str], notes: list[str]) -> list[str]:
+    """The `count` quantised GEMMs whose float version raises the output SQNR most (on up to
+    FALLBACK_SAMPLES calibration samples), each only if it gains something."""
+    from kcompiler.quantize.sensitivity import layer_sensitivity
+
+    base, sens = layer_sensitivity(pre, q, cs.samples[:FALLBACK_SAMPLES])
+    worst = [s for s in sens if s.gain_db > 0.0 and s.node not in exclude][:count]
+    notes.append(f"fallback: output SQNR {base:.1f} dB fully quantised; the {len(worst)} most sensitive of "
+                 f"{len(sens)} GEMMs kept float (" + ", ".join(f"{s.node} +{s.gain_db:.1f} dB" for s in worst) + ")")
+    return [s.node for s in worst]
 
 
 def _extra_options(dtype: str) -> dict:
