@@ -160,9 +160,14 @@ def _threads() -> int:
     return host_threads()
 
 
-def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
+def ort_session(proto: onnx.ModelProto, what: str, base_dir=None, literal_qdq: bool = False):
     """An ONNX Runtime session on the CPU; external weights are read from `base_dir`
-    (ORT would otherwise look in the current directory, since it gets the model as bytes)."""
+    (ORT would otherwise look in the current directory, since it gets the model as bytes).
+
+    literal_qdq: compute a QDQ model's function as written (DequantizeLinear, the float op,
+    QuantizeLinear) instead of through ORT's fused integer kernels, which on x86 without VNNI
+    saturate 16-bit pair sums (uint8 x int8, and int8 activations converted to uint8): the
+    reference `kc run --check` compares a quantised program with."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -173,6 +178,8 @@ def ort_session(proto: onnx.ModelProto, what: str, base_dir=None):
     opts.intra_op_num_threads = _threads()
     if base_dir is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+    if literal_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
