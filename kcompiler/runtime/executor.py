@@ -161,13 +161,10 @@ class Executor:
                 t_ready = self._transfer(v, where, dst, t_ready, link_free, transfers)
             latency = max(latency, t_ready)
         report.latency_s = latency
-        if state_out:
-            note = (f"device-resident state: {len(state_in)} input(s) read in place, {len(state_out)} output(s) "
-                    "kept on the device (no host transfer)")
-            if note not in report.notes:
-                report.notes.append(note)
+        notes = [f"device-resident state: {len(state_in)} input(s) read in place, {len(state_out)} output(s) "
+                 "kept on the device (no host transfer)"] if state_out else []
+        report.notes.extend(n for n in notes + emulation_notes(ops) if n not in report.notes)
         report.ops = ops
-        report.notes.extend(n for n in emulation_notes(ops) if n not in report.notes)
         report.transfers = transfers
         report.energy_j = energy
         report.dram_bytes = dram
