@@ -1,7 +1,7 @@
 """INT8 programs against ONNX Runtime: how many output elements of a quantised model run on the NPU
 equal ORT's on CPU, and the largest difference in quantisation steps.
 
-    python benchmarks/int8_agreement.py [--models resnet50,bert-stack] [--targets warboy,atom]
+    python benchmarks/int8_agreement.py [--models resnet50,bert-stack,bert-base-stack] [--targets warboy,atom]
                                         [--act int8|uint8] [--calib 8]
 
 resnet50: the zoo's resnet50 with seeded random weights (zoo.with_random_weights), pre-processed by
@@ -124,6 +124,8 @@ def main(argv=None) -> int:
             shape = tuple(d.dim_value for d in onnx.load(src, load_external_data=False).graph.input[0].type
                           .tensor_type.shape.dim)
             inp = onnx.load(src, load_external_data=False).graph.input[0].name
+        elif name == "bert-base-stack":  # bert-base's GEMMs: 12 layers, hidden 768, FFN 3072, 128 tokens
+            src, inp, shape = bert_stack(os.path.join(tmp, "bert_base_stack.onnx"), layers=12, hidden=768, ffn=3072)
         else:
             src, inp, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"))
         q = quantise(src, os.path.join(tmp, f"{name}.int8.onnx"), inp, shape, args.calib, args.act,
