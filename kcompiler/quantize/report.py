@@ -176,7 +176,9 @@ def quantised_tensors(q: onnx.ModelProto) -> list[tuple[str, str, str]]:
     return found
 
 
-def _session(proto: onnx.ModelProto, extra: list[str], basic: bool = False):
+def session(proto: onnx.ModelProto, extra: list[str] = (), basic: bool = False, what: str = "the accuracy report"):
+    """An ONNX Runtime session on `proto` with the tensors `extra` as further outputs; basic: at ORT's
+    basic optimisation level (the QDQ model's own function: no QDQ group fused into another kernel)."""
     import onnxruntime as ort
 
     from kcompiler.threads import host_threads
@@ -193,7 +195,7 @@ def _session(proto: onnx.ModelProto, extra: list[str], basic: bool = False):
     try:
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise KCError(f"model '{proto.graph.name}': ONNX Runtime cannot run it for the accuracy report: "
+        raise KCError(f"model '{proto.graph.name}': ONNX Runtime cannot run it for {what}: "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
@@ -213,11 +215,11 @@ def accuracy_report(float_model_: Any, quant_model: Any, data: Any, holdout: Any
     if not outputs:
         raise KCError(f"models '{name}' and '{qproto.graph.name}' share no output name to compare",
                       hint="compare a quantised model with the float model it was made from")
-    fsess = _session(fproto, [t for t, _, _ in layers])
+    fsess = session(fproto, [t for t, _, _ in layers])
     # the quantised model runs at ORT's basic optimisation level, which computes the QDQ model's own
     # function: the extended level (a) drops a Relu between DQ and Q as redundant, wrong for fp8's symmetric
     # scale, and (b) fuses uint8 x int8 groups into kernels whose 16-bit pair sums saturate on x86 without VNNI
-    qsess = _session(qproto, [r for _, _, r in layers], basic=True)
+    qsess = session(qproto, [r for _, _, r in layers], basic=True)
     sums = {t: [0.0, 0.0] for t, _, _ in layers}
     sets = []
     for label, d in (("calibration", data), ("holdout", holdout)):

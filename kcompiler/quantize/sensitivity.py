@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from kcompiler.errors import KCError
+from kcompiler.quantize.report import session
 
 #: op types a sensitivity run considers (the GEMMs quantize() computes at low precision, and ORT's others)
 GEMM_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -131,20 +131,8 @@ def _prune(g: onnx.GraphProto) -> None:
 
 
 def _session(proto: onnx.ModelProto):
-    import onnxruntime as ort
-
-    from kcompiler.threads import host_threads
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = host_threads()
-    so.log_severity_level = 3
-    # the QDQ model's own function (see report._session): no fusion of QDQ groups into other kernels
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise KCError(f"model '{proto.graph.name}': ONNX Runtime cannot run it for the sensitivity analysis: "
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    """The QDQ model's own function (report.session at ORT's basic level)."""
+    return session(proto, basic=True, what="the sensitivity analysis")
 
 
 def _run(sess, samples: Sequence[dict]) -> list[list[np.ndarray]]:
