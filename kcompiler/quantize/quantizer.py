@@ -317,7 +317,7 @@ def _most_sensitive(pre: onnx.ModelProto, q: onnx.ModelProto, cs: CalibrationSet
                     exclude: list[str], notes: list[str]) -> list[str]:
     """The `count` quantised GEMMs whose float version raises the output SQNR most (on up to
     FALLBACK_SAMPLES calibration samples), each only if it gains something."""
-    from kcompiler.quantize.sensitivity import layer_sensitivity
+    from kcompiler.quantize.sensitivity import layer_sensitivity  # (a cycle: sensitivity -> report -> here)
 
     base, sens = layer_sensitivity(pre, q, cs.samples[:FALLBACK_SAMPLES])
     worst = [s for s in sens if s.gain_db > 0.0 and s.node not in exclude][:count]
