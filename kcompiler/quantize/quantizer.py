@@ -33,10 +33,15 @@ METHODS = ("minmax", "entropy", "percentile")
 #: ops ONNX Runtime's static QDQ quantiser turns into integer (or fp8) compute; others only get Q/DQ around
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM"})
 #: the ops int8/fp8 quantisation computes at low precision by default: the GEMMs, which run on a chip's
-#: array at its int8/fp8 rate. Everything between them (normalisations, softmax, residual adds, pooling)
-#: stays float on the vector unit, as vendor SDKs do for transformers; quantising those too (ORT's own
-#: default) cost resnet50 (random weights) 3.5 points of top-1 agreement, mostly at the 8-bit softmax
-DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
+#: array at its int8/fp8 rate, and the ops whose quantised form is exact (Relu and Clip fold into the
+#: zero point of the GEMM's output; MaxPool commutes with rounding), so a conv's output stays int8 through
+#: them. The rest (normalisations, softmax, residual adds) stays float on the vector unit, as vendor SDKs
+#: do for transformers: quantising those too (ORT's own default) cost resnet50 (random weights) 3.5 points
+#: of top-1 agreement, mostly at the 8-bit softmax
+DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm", "Relu", "Clip", "MaxPool")
+#: the GEMMs alone (the sensitivity ranking bypasses a GEMM's Q/DQ in the quantised graph, which is the
+#: float model only where ORT removed no activation into a zero point)
+GEMM_OP_TYPES = ("Conv", "MatMul", "Gemm")
 #: the metadata key quantize() writes: {"dtype", "method", "calibration", "samples", "synthetic", "notes"}
 META_KEY = "kcompiler.quantize"
 #: calibration samples the fallback's sensitivity analysis runs (the ranking needs few)
@@ -256,7 +261,10 @@ def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str,
             if big:
                 notes.append("fallback: the model is over 1.5 GB; no sensitivity analysis, nothing else kept float")
             else:
-                worst = _most_sensitive(onnx.load(str(pre)), q, cs, fallback, exclude, notes)
+                ranked = q if op_types is not None and set(op_types) <= set(GEMM_OP_TYPES) else _ort_quantize(
+                    pre, Path(tmp) / "rank.onnx", cs, dtype, method, per_channel, activations, GEMM_OP_TYPES,
+                    exclude, big, proto.graph.name)
+                worst = _most_sensitive(onnx.load(str(pre)), ranked, cs, fallback, exclude, notes)
                 if worst:
                     exclude = exclude + worst
                     q = _ort_quantize(pre, Path(tmp) / "quant.onnx", cs, dtype, method, per_channel, activations,

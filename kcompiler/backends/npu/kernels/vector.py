@@ -85,6 +85,10 @@ class VectorKernel(Kernel):
             best = max(best, per)
         return best
 
+    def streamed(self) -> int:
+        """How many inputs stream a tile each (the tiler's estimate; default: every stream)."""
+        return len(self.streams)
+
     def tiles(self, rows_cap: int | None = None) -> tuple[int, list[list[tuple[int, int]]]]:
         ext = self.extent
         inner = max(1, math.prod(self.space) // max(ext, 1))
@@ -92,7 +96,7 @@ class VectorKernel(Kernel):
         cls = self.cost_class
         out, est = [], 0
         for lo, hi in per_core:
-            rows, cyc = tile_vector(self.spec, hi - lo, max(inner, self.in_inner()), len(self.streams), cls,
+            rows, cyc = tile_vector(self.spec, hi - lo, max(inner, self.in_inner()), self.streamed(), cls,
                                     self.work_per_elem)
             if rows_cap is not None:
                 rows = max(1, min(rows, rows_cap))
