@@ -27,6 +27,10 @@ from kcompiler.errors import KCError
 @click.option("--fallback", type=click.IntRange(0, None), default=0, show_default=True, metavar="N",
               help="Keep float the N GEMMs whose float version gains the output SQNR most (sensitivity analysis "
                    "on the calibration set; the notes name them).")
+@click.option("--equalize", is_flag=True,
+              help="Before calibrating, equalise the per-channel ranges of the quantised activations (cross-layer "
+                   "equalisation / SmoothQuant scales folded into neighbouring weights; the float function is "
+                   "unchanged). Helps models whose channels differ by orders of magnitude (MobileNets).")
 @click.option("--report", "report", is_flag=True, help="Print per-layer SQNR and output agreement with float32.")
 @click.option("--report-json", "report_json", default=None, metavar="FILE", help="Write the report as JSON.")
 @click.option("--holdout", default=None, metavar="DATA", help="Held-out inputs for the report (same forms as DATA).")
@@ -34,8 +38,8 @@ from kcompiler.errors import KCError
               help="Fail (exit 1) when top-1 agreement with float32 is more than X percentage points below 100%.")
 @zoo_options
 @debug_option
-def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, report, report_json, holdout,
-                 max_loss, debug):
+def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, equalize, report, report_json,
+                 holdout, max_loss, debug):
     """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
     per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
     activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
@@ -53,7 +57,8 @@ def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fal
         zoo["weights"] = "random"  # (the files' constant fills have nothing to calibrate)
     with status(f"quantising {model} to {qdtype}", False):
         q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
-                     activations=activations, zoo_options=zoo or None, keep_float=keep_float, fallback=fallback)
+                     activations=activations, zoo_options=zoo or None, keep_float=keep_float, fallback=fallback,
+                     equalize=equalize)
     info = quant_info(q) or {}
     console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
                   f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)

@@ -25,6 +25,7 @@ from onnx import external_data_helper
 
 from kcompiler.errors import KCError, ModelLoadError
 from kcompiler.quantize.calibration import CalibrationSet
+from kcompiler.quantize.equalize import equalize as equalize_ranges
 
 #: the quantised dtypes, and the float ones compile takes as they are
 DTYPES = ("int8", "fp8", "int4")
@@ -156,7 +157,7 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
              per_channel: bool = True, output: "str | os.PathLike | None" = None, *, activations: str = "int8",
              zoo_options: dict | None = None, calibration_samples: int = 32,
              op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES, keep_float: Sequence[str] = (),
-             fallback: int = 0) -> onnx.ModelProto:
+             fallback: int = 0, equalize: bool = False) -> onnx.ModelProto:
     """Quantise `model` (an .onnx path, a zoo name, a ModelProto) and return the quantised ModelProto
     (also written to `output` if given).
 
@@ -175,7 +176,10 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
       calibration samples; see kcompiler.quantize.sensitivity); the notes name them and their gain.
     activations: int8 (default: quantize_static's own default, and the pairing ONNX Runtime's CPU kernels
       compute exactly) or uint8 (ORT's u8 x s8 kernels on x86 without VNNI saturate 16-bit pair sums, so
-      ORT's optimised run of a uint8 model differs from the model's QDQ function by up to 20 steps)."""
+      ORT's optimised run of a uint8 model differs from the model's QDQ function by up to 20 steps).
+    equalize: before calibrating, rewrite the float model (exactly) so that the channels of every quantised
+      activation span similar ranges (kcompiler.quantize.equalize: cross-layer equalisation and SmoothQuant
+      scales folded into the neighbouring weights and constants); int8/fp8 only."""
     if dtype not in DTYPES:
         raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
                       hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
@@ -204,7 +208,8 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
     else:
         cs = calibration_set(proto, calibration, name, is_zoo, calibration_samples)
         notes.extend(cs.notes if cs.synthetic else [])
-        q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types, keep_float, fallback)
+        q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types, keep_float, fallback,
+                    equalize)
         info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
                 "samples": len(cs), "synthetic": cs.synthetic}
     if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):
@@ -242,7 +247,7 @@ def calibration_set(proto: onnx.ModelProto, calibration: Any, name: str, is_zoo:
 
 def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
             activations: str, notes: list[str], op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES,
-            keep: Sequence[str] = (), fallback: int = 0) -> onnx.ModelProto:
+            keep: Sequence[str] = (), fallback: int = 0, equalize: bool = False) -> onnx.ModelProto:
     """ORT's quantize_static in QDQ format, after its quant_pre_process (shape inference and basic graph
     optimisation such as folding BatchNormalization into Conv), skipped with a note where it fails.
     `keep`: GEMMs (node or output names) left float; `fallback`: that many more, the ones whose float
@@ -254,6 +259,8 @@ def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str,
         src = Path(tmp) / "float.onnx"
         _save_for_ort(proto, src, big)
         pre = _pre_process(src, Path(tmp) / "pre.onnx", big, notes)
+        if equalize:
+            pre = _equalized(pre, Path(tmp) / "equalized.onnx", cs, big, notes)
         exclude = _resolve_nodes(onnx.load(str(pre), load_external_data=False), keep, proto.graph.name)
         q = _ort_quantize(pre, Path(tmp) / "quant.onnx", cs, dtype, method, per_channel, activations, op_types,
                           exclude, big, proto.graph.name)
@@ -272,6 +279,15 @@ def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str,
         if exclude:
             notes.append(f"kept float ({len(exclude)} GEMMs, on the vector unit or host): {', '.join(exclude)}")
         return q
+
+
+def _equalized(pre: Path, dst: Path, cs: CalibrationSet, big: bool, notes: list[str]) -> Path:
+    """The pre-processed float model with its per-channel activation ranges equalised (after ORT's
+    pre-processing, whose Conv/Mul fusions would otherwise fold the scales back into the weights)."""
+    model, summary = equalize_ranges(onnx.load(str(pre)), cs.samples)
+    notes.append(summary.note())
+    _save_for_ort(model, dst, big)
+    return dst
 
 
 def _ort_quantize(pre: Path, out: Path, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
