@@ -17,6 +17,7 @@ In timing mode no table is computed (no weight is read): only the layouts are ma
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -57,7 +58,7 @@ def const_array(v, dtype=np.float64) -> np.ndarray | None:
     return None if c is None else np.asarray(c).astype(dtype).reshape(-1)
 
 
-class _IntGemm:
+class _IntGemm(abc.ABC):
     """What the integer GEMMs add to their float lowering: B's dtype, the pad byte, the requant or
     iadd step and its per-channel tables."""
 
@@ -90,9 +91,9 @@ class _IntGemm:
     def _channels(self) -> int:
         return self.g * self.n
 
+    @abc.abstractmethod
     def _colsum(self, w: np.ndarray) -> np.ndarray:
         """Per output channel, the sum of its weights (the activation zero point's correction)."""
-        raise NotImplementedError
 
     def _weights(self) -> np.ndarray:
         wv = self.node.inputs[self.w_index]
