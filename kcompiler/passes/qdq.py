@@ -8,7 +8,7 @@ QuantizeLinear and DequantizeLinear nodes::
     DQ(b_q) ─┘
 
 which ONNX Runtime itself fuses into ``QLinearConv`` / ``QLinearMatMul`` / ``com.microsoft.QGemm``
-when it loads the model. The backends see that canonical form (shared decision 2 of issue 14):
+when it loads the model. The backends see that canonical form (the one QOperator models arrive in):
 one op with int8/uint8 operands, an int32 accumulator and a requantisation, instead of a float
 op they would have to run in float. The rewrite fires only when it is *exactly* the same
 computation:

@@ -34,7 +34,7 @@ Two families, from the literature:
   arXiv:2508.03984, emulate SGEMM and DGEMM on INT8 engines, by a third-party summary of it with the
   CRT-based Ozaki scheme II, arXiv:2504.08009, which splits no input and has another pass
   structure; we model scheme I). float32's 24-bit significand needs s = 4: 10 passes; float16 (11
-  bits) and bfloat16 (8 bits) s = 2: 3 passes. The pass counts follow the brief's reading of these
+  bits) and bfloat16 (8 bits) s = 2: 3 passes. The pass counts follow our reading of these
   papers: the text we could retrieve (their abstracts) states no pass count, so they are derived
   from the slice widths, not quoted.
 
