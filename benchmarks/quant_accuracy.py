@@ -26,12 +26,12 @@ from kcompiler.quantize import CalibrationSet, accuracy_report, quantize
 from kcompiler.quantize.quantizer import float_model, prepared
 
 
-def measure(name: str, zoo_options: dict, calib: int, holdout: int) -> tuple[object, float]:
+def measure(name: str, zoo_options: dict, calib: int, holdout: int, method: str = "minmax") -> tuple[object, float]:
     t0 = time.perf_counter()
     proto = prepared(float_model(name, zoo_options)[0])
     cal = CalibrationSet.generate(proto, calib, seed=0)
     hold = CalibrationSet.generate(proto, holdout, seed=1)
-    q = quantize(proto, cal, dtype="int8")
+    q = quantize(proto, cal, dtype="int8", method=method)
     rep = accuracy_report(proto, q, cal, hold)
     rep.model = name
     return rep, time.perf_counter() - t0
@@ -39,9 +39,9 @@ def measure(name: str, zoo_options: dict, calib: int, holdout: int) -> tuple[obj
 
 def markdown(reports: list[tuple[object, float]], args) -> str:
     lines = ["# INT8 accuracy against float32 (host, ONNX Runtime)", "",
-             f"`python benchmarks/quant_accuracy.py --calib {args.calib} --holdout {args.holdout}`: "
-             "kcompiler.quantize (ONNX Runtime quantize_static, QDQ, int8 activations, int8 symmetric per-channel "
-             "weights, MinMax); the zoo's default (seeded, synthetic) inputs, calibration seed 0, held-out seed 1. "
+             f"`python benchmarks/quant_accuracy.py --calib {args.calib} --holdout {args.holdout} --method "
+             f"{args.method}`: kcompiler.quantize (ONNX Runtime quantize_static, QDQ, int8 activations, int8 symmetric "
+             f"per-channel weights, {args.method} calibration); the zoo's default (seeded, synthetic) inputs, calibration seed 0, held-out seed 1. "
              "The quantised model runs at ORT's basic optimisation level (the QDQ model's own function).", "",
              "| model | set | inputs | output | top-1 agreement | max abs err | mean abs err | SQNR dB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -100,7 +100,7 @@ def main() -> None:
     options = {"resnet50": {"weights": "random"}, "bert-tiny": {}}
     reports = []
     for name in args.models.split(","):
-        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout)
+        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout, args.method)
         s = rep.gate_set
         print(f"{name}: top-1 agreement {s.top1:.2%} on {s.samples} held-out inputs; SQNR {rep.sqnr_summary()} "
               f"({secs:.0f} s)", flush=True)
