@@ -40,31 +40,28 @@ def run_table(models, targets, cache=None, log=print) -> list[wl.Result]:
     return results
 
 
-def _cell(r: wl.Result) -> str:
-    if r.error:
-        kind = r.error.split(":")[0]
-        return f"error ({kind})"
-    return ("yes" if r.match else "**no**") + f" | {r.host_nodes}/{r.nodes} | {r.host_flop_share:.1%}"
+def _ops(ops: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:6]) or "-"
 
 
-def markdown(results: list[wl.Result], targets) -> str:
-    """One row per model, per target: answer equal to ORT's | host nodes/all nodes | host FLOP share."""
-    models = list(dict.fromkeys(r.model for r in results))
-    by = {(r.model, r.target): r for r in results}
-    head = "| model | " + " | ".join(f"{t}: match | host nodes | host FLOPs" for t in targets) + " |"
-    sep = "|---|" + "---|---|---|" * len(targets)
-    rows = []
-    for m in models:
-        cells = []
-        for t in targets:
-            r = by.get((m, t))
-            cells.append("- | - | -" if r is None else (_cell(r) if not r.error else f"{_cell(r)} | - | -"))
-        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+def markdown(results: list[wl.Result], targets=None) -> str:
+    """One row per model x target: the answer against ORT's, nodes and FLOP share on the host, the op types
+    left there (on a chip target), compile and run seconds; then the errors and the differing answers."""
+    rows = ["| model | target | answer = ORT's | host nodes | host FLOPs | on the host (op types) | compile s "
+            "| run s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.error:
+            rows.append(f"| {r.model} | {r.target} | error: {r.error.split(':')[0]} | - | - | - | - | - |")
+            continue
+        ops = _ops(r.host_ops) if r.target != "host" else "(all)"
+        rows.append(f"| {r.model} | {r.target} | {'yes' if r.match else '**no**'} | {r.host_nodes}/{r.nodes} | "
+                    f"{r.host_flop_share:.1%} | {ops} | {r.compile_s:.1f} | {r.run_s:.1f} |")
     ok = sum(r.match for r in results)
     errors = [f"- {r.model} on {r.target}: {r.error}" for r in results if r.error]
     diffs = [f"- {r.model} on {r.target}: answer {str(r.answer)[:200]}"
              for r in results if not r.error and not r.match]
-    lines = [head, sep, *rows, "", f"{ok} of {len(results)} model x target runs give ORT's answer.", ""]
+    lines = [*rows, "", f"{ok} of {len(results)} model x target runs give ORT's answer.", ""]
     lines += (["Errors:", *errors, ""] if errors else []) + (["Different answers:", *diffs] if diffs else [])
     return "\n".join(lines)
 

@@ -82,14 +82,14 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def ocr_det(cache=None) -> wl.Case:
+def ocr_det(cache=None, limit: int = 256) -> wl.Case:
     """PP-OCRv4 det on skimage's scanned page (data/page.png, 191x384). ch_ppocr_det/utils.py DetPreProcess with
-    limit_type "max", limit_side_len 320 (config knobs; the default "min"/736 makes a 736x1472 input): resize to
-    multiples of 32 (160x320), (x/255-0.5)/0.5 on BGR (utils/load_image.py: grey -> BGR)."""
+    limit_type "max", limit_side_len `limit` (config knobs; the default "min"/736 makes a 736x1472 input): resize
+    to multiples of 32 (128x256), (x/255-0.5)/0.5 on BGR (utils/load_image.py: grey -> BGR)."""
     paths, page = rm.fetch_ocr_models(cache), wl.fetch("skimage", cache)["page.png"]
     bgr = _rgb(page)[:, :, ::-1]
     h, w = bgr.shape[:2]
-    ratio = 320 / max(h, w)
+    ratio = limit / max(h, w)
     rh, rw = int(round(int(h * ratio) / 32) * 32), int(round(int(w * ratio) / 32) * 32)
     x = ((rm._resize_bilinear(bgr, rw, rh).astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None]
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -115,10 +115,11 @@ def ocr_cls(cache=None) -> wl.Case:
 
 
 def ocr_rec(cache=None) -> wl.Case:
-    """PP-OCRv4 rec on two rendered lines at width 320 (realmodels.rec_batch: ch_ppocr_rec/text_recognize.py
-    TextRecognizer.resize_norm_img); answer: the CTC strings (ch_ppocr_rec/utils.py CTCLabelDecode)."""
+    """PP-OCRv4 rec on a rendered line (the second of render_text_lines(2, seed=4); one line, for time) at
+    width 320 (realmodels.rec_batch: ch_ppocr_rec/text_recognize.py TextRecognizer.resize_norm_img); answer:
+    the CTC strings (ch_ppocr_rec/utils.py CTCLabelDecode)."""
     paths = rm.fetch_ocr_models(cache)
-    x = rm.rec_batch([im for im, _ in rm.render_text_lines(2, seed=4)], width=rm.REC_SHAPE[2])
+    x = rm.rec_batch([im for im, _ in rm.render_text_lines(2, seed=4)[1:]], width=rm.REC_SHAPE[2])
 
     def answer(run):
         return tuple(rm.ctc_decode(next(iter(run({"x": x}).values())), paths["keys"]))
@@ -157,11 +158,13 @@ def nms_boxes(boxes: np.ndarray, scores: np.ndarray, score_thr: float, nms_thr: 
     return keep
 
 
-def nudenet(cache=None, size: int = 320) -> wl.Case:
+def nudenet(cache=None, size: int = 224) -> wl.Case:
     """nudenet 320n.onnx on skimage's astronaut.png (a portrait, 512x512). nudenet/nudenet.py _read_image:
     cv2.imread (BGR), cvtColor(COLOR_RGBA2BGR) (on three channels: swaps R and B), pad right/bottom to a
     square, blobFromImage(1/255, (size, size), swapRB=True) (INTER_LINEAR resize, swapped back); answer:
-    _postprocess (score >= 0.2, NMSBoxes 0.25/0.45): (class, x, y, w, h) per detection."""
+    _postprocess (score >= 0.2, NMSBoxes 0.25/0.45): (class, x, y, w, h) per detection. size: NudeDetector's
+    inference_resolution (default 320); 224 here, for time: the same single detection as at 320 (FACE_FEMALE,
+    box within 3 px), where 160 calls the face FACE_MALE."""
     model = wl.fetch("nudenet", cache)["320n.onnx"]
     rgb = _rgb(wl.fetch("skimage", cache)["astronaut.png"])
     mat = rgb[:, :, ::-1][:, :, ::-1]                 # imread's BGR, then RGBA2BGR's swap

@@ -192,16 +192,25 @@ def evaluate(case: Case, target: str, want: Any, compiled=None) -> Result:
 
 
 def boxes_close(a, b, tol: float = 2.0) -> bool:
-    """Detections equal up to `tol` pixels per coordinate: same count, same labels in the same order. (A
-    box edge sits where a probability crosses a threshold; float32 rounding moves it by a pixel.)"""
+    """Detections equal up to `tol` pixels per coordinate, taken as sets: the same number, and each detection
+    of `a` paired with its own one of `b` of the same label (the packages list them by score, and two boxes
+    of near-equal score may swap places). A box edge sits where a probability crosses a threshold, so
+    float32 rounding elsewhere may move it by a pixel."""
     if a is None or b is None or len(a) != len(b):
         return False
-    for x, y in zip(a, b):
-        lx, cx = (x[0], x[1:]) if isinstance(x[0], str) else (None, x)
-        ly, cy = (y[0], y[1:]) if isinstance(y[0], str) else (None, y)
-        if lx != ly or len(cx) != len(cy) or np.abs(np.subtract(cx, cy, dtype=float)).max() > tol:
+    free = list(b)
+    for x in a:
+        hit = next((y for y in free if _box_near(x, y, tol)), None)
+        if hit is None:
             return False
+        free.remove(hit)
     return True
+
+
+def _box_near(x, y, tol: float) -> bool:
+    lx, cx = (x[0], x[1:]) if isinstance(x[0], str) else (None, x)
+    ly, cy = (y[0], y[1:]) if isinstance(y[0], str) else (None, y)
+    return lx == ly and len(cx) == len(cy) and float(np.abs(np.subtract(cx, cy, dtype=float)).max()) <= tol
 
 
 def build_case(name: str, cache: "str | os.PathLike | None" = None) -> Case:
