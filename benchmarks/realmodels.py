@@ -95,19 +95,20 @@ def _safe_target(folder: Path, member: str) -> Path:
     return target
 
 
-def _pip_download(root: Path) -> Path:
-    """Download the wheel into `root` with pip (no dependencies) and return its path."""
+def _pip_download(root: Path, spec: str = WHEEL_SPEC, glob: str = WHEEL_GLOB) -> Path:
+    """Download the wheel `spec` (default: rapidocr's) into `root` with pip (no dependencies, binary
+    only) and return the file matching `glob`; benchmarks/wildmodels_lib.py fetches its wheels so too."""
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", WHEEL_SPEC, "--no-deps", "--only-binary=:all:",
+    cmd = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--only-binary=:all:",
            "-d", str(root), "--disable-pip-version-check", "--retries", "1", "--timeout", "20"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RegistryUnavailable(f"`pip download {WHEEL_SPEC}` could not run: {e}") from e
-    wheels = sorted(root.glob(WHEEL_GLOB))
+        raise RegistryUnavailable(f"`pip download {spec}` could not run: {e}") from e
+    wheels = sorted(root.glob(glob))
     if proc.returncode != 0 or not wheels:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
-        raise RegistryUnavailable(f"`pip download {WHEEL_SPEC}` failed (exit {proc.returncode}); is the package "
+        raise RegistryUnavailable(f"`pip download {spec}` failed (exit {proc.returncode}); is the package "
                                   f"registry reachable? Or put the wheel in {root} by hand.\n{tail}")
     return wheels[-1]
 
