@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,13 +15,14 @@ from PIL import Image
 
 import wildmodels_lib as wl
 
-REPO = Path(__file__).resolve().parents[1]
 
 # ---- magika 1.0.3: content-type classifier over file bytes ------------------------------------------------------
-#: real files: this repository's own, and data files inside the magika wheel (read from the zip)
-MAGIKA_REPO_FILES = ("pyproject.toml", "benchmarks/results/realmodels.md", "kcompiler/__init__.py",
-                     "benchmarks/results/atom-1000-pareto.png")
-MAGIKA_WHEEL_FILES = ("magika/config/content_types_kb.min.json",)
+#: real files, read from inside pinned wheels (so editing this repository never changes the inputs):
+#: (wheel key, member) — Python, Markdown, JSON, XML and PNG
+MAGIKA_FILES = (("magika", "magika/magika.py"), ("magika", "magika/models/standard_v3_3/README.md"),
+                ("magika", "magika/config/content_types_kb.min.json"),
+                ("skimage", "skimage/data/lbpcascade_frontalface_opencv.xml"),
+                ("skimage", "skimage/data/chessboard_RGB.png"))
 
 
 def magika_features(content: bytes, cfg: dict) -> list[int]:
@@ -39,16 +39,17 @@ def magika_features(content: bytes, cfg: dict) -> list[int]:
 
 
 def magika(cache=None) -> wl.Case:
-    """magika standard_v3_3 on 4 files of this repository (.toml, .md, .py, .png) and a .json inside the magika
-    wheel, one batch [5, 2048] int32 (Magika._get_raw_predictions). Answer per file: (the model's label, the
+    """magika standard_v3_3 on 5 files inside pinned wheels (.py, .md, .json from magika's, .xml and .png from
+    scikit-image's), one batch [5, 2048] int32 (Magika._get_raw_predictions). Answer per file: (the model's label, the
     output label after Magika._get_output_label_from_dl_label_and_score in the default HIGH_CONFIDENCE mode:
     per-type thresholds, overwrite_map, else txt/unknown by content_types_kb's is_text)."""
     files = wl.fetch("magika", cache)
     cfg = json.loads(files["config.min.json"].read_text())
     kb = json.loads(files["content_types_kb.min.json"].read_text())
-    contents = [(REPO / p).read_bytes() for p in MAGIKA_REPO_FILES]
-    with zipfile.ZipFile(wl.wheel_file("magika", cache)) as zf:
-        contents += [zf.read(m) for m in MAGIKA_WHEEL_FILES]
+    contents = []
+    for key, member in MAGIKA_FILES:
+        with zipfile.ZipFile(wl.wheel_file(key, cache)) as zf:
+            contents.append(zf.read(member))
     x = np.array([magika_features(c, cfg) for c in contents], dtype=np.int32)
     labels = cfg["target_labels_space"]
 

