@@ -71,14 +71,18 @@ def _cast_like_to_cast(model: ir.Model) -> bool:
 
 
 class _IdentityElimination(ir_passes.IdentityEliminationPass):
-    """onnx_ir's pass, except that `y = Identity(x)` stays when x and y are both outputs of
-    the same graph: removing it would make one value two outputs (e.g. a Scan body's state
-    and its scan output), which ONNX Runtime computes wrongly (ONNX test_scan9_sum)."""
+    """onnx_ir's pass, except that `y = Identity(x)` stays when y is an output of its graph and x
+    is either (a) also an output of that graph: removing it would make one value two outputs (e.g.
+    a Scan body's state and its scan output), which ONNX Runtime computes wrongly (ONNX
+    test_scan9_sum); or (b) defined outside that graph (an If/Loop/Scan body returning an
+    outer-scope value): removing it would rename the outer value and make the body return it
+    directly, which ONNX Runtime refuses ("an outer scope value being returned directly", every
+    branch of silero-vad's `If`s) and which the partitioner could not see as a captured input."""
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         if (node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1
-                and node.inputs[0] is not None and len(node.outputs) == 1
-                and node.outputs[0].is_graph_output() and node.inputs[0].is_graph_output()):
+                and node.inputs[0] is not None and len(node.outputs) == 1 and node.outputs[0].is_graph_output()
+                and (node.inputs[0].is_graph_output() or node.inputs[0].graph is not node.graph)):
             return False
         return super()._try_eliminate_identity_node(node)
 
