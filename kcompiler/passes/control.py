@@ -6,7 +6,9 @@ sr=16000``, kcompiler.frontend.bind) or when it is shape arithmetic on shapes --
 decoder squeezes its time axis only if that axis has length 1). onnxscript's constant folder already inlines
 an If whose condition is a constant (its chosen branch's nodes join the parent graph), so this pass does not
 rewrite Ifs itself: it alternates ONNX shape inference (which gives the inlined nodes static shapes) with that
-folder until no further If folds, because each inlined branch can expose the next If's condition.
+folder until no further If folds, because each inlined branch can expose the next If's condition. It runs
+before cleanup's fold-constants (which then folds what the last inference exposed): run after it, it would
+find the Ifs a --bind decides already inlined, and their nodes without the shapes inference gives them.
 
 Loops and Scans stay as they are (a Loop with a constant trip count may run on the host), as do LSTM/GRU/RNN
 unless a backend claims them; placement (passes/placement.py) prefixes each such node's reason with
@@ -45,12 +47,14 @@ def fold_control_flow(model: ir.Model, ctx: CompileContext) -> PassOutcome:
         return PassOutcome(changed=False)
     left = before
     for _ in range(MAX_ROUNDS):
-        ShapeInferencePass(strict_mode=False, data_prop=True)(model)
         fold_constants(model, ctx)
         now = count_control(model)
         if now >= left:
             break
         left = now
+        # the inlined nodes carry the shapes the exporter traced (symbolic 'batch'): infer them from the
+        # bound ones, so that the next round folds the Shape/Gather/Equal chains they feed
+        ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     folded = before - left
     return PassOutcome(changed=bool(folded), fired={"fold-if": folded} if folded else {})
 

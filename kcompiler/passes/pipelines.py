@@ -12,7 +12,7 @@ from kcompiler.passes import qdq  # noqa: F401  (registers qdq-to-qlinear and it
 from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
-    "cleanup": ["fold-constants", "fold-control-flow", "remove-identity", "dce", "cse", "toposort", "name-fix"],
+    "cleanup": ["fold-control-flow", "fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
     # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
     # the graph optimisations, before anything is placed: QDQ groups become QLinear ops after

@@ -184,23 +184,31 @@ def test_fusion_rules_leave_bodies_runnable_on_the_host():
 
 # ---- --bind ------------------------------------------------------------------------------------------
 def flag_model() -> onnx.ModelProto:
-    """If(flag): relu(x @ W1) else sigmoid(x @ W2) -- the branch decides which weights run."""
-    then_g = h.make_graph([h.make_node("MatMul", ["x", "W1"], ["m1"]), h.make_node("Relu", ["m1"], ["a"])],
-                          "then", [], [vi("a", F, [4, 32])])
+    """If(flag): relu(pad(x) @ W1) else sigmoid(x @ W2) -- the branch decides which weights run. As an exporter
+    writes it: a symbolic batch dim, and the branches' values declared with it (compiled with --shape)."""
+    pads = [h.make_node("Constant", [], ["p0"], value=onnx.numpy_helper.from_array(np.array([0, 1], np.int64))),
+            h.make_node("Constant", [], ["p1"], value=onnx.numpy_helper.from_array(np.array([0, 1], np.int64))),
+            h.make_node("Concat", ["p0", "p1"], ["pads"], axis=0)]  # (shape arithmetic only inlining folds)
+    then_g = h.make_graph(pads + [h.make_node("Pad", ["x", "pads"], ["xp"]),
+                                  h.make_node("MatMul", ["xp", "W1"], ["m1"]), h.make_node("Relu", ["m1"], ["a"])],
+                          "then", [], [vi("a", F, ["batch", 32])], value_info=[vi("m1", F, ["batch", 32])])
     else_g = h.make_graph([h.make_node("MatMul", ["x", "W2"], ["m2"]), h.make_node("Sigmoid", ["m2"], ["b"])],
-                          "else", [], [vi("b", F, [4, 32])])
+                          "else", [], [vi("b", F, ["batch", 32])], value_info=[vi("m2", F, ["batch", 32])])
     nodes = [h.make_node("If", ["flag"], ["y"], then_branch=then_g, else_branch=else_g, name="choose")]
-    return model(nodes, [vi("x", F, [4, 32]), vi("flag", TP.BOOL, [])], [vi("y", F, [4, 32])],
-                 [weight("W1", 32, 32), weight("W2", 32, 32)])
+    return model(nodes, [vi("x", F, ["batch", 30]), vi("flag", TP.BOOL, [])], [vi("y", F, ["batch", 32])],
+                 [weight("W1", 32, 32), weight("W2", 30, 32)])
+
+
+FLAG_SHAPES = {"x": (4, 30)}
 
 
 @pytest.fixture(scope="module")
 def flag_feeds():
-    return {"x": RNG.standard_normal((4, 32)).astype(np.float32)}
+    return {"x": RNG.standard_normal((4, 30)).astype(np.float32)}
 
 
 def test_unbound_flag_if_stays_on_the_host_saying_what_to_bind(flag_feeds):
-    cm = check(flag_model(), {**flag_feeds, "flag": np.array(False)}, target="npu")
+    cm = check(flag_model(), {**flag_feeds, "flag": np.array(False)}, target="npu", shapes=FLAG_SHAPES)
     assert if_count(cm) == 1
     (why,) = reasons(cm, "If")
     assert "only known at run time" in why and "--bind flag=VALUE" in why, why
@@ -208,7 +216,8 @@ def test_unbound_flag_if_stays_on_the_host_saying_what_to_bind(flag_feeds):
 
 @pytest.mark.parametrize("value,want", [("true", True), (0, False)])
 def test_bound_flag_folds_the_if_and_its_branch_runs_on_the_chip(flag_feeds, value, want):
-    cm = check(flag_model(), {**flag_feeds, "flag": np.array(want)}, target="npu", bind={"flag": value})
+    cm = check(flag_model(), {**flag_feeds, "flag": np.array(want)}, target="npu", shapes=FLAG_SHAPES,
+               bind={"flag": value})
     assert if_count(cm) == 0
     assert "flag" not in cm.inputs
     placed = {n.op_type: n.metadata_props.get("kcompiler.device") for n in cm.model.graph}
