@@ -110,8 +110,9 @@ def host_reason(node: ir.Node) -> str:
             return (f"If: its condition is only known at run time (it depends on input {said}); bind it with {binds} "
                     "to fold it and place its branch's nodes on a chip")
         if shapes:
-            return ("If: its condition is only known at run time (it tests shapes kcompiler could not fold to "
-                    "constants); fix every input's shape with --shape NAME=DIMS so that they fold")
+            return ("If: its condition is only known at run time (it tests a shape kcompiler could not fold to a "
+                    "constant: a dim upstream is still unknown; `--print-after cleanup` shows the graph, and --shape "
+                    "NAME=DIMS fixes an input's open dims)")
         return "If: its condition is only known at run time; bind it with --bind NAME=VALUE"
     if node.op_type == "Loop":
         trip = _const_of(node.inputs[0] if node.inputs else None)
