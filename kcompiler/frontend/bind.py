@@ -179,7 +179,9 @@ def bound_values(model: ir.Model) -> dict[str, np.ndarray]:
 def _show(arr: np.ndarray) -> str:
     if arr.ndim == 0:
         v = arr.item()
-        return str(v).lower() if isinstance(v, bool) else (repr(v) if isinstance(v, float) and math.isnan(v) else str(v))
+        if isinstance(v, bool):
+            return str(v).lower()
+        return repr(v) if isinstance(v, float) and math.isnan(v) else str(v)
     text = json.dumps(arr.tolist())
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -18,10 +18,10 @@ unless a backend claims them; placement (passes/placement.py) prefixes each such
 from __future__ import annotations
 
 import onnx_ir as ir
+from onnxscript.optimizer import _constant_folding as _cf
 
 from kcompiler.frontend.inference import ShapeInferencePass
-from kcompiler.passes.cleanup import fold_constants
-from kcompiler.passes.manager import CompileContext, PassOutcome, register
+from kcompiler.passes.manager import REGISTRY, CompileContext, PassOutcome, register
 
 #: rounds of (shape inference, constant folding); silero-vad's nested Ifs need three
 MAX_ROUNDS = 8
@@ -39,6 +39,40 @@ def count_control(model: ir.Model, op_type: str = "If") -> int:
                if n.op_type == op_type and n.domain in ("", "ai.onnx"))
 
 
+def _dynamic(node: ir.Node) -> bool:
+    """A Loop, a Scan, or an If whose condition is not (yet) a constant."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in CONTROL_OPS:
+        return False
+    return node.op_type != "If" or _const_of(node.inputs[0] if node.inputs else None) is None
+
+
+class _Folder(_cf.FoldConstantsPass):
+    """onnxscript's constant folder, except that it does not descend into the bodies of the main graph's
+    Loops, Scans and Ifs whose condition stays unknown (it still inlines an If whose condition folds).
+
+    Such a node runs on the host, where ONNX Runtime folds its body itself; folding it here with the
+    bound shapes only specialises branches that may never run, and a branch the bound shapes never take
+    can fold into one that is statically invalid (silero-vad's 8 kHz branch with a 512-sample input ends
+    in an LSTM of rank 4), which ORT refuses when it loads the model although that branch never runs."""
+
+    def call(self, model: ir.Model):
+        self._top = model.graph
+        return super().call(model)
+
+    def visit_node(self, node: ir.Node, root) -> None:
+        replacement = self.process_node(node, is_function=isinstance(root, ir.Function))
+        if replacement is not None:
+            self.replace_node(node, replacement, root)
+        elif not (root is self._top and _dynamic(node)):
+            for attr in node.attributes.values():
+                self.visit_attribute(attr)
+
+
+def fold_constants(model: ir.Model, **options):
+    """onnxscript.optimizer.fold_constants (same options) leaving dynamic control flow's bodies alone."""
+    return _Folder(shape_inference=False, **options)(model)
+
+
 @register("fold-control-flow")
 def fold_control_flow(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Inline every If whose condition folds to a constant (--bind flags, shape arithmetic), repeatedly."""
@@ -47,7 +81,7 @@ def fold_control_flow(model: ir.Model, ctx: CompileContext) -> PassOutcome:
         return PassOutcome(changed=False)
     left = before
     for _ in range(MAX_ROUNDS):
-        fold_constants(model, ctx)
+        REGISTRY["fold-constants"].fn(model, ctx)  # (cleanup's: it leaves dynamic bodies alone)
         now = count_control(model)
         if now >= left:
             break
