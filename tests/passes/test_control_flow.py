@@ -215,7 +215,7 @@ def test_unbound_flag_if_stays_on_the_host_saying_what_to_bind(flag_feeds):
 
 
 @pytest.mark.parametrize("value,want", [("true", True), (0, False)])
-def test_bound_flag_folds_the_if_and_its_branch_runs_on_the_chip(flag_feeds, value, want):
+def test_bound_flag_folds_the_if_and_its_branch_runs_on_the_chip(flag_feeds, value, want, tmp_path):
     cm = check(flag_model(), {**flag_feeds, "flag": np.array(want)}, target="npu", shapes=FLAG_SHAPES,
                bind={"flag": value})
     assert if_count(cm) == 0
@@ -224,6 +224,11 @@ def test_bound_flag_folds_the_if_and_its_branch_runs_on_the_chip(flag_feeds, val
     assert placed and all(d == "warboy" for d in placed.values()), placed
     with pytest.raises(InputError, match=r"flag=\[?(True|False)\]? bound .*no longer an input"):
         cm.run({**flag_feeds, "flag": np.array(want)})
+    cm.save(tmp_path / "m.kcm")  # an artifact keeps the binding: same values, same refusal
+    loaded = kcompiler.load(tmp_path / "m.kcm")
+    np.testing.assert_array_equal(loaded.run(flag_feeds)["y"], cm.run(flag_feeds)["y"])
+    with pytest.raises(InputError, match="no longer an input"):
+        loaded.run({**flag_feeds, "flag": np.array(want)})
 
 
 @pytest.mark.parametrize("bind,words", [
