@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from kcompiler.backends.host.backend import ORT_MAX_IR_VERSION, ort_session
 from kcompiler.frontend import read_model_proto
+from kcompiler.frontend.bind import bound_values
 from kcompiler.driver.loading import original_reference
 
 
@@ -65,6 +66,8 @@ def reference_outputs(cm, feeds) -> dict[str, np.ndarray]:
         proto.ir_version = ir_version  # the user's (or the artifact's) model is left as it was
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
+    # inputs bound at compile time (--bind) are fed to the original model with their bound values
+    feeds = {**bound_values(cm.model), **feeds}
     return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 

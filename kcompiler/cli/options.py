@@ -79,10 +79,38 @@ def device_kwargs() -> dict:
 
 
 def shape_option(f):
-    """--shape NAME=DIMS (repeatable), with the zoo and --place options every model-taking command has."""
-    return device_options(place_option(zoo_options(click.option("--shape", "shape_specs", multiple=True,
-                                                                metavar="NAME=1x3x224x224",
-                                                                help="Bind an input's shape (repeatable).")(f))))
+    """--shape NAME=DIMS (repeatable), with the zoo, --place and --bind options every model-taking command has."""
+    return bind_option(device_options(place_option(zoo_options(click.option(
+        "--shape", "shape_specs", multiple=True, metavar="NAME=1x3x224x224",
+        help="Bind an input's shape (repeatable).")(f)))))
+
+
+def bind_option(f):
+    """--bind NAME=VALUE (repeatable): fix an input to a compile-time constant, kept on the click context
+    (kc.bind) and given to kcompiler.compile as bind={name: text}; the frontend (kcompiler.frontend.bind)
+    reads the text as the input's dtype and refuses what does not fit."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from kcompiler.frontend.bind import parse_bind_spec  # (numpy and onnx_ir: not at kc's start-up)
+
+        bound = {}
+        for spec in kwargs.pop("bind_specs", ()):
+            name, value = parse_bind_spec(spec)
+            bound[name] = value
+        click.get_current_context().meta["kc.bind"] = bound or None
+        return f(*args, **kwargs)
+
+    return click.option("--bind", "bind_specs", multiple=True, metavar="NAME=VALUE",
+                        help="Fix an input to a constant at compile time (repeatable), e.g. --bind sr=16000: it "
+                             "leaves the compiled model's inputs, and an If it decides is folded away so its "
+                             "branch can run on a chip. VALUE: a number, true/false, or a list like [1,0,1].")(wrapper)
+
+
+def bind_kwarg():
+    """The --bind values of the command being run ({name: text}, or None without any)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("kc.bind") if ctx is not None else None
 
 
 def place_option(f):

@@ -109,7 +109,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             interconnect: str | None = None, topology: str | None = None,
             place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
             partition: "tuple | str | None" = None, device_options: Mapping[str, Any] | None = None,
-            calibrate: Any = None, **zoo_options) -> CompiledModel:
+            calibrate: Any = None, bind: Mapping[str, Any] | None = None, **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
@@ -132,6 +132,11 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     device_options: options of the target's backends (Backend.options), e.g. {"cim_time": "1h",
     "cim_noise": "off"} for a CIM chip; one that no device of the target reads is refused.
 
+    bind: fix inputs to compile-time constants, {input name: value} (a number, a bool, a small array or list,
+    or its text as `--bind NAME=VALUE` writes it), converted to the input's dtype. A bound input leaves the
+    compiled model's inputs; an `If` its value decides is folded away, so the chosen branch's nodes can be
+    placed on a chip (kcompiler.frontend.bind, kcompiler.passes.control).
+
     dtype (with the zoo options): fp32 | fp16 | bf16 | int8 | fp8 | int4. int8/fp8/int4 quantise the model
     first (kcompiler.driver.quantise) with `calibrate` (an .npz, a folder of .npz, a list of dicts,
     "synthetic"), or the zoo's default set; the report's notes say how."""
@@ -146,7 +151,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         cm = compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
                           options=dict(disable_passes=disable_passes, print_after=print_after,
                                        pipeline=pipeline, mode=mode, name=name, state=state,
-                                       device_options=device_options, **zoo_options))
+                                       device_options=device_options, bind=bind, **zoo_options))
         cm.notes.extend(src.notes)
         return cm
     backends = make_backends(system)
@@ -156,7 +161,7 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
                          print_after=frozenset(print_after), printer=printer, progress=progress,
                          device_options={k: v for k, v in (device_options or {}).items() if v is not None})
     ctx.say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")
-    irm, source, src_model, model_name = load(model, shapes, state, **zoo_options)
+    irm, source, src_model, model_name = load(model, shapes, state, bind=bind, **zoo_options)
     check_float_dtype(irm, src, model)
     dtype = model_dtype(irm)  # (what the model computes at, before any pass rewrites it)
     source_stats = opinfo.model_stats(irm)

@@ -25,10 +25,10 @@ def make_backends(system: targets.System) -> dict[str, Backend]:
     return backends
 
 
-def load(model, shapes, state=None, **zoo_options) -> tuple[ir.Model, ModelSource, Any, str]:
-    """The model as onnx_ir with its shapes bound and its device-resident state marked: (model,
-    source, the model as given when it was not a file, its name)."""
+def load(model, shapes, state=None, bind=None, **zoo_options) -> tuple[ir.Model, ModelSource, Any, str]:
+    """The model as onnx_ir with its bound inputs made constants (`bind`), its shapes bound and its
+    device-resident state marked: (model, source, the model as given when it was not a file, its name)."""
     src_model, model_name = zoo.resolve_model(model, **zoo_options)
-    irm, source = load_model(src_model, shapes)
+    irm, source = load_model(src_model, shapes, bind=bind)
     device_state.mark(irm, state)
     return irm, source, src_model, model_name

@@ -13,6 +13,7 @@ from kcompiler.artifact.writer import save as save_artifact
 from kcompiler.backends.base import Backend, Program, Subgraph
 from kcompiler.errors import InputError, KCError
 from kcompiler.frontend import ModelSource
+from kcompiler.frontend.bind import bound_values
 from kcompiler.passes import CompileContext
 from kcompiler.runtime.executor import Executor
 from kcompiler.runtime.report import Report
@@ -132,6 +133,13 @@ class CompiledModel:
         expected = self.inputs
         missing = [n for n in expected if n not in feeds]
         extra = [n for n in feeds if n not in expected]
+        bound = {n: v for n, v in bound_values(self.model).items() if n in extra}
+        if bound:
+            said = ", ".join(f"{n}={v.tolist()}" for n, v in bound.items())
+            raise InputError(f"model '{self.name}' was compiled with {said} bound (--bind), so "
+                             f"{sorted(bound)} {'is' if len(bound) == 1 else 'are'} no longer an input",
+                             hint="drop it from the inputs (the compiled model computes with the bound value), or "
+                                  "compile without --bind to feed it at run time")
         if missing or extra:
             raise InputError(f"model '{self.name}' expects inputs {sorted(expected)}"
                              + (f"; missing {missing}" if missing else "")

@@ -18,7 +18,9 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
 from kcompiler.errors import ModelLoadError
+from kcompiler.frontend.bind import bind_inputs
 from kcompiler.frontend.contrib_ort import infer_contrib_ort
+from kcompiler.frontend.control import check_control_flow
 from kcompiler.frontend.inference import infer_shapes
 from kcompiler.frontend.opset import check_and_convert
 from kcompiler.frontend.quant import check_quantization
@@ -42,17 +44,20 @@ def to_ir(proto: onnx.ModelProto, src: ModelSource) -> ir.Model:
 
 def load_model(model: str | os.PathLike | bytes | onnx.ModelProto | ir.Model,
                shapes: Mapping[str, Sequence[int]] | None = None,
-               base_dir: str | os.PathLike | None = None) -> tuple[ir.Model, ModelSource]:
-    """The whole frontend: parse, validate, convert, bind and infer."""
+               base_dir: str | os.PathLike | None = None,
+               bind: Mapping[str, object] | None = None) -> tuple[ir.Model, ModelSource]:
+    """The whole frontend: parse, validate, convert, bind (inputs to constants, then shapes) and infer."""
     if isinstance(model, ir.Model):
         proto = ir.serde.serialize_model(model)
         model = proto
     proto, src = read_model_proto(model, base_dir)
+    check_control_flow(proto, src)  # (before the checker and ORT, whose messages do not name the node)
     proto = check_and_convert(proto, src)
     irm = to_ir(proto, src)
     # twice: before inference with the types initializers and inputs declare (a zero point of the
     # wrong type otherwise fails inference with a message that does not name it), then with all
     check_quantization(irm, src)
+    bind_inputs(irm, bind, src, shapes)
     bind_shapes(irm, shapes, src)
     infer_shapes(irm, src)
     infer_contrib_ort(irm, src)  # values after contrib ops the rules left untyped (contrib.py)

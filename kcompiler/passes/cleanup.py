@@ -6,9 +6,9 @@ import logging
 
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
-from onnxscript import optimizer
 
 from kcompiler.frontend.inference import ShapeInferencePass
+from kcompiler.passes import control
 from kcompiler.passes.manager import CompileContext, PassOutcome, ir_pass, register
 
 #: fold constants up to this many elements; larger ones (weights built by ConstantOfShape)
@@ -37,8 +37,9 @@ def fold_constants(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
     cast_like = _cast_like_to_cast(model)
     try:
-        result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
-                                          output_size_limit=FOLD_OUTPUT_LIMIT, should_fold=_should_fold)
+        # (onnxscript's folder, leaving the bodies of If/Loop/Scan that stay dynamic alone: see control.py)
+        result = control.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
+                                        output_size_limit=FOLD_OUTPUT_LIMIT, should_fold=_should_fold)
     except RuntimeError as exc:
         # an op-specific folder of onnxscript crashed on a valid node (e.g. SplitToSequence
         # with a non-constant scalar `split`, ONNX test_split_to_sequence_1). Folding is only an
@@ -71,15 +72,25 @@ def _cast_like_to_cast(model: ir.Model) -> bool:
 
 
 class _IdentityElimination(ir_passes.IdentityEliminationPass):
-    """onnx_ir's pass, except that `y = Identity(x)` stays when x and y are both outputs of
-    the same graph: removing it would make one value two outputs (e.g. a Scan body's state
-    and its scan output), which ONNX Runtime computes wrongly (ONNX test_scan9_sum)."""
+    """onnx_ir's pass, except that `y = Identity(x)` stays when y is an output of its graph and x
+    is either (a) also an output of that graph: removing it would make one value two outputs (e.g.
+    a Scan body's state and its scan output), which ONNX Runtime computes wrongly (ONNX
+    test_scan9_sum); or (b) defined outside that graph (an If/Loop/Scan body returning an
+    outer-scope value): removing it would rename the outer value and make the body return it
+    directly, which ONNX Runtime refuses ("an outer scope value being returned directly", every
+    branch of silero-vad's `If`s) and which the partitioner could not see as a captured input."""
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
-        if (node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1
-                and node.inputs[0] is not None and len(node.outputs) == 1
-                and node.outputs[0].is_graph_output() and node.inputs[0].is_graph_output()):
+        if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1 or node.inputs[0] is None \
+                or len(node.outputs) != 1:
+            return super()._try_eliminate_identity_node(node)
+        x, y = node.inputs[0], node.outputs[0]
+        if y.is_graph_output() and (x.is_graph_output() or x.graph is not node.graph):
             return False
+        if x.shape is not None and y.shape is not None and len(x.shape) != len(y.shape):
+            # y's declared shape is the exporter's trace of another branch (silero-vad's decoder If, once
+            # folding picks its Identity branch): x's inferred one holds; onnx_ir's merge would raise
+            y.shape = None
         return super()._try_eliminate_identity_node(node)
 
 

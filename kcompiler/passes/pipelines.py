@@ -5,13 +5,14 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from kcompiler.passes import cleanup  # noqa: F401  (registers the cleanup passes)
+from kcompiler.passes import control  # noqa: F401  (registers fold-control-flow)
 from kcompiler.passes import fusion  # noqa: F401  (registers the fusion rule passes)
 from kcompiler.passes import placement  # noqa: F401  (registers the placement step)
 from kcompiler.passes import qdq  # noqa: F401  (registers qdq-to-qlinear and its rules)
 from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
-    "cleanup": ["fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
+    "cleanup": ["fold-control-flow", "fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
     # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
     # the graph optimisations, before anything is placed: QDQ groups become QLinear ops after

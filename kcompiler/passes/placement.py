@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.errors import UnsupportedOpError
+from kcompiler.passes import control
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 from kcompiler.frontend import state as kstate
 
@@ -206,6 +207,8 @@ class _Placer:
             why += f"; alone elsewhere: {alts}"
         if refusals:
             why += "; " + "; ".join(refusals)
+        if dev == self.host and control.host_reason(node):  # control flow, recurrent layers: say why
+            why = f"{control.host_reason(node)}; {why}"
         node.metadata_props[REASON_KEY] = why
         counts[dev] = counts.get(dev, 0) + 1
         return prev

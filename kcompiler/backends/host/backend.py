@@ -17,7 +17,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, OpEvent, Program, Subgraph, Support, Timeline
 from kcompiler.errors import ExecutionError, LoweringError, UnsupportedOpError
-from kcompiler.irutil import external_weights_dir, node_inputs
+from kcompiler.irutil import external_weights_dir, nested_graphs, node_inputs
 from kcompiler.targets import Link
 from kcompiler.targets.schema import field
 from kcompiler.threads import host_threads
@@ -115,7 +115,41 @@ class HostSpec:
 
 
 def extract_model(sub: Subgraph) -> onnx.ModelProto:
-    """A standalone ModelProto computing `sub.outputs` from `sub.inputs`."""
+    """A standalone ModelProto computing `sub.outputs` from `sub.inputs` (with open input dims when
+    it holds control flow: see _open_for_control_flow)."""
+    proto = _extract_model(sub)
+    if any(next(nested_graphs(n), None) is not None for n in sub.nodes):
+        _open_for_control_flow(proto)
+    return proto
+
+
+def _open_for_control_flow(proto: onnx.ModelProto) -> None:
+    """Give ONNX Runtime a subgraph holding If/Loop/Scan with its inputs' dims open (rank kept) and
+    no declared shapes inside the bodies: ORT infers every branch's shapes when it loads the model,
+    and with fixed dims a branch the bound shapes never take can be statically invalid (silero-vad's
+    8 kHz branch with a 512-sample input ends in an LSTM of rank 4) although it never runs; the
+    exporter's declared shapes inside the bodies are those of one traced branch. The run still
+    feeds the bound shapes, so nothing computed changes."""
+    graph = proto.graph
+    for vi in graph.input:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for k, dim in enumerate(vi.type.tensor_type.shape.dim):
+                dim.Clear()
+                dim.dim_param = f"{vi.name}__{k}"
+    del graph.value_info[:]
+    stack = [a.g for n in graph.node for a in n.attribute if a.HasField("g")]
+    stack += [g for n in graph.node for a in n.attribute for g in a.graphs]
+    while stack:
+        body = stack.pop()
+        del body.value_info[:]
+        for vi in body.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+        stack += [a.g for n in body.node for a in n.attribute if a.HasField("g")]
+        stack += [g for n in body.node for a in n.attribute for g in a.graphs]
+
+
+def _extract_model(sub: Subgraph) -> onnx.ModelProto:
     model = sub.model
     all_nodes = list(model.graph)
     if len(sub.nodes) == len(all_nodes) and {v.name for v in sub.outputs} == {
@@ -188,7 +222,12 @@ def ort_session(proto: onnx.ModelProto, what: str, base_dir=None, literal_qdq: b
             raise UnsupportedOpError(f"{what}: ONNX Runtime (the host fallback) cannot run it: {text}",
                                      hint="no device of the target supports this op; use a newer onnxruntime "
                                           "or replace the op in the exporter") from None
-        raise LoweringError(f"{what}: ONNX Runtime refused the subgraph: {text}") from None
+        raise LoweringError(f"{what}: kcompiler's host backend (kcompiler/backends/host) built a subgraph that "
+                            f"ONNX Runtime refuses: {text}",
+                            hint="if the model itself runs in ONNX Runtime, this is a bug in kcompiler's passes or "
+                                 "host backend: `--print-after cleanup` shows the graph it came from, and "
+                                 "--disable-pass fold-constants (or remove-identity, cse) finds the pass; please "
+                                 "report it") from None
 
 
 class HostProgram(Program):
