@@ -113,6 +113,7 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
     else:
         k_cands = _candidates(k, unit_k)
     best: GemmTiling | None = None
+    best_iters = 0  # the chosen tiling's iteration count: the tie-break between equal cycle totals
     for tm in _candidates(m, unit_m):
         nm = math.ceil(m / tm)
         for tn in _candidates(n, unit_n):
