@@ -23,6 +23,7 @@ from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
+from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
@@ -186,6 +187,9 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "QuantizeLinear": (QdqKernel, qdq_check),
     "DequantizeLinear": (QdqKernel, qdq_check),
     **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
+    # ---- issue 13, "NPU ops" (helper npuops): ops users' detectors need, built of the array's GEMMs
+    # (kernels/composite.py): Resize as interpolation-matrix MatMuls
+    "Resize": (ResizeKernel, _all(_x_only, resize_check)),
 }
 
 

@@ -1,0 +1,64 @@
+"""Kernels built of other kernels: an op the NPU computes as a short sequence of ops it already
+lowers (Resize as GEMMs with interpolation matrices, ConvTranspose as a zero-inserting copy and a
+convolution). The parts are kernels of *stand-in nodes*: fresh ir nodes whose values carry the
+real values' names (a Codegen lays out values by name, so a part reads and writes the real
+buffers) and never join the model's graph (no use list of a real value changes). The
+compiler-made constants (interpolation matrices, flipped weights) are stand-in values with a
+const_value: Codegen writes them into the program's initial image like any weight, so the
+simulator computes from that image, never from the graph."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from kcompiler import opinfo
+from kcompiler.backends.base import Cost
+from kcompiler.backends.npu import isa
+from kcompiler.backends.npu.kernels.common import Kernel
+
+
+def stand_in(v: ir.Value, name: str | None = None, dims: tuple[int, ...] | None = None,
+             dtype: ir.DataType | None = None) -> ir.Value:
+    """A fresh value standing for `v` (same name, shape and dtype unless given), outside any graph."""
+    shp = opinfo.shape_of(v) if dims is None else dims
+    return ir.Value(name=name or v.name, shape=ir.Shape(list(shp)), type=ir.TensorType(dtype or v.dtype))
+
+
+def const_value(name: str, dtype: ir.DataType, dims: tuple[int, ...], make: Callable[[], np.ndarray]) -> ir.Value:
+    """A compiler-made constant: `make` runs only when its bytes are laid out (functional programs)."""
+    np_dt = ir.DataType(dtype).numpy()
+
+    def tensor():
+        return ir.Tensor(np.ascontiguousarray(np.asarray(make(), np.float64).astype(np_dt).reshape(dims)))
+
+    lazy = ir.LazyTensor(tensor, dtype=dtype, shape=ir.Shape(list(dims)), name=name)
+    return ir.Value(name=name, shape=ir.Shape(list(dims)), type=ir.TensorType(dtype), const_value=lazy)
+
+
+def stand_in_node(op_type: str, inputs: list[ir.Value | None], output: ir.Value, name: str,
+                  attributes: list[ir.Attr] = ()) -> ir.Node:
+    return ir.Node("", op_type, inputs, attributes=list(attributes), outputs=[output], name=name)
+
+
+class CompositeKernel(Kernel):
+    """A kernel that runs its `parts` (kernels of stand-in nodes) one after another, a BARRIER
+    between two parts (a part reads what the one before wrote, maybe on another core)."""
+
+    kind = "gemm"
+
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        self.parts: list[Kernel] = []
+
+    def cost(self) -> Cost:
+        costs = [p.cost() for p in self.parts]
+        return Cost(cycles=sum(c.cycles for c in costs), macs=sum(c.macs or 0 for c in costs))
+
+    def emit(self, cg, op):
+        for i, p in enumerate(self.parts):
+            if i:
+                cg.emit(isa.Instr(isa.BARRIER, isa.ALL_CORES, op, 0, 0, 0, ()))
+            p.emit(cg, op)
