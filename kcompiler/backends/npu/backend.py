@@ -23,6 +23,7 @@ from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
+from kcompiler.backends.npu.kernels.convtranspose import ConvTransposeKernel, convtranspose_check
 from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
@@ -188,8 +189,9 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "DequantizeLinear": (QdqKernel, qdq_check),
     **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
     # ---- issue 13, "NPU ops" (helper npuops): ops users' detectors need, built of the array's GEMMs
-    # (kernels/composite.py): Resize as interpolation-matrix MatMuls
+    # (kernels/composite.py): Resize as interpolation-matrix MatMuls, ConvTranspose as zero insertion and a Conv
     "Resize": (ResizeKernel, _all(_x_only, resize_check)),
+    "ConvTranspose": (ConvTransposeKernel, _all(lambda n: _static_float(n, 3), convtranspose_check)),
 }
 
 

@@ -22,9 +22,15 @@ from kcompiler.backends.npu.kernels.common import Kernel
 
 def stand_in(v: ir.Value, name: str | None = None, dims: tuple[int, ...] | None = None,
              dtype: ir.DataType | None = None) -> ir.Value:
-    """A fresh value standing for `v` (same name, shape and dtype unless given), outside any graph."""
+    """A fresh value standing for `v` (same name, shape and dtype unless given), outside any graph; a
+    constant `v` stays a constant (its data read only when laid out)."""
     shp = opinfo.shape_of(v) if dims is None else dims
-    return ir.Value(name=name or v.name, shape=ir.Shape(list(shp)), type=ir.TensorType(dtype or v.dtype))
+    c = None
+    if name is None and opinfo.is_const(v):
+        c = ir.LazyTensor(lambda: ir.Tensor(np.asarray(opinfo.const_value(v))), dtype=v.dtype,
+                          shape=ir.Shape(list(shp)), name=v.name)
+    return ir.Value(name=name or v.name, shape=ir.Shape(list(shp)), type=ir.TensorType(dtype or v.dtype),
+                    const_value=c)
 
 
 def const_value(name: str, dtype: ir.DataType, dims: tuple[int, ...], make: Callable[[], np.ndarray]) -> ir.Value:
