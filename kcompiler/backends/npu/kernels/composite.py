@@ -9,6 +9,7 @@ simulator computes from that image, never from the graph."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -17,7 +18,9 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import Cost
 from kcompiler.backends.npu import isa
+from kcompiler.backends.npu.kernels.codegen import Layout, contiguous
 from kcompiler.backends.npu.kernels.common import Kernel
+from kcompiler.errors import LoweringError
 
 
 def stand_in(v: ir.Value, name: str | None = None, dims: tuple[int, ...] | None = None,
@@ -49,15 +52,44 @@ def stand_in_node(op_type: str, inputs: list[ir.Value | None], output: ir.Value,
     return ir.Node("", op_type, inputs, attributes=list(attributes), outputs=[output], name=name)
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A value `name` that is another view of `src`'s buffer: `shape` at element `strides` (None:
+    row-major, which needs `src` stored densely) from element `offset` on."""
+
+    name: str
+    src: ir.Value
+    shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+    offset: int = 0
+
+    def value(self, dtype: ir.DataType) -> ir.Value:
+        return ir.Value(name=self.name, shape=ir.Shape(list(self.shape)), type=ir.TensorType(dtype))
+
+    def lay_out(self, cg) -> None:
+        lay = cg.layout(self.src)
+        if self.strides is None and not lay.is_contiguous():
+            raise LoweringError(f"value '{self.src.name}' is not stored densely, so it cannot be re-viewed as "
+                                f"{self.shape}")
+        cg.layouts[self.name] = (Layout(lay.buf, lay.off + self.offset * lay.esize, lay.dtype, tuple(self.shape),
+                                        tuple(self.strides) if self.strides is not None else contiguous(self.shape)))
+
+
 class CompositeKernel(Kernel):
     """A kernel that runs its `parts` (kernels of stand-in nodes) one after another, a BARRIER
-    between two parts (a part reads what the one before wrote, maybe on another core)."""
+    between two parts (a part reads what the one before wrote, maybe on another core); a part's
+    aliases (other views of buffers laid out before it) are set up just before it emits."""
 
     kind = "gemm"
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
         self.parts: list[Kernel] = []
+        self.aliases: dict[int, list[Alias]] = {}
+
+    def add(self, part: Kernel, aliases: list[Alias] = ()) -> None:
+        self.aliases[len(self.parts)] = list(aliases)
+        self.parts.append(part)
 
     def cost(self) -> Cost:
         costs = [p.cost() for p in self.parts]
@@ -67,4 +99,6 @@ class CompositeKernel(Kernel):
         for i, p in enumerate(self.parts):
             if i:
                 cg.emit(isa.Instr(isa.BARRIER, isa.ALL_CORES, op, 0, 0, 0, ()))
+            for a in self.aliases.get(i, ()):
+                a.lay_out(cg)
             p.emit(cg, op)

@@ -20,7 +20,7 @@ from kcompiler.backends.npu.cost import dma_cycles
 from kcompiler.backends.npu.kernels.attrs import a_int, a_ints, a_str, shape
 from kcompiler.backends.npu.kernels.codegen import Layout
 from kcompiler.backends.npu.kernels.common import Kernel
-from kcompiler.backends.npu.kernels.composite import CompositeKernel, const_value, stand_in, stand_in_node
+from kcompiler.backends.npu.kernels.composite import Alias, CompositeKernel, const_value, stand_in, stand_in_node
 from kcompiler.backends.npu.kernels.copy import emit_copy, emit_fill
 from kcompiler.backends.npu.kernels.gemm import GemmKernel
 
@@ -101,12 +101,76 @@ class ZeroInsertKernel(Kernel):
                                      (zs[0], zs[1], zs[2] * self.strides[0], zs[3] * self.strides[1])))
 
 
+def _non_overlapping(node) -> bool:
+    """Whether every output pixel gets exactly one tap: stride = kernel, no dilation, pad or
+    output_padding, one group (an upsampling head's 2x2 stride-2 ConvTranspose)."""
+    xs, ws, ys = shape(node.inputs[0]), shape(node.inputs[1]), shape(node.outputs[0])
+    k = list(ws[2:])
+    return (a_ints(node, "strides", [1, 1]) == k and a_ints(node, "dilations", [1, 1]) == [1, 1]
+            and a_int(node, "group", 1) == 1 and list(ys[2:]) == [xs[2] * k[0], xs[3] * k[1]]
+            and conv_geometry(node)[2] == [k[0] - 1, k[1] - 1])
+
+
+class ScatterKernel(Kernel):
+    """The columns of a non-overlapping ConvTranspose's GEMM, (H*W, M*KH*KW), copied to their
+    output pixels: out[m, h*KH + a, w*KW + b] = cols[h*W + w, (m*KH + a)*KW + b] (core 0's DMA)."""
+
+    kind = "copy"
+
+    def __init__(self, node, spec, cols: ir.Value, image: int):
+        super().__init__(node, spec)
+        self.cols, self.image = cols, image
+
+    def cost(self) -> Cost:
+        eb = self.spec.elem_bytes
+        lat = int(self.spec.dram.latency_s * self.spec.clock_hz)
+        return Cost(cycles=dma_cycles(2 * opinfo.numel(self.cols) * eb, self.spec.dram_bytes_per_cycle, lat)
+                    + self.spec.issue_cycles)
+
+    def emit(self, cg, op):
+        xs, ws = shape(self.node.inputs[0]), shape(self.node.inputs[1])
+        h, w, m, kh, kw = xs[2], xs[3], ws[1], ws[2], ws[3]
+        mkk = m * kh * kw
+        cl, ol = cg.layout(self.cols), cg.layout(self.out)
+        os_ = ol.strides
+        dst = Layout(ol.buf, ol.off + self.image * os_[0] * ol.esize, ol.dtype, (m, h, kh, w, kw),
+                     (os_[1], kh * os_[2], os_[2], kw * os_[3], os_[3]))
+        emit_copy(cg, op, cl, dst, src_strides=(kh * kw, w * mkk, kw, mkk, 1))
+
+
 class ConvTransposeKernel(CompositeKernel):
-    """ConvTranspose: zero insertion (when a stride exceeds 1 or outputs read only padding), then the
-    equivalent convolution."""
+    """ConvTranspose. Non-overlapping (stride = kernel): per image a GEMM of the input's pixels by
+    the weights, (H*W, C) @ (C, M*KH*KW) plus the bias, whose columns a DMA scatters to their
+    pixels. Otherwise zero insertion (when a stride exceeds 1 or outputs read only padding), then
+    the equivalent convolution."""
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
+        if _non_overlapping(node):
+            self._gemm_scatter(node, spec)
+        else:
+            self._zero_insert_conv(node, spec)
+
+    def _gemm_scatter(self, node, spec):
+        x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        xs, ws = shape(x), shape(w)
+        base = self.out.name or node.name
+        c, hw, mkk = xs[1], xs[2] * xs[3], ws[1] * ws[2] * ws[3]
+        wm = const_value(f"{base}/convt_wmat", w.dtype, (c, mkk),
+                         lambda: np.asarray(opinfo.const_value(w), np.float64).reshape(c, mkk))
+        bias = None if b is None else const_value(
+            f"{base}/convt_bias", b.dtype, (mkk,),
+            lambda: np.repeat(np.asarray(opinfo.const_value(b), np.float64).reshape(-1), ws[2] * ws[3]))
+        cols = stand_in(x, f"{base}/convt_cols", (hw, mkk))
+        for n in range(xs[0]):
+            a = Alias(f"{base}/convt_x{n}", stand_in(x), (c, hw), offset=n * c * hw)
+            gemm = stand_in_node("Gemm", [a.value(x.dtype), wm] + ([bias] if bias is not None else []), stand_in(cols),
+                                 f"{node.name}/convt_gemm{n}", [ir.AttrInt64("transA", 1)])
+            self.add(GemmKernel(gemm, spec), [a])
+            self.add(ScatterKernel(node, spec, stand_in(cols), n))
+
+    def _zero_insert_conv(self, node, spec):
         x, w = node.inputs[0], node.inputs[1]
         b = node.inputs[2] if len(node.inputs) > 2 else None
         xs, ws = shape(x), shape(w)
@@ -117,7 +181,7 @@ class ConvTransposeKernel(CompositeKernel):
         if st != [1, 1] or any(extra):
             zs = (xs[0], xs[1], (xs[2] - 1) * st[0] + 1 + extra[0], (xs[3] - 1) * st[1] + 1 + extra[1])
             z = stand_in(x, f"{base}/convt_zeros", zs)
-            self.parts.append(ZeroInsertKernel(node, spec, stand_in(x), z, st))
+            self.add(ZeroInsertKernel(node, spec, stand_in(x), z, st))
             src = stand_in(z)
         cin_g, mg = ws[0] // g, ws[1]
         wc_shape = (g * mg, cin_g, ws[2], ws[3])
@@ -131,4 +195,4 @@ class ConvTransposeKernel(CompositeKernel):
         attrs = [ir.AttrInt64s("strides", [1, 1]), ir.AttrInt64s("dilations", dl), ir.AttrInt64("group", g),
                  ir.AttrInt64s("kernel_shape", list(ws[2:])), ir.AttrInt64s("pads", begin + end)]
         conv = stand_in_node("Conv", inputs, stand_in(self.out), f"{node.name}/convt_conv", attrs)
-        self.parts.append(GemmKernel(conv, spec))
+        self.add(GemmKernel(conv, spec))

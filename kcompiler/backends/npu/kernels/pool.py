@@ -59,6 +59,11 @@ class PoolKernel(VectorKernel):
             # when pads do not count: the window starts and ends at taps that read the input
             kh, pt = trim_taps(kh, dh, pt, sh, h, oh)
             kw, pl = trim_taps(kw, dw, pl, sw, w, ow)
+        # rows and columns past the last one a window reads are not loaded: a window that stops short
+        # of the input's end (a 1x1 pool of stride 2 over 2x2, ceil_mode) has the extent it reads, as
+        # the CONFIG's stride (reserved 1 for one output) cannot say it skips the rest
+        h = min(h, (oh - 1) * sh - pt + (kh - 1) * dh + 1)
+        w = min(w, (ow - 1) * sw - pl + (kw - 1) * dw + 1)
         return dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr, h=h, w=w, oh=oh, ow=ow,
                     flags=1 if include else 0)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Support, no
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, a_ints, a_str, shape
-from kcompiler.backends.npu.kernels.composite import CompositeKernel, const_value, stand_in, stand_in_node
+from kcompiler.backends.npu.kernels.composite import Alias, CompositeKernel, const_value, stand_in, stand_in_node
 from kcompiler.backends.npu.kernels.gemm import GemmKernel
 
 MODES = ("nearest", "linear", "cubic")
@@ -168,8 +169,10 @@ def resize_check(node) -> Support:
 
 
 class ResizeKernel(CompositeKernel):
-    """Resize of the last two axes: a MatMul by the transposed width matrix, then the height
-    matrix's MatMul (either skipped when it is the identity), a BARRIER between them."""
+    """Resize of the last two axes: a MatMul by the transposed width matrix (the leading axes
+    folded into its rows), then the height matrix as a 1x1 convolution over the planes viewed as
+    (planes, H, 1, width) images of H channels (one GEMM whose weights stay in the array, not one
+    small GEMM per plane), either skipped when it is the identity, a BARRIER between them."""
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
@@ -186,18 +189,29 @@ class ResizeKernel(CompositeKernel):
         if not steps:  # an identity resize still writes its output: a MatMul by the identity
             steps = [r - 1]
         self.matrices = {d: mats[d] for d in steps}
-        cur, cur_shape = stand_in(x), list(xs)
         base = out.name or node.name
-        for i, d in enumerate(steps):
-            cur_shape[d] = ys[d]
-            last = i == len(steps) - 1
-            nxt = stand_in(out) if last else stand_in(x, f"{base}/resize_{d}", tuple(cur_shape))
-            m = mats[d]
-            if d == r - 1:  # along the last axis: cur @ M^T
-                w = const_value(f"{base}/resize_matrix_{d}", x.dtype, (m.shape[1], m.shape[0]), lambda m=m: m.T)
-                mm = stand_in_node("MatMul", [cur, w], nxt, f"{node.name}/resize_{d}")
-            else:  # along the one before: M @ cur (M broadcast over the leading axes)
-                w = const_value(f"{base}/resize_matrix_{d}", x.dtype, m.shape, lambda m=m: m)
-                mm = stand_in_node("MatMul", [w, cur], nxt, f"{node.name}/resize_{d}")
-            self.parts.append(GemmKernel(mm, spec))
+        cur = stand_in(x)
+        if r - 1 in steps:  # along the last axis: cur @ M^T
+            m = mats[r - 1]
+            nxt = stand_in(out) if steps == [r - 1] else stand_in(x, f"{base}/resize_w", xs[:-1] + (ys[-1],))
+            w = const_value(f"{base}/resize_matrix_w", x.dtype, (m.shape[1], m.shape[0]), lambda m=m: m.T)
+            self.add(GemmKernel(stand_in_node("MatMul", [cur, w], nxt, f"{node.name}/resize_w"), spec))
             cur = stand_in(nxt)
+        if r - 2 in steps:
+            self._height_step(node, spec, cur, mats[r - 2], base)
+
+    def _height_step(self, node, spec, cur, m, base):
+        """M @ cur over the second-to-last axis: a plain MatMul for a 2-D input, else a 1x1 Conv."""
+        cs, ys = shape(cur), shape(self.out)
+        w_name = f"{base}/resize_matrix_h"
+        if len(cs) == 2:
+            w = const_value(w_name, cur.dtype, m.shape, lambda: m)
+            self.add(GemmKernel(stand_in_node("MatMul", [w, cur], stand_in(self.out), f"{node.name}/resize_h"), spec))
+            return
+        planes = math.prod(cs[:-2])
+        src = Alias(f"{base}/resize_h_in", cur, (planes, cs[-2], 1, cs[-1]))
+        dst = Alias(f"{base}/resize_h_out", stand_in(self.out), (planes, ys[-2], 1, ys[-1]))
+        w = const_value(w_name, cur.dtype, m.shape + (1, 1), lambda: m[:, :, None, None])
+        attrs = [ir.AttrInt64s("kernel_shape", [1, 1])]
+        conv = stand_in_node("Conv", [src.value(cur.dtype), w], dst.value(cur.dtype), f"{node.name}/resize_h", attrs)
+        self.add(GemmKernel(conv, spec), [src, dst])
