@@ -17,8 +17,12 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.backends.base import YES, Support, no
+from kcompiler.backends.base import YES, Cost, Support, no
+from kcompiler.backends.npu.cost import dma_cycles
+from kcompiler.backends.npu.kernels.codegen import Layout
+from kcompiler.backends.npu.kernels.common import Kernel
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, a_ints, a_str, shape
+from kcompiler.backends.npu.kernels.copy import emit_copy
 from kcompiler.backends.npu.kernels.composite import Alias, CompositeKernel, const_value, stand_in, stand_in_node
 from kcompiler.backends.npu.kernels.gemm import GemmKernel
 
@@ -168,6 +172,48 @@ def resize_check(node) -> Support:
     return YES
 
 
+def copy_pattern(m: np.ndarray) -> tuple[int, int, int] | None:
+    """(r, q, c) when a nearest matrix picks input (o // r) * q + c for output o: each input repeated
+    r times (an integer upsampling) or every q-th from c (a downsampling); None for another pattern."""
+    if not np.array_equal(m, (m == 1.0).astype(m.dtype)) or not np.all(m.sum(axis=1) == 1):
+        return None
+    idx = m.argmax(axis=1)
+    n_out, n_in = m.shape
+    o = np.arange(n_out)
+    if n_out % n_in == 0 and np.array_equal(idx, o // (n_out // n_in)):
+        return n_out // n_in, 1, 0
+    q = int(idx[1] - idx[0]) if n_out > 1 else 1
+    if q >= 1 and np.array_equal(idx, o * q + idx[0]):
+        return 1, q, int(idx[0])
+    return None
+
+
+class NearestCopyKernel(Kernel):
+    """A nearest Resize whose picks are a repeat or a stride along both axes: one DMA copy on core 0
+    whose source strides say which input each output reads (0 along a repeat), no arithmetic."""
+
+    kind = "copy"
+
+    def __init__(self, node, spec, plans: list[tuple[int, int, int]]):
+        super().__init__(node, spec)
+        self.plans = plans
+
+    def cost(self) -> Cost:
+        lat = int(self.spec.dram.latency_s * self.spec.clock_hz)
+        return Cost(cycles=dma_cycles(2 * opinfo.numel(self.out) * self.spec.elem_bytes, self.spec.dram_bytes_per_cycle,
+                                      lat) + self.spec.issue_cycles)
+
+    def emit(self, cg, op):
+        xl, ol = cg.layout(self.node.inputs[0]), cg.layout(self.out)
+        (rh, qh, ch), (rw, qw, cw) = self.plans
+        xs, os_ = xl.strides, ol.strides
+        oh, ow = ol.shape[-2], ol.shape[-1]
+        dst = Layout(ol.buf, ol.off, ol.dtype, (*ol.shape[:-2], oh // rh, rh, ow // rw, rw),
+                     (*os_[:-2], rh * os_[-2], os_[-2], rw * os_[-1], os_[-1]))
+        emit_copy(cg, op, xl, dst, src_strides=(*xs[:-2], qh * xs[-2], 0, qw * xs[-1], 0),
+                  src_off=xl.off + (ch * xs[-2] + cw * xs[-1]) * xl.esize)
+
+
 class ResizeKernel(CompositeKernel):
     """Resize of the last two axes: a MatMul by the transposed width matrix (the leading axes
     folded into its rows), then the height matrix as a 1x1 convolution over the planes viewed as
@@ -189,6 +235,11 @@ class ResizeKernel(CompositeKernel):
         if not steps:  # an identity resize still writes its output: a MatMul by the identity
             steps = [r - 1]
         self.matrices = {d: mats[d] for d in steps}
+        plans = [copy_pattern(mats[d]) for d in range(r - 2, r)] if r >= 2 and kw["mode"] == "nearest" else [None]
+        if None not in plans:
+            self.kind = "copy"
+            self.add(NearestCopyKernel(node, spec, plans))
+            return
         base = out.name or node.name
         cur = stand_in(x)
         if r - 1 in steps:  # along the last axis: cur @ M^T
