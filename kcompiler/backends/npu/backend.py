@@ -21,7 +21,7 @@ from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKe
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
-from kcompiler.backends.npu.kernels.pool import PoolKernel
+from kcompiler.backends.npu.kernels.pool import pool_kernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.convtranspose import ConvTransposeKernel, convtranspose_check
 from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
@@ -162,8 +162,8 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "ReduceSum": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMax": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMin": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "MaxPool": (PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
-    "AveragePool": (PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
+    "MaxPool": (pool_kernel, _all(_x_only, _only_first_output, _rank(0, (3, 4, 5)))),
+    "AveragePool": (pool_kernel, _all(_x_only, _rank(0, (3, 4, 5)))),
     "GlobalAveragePool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "GlobalMaxPool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "LRN": (LrnKernel, _all(_x_only, _rank(0, (4,)))),
