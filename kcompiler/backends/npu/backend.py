@@ -194,6 +194,10 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "ConvTranspose": (ConvTransposeKernel, _all(lambda n: _static_float(n, 3), convtranspose_check)),
 }
 
+#: ops left to the host on purpose, with the reason placement reports (`kc inspect` shows it)
+HOST_ONLY = {op: f"{op}: runs on the host; the NPU has no recurrent kernel" for op in ("LSTM", "GRU", "RNN")}
+HOST_ONLY["LpPool"] = "LpPool: runs on the host; the vector unit has no p-norm window"
+
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
 #: qk_matmul_output_mode and softmax_precision only matter for the extra output, which is refused)
@@ -355,7 +359,8 @@ class NpuBackend(Backend):
             return no(f"domain '{node.domain}' ops run on the host")
         entry = table.get(node.op_type)
         if entry is None:
-            return no(f"{node.op_type} is not in the NPU's op table")
+            return no(HOST_ONLY.get(node.op_type) if table is OPS and node.op_type in HOST_ONLY
+                      else f"{node.op_type} is not in the NPU's op table")
         token = _CHECK_SPEC.set(self.spec.for_values(value_dtype(node)))
         try:
             return entry[1](node)
