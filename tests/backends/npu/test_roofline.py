@@ -5,6 +5,9 @@ trusts these estimates: one 10x too high sends an op to the host for nothing (a 
 GlobalAveragePool was estimated at 195,218 us against 689 us on the host), one far too low keeps
 work on a chip that is slow at it.
 
+A recurrence (LSTM) adds, per time step, one launch and the array's fill and drain (2R + C cycles per
+pass): its steps depend on each other, so no roofline overlaps them.
+
 The node of each op is small and typical (a 1x32x28x28 activation, a 128x256 matrix); the op list
 is the backend's table itself (backend.OPS), so a row added there without a node here fails
 test_every_claimed_op_has_a_node."""
@@ -72,6 +75,7 @@ SPECIAL = {
     "Resize": ({"mode": "linear"}, {"x": X4, "roi": np.zeros(0, np.float32),
                                     "sc": np.asarray([1, 1, 2, 2], np.float32)}, 19),
     "PRelu": ({}, {"x": X4, "slope": _w(32, 1, 1)}, 18),
+    "LSTM": ({"hidden_size": 64}, {"x": [16, 1, 64], "w": _w(1, 256, 64), "r": _w(1, 256, 64)}, 14),
     "QuantizeLinear": ({}, {"x": X4, "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "DequantizeLinear": ({}, {"x": (T.INT8, X4), "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "MatMulInteger": ({}, {"a": (T.INT8, [128, 256]), "b": _w(256, 128, dtype=np.int8), "az": np.int8(0),
@@ -133,7 +137,11 @@ def roofline_s(be, node: ir.Node) -> float:
         moved -= opinfo.nbytes(node.inputs[0]) - opinfo.nbytes(node.outputs[0])
     memory = moved / (spec.dram.bandwidth * spec.dram.efficiency)
     launch = spec.issue_cycles / spec.clock_hz + spec.dram.latency_s
-    return max(compute, memory) + launch
+    steps = 0
+    if node.op_type == "LSTM":  # a recurrence: T dependent steps, each a GEMM through the array's fill and drain
+        a = spec.array
+        steps = opinfo.shape_of(node.inputs[0])[0] * (spec.mac_passes * (2 * a.rows + a.cols) / spec.clock_hz + launch)
+    return max(compute, memory) + launch + steps
 
 
 def test_every_claimed_op_has_a_node():
