@@ -1,6 +1,7 @@
 """Kernels built of other kernels: an op the NPU computes as a short sequence of ops it already
-lowers (Resize as GEMMs with interpolation matrices, ConvTranspose as a zero-inserting copy and a
-convolution). The parts are kernels of *stand-in nodes*: fresh ir nodes whose values carry the
+lowers (Resize as GEMMs with interpolation matrices, ConvTranspose as a GEMM and a scatter or a
+zero-inserting copy and a convolution, a 3-D pool as two 2-D ones, LSTM as GEMMs and vector ops per
+step). The parts are kernels of *stand-in nodes*: fresh ir nodes whose values carry the
 real values' names (a Codegen lays out values by name, so a part reads and writes the real
 buffers) and never join the model's graph (no use list of a real value changes). The
 compiler-made constants (interpolation matrices, flipped weights) are stand-in values with a
