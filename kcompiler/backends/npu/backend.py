@@ -24,7 +24,7 @@ from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import pool_kernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.convtranspose import ConvTransposeKernel, convtranspose_check
-from kcompiler.backends.npu.kernels.recurrent import LstmKernel, lstm_check
+from kcompiler.backends.npu.kernels.recurrent import GruKernel, LstmKernel, recurrent_check
 from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
@@ -193,12 +193,13 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     # (kernels/composite.py): Resize as interpolation-matrix MatMuls, ConvTranspose as zero insertion and a Conv
     "Resize": (ResizeKernel, _all(_x_only, resize_check)),
     "ConvTranspose": (ConvTransposeKernel, _all(lambda n: _static_float(n, 3), convtranspose_check)),
-    # LSTM as GEMMs plus vector ops per step (kernels/recurrent.py)
-    "LSTM": (LstmKernel, lstm_check),
+    # LSTM and GRU as GEMMs plus vector ops per step (kernels/recurrent.py)
+    "LSTM": (LstmKernel, recurrent_check),
+    "GRU": (GruKernel, recurrent_check),
 }
 
 #: ops left to the host on purpose, with the reason placement reports (`kc inspect` shows it)
-HOST_ONLY = {op: f"{op}: runs on the host; the NPU has no {op} kernel (LSTM has one)" for op in ("GRU", "RNN")}
+HOST_ONLY = {"RNN": "RNN: runs on the host; the NPU has no RNN kernel (LSTM and GRU have one)"}
 HOST_ONLY["LpPool"] = "LpPool: runs on the host; the vector unit has no p-norm window"
 
 

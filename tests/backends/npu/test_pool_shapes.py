@@ -1,5 +1,5 @@
 """Pooling in every shape detectors and the ONNX suite use: 3-D pools as two 2-D window ops, ceil_mode
-pools, and GRU and LpPool left to the host with a reason placement reports. (A ceil_mode
+pools, and RNN and LpPool left to the host with a reason placement reports. (A ceil_mode
 pool whose last window would start past the input, ONNX's test_maxpool_2d_ceil_output_size_reduce_by_one,
 runs natively in the conformance benchmark.)"""
 
@@ -38,15 +38,15 @@ def test_pools_run_natively_and_match_onnxruntime(op, xs, attrs):
     np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
 
 
-def test_gru_and_lppool_stay_on_the_host_with_a_reason():
+def test_rnn_and_lppool_stay_on_the_host_with_a_reason():
     rng = np.random.default_rng(0)
-    gru = helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=4)
-    g = helper.make_graph([gru], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2])],
+    rnn = helper.make_node("RNN", ["x", "w", "r"], ["y"], hidden_size=4)
+    g = helper.make_graph([rnn], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1, 1, 4])],
-                          [numpy_helper.from_array(rng.standard_normal((1, 12, 2)).astype(np.float32), "w"),
-                           numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "r")])
+                          [numpy_helper.from_array(rng.standard_normal((1, 4, 2)).astype(np.float32), "w"),
+                           numpy_helper.from_array(rng.standard_normal((1, 4, 4)).astype(np.float32), "r")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
-    for m, op, why in ((model, "GRU", "the NPU has no GRU kernel"),
+    for m, op, why in ((model, "RNN", "the NPU has no RNN kernel"),
                        (_pool("LpPool", [1, 2, 4, 4], kernel_shape=[2, 2]), "LpPool", "no p-norm window")):
         cm = kcompiler.compile(m, target="npu", place={"*": "npu"})
         (node,) = [n for n in cm.model.graph if n.op_type == op]

@@ -5,7 +5,7 @@ trusts these estimates: one 10x too high sends an op to the host for nothing (a 
 GlobalAveragePool was estimated at 195,218 us against 689 us on the host), one far too low keeps
 work on a chip that is slow at it.
 
-A recurrence (LSTM) adds, per time step, one launch and the array's fill and drain (2R + C cycles per
+A recurrence (LSTM, GRU) adds, per time step, one launch and the array's fill and drain (2R + C cycles per
 pass): its steps depend on each other, so no roofline overlaps them.
 
 The node of each op is small and typical (a 1x32x28x28 activation, a 128x256 matrix); the op list
@@ -76,6 +76,7 @@ SPECIAL = {
                                     "sc": np.asarray([1, 1, 2, 2], np.float32)}, 19),
     "PRelu": ({}, {"x": X4, "slope": _w(32, 1, 1)}, 18),
     "LSTM": ({"hidden_size": 64}, {"x": [16, 1, 64], "w": _w(1, 256, 64), "r": _w(1, 256, 64)}, 14),
+    "GRU": ({"hidden_size": 64}, {"x": [16, 1, 64], "w": _w(1, 192, 64), "r": _w(1, 192, 64)}, 14),
     "QuantizeLinear": ({}, {"x": X4, "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "DequantizeLinear": ({}, {"x": (T.INT8, X4), "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "MatMulInteger": ({}, {"a": (T.INT8, [128, 256]), "b": _w(256, 128, dtype=np.int8), "az": np.int8(0),
@@ -138,7 +139,7 @@ def roofline_s(be, node: ir.Node) -> float:
     memory = moved / (spec.dram.bandwidth * spec.dram.efficiency)
     launch = spec.issue_cycles / spec.clock_hz + spec.dram.latency_s
     steps = 0
-    if node.op_type == "LSTM":  # a recurrence: T dependent steps, each a GEMM through the array's fill and drain
+    if node.op_type in ("LSTM", "GRU"):  # a recurrence: T dependent steps, each a GEMM through the array's fill and drain
         a = spec.array
         steps = opinfo.shape_of(node.inputs[0])[0] * (spec.mac_passes * (2 * a.rows + a.cols) / spec.clock_hz + launch)
     return max(compute, memory) + launch + steps
