@@ -21,8 +21,11 @@ from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKe
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
-from kcompiler.backends.npu.kernels.pool import PoolKernel
+from kcompiler.backends.npu.kernels.pool import pool_kernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
+from kcompiler.backends.npu.kernels.convtranspose import ConvTransposeKernel, convtranspose_check
+from kcompiler.backends.npu.kernels.recurrent import GruKernel, LstmKernel, recurrent_check
+from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
 from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
                                                       SoftmaxKernel)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
@@ -160,8 +163,8 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "ReduceSum": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMax": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMin": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "MaxPool": (PoolKernel, _all(_x_only, _only_first_output, _rank(0, (3, 4)))),
-    "AveragePool": (PoolKernel, _all(_x_only, _rank(0, (3, 4)))),
+    "MaxPool": (pool_kernel, _all(_x_only, _only_first_output, _rank(0, (3, 4, 5)))),
+    "AveragePool": (pool_kernel, _all(_x_only, _rank(0, (3, 4, 5)))),
     "GlobalAveragePool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "GlobalMaxPool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "LRN": (LrnKernel, _all(_x_only, _rank(0, (4,)))),
@@ -186,7 +189,18 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "QuantizeLinear": (QdqKernel, qdq_check),
     "DequantizeLinear": (QdqKernel, qdq_check),
     **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
+    # ---- issue 13, "NPU ops" (helper npuops): ops users' detectors need, built of the array's GEMMs
+    # (kernels/composite.py): Resize as interpolation-matrix MatMuls, ConvTranspose as zero insertion and a Conv
+    "Resize": (ResizeKernel, _all(_x_only, resize_check)),
+    "ConvTranspose": (ConvTransposeKernel, _all(lambda n: _static_float(n, 3), convtranspose_check)),
+    # LSTM and GRU as GEMMs plus vector ops per step (kernels/recurrent.py)
+    "LSTM": (LstmKernel, recurrent_check),
+    "GRU": (GruKernel, recurrent_check),
 }
+
+#: ops left to the host on purpose, with the reason placement reports (`kc inspect` shows it)
+HOST_ONLY = {"RNN": "RNN: runs on the host; the NPU has no RNN kernel (LSTM and GRU have one)"}
+HOST_ONLY["LpPool"] = "LpPool: runs on the host; the vector unit has no p-norm window"
 
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
@@ -349,7 +363,8 @@ class NpuBackend(Backend):
             return no(f"domain '{node.domain}' ops run on the host")
         entry = table.get(node.op_type)
         if entry is None:
-            return no(f"{node.op_type} is not in the NPU's op table")
+            return no(HOST_ONLY.get(node.op_type) if table is OPS and node.op_type in HOST_ONLY
+                      else f"{node.op_type} is not in the NPU's op table")
         token = _CHECK_SPEC.set(self.spec.for_values(value_dtype(node)))
         try:
             return entry[1](node)

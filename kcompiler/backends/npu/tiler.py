@@ -92,10 +92,11 @@ def spec_cache(fn):
 
 @spec_cache
 def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | None, b_reused: bool = True,
-              epilogue_inputs: int = 0, epilogue_work: float = 1.0) -> GemmTiling:
+              epilogue_inputs: int = 0, epilogue_work: float = 1.0, out_bytes: float | None = None) -> GemmTiling:
     """The fastest fitting tiling of one core's GEMM share (g groups of m x k x n); a fused
     epilogue streams `epilogue_inputs` output-sized operand tiles (double-buffered) and
-    makes `epilogue_work` vector passes over each output tile."""
+    makes `epilogue_work` vector passes over each output tile. `out_bytes`: bytes per output
+    element when they differ from the operands' (an integer GEMM's int32 output)."""
     a = spec.array
     passes = spec.mac_passes  # an emulated GEMM (emulation.py) runs the array once per pass
     eb = spec.elem_bytes
@@ -129,7 +130,7 @@ def tile_gemm(spec: NpuSpec, g: int, m: int, k: int, n: int, conv: ConvGeom | No
                 vcyc = vector_cycles(vec.lanes, vec.latency["alu"], vec.cycles_per_elem["alu"],
                                      int(tm * tn * epilogue_work)) + issue
                 opl = epilogue_inputs * (dma_cycles(tm * tn * eb, bpc, lat) + issue) if epilogue_inputs else 0
-                st = dma_cycles(tm * tn * eb, bpc, lat) + issue
+                st = dma_cycles(tm * tn * (out_bytes or eb), bpc, lat) + issue
                 iters = g * nm * nn * nk
                 outs = g * nm * nn
                 for order in ("mnk", "nmk"):

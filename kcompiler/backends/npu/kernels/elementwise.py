@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from kcompiler import opinfo
+from kcompiler.backends.base import Cost
 from kcompiler.backends.npu.kernels.attrs import a_float, a_str, const_scalar
 from kcompiler.backends.npu.kernels.common import broadcast_operand
 from kcompiler.backends.npu.kernels.vector import VectorKernel, VTile
@@ -89,6 +90,13 @@ class CastKernel(VectorKernel):
 
     def stream_inputs(self):
         return [self.node.inputs[0]]
+
+    def cost(self):
+        """The tiler moves every value at the spec's element size, the output's (the node's value
+        dtype): a float32 -> float16 cast reads twice those bytes, so its streams cost more."""
+        c = super().cost()
+        moved = opinfo.itemsize(self.node.inputs[0]) + opinfo.itemsize(self.out)
+        return Cost(cycles=int(c.cycles * max(1.0, moved / (2 * self.spec.elem_bytes))), macs=c.macs)
 
 
 class ClipKernel(VectorKernel):

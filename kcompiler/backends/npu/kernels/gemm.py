@@ -143,8 +143,10 @@ class GemmKernel(Kernel, metaclass=abc.ABCMeta):
         return [((0, self.g), (0, self.m), r) for r in split_range(self.n, cores, 8)]
 
     def tiling(self, gr, mr, nr):
+        out_b = opinfo.itemsize(self.out)
         return tile_gemm(self.spec, gr[1] - gr[0], mr[1] - mr[0], self.k, nr[1] - nr[0], self.conv,
-                         True, len(self.full_operands), _epilogue_work(self.steps))
+                         True, len(self.full_operands), _epilogue_work(self.steps),
+                         out_b if out_b != self.spec.elem_bytes else None)
 
     def _core_cycles(self, gr, mr, nr) -> int:
         """Estimated cycles of one core's share."""
