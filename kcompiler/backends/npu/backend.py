@@ -19,6 +19,9 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.maskops import (COMPARE, LOGIC, ArgKernel, CompareKernel, ExactCastKernel,
+                                                    IntKernel, LogicKernel, TriluKernel, WhereKernel,
+                                                    exact_dtypes_ok)
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
@@ -121,8 +124,8 @@ def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS + _INT8:
-        return no("only float and int8/uint8 views")
+    if node.inputs[0] is None or IR_DTYPE.get(node.inputs[0].dtype) in (None, "i4", "u4"):
+        return no(f"a view of {node.inputs[0].dtype if node.inputs[0] is not None else 'nothing'}")
     return YES
 
 
@@ -187,6 +190,121 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "DequantizeLinear": (QdqKernel, qdq_check),
     **{op: (GemmKernel, _int_gemm) for op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")},
 }
+
+
+# ---- masks, indices and integers, exactly (kernels/maskops.py, sim/maskvec.py) ---------------
+#: instruction dtypes the exact functions compute on (4-bit ones are packed: not elementwise-addressable)
+_HELD = frozenset(d for d in IR_DTYPE if IR_DTYPE[d] not in ("i4", "u4"))
+_INTS = frozenset({ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT16,
+                   ir.DataType.UINT32, ir.DataType.UINT64})
+
+
+def _exact(node: ir.Node) -> Support:
+    """Every value of the node held in NPU memory with a static shape, and the chip's vector unit
+    computing the dtype class it needs (npu.vector.dtypes)."""
+    for v in node.outputs[1:]:
+        if v is not None and v.name and _used(v):
+            return no(f"its extra output '{v.name}' is used")
+    why = exact_dtypes_ok(node, _spec_of_node(node).vector.dtypes)
+    return YES if why is None else no(why)
+
+
+def _is_float_op(node: ir.Node) -> bool:
+    return all(v.dtype in FLOATS for v in (*node.inputs, *node.outputs[:1]) if v is not None)
+
+
+def _by_dtype(float_entry, exact_entry):
+    """An op the float kernels run on floats and the exact ones on integers: (kernel factory, check)."""
+    def kernel(node, spec):
+        return (float_entry if _is_float_op(node) else exact_entry)[0](node, spec)
+
+    def check(node):
+        return (float_entry if _is_float_op(node) else exact_entry)[1](node)
+    return kernel, check
+
+
+def _dtypes_in(allowed, what: str):
+    def check(node):
+        for v in (*node.inputs, *node.outputs[:1]):
+            if v is not None and v.dtype not in allowed:
+                return no(f"'{v.name}' has dtype {v.dtype} ({what})")
+        return YES
+    return check
+
+
+def _binary_ints(node) -> Support:
+    if node.op_type in ("Max", "Min") and len(node.inputs) != 2:
+        return no(f"integer {node.op_type} of {len(node.inputs)} inputs (the NPU lowers two)")
+    if node.op_type == "Abs" and node.inputs[0].dtype not in (ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64):
+        return no("Abs of an unsigned dtype is the identity (left to the host)")
+    return YES
+
+
+def _mod_check(node) -> Support:
+    if node.inputs[0].dtype in FLOATS and not a_int(node, "fmod", 0):
+        return no("float Mod needs fmod=1 (ONNX)")
+    return YES
+
+
+def _trilu_check(node) -> Support:
+    if len(opinfo.shape_of(node.inputs[0])) < 2:
+        return no("Trilu's input has rank < 2")
+    k = node.inputs[1] if len(node.inputs) > 1 else None
+    if k is not None and (k.dtype != ir.DataType.INT64 or opinfo.numel(k) != 1):
+        return no("Trilu's k is one int64")
+    return YES
+
+
+def _arg_check(node) -> Support:
+    if node.outputs[0].dtype != ir.DataType.INT64:
+        return no("ArgMax/ArgMin write int64")
+    return YES
+
+
+def _cast_exact(node) -> Support:
+    src, dst = node.inputs[0], node.outputs[0]
+    if src.dtype not in _HELD or dst.dtype not in _HELD:
+        return no(f"Cast from {src.dtype} to {dst.dtype} (the NPU holds neither 4-bit nor 64-bit floats)")
+    return YES
+
+
+def _held(data_inputs: int | None):
+    """A copy, gather or view of any dtype the NPU holds (DMA moves bytes): static shapes."""
+    def check(node):
+        ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
+        for v in (*ins, *node.outputs[:1]):
+            if v is None:
+                continue
+            if opinfo.shape_of(v) is None:
+                return no(f"'{v.name}' has no static shape")
+            if v.dtype not in _HELD:
+                return no(f"'{v.name}' has dtype {v.dtype}")
+        return YES
+    return check
+
+
+_EXACT_NUM = _dtypes_in(_INTS, "integer ops take int8/uint8/int32/int64/uint16/uint32/uint64")
+OPS.update({
+    **{op: (CompareKernel, _exact) for op in COMPARE},
+    **{op: (LogicKernel, _all(_exact, _dtypes_in({ir.DataType.BOOL}, "logic is on bools"))) for op in LOGIC},
+    "Where": (WhereKernel, _exact),
+    "Cast": _by_dtype(OPS["Cast"], (ExactCastKernel, _all(_cast_exact, _exact))),
+    "CastLike": _by_dtype(OPS["CastLike"], (ExactCastKernel, _all(_cast_exact, _exact))),
+    **{op: _by_dtype(OPS[op], (IntKernel, _all(_EXACT_NUM, _exact, _binary_ints)))
+       for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs")},
+    "Mod": (IntKernel, _all(_exact, _mod_check)),
+    "BitShift": (IntKernel, _all(_EXACT_NUM, _exact)),
+    "Trilu": (TriluKernel, _all(_exact, _trilu_check)),
+    "ArgMax": (ArgKernel, _all(_exact, _arg_check)),
+    "ArgMin": (ArgKernel, _all(_exact, _arg_check)),
+    "Concat": _by_dtype(OPS["Concat"], (CopyKernel, _held(None))),
+    "Transpose": _by_dtype(OPS["Transpose"], (CopyKernel, _held(1))),
+    "Slice": _by_dtype(OPS["Slice"], (CopyKernel, _all(_held(1), lambda n: _consts(n, 1)))),
+    "Expand": _by_dtype(OPS["Expand"], (CopyKernel, _all(_held(1), lambda n: _consts(n, 1)))),
+    "Gather": _by_dtype(OPS["Gather"], (CopyKernel, _all(_held(1), _gather_data_const))),
+    **{op: (ViewKernel, _all(_held(1), _view_check)) for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                                                                "Identity")},
+})
 
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
@@ -414,7 +532,9 @@ class NpuBackend(Backend):
                                 f"{self.device.chip.label}'s {part.dram_bytes:,} bytes of DRAM",
                                 hint="use a larger partition (fewer, bigger slices), or compile with mode='timing' "
                                      "to simulate time only")
-        return NpuProgram(self.name, self.device.chip.label, s, data, functional, [k.kind for k in kernels])
+        prog = NpuProgram(self.name, self.device.chip.label, s, data, functional, [k.kind for k in kernels])
+        prog.bool_outputs = _bools(subgraph)
+        return prog
 
     # ---- artifacts: the program as it was generated, never generated again -----------------
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
@@ -426,4 +546,10 @@ class NpuBackend(Backend):
         prog = NpuProgram.load(self.name, self.spec, blob, meta, weights, functional)
         if len(prog.data.ops) != len(subgraph.nodes):
             raise ArtifactError(f"NPU program of {len(prog.data.ops)} ops for a subgraph of {len(subgraph.nodes)} nodes")
+        prog.bool_outputs = _bools(subgraph)
         return prog
+
+
+def _bools(subgraph: Subgraph) -> frozenset[str]:
+    """The subgraph's outputs that are ONNX bools (the program returns their bytes as bools)."""
+    return frozenset(v.name for v in subgraph.outputs if v.dtype == ir.DataType.BOOL)
