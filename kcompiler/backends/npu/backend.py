@@ -19,9 +19,10 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.maskclaims import (INTS, arg_check, binary_ints, by_dtype, cast_exact,
+                                                       dtypes_in, exact_check, held, mod_check, trilu_check)
 from kcompiler.backends.npu.kernels.maskops import (COMPARE, LOGIC, ArgKernel, CompareKernel, ExactCastKernel,
-                                                    IntKernel, LogicKernel, TriluKernel, WhereKernel,
-                                                    exact_dtypes_ok)
+                                                    IntKernel, LogicKernel, TriluKernel, WhereKernel)
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
@@ -129,9 +130,6 @@ def _view_check(node):
     return YES
 
 
-_INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
-
-
 def _int_gemm(node) -> Support:
     why = int_gemm_problem(node)
     return YES if why is None else no(why)
@@ -192,117 +190,31 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 }
 
 
-# ---- masks, indices and integers, exactly (kernels/maskops.py, sim/maskvec.py) ---------------
-#: instruction dtypes the exact functions compute on (4-bit ones are packed: not elementwise-addressable)
-_HELD = frozenset(d for d in IR_DTYPE if IR_DTYPE[d] not in ("i4", "u4"))
-_INTS = frozenset({ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT16,
-                   ir.DataType.UINT32, ir.DataType.UINT64})
-
-
+# ---- masks, indices and integers, exactly (kernels/maskops.py; checks in kernels/maskclaims.py) ---------
 def _exact(node: ir.Node) -> Support:
-    """Every value of the node held in NPU memory with a static shape, and the chip's vector unit
-    computing the dtype class it needs (npu.vector.dtypes)."""
-    for v in node.outputs[1:]:
-        if v is not None and v.name and _used(v):
-            return no(f"its extra output '{v.name}' is used")
-    why = exact_dtypes_ok(node, _spec_of_node(node).vector.dtypes)
-    return YES if why is None else no(why)
+    return exact_check(node, _spec_of_node(node).vector.dtypes)
 
 
-def _is_float_op(node: ir.Node) -> bool:
-    return all(v.dtype in FLOATS for v in (*node.inputs, *node.outputs[:1]) if v is not None)
-
-
-def _by_dtype(float_entry, exact_entry):
-    """An op the float kernels run on floats and the exact ones on integers: (kernel factory, check)."""
-    def kernel(node, spec):
-        return (float_entry if _is_float_op(node) else exact_entry)[0](node, spec)
-
-    def check(node):
-        return (float_entry if _is_float_op(node) else exact_entry)[1](node)
-    return kernel, check
-
-
-def _dtypes_in(allowed, what: str):
-    def check(node):
-        for v in (*node.inputs, *node.outputs[:1]):
-            if v is not None and v.dtype not in allowed:
-                return no(f"'{v.name}' has dtype {v.dtype} ({what})")
-        return YES
-    return check
-
-
-def _binary_ints(node) -> Support:
-    if node.op_type in ("Max", "Min") and len(node.inputs) != 2:
-        return no(f"integer {node.op_type} of {len(node.inputs)} inputs (the NPU lowers two)")
-    if node.op_type == "Abs" and node.inputs[0].dtype not in (ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64):
-        return no("Abs of an unsigned dtype is the identity (left to the host)")
-    return YES
-
-
-def _mod_check(node) -> Support:
-    if node.inputs[0].dtype in FLOATS and not a_int(node, "fmod", 0):
-        return no("float Mod needs fmod=1 (ONNX)")
-    return YES
-
-
-def _trilu_check(node) -> Support:
-    if len(opinfo.shape_of(node.inputs[0])) < 2:
-        return no("Trilu's input has rank < 2")
-    k = node.inputs[1] if len(node.inputs) > 1 else None
-    if k is not None and (k.dtype != ir.DataType.INT64 or opinfo.numel(k) != 1):
-        return no("Trilu's k is one int64")
-    return YES
-
-
-def _arg_check(node) -> Support:
-    if node.outputs[0].dtype != ir.DataType.INT64:
-        return no("ArgMax/ArgMin write int64")
-    return YES
-
-
-def _cast_exact(node) -> Support:
-    src, dst = node.inputs[0], node.outputs[0]
-    if src.dtype not in _HELD or dst.dtype not in _HELD:
-        return no(f"Cast from {src.dtype} to {dst.dtype} (the NPU holds neither 4-bit nor 64-bit floats)")
-    return YES
-
-
-def _held(data_inputs: int | None):
-    """A copy, gather or view of any dtype the NPU holds (DMA moves bytes): static shapes."""
-    def check(node):
-        ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
-        for v in (*ins, *node.outputs[:1]):
-            if v is None:
-                continue
-            if opinfo.shape_of(v) is None:
-                return no(f"'{v.name}' has no static shape")
-            if v.dtype not in _HELD:
-                return no(f"'{v.name}' has dtype {v.dtype}")
-        return YES
-    return check
-
-
-_EXACT_NUM = _dtypes_in(_INTS, "integer ops take int8/uint8/int32/int64/uint16/uint32/uint64")
+_EXACT_NUM = dtypes_in(INTS, "integer ops take int8/uint8/int32/int64/uint16/uint32/uint64")
 OPS.update({
     **{op: (CompareKernel, _exact) for op in COMPARE},
-    **{op: (LogicKernel, _all(_exact, _dtypes_in({ir.DataType.BOOL}, "logic is on bools"))) for op in LOGIC},
+    **{op: (LogicKernel, _all(_exact, dtypes_in({ir.DataType.BOOL}, "logic is on bools"))) for op in LOGIC},
     "Where": (WhereKernel, _exact),
-    "Cast": _by_dtype(OPS["Cast"], (ExactCastKernel, _all(_cast_exact, _exact))),
-    "CastLike": _by_dtype(OPS["CastLike"], (ExactCastKernel, _all(_cast_exact, _exact))),
-    **{op: _by_dtype(OPS[op], (IntKernel, _all(_EXACT_NUM, _exact, _binary_ints)))
+    "Cast": by_dtype(OPS["Cast"], (ExactCastKernel, _all(cast_exact, _exact))),
+    "CastLike": by_dtype(OPS["CastLike"], (ExactCastKernel, _all(cast_exact, _exact))),
+    **{op: by_dtype(OPS[op], (IntKernel, _all(_EXACT_NUM, _exact, binary_ints)))
        for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs")},
-    "Mod": (IntKernel, _all(_exact, _mod_check)),
+    "Mod": (IntKernel, _all(_exact, mod_check)),
     "BitShift": (IntKernel, _all(_EXACT_NUM, _exact)),
-    "Trilu": (TriluKernel, _all(_exact, _trilu_check)),
-    "ArgMax": (ArgKernel, _all(_exact, _arg_check)),
-    "ArgMin": (ArgKernel, _all(_exact, _arg_check)),
-    "Concat": _by_dtype(OPS["Concat"], (CopyKernel, _held(None))),
-    "Transpose": _by_dtype(OPS["Transpose"], (CopyKernel, _held(1))),
-    "Slice": _by_dtype(OPS["Slice"], (CopyKernel, _all(_held(1), lambda n: _consts(n, 1)))),
-    "Expand": _by_dtype(OPS["Expand"], (CopyKernel, _all(_held(1), lambda n: _consts(n, 1)))),
-    "Gather": _by_dtype(OPS["Gather"], (CopyKernel, _all(_held(1), _gather_data_const))),
-    **{op: (ViewKernel, _all(_held(1), _view_check)) for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
+    "Trilu": (TriluKernel, _all(_exact, trilu_check)),
+    "ArgMax": (ArgKernel, _all(_exact, arg_check)),
+    "ArgMin": (ArgKernel, _all(_exact, arg_check)),
+    "Concat": by_dtype(OPS["Concat"], (CopyKernel, held(None))),
+    "Transpose": by_dtype(OPS["Transpose"], (CopyKernel, held(1))),
+    "Slice": by_dtype(OPS["Slice"], (CopyKernel, _all(held(1), lambda n: _consts(n, 1)))),
+    "Expand": by_dtype(OPS["Expand"], (CopyKernel, _all(held(1), lambda n: _consts(n, 1)))),
+    "Gather": by_dtype(OPS["Gather"], (CopyKernel, _all(held(1), _gather_data_const))),
+    **{op: (ViewKernel, _all(held(1), _view_check)) for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
                                                                 "Identity")},
 })
 
