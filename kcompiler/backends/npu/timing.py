@@ -166,7 +166,8 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
                 fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
                 cls = isa.VFN_CLASS[fn]
                 # charged at the dtype it computes in (an int64 compare costs what the chip says int64 does)
-                names = [_dt(x[_VEC_DT] >> (4 * i) & 0xF) for i in range(5)]
+                names = [_dt(x[_VEC_DT] >> (4 * i) & 0xF) for i in range(5)
+                         if i == 0 or x[_VEC_SRC[i - 1]] != isa.NONE]  # (an absent operand's code is 0)
                 rel = v.dtypes.get(compute_dtype(fn, names), 1.0)
                 w = seen[key] = Work(macs=macs, vector_elems=elems, sram_bytes=sram, cycles=vector_cycles(
                     v.lanes, v.latency[cls], v.cycles_per_elem[cls] * rel, elems) + issue)

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.npu.isa import DTYPE_BYTES
-from kcompiler.backends.npu.kernels.attrs import IR_DTYPE, a_int, shape
+from kcompiler.backends.npu.kernels.attrs import IR_DTYPE, a_int, a_str, shape
 from kcompiler.backends.npu.kernels.common import Operand, broadcast_operand
 from kcompiler.backends.npu.kernels.vector import VectorKernel
 
@@ -30,7 +30,12 @@ INT_OPS = {"Add": "int_add", "Sub": "int_sub", "Mul": "int_mul", "Div": "int_div
 
 
 class ExactKernel(VectorKernel):
-    """An op of the exact functions: it streams every input whatever its dtype."""
+    """An op of the exact functions: it streams every input whatever its dtype, and its estimate charges
+    the chip's rate for the dtype class it computes in (npu.vector.dtypes: an int64 op may cost more)."""
+
+    def __init__(self, node, spec):
+        self.work_per_elem = spec.vector.dtypes.get(dtype_class(node), 1.0)
+        super().__init__(node, spec)
 
     def stream_inputs(self):
         return [v for v in self.node.inputs if v is not None]
@@ -62,7 +67,7 @@ class IntKernel(ExactKernel):
 
     def __init__(self, node, spec):
         if node.op_type == "BitShift":
-            self.fn = "shl" if (a_str_dir(node) == "LEFT") else "shr"
+            self.fn = "shl" if _direction(node) == "LEFT" else "shr"
         else:
             self.fn = INT_OPS[node.op_type]
         super().__init__(node, spec)
@@ -72,10 +77,9 @@ class IntKernel(ExactKernel):
         return [t.vec(self.fn, t.dst, t.src, arg=arg)]
 
 
-def a_str_dir(node) -> str:
-    a = node.attributes.get("direction")
-    v = "" if a is None else a.value
-    return (v.decode() if isinstance(v, bytes) else str(v)).upper()
+def _direction(node) -> str:
+    """BitShift's direction attribute, upper case."""
+    return a_str(node, "direction", "").upper()
 
 
 class ExactCastKernel(ExactKernel):
@@ -170,9 +174,17 @@ def exact_dtypes_ok(node: ir.Node, vector_dtypes) -> str | None:
             return f"'{v.name}' has no static shape"
         if math.prod(shape(v)) == 0:
             return f"'{v.name}' is empty"
-    wide = any(v.dtype in (ir.DataType.INT64, ir.DataType.UINT64) for v in vals)
-    ints = any(IR_DTYPE[v.dtype][0] in "iu" for v in vals)
-    need = "i64" if wide else "i32" if ints else "f32"
+    need = dtype_class(node)
     if need not in vector_dtypes:
         return f"the chip's vector unit does not compute {need} (npu.vector.dtypes lists {sorted(vector_dtypes)})"
     return None
+
+
+def dtype_class(node: ir.Node) -> str:
+    """The dtype class ('i64', 'f32' or 'i32') the exact function of `node` computes in: int64 if any of
+    its values is 64-bit, else float32 if any is a float, else int32 (integers and bools), as
+    sim/maskvec.compute_dtype says of the instruction."""
+    vals = [v for v in (*node.inputs, *node.outputs[:1]) if v is not None]
+    if any(v.dtype in (ir.DataType.INT64, ir.DataType.UINT64) for v in vals):
+        return "i64"
+    return "f32" if any(IR_DTYPE.get(v.dtype, "f")[0] == "f" for v in vals) else "i32"

@@ -67,6 +67,8 @@ def check_dtypes(fn: str, f: dict, names: list[str], n_src: int) -> None:
     elif fn == "cast":
         if names[0] not in CASTABLE or names[1] not in CASTABLE:
             raise _Bad(f"cast converts between {'/'.join(CASTABLE)}, not {names[1]} to {names[0]}")
+        if names[0] in FLOAT and names[1] in FLOAT:  # (one function per conversion: a changed function shows)
+            raise _Bad(f"cast does not convert {names[1]} to {names[0]}: that is copy's rounding")
         sat = isa.bits_f32(f["imm0"])
         if sat not in (0.0, 1.0) or (sat and names[0] not in FP8):
             raise _Bad(f"cast's saturate flag (imm0) is 0 or 1, and 1 only to an FP8 dtype, not {sat} to {names[0]}")
@@ -211,8 +213,10 @@ def mask_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape) -> np.ndarr
 
 def compute_dtype(fn: str, names: list[str]) -> str:
     """The dtype class ('f32', 'i32' or 'i64') a VECTOR of `fn` computes in, whose rate the chip's
-    npu.vector.dtypes gives: an exact function's widest integer operand (floats compute in float32)."""
+    npu.vector.dtypes gives: every float function float32; an exact one int64 if an operand is 64-bit,
+    else float32 if one is a float, else int32."""
     if fn not in MASK_FNS:
         return "f32"
-    wide = "f32" if any(n in FLOAT or n in FP8 for n in names) else "i32"
-    return "i64" if any(n in ("i64", "u64") for n in names) else wide
+    if any(n in ("i64", "u64") for n in names):
+        return "i64"
+    return "f32" if any(n in FLOAT or n in FP8 for n in names) else "i32"
