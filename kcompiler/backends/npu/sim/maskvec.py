@@ -95,8 +95,8 @@ def check_dtypes(fn: str, f: dict, names: list[str], n_src: int) -> None:
             raise _Bad(f"trilu's upper flag (arg) is 0 or 1, not {f['arg']}")
         for name in ("imm0", "imm1"):
             v = isa.bits_f32(f[name])
-            if not (v == int(v) and 0 <= v < 2 ** 24):
-                raise _Bad(f"trilu's tile origin ({name}) is a row or column index, not {v}")
+            if not (v == int(v) and 0 <= v < 2 ** 24) or f[name] != isa.f32_bits(int(v)):  # (-0.0 too)
+                raise _Bad(f"trilu's tile origin ({name}) is a row or column index, not {v!r}")
     else:
         raise AssertionError(fn)
 
