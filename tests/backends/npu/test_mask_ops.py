@@ -209,3 +209,15 @@ def test_new_codes_are_appended():
     r = isa.VFN["requant_f32"]
     assert isa.VFN_NAMES[r + 1:r + 3] == ("eq", "lt") and isa.VFN_NAMES[-1] == "trilu"
     assert isa.DT["f8e4m3fnuz"] == isa.DT["u4"] + 1 and len(isa.DTYPES) == 16
+
+
+def test_a_chip_without_int64_vector_math_leaves_int64_ops_to_the_host():
+    """npu.vector.dtypes says what the vector unit computes: without i64, an int64 Add is refused with
+    the reason, an int32 one is not."""
+    import onnx_ir as ir
+
+    from kcompiler.backends.npu.kernels.maskops import exact_dtypes_ok
+    for t, want in ((T.INT64, "i64"), (T.INT32, None)):
+        g = ir.from_proto(_model("Add", (t, t), t, [(2, 3)] * 2, (2, 3))).graph
+        why = exact_dtypes_ok(next(iter(g)), {"f32": 1.0, "i32": 1.0})
+        assert (why is None) if want is None else (want in why)
