@@ -20,6 +20,19 @@ float Cast/CastLike (12), Hardmax (7), LogSoftmax (7), ReduceMin with default ax
 functions, Selu, Celu, Shrink, ThresholdedRelu, Softsign, Mish, Swish, Round, PRelu, and expanded
 cases built of them. Most host-placed cases are ops the NPU does not hold (integer, boolean and
 string dtypes; Resize, loss functions, RNNs, ...) or reductions whose axes are a runtime input.
+
+The exact vector functions (sim/maskvec.py: comparisons, logic, Where, Cast of integers, bools and FP8,
+integer arithmetic, BitShift, ArgMax/ArgMin, Trilu; integer copies and views), measured on main at
+c2a4ce2 and after (onnx 1.23.2, onnxruntime 1.32):
+
+    before (c2a4ce2)  host-placed 1316, refused 169   native: 399 pass, 0 wrong answers (of 1884 cases)
+    after             host-placed 1001, refused 133   native: 750 pass, 0 wrong answers (of 1884 cases)
+
+Among the new passes: the comparisons and logic ops (int and float inputs), Where, 48 FP8 casts (with
+and without saturation, E4M3FN/E4M3FNUZ/E5M2/E5M2FNUZ), integer casts, ArgMax/ArgMin (with
+select_last_index), Trilu with a runtime k, BitShift, integer Add/Sub/Mul/Div/Mod, and the expanded
+attention cases whose mask is built with Equal/Where. Still on the host: int16 and string dtypes, empty
+tensors, and cases with other host ops (dynamic shapes, Pad, loss functions).
 """
 
 from __future__ import annotations

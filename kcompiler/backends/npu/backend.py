@@ -19,6 +19,10 @@ from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKer
 from kcompiler.backends.npu.kernels.elementwise import (ELEMENTWISE, BatchNormKernel, CastKernel, ClipKernel,
                                                         ElementwiseKernel)
 from kcompiler.backends.npu.kernels.gemm import EPILOGUE, GemmKernel, epilogue_fits
+from kcompiler.backends.npu.kernels.maskclaims import (INTS, arg_check, binary_ints, by_dtype, cast_exact,
+                                                       dtypes_in, exact_check, held, mod_check, trilu_check)
+from kcompiler.backends.npu.kernels.maskops import (COMPARE, LOGIC, ArgKernel, CompareKernel, ExactCastKernel,
+                                                    IntKernel, LogicKernel, TriluKernel, WhereKernel)
 from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import pool_kernel
@@ -124,12 +128,9 @@ def _view_check(node):
     s = opinfo.shape_of(node.outputs[0])
     if s is None:
         return no("output has no static shape")
-    if node.inputs[0] is None or node.inputs[0].dtype not in FLOATS + _INT8:
-        return no("only float and int8/uint8 views")
+    if node.inputs[0] is None or IR_DTYPE.get(node.inputs[0].dtype) in (None, "i4", "u4"):
+        return no(f"a view of {node.inputs[0].dtype if node.inputs[0] is not None else 'nothing'}")
     return YES
-
-
-_INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
 
 
 def _int_gemm(node) -> Support:
@@ -201,6 +202,35 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 #: ops left to the host on purpose, with the reason placement reports (`kc inspect` shows it)
 HOST_ONLY = {"RNN": "RNN: runs on the host; the NPU has no RNN kernel (LSTM and GRU have one)"}
 HOST_ONLY["LpPool"] = "LpPool: runs on the host; the vector unit has no p-norm window"
+
+
+# ---- masks, indices and integers, exactly (kernels/maskops.py; checks in kernels/maskclaims.py) ---------
+def _exact(node: ir.Node) -> Support:
+    return exact_check(node, _spec_of_node(node).vector.dtypes)
+
+
+_EXACT_NUM = dtypes_in(INTS, "integer ops take int8/uint8/int32/int64/uint16/uint32/uint64")
+OPS.update({
+    **{op: (CompareKernel, _exact) for op in COMPARE},
+    **{op: (LogicKernel, _all(_exact, dtypes_in({ir.DataType.BOOL}, "logic is on bools"))) for op in LOGIC},
+    "Where": (WhereKernel, _exact),
+    "Cast": by_dtype(OPS["Cast"], (ExactCastKernel, _all(cast_exact, _exact))),
+    "CastLike": by_dtype(OPS["CastLike"], (ExactCastKernel, _all(cast_exact, _exact))),
+    **{op: by_dtype(OPS[op], (IntKernel, _all(_EXACT_NUM, _exact, binary_ints)))
+       for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs")},
+    "Mod": (IntKernel, _all(_exact, mod_check)),
+    "BitShift": (IntKernel, _all(_EXACT_NUM, _exact)),
+    "Trilu": (TriluKernel, _all(_exact, trilu_check)),
+    "ArgMax": (ArgKernel, _all(_exact, arg_check)),
+    "ArgMin": (ArgKernel, _all(_exact, arg_check)),
+    "Concat": by_dtype(OPS["Concat"], (CopyKernel, held(None))),
+    "Transpose": by_dtype(OPS["Transpose"], (CopyKernel, held(1))),
+    "Slice": by_dtype(OPS["Slice"], (CopyKernel, _all(held(1), lambda n: _consts(n, 1)))),
+    "Expand": by_dtype(OPS["Expand"], (CopyKernel, _all(held(1), lambda n: _consts(n, 1)))),
+    "Gather": by_dtype(OPS["Gather"], (CopyKernel, _all(held(1), _gather_data_const))),
+    **{op: (ViewKernel, _all(held(1), _view_check)) for op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                                                                "Identity")},
+})
 
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
@@ -429,7 +459,9 @@ class NpuBackend(Backend):
                                 f"{self.device.chip.label}'s {part.dram_bytes:,} bytes of DRAM",
                                 hint="use a larger partition (fewer, bigger slices), or compile with mode='timing' "
                                      "to simulate time only")
-        return NpuProgram(self.name, self.device.chip.label, s, data, functional, [k.kind for k in kernels])
+        prog = NpuProgram(self.name, self.device.chip.label, s, data, functional, [k.kind for k in kernels])
+        prog.bool_outputs = _bools(subgraph)
+        return prog
 
     # ---- artifacts: the program as it was generated, never generated again -----------------
     def save_program(self, program: Program, subgraph: Subgraph, weights: Any = None) -> tuple[bytes, dict[str, Any]]:
@@ -441,4 +473,10 @@ class NpuBackend(Backend):
         prog = NpuProgram.load(self.name, self.spec, blob, meta, weights, functional)
         if len(prog.data.ops) != len(subgraph.nodes):
             raise ArtifactError(f"NPU program of {len(prog.data.ops)} ops for a subgraph of {len(subgraph.nodes)} nodes")
+        prog.bool_outputs = _bools(subgraph)
         return prog
+
+
+def _bools(subgraph: Subgraph) -> frozenset[str]:
+    """The subgraph's outputs that are ONNX bools (the program returns their bytes as bools)."""
+    return frozenset(v.name for v in subgraph.outputs if v.dtype == ir.DataType.BOOL)

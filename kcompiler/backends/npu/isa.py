@@ -39,10 +39,13 @@ NONE = 0xFFFFFFFF
 DTYPES = ("f32", "f16", "bf16", "i8", "i32", "i64", "u8", "u16", "u32", "u64",
           # appended (issue 14; earlier codes keep theirs): FP8 E4M3 (no infinities, "fn") and E5M2,
           # and 4-bit integers packed two per byte (element 2i in the low nibble, as ONNX packs them)
-          "f8e4m3", "f8e5m2", "i4", "u4")
+          "f8e4m3", "f8e5m2", "i4", "u4",
+          # appended (issue 13): FP8 E4M3FNUZ and E5M2FNUZ (no negative zero, no infinities, one NaN), which
+          # only the exact functions' cast reads and writes (the array does not multiply them)
+          "f8e4m3fnuz", "f8e5m2fnuz")
 DT = {name: i for i, name in enumerate(DTYPES)}
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "i32": 4, "i64": 8, "u8": 1, "u16": 2, "u32": 4, "u64": 8,
-               "f8e4m3": 1, "f8e5m2": 1}
+               "f8e4m3": 1, "f8e5m2": 1, "f8e4m3fnuz": 1, "f8e5m2fnuz": 1}
 #: bits of one element of every dtype: the 4-bit ones have no whole byte size (DTYPE_BYTES leaves them
 #: out, so nothing addresses them as bytes by mistake): an operand of them is its packed bytes ("u8")
 DTYPE_BITS = {**{k: 8 * v for k, v in DTYPE_BYTES.items()}, "i4": 4, "u4": 4}
@@ -179,6 +182,20 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     # shift imm1 for the tile); iadd: dst (i32) := src0 + src1 (int32, wrapping); requant_f32: as requant with
     # float32 scales src2, saturate(nearbyint(f32(src0 + src1) * src2) + imm0)
     "requant": ("mul", 3, 1.0), "iadd": ("alu", 2, 1.0), "requant_f32": ("mul", 3, 1.0),
+    # appended for issue 13: the exact functions (sim/maskvec.py) compute in the operands' own dtype, not
+    # float32: comparisons write booleans (u8 0/1), logic reads and writes them, where selects src1 where
+    # src0 is true else src2, cast converts any two dtypes (imm0: FP8 saturation; arg: a boolean
+    # destination), the int_* functions and shifts wrap at the dtype's width, mod's arg is ONNX's fmod,
+    # argmax/argmin write int64 indices along one dim (arg: the last of equal values), trilu keeps
+    # src0 on one side of the diagonal offset src1 (int64; arg 1: upper; imm0, imm1: the tile's first
+    # row and column in the matrix, rows along dim 2, columns along dim 3)
+    "eq": ("alu", 2, 1.0), "lt": ("alu", 2, 1.0), "gt": ("alu", 2, 1.0), "le": ("alu", 2, 1.0),
+    "ge": ("alu", 2, 1.0), "and": ("alu", 2, 1.0), "or": ("alu", 2, 1.0), "xor": ("alu", 2, 1.0),
+    "not": ("alu", 1, 1.0), "where": ("alu", 3, 1.0), "cast": ("move", 1, 1.0),
+    "int_add": ("alu", 2, 1.0), "int_sub": ("alu", 2, 1.0), "int_mul": ("mul", 2, 1.0),
+    "int_div": ("div", 2, 1.0), "mod": ("div", 2, 1.0), "int_max": ("alu", 2, 1.0), "int_min": ("alu", 2, 1.0),
+    "int_neg": ("alu", 1, 1.0), "int_abs": ("alu", 1, 1.0), "shl": ("alu", 2, 1.0), "shr": ("alu", 2, 1.0),
+    "argmax": ("reduce", 1, 1.0), "argmin": ("reduce", 1, 1.0), "trilu": ("alu", 2, 1.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

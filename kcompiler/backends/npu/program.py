@@ -36,6 +36,9 @@ class NpuProgram(Program):
         self.kinds = kinds  # per op: gemm | vector | copy | view | const (for the report's engine column)
         self.sim = Simulator(data)
         self._timeline: Timeline | None = None
+        #: outputs that are ONNX bools (memory holds them as bytes 0/1): returned as numpy bools, as
+        #: ONNX Runtime returns them (the backend sets it from the subgraph: the bytes do not say)
+        self.bool_outputs: frozenset[str] = frozenset()
 
     # ---- the program's parts (mutable: tests and the mutation benchmark change them) ----------
     @property
@@ -60,7 +63,10 @@ class NpuProgram(Program):
         # one thread per BLAS call: the values do not depend on the host (sim._pool); overflow and
         # invalid operations give inf and NaN, as the hardware's float units do, without a warning
         with blas_threads(1), np.errstate(all="ignore"):
-            return self.sim.run(feeds)
+            outs = self.sim.run(feeds)
+        for name in self.bool_outputs & outs.keys():
+            outs[name] = outs[name] != 0
+        return outs
 
     # ---- time --------------------------------------------------------------------------
     def simulate(self) -> Timeline:

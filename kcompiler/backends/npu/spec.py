@@ -49,6 +49,10 @@ class ArraySpec:
         return self.dtypes[self.dtype]
 
 
+#: the dtype classes the vector unit may compute in (npu.vector.dtypes keys)
+VECTOR_DTYPES = ("f32", "i32", "i64")
+
+
 @dataclass(frozen=True)
 class VectorSpec:
     """The SIMD vector unit of one core (elementwise, reductions, pooling, epilogues)."""
@@ -63,6 +67,12 @@ class VectorSpec:
                          doc="integer requantisation: fixed (a Q31 multiplier and a shift, gemmlowp/TFLite's "
                              "integer arithmetic) or float32 (a float32 scale multiply, as ONNX Runtime's MLAS "
                              "and TensorRT's int8 kernels do)")
+    #: dtype class -> cycles per lane-group relative to float32's, for each dtype the unit computes in
+    dtypes: dict[str, float] = field({"f32": 1.0},
+                                     doc="the dtypes the vector unit computes in, each with its cost per element "
+                                         "relative to float32 (f32: every float function; i32 and i64: the "
+                                         "exact integer, mask and index functions of sim/maskvec.py); ops "
+                                         "needing a dtype left out run on the host")
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,11 @@ class NpuSpec:
             for c, v in got.items():
                 if v < 0 or (table == "cycles_per_elem" and v <= 0):
                     raise TargetError(f"{path}: 'npu.vector.{table}.{c}' = {v} must be positive")
+        bad = [d for d in self.vector.dtypes if d not in VECTOR_DTYPES]
+        if bad or "f32" not in self.vector.dtypes or not all(r > 0 for r in self.vector.dtypes.values()):
+            raise TargetError(f"{path}: 'npu.vector.dtypes' lists the dtypes the vector unit computes in, with a "
+                              f"positive cost each, f32 among them; got {dict(self.vector.dtypes)}",
+                              hint=f"known vector dtypes: {list(VECTOR_DTYPES)}")
         # one double-buffered minimal tile: an R x C operand pair and a C-wide accumulator
         b = self.elem_bytes
         one_tile = int(2 * (a.rows * a.cols * b + a.rows * a.cols * b) + a.rows * a.cols * 4)

@@ -32,6 +32,7 @@ from kcompiler.backends.npu import isa, sim
 from kcompiler.backends.npu.cost import systolic_cycles, vector_cycles
 from kcompiler.backends.npu.emulation import Charge, charge
 from kcompiler.backends.npu.memo import BoundedStore
+from kcompiler.backends.npu.sim.maskvec import compute_dtype
 from kcompiler.backends.npu.spec import MAC_ENERGY_45NM_PJ, NpuSpec
 from kcompiler.errors import LoweringError
 
@@ -118,6 +119,7 @@ _MM = _at(isa.MATMUL, "g", "m", "n", "k")
 _CF = _at(isa.CONFIG, "kh", "kw")
 _VEC = _at(isa.VECTOR, "n0", "n1", "n2", "n3", "bcast", "dtypes", "arg", "src0", "src1", "src2", "src3")
 _VEC_SHAPE, _VEC_SRC = _VEC[:7], _VEC[7:]  # a VECTOR's work reads its sources' presence, not their addresses
+_VEC_DT = _VEC[5]
 
 
 def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
@@ -163,8 +165,12 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
                 macs, elems, sram = _vector_work(ins, windows)
                 fn = isa.VFN_NAMES[ins.aux] if ins.aux < len(isa.VFN_NAMES) else "copy"
                 cls = isa.VFN_CLASS[fn]
+                # charged at the dtype it computes in (an int64 compare costs what the chip says int64 does)
+                names = [_dt(x[_VEC_DT] >> (4 * i) & 0xF) for i in range(5)
+                         if i == 0 or x[_VEC_SRC[i - 1]] != isa.NONE]  # (an absent operand's code is 0)
+                rel = v.dtypes.get(compute_dtype(fn, names), 1.0)
                 w = seen[key] = Work(macs=macs, vector_elems=elems, sram_bytes=sram, cycles=vector_cycles(
-                    v.lanes, v.latency[cls], v.cycles_per_elem[cls], elems) + issue)
+                    v.lanes, v.latency[cls], v.cycles_per_elem[cls] * rel, elems) + issue)
         elif oc == isa.BARRIER:
             windows.clear()
             w = _NO_WORK
@@ -200,7 +206,7 @@ def _eb(code: int) -> int:
 
 
 _REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn",
-                       "reduce_min", "reduce_rstd", "logsoftmax", "hardmax"})
+                       "reduce_min", "reduce_rstd", "logsoftmax", "hardmax", "argmax", "argmin"})
 
 
 def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:

@@ -15,7 +15,9 @@ _CHIP_DTYPE = {ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
 #: ONNX dtype -> instruction dtype of the values a program moves
 IR_DTYPE = {ir.DataType.FLOAT: "f32", ir.DataType.FLOAT16: "f16", ir.DataType.BFLOAT16: "bf16",
             ir.DataType.INT64: "i64", ir.DataType.INT32: "i32", ir.DataType.INT8: "i8", ir.DataType.BOOL: "u8",
-            ir.DataType.UINT8: "u8", ir.DataType.FLOAT8E4M3FN: "f8e4m3", ir.DataType.FLOAT8E5M2: "f8e5m2"}
+            ir.DataType.UINT8: "u8", ir.DataType.FLOAT8E4M3FN: "f8e4m3", ir.DataType.FLOAT8E5M2: "f8e5m2",
+            ir.DataType.FLOAT8E4M3FNUZ: "f8e4m3fnuz", ir.DataType.FLOAT8E5M2FNUZ: "f8e5m2fnuz",
+            ir.DataType.UINT16: "u16", ir.DataType.UINT32: "u32", ir.DataType.UINT64: "u64"}
 
 
 #: the integer GEMMs (kernels/qgemm.py): their values are int8/uint8 whatever their float scales

@@ -52,6 +52,11 @@ class VectorKernel(Kernel):
     def reduced_axes(self) -> set[int]:
         return set()
 
+    def separate_dims(self) -> set[int]:
+        """Dims a tile keeps as dims of their own, even of size 1 (never merged with a neighbour): a
+        kernel whose body reads where in the space its tile lies (Trilu's rows and columns)."""
+        return set()
+
     def pick_axis(self) -> int:
         red = self.reduced_axes()
         for ax, d in enumerate(self.space):
@@ -167,6 +172,7 @@ class VTile:
     dst: tuple[int, int, str]  # (address, mask, dtype)
     src: list[tuple[int, int, str]]
     tmp: list[tuple[int, int, str]]
+    origin: tuple[int, ...] = ()  # the (sub)tile's first index in each dim of the iteration space
 
     def vec(self, fn: str, dst, srcs, imms=(0.0, 0.0, 0.0), arg: int = 0, axes: int | None = None) -> Instr:
         """One VECTOR instruction of function `fn` over this tile: `dst` and `srcs` are (address, broadcast
@@ -193,7 +199,8 @@ class _VectorPlan:
         self.space = k.space
         self.per_core = per_core
         self.axis = k.axis
-        groups = [1 if d in red else 0 for d in range(len(self.space))]
+        sep = k.separate_dims()
+        groups = [1 if d in red else 2 + d if d in sep else 0 for d in range(len(self.space))]
         self.core_tiles = []
         sram = k.spec.sram_bytes
         for tiles in per_core:
@@ -203,7 +210,7 @@ class _VectorPlan:
                 sizes = list(self.space)
                 if self.axis >= 0:
                     start[self.axis], sizes[self.axis] = r0, r1 - r0
-                dims = merge_dims(sizes, [o.strides for o in ops] + [res.strides], groups, keep=red)
+                dims = merge_dims(sizes, [o.strides for o in ops] + [res.strides], groups, keep=red | sep)
                 lead, tail = (dims[:-4], dims[-4:]) if len(dims) > 4 else ([], dims)
                 for idx in np.ndindex(*[math.prod(sizes[d] for d in g) for g in lead]) if lead else [()]:
                     st = list(start)
@@ -297,7 +304,7 @@ class _VectorPlan:
                 # (a reduction's destination is the tile without its reduced dims, not a broadcast)
                 dmask = sum(1 << d for d, x in enumerate(out_shp) if x == 1 and shape4[d] > 1 and not axes >> d & 1)
                 tile = VTile(k, core, op, shape4, axes, (outs[i % 2], dmask, self.res.lay.dtype), srcs,
-                             [(t, 0, "f32") for t in tmps])
+                             [(t, 0, "f32") for t in tmps], st)
                 vecs = k.body(tile)
                 wait = (CH["ld>vx"] if loads else 0) | (CH["st>vx"] if i >= 2 else 0)
                 later = i + 2 < n and any(not r for r in resident)

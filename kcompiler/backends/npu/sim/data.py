@@ -15,6 +15,7 @@ NP_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": n
              "i8": np.dtype(np.int8), "i32": np.dtype(np.int32), "i64": np.dtype(np.int64), "u8": np.dtype(np.uint8),
              "u16": np.dtype(np.uint16), "u32": np.dtype(np.uint32), "u64": np.dtype(np.uint64),
              "f8e4m3": np.dtype(ml_dtypes.float8_e4m3fn), "f8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+             "f8e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz), "f8e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
              # 4-bit elements unpacked, one per byte (memory holds them packed: see sim/lowbit.py)
              "i4": np.dtype(ml_dtypes.int4), "u4": np.dtype(ml_dtypes.uint4)}
 ROLES = ("const", "input", "output", "temp")

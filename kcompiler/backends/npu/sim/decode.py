@@ -10,6 +10,7 @@ from kcompiler.backends.npu.isa import (ACCUMULATE, BARRIER, CONFIG, COPY, DTYPE
 from kcompiler.backends.npu.sim.data import ProgramData
 from kcompiler.backends.npu.sim.faults import _Bad, _Fault
 from kcompiler.backends.npu.sim.lowbit import LOWBIT_FNS, lowbit_accesses
+from kcompiler.backends.npu.sim.maskvec import MASK_FNS, check_dtypes
 from kcompiler.backends.npu.sim.memory import Access, _read
 from kcompiler.backends.npu.sim.intvec import RANGE
 from kcompiler.backends.npu.sim.vector_spec import _VSPEC, INT_DTYPE_RULES
@@ -268,6 +269,9 @@ class Decoder:
             return lowbit_accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         if fn in INT_DTYPE_RULES:
             _check_int_dtypes(fn, f, names, srcs)
+            return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
+        if fn in MASK_FNS:  # the exact functions compute in their operands' own dtypes
+            check_dtypes(fn, f, names, n_src)
             return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         for i in range(5):
             if (i == 0 or srcs[i - 1] != NONE) and names[i] not in isa.FLOAT_DTYPES and not (

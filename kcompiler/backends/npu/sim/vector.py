@@ -9,6 +9,7 @@ from kcompiler.backends.npu import isa, vfn
 from kcompiler.backends.npu.sim.data import F32, _f32
 from kcompiler.backends.npu.sim.lowbit import lowbit_result
 from kcompiler.backends.npu.sim.intvec import int_result
+from kcompiler.backends.npu.sim.maskvec import mask_result
 from kcompiler.backends.npu.sim.vector_spec import _VSPEC
 from kcompiler.backends.npu.sim.window import Window
 
@@ -20,6 +21,8 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         return lowbit_result(fn, f, srcs, dst_shape)
     if kind == "int":
         return int_result(fn, f, srcs, dst_shape)
+    if kind == "exact" or kind == "argreduce":
+        return mask_result(fn, f, srcs, dst_shape)
     i0, i1, i2 = isa.bits_f32(f["imm0"]), isa.bits_f32(f["imm1"]), isa.bits_f32(f["imm2"])
     if kind == "elementwise":
         r = vfn.ELEMENTWISE[fn]([_f32(x) for x in srcs], i0, i1, i2)

@@ -56,9 +56,9 @@ class _VSpec:
             return dec.sram(core, addr, dt[i], shp, _dense(shp), write)
 
         k = self.kind
-        if k == "elementwise":
+        if k == "elementwise" or k == "exact":
             return self._elementwise(sram, f, shape, masks, srcs)
-        if k in ("reduce", "softmax", "norm", "lrn"):
+        if k in ("reduce", "softmax", "norm", "lrn", "argreduce"):
             return self._reduction(sram, ins, f, shape, masks, axes, srcs)
         if k == "window":
             return _window_accesses(sram, dec.windows.get((core, 1)), ins, f, shape, masks, srcs)
@@ -97,8 +97,8 @@ class _VSpec:
             raise _Bad("the tile operand and destination of a reduction are not broadcast")
         if k == "lrn" and bin(axes).count("1") != 1:
             raise _Bad("LRN runs across exactly one dim")
-        if isa.VFN_NAMES[ins.aux] == "hardmax" and bin(axes).count("1") != 1:
-            raise _Bad("hardmax runs along exactly one dim")
+        if isa.VFN_NAMES[ins.aux] in ("hardmax", "argmax", "argmin") and bin(axes).count("1") != 1:
+            raise _Bad(f"{isa.VFN_NAMES[ins.aux]} runs along exactly one dim")
         out = [sram(1, srcs[0], shape)]
         for i in range(1, 4):
             if srcs[i] != NONE and (i < self.n or i in self.optional):
@@ -106,7 +106,7 @@ class _VSpec:
                 if any(x != 1 for d, x in enumerate(opnd) if not axes >> d & 1):
                     raise _Bad("a normalisation's scale and shift vary only along the normalised dims")
                 out.append(sram(i + 1, srcs[i], opnd))
-        dst = tuple(1 if axes >> d & 1 else n for d, n in enumerate(shape)) if k == "reduce" else shape
+        dst = tuple(1 if axes >> d & 1 else n for d, n in enumerate(shape)) if k in ("reduce", "argreduce") else shape
         return out + [sram(0, f["dst"], dst, True)]
 
 
@@ -204,6 +204,14 @@ _VSPEC.update({
     # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
     "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
     "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
+    # the exact functions (sim/maskvec.py): elementwise with broadcasting, in the operands' own dtypes
+    **{name: _VSpec("exact", _ELEMENTWISE_ARITY[name]) for name in (
+        "eq", "lt", "gt", "le", "ge", "and", "or", "xor", "not", "where", "int_add", "int_sub", "int_mul", "int_div",
+        "int_max", "int_min", "int_neg", "int_abs", "shl", "shr")},
+    "cast": _VSpec("exact", 1, imms=frozenset({"imm0", "arg"})), "mod": _VSpec("exact", 2, imms=frozenset({"arg"})),
+    "trilu": _VSpec("exact", 2, imms=frozenset({"imm0", "imm1", "arg"})),
+    "argmax": _VSpec("argreduce", 1, imms=frozenset({"arg"}), axes=True),
+    "argmin": _VSpec("argreduce", 1, imms=frozenset({"arg"}), axes=True),
 })
 _I8 = ("i8", "u8")
 #: the operand dtypes (destination first, then src0..) an integer-datapath function takes
