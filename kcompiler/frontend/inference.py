@@ -145,3 +145,42 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     for node in model.graph:
         for value in node.outputs:
             check_size(value, src)
+
+
+def _is_open(value: ir.Value) -> bool:
+    return value.shape is None or any(not isinstance(d, int) for d in value.shape)
+
+
+def open_values(graph: ir.Graph) -> list[ir.Value]:
+    """The node outputs (and graph outputs) of `graph` whose shape is unknown or has a symbolic dim."""
+    return [v for node in graph for v in node.outputs if v is not None and _is_open(v)]
+
+
+def reinfer_open_shapes(model: ir.Model, src: ModelSource) -> int:
+    """Infer again the shapes of the main graph's values that are not static; how many became static.
+
+    ONNX inference merges what it infers into a value's existing shape and keeps an existing
+    symbolic dim where it now infers a number, so once folding has made a Slice's bounds or a
+    Reshape's shape constant, the values after it keep the `unk__N` dims the first inference gave
+    them. Their shapes are cleared and inferred afresh; a value inference still leaves unknown
+    gets its old shape back. The new static shapes pass the same size check as at load time."""
+    for value in model.graph.initializers.values():  # folded constants keep the shape of the value they
+        if value.const_value is not None and value.shape != value.const_value.shape:  # replaced: inference
+            value.shape = ir.Shape(value.const_value.shape)  # reads initializers' shapes from their values
+    opened = {v: v.shape for v in open_values(model.graph)}
+    if not opened:
+        return 0
+    for value in opened:
+        value.shape = None
+    with _captured_log("onnx_ir.passes.common.shape_inference"):
+        ShapeInferencePass(strict_mode=False, data_prop=False)(model)
+        for value in opened:
+            if value.shape is not None:
+                check_size(value, src)
+        ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    for value, old in opened.items():
+        if value.shape is None:
+            value.shape = old
+    for value in opened:
+        check_size(value, src)
+    return sum(1 for v in opened if not _is_open(v))

@@ -8,10 +8,13 @@ from kcompiler.passes import cleanup  # noqa: F401  (registers the cleanup passe
 from kcompiler.passes import fusion  # noqa: F401  (registers the fusion rule passes)
 from kcompiler.passes import placement  # noqa: F401  (registers the placement step)
 from kcompiler.passes import qdq  # noqa: F401  (registers qdq-to-qlinear and its rules)
+from kcompiler.passes import shapefold  # noqa: F401  (registers fold-shapes)
 from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
-    "cleanup": ["fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
+    # fold-shapes first: once --shape binds the inputs, the shape arithmetic of exported models folds
+    # and every value after it gets a static shape (passes/shapefold)
+    "cleanup": ["fold-shapes", "fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
     # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
     # the graph optimisations, before anything is placed: QDQ groups become QLinear ops after
