@@ -203,6 +203,18 @@ def open_values(graph: ir.Graph) -> list[ir.Value]:
     return [v for node in graph for v in node.outputs if v is not None and _is_open(v)]
 
 
+def sync_initializer_shapes(graph: ir.Graph) -> int:
+    """Give each initializer the shape of its tensor; how many changed. onnxscript's folder turns a
+    node's output into an initializer and the value keeps the shape inference gave the output
+    (symbolic dims after a Slice with computed bounds), which placement then reads as not static."""
+    changed = 0
+    for value in graph.initializers.values():
+        if value.const_value is not None and value.shape != value.const_value.shape:
+            value.shape = ir.Shape(value.const_value.shape)
+            changed += 1
+    return changed
+
+
 def reinfer_open_shapes(model: ir.Model, src: ModelSource) -> int:
     """Infer again the shapes of the main graph's values that are not static; how many became static.
 
@@ -211,9 +223,7 @@ def reinfer_open_shapes(model: ir.Model, src: ModelSource) -> int:
     Reshape's shape constant, the values after it keep the `unk__N` dims the first inference gave
     them. Their shapes are cleared and inferred afresh; a value inference still leaves unknown
     gets its old shape back. The new static shapes pass the same size check as at load time."""
-    for value in model.graph.initializers.values():  # folded constants keep the shape of the value they
-        if value.const_value is not None and value.shape != value.const_value.shape:  # replaced: inference
-            value.shape = ir.Shape(value.const_value.shape)  # reads initializers' shapes from their values
+    sync_initializer_shapes(model.graph)
     opened = {v: v.shape for v in open_values(model.graph)}
     if not opened:
         return 0

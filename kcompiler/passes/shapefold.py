@@ -15,18 +15,20 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 from onnxscript import optimizer
 
-from kcompiler.frontend.inference import open_values, reinfer_open_shapes
+from kcompiler.frontend.inference import open_values, reinfer_open_shapes, sync_initializer_shapes
 from kcompiler.frontend.reading import ModelSource
 from kcompiler.passes.cleanup import FOLD_INPUT_LIMIT, FOLD_OUTPUT_LIMIT, _should_fold
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
-#: integer/bool tensors up to this many elements are folded whatever FOLD_INPUT_LIMIT says: a
-#: T5 relative-position bucket table at sequence 512 is 262,144 int64s, computed once at compile time
-INT_FOLD_LIMIT = 1 << 22
+#: integer/bool tensors up to this many elements are folded whatever FOLD_INPUT_LIMIT (65,536) says,
+#: as many as the folder stores (FOLD_OUTPUT_LIMIT): a T5 relative-position bucket table at sequence
+#: 512 is 262,144 int64s, computed once at compile time rather than on the host at every run
+INT_FOLD_LIMIT = FOLD_OUTPUT_LIMIT
 #: rounds of fold + infer: each round resolves at least one more value or the pass stops
 MAX_ROUNDS = 8
 _INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.INT8,
@@ -53,16 +55,20 @@ def _shape_like(node: ir.Node) -> bool | None:
 
 def _fold(model: ir.Model) -> bool:
     try:
-        result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
-                                          output_size_limit=max(FOLD_OUTPUT_LIMIT, INT_FOLD_LIMIT),
-                                          should_fold=_shape_like)
+        # (the folder evaluates what the model computes, inf and nan included: T5's buckets take the log
+        # of 0 and cast -inf to int64 where a Where then discards it, as in PyTorch; numpy must not warn)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            result = optimizer.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
+                                              output_size_limit=FOLD_OUTPUT_LIMIT,
+                                              should_fold=_shape_like)
     except RuntimeError as exc:  # an op-specific folder crashed on a valid node (see cleanup.fold_constants)
         if not str(exc).startswith("Error during constant folding"):
             raise
         logging.getLogger(__name__).warning("shape folding stopped early: %s (%s)", exc, exc.__cause__)
         return False
     ir_passes.RemoveUnusedNodesPass()(model)
-    return bool(getattr(result, "modified", True))
+    synced = sync_initializer_shapes(model.graph)
+    return bool(getattr(result, "modified", True)) or bool(synced)
 
 
 @register("fold-shapes")

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from kcompiler.errors import KCError
 from kcompiler.zoo import ZooEntry, register
 from kcompiler.zoo.graph_writer import Writer
 
@@ -128,7 +129,7 @@ def _residual_block(w: _Exp, x: str, p: str, mask: str | None, act: Callable[[st
     return w.op("Add", [x, w.lin(act(w.lin(w.ln(x, f"{p}.ln2"), f"{p}.fc1", D, FFN)), f"{p}.fc2", FFN, D)], p)
 
 
-def bert() -> onnx.ModelProto:
+def bert(layers: int = LAYERS) -> onnx.ModelProto:
     """BERT: word + token-type + position embeddings (position ids Sliced from a buffer up to the run-time
     sequence), HF's expanded padding mask (Unsqueeze/Expand/Cast/Sub/Cast-to-bool/Where), post-norm layers,
     a Gemm/Tanh pooler."""
@@ -145,7 +146,7 @@ def bert() -> onnx.ModelProto:
     inverted = w.op("Sub", [w.const(1.0, hint="one"), w.op("Cast", [expanded], "mask", to=TensorProto.FLOAT)], "mask")
     mask = w.op("Where", [w.op("Cast", [inverted], "mask", to=TensorProto.BOOL), w.const(NEG, hint="min"), inverted],
                 "mask")
-    for i in range(LAYERS):
+    for i in range(layers):
         x = _residual_block(w, x, f"layer{i}", mask, lambda t: w.gelu_erf(t, "gelu"), post_norm=True)
     w.op("Identity", [x], "out", outputs=["last_hidden_state"])
     first = w.op("Gather", [x, w.i64(0)], "pool", axis=1)
@@ -155,7 +156,7 @@ def bert() -> onnx.ModelProto:
                     helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT, ["batch", D])])
 
 
-def gpt2() -> onnx.ModelProto:
+def gpt2(layers: int = LAYERS) -> onnx.ModelProto:
     """GPT-2: position ids from CumSum of the mask (HF: cumsum - 1, 1 where padded), a causal mask from
     ConstantOfShape/Trilu expanded to the batch and merged with the padding mask (Add/Equal/Where)."""
     w = _Exp("gpt2-exported")
@@ -171,7 +172,7 @@ def gpt2() -> onnx.ModelProto:
                                          to=TensorProto.FLOAT)], "mask")
     mask = w.op("Where", [w.op("Equal", [padded, w.const(0.0, hint="zero")], "mask"), w.const(NEG, hint="min"),
                           causal], "mask")
-    for i in range(LAYERS):
+    for i in range(layers):
         x = _residual_block(w, x, f"h{i}", mask, lambda t: w.gelu_tanh(t, "gelu"), post_norm=False)
     x = w.ln(x, "ln_f")
     w.op("MatMul", [x, w.op("Transpose", ["wte"], "lm_head", perm=[1, 0])], "lm_head", outputs=["logits"])
@@ -179,7 +180,7 @@ def gpt2() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", VOCAB])])
 
 
-def llama_gqa() -> onnx.ModelProto:
+def llama_gqa(layers: int = LAYERS) -> onnx.ModelProto:
     """LLaMA with grouped-query attention (2 KV heads for 4): position ids from Range, RoPE tables computed
     from them (Cast/Mul/Concat/Cos/Sin), a causal mask from Range/Less or'ed with the padding mask (Not/Or/
     Where), RMSNorm decomposed, SwiGLU."""
@@ -199,7 +200,7 @@ def llama_gqa() -> onnx.ModelProto:
     blocked = w.op("Or", [w.op("Unsqueeze", [future, w.i64([0, 1])], "mask"), padded], "mask")
     mask = w.op("Where", [blocked, w.const(NEG, hint="min"), w.const(0.0, hint="zero")], "mask")
     x = w.op("Gather", [w.weight("embed_tokens", (VOCAB, D)), ids], "emb")
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"layers{i}"
         x = w.op("Add", [x, _attention(w, w.rms_norm(x, f"{p}.in_norm", D, 1e-6), f"{p}.attn", mask,
                                        kv_heads=2, rope=rope)], p)
@@ -233,7 +234,7 @@ def _t5_bias(w: _Exp, s: str, buckets: int = 32, max_distance: int = 128) -> str
     return w.op("Unsqueeze", [w.op("Transpose", [bias], "rel", perm=[2, 0, 1]), w.i64([0])], "rel")
 
 
-def t5() -> onnx.ModelProto:
+def t5(layers: int = LAYERS) -> onnx.ModelProto:
     """T5 encoder: relative-position buckets (see _t5_bias) plus the padding mask ((1 - mask) * min), no
     score scaling, RMS layer norm, ReLU feed-forward."""
     w = _Exp("t5-exported")
@@ -243,7 +244,7 @@ def t5() -> onnx.ModelProto:
     pad = w.op("Mul", [w.op("Sub", [w.const(1.0, hint="one"), pad], "mask"), w.const(NEG, hint="min")], "mask")
     bias = w.op("Add", [_t5_bias(w, s), pad], "mask")  # [B,H,S,S]
     x = w.op("Gather", [w.weight("shared", (VOCAB, D)), ids], "emb")
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"block{i}"
         x = w.op("Add", [x, _attention(w, w.rms_norm(x, f"{p}.ln0", D, 1e-6), f"{p}.attn", bias, scale=False)], p)
         h = w.op("Relu", [w.lin(w.rms_norm(x, f"{p}.ln1", D, 1e-6), f"{p}.wi", D, FFN, bias=False)], p)
@@ -254,7 +255,7 @@ def t5() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", D])])
 
 
-def vit(image: int = 32, patch: int = 8, classes: int = 10) -> onnx.ModelProto:
+def vit(layers: int = LAYERS, image: int = 32, patch: int = 8, classes: int = 10) -> onnx.ModelProto:
     """ViT: Conv patch embedding flattened with a run-time Reshape, the class token Expanded to the batch
     and Concatenated, pre-norm layers, a Gemm head on the class token."""
     w = _Exp("vit-exported")
@@ -267,7 +268,7 @@ def vit(image: int = 32, patch: int = 8, classes: int = 10) -> onnx.ModelProto:
     n = (image // patch) ** 2 + 1
     x = w.op("Add", [w.op("Concat", [cls, tokens], "cls", axis=1), w.weight("position_embeddings", (1, n, D))],
              "emb")
-    for i in range(LAYERS):
+    for i in range(layers):
         x = _residual_block(w, x, f"layer{i}", None, lambda t: w.gelu_erf(t, "gelu"), post_norm=False)
     first = w.op("Gather", [w.ln(x, "ln_f"), w.i64(0)], "head", axis=1)
     w.nodes.append(helper.make_node("Identity", [w.gemm(first, "classifier", D, classes)], ["logits"]))
@@ -285,10 +286,12 @@ MODELS: dict[str, tuple[Callable[[], onnx.ModelProto], str]] = {
 }
 
 
-def build(name: str) -> onnx.ModelProto:
-    return MODELS[name][0]()
+def build(name: str, layers: int = LAYERS) -> onnx.ModelProto:
+    if not isinstance(layers, int) or layers < 1:
+        raise KCError(f"zoo model '{name}': --layers must be a positive integer, got {layers!r}")
+    return MODELS[name][0](layers)
 
 
 for _name, (_fn, _desc) in MODELS.items():
-    register(ZooEntry(_name, "exported", _desc + " (symbolic batch/sequence: bind them with --shape)",
-                      lambda name=_name, **kw: build(name)))
+    register(ZooEntry(_name, "exported", f"{_desc}; {LAYERS} layers, d={D} (symbolic batch/sequence: bind them "
+                      "with --shape)", lambda name=_name, **kw: build(name, **kw), options=("layers",)))
