@@ -22,7 +22,7 @@ from onnxscript import optimizer
 
 from kcompiler.frontend.inference import open_values, reinfer_open_shapes, sync_initializer_shapes
 from kcompiler.frontend.reading import ModelSource
-from kcompiler.passes.cleanup import FOLD_INPUT_LIMIT, FOLD_OUTPUT_LIMIT, _should_fold
+from kcompiler.passes.cleanup import FOLD_INPUT_LIMIT, FOLD_OUTPUT_LIMIT, NEVER_FOLD
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 #: integer/bool tensors up to this many elements are folded whatever FOLD_INPUT_LIMIT (65,536) says,
@@ -31,21 +31,22 @@ from kcompiler.passes.manager import CompileContext, PassOutcome, register
 INT_FOLD_LIMIT = FOLD_OUTPUT_LIMIT
 #: rounds of fold + infer: each round resolves at least one more value or the pass stops
 MAX_ROUNDS = 8
-_INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.INT8,
-                        ir.DataType.UINT8, ir.DataType.INT16})
+#: the dtypes of shapes, indices and masks (not int8/uint8: those are quantised weights, cleanup's to fold)
+_INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
 
 
 def _shape_like(node: ir.Node) -> bool | None:
-    """cleanup's rule (never the quantisation or contrib ops), else True for a node whose inputs and
-    outputs are all small-enough integer or bool tensors (shape, index and mask arithmetic)."""
-    rule = _should_fold(node)
-    if rule is not None:
-        return rule
+    """cleanup's rule (never the quantisation ops, NEVER_FOLD, nor the contrib ops), else True for a
+    node whose inputs and outputs are all small-enough integer or bool tensors (shape, index and
+    mask arithmetic), or a small ConstantOfShape; None leaves the decision to onnxscript."""
+    if node.op_type in NEVER_FOLD or node.domain == "com.microsoft":
+        return False
     if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
         # onnxscript never folds it (not to grow the model with big fills), but a causal mask built
         # from ConstantOfShape -> Trilu at the bound sequence length is small and then folds whole
         shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
-        return True if shape is not None and math.prod(shape.numpy().tolist()) <= FOLD_INPUT_LIMIT else None
+        dims = shape.numpy().reshape(-1).tolist() if shape is not None else None
+        return True if dims is not None and min(dims, default=0) >= 0 and math.prod(dims) <= FOLD_INPUT_LIMIT else None
     values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
     if not values or any(v.dtype not in _INT_TYPES for v in values):
         return None
