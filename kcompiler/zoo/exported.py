@@ -27,7 +27,7 @@ from kcompiler.zoo import ZooEntry, register
 from kcompiler.zoo.graph_writer import Writer
 
 #: the sizes of every exported model: small so that tests compile them in a second
-D, HEADS, FFN, VOCAB, LAYERS = 32, 4, 64, 100, 2
+D, HEADS, FFN, VOCAB, LAYERS = 128, 4, 256, 100, 2
 HD = D // HEADS
 #: what HF fills masked scores with (torch.finfo(float32).min)
 NEG = float(np.finfo(np.float32).min)
