@@ -35,22 +35,61 @@ MAX_ROUNDS = 8
 _INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
 
 
+def _numbers(value: ir.Value | None) -> list | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy().reshape(-1).tolist()
+
+
+def _output_elements(node: ir.Node) -> int | None:
+    """How many elements a size-making op (Range, ConstantOfShape, Expand, Tile) of constant inputs
+    would produce, computed before the folder evaluates it; None for other ops or unknown inputs."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    ins = list(node.inputs)
+    if node.op_type == "Range" and len(ins) == 3:
+        start, limit, delta = (_numbers(v) for v in ins)
+        if not (start and limit and delta) or delta[0] == 0:
+            return None
+        return max(math.ceil((limit[0] - start[0]) / delta[0]), 0)
+    if node.op_type == "ConstantOfShape" and ins:
+        dims = _numbers(ins[0])
+        return math.prod(dims) if dims is not None and min(dims, default=0) >= 0 else None
+    if node.op_type in ("Expand", "Tile") and len(ins) >= 2 and ins[0] is not None and ins[0].shape is not None:
+        have, arg = ins[0].shape, _numbers(ins[1])
+        if arg is None or not all(isinstance(d, int) for d in have):
+            return None
+        if node.op_type == "Tile":
+            return math.prod(d * r for d, r in zip(have, arg)) if len(arg) == len(have) else None
+        rank = max(len(have), len(arg))
+        a, b = [1] * (rank - len(have)) + list(have), [1] * (rank - len(arg)) + list(arg)
+        return math.prod(max(x, y) for x, y in zip(a, b))
+    return None
+
+
 def _shape_like(node: ir.Node) -> bool | None:
     """cleanup's rule (never the quantisation ops, NEVER_FOLD, nor the contrib ops), else True for a
     node whose inputs and outputs are all small-enough integer or bool tensors (shape, index and
     mask arithmetic), or a small ConstantOfShape; None leaves the decision to onnxscript."""
     if node.op_type in NEVER_FOLD or node.domain == "com.microsoft":
         return False
+    size = _output_elements(node)
+    if size is not None and size > FOLD_OUTPUT_LIMIT:
+        return False  # (the folder would allocate it before its size check; re-inference then refuses it)
     if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
         # onnxscript never folds it (not to grow the model with big fills), but a causal mask built
         # from ConstantOfShape -> Trilu at the bound sequence length is small and then folds whole
-        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
-        dims = shape.numpy().reshape(-1).tolist() if shape is not None else None
-        return True if dims is not None and min(dims, default=0) >= 0 and math.prod(dims) <= FOLD_INPUT_LIMIT else None
+        return True if size is not None and size <= FOLD_INPUT_LIMIT else None
     values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
     if not values or any(v.dtype not in _INT_TYPES for v in values):
         return None
+    # forced only when every input and output is known to be small: the folder evaluates first and
+    # checks the size after, so a Range to 10^12 of unknown shape is left to its default rules
     sizes = [v.const_value.size for v in node.inputs if v is not None and v.const_value is not None]
+    for v in node.outputs:
+        if v.shape is None or not all(isinstance(d, int) and d >= 0 for d in v.shape):
+            return None
+        sizes.append(math.prod(v.shape))
     return True if all(s <= INT_FOLD_LIMIT for s in sizes) else None
 
 

@@ -170,3 +170,18 @@ def test_an_inconsistent_input_is_still_an_error():
     m = _model(["batch", 5], ["batch", 3])
     with pytest.raises(ShapeError):
         kcompiler.compile(m, target="host", shapes={"x": (2, 5)})
+
+
+def test_a_huge_range_from_the_bound_shape_is_refused_before_it_is_built():
+    """Range(0, n * 10^11) where n comes from the input's shape through ReduceSum (which ONNX does not
+    propagate at load time): folding must not allocate its 3 TB; re-inference names it instead."""
+    c = lambda name, v: onnx.numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ReduceSum", ["s"], ["n"], keepdims=0),
+             helper.make_node("Mul", ["n", "big"], ["e"]), helper.make_node("Range", ["z", "e", "one"], ["r"]),
+             helper.make_node("ReduceSum", ["r"], ["t"], keepdims=1), helper.make_node("Cast", ["t"], ["tf"], to=FLOAT),
+             helper.make_node("Add", ["x", "tf"], ["y"])]
+    g = helper.make_graph(nodes, "huge", [helper.make_tensor_value_info("x", FLOAT, ["n"])],
+                          [helper.make_tensor_value_info("y", FLOAT, ["n"])], [c("big", 10**11), c("z", 0), c("one", 1)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    with pytest.raises(ShapeError, match="'r' has shape"):
+        kcompiler.compile(m, target="host", shapes={"x": (4,)})
