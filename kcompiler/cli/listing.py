@@ -62,10 +62,10 @@ def zoo_cmd():
             if st is None:
                 with status(f"counting {name} (once: the counts are cached)", False):
                     st = entry_stats(e)
-            params, fl = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}"
-        except KCError as exc:
-            params, fl = "?", f"? ({exc.message[:40]})"
-        table.add_row(name, e.family, params, fl, e.description)
+            params, fl, desc = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}", e.description
+        except KCError as exc:  # (the reason goes in the wrapping column: in the FLOPs one it squeezed the others)
+            params, fl, desc = "?", "?", f"{e.description} [not counted: {exc.message}]"
+        table.add_row(name, e.family, params, fl, desc)
     console.print(table)
 
 
