@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from kcompiler import targets
@@ -63,8 +64,9 @@ def zoo_cmd():
                 with status(f"counting {name} (once: the counts are cached)", False):
                     st = entry_stats(e)
             params, fl, desc = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}", e.description
-        except KCError as exc:  # (the reason goes in the wrapping column: in the FLOPs one it squeezed the others)
-            params, fl, desc = "?", "?", f"{e.description} [not counted: {exc.message}]"
+        except KCError as exc:  # the reason goes in the wrapping column (in FLOPs' it squeezed the others),
+            # escaped: rich would take a shape such as [batch,sequence] in it for markup and drop it
+            params, fl, desc = "?", "?", escape(f"{e.description} (not counted: {exc.message})")
         table.add_row(name, e.family, params, fl, desc)
     console.print(table)
 
