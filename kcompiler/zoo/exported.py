@@ -56,6 +56,13 @@ class _Exp(Writer):
     def fill(self, shape: str, value: float, dtype: int = TensorProto.FLOAT) -> str:
         return self.op("ConstantOfShape", [shape], "fill", value=helper.make_tensor("v", dtype, [1], [value]))
 
+    def expand(self, x: str, shape: str) -> str:
+        """torch's expand as exported: -1 entries of the target mean "keep", so the shape goes through
+        Shape -> ConstantOfShape(1) -> Mul(-1) -> Equal -> Where before the Expand."""
+        ones = self.fill(self.op("Shape", [shape], "expand"), 1, TensorProto.INT64)
+        keep = self.op("Equal", [shape, self.op("Mul", [ones, self.i64(-1)], "expand")], "expand")
+        return self.op("Expand", [x, self.op("Where", [keep, ones, shape], "expand")], "expand")
+
     def lin(self, x: str, prefix: str, k: int, n: int, bias: bool = True) -> str:
         w = self.weight(f"{prefix}.weight", (k, n))
         y = self.op("MatMul", [x, w], prefix)
@@ -99,8 +106,8 @@ def _attention(w: _Exp, x: str, p: str, mask: str | None, kv_heads: int = HEADS,
         q, k = (_rotate(w, t, *rope, p) for t in (q, k))
     if kv_heads != HEADS:
         rep = HEADS // kv_heads
-        k, v = (w.op("Reshape", [w.op("Expand", [w.op("Unsqueeze", [t, w.i64([2])], p), w.vec(b, kv_heads, rep, s, HD)],
-                                      p), w.vec(b, HEADS, s, HD)], p) for t in (k, v))
+        k, v = (w.op("Reshape", [w.expand(w.op("Unsqueeze", [t, w.i64([2])], p), w.vec(b, kv_heads, rep, s, HD)),
+                                 w.vec(b, HEADS, s, HD)], p) for t in (k, v))
     scores = w.op("MatMul", [q, w.op("Transpose", [k], p, perm=[0, 1, 3, 2])], p)
     if scale:
         scores = w.op("Div", [scores, w.const(math.sqrt(HD), hint="scale")], p)
@@ -142,7 +149,7 @@ def bert(layers: int = LAYERS) -> onnx.ModelProto:
                        w.op("Gather", [w.weight("token_type_embeddings", (2, D)), tt], "emb")], "emb")
     x = w.ln(w.op("Add", [emb, w.op("Gather", [w.weight("position_embeddings", (64, D)), pos], "emb")], "emb"),
              "emb.ln")
-    expanded = w.op("Expand", [w.op("Unsqueeze", [am, w.i64([1, 2])], "mask"), w.vec(b, 1, s, s)], "mask")
+    expanded = w.expand(w.op("Unsqueeze", [am, w.i64([1, 2])], "mask"), w.vec(b, 1, s, s))
     inverted = w.op("Sub", [w.const(1.0, hint="one"), w.op("Cast", [expanded], "mask", to=TensorProto.FLOAT)], "mask")
     mask = w.op("Where", [w.op("Cast", [inverted], "mask", to=TensorProto.BOOL), w.const(NEG, hint="min"), inverted],
                 "mask")
@@ -160,14 +167,15 @@ def gpt2(layers: int = LAYERS) -> onnx.ModelProto:
     """GPT-2: position ids from CumSum of the mask (HF: cumsum - 1, 1 where padded), a causal mask from
     ConstantOfShape/Trilu expanded to the batch and merged with the padding mask (Add/Equal/Where)."""
     w = _Exp("gpt2-exported")
-    ids, am = "input_ids", "attention_mask"
-    b, s = w.dim(ids, 0), w.dim(ids, 1)
+    am = "attention_mask"
+    b, s = w.dim("input_ids", 0), w.dim("input_ids", 1)
+    ids = w.op("Reshape", ["input_ids", w.vec(-1, s)], "view")  # HF: input_ids.view(-1, input_shape[-1])
     pos = w.op("Sub", [w.op("CumSum", [am, w.i64(1)], "pos"), w.i64(1)], "pos")
     pos = w.op("Where", [w.op("Equal", [am, w.i64(0)], "pos"), w.i64(1), pos], "pos")
     x = w.op("Add", [w.op("Gather", [w.weight("wte", (VOCAB, D)), ids], "emb"),
                      w.op("Gather", [w.weight("wpe", (64, D)), pos], "emb")], "emb")
     causal = w.op("Trilu", [w.fill(w.vec(s, s), NEG), w.i64(1)], "mask", upper=1)
-    causal = w.op("Expand", [w.op("Unsqueeze", [causal, w.i64([0, 1])], "mask"), w.vec(b, 1, s, s)], "mask")
+    causal = w.expand(w.op("Unsqueeze", [causal, w.i64([0, 1])], "mask"), w.vec(b, 1, s, s))
     padded = w.op("Add", [causal, w.op("Cast", [w.op("Unsqueeze", [am, w.i64([1, 2])], "mask")], "mask",
                                          to=TensorProto.FLOAT)], "mask")
     mask = w.op("Where", [w.op("Equal", [padded, w.const(0.0, hint="zero")], "mask"), w.const(NEG, hint="min"),
@@ -264,7 +272,7 @@ def vit(layers: int = LAYERS, image: int = 32, patch: int = 8, classes: int = 10
     conv = w.op("Conv", [px, w.weight("patch.weight", (D, 3, patch, patch)), w.weight("patch.bias", (D,), "bias")],
                 "patch", kernel_shape=[patch, patch], strides=[patch, patch])
     tokens = w.op("Transpose", [w.op("Reshape", [conv, w.vec(b, D, -1)], "patch")], "patch", perm=[0, 2, 1])
-    cls = w.op("Expand", [w.weight("cls_token", (1, 1, D)), w.vec(b, 1, D)], "cls")
+    cls = w.expand(w.weight("cls_token", (1, 1, D)), w.vec(b, -1, -1))
     n = (image // patch) ** 2 + 1
     x = w.op("Add", [w.op("Concat", [cls, tokens], "cls", axis=1), w.weight("position_embeddings", (1, n, D))],
              "emb")
