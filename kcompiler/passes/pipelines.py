@@ -12,9 +12,10 @@ from kcompiler.passes import shapefold  # noqa: F401  (registers fold-shapes)
 from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
-    # fold-shapes first: once --shape binds the inputs, the shape arithmetic of exported models folds
-    # and every value after it gets a static shape (passes/shapefold)
-    "cleanup": ["fold-shapes", "fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
+    # fold-shapes after fold-constants (which first turns CastLike into a Cast that keeps `saturate`):
+    # once --shape binds the inputs, the shape arithmetic of exported models folds and every value
+    # after it gets a static shape (passes/shapefold)
+    "cleanup": ["fold-constants", "fold-shapes", "remove-identity", "dce", "cse", "toposort", "name-fix"],
     # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
     # the graph optimisations, before anything is placed: QDQ groups become QLinear ops after
