@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from kcompiler import targets
@@ -62,10 +63,11 @@ def zoo_cmd():
             if st is None:
                 with status(f"counting {name} (once: the counts are cached)", False):
                     st = entry_stats(e)
-            params, fl = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}"
-        except KCError as exc:
-            params, fl = "?", f"? ({exc.message[:40]})"
-        table.add_row(name, e.family, params, fl, e.description)
+            params, fl, desc = human(st["params"]), f"{human(st['flops_per_unit'])}/{st['unit']}", e.description
+        except KCError as exc:  # the reason goes in the wrapping column (in FLOPs' it squeezed the others),
+            # escaped: rich would take a shape such as [batch,sequence] in it for markup and drop it
+            params, fl, desc = "?", "?", escape(f"{e.description} (not counted: {exc.message})")
+        table.add_row(name, e.family, params, fl, desc)
     console.print(table)
 
 

@@ -52,6 +52,7 @@ def _captured_log(name: str):
 
 
 _SHAPE_LOG = logging.getLogger("onnx_ir.passes.common.shape_inference")
+_LOG = logging.getLogger("kcompiler.frontend")
 
 
 def _merge_inferred(model: ir.Model, inferred_proto: onnx.ModelProto) -> bool:
@@ -113,6 +114,49 @@ def _function_body_limit(text: str) -> bool:
     return m is not None and m.group(1) != "Constant"
 
 
+def _stale_declared(records: list[logging.LogRecord]) -> bool:
+    """Whether strict inference failed on an inferred shape that contradicts a declared one."""
+    failure = next((r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None), None)
+    return failure is not None and "Inferred shape and existing shape differ" in str(failure)
+
+
+def _conflicts(declared: ir.Shape, inferred: ir.Shape) -> bool:
+    if len(declared) != len(inferred):
+        return True
+    return any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(declared, inferred))
+
+
+def _drop_stale_shapes(model: ir.Model, src: ModelSource) -> list[str]:
+    """Replace declared shapes of the main graph's computed values (outputs, annotated values) that
+    contradict what ONNX infers from the inputs; the names of those replaced.
+
+    An exporter or a later edit can leave a declared shape stale (ddddocr's common.onnx declares its
+    output [1, seqlen] where the graph computes a rank-3 tensor); ONNX Runtime only warns, and the
+    computed shape is the one that runs. Each replaced shape is a warning and a note naming the value.
+    Inputs and initializers keep theirs: those are what the shapes are inferred from."""
+    declared = {v: v.shape for node in model.graph for v in node.outputs if v is not None and v.shape is not None}
+    for value in declared:
+        value.shape = None
+    with _captured_log("onnx_ir.passes.common.shape_inference"):
+        ShapeInferencePass(strict_mode=False, data_prop=False)(model)
+    stale = []
+    for value, old in declared.items():
+        if value.shape is not None and _conflicts(old, value.shape):
+            stale.append(value.name)
+            got = f"rank {len(value.shape)}" if len(value.shape) != len(old) else _dims(value.shape)
+            text = (f"the declared shape of '{value.name}' {_dims(old)} contradicts what the graph computes ({got}): "
+                    "the declared shape is dropped (ONNX Runtime, too, runs what the graph computes)")
+            _LOG.warning("%s: %s", src.name, text)
+            src.notes.append(text)
+        else:
+            value.shape = old
+    return stale
+
+
+def _dims(shape: ir.Shape) -> str:
+    return "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape) + "]"
+
+
 def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     """Give every value a shape and dtype where ONNX shape inference can."""
     # onnx_ir's pass does not raise: it logs the failure (with a traceback) and leaves the
@@ -122,6 +166,9 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     # exhaust memory inside ONNX before any size check
     with _captured_log("onnx_ir.passes.common.shape_inference") as records:
         ShapeInferencePass(strict_mode=True, data_prop=False)(model)
+        if records and _stale_declared(records) and _drop_stale_shapes(model, src):
+            records.clear()  # the declared shapes were the conflict: strictly again without them
+            ShapeInferencePass(strict_mode=True, data_prop=False)(model)
         if not records:
             for node in model.graph:
                 for value in node.outputs:
@@ -145,3 +192,52 @@ def infer_shapes(model: ir.Model, src: ModelSource) -> None:
     for node in model.graph:
         for value in node.outputs:
             check_size(value, src)
+
+
+def _is_open(value: ir.Value) -> bool:
+    return value.shape is None or any(not isinstance(d, int) for d in value.shape)
+
+
+def open_values(graph: ir.Graph) -> list[ir.Value]:
+    """The node outputs (and graph outputs) of `graph` whose shape is unknown or has a symbolic dim."""
+    return [v for node in graph for v in node.outputs if v is not None and _is_open(v)]
+
+
+def sync_initializer_shapes(graph: ir.Graph) -> int:
+    """Give each initializer the shape of its tensor; how many changed. onnxscript's folder turns a
+    node's output into an initializer and the value keeps the shape inference gave the output
+    (symbolic dims after a Slice with computed bounds), which placement then reads as not static."""
+    changed = 0
+    for value in graph.initializers.values():
+        if value.const_value is not None and value.shape != value.const_value.shape:
+            value.shape = ir.Shape(value.const_value.shape)
+            changed += 1
+    return changed
+
+
+def reinfer_open_shapes(model: ir.Model, src: ModelSource) -> int:
+    """Infer again the shapes of the main graph's values that are not static; how many became static.
+
+    ONNX inference merges what it infers into a value's existing shape and keeps an existing
+    symbolic dim where it now infers a number, so once folding has made a Slice's bounds or a
+    Reshape's shape constant, the values after it keep the `unk__N` dims the first inference gave
+    them. Their shapes are cleared and inferred afresh; a value inference still leaves unknown
+    gets its old shape back. The new static shapes pass the same size check as at load time."""
+    sync_initializer_shapes(model.graph)
+    opened = {v: v.shape for v in open_values(model.graph)}
+    if not opened:
+        return 0
+    for value in opened:
+        value.shape = None
+    with _captured_log("onnx_ir.passes.common.shape_inference"):
+        ShapeInferencePass(strict_mode=False, data_prop=False)(model)
+        for value in opened:
+            if value.shape is not None:
+                check_size(value, src)
+        ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    for value, old in opened.items():
+        if value.shape is None:
+            value.shape = old
+    for value in opened:
+        check_size(value, src)
+    return sum(1 for v in opened if not _is_open(v))

@@ -25,23 +25,42 @@ def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def _open_negative_dims(model: ir.Model) -> None:
-    """Paddle2ONNX and other exporters write -1 for a dynamic dim (ONNX Runtime accepts it): make
-    every -1 dim of the graph's inputs, outputs and annotated values open, like a symbolic one, so
-    --shape binds it and shape inference fills it. (0 stays: a zero-size dim is valid ONNX; other
-    negative dims stay, for the checks that refuse them.)"""
+def _open_dims(model: ir.Model, marks: frozenset[int]) -> None:
+    """Make every dim in `marks` of the graph's inputs, outputs and annotated values open, like a
+    symbolic one, so --shape binds it and shape inference fills it."""
     g = model.graph
     values = list(g.inputs) + list(g.outputs) + [v for n in g for v in n.outputs]
     for v in values:
-        if v is not None and v.shape is not None and any(isinstance(d, int) and d == -1 for d in v.shape):
-            v.shape = ir.Shape([None if isinstance(d, int) and d == -1 else d for d in v.shape])
+        if v is not None and v.shape is not None and any(isinstance(d, int) and d in marks for d in v.shape):
+            v.shape = ir.Shape([None if isinstance(d, int) and d in marks else d for d in v.shape])
+
+
+def _zero_dims_bound(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Whether --shape gives a size to an input dim the model writes as 0.
+
+    Some exporters write 0 for a dynamic dim, as Paddle2ONNX writes -1. A zero-size dim is also
+    valid ONNX (an empty tensor), so a 0 stays 0 unless --shape binds it; once bound, the model's
+    other 0 dims (its outputs', its annotated values') are the same kind of placeholder."""
+    for value in model.graph.inputs:
+        try:
+            dims = tuple(shapes.get(value.name) or ())
+        except TypeError:
+            continue  # not a sequence: bind_shapes says so
+        if value.shape is None or len(dims) != len(value.shape):
+            continue
+        if any(isinstance(have, int) and have == 0 and want != 0 for have, want in zip(value.shape, dims)):
+            return True
+    return False
 
 
 def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src: ModelSource) -> None:
     """Fix every graph input's shape; refuse symbolic dims left unbound."""
     shapes = dict(shapes or {})
     inputs = {v.name: v for v in model.graph.inputs}
-    _open_negative_dims(model)
+    # Paddle2ONNX and other exporters write -1 for a dynamic dim (ONNX Runtime accepts it), some 0;
+    # other negative dims stay, for the checks that refuse them
+    textual = {k: parse_shape_spec(f"{k}={v}")[1] if isinstance(v, str) else v for k, v in shapes.items()}
+    _open_dims(model, frozenset({-1, 0}) if _zero_dims_bound(model, textual) else frozenset({-1}))
     src.symbolic = tuple(v.name for v in model.graph.inputs
                          if v.shape is None or any(not isinstance(d, int) for d in v.shape))
     unknown = [n for n in shapes if n not in inputs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 
@@ -37,9 +38,12 @@ def fold_constants(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Evaluate subgraphs whose inputs are all known at compile time (onnxscript optimizer)."""
     cast_like = _cast_like_to_cast(model)
     try:
-        # (onnxscript's folder, leaving the bodies of If/Loop/Scan that stay dynamic alone: see control.py)
-        result = control.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
-                                        output_size_limit=FOLD_OUTPUT_LIMIT, should_fold=_should_fold)
+        # (onnxscript's folder, leaving the bodies of If/Loop/Scan that stay dynamic alone: see control.py;
+        # it evaluates what the model computes, inf and nan included: an exported T5 takes the log of 0 and
+        # casts -inf to int64 where a Where discards it, as PyTorch does; numpy must not warn)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            result = control.fold_constants(model, input_size_limit=FOLD_INPUT_LIMIT,
+                                            output_size_limit=FOLD_OUTPUT_LIMIT, should_fold=_should_fold)
     except RuntimeError as exc:
         # an op-specific folder of onnxscript crashed on a valid node (e.g. SplitToSequence
         # with a non-constant scalar `split`, ONNX test_split_to_sequence_1). Folding is only an

@@ -82,6 +82,8 @@ def fold_control_flow(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     left = before
     for _ in range(MAX_ROUNDS):
         REGISTRY["fold-constants"].fn(model, ctx)  # (cleanup's: it leaves dynamic bodies alone)
+        if "fold-shapes" in REGISTRY:  # the shape arithmetic (pads, lengths) many Ifs test
+            REGISTRY["fold-shapes"].fn(model, ctx)
         now = count_control(model)
         if now >= left:
             break

@@ -9,10 +9,16 @@ from kcompiler.passes import control  # noqa: F401  (registers fold-control-flow
 from kcompiler.passes import fusion  # noqa: F401  (registers the fusion rule passes)
 from kcompiler.passes import placement  # noqa: F401  (registers the placement step)
 from kcompiler.passes import qdq  # noqa: F401  (registers qdq-to-qlinear and its rules)
+from kcompiler.passes import shapefold  # noqa: F401  (registers fold-shapes)
 from kcompiler.passes.manager import REGISTRY, CompileContext, check_names, run_passes
 
 PIPELINES: dict[str, list[str]] = {
-    "cleanup": ["fold-control-flow", "fold-constants", "remove-identity", "dce", "cse", "toposort", "name-fix"],
+    # fold-control-flow first (an If a --bind decides is inlined, its branch then folds with the rest);
+    # fold-shapes after fold-constants (which first turns CastLike into a Cast that keeps `saturate`):
+    # once --shape binds the inputs, the shape arithmetic of exported models folds and every value
+    # after it gets a static shape (passes/shapefold)
+    "cleanup": ["fold-control-flow", "fold-constants", "fold-shapes", "remove-identity", "dce", "cse", "toposort",
+                "name-fix"],
     # rewrite rules (passes/fusion); the target-specific ones fire for the devices that claim them
     "fusion": list(fusion.FUSION_PASSES),
     # the graph optimisations, before anything is placed: QDQ groups become QLinear ops after

@@ -53,7 +53,7 @@ def cache_dir() -> Path:
 
 def _load_builders() -> None:
     """The families register themselves when their module exists (bundled CNNs first)."""
-    for mod in ("kcompiler.zoo.cnns", "kcompiler.zoo.transformers"):
+    for mod in ("kcompiler.zoo.cnns", "kcompiler.zoo.transformers", "kcompiler.zoo.exported"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -465,12 +465,8 @@ def inconsistent_shapes(tmp: Path) -> Call:
     return Call(str(p), names=("inconsistent.onnx",))
 
 
-@case(ShapeError)
-def inconsistent_declared_output(tmp: Path) -> Call:
-    model = matmul_model()
-    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7  # really [2, 3]
-    p = save(model, tmp / "badout.onnx")
-    return Call(str(p), names=("badout.onnx",))
+# (a declared output shape that contradicts the graph is not an error: ONNX Runtime only warns, and
+# kcompiler drops it with a note naming the value, tests/frontend/test_dims.py)
 
 
 @case(ModelLoadError)

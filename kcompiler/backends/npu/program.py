@@ -65,7 +65,7 @@ class NpuProgram(Program):
         with blas_threads(1), np.errstate(all="ignore"):
             outs = self.sim.run(feeds)
         for name in self.bool_outputs & outs.keys():
-            outs[name] = outs[name] != 0
+            outs[name] = np.asarray(outs[name]).astype(bool)  # (an array even when 0-d: `!= 0` gives a scalar)
         return outs
 
     # ---- time --------------------------------------------------------------------------
