@@ -125,8 +125,8 @@ class _Walker:
         self.found.setdefault(id(node), why)
 
     def feeders(self, value: ir.Value | None) -> tuple[list[ir.Node], set[int]]:
-        """The element-wise nodes computing `value` back to the first op that is not element-wise (views
-        walked through), and every value on the way (ids)."""
+        """The element-wise nodes computing `value` back to the first op that is neither element-wise nor a
+        view or selection (those walked through, not returned), and every value on the way (ids)."""
         if value is None:
             return [], set()
         key = id(value)
