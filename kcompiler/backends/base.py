@@ -254,6 +254,15 @@ class Backend(abc.ABC):
         members of an elementwise chain, attention's dimensions). Default: `supports(node)`."""
         return self.supports(node)
 
+    def compute_dtype(self, node: ir.Node) -> str | None:
+        """The float format this device computes `node`'s arithmetic in ("bfloat16", "float16", "float32"),
+        which placement weighs against the node's own dtype (kcompiler.passes.precision keeps the ops that a
+        16-bit format would change off a device that narrows them). None, the default: at the node's own
+        dtype, as ONNX Runtime computes it: the host; the NPU, whose vector unit computes float32 and whose
+        float GEMMs reach float32's accuracy (npu/emulation.py); a CIM chip, whose products are analog by
+        design (its check_precision says how) and which claims no other op."""
+        return None
+
     @abc.abstractmethod
     def estimate(self, node: ir.Node) -> Cost:
         """The cost of the node on this device, without lowering it."""

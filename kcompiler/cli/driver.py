@@ -6,8 +6,8 @@ import click
 
 import kcompiler
 from kcompiler import targets
-from kcompiler.cli.options import (backend_option_table, bind_kwarg, device_kwargs, given, parallel_kwargs, place_kwarg,
-                                   shapes, zoo_kwargs)
+from kcompiler.cli.options import (allow_low_precision_kwarg, backend_option_table, bind_kwarg, device_kwargs, given,
+                                   parallel_kwargs, place_kwarg, shapes, zoo_kwargs)
 from kcompiler.cli.output import console, progress, status
 from kcompiler.errors import KCError
 from kcompiler.targets.kinds import backend_class
@@ -53,7 +53,8 @@ def compile_model(model, target, shape_specs, disable=(), print_after=(), mode="
         return kcompiler.compile(model, target=target, shapes=shapes(shape_specs), disable_passes=disable,
                                  print_after=print_after, printer=printer, mode=mode, devices=devices,
                                  place=place_kwarg(), progress=progress.update, partition=part, **par,
-                                 device_options=dev, bind=bind_kwarg(), **zoo_kwargs())
+                                 device_options=dev, bind=bind_kwarg(), allow_low_precision=allow_low_precision_kwarg(),
+                                 **zoo_kwargs())
 
 
 #: options that apply to running or showing a model, not to compiling it (an artifact takes them)

@@ -45,6 +45,22 @@ def _dtype_table(cm) -> Table:
     return t
 
 
+def _precision_table(g) -> Table | None:
+    """The nodes placement kept off a 16-bit device, and why (kcompiler.passes.precision); None when none."""
+    from kcompiler.passes.placement import DEVICE_KEY, PRECISION_KEY  # (onnx_ir: not at kc's start-up)
+
+    kept = [n for n in g if n.metadata_props.get(PRECISION_KEY)]
+    if not kept:
+        return None
+    t = Table(title=f"kept off 16-bit devices: {len(kept)} node(s) (--allow-low-precision or a --place pin "
+                    "allows 16-bit)")
+    for col in ("node", "op", "device", "why"):
+        t.add_column(col)
+    for n in kept:
+        t.add_row(n.name, n.op_type, n.metadata_props.get(DEVICE_KEY, "host"), n.metadata_props[PRECISION_KEY])
+    return t
+
+
 @click.command("inspect")
 @click.argument("model")
 @click.option("--target", "-t", default="host", show_default=True, help=TARGET_HELP)
@@ -90,6 +106,9 @@ def inspect_cmd(model, target, asm, shape_specs, debug):
             pt.add_row(n.name, n.op_type, n.metadata_props.get(DEVICE_KEY, "host"),
                        n.metadata_props.get(REASON_KEY, ""))
         console.print(pt)
+    kept = _precision_table(g)
+    if kept is not None:
+        console.print(kept)
     console.print(_dtype_table(cm))
     if asm:
         for sub, prog in zip(cm.parts, cm.programs):

@@ -114,10 +114,12 @@ def bind_kwarg():
 
 
 def place_option(f):
-    """--place KEY=DEVICE pins nodes (by node name, op type or *) to a device name or kind."""
+    """--place KEY=DEVICE pins nodes (by node name, op type or *) to a device name or kind;
+    --allow-low-precision lets placement put the ops a 16-bit format changes on a 16-bit device."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        click.get_current_context().meta["kc.allow_low_precision"] = kwargs.pop("allow_low_precision", False)
         pins = {}
         for spec in kwargs.pop("place_specs", ()):
             key, sep, dev = spec.rpartition("=")
@@ -128,9 +130,15 @@ def place_option(f):
         click.get_current_context().meta["kc.place"] = pins or None
         return f(*args, **kwargs)
 
+    wrapper = click.option("--allow-low-precision", "allow_low_precision", is_flag=True, default=False,
+                           help="Let a 16-bit device (a PIM computing BF16/FP16) take the ops a 16-bit format "
+                                "changes: normalisations, softmax inputs, sums of over 256 elements and the "
+                                "element-wise ops feeding them (by default they stay in FP32; `kc inspect` "
+                                "lists them).")(wrapper)
     return click.option("--place", "place_specs", multiple=True, metavar="KEY=DEVICE",
                         help="Pin nodes (a node name, an op type, or *) to a device or device kind "
-                             "(repeatable); the rest are placed for the lowest latency.")(wrapper)
+                             "(repeatable); the rest are placed for the lowest latency. A pin also allows "
+                             "16-bit for the nodes it names (see --allow-low-precision).")(wrapper)
 
 
 ZOO_OPTIONS = ("batch", "seq", "kv", "phase", "dtype", "layers", "weights", "calibrate")
@@ -250,6 +258,12 @@ def given(name: str) -> bool:
     """Whether the user typed option `name` (its parameter name) on the command line."""
     ctx = click.get_current_context(silent=True)
     return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def allow_low_precision_kwarg() -> bool:
+    """Whether the command being run was given --allow-low-precision."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx.meta.get("kc.allow_low_precision")) if ctx is not None else False
 
 
 def place_kwarg():

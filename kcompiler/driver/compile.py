@@ -109,11 +109,16 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
             interconnect: str | None = None, topology: str | None = None,
             place: Mapping[str, str] | None = None, progress: Callable[[str, str], None] | None = None,
             partition: "tuple | str | None" = None, device_options: Mapping[str, Any] | None = None,
-            calibrate: Any = None, bind: Mapping[str, Any] | None = None, **zoo_options) -> CompiledModel:
+            calibrate: Any = None, bind: Mapping[str, Any] | None = None, allow_low_precision: bool = False,
+            **zoo_options) -> CompiledModel:
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
     pins every node that device supports (the rest are placed freely).
+
+    allow_low_precision: let a 16-bit device (a PIM computing BF16) take the ops a 16-bit format changes
+    (normalisations, softmax inputs, long sums: kcompiler.passes.precision); by default they stay on a
+    device computing at their dtype. A --place pin is the user's permission for the nodes it names.
 
     state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
     take the model's metadata or detect past_*/present_* names, False for none, a mapping
@@ -151,13 +156,15 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
         cm = compile_auto(compile, model, system, shapes, objective=objective, printer=printer,
                           options=dict(disable_passes=disable_passes, print_after=print_after,
                                        pipeline=pipeline, mode=mode, name=name, state=state,
-                                       device_options=device_options, bind=bind, **zoo_options))
+                                       device_options=device_options, bind=bind,
+                                       allow_low_precision=allow_low_precision, **zoo_options))
         cm.notes.extend(src.notes)
         return cm
     backends = make_backends(system)
     check_device_options(backends, device_options or {})
     ctx = CompileContext(system=system, backends=backends, mode=mode, plan=plan, objective=objective,
                          pin=dict(place) if place else None, disabled=frozenset(disable_passes),
+                         allow_low_precision=allow_low_precision,
                          print_after=frozenset(print_after), printer=printer, progress=progress,
                          device_options={k: v for k, v in (device_options or {}).items() if v is not None})
     ctx.say("load", str(model) if isinstance(model, (str, os.PathLike)) else "model")

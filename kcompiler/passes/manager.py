@@ -47,6 +47,8 @@ class CompileContext:
     objective: str = "latency"
     #: user pins for placement: node name | op type | "*" -> device name | kind
     pin: "dict[str, str] | None" = None
+    #: let placement put the ops a 16-bit format changes on a 16-bit device (kcompiler.passes.precision)
+    allow_low_precision: bool = False
     disabled: frozenset[str] = frozenset()
     print_after: frozenset[str] = frozenset()
     printer: Callable[[str], None] = print

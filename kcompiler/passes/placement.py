@@ -10,8 +10,15 @@ not only between neighbours — are charged exactly for that assignment. The res
 cheapest assignment up to the choice, per node and device, of one frontier (exact for
 chains, and for DAGs whenever the best predecessors agree on the values they share).
 
+A device's number format is part of the choice: the ops a 16-bit format would change
+(kcompiler.passes.precision: normalisations, softmax inputs, long sums and the element-wise chains
+feeding them) may not run on a device computing them narrower than their own dtype (a PIM's BF16
+or FP16) unless the user allows it (`allow_low_precision`, or a pin). Such a node is kept on a
+device computing at its dtype, and its reason says so ("kept in FP32: feeds Softmax ...").
+
 Constant-producing nodes follow their first consumer. The decision and its reason are
-stored on the node (metadata ``kcompiler.device`` / ``kcompiler.reason``) for `kc inspect`.
+stored on the node (metadata ``kcompiler.device`` / ``kcompiler.reason``) for `kc inspect`;
+a node kept off a 16-bit device also carries ``kcompiler.precision``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.errors import UnsupportedOpError
-from kcompiler.passes import control
+from kcompiler.passes import control, precision
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 from kcompiler.frontend import state as kstate
 
@@ -33,6 +40,8 @@ if TYPE_CHECKING:  # (types only: placement sees backends through the compile co
 #: node metadata: the device placement chose and why (`kc inspect` shows both)
 DEVICE_KEY = "kcompiler.device"
 REASON_KEY = "kcompiler.reason"
+#: node metadata: why the node was kept off a 16-bit device (kcompiler.passes.precision)
+PRECISION_KEY = "kcompiler.precision"
 
 
 def device_of(node: ir.Node) -> str:
@@ -63,9 +72,11 @@ def _pinned(node: ir.Node, pin: dict[str, str] | None, backends: dict[str, Backe
     return set(), False
 
 
-def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None = None) -> dict[str, int]:
-    """Assign every node a device; `pin` forces nodes (by name, op type, or "*") onto a device."""
-    placer = _Placer(model, backends, pin)
+def place_nodes(model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None = None,
+                allow_low_precision: bool = False) -> dict[str, int]:
+    """Assign every node a device; `pin` forces nodes (by name, op type, or "*") onto a device.
+    allow_low_precision: let any device take the ops a 16-bit format changes (kcompiler.passes.precision)."""
+    placer = _Placer(model, backends, pin, allow_low_precision)
     nodes = list(model.graph)
     work = [n for n in nodes if not _is_const_producer(n)]
     # last consumer (index into work) of every non-constant value: it leaves the frontier after it
@@ -105,7 +116,8 @@ class _Placer:
     """The dynamic programme of place_nodes: per node, the cheapest assignment ending on each
     device together with where the live values then sit (its frontier)."""
 
-    def __init__(self, model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None):
+    def __init__(self, model: ir.Model, backends: dict[str, Backend], pin: dict[str, str] | None,
+                 allow_low_precision: bool = False):
         self.model = model
         self.backends = backends
         self.pin = pin
@@ -115,6 +127,8 @@ class _Placer:
         self.state_in, self.state_out = kstate.pairs(model)
         self.last_use: dict[int, int] = {}
         self._links: dict[tuple[str, str, int], float] = {}
+        #: id(node) -> why a 16-bit format would change its answer (empty when the user allows 16-bit)
+        self.sensitive = {} if allow_low_precision else precision.sensitive_nodes(model.graph)
 
     def transfer(self, src: str, dst: str, v: ir.Value) -> float:
         key = (src, dst, id(v))
@@ -126,6 +140,7 @@ class _Placer:
         """Each device's estimate for the node (respecting pins), and why the others refused."""
         est: dict[str, float] = {}
         refusals: list[str] = []
+        node.metadata_props.pop(PRECISION_KEY, None)
         for name, backend in self.backends.items():
             ok = backend.supports(node)
             if not ok:
@@ -141,10 +156,26 @@ class _Placer:
         if pinned and pinned & set(est):
             est = {d: t for d, t in est.items() if d in pinned}
             refusals.append("pinned by --place")
+        elif id(node) in self.sensitive:  # (a pin is the user's permission to compute it in 16 bits)
+            est = self._keep_precision(node, est, refusals)
         elif pinned and explicit:
             raise UnsupportedOpError(f"node '{node.name}' ({node.op_type}) is pinned to {sorted(pinned)}, "
                                      "which cannot run it", hint="; ".join(refusals) or None)
         return est, refusals
+
+    def _keep_precision(self, node: ir.Node, est: dict[str, float], refusals: list[str]) -> dict[str, float]:
+        """The estimates without the devices that compute `node` narrower than its dtype; the first such
+        device's refusal leads the node's reason (PRECISION_KEY). Unchanged when no other device can run it."""
+        narrow = {d: self.backends[d].compute_dtype(node) for d in est}
+        narrow = {d: f for d, f in narrow.items() if precision.narrower(f, node)}
+        keep = {d: t for d, t in est.items() if d not in narrow}
+        if not narrow or not keep:
+            return est
+        why = self.sensitive[id(node)]
+        d, f = next(iter(narrow.items()))
+        node.metadata_props[PRECISION_KEY] = precision.kept_reason(why, ", ".join(narrow), f,
+                                                                   precision.node_dtype(node) or "float32")
+        return keep
 
     def advance(self, i: int, node: ir.Node, est: dict[str, float], states: dict) -> tuple[dict, dict]:
         """The states after node i on each device it may run on, and the choice behind each."""
@@ -209,7 +240,8 @@ class _Placer:
             why += "; " + "; ".join(refusals)
         if dev == self.host and control.host_reason(node):  # control flow, recurrent layers: say why
             why = f"{control.host_reason(node)}; {why}"
-        node.metadata_props[REASON_KEY] = why
+        kept = node.metadata_props.get(PRECISION_KEY)
+        node.metadata_props[REASON_KEY] = f"{kept}; {why}" if kept else why
         counts[dev] = counts.get(dev, 0) + 1
         return prev
 
@@ -247,5 +279,5 @@ def placement_pass(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     if ctx.parallel is not None:
         return PassOutcome(changed=False)
     ctx.say("place", f"{len(model.graph)} nodes on {', '.join(d.name for d in ctx.system.devices)}")
-    ctx.placement = place_nodes(model, ctx.chips, dict(ctx.pin) if ctx.pin else None)
+    ctx.placement = place_nodes(model, ctx.chips, dict(ctx.pin) if ctx.pin else None, ctx.allow_low_precision)
     return PassOutcome(changed=True)

@@ -47,6 +47,14 @@ class PimBackend(Backend):
         p = self.plan(node)
         return YES if isinstance(p, OpPlan) else p
 
+    def compute_dtype(self, node: ir.Node) -> str | None:
+        """The banks' dtype (aim.toml / hbm-pim.toml `dtype`) for what the units compute: element-wise operands
+        and activation inputs are stored in it; a product multiplies in it and accumulates at
+        `accumulate_dtype` (placement does not judge products: kcompiler.passes.precision). None for views
+        and the KV-cache append, which move data without arithmetic."""
+        p = self.plan(node)
+        return self.spec.dtype if isinstance(p, OpPlan) and p.kind in ("elementwise", "matvec") else None
+
     # ---- cost (cost.py) -------------------------------------------------------------------
     def kernel_cost(self, k: Kernel) -> Cost:
         """A kernel's cost from its commands (cost.kernel_cost)."""
