@@ -179,6 +179,11 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     # shift imm1 for the tile); iadd: dst (i32) := src0 + src1 (int32, wrapping); requant_f32: as requant with
     # float32 scales src2, saturate(nearbyint(f32(src0 + src1) * src2) + imm0)
     "requant": ("mul", 3, 1.0), "iadd": ("alu", 2, 1.0), "requant_f32": ("mul", 3, 1.0),
+    # appended for issue 13 (float reductions and losses): the Reduce* ops ONNX has beyond sum/mean/max/min,
+    # each over the masked dims: sum |x|, sqrt(sum x^2), sum x^2, log(sum x), log(sum exp x) (max-shifted),
+    # prod x
+    "reduce_l1": ("reduce", 1, 1.0), "reduce_l2": ("reduce", 1, 2.0), "reduce_sumsquare": ("reduce", 1, 1.0),
+    "reduce_logsum": ("reduce", 1, 1.0), "reduce_logsumexp": ("reduce", 1, 3.0), "reduce_prod": ("reduce", 1, 1.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

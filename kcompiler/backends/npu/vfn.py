@@ -150,6 +150,26 @@ def hardmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
             == np.expand_dims(first, axis)).astype(F32)
 
 
+def logsumexp(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """log(sum(exp(x))) over `axes`, shifted by the max so large values do not overflow (a row of
+    -inf gives -inf, one holding +inf gives +inf)."""
+    m = x.max(axis=axes, keepdims=True)
+    shift = np.where(np.isfinite(m), m, F32(0))
+    with np.errstate(divide="ignore"):
+        return (np.log(np.exp(x - shift).sum(axis=axes, keepdims=True)) + shift).astype(F32)
+
+
+#: the reductions beyond sum/mean/max/min: name -> f(x, axes), the reduced dims kept as size 1
+REDUCE_MORE = {
+    "reduce_l1": lambda x, axes: np.abs(x).sum(axis=axes, keepdims=True),
+    "reduce_l2": lambda x, axes: np.sqrt((x * x).sum(axis=axes, keepdims=True)),
+    "reduce_sumsquare": lambda x, axes: (x * x).sum(axis=axes, keepdims=True),
+    "reduce_logsum": lambda x, axes: np.log(x.sum(axis=axes, keepdims=True)),
+    "reduce_logsumexp": logsumexp,
+    "reduce_prod": lambda x, axes: np.prod(x, axis=axes, keepdims=True),
+}
+
+
 def rstd(x, axes, eps):
     """1 / sqrt(var + eps) over `axes` (LayerNormalization's InvStdDev), kept as size-1 dims."""
     d = x - x.mean(axis=axes, keepdims=True)

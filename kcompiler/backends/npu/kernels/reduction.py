@@ -101,13 +101,18 @@ class RmsNormKernel(LayerNormKernel):
         return [v for v in self.node.inputs[:2] if v is not None]
 
 
+#: the Reduce* ops beyond sum/mean/max/min -> their vector function (vfn.REDUCE_MORE)
+REDUCE_OPS = {"ReduceL1": "reduce_l1", "ReduceL2": "reduce_l2", "ReduceSumSquare": "reduce_sumsquare",
+              "ReduceLogSum": "reduce_logsum", "ReduceLogSumExp": "reduce_logsumexp", "ReduceProd": "reduce_prod"}
+
+
 class ReduceKernel(VectorKernel):
-    """ReduceMean / ReduceSum / ReduceMax over constant axes: the iteration space is the input."""
+    """ReduceMean / ReduceSum / ReduceMax (and REDUCE_OPS) over constant axes: the iteration space is the input."""
 
     def __init__(self, node, spec):
         self.fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
                    "ReduceMin": "reduce_min", "GlobalAveragePool": "reduce_mean",
-                   "GlobalMaxPool": "reduce_max"}[node.op_type]
+                   "GlobalMaxPool": "reduce_max", **REDUCE_OPS}[node.op_type]
         super().__init__(node, spec)
 
     def iteration_space(self):

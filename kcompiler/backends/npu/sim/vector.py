@@ -31,6 +31,8 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         if kind == "reduce":
             if fn == "reduce_rstd":
                 return vfn.rstd(x, axes, i0)
+            if fn in vfn.REDUCE_MORE:
+                return vfn.REDUCE_MORE[fn](x, axes)
             return {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max,
                     "reduce_min": np.min}[fn](x, axis=axes, keepdims=True)
         if kind == "softmax":

@@ -204,6 +204,8 @@ _VSPEC.update({
     # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
     "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
     "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
+    # issue 13: more reductions (vfn.REDUCE_MORE)
+    **{name: _VSpec("reduce", 1, axes=True) for name in vfn.REDUCE_MORE},
 })
 _I8 = ("i8", "u8")
 #: the operand dtypes (destination first, then src0..) an integer-datapath function takes
