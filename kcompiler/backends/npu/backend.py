@@ -12,7 +12,8 @@ from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attention import AttentionKernel
-from kcompiler.backends.npu.kernels.bounds import RuntimeClipKernel
+from kcompiler.backends.npu.kernels.bounds import clip_bounds_check, clip_kernel
+from kcompiler.backends.npu.kernels.loss import LossKernel, loss_support
 from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_float, a_int, a_str, a_strs, value_dtype
 from kcompiler.backends.npu.kernels.codegen import Codegen
 from kcompiler.backends.npu.kernels.common import Kernel
@@ -25,7 +26,7 @@ from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.reduction import (REDUCE_OPS, LayerNormKernel, LrnKernel, ReduceKernel,
-                                                      RmsNormKernel, SoftmaxKernel)
+                                                      RmsNormKernel, SoftmaxKernel, nonempty_input)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.program import NpuProgram
 from kcompiler.backends.npu.sim import ProgramData
@@ -190,34 +191,12 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 }
 
 
-# ---- float reductions, losses, clip bounds (issue 13) ----------------------------------------
-def _nonempty_input(node: ir.Node) -> Support:
-    """A reduction over no elements has values (0, -inf, 1, ...) but no tile to compute them in."""
-    return YES if opinfo.numel(node.inputs[0]) > 0 else no(f"input '{node.inputs[0].name}' has no elements")
-
-
-_reduce_check = _all(_x_only, lambda n: _consts(n, 1), _nonempty_input)
-OPS.update({op: (ReduceKernel, _reduce_check)
+# ---- float reductions, losses, clip bounds (issue 13): the checks live beside their kernels --------
+OPS.update({op: (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1), nonempty_input))
             for op in (*REDUCE_OPS, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")})
-
-
-def _clip_kernel(node: ir.Node, spec: NpuSpec) -> Kernel:
-    """Constant bounds are the clip function's immediates; run-time ones are read from memory."""
-    if all(opinfo.is_const(v) for v in node.inputs[1:3] if v is not None):
-        return ClipKernel(node, spec)
-    return RuntimeClipKernel(node, spec)
-
-
-def _clip_bounds(node: ir.Node) -> Support:
-    for v in node.inputs[1:3]:
-        if v is None or opinfo.is_const(v):
-            continue
-        if v.dtype not in FLOATS or opinfo.shape_of(v) is None or opinfo.numel(v) != 1:
-            return no(f"bound '{v.name}' must be a float scalar")
-    return YES
-
-
-OPS["Clip"] = (_clip_kernel, _all(_x_only, _clip_bounds))
+OPS["Clip"] = (clip_kernel, _all(_x_only, clip_bounds_check))
+OPS.update({op: (LossKernel, _all(_x_only, lambda n: loss_support(n, _spec_of_node(n))))
+            for op in ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")})
 
 
 #: the attributes the attention kernel implements (is_causal and softcap only at their defaults;

@@ -184,6 +184,11 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     # prod x
     "reduce_l1": ("reduce", 1, 1.0), "reduce_l2": ("reduce", 1, 2.0), "reduce_sumsquare": ("reduce", 1, 1.0),
     "reduce_logsum": ("reduce", 1, 1.0), "reduce_logsumexp": ("reduce", 1, 3.0), "reduce_prod": ("reduce", 1, 1.0),
+    # negative log-likelihood (kernels/loss.py): src0 log-probabilities with the classes along dim 2, src1 integer
+    # targets (broadcast over dim 2), src2 class weights (optional, varying only along dim 2); dst := -src0[t] *
+    # src2[t] summed over the masked dims other than 2; arg bit 0: targets equal to imm0 count 0 (ignore_index),
+    # bit 1: divided by the sum of the weights src2[t] (of the targets not ignored) over the same dims
+    "nll": ("alu", 2, 3.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

@@ -170,6 +170,26 @@ REDUCE_MORE = {
 }
 
 
+def nll(x: np.ndarray, t: np.ndarray, w: np.ndarray | None, axes: tuple[int, ...], ignore: float | None,
+        mean: bool) -> np.ndarray:
+    """Negative log-likelihood of 4-D tiles with the classes along dim 2: -x[t] * w[t] per element
+    (0 where t == ignore), summed over `axes` (dim 2 among them), divided by the sum of w[t] if `mean`.
+    The target picks its class by comparison with each class index (a one-hot along dim 2)."""
+    cls = np.arange(x.shape[2], dtype=F32).reshape(1, 1, -1, 1)
+    hit = t == cls
+    picked = np.where(hit, x, F32(0)).sum(axis=2, keepdims=True)
+    wt = np.where(hit, w, F32(0)).sum(axis=2, keepdims=True) if w is not None else np.ones_like(picked)
+    if ignore is not None:
+        keep = t != F32(ignore)
+        wt = np.where(keep, wt, F32(0))
+    loss = -picked * wt
+    loss = loss.sum(axis=axes, keepdims=True)
+    if mean:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loss = loss / wt.sum(axis=axes, keepdims=True)
+    return loss.astype(F32)
+
+
 def rstd(x, axes, eps):
     """1 / sqrt(var + eps) over `axes` (LayerNormalization's InvStdDev), kept as size-1 dims."""
     d = x - x.mean(axis=axes, keepdims=True)

@@ -78,7 +78,7 @@ def test_onnx_backend_compiles_axes_given_as_an_input_once_per_value():
         (y,) = rep.run([x, np.array([ax], np.int64)])
         np.testing.assert_allclose(y, np.sqrt((x * x).sum(axis=ax)), rtol=1e-5)
         assert rep.compiled.report.host_nodes == 0
-    assert len(rep._compiled) == 2  # one compilation per distinct value
+    assert len(rep._compiled) == 2  # compiled once per distinct value
 
 
 def test_a_mutated_reduction_function_or_clip_bound_address_changes_the_result():
@@ -97,7 +97,8 @@ def test_a_mutated_reduction_function_or_clip_bound_address_changes_the_result()
     vecs = [i for i in prog.data.instrs if i.opcode == isa.VECTOR]
     assert {isa.VFN_NAMES[i.aux] for i in vecs} >= {"reduce_logsumexp", "max", "min"}
     rng = np.random.default_rng(0)
-    feeds = [{"x": rand(4, 8, seed=s), "lo": np.array(-0.3, np.float32), "hi": np.array(rng.random(), np.float32)} for s in (0, 1)]
+    feeds = [{"x": rand(4, 8, seed=s), "lo": np.array(-0.3, np.float32), "hi": np.array(rng.random(), np.float32)}
+             for s in (0, 1)]
     score = mutate.score_npu(prog, feeds, 40, seed=5)
     assert score.ratio >= 0.99, [(o.kind, o.where, o.why[-200:]) for o in score.outcomes
                                  if o.result in ("survived", "crash")]

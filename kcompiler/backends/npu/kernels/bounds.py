@@ -4,6 +4,11 @@ gives the upper bound everywhere, as ONNX's Clip does."""
 
 from __future__ import annotations
 
+from kcompiler import opinfo
+from kcompiler.backends.base import YES, Support, no
+from kcompiler.backends.npu.kernels.attrs import FLOATS
+from kcompiler.backends.npu.kernels.common import Kernel
+from kcompiler.backends.npu.kernels.elementwise import ClipKernel
 from kcompiler.backends.npu.kernels.vector import VectorKernel
 
 
@@ -33,3 +38,20 @@ class RuntimeClipKernel(VectorKernel):
         if not out:
             out.append(t.vec("copy", t.dst, [src]))
         return out
+
+
+def clip_kernel(node, spec) -> Kernel:
+    """Constant bounds are the clip function's immediates; run-time ones are read from memory."""
+    if all(opinfo.is_const(v) for v in node.inputs[1:3] if v is not None):
+        return ClipKernel(node, spec)
+    return RuntimeClipKernel(node, spec)
+
+
+def clip_bounds_check(node) -> Support:
+    """A run-time bound is a float scalar (ONNX says so; the kernel broadcasts it)."""
+    for v in node.inputs[1:3]:
+        if v is None or opinfo.is_const(v):
+            continue
+        if v.dtype not in FLOATS or opinfo.shape_of(v) is None or opinfo.numel(v) != 1:
+            return no(f"bound '{v.name}' must be a float scalar")
+    return YES

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from kcompiler.backends.base import Cost
+from kcompiler import opinfo
+from kcompiler.backends.base import YES, Cost, Support, no
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, a_ints, const_ints, shape
 from kcompiler.backends.npu.kernels.common import Operand
@@ -99,6 +100,11 @@ class RmsNormKernel(LayerNormKernel):
 
     def stream_inputs(self):
         return [v for v in self.node.inputs[:2] if v is not None]
+
+
+def nonempty_input(node: ir.Node) -> Support:
+    """A reduction over no elements has values (0, -inf, 1, ...) but no tile to compute them in."""
+    return YES if opinfo.numel(node.inputs[0]) > 0 else no(f"input '{node.inputs[0].name}' has no elements")
 
 
 #: the Reduce* ops beyond sum/mean/max/min -> their vector function (vfn.REDUCE_MORE)

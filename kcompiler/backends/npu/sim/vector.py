@@ -47,6 +47,10 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         return vfn.rmsnorm(x, axes, i0, gamma)
     if kind == "window":
         return _window_fn(fn, srcs, window)
+    if kind == "loss":
+        axes = tuple(d for d in range(4) if f["bcast"] >> 20 >> d & 1)
+        return vfn.nll(_f32(srcs[0]), _f32(srcs[1]), _f32(srcs[2]) if len(srcs) > 2 else None, axes,
+                       i0 if f["arg"] & 1 else None, bool(f["arg"] & 2))
     if kind == "attn_final":
         return _f32(srcs[0]) / _f32(srcs[1])[1][:, None]
     raise AssertionError(kind)

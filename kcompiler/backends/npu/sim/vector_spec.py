@@ -68,6 +68,8 @@ class _VSpec:
             return _attn_final_accesses(sram, f, shape, masks, axes, dt, srcs)
         if k == "int":
             return self._integer(sram, f, shape, masks, srcs)
+        if k == "loss":
+            return _loss_accesses(sram, f, shape, masks, axes, srcs)
         raise AssertionError(k)
 
     def _integer(self, sram, f, shape, masks, srcs) -> list[Access]:
@@ -144,6 +146,26 @@ def _window_accesses(sram, w, ins, f, shape, masks, srcs) -> list[Access]:
     return out + [sram(0, f["dst"], (shape[0], shape[1] * mult, w.oh, w.ow), True)]
 
 
+def _loss_accesses(sram, f, shape, masks, axes, srcs) -> list[Access]:
+    """Negative log-likelihood: the tile (classes along dim 2), the targets (one per class row), the
+    class weights if given, the loss reduced over the masked dims."""
+    if not axes >> 2 & 1:
+        raise _Bad("nll reduces over the class dim 2")
+    if f["arg"] & ~3:
+        raise _Bad("reserved bits of arg are set")
+    if not f["arg"] & 1 and f["imm0"]:
+        raise _Bad("imm0 holds ignore_index only with arg bit 0 (reserved: must be 0)")
+    if masks[0] or masks[1] or masks[2] & ~4 or (shape[2] > 1 and not masks[2] & 4):
+        raise _Bad("the tile and the loss are not broadcast, the targets only over the classes (dim 2)")
+    reads = [sram(1, srcs[0], shape), sram(2, srcs[1], _masked(shape, masks[2]))]
+    if srcs[2] != NONE:
+        if any(shape[d] > 1 and not masks[3] >> d & 1 for d in (0, 1, 3)) or masks[3] & 4:
+            raise _Bad("class weights vary only along dim 2")
+        reads.append(sram(3, srcs[2], _masked(shape, masks[3])))
+    dst = tuple(1 if axes >> d & 1 else n for d, n in enumerate(shape))
+    return reads + [sram(0, f["dst"], dst, True)]
+
+
 def _attn_step_accesses(sram, f, shape, masks, axes, dt, srcs) -> list[Access]:
     """One score tile of online softmax: scores, mask, running state and accumulator (read unless
     this is the row block's first tile), then the state, accumulator and probabilities written."""
@@ -204,6 +226,7 @@ _VSPEC.update({
     # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
     "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
     "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
+    "nll": _VSpec("loss", 2, optional=frozenset({2}), imms=frozenset({"imm0", "arg"}), axes=True),
     # issue 13: more reductions (vfn.REDUCE_MORE)
     **{name: _VSpec("reduce", 1, axes=True) for name in vfn.REDUCE_MORE},
 })
