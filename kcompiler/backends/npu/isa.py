@@ -151,7 +151,9 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "maxpool": ("pool", 1, 1.0), "avgpool": ("pool", 1, 1.0),  # window of the vector unit's CONFIG
     "dwconv": ("mul", 2, 1.0),  # depthwise conv: src0 planes, src1 per-channel taps, window of CONFIG
     "lrn": ("transcendental", 1, 1.0),  # across channels (the masked dim): arg = size; imm0..2 alpha beta bias
-    "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim/)
+    # online softmax of one score tile (see sim/): imm0 scale; arg bit 1 hides keys outside imm1 <= j - i <= imm2
+    # (causal and sliding-window attention; bit added for issue 13, earlier programs leave it 0)
+    "attn_step": ("transcendental", 4, 3.0),
     "attn_final": ("alu", 2, 1.0),  # the output tile: accumulator / running sum
     # appended after the first ISA (earlier functions keep their codes, so programs stay valid)
     "reduce_rstd": ("reduce", 1, 2.0),  # 1 / sqrt(mean((x - mean)^2) + imm0): LayerNorm's InvStdDev

@@ -172,8 +172,10 @@ def _attn_step_accesses(sram, f, shape, masks, axes, dt, srcs) -> list[Access]:
     tq, tk, hdv, one = shape
     if one != 1 or masks[0] or masks[1] or masks[3] or masks[4] or axes:
         raise _Bad("attention tiles are tq x tk x hdv (reserved fields must be 0)")
-    if f["arg"] & ~1:
+    if f["arg"] & ~3:
         raise _Bad("reserved bits of arg are set")
+    if not f["arg"] & 2 and (f["imm1"] or f["imm2"]):
+        raise _Bad("imm1 and imm2 bound the band of keys only with arg bit 1 (reserved: must be 0)")
     if dt[1] != "f32" or dt[3] != "f32" or dt[4] != "f32":
         raise _Bad("scores, running max/sum and the output accumulator are float32")
     reads = [sram(1, srcs[0], (tq, tk))]
@@ -218,7 +220,8 @@ _VSPEC.update({
     "lrn": _VSpec("lrn", 1, imms=frozenset({"imm0", "imm1", "imm2", "arg"}), axes=True),
     # reads the score tile (src0), a mask tile (src1, optional), the running max and sum (src2) and the
     # output accumulator (src3)
-    "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "arg"})),
+    # arg bit 0: the row block's first tile; bit 1: keys outside the band imm1 <= j - i <= imm2 are hidden
+    "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "imm1", "imm2", "arg"})),
     "attn_final": _VSpec("attn_final", 2),
     # the quantisation functions (sim/lowbit.py decodes and computes them)
     "quant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
