@@ -26,7 +26,8 @@ from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import PoolKernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.reduction import (REDUCE_OPS, LayerNormKernel, LrnKernel, ReduceKernel,
-                                                      RmsNormKernel, SoftmaxKernel, nonempty_input)
+                                                      LpNormKernel, RmsNormKernel, SoftmaxKernel,
+                                                      nonempty_input)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.program import NpuProgram
 from kcompiler.backends.npu.sim import ProgramData
@@ -195,6 +196,7 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 OPS.update({op: (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1), nonempty_input))
             for op in (*REDUCE_OPS, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")})
 OPS["Clip"] = (clip_kernel, _all(_x_only, clip_bounds_check))
+OPS["LpNormalization"] = (LpNormKernel, _all(_elementwise, _attr_in("p", (1, 2), 2), nonempty_input))
 OPS.update({op: (LossKernel, _all(_x_only, lambda n: loss_support(n, _spec_of_node(n))))
             for op in ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")})
 

@@ -191,6 +191,8 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     # src2[t] summed over the masked dims other than 2; arg bit 0: targets equal to imm0 count 0 (ignore_index),
     # bit 1: divided by the sum of the weights src2[t] (of the targets not ignored) over the same dims
     "nll": ("alu", 2, 3.0),
+    # LpNormalization along the masked dims: src0 / (sum |src0|^imm0)^(1/imm0), imm0 = 1 or 2 (0 where the norm is 0)
+    "lp_normalize": ("reduce", 1, 3.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

@@ -170,6 +170,19 @@ REDUCE_MORE = {
 }
 
 
+def lp_normalize(x: np.ndarray, axes: tuple[int, ...], p: float) -> np.ndarray:
+    """x divided by its L1 (p = 1) or L2 (p = 2) norm over `axes`; 0 where the norm is 0, as ONNX's
+    reference says. Any other p is not a function of the unit (an error, never a silent L2)."""
+    if p == 1:
+        norm = np.abs(x).sum(axis=axes, keepdims=True)
+    elif p == 2:
+        norm = np.sqrt((x * x).sum(axis=axes, keepdims=True))
+    else:
+        raise ValueError(f"lp_normalize takes p = 1 or 2, not {p}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm == 0, F32(0), x / norm).astype(F32)
+
+
 def nll(x: np.ndarray, t: np.ndarray, w: np.ndarray | None, axes: tuple[int, ...], ignore: float | None,
         mean: bool) -> np.ndarray:
     """Negative log-likelihood of 4-D tiles with the classes along dim 2: -x[t] * w[t] per element

@@ -102,3 +102,19 @@ def test_a_mutated_reduction_function_or_clip_bound_address_changes_the_result()
     score = mutate.score_npu(prog, feeds, 40, seed=5)
     assert score.ratio >= 0.99, [(o.kind, o.where, o.why[-200:]) for o in score.outcomes
                                  if o.result in ("survived", "crash")]
+
+
+@pytest.mark.parametrize("p,axis", [(1, 1), (2, -1), (2, 0)])
+def test_lp_normalization_with_a_zero_row_gives_zero_there(p, axis):
+    node = helper.make_node("LpNormalization", ["x"], ["y"], p=p, axis=axis)
+    model = make_model([node], {"x": [3, 4, 5]}, {"y": [3, 4, 5]})
+    cm = kcompiler.compile(model, target="npu", place={"*": "npu"})
+    assert cm.report.host_nodes == 0
+    x = rand(3, 4, 5, seed=7)
+    x[1, 2, 3] = x[1, 2, 4] = 0.0
+    x[0, :, 1] = x[0, 2, :] = x[:, 3, 2] = 0.0  # a zero row along each axis tried
+    got = cm.run({"x": x})["y"]
+    norm = np.sum(np.abs(x) ** p, axis=axis, keepdims=True) ** (1.0 / p)
+    want = np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,22 @@ class SoftmaxKernel(VectorKernel):
         return {a_int(self.node, "axis", -1) % len(self.space)}
 
 
+class LpNormKernel(VectorKernel):
+    """LpNormalization (p 1 or 2) along one axis: one lp_normalize over the rows."""
+
+    fn = "lp_normalize"
+    work_per_elem = 3.0
+
+    def stream_inputs(self):
+        return [self.node.inputs[0]]
+
+    def reduced_axes(self):
+        return {a_int(self.node, "axis", -1) % len(self.space)}
+
+    def body(self, t):
+        return [t.vec(self.fn, t.dst, t.src[:1], (float(a_int(self.node, "p", 2)), 0.0, 0.0))]
+
+
 class LayerNormKernel(VectorKernel):
     """LayerNormalization; its Mean and InvStdDev outputs, when read, are one more reduction each
     over the same rows (reduce_mean, reduce_rstd), written in float32 (stash_type 1)."""

@@ -38,6 +38,8 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         if kind == "softmax":
             if fn == "hardmax":
                 return vfn.hardmax(x, axes)
+            if fn == "lp_normalize":
+                return vfn.lp_normalize(x, axes, i0)
             return vfn.logsoftmax(x, axes) if fn == "logsoftmax" else vfn.softmax(x, axes)
         if kind == "lrn":
             return vfn.lrn(x, axes[0], f["arg"], i0, i1, i2)

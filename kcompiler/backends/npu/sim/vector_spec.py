@@ -229,6 +229,7 @@ _VSPEC.update({
     # the integer datapath (sim/intvec.py); requant's imm0 is the output zero point
     "requant": _VSpec("int", 3, imms=frozenset({"imm0", "imm1"})), "iadd": _VSpec("int", 2),
     "requant_f32": _VSpec("int", 3, imms=frozenset({"imm0"})),
+    "lp_normalize": _VSpec("softmax", 1, imms=frozenset({"imm0"}), axes=True),
     "nll": _VSpec("loss", 2, optional=frozenset({2}), imms=frozenset({"imm0", "arg"}), axes=True),
     # issue 13: more reductions (vfn.REDUCE_MORE)
     **{name: _VSpec("reduce", 1, axes=True) for name in vfn.REDUCE_MORE},
