@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from conftest import rand
+from conftest import assert_walk_equals_replay, rand
 
 import kcompiler
 from kcompiler.backends.npu import isa, mutate
@@ -61,6 +61,7 @@ def _check(model, seed=0):
     assert cm.report.host_nodes == 0, [n.metadata_props.get(REASON_KEY) for n in cm.model.graph]
     feeds = _feeds(model, seed)
     got = cm.run(feeds)
+    assert_walk_equals_replay(cm, feeds, got)  # the instruction-by-instruction walk gives the same bits
     names = [o.name for o in model.graph.output]
     for name, want in zip(names, ReferenceEvaluator(model).run(None, feeds)):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -89,12 +90,22 @@ def test_a_fully_masked_row_is_zero():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_qk_matmul_output_is_not_claimed():
-    model = _model({"is_causal": 1}, None, True, qk_out=True)
+@pytest.mark.parametrize("attrs,mask", [({}, None), ({"qk_matmul_output_mode": 2}, TensorProto.FLOAT),
+                                        ({"qk_matmul_output_mode": 1, "softcap": 2.5}, TensorProto.FLOAT)])
+def test_qk_matmul_output_is_the_second_pass_scores(attrs, mask):
+    cm = _check(_model(attrs, mask, True, qk_out=True))
+    (prog,) = [p for p in cm.programs if hasattr(p, "sim")]
+    assert sum(i.opcode == isa.MATMUL for i in prog.data.instrs) >= 3  # QK, PV, and QK again for the output
+
+
+@pytest.mark.parametrize("attrs,mask,why", [({"qk_matmul_output_mode": 3}, None, "mode 3"),
+                                            ({"qk_matmul_output_mode": 2, "is_causal": 1}, None, "band")])
+def test_qk_matmul_output_modes_the_kernel_lacks_are_not_claimed(attrs, mask, why):
+    model = _model(attrs, mask, True, qk_out=True)
     cm = kcompiler.compile(model, target="npu", place={"*": "npu"})
     (node,) = list(cm.model.graph)
     assert node.metadata_props["kcompiler.device"] == "host"
-    assert "qk_matmul_output" in node.metadata_props[REASON_KEY]
+    assert why in node.metadata_props[REASON_KEY]
 
 
 def test_a_mutated_band_changes_the_result():

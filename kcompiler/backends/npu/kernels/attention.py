@@ -16,6 +16,7 @@ from kcompiler.backends.npu.emit import dma, make, split_range
 from kcompiler.backends.npu.isa import CH, DTYPE_BYTES, Instr
 from kcompiler.backends.npu.kernels.attrs import FLOATS, a_float, a_int, shape
 from kcompiler.backends.npu.kernels.codegen import Codegen, Layout
+from kcompiler.backends.npu.kernels.attention_qk import emit_qk_output, qk_problem
 from kcompiler.backends.npu.kernels.copy import emit_copy
 from kcompiler.backends.npu.kernels.common import Kernel, sram_aligned
 from kcompiler.backends.npu.kernels.vector import VTile
@@ -124,6 +125,10 @@ class AttentionKernel(Kernel):
         lays = _Layouts(Q, K, V, O, M, m_strides)
         for core, (lo, hi) in enumerate(self.per_core):
             _CoreEmission(self, cg, op, core, lays, lo, hi).emit()
+        qk = self.node.outputs[3] if len(self.node.outputs) > 3 else None
+        if qk is not None and qk.name and _read(qk):
+            cg.emit(isa.Instr(isa.BARRIER, isa.ALL_CORES, op, 0, 0, 0, ()))
+            emit_qk_output(self, cg, op, lays, qk)
 
 
 def _band(node, past: int) -> tuple[float, float] | None:
@@ -319,8 +324,6 @@ def attention_support(node: ir.Node, spec) -> Support:
             return no(f"input '{v.name}' must have a static shape and Q's dtype")
     if ins[6] is not None:
         return no("nonpad_kv_seqlen (per-batch key counts read at run time) is not lowered")
-    if outs[3] is not None and outs[3].name and _read(outs[3]):
-        return no(f"its extra output '{outs[3].name}' (qk_matmul_output) is used")
     if (ins[4] is None) != (ins[5] is None):
         return no("past_key and past_value come together")
     if ins[4] is None and any(v is not None and v.name and _read(v) for v in outs[1:3]):
@@ -337,6 +340,10 @@ def attention_support(node: ir.Node, spec) -> Support:
             return no(f"mask '{m.name}' must be static, boolean or of Q's dtype")
         if not ms or ms[-1] != k.t:
             return no(f"mask '{m.name}' does not cover all {k.t} keys (a shorter one is padded; not lowered)")
+    if outs[3] is not None and outs[3].name and _read(outs[3]):
+        why = qk_problem(k, m is not None and m.dtype == ir.DataType.BOOL)
+        if why is not None:
+            return no(f"its extra output '{outs[3].name}': {why}")
     if any(k.tiling(hi - lo) is None for lo, hi in k.per_core):
         return no("no attention tiling fits the scratchpad")
     return YES
