@@ -12,6 +12,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attention import AttentionKernel, attention_support
+from kcompiler.backends.npu.kernels.batchnorm_rt import batchnorm_check, batchnorm_kernel
 from kcompiler.backends.npu.kernels.bounds import clip_bounds_check, clip_kernel
 from kcompiler.backends.npu.kernels.loss import LossKernel, loss_support
 from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_int, a_str, a_strs, value_dtype
@@ -196,6 +197,7 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 OPS.update({op: (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1), nonempty_input))
             for op in (*REDUCE_OPS, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")})
 OPS["Clip"] = (clip_kernel, _all(_x_only, clip_bounds_check))
+OPS["BatchNormalization"] = (batchnorm_kernel, _all(_x_only, _only_first_output, batchnorm_check))
 OPS["LpNormalization"] = (LpNormKernel, _all(_elementwise, _attr_in("p", (1, 2), 2), nonempty_input))
 OPS.update({op: (LossKernel, _all(_x_only, lambda n: loss_support(n, _spec_of_node(n))))
             for op in ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")})

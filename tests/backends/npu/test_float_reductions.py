@@ -118,3 +118,18 @@ def test_lp_normalization_with_a_zero_row_gives_zero_there(p, axis):
     want = np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_normalization_with_run_time_parameters_reads_them_per_channel():
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])] + [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "sbmv"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 5])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    m.ir_version = 10
+    cm = kcompiler.compile(m, target="npu", place={"*": "npu"})
+    assert cm.report.host_nodes == 0
+    for seed in (0, 1):  # other parameters, the same program
+        feeds = {"x": rand(2, 3, 4, 5, seed=seed), "s": rand(3, seed=seed + 2), "b": rand(3, seed=seed + 3),
+                 "m": rand(3, seed=seed + 4), "v": np.abs(rand(3, seed=seed + 5)) + 0.2}
+        np.testing.assert_allclose(cm.run(feeds)["y"], ort_run(m, feeds)["y"], rtol=1e-5, atol=1e-5)
