@@ -18,8 +18,23 @@ The one wrong answer was test_attention_4d_fp16 (the running softmax sum added P
 rounding to fp16). The 92 new native passes: LayerNormalization with its Mean/InvStdDev outputs (19),
 float Cast/CastLike (12), Hardmax (7), LogSoftmax (7), ReduceMin with default axes (2), the trig
 functions, Selu, Celu, Shrink, ThresholdedRelu, Softsign, Mish, Swish, Round, PRelu, and expanded
-cases built of them. Most host-placed cases are ops the NPU does not hold (integer, boolean and
-string dtypes; Resize, loss functions, RNNs, ...) or reductions whose axes are a runtime input.
+cases built of them.
+
+Then (issue 13, float ops; c2a4ce2 -> this change, same command):
+
+    before (c2a4ce2)  native: 398 pass, 0 wrong answers (of 1884 cases)
+    after             host-placed 1055, refused 167   native: 662 pass, 0 wrong answers (of 1884 cases)
+
+The 264 new native passes: SoftmaxCrossEntropyLoss (68, with log_prob and the expanded graphs) and
+NegativeLogLikelihoodLoss (18) on the vector unit's nll function; ONNX Attention with is_causal,
+softcap, sliding windows, boolean masks, a past KV cache (present_key/present_value) and
+qk_matmul_output modes 0-2 (about 50); the Reduce* ops beyond sum/mean/max/min; integer shape
+operands given as inputs (a reduction's axes, Slice's starts/ends/steps, Split's sizes, Pad's pads,
+Squeeze/Unsqueeze/Reshape's axes and shapes), which onnx_backend now compiles as the constants they
+are at run time; Clip with run-time bounds; LpNormalization; BatchNormalization with run-time
+parameters. Most host-placed cases are ops the NPU does not hold (integer, boolean and string
+dtypes; Resize, GridSample, RNNs, DFT, scatters, ...), attention's qk_matmul_output mode 3 and
+nonpad_kv_seqlen, and expanded graphs whose mask arithmetic runs on integers.
 """
 
 from __future__ import annotations
