@@ -81,8 +81,8 @@ def main(argv=None) -> int:
             print(f"{phase:7s} {target:9s} {r['latency_s'] * 1e3:9.2f} ms  (compile {r['compile_s']:.1f} s) "
                   f"placement {r['placement']}")
             print(f"        products/appends: {r['where']}")
-            print(f"        busiest: " + ", ".join(f"{k} {s * 1e3:.2f} ms" for k, s in r["top_ops"]))
-            print(f"        transfers: " + ", ".join(f"{k} {b / 1e6:.1f} MB" for k, b in r["transfer_bytes"].items()))
+            print("        busiest: " + ", ".join(f"{k} {s * 1e3:.2f} ms" for k, s in r["top_ops"]))
+            print("        transfers: " + ", ".join(f"{k} {b / 1e6:.1f} MB" for k, b in r["transfer_bytes"].items()))
         print(f"{phase}: atom / atom+aim = {pair['atom'] / pair['atom+aim']:.2f}x\n")
     if args.json:
         with open(args.json, "w") as f:

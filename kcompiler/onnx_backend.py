@@ -6,7 +6,10 @@
 
 `prepare` compiles the model with `kcompiler.compile(model, target=target)`. A model whose
 inputs have symbolic dims is compiled on the first `run`, with the shapes of the arrays given
-(and once more for every new set of shapes). Every failure is a KCError.
+(and once more for every new set of shapes). An integer input that only says how an op's data
+is shaped (a reduction's axes, Slice's starts/ends/steps, Split's sizes, Pad's pads, a Reshape's
+shape: SHAPE_OPERANDS) is compiled as the constant it is at run time, once per distinct value, as
+a static-shape compiler must (the output's shape depends on it). Every failure is a KCError.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
 
 from kcompiler.driver.compile import compile as kc_compile
@@ -22,6 +26,33 @@ from kcompiler.errors import InputError, KCError, ModelLoadError, TargetError
 from kcompiler.frontend.opset import CANONICAL_OPSET
 
 __all__ = ["KCBackend", "KCBackendRep", "prepare", "run_model", "run_node", "supports_device"]
+
+
+#: op -> the input positions that say how the op's data is shaped, not what it holds
+SHAPE_OPERANDS: dict[str, frozenset[int]] = {
+    **{op: frozenset({1}) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                      "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze",
+                                      "Unsqueeze", "Reshape", "Expand", "Tile", "Split", "TopK", "CenterCropPad")},
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Pad": frozenset({1, 3}),
+    "ConstantOfShape": frozenset({0}),
+}
+_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+#: inputs larger than this are data, whatever op reads them
+_MAX_SHAPE_OPERAND = 64
+
+
+def _shape_operand_inputs(model: onnx.ModelProto, names: Sequence[str]) -> set[str]:
+    """The graph inputs (of `names`) that are integer tensors read only as SHAPE_OPERANDS."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.input if vi.type.HasField("tensor_type")}
+    uses: dict[str, list[bool]] = {}
+    for node in model.graph.node:
+        shape_pos = SHAPE_OPERANDS.get(node.op_type, frozenset()) if node.domain in ("", "ai.onnx") else frozenset()
+        for i, name in enumerate(node.input):
+            if name:
+                uses.setdefault(name, []).append(i in shape_pos)
+    outputs = {vi.name for vi in model.graph.output}
+    return {n for n in names if types.get(n) in _INT_TYPES and uses.get(n) and all(uses[n]) and n not in outputs}
 
 
 def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
@@ -56,20 +87,35 @@ class KCBackendRep(BackendRep):
         self.output_names = [vi.name for vi in model.graph.output]
         self._static = {vi.name: _static_shape(vi) for vi in model.graph.input if vi.name not in inits}
         self._compiled: dict[tuple, Any] = {}
+        #: inputs compiled as constants of their run-time value (SHAPE_OPERANDS)
+        self.specialised = _shape_operand_inputs(model, self.input_names)
         given = dict(compile_kw.get("shapes") or {})
-        if all(self._static[n] is not None or n in given for n in self.input_names):
+        if not self.specialised and all(self._static[n] is not None or n in given for n in self.input_names):
             self._compile(given)  # everything known: compile now, so errors surface in prepare
 
     # ---- compilation --------------------------------------------------------------------
-    def _compile(self, shapes: Mapping[str, Sequence[int]]):
-        key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
+    def _compile(self, shapes: Mapping[str, Sequence[int]], values: Mapping[str, np.ndarray] | None = None):
+        values = values or {}
+        key = (tuple(sorted((k, tuple(v)) for k, v in shapes.items())),
+               tuple(sorted((k, str(v.dtype), v.shape, v.tobytes()) for k, v in values.items())))
         cm = self._compiled.get(key)
         if cm is None:
             kw = dict(self.compile_kw)
-            kw["shapes"] = dict(shapes) or None
-            cm = kc_compile(self.source, target=self.target, **kw)
+            kw["shapes"] = {k: v for k, v in shapes.items() if k not in values} or None
+            cm = kc_compile(self._with_constants(values) if values else self.source, target=self.target, **kw)
             self._compiled[key] = cm
         return cm
+
+    def _with_constants(self, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+        """The model with the inputs of `values` turned into initializers holding them."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        keep = [vi for vi in model.graph.input if vi.name not in values]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        for name, v in values.items():
+            model.graph.initializer.append(onnx.numpy_helper.from_array(v, name))
+        return model
 
     @property
     def compiled(self):
@@ -101,7 +147,13 @@ class KCBackendRep(BackendRep):
                 shape = getattr(feeds[name], "shape", None)
                 if shape is not None:
                     shapes[name] = tuple(shape)
-        cm = self._compile(shapes)
+        values = {}
+        for name in self.specialised:
+            v = np.asarray(feeds.get(name)) if name in feeds else None
+            if v is not None and v.dtype.kind in "iu" and v.size <= _MAX_SHAPE_OPERAND:
+                values[name] = v
+        cm = self._compile(shapes, values)
+        feeds = {k: v for k, v in feeds.items() if k not in values}
         outs = cm.run(feeds, simulate=kwargs.get("simulate", self.simulate))
         order = self.output_names if all(n in outs for n in self.output_names) else list(cm.outputs)
         return namedtupledict("Outputs", order)(*[outs[n] for n in order])

@@ -7,7 +7,6 @@ Both must fail with ``error`` (a KCError subclass) and a message naming ``names`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable

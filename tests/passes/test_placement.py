@@ -174,7 +174,6 @@ def test_resident_kv_cache_values_still_flow(target):
 
 def test_place_pins_nodes_by_op_type_and_star():
     """--place: a tiny MatMul stays on the host (PCIe costs more than it saves) unless pinned."""
-    import onnx
     from onnx import TensorProto, helper
 
     import kcompiler

@@ -15,7 +15,7 @@ import pytest
 from kcompiler import sweep, targets
 from kcompiler.errors import KCError
 from kcompiler.sweep import pareto
-from kcompiler.sweep.point import evaluate, system_for
+from kcompiler.sweep.point import system_for
 from kcompiler.sweep.runner import run
 
 SMALL = """

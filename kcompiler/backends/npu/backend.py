@@ -11,8 +11,11 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.base import YES, Backend, Cost, Program, Subgraph, Support, no
 from kcompiler.backends.npu import isa
-from kcompiler.backends.npu.kernels.attention import AttentionKernel
-from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_float, a_int, a_str, a_strs, value_dtype
+from kcompiler.backends.npu.kernels.attention import AttentionKernel, attention_support
+from kcompiler.backends.npu.kernels.batchnorm_rt import batchnorm_check, batchnorm_kernel
+from kcompiler.backends.npu.kernels.bounds import clip_bounds_check, clip_kernel
+from kcompiler.backends.npu.kernels.loss import LossKernel, loss_support
+from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_int, a_str, a_strs, value_dtype
 from kcompiler.backends.npu.kernels.codegen import Codegen
 from kcompiler.backends.npu.kernels.common import Kernel
 from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKernel, prepare_state_layouts
@@ -30,8 +33,9 @@ from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
 from kcompiler.backends.npu.kernels.convtranspose import ConvTransposeKernel, convtranspose_check
 from kcompiler.backends.npu.kernels.recurrent import GruKernel, LstmKernel, recurrent_check
 from kcompiler.backends.npu.kernels.resize import ResizeKernel, resize_check
-from kcompiler.backends.npu.kernels.reduction import (LayerNormKernel, LrnKernel, ReduceKernel, RmsNormKernel,
-                                                      SoftmaxKernel)
+from kcompiler.backends.npu.kernels.reduction import (REDUCE_OPS, LayerNormKernel, LrnKernel, ReduceKernel,
+                                                      LpNormKernel, RmsNormKernel, SoftmaxKernel,
+                                                      nonempty_input)
 from kcompiler.backends.npu.chain import FusedElementwiseKernel
 from kcompiler.backends.npu.program import NpuProgram
 from kcompiler.backends.npu.sim import ProgramData
@@ -154,7 +158,7 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
                                                    _attr_in("training_mode", (0,), 0), _min_rank(0, 2))),
     "LayerNormalization": (LayerNormKernel, _all(_elementwise, lambda n: _layernorm_stats(n))),
     "RMSNormalization": (RmsNormKernel, _elementwise),
-    "Attention": (AttentionKernel, _all(_elementwise, _only_first_output, lambda n: _attention_check(n))),
+    "Attention": (AttentionKernel, _all(_x_only, lambda n: attention_support(n, _spec_of_node(n)))),
     "Softmax": (SoftmaxKernel, _elementwise),
     "LogSoftmax": (SoftmaxKernel, _elementwise),
     "Hardmax": (SoftmaxKernel, _elementwise),
@@ -233,10 +237,14 @@ OPS.update({
 })
 
 
-#: the attributes the attention kernel implements (is_causal and softcap only at their defaults;
-#: qk_matmul_output_mode and softmax_precision only matter for the extra output, which is refused)
-ATTENTION_ATTRS = {"is_causal", "softcap", "scale", "q_num_heads", "kv_num_heads", "qk_matmul_output_mode",
-                   "softmax_precision"}
+# ---- float reductions, losses, clip bounds (issue 13): the checks live beside their kernels --------
+OPS.update({op: (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1), nonempty_input))
+            for op in (*REDUCE_OPS, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")})
+OPS["Clip"] = (clip_kernel, _all(_x_only, clip_bounds_check))
+OPS["BatchNormalization"] = (batchnorm_kernel, _all(_x_only, _only_first_output, batchnorm_check))
+OPS["LpNormalization"] = (LpNormKernel, _all(_elementwise, _attr_in("p", (1, 2), 2), nonempty_input))
+OPS.update({op: (LossKernel, _all(_x_only, lambda n: loss_support(n, _spec_of_node(n))))
+            for op in ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")})
 
 
 def _layernorm_stats(node: ir.Node) -> Support:
@@ -267,23 +275,6 @@ def _inference_dropout(node: ir.Node) -> Support:
         mode = opinfo.const_value(node.inputs[2])
         if mode is None or bool(mode.reshape(-1)[0]):
             return no("training-mode Dropout (a random mask) runs on the host")
-    return YES
-
-
-def _attention_check(node: ir.Node) -> Support:
-    unknown = sorted(set(node.attributes) - ATTENTION_ATTRS)
-    if unknown:  # e.g. opset 25's left_window_size / right_window_size: never silently ignored
-        return no(f"attribute(s) {unknown} are not lowered")
-    if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
-        return no("Attention with a past KV cache input runs on the host")
-    if a_int(node, "is_causal", 0) or a_float(node, "softcap", 0.0):
-        return no("is_causal and softcap are not lowered (the fusion passes an explicit mask)")
-    ranks = {len(opinfo.shape_of(v)) for v in node.inputs[:3]}
-    if ranks not in ({3}, {4}):
-        return no("Q, K and V must all be 3-D or all 4-D")
-    k = AttentionKernel(node, _spec_of_node(node))
-    if any(k.tiling(hi - lo) is None for lo, hi in k.per_core):
-        return no("no attention tiling fits the scratchpad")
     return YES
 
 

@@ -154,7 +154,9 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "maxpool": ("pool", 1, 1.0), "avgpool": ("pool", 1, 1.0),  # window of the vector unit's CONFIG
     "dwconv": ("mul", 2, 1.0),  # depthwise conv: src0 planes, src1 per-channel taps, window of CONFIG
     "lrn": ("transcendental", 1, 1.0),  # across channels (the masked dim): arg = size; imm0..2 alpha beta bias
-    "attn_step": ("transcendental", 4, 3.0),  # online softmax of one score tile (see sim/)
+    # online softmax of one score tile (see sim/): imm0 scale; arg bit 1 hides keys outside imm1 <= j - i <= imm2
+    # (causal and sliding-window attention; bit added for issue 13, earlier programs leave it 0)
+    "attn_step": ("transcendental", 4, 3.0),
     "attn_final": ("alu", 2, 1.0),  # the output tile: accumulator / running sum
     # appended after the first ISA (earlier functions keep their codes, so programs stay valid)
     "reduce_rstd": ("reduce", 1, 2.0),  # 1 / sqrt(mean((x - mean)^2) + imm0): LayerNorm's InvStdDev
@@ -196,6 +198,18 @@ VECTOR_FNS: dict[str, tuple[str, int, float]] = {
     "int_div": ("div", 2, 1.0), "mod": ("div", 2, 1.0), "int_max": ("alu", 2, 1.0), "int_min": ("alu", 2, 1.0),
     "int_neg": ("alu", 1, 1.0), "int_abs": ("alu", 1, 1.0), "shl": ("alu", 2, 1.0), "shr": ("alu", 2, 1.0),
     "argmax": ("reduce", 1, 1.0), "argmin": ("reduce", 1, 1.0), "trilu": ("alu", 2, 1.0),
+    # appended for issue 13 (float reductions and losses): the Reduce* ops ONNX has beyond sum/mean/max/min,
+    # each over the masked dims: sum |x|, sqrt(sum x^2), sum x^2, log(sum x), log(sum exp x) (max-shifted),
+    # prod x
+    "reduce_l1": ("reduce", 1, 1.0), "reduce_l2": ("reduce", 1, 2.0), "reduce_sumsquare": ("reduce", 1, 1.0),
+    "reduce_logsum": ("reduce", 1, 1.0), "reduce_logsumexp": ("reduce", 1, 3.0), "reduce_prod": ("reduce", 1, 1.0),
+    # negative log-likelihood (kernels/loss.py): src0 log-probabilities with the classes along dim 2, src1 integer
+    # targets (broadcast over dim 2), src2 class weights (optional, varying only along dim 2); dst := -src0[t] *
+    # src2[t] summed over the masked dims other than 2; arg bit 0: targets equal to imm0 count 0 (ignore_index),
+    # bit 1: divided by the sum of the weights src2[t] (of the targets not ignored) over the same dims
+    "nll": ("alu", 2, 3.0),
+    # LpNormalization along the masked dims: src0 / (sum |src0|^imm0)^(1/imm0), imm0 = 1 or 2 (0 where the norm is 0)
+    "lp_normalize": ("reduce", 1, 3.0),
 }
 VFN_NAMES = tuple(VECTOR_FNS)
 VFN = {name: i for i, name in enumerate(VFN_NAMES)}

@@ -206,7 +206,9 @@ def _eb(code: int) -> int:
 
 
 _REDUCING = frozenset({"softmax", "layernorm", "rmsnorm", "reduce_sum", "reduce_mean", "reduce_max", "lrn",
-                       "reduce_min", "reduce_rstd", "logsoftmax", "hardmax", "argmax", "argmin"})
+                       "reduce_min", "reduce_rstd", "logsoftmax", "hardmax", "argmax", "argmin", "reduce_l1",
+                       "reduce_l2", "reduce_sumsquare", "reduce_logsum", "reduce_logsumexp", "reduce_prod",
+                       "lp_normalize"})
 
 
 def _vector_work(ins: isa.Instr, windows) -> tuple[int, int, int]:

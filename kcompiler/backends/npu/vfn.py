@@ -150,6 +150,59 @@ def hardmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
             == np.expand_dims(first, axis)).astype(F32)
 
 
+def logsumexp(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """log(sum(exp(x))) over `axes`, shifted by the max so large values do not overflow (a row of
+    -inf gives -inf, one holding +inf gives +inf)."""
+    m = x.max(axis=axes, keepdims=True)
+    shift = np.where(np.isfinite(m), m, F32(0))
+    with np.errstate(divide="ignore"):
+        return (np.log(np.exp(x - shift).sum(axis=axes, keepdims=True)) + shift).astype(F32)
+
+
+#: the reductions beyond sum/mean/max/min: name -> f(x, axes), the reduced dims kept as size 1
+REDUCE_MORE = {
+    "reduce_l1": lambda x, axes: np.abs(x).sum(axis=axes, keepdims=True),
+    "reduce_l2": lambda x, axes: np.sqrt((x * x).sum(axis=axes, keepdims=True)),
+    "reduce_sumsquare": lambda x, axes: (x * x).sum(axis=axes, keepdims=True),
+    "reduce_logsum": lambda x, axes: np.log(x.sum(axis=axes, keepdims=True)),
+    "reduce_logsumexp": logsumexp,
+    "reduce_prod": lambda x, axes: np.prod(x, axis=axes, keepdims=True),
+}
+
+
+def lp_normalize(x: np.ndarray, axes: tuple[int, ...], p: float) -> np.ndarray:
+    """x divided by its L1 (p = 1) or L2 (p = 2) norm over `axes`; 0 where the norm is 0, as ONNX's
+    reference says. Any other p is not a function of the unit (an error, never a silent L2)."""
+    if p == 1:
+        norm = np.abs(x).sum(axis=axes, keepdims=True)
+    elif p == 2:
+        norm = np.sqrt((x * x).sum(axis=axes, keepdims=True))
+    else:
+        raise ValueError(f"lp_normalize takes p = 1 or 2, not {p}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm == 0, F32(0), x / norm).astype(F32)
+
+
+def nll(x: np.ndarray, t: np.ndarray, w: np.ndarray | None, axes: tuple[int, ...], ignore: float | None,
+        mean: bool) -> np.ndarray:
+    """Negative log-likelihood of 4-D tiles with the classes along dim 2: -x[t] * w[t] per element
+    (0 where t == ignore), summed over `axes` (dim 2 among them), divided by the sum of w[t] if `mean`.
+    The target picks its class by comparison with each class index (a one-hot along dim 2)."""
+    cls = np.arange(x.shape[2], dtype=F32).reshape(1, 1, -1, 1)
+    hit = t == cls
+    picked = np.where(hit, x, F32(0)).sum(axis=2, keepdims=True)
+    wt = np.where(hit, w, F32(0)).sum(axis=2, keepdims=True) if w is not None else np.ones_like(picked)
+    if ignore is not None:
+        keep = t != F32(ignore)
+        wt = np.where(keep, wt, F32(0))
+    loss = -picked * wt
+    loss = loss.sum(axis=axes, keepdims=True)
+    if mean:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loss = loss / wt.sum(axis=axes, keepdims=True)
+    return loss.astype(F32)
+
+
 def rstd(x, axes, eps):
     """1 / sqrt(var + eps) over `axes` (LayerNormalization's InvStdDev), kept as size-1 dims."""
     d = x - x.mean(axis=axes, keepdims=True)

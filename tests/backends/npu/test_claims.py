@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 from conftest import make_model, ort_run, rand
 
 import kcompiler
 from kcompiler.backends.npu.backend import _layernorm_stats
+from kcompiler.backends.npu.kernels.attention import attention_support
 from kcompiler.passes.placement import REASON_KEY
 
 
@@ -72,13 +74,20 @@ def test_training_dropout_is_not_the_identity():
     assert dev == "host" and "training-mode" in why
 
 
-def test_attention_with_an_attribute_the_kernel_lacks_goes_to_the_host():
+def test_attention_with_an_attribute_the_kernel_lacks_is_not_claimed():
+    """A sliding window (opset 25) is lowered now; an attribute the kernel does not know is refused."""
     node = helper.make_node("Attention", ["q", "k", "v"], ["y"], left_window_size=1, right_window_size=1)
     model = make_model([node], {"q": [1, 2, 4, 8], "k": [1, 2, 4, 8], "v": [1, 2, 4, 8]}, {"y": [1, 2, 4, 8]},
                        opset=25)
-    _, placed = _placed(model)
-    dev, why = placed["Attention"]
-    assert dev == "host" and "left_window_size" in why
+    cm, placed = _placed(model)
+    assert placed["Attention"][0] != "host"
+    feeds = {n: rand(1, 2, 4, 8, seed=i) for i, n in enumerate("qkv")}
+    (want,) = ReferenceEvaluator(model).run(None, feeds)
+    np.testing.assert_allclose(cm.run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    irnode = ir.serde.deserialize_model(model).graph[0]
+    irnode.attributes["future_window_mode"] = ir.AttrInt64("future_window_mode", 1)
+    why = attention_support(irnode, None)
+    assert not why and "future_window_mode" in why.reason
 
 
 def test_maxpool_with_its_indices_read_goes_to_the_host():

@@ -34,7 +34,6 @@ def test_append_in_place_moves_only_new_rows(target):
         assert c_ok.ok, c_ok.describe()
     prog = _program(cm)
     eb = 4  # float32 values: four bytes each
-    names = {n.name for n in appends}
     ops = {o.name: o for o in cm.report.ops}
     ops_full = {o.name: o for o in full.report.ops}
     for n in appends:

@@ -11,7 +11,6 @@ float32 model (same seed; its weights unrounded) at a bfloat16 tolerance (8-bit 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

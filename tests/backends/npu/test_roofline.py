@@ -86,6 +86,12 @@ SPECIAL = {
     "BitShift": ({"direction": "LEFT"}, {"x": (T.UINT32, X4), "y": (T.UINT32, X4)}, 18),
     "Mod": ({}, {"x": (T.INT32, X4), "y": _w(1, 32, 1, 1, dtype=np.int32) % 7 + 1}, 18),
     "Trilu": ({}, {"x": X4}, 18),
+    # float reductions beyond sum/mean/max/min, LpNormalization and the losses (vector-unit functions)
+    **{op: ({}, {"x": X4, "axes": _i64(2, 3)}, 18) for op in ("ReduceL1", "ReduceL2", "ReduceLogSum",
+                                                             "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare")},
+    "LpNormalization": ({"axis": 1, "p": 2}, {"x": X4}, 18),
+    "NegativeLogLikelihoodLoss": ({}, {"x": [64, 10], "t": (T.INT64, [64])}, 18),
+    "SoftmaxCrossEntropyLoss": ({}, {"x": [64, 10], "t": (T.INT64, [64])}, 18),
     "QuantizeLinear": ({}, {"x": X4, "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "DequantizeLinear": ({}, {"x": (T.INT8, X4), "s": np.float32(0.05), "z": np.int8(0)}, 19),
     "MatMulInteger": ({}, {"a": (T.INT8, [128, 256]), "b": _w(256, 128, dtype=np.int8), "az": np.int8(0),

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from kcompiler.backends.base import Cost
+from kcompiler import opinfo
+from kcompiler.backends.base import YES, Cost, Support, no
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, a_ints, const_ints, shape
 from kcompiler.backends.npu.kernels.common import Operand
@@ -28,6 +29,22 @@ class SoftmaxKernel(VectorKernel):
 
     def reduced_axes(self):
         return {a_int(self.node, "axis", -1) % len(self.space)}
+
+
+class LpNormKernel(VectorKernel):
+    """LpNormalization (p 1 or 2) along one axis: one lp_normalize over the rows."""
+
+    fn = "lp_normalize"
+    work_per_elem = 3.0
+
+    def stream_inputs(self):
+        return [self.node.inputs[0]]
+
+    def reduced_axes(self):
+        return {a_int(self.node, "axis", -1) % len(self.space)}
+
+    def body(self, t):
+        return [t.vec(self.fn, t.dst, t.src[:1], (float(a_int(self.node, "p", 2)), 0.0, 0.0))]
 
 
 class LayerNormKernel(VectorKernel):
@@ -101,13 +118,23 @@ class RmsNormKernel(LayerNormKernel):
         return [v for v in self.node.inputs[:2] if v is not None]
 
 
+def nonempty_input(node: ir.Node) -> Support:
+    """A reduction over no elements has values (0, -inf, 1, ...) but no tile to compute them in."""
+    return YES if opinfo.numel(node.inputs[0]) > 0 else no(f"input '{node.inputs[0].name}' has no elements")
+
+
+#: the Reduce* ops beyond sum/mean/max/min -> their vector function (vfn.REDUCE_MORE)
+REDUCE_OPS = {"ReduceL1": "reduce_l1", "ReduceL2": "reduce_l2", "ReduceSumSquare": "reduce_sumsquare",
+              "ReduceLogSum": "reduce_logsum", "ReduceLogSumExp": "reduce_logsumexp", "ReduceProd": "reduce_prod"}
+
+
 class ReduceKernel(VectorKernel):
-    """ReduceMean / ReduceSum / ReduceMax over constant axes: the iteration space is the input."""
+    """ReduceMean / ReduceSum / ReduceMax (and REDUCE_OPS) over constant axes: the iteration space is the input."""
 
     def __init__(self, node, spec):
         self.fn = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
                    "ReduceMin": "reduce_min", "GlobalAveragePool": "reduce_mean",
-                   "GlobalMaxPool": "reduce_max"}[node.op_type]
+                   "GlobalMaxPool": "reduce_max", **REDUCE_OPS}[node.op_type]
         super().__init__(node, spec)
 
     def iteration_space(self):

@@ -275,6 +275,7 @@ class Decoder:
             return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         for i in range(5):
             if (i == 0 or srcs[i - 1] != NONE) and names[i] not in isa.FLOAT_DTYPES and not (
-                    fn == "attn_step" and i == 2 and names[i] == "u8"):  # a boolean mask
+                    fn == "attn_step" and i == 2 and names[i] == "u8") and not (  # a boolean mask
+                    fn == "nll" and i == 2 and names[i] in ("i32", "i64")):  # integer class targets
                 raise _Bad(f"the vector unit computes on float operands, not {names[i]}")
         return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)

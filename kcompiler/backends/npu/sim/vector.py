@@ -34,11 +34,15 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         if kind == "reduce":
             if fn == "reduce_rstd":
                 return vfn.rstd(x, axes, i0)
+            if fn in vfn.REDUCE_MORE:
+                return vfn.REDUCE_MORE[fn](x, axes)
             return {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max,
                     "reduce_min": np.min}[fn](x, axis=axes, keepdims=True)
         if kind == "softmax":
             if fn == "hardmax":
                 return vfn.hardmax(x, axes)
+            if fn == "lp_normalize":
+                return vfn.lp_normalize(x, axes, i0)
             return vfn.logsoftmax(x, axes) if fn == "logsoftmax" else vfn.softmax(x, axes)
         if kind == "lrn":
             return vfn.lrn(x, axes[0], f["arg"], i0, i1, i2)
@@ -48,8 +52,15 @@ def vector_result(fn: str, f: dict, srcs: list[np.ndarray], dst_shape, window: "
         return vfn.rmsnorm(x, axes, i0, gamma)
     if kind == "window":
         return _window_fn(fn, srcs, window)
+    if kind == "loss":
+        axes = tuple(d for d in range(4) if f["bcast"] >> 20 >> d & 1)
+        return vfn.nll(_f32(srcs[0]), _f32(srcs[1]), _f32(srcs[2]) if len(srcs) > 2 else None, axes,
+                       i0 if f["arg"] & 1 else None, bool(f["arg"] & 2))
     if kind == "attn_final":
-        return _f32(srcs[0]) / _f32(srcs[1])[1][:, None]
+        l_sum = _f32(srcs[1])[1][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # a row no key was allowed to (its running sum 0) is 0, as ONNX's fully-masked-row guard says
+            return np.where(l_sum == 0, F32(0), _f32(srcs[0]) / l_sum)
     raise AssertionError(kind)
 
 
@@ -66,6 +77,10 @@ def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray
             s = np.where(mask.astype(bool), s, F32(-np.inf))
         else:
             s = s + _f32(mask)
+    if f["arg"] & 2:  # a band of keys: key j of query row i is allowed when imm1 <= j - i <= imm2
+        rel = np.arange(s.shape[1], dtype=F32)[None, :] - np.arange(s.shape[0], dtype=F32)[:, None]
+        s = np.where((rel >= F32(isa.bits_f32(f["imm1"]))) & (rel <= F32(isa.bits_f32(f["imm2"]))), s,
+                     F32(-np.inf))
     if state is None:  # the first tile of a row block
         m_old = np.full(s.shape[0], -np.inf, F32)
         l_old = np.zeros(s.shape[0], F32)
@@ -78,6 +93,8 @@ def attn_step(f: dict, s: np.ndarray, mask: np.ndarray | None, state: np.ndarray
         p = np.exp(s - m_new[:, None])
         corr = np.exp(m_old - m_new)
     corr = np.where(np.isneginf(m_old), F32(0), corr)
+    # a row with every key so far hidden (max -inf) has no probability yet, not exp(-inf + inf)
+    p = np.where(np.isneginf(m_new)[:, None], F32(0), p)
     dst[...] = p.astype(dst.dtype)
     l_new = l_old * corr + (p if dst.dtype == F32 else _f32(dst)).sum(axis=1)
     state_out[...] = np.stack([m_new, l_new]).astype(F32)

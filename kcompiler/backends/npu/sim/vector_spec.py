@@ -68,6 +68,8 @@ class _VSpec:
             return _attn_final_accesses(sram, f, shape, masks, axes, dt, srcs)
         if k == "int":
             return self._integer(sram, f, shape, masks, srcs)
+        if k == "loss":
+            return _loss_accesses(sram, f, shape, masks, axes, srcs)
         raise AssertionError(k)
 
     def _integer(self, sram, f, shape, masks, srcs) -> list[Access]:
@@ -144,14 +146,36 @@ def _window_accesses(sram, w, ins, f, shape, masks, srcs) -> list[Access]:
     return out + [sram(0, f["dst"], (shape[0], shape[1] * mult, w.oh, w.ow), True)]
 
 
+def _loss_accesses(sram, f, shape, masks, axes, srcs) -> list[Access]:
+    """Negative log-likelihood: the tile (classes along dim 2), the targets (one per class row), the
+    class weights if given, the loss reduced over the masked dims."""
+    if not axes >> 2 & 1:
+        raise _Bad("nll reduces over the class dim 2")
+    if f["arg"] & ~3:
+        raise _Bad("reserved bits of arg are set")
+    if not f["arg"] & 1 and f["imm0"]:
+        raise _Bad("imm0 holds ignore_index only with arg bit 0 (reserved: must be 0)")
+    if masks[0] or masks[1] or masks[2] & ~4 or (shape[2] > 1 and not masks[2] & 4):
+        raise _Bad("the tile and the loss are not broadcast, the targets only over the classes (dim 2)")
+    reads = [sram(1, srcs[0], shape), sram(2, srcs[1], _masked(shape, masks[2]))]
+    if srcs[2] != NONE:
+        if any(shape[d] > 1 and not masks[3] >> d & 1 for d in (0, 1, 3)) or masks[3] & 4:
+            raise _Bad("class weights vary only along dim 2")
+        reads.append(sram(3, srcs[2], _masked(shape, masks[3])))
+    dst = tuple(1 if axes >> d & 1 else n for d, n in enumerate(shape))
+    return reads + [sram(0, f["dst"], dst, True)]
+
+
 def _attn_step_accesses(sram, f, shape, masks, axes, dt, srcs) -> list[Access]:
     """One score tile of online softmax: scores, mask, running state and accumulator (read unless
     this is the row block's first tile), then the state, accumulator and probabilities written."""
     tq, tk, hdv, one = shape
     if one != 1 or masks[0] or masks[1] or masks[3] or masks[4] or axes:
         raise _Bad("attention tiles are tq x tk x hdv (reserved fields must be 0)")
-    if f["arg"] & ~1:
+    if f["arg"] & ~3:
         raise _Bad("reserved bits of arg are set")
+    if not f["arg"] & 2 and (f["imm1"] or f["imm2"]):
+        raise _Bad("imm1 and imm2 bound the band of keys only with arg bit 1 (reserved: must be 0)")
     if dt[1] != "f32" or dt[3] != "f32" or dt[4] != "f32":
         raise _Bad("scores, running max/sum and the output accumulator are float32")
     reads = [sram(1, srcs[0], (tq, tk))]
@@ -196,7 +220,8 @@ _VSPEC.update({
     "lrn": _VSpec("lrn", 1, imms=frozenset({"imm0", "imm1", "imm2", "arg"}), axes=True),
     # reads the score tile (src0), a mask tile (src1, optional), the running max and sum (src2) and the
     # output accumulator (src3)
-    "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "arg"})),
+    # arg bit 0: the row block's first tile; bit 1: keys outside the band imm1 <= j - i <= imm2 are hidden
+    "attn_step": _VSpec("attn_step", 4, optional=frozenset({1}), imms=frozenset({"imm0", "imm1", "imm2", "arg"})),
     "attn_final": _VSpec("attn_final", 2),
     # the quantisation functions (sim/lowbit.py decodes and computes them)
     "quant": _VSpec("lowbit", 2, optional=frozenset({2}), imms=frozenset({"arg"})),
@@ -212,6 +237,10 @@ _VSPEC.update({
     "trilu": _VSpec("exact", 2, imms=frozenset({"imm0", "imm1", "arg"})),
     "argmax": _VSpec("argreduce", 1, imms=frozenset({"arg"}), axes=True),
     "argmin": _VSpec("argreduce", 1, imms=frozenset({"arg"}), axes=True),
+    "lp_normalize": _VSpec("softmax", 1, imms=frozenset({"imm0"}), axes=True),
+    "nll": _VSpec("loss", 2, optional=frozenset({2}), imms=frozenset({"imm0", "arg"}), axes=True),
+    # issue 13: more reductions (vfn.REDUCE_MORE)
+    **{name: _VSpec("reduce", 1, axes=True) for name in vfn.REDUCE_MORE},
 })
 _I8 = ("i8", "u8")
 #: the operand dtypes (destination first, then src0..) an integer-datapath function takes
