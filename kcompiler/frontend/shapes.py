@@ -124,7 +124,11 @@ def check_size(value: ir.Value, src: ModelSource) -> None:
         return
     dims = [d for d in value.shape if isinstance(d, int)]
     if any(d < 0 for d in dims):
-        raise ShapeError(f"{src.name}: '{value.name}' has a negative dim {_fmt(value.shape)}")
+        node = value.producer()
+        made_by = f" (output of {node.op_type} node '{node.name}')" if node is not None else ""
+        raise ShapeError(f"{src.name}: '{value.name}'{made_by} has a negative dim {_fmt(value.shape)}",
+                         hint=f"check {node.op_type} '{node.name}''s attributes and constant inputs (a negative "
+                              "scale, size or pad)" if node is not None else "check --shape and the model's dims")
     try:
         size = value.dtype.itemsize if value.dtype is not None and value.dtype.itemsize else 4
     except TypeError:  # STRING has no fixed width (onnx_ir raises); count 4 bytes per element

@@ -185,3 +185,20 @@ def test_a_huge_range_from_the_bound_shape_is_refused_before_it_is_built():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     with pytest.raises(ShapeError, match="'r' has shape"):
         kcompiler.compile(m, target="host", shapes={"x": (4,)})
+
+
+def test_a_resize_with_a_negative_scale_is_refused_naming_the_node(tmp_path):
+    """Issue 13's bad input: a Resize whose constant scales are negative gives a negative output dim;
+    the error names the node that made it, not only the value."""
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b", "c", "d"])
+    sc = numpy_helper.from_array(np.array([1, 1, -2, 2], np.float32), "sc")
+    node = helper.make_node("Resize", ["x", "", "sc"], ["y"], name="up1", mode="nearest")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [sc]),
+                              opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    path = tmp_path / "neg.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ShapeError, match=r"Resize node 'up1'.*negative dim"):
+        kcompiler.compile(str(path), target="npu")
