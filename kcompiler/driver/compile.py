@@ -114,34 +114,25 @@ def compile(model: "str | os.PathLike | onnx.ModelProto | ir.Model", target: "st
     """Compile an ONNX model (path, zoo name, ModelProto or onnx_ir.Model) for a target.
 
     place: pin nodes to a device, {node name | op type | "*": device name | device kind}; "*"
-    pins every node that device supports (the rest are placed freely).
-
-    allow_low_precision: let a 16-bit device (a PIM computing BF16) take the ops a 16-bit format changes
-    (normalisations, softmax inputs, long sums: kcompiler.passes.precision); by default they stay on a
-    device computing at their dtype. A --place pin is the user's permission for the nodes it names.
-
+    pins every node that device supports (the rest are placed freely). A pin is also the user's
+    permission for a 16-bit device to take the nodes it names; allow_low_precision gives it for all
+    (normalisations, softmax inputs, long sums otherwise stay at their dtype: kcompiler.passes.precision).
     state: which inputs/outputs are device-resident state (a decoder's KV cache): None or True to
     take the model's metadata or detect past_*/present_* names, False for none, a mapping
     input -> output, or a list of resident output names (see kcompiler.frontend.state).
-
     parallel: none | data | tensor | pipeline | auto (or a kcompiler.parallel.Plan) over the
     system's identical chips; auto picks the best plan for `objective` (latency | throughput).
     interconnect / topology: the chips' fabric (kcompiler/targets/fabrics/interconnects.toml).
-
     progress: called as progress(stage, detail) when a stage starts (load, passes, place, lower;
     detail says which partition), for a command line to show where a long compile is.
-
     partition: compile for a slice of the chip (a virtual NPU): (index, count), (index, count,
     DRAM bandwidth fraction) or "1/2" / "1/2@1.0" (kcompiler.targets.resolve, partition).
-
     device_options: options of the target's backends (Backend.options), e.g. {"cim_time": "1h",
     "cim_noise": "off"} for a CIM chip; one that no device of the target reads is refused.
-
     bind: fix inputs to compile-time constants, {input name: value} (a number, a bool, a small array or list,
     or its text as `--bind NAME=VALUE` writes it), converted to the input's dtype. A bound input leaves the
     compiled model's inputs; an `If` its value decides is folded away, so the chosen branch's nodes can be
     placed on a chip (kcompiler.frontend.bind, kcompiler.passes.control).
-
     dtype (with the zoo options): fp32 | fp16 | bf16 | int8 | fp8 | int4. int8/fp8/int4 quantise the model
     first (kcompiler.driver.quantise) with `calibrate` (an .npz, a folder of .npz, a list of dicts,
     "synthetic"), or the zoo's default set; the report's notes say how."""
