@@ -221,19 +221,36 @@ class CompiledModel:
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         feeds = {}
+        bounds = _index_bounds(self.model)
         for name, (shape, dtype) in self.inputs.items():
-            feeds[name] = random_array(rng, shape, dtype)
+            feeds[name] = random_array(rng, shape, dtype, bounds.get(name, 8))
         return feeds
 
 
-def random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+def _index_bounds(model: ir.Model) -> dict[str, int]:
+    """Integer inputs that index a table (Gather's indices: token ids, token types): the table's rows, so that
+    random ids stay valid (a BERT's token_type_ids index 2 rows)."""
+    out: dict[str, int] = {}
+    for v in model.graph.inputs:
+        for use in v.uses():
+            node = use.node
+            if node.op_type == "Gather" and use.idx == 1:
+                data = opinfo.shape_of(node.inputs[0])
+                attr = node.attributes.get("axis")
+                axis = int(attr.value) if attr is not None else 0
+                if data is not None and data:
+                    out[v.name] = min(out.get(v.name, 8), int(data[axis]))
+    return out
+
+
+def random_array(rng: np.random.Generator, shape, dtype, int_high: int = 8) -> np.ndarray:
     dtype = np.dtype(dtype if dtype is not None else np.float32)
     if dtype.kind == "f" or dtype.name in ("bfloat16", "float8_e4m3fn"):
         return rng.standard_normal(shape).astype(dtype)
     if dtype.kind == "b":
         return rng.integers(0, 2, shape).astype(bool)
     if dtype.kind in "iu":
-        return rng.integers(0, 8, shape).astype(dtype)
+        return rng.integers(0, max(int_high, 1), shape).astype(dtype)
     return np.zeros(shape, dtype)
 
 

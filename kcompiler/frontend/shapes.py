@@ -53,6 +53,32 @@ def _zero_dims_bound(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> bo
     return False
 
 
+def _learn_named_dims(value: ir.Value, dims: Sequence[int], named: dict[str, tuple[int, str]],
+                      src: ModelSource) -> None:
+    """Record the sizes --shape gives the model's named symbolic dims ('batch', 'sequence'); one name
+    bound to two sizes is refused."""
+    for have, want in zip(value.shape or (), dims):
+        name = getattr(have, "value", None) if not isinstance(have, int) else None
+        if not name:
+            continue
+        size, by = named.setdefault(name, (want, value.name))
+        if size != want:
+            raise ShapeError(f"{src.name}: dim '{name}' is bound to {size} by input '{by}' but to {want} by "
+                             f"input '{value.name}'", hint=f"give '{name}' one size in every --shape")
+
+
+def _fill_named_dims(model: ir.Model, named: Mapping[str, tuple[int, str]]) -> None:
+    """An input left unbound whose open dims are all named dims --shape already sized (an exported
+    transformer's attention_mask shares input_ids' 'batch' and 'sequence') takes those sizes."""
+    for value in model.graph.inputs:
+        if value.shape is None or all(isinstance(d, int) for d in value.shape):
+            continue
+        sizes = [d if isinstance(d, int) else named.get(getattr(d, "value", None) or "", (None, ""))[0]
+                 for d in value.shape]
+        if all(isinstance(d, int) for d in sizes):
+            value.shape = ir.Shape(sizes)
+
+
 def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src: ModelSource) -> None:
     """Fix every graph input's shape; refuse symbolic dims left unbound."""
     shapes = dict(shapes or {})
@@ -67,6 +93,7 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
     if unknown:
         raise ShapeError(f"{src.name}: --shape names {unknown}, which are not inputs of the model",
                          hint=f"the inputs are {sorted(inputs)}")
+    named: dict[str, tuple[int, str]] = {}  # a symbolic dim's name -> (its bound size, the input that bound it)
     for name, dims in shapes.items():
         value = inputs[name]
         dims = _as_dims(name, dims, src)
@@ -82,7 +109,9 @@ def bind_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, src
                                      f"but --shape asks for {want}",
                                      hint=f"the model's own shape of '{name}' is {_fmt(value.shape)}: bind only its "
                                           "open dims, or export the model with this dim dynamic")
+        _learn_named_dims(value, dims, named, src)
         value.shape = ir.Shape(dims)
+    _fill_named_dims(model, named)
     missing, example = [], None
     for value in model.graph.inputs:
         if value.type is not None and not isinstance(value.type, ir.TensorType):

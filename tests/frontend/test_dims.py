@@ -202,3 +202,32 @@ def test_a_resize_with_a_negative_scale_is_refused_naming_the_node(tmp_path):
     onnx.save(model, path)
     with pytest.raises(ShapeError, match=r"Resize node 'up1'.*negative dim"):
         kcompiler.compile(str(path), target="npu")
+
+
+def _ids_and_mask() -> onnx.ModelProto:
+    """An exported encoder's two inputs share the named dims 'batch' and 'sequence'; the ids index a
+    3-row table (as token_type_ids index 2 rows)."""
+    table = onnx.numpy_helper.from_array(RNG.standard_normal((3, 4)).astype(np.float32), "table")
+    ids = helper.make_tensor_value_info("ids", INT64, ["batch", "sequence"])
+    mask = helper.make_tensor_value_info("mask", INT64, ["batch", "sequence"])
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Cast", ["mask"], ["m"], to=FLOAT),
+             helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["y"])]
+    g = helper.make_graph(nodes, "enc", [ids, mask], [helper.make_tensor_value_info("y", FLOAT, ["b", "s", 4])],
+                          [table, onnx.numpy_helper.from_array(np.array([2], np.int64), "ax")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_binding_one_input_sizes_the_named_dims_the_others_share():
+    model = _ids_and_mask()
+    cm = kcompiler.compile(model, target="npu", shapes={"ids": [2, 5]})
+    assert cm.inputs["mask"][0] == (2, 5)
+    feeds = cm.random_inputs(0)
+    assert feeds["ids"].max() < 3, "random ids must stay inside the 3-row table they index"
+    np.testing.assert_allclose(cm.run(feeds)["y"], _ort(model, feeds)[0], rtol=1e-6)
+
+
+def test_one_named_dim_bound_to_two_sizes_is_refused():
+    with pytest.raises(ShapeError, match=r"dim 'sequence' is bound to 5 by input 'ids' but to 6"):
+        kcompiler.compile(_ids_and_mask(), target="host", shapes={"ids": [2, 5], "mask": [2, 6]})
