@@ -39,7 +39,7 @@ def compile_auto(compile_fn: Callable[..., Any], model, system, shapes, objectiv
     t0 = time.perf_counter()
     # one analysis model: the driver's load and graph optimisations, then one-chip placement
     zoo_opts = {k: v for k, v in options.items() if k not in ("disable_passes", "print_after", "pipeline", "mode",
-                                                               "name", "state")}
+                                                               "name", "state", "allow_low_precision")}
     irm, _, _, _ = load(model, shapes, options.get("state"), **zoo_opts)
     ctx = CompileContext(system=system, backends=make_backends(system), mode="timing",
                          disabled=frozenset(options.get("disable_passes", ())), printer=lambda s: None)

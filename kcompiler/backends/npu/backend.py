@@ -15,7 +15,7 @@ from kcompiler.backends.npu.kernels.attention import AttentionKernel, attention_
 from kcompiler.backends.npu.kernels.batchnorm_rt import batchnorm_check, batchnorm_kernel
 from kcompiler.backends.npu.kernels.bounds import clip_bounds_check, clip_kernel
 from kcompiler.backends.npu.kernels.loss import LossKernel, loss_support
-from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_int, a_str, a_strs, value_dtype
+from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_int, a_ints, a_str, a_strs, value_dtype
 from kcompiler.backends.npu.kernels.codegen import Codegen
 from kcompiler.backends.npu.kernels.common import Kernel
 from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKernel, prepare_state_layouts
@@ -102,6 +102,23 @@ def _rank(i: int, ranks: tuple[int, ...]):
     return check
 
 
+def _one_window_reaches_the_end(node: ir.Node) -> Support:
+    """A Conv axis with one output must end its window at the input's last element: the window feeder's
+    CONFIG reserves the stride of a single output (1), so it cannot say that the input's tail is skipped
+    (a 16-tap window over 64 columns at stride 49). Such a Conv stays on the host."""
+    xs, ys, ws = (opinfo.shape_of(v) for v in (node.inputs[0], node.outputs[0], node.inputs[1]))
+    if xs is None or ys is None or ws is None or a_str(node, "auto_pad", "NOTSET") != "NOTSET":
+        return YES
+    dil = a_ints(node, "dilations", [1] * (len(xs) - 2))
+    pads = a_ints(node, "pads", [0] * (2 * (len(xs) - 2)))
+    for ax in range(len(xs) - 2):
+        extent = (ws[2 + ax] - 1) * dil[ax] + 1
+        if ys[2 + ax] == 1 and xs[2 + ax] + pads[ax] > extent:
+            return no(f"its one output along axis {2 + ax} leaves the input's last {xs[2 + ax] + pads[ax] - extent} "
+                      "element(s) unread, which the window feeder cannot express")
+    return YES
+
+
 def _min_rank(i: int, r: int):
     def check(node):
         s = opinfo.shape_of(node.inputs[i])
@@ -147,7 +164,7 @@ _x_only = lambda n: _static_float(n, 1)  # noqa: E731
 
 #: op -> (kernel class, check)
 OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
-    "Conv": (GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)),
+    "Conv": (GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)), _one_window_reaches_the_end,
                                lambda n: YES if len(n.inputs) < 3 or n.inputs[2] is None or
                                n.inputs[2].dtype in FLOATS else no("bias must be a float"))),
     "MatMul": (GemmKernel, _all(_elementwise, _min_rank(0, 2), _min_rank(1, 2))),

@@ -9,7 +9,8 @@ and cost models are written for images, [N, C, H, W]; rather than a second copy 
 lifts the problem to height 1 (kernel [1,k], strides [1,s], dilations [1,d], pads [0,b,0,e]).
 It is exact: the same products summed in the same order, and Unsqueeze/Squeeze are views (free on
 the NPU, a metadata change on the host). It fires only where the weight is a compile-time constant
-(the weight image the chips program) and the shapes are static; auto_pad carries over unchanged
+(the weight image the chips program), the shapes are static and no accelerator of the target already
+lowers the 1-D Conv as it is (the CIM chips map its taps onto crossbar rows directly); auto_pad carries over unchanged
 (SAME pads nothing along a height-1 axis with a height-1 kernel).
 """
 
@@ -47,6 +48,10 @@ def conv1d_as_2d(node: ir.Node, ctx: CompileContext, model: ir.Model):
     w_value = const_thunk(w)
     if w_value is None:
         return "the weight is computed at run time"
+    host = ctx.system.host.name
+    takers = [b.name for name, b in ctx.backends.items() if name != host and b.supports(node)]
+    if takers:  # (a crossbar maps a 1-D conv's taps as they are: views around it would only add transfers)
+        return f"{', '.join(takers)} lower(s) the 1-D Conv as it is"
     pads = _ints(node, "pads", [0, 0])
     attrs = [ir.AttrInt64s("kernel_shape", [1, int(ws[2])]),
              ir.AttrInt64s("strides", [1, *_ints(node, "strides", [1])]),

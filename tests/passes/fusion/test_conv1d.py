@@ -48,3 +48,16 @@ def test_the_rule_can_be_disabled_and_then_the_conv_stays_1d():
     cm = kcompiler.compile(_model(*CASES["plain"]), target="npu", disable_passes=["conv1d-as-2d"])
     assert [n.op_type for sub in cm.parts for n in sub.nodes if n.op_type in ("Unsqueeze", "Squeeze")] == []
     assert {sub.device for sub in cm.parts for n in sub.nodes if n.op_type == "Conv"} == {"host"}
+
+
+def test_a_single_output_window_that_skips_the_inputs_tail_stays_on_the_host():
+    """16 taps at stride 49 over 64 samples give one output and leave 48 samples unread: the window
+    feeder's CONFIG reserves a single output's stride, so the NPU does not claim it (it used to, and its
+    simulator then refused the program)."""
+    cm = kcompiler.compile(_model({"strides": [49]}, 1, 8, 16, 1, False, length=64), target="npu")
+    (conv,) = [n for sub in cm.parts for n in sub.nodes if n.op_type == "Conv"]
+    assert conv.metadata_props.get("kcompiler.device") == "host"
+    assert "unread" in conv.metadata_props.get("kcompiler.reason", "")
+    feeds = cm.random_inputs(2)
+    c = compare_with_ort(cm, feeds, cm.run(feeds), rtol=1e-4, atol=1e-5)
+    assert c.ok, c.describe()
