@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from typing import Mapping, Sequence
 
 import onnx_ir as ir
@@ -59,12 +60,18 @@ def _learn_named_dims(value: ir.Value, dims: Sequence[int], named: dict[str, tup
     bound to two sizes is refused."""
     for have, want in zip(value.shape or (), dims):
         name = getattr(have, "value", None) if not isinstance(have, int) else None
-        if not name:
+        if not _names_a_dim(name):
             continue
         size, by = named.setdefault(name, (want, value.name))
         if size != want:
             raise ShapeError(f"{src.name}: dim '{name}' is bound to {size} by input '{by}' but to {want} by "
                              f"input '{value.name}'", hint=f"give '{name}' one size in every --shape")
+
+
+def _names_a_dim(name: str | None) -> bool:
+    """Whether a symbolic dim's text names one size the model shares ('batch', 'sequence',
+    'p2o.DynamicDimension.0'), not a placeholder for "some size" (Paddle's '?', onnx's 'unk__3')."""
+    return bool(name) and re.fullmatch(r"[A-Za-z_][\w.]*", name) is not None and not name.startswith("unk__")
 
 
 def _fill_named_dims(model: ir.Model, named: Mapping[str, tuple[int, str]]) -> None:
@@ -74,7 +81,7 @@ def _fill_named_dims(model: ir.Model, named: Mapping[str, tuple[int, str]]) -> N
         if value.shape is None or all(isinstance(d, int) for d in value.shape):
             continue
         sizes = [d if isinstance(d, int) else named.get(getattr(d, "value", None) or "", (None, ""))[0]
-                 for d in value.shape]
+                 if _names_a_dim(getattr(d, "value", None)) else None for d in value.shape]
         if all(isinstance(d, int) for d in sizes):
             value.shape = ir.Shape(sizes)
 

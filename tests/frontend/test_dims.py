@@ -231,3 +231,14 @@ def test_binding_one_input_sizes_the_named_dims_the_others_share():
 def test_one_named_dim_bound_to_two_sizes_is_refused():
     with pytest.raises(ShapeError, match=r"dim 'sequence' is bound to 5 by input 'ids' but to 6"):
         kcompiler.compile(_ids_and_mask(), target="host", shapes={"ids": [2, 5], "mask": [2, 6]})
+
+
+def test_placeholder_dim_names_are_not_shared_sizes():
+    """Paddle2ONNX writes '?' for every open dim (PP-OCR's cls: [-1, 3, '?', '?']): binding 48x192 must not
+    read as one dim bound to two sizes."""
+    x = helper.make_tensor_value_info("x", FLOAT, [-1, 3, "?", "?"])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "pp", [x],
+                          [helper.make_tensor_value_info("y", FLOAT, [-1, 3, "?", "?"])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    cm = kcompiler.compile(model, target="host", shapes={"x": [1, 3, 48, 192]})
+    assert cm.inputs["x"][0] == (1, 3, 48, 192)
