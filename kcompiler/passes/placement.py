@@ -238,7 +238,7 @@ class _Placer:
             why += f"; alone elsewhere: {alts}"
         if refusals:
             why += "; " + "; ".join(refusals)
-        if dev == self.host and control.host_reason(node):  # control flow, recurrent layers: say why
+        if dev == self.host and not alts and control.host_reason(node):  # nothing else could: say why
             why = f"{control.host_reason(node)}; {why}"
         kept = node.metadata_props.get(PRECISION_KEY)
         node.metadata_props[REASON_KEY] = f"{kept}; {why}" if kept else why
