@@ -27,11 +27,11 @@ def ort_run(model: onnx.ModelProto | str, feeds: dict) -> list[np.ndarray]:
 
 
 # ---- shape binding ------------------------------------------------------------------------------
-def two_symbolic_inputs() -> onnx.ModelProto:
+def two_symbolic_inputs(b_rows: str = "k") -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")], "two",
         [helper.make_tensor_value_info("a", FLOAT, ["batch", "k"]),
-         helper.make_tensor_value_info("b", FLOAT, ["k", 5])],
+         helper.make_tensor_value_info("b", FLOAT, [b_rows, 5])],
         [helper.make_tensor_value_info("y", FLOAT, ["batch", 5])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
@@ -64,9 +64,14 @@ def test_unbound_error_lists_every_input_to_bind():
 
 def test_partly_bound_error_lists_the_rest():
     with pytest.raises(ShapeError) as info:
-        load_model(two_symbolic_inputs(), shapes={"a": (3, 4)})
+        load_model(two_symbolic_inputs(b_rows="m"), shapes={"a": (3, 4)})
     text = str(info.value)
-    assert "b [k,5]" in text and "a [" not in text
+    assert "b [m,5]" in text and "a [" not in text
+
+
+def test_a_named_dim_bound_once_sizes_every_input_sharing_it():
+    irm, _ = load_model(two_symbolic_inputs(), shapes={"a": (3, 4)})  # 'k' = 4 reaches b
+    assert [tuple(v.shape) for v in irm.graph.inputs] == [(3, 4), (4, 5)]
 
 
 def test_fixed_dims_need_no_binding():
