@@ -82,3 +82,16 @@ def merge_dims(sizes, stride_lists, groups=None, keep=()) -> list[list[int]]:
 def sram_aligned(n: int) -> int:
     """`n` bytes rounded up to the 64-byte alignment of scratchpad slots."""
     return (int(n) + 63) // 64 * 64
+
+
+def reduced_operand(cg, out, reduced: set[int], keepdims: bool, rank: int) -> "Operand":
+    """The output of a reduction over the dims `reduced` of a rank-`rank` space, as an operand of that space:
+    stride 0 along the reduced dims (kept as size 1, or dropped from the output's layout)."""
+    lay = cg.layout(out)
+    if keepdims:
+        st = [0 if d in reduced else s for d, s in enumerate(lay.strides)]
+    else:
+        it = iter(lay.strides)
+        st = [0 if d in reduced else next(it) for d in range(rank)]
+    return Operand(lay, tuple(st))
+

@@ -17,7 +17,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.backends.npu.isa import DTYPE_BYTES
 from kcompiler.backends.npu.kernels.attrs import IR_DTYPE, a_int, a_str, shape
-from kcompiler.backends.npu.kernels.common import Operand, broadcast_operand
+from kcompiler.backends.npu.kernels.common import broadcast_operand, reduced_operand
 from kcompiler.backends.npu.kernels.vector import VectorKernel
 
 BOOL = ir.DataType.BOOL
@@ -115,14 +115,7 @@ class ArgKernel(ExactKernel):
         return {a_int(self.node, "axis", 0) % len(self.space)}
 
     def result(self, cg):
-        lay = cg.layout(self.out)
-        red = self.reduced_axes()
-        if a_int(self.node, "keepdims", 1):
-            st = [0 if d in red else s for d, s in enumerate(lay.strides)]
-        else:
-            it = iter(lay.strides)
-            st = [0 if d in red else next(it) for d in range(len(self.space))]
-        return Operand(lay, tuple(st))
+        return reduced_operand(cg, self.out, self.reduced_axes(), bool(a_int(self.node, "keepdims", 1)), len(self.space))
 
     def body(self, t):
         return [t.vec(self.fn, t.dst, t.src[:1], arg=a_int(self.node, "select_last_index", 0))]

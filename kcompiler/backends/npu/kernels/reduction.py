@@ -10,7 +10,7 @@ from kcompiler import opinfo
 from kcompiler.backends.base import YES, Cost, Support, no
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, a_ints, const_ints, shape
-from kcompiler.backends.npu.kernels.common import Operand
+from kcompiler.backends.npu.kernels.common import Operand, reduced_operand
 from kcompiler.backends.npu.kernels.vector import VectorKernel
 
 
@@ -162,14 +162,7 @@ class ReduceKernel(VectorKernel):
         return set(self.axes())
 
     def result(self, cg):
-        lay = cg.layout(self.out)
-        red = self.reduced_axes()
-        if self.keepdims():
-            st = [0 if d in red else s for d, s in enumerate(lay.strides)]
-        else:
-            it = iter(lay.strides)
-            st = [0 if d in red else next(it) for d in range(len(self.space))]
-        return Operand(lay, tuple(st))
+        return reduced_operand(cg, self.out, self.reduced_axes(), bool(self.keepdims()), len(self.space))
 
     def body(self, t):
         if not self.reduced_axes():
