@@ -18,7 +18,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
 
 from kcompiler.driver.compile import compile as kc_compile
@@ -102,20 +101,11 @@ class KCBackendRep(BackendRep):
         if cm is None:
             kw = dict(self.compile_kw)
             kw["shapes"] = {k: v for k, v in shapes.items() if k not in values} or None
-            cm = kc_compile(self._with_constants(values) if values else self.source, target=self.target, **kw)
+            if values:  # (kcompiler's own --bind: the inputs become constants, the Ifs they decide fold)
+                kw["bind"] = dict(values)
+            cm = kc_compile(self.source, target=self.target, **kw)
             self._compiled[key] = cm
         return cm
-
-    def _with_constants(self, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-        """The model with the inputs of `values` turned into initializers holding them."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.proto)
-        keep = [vi for vi in model.graph.input if vi.name not in values]
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-        for name, v in values.items():
-            model.graph.initializer.append(onnx.numpy_helper.from_array(v, name))
-        return model
 
     @property
     def compiled(self):
