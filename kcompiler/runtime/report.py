@@ -211,7 +211,7 @@ def emulation_notes(ops: list[OpRecord]) -> list[str]:
 
 
 COMPARISON_COLUMNS = ("target", "latency (ms)", "throughput (/s)", "energy (mJ)", "DRAM (MB)", "area (mm²)",
-                      "work by device", "busiest engines", "host fallbacks", "compile (s)")
+                      "work by device", "MACs by dtype", "busiest engines", "host fallbacks", "compile (s)")
 
 
 def comparison_columns(peers: list[dict] | None = None) -> tuple[str, ...]:
@@ -235,14 +235,26 @@ def comparison_rows(reports: list[Report], peers: list[dict] | None = None) -> l
                              for u, e in util[:3])
         vs = [f"{p['latency_s'] / r.latency_s:,.2f}x" if r.latency_s and p["latency_s"] else "-" for p in peers]
         rows.append([r.target, f"{r.latency_s * 1e3:.4f}", f"{r.throughput_per_s:,.1f}", _mj(r.energy_j),
-                     f"{r.dram_bytes / 1e6:.2f}", f"{r.area_mm2:,.1f}", share, engines, str(r.host_nodes),
-                     f"{r.compile_s:.2f}", *vs])
+                     f"{r.dram_bytes / 1e6:.2f}", f"{r.area_mm2:,.1f}", share, macs_by_dtype(r.ops), engines,
+                     str(r.host_nodes), f"{r.compile_s:.2f}", *vs])
     for p in peers:
         threads = f", {p['threads']} thread{'s' if p['threads'] > 1 else ''}" if p.get("threads") else ""
         rows.append([f"{p['peer']} (measured on this CPU: median of {p['runs']} runs{threads})",
                      f"{p['latency_s'] * 1e3:.4f}", f"{1 / p['latency_s']:,.1f}" if p["latency_s"] else "-", "-", "-",
-                     "-", "host 100%", "-", "-", f"{p['compile_s']:.2f}", *("-" for _ in peers)])
+                     "-", "host 100%", "-", "-", "-", f"{p['compile_s']:.2f}", *("-" for _ in peers)])
     return rows
+
+
+def macs_by_dtype(ops: list[OpRecord]) -> str:
+    """The dtypes the MACs ran at, by share, one per line ("int8 98%", "fp32 as 10 int8 passes 100%"): what a
+    chip was charged at, so a float32 program emulated in INT8 passes is not read as an INT8 one."""
+    by: dict[str, int] = {}
+    for op in ops:
+        if op.macs:
+            key = op.dtype or "fp32"
+            by[key] = by.get(key, 0) + op.macs
+    total = sum(by.values())
+    return "\n".join(f"{d} {_pct(m / total)}" for d, m in sorted(by.items(), key=lambda x: -x[1])) if total else "-"
 
 
 def _pct(x: float) -> str:

@@ -281,7 +281,8 @@ def test_the_comparison_fits_80_columns_when_piped():
     assert max(len(line) for line in out.splitlines()) <= 80
     assert "…" not in out
     # (float32 resnet50: its GEMMs emulated in int8 / fp16 passes keep the matrix units busiest)
-    for figure in ("latency (ms)", "area (mm²)", "busiest engines", "atom+aim", "core0.matrix", "atom.core"):
+    for figure in ("latency (ms)", "area (mm²)", "busiest engines", "atom+aim", "core0.matrix", "atom.core",
+                   "MACs by dtype", "fp32 as 10 int8"):
         assert figure in out, figure
     wide = kc("bench", "resnet50", "--target", "warboy", "--target", "atom", "--wide")
     assert "…" not in wide and max(len(line) for line in wide.splitlines()) > 80

@@ -133,3 +133,28 @@ def test_values_stay_float32():
     cm = kcompiler.compile(m, target="warboy", place={"*": "npu"})
     a = rng.standard_normal((16, 64)).astype(np.float32)
     np.testing.assert_allclose(cm.run({"a": a})["y"], a @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_comparison_says_what_the_macs_ran_at():
+    """`kc bench`'s comparison has a "MACs by dtype" row: a float32 GEMM on warboy reads as emulated INT8
+    passes, never as INT8, and an integer GEMM as int8."""
+    from kcompiler.runtime.report import COMPARISON_COLUMNS, comparison_rows
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 32])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    col = COMPARISON_COLUMNS.index("MACs by dtype")
+    rep = kcompiler.compile(m, target="warboy", place={"*": "npu"}).simulate()
+    assert comparison_rows([rep])[0][col] == "fp32 as 10 int8 passes 100%"
+    qi = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+          numpy_helper.from_array(rng.integers(-127, 128, (64, 32)).astype(np.int8), "wq")]
+    qg = helper.make_graph([helper.make_node("QLinearMatMul", ["a", "s", "z", "wq", "s", "z", "s", "z"], ["y"])], "q",
+                           [helper.make_tensor_value_info("a", TensorProto.INT8, [16, 64])],
+                           [helper.make_tensor_value_info("y", TensorProto.INT8, [16, 32])], qi)
+    qm = helper.make_model(qg, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    rep = kcompiler.compile(qm, target="warboy", place={"*": "npu"}).simulate()
+    assert comparison_rows([rep])[0][col] == "int8 100%"
