@@ -81,9 +81,12 @@ class PimBackend(Backend):
             sh = opinfo.shape_of(v)
             if sh is None:
                 raise LoweringError(f"input '{v.name}' of the PIM subgraph on {self.name} has no static shape")
-            b = Buf(em.alloc(4 * math.prod(sh)), 0, sh)
+            # a 16-bit float input (a bf16 model's KV cache) is staged in its own format: moving it into the
+            # banks is then a copy, not a float32 -> bf16 conversion of 4-byte elements
+            code = dtype_code(v.dtype) if dtype_code(v.dtype) in (1, 2) else 0
+            b = Buf(em.alloc(sim.NP_DTYPES[code].itemsize * math.prod(sh)), code, sh)
             env[v.name] = b
-            inputs.append(sim.Binding(v.name, b.addr, 0, tuple(sh)))
+            inputs.append(sim.Binding(v.name, b.addr, code, tuple(sh)))
         low = Lowering(s, em, env, timing_only)
         rows = []
         for i, node in enumerate(subgraph.nodes):

@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.backends.base import Support, no
+from kcompiler.backends.pim import sim
 from kcompiler.backends.pim.claims import FLOAT_TYPES, OpPlan, attr
 from kcompiler.backends.pim.isa import RESIDENT
 from kcompiler.backends.pim.kernels.stream import stream_layout
@@ -64,7 +65,11 @@ def lower_append(low: Lowering, node: ir.Node, p: OpPlan) -> None:
     out = node.outputs[0]
     osh = tuple(opinfo.shape_of(out))
     axis = attr(node, "axis", 0) % len(osh)
-    y = low.new(osh)
+    # present keeps the resident past's format (a bf16 model's cache stays bf16 in staging): only the appended
+    # rows, read back from the banks as float32, are converted
+    past = next(low.buf(v) for v in node.inputs if v.is_graph_input() and v.metadata_props.get(STATE_KEY) == out.name)
+    y = low.new(osh, past.dtype if past.dtype in (1, 2) else 0)
+    size = sim.NP_DTYPES[y.dtype].itemsize
     inner = math.prod(osh[axis + 1:])
     outer = math.prod(osh[:axis])
     off = 0
@@ -83,7 +88,7 @@ def lower_append(low: Lowering, node: ir.Node, p: OpPlan) -> None:
             em.block("stream", ("RD_BK", b.numel, RESIDENT, 0), (back,), (r,))
             src = low.new(b.shape)
             low.from_stream(back, sl, src)
-        low.hcopy(y.addr + off * 4, 0, src.addr, src.dtype, [outer, span], [span, 1], [osh[axis] * inner, 1])
+        low.hcopy(y.addr + off * size, y.dtype, src.addr, src.dtype, [outer, span], [span, 1], [osh[axis] * inner, 1])
         off += span
     low.env[out.name] = y
 

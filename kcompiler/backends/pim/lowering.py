@@ -105,13 +105,13 @@ class Lowering:
 
     # ---- element streams (kernels/stream.py) ---------------------------------------------
     def to_stream(self, src: Buf, sl: StreamLayout, dst: int, reg: int = 0) -> None:
-        """Row-major float32 -> per-channel padded blocks of the device dtype (scaled by 2**-sreg[reg])."""
+        """Row-major float32 (or bf16/fp16) -> per-channel padded blocks of the device dtype (scaled by 2**-sreg[reg])."""
         nf, rest = divmod(src.numel, sl.share)
         if nf:
             self.hcopy(dst, self.dev, src.addr, src.dtype, [nf, sl.share], [sl.share, 1], [sl.block, 1], reg=reg)
         if rest:
-            self.hcopy(dst + nf * sl.block * 2, self.dev, src.addr + nf * sl.share * 4, src.dtype, [rest], [1], [1],
-                       reg=reg)
+            at = src.addr + nf * sl.share * sim.NP_DTYPES[src.dtype].itemsize
+            self.hcopy(dst + nf * sl.block * 2, self.dev, at, src.dtype, [rest], [1], [1], reg=reg)
 
     def from_stream(self, src: int, sl: StreamLayout, dst: Buf, reg: int = 0, flags: int = 0) -> None:
         """Per-channel padded blocks of the device dtype -> row-major float32 (scaled back through `reg`)."""

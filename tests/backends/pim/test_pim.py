@@ -259,6 +259,35 @@ def test_kv_append_costs_the_new_elements_only():
     assert np.array_equal(got[:, :, 300:], want[:, :, 300:].astype(kernels_bf16()).astype(np.float32))
 
 
+def test_bf16_cache_stays_bf16_in_staging():
+    """A bf16 model's cache on aim (BF16 multipliers): the past stays bf16 in staging and in the banks, so a
+    decode step converts only what is new (the token's query and its appended row), never the 300-token past,
+    and the attention scores are the bf16 products'."""
+    import ml_dtypes
+
+    bf = ml_dtypes.bfloat16
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.BFLOAT16, s)  # noqa: E731
+    nodes = [helper.make_node("Concat", ["past", "new"], ["present"], axis=2),
+             helper.make_node("Transpose", ["present"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"])]
+    m = _model(nodes, [vi("q", [1, 2, 1, 128]), vi("past", [1, 2, 300, 128]), vi("new", [1, 2, 1, 128])],
+               [vi("s", [1, 2, 1, 301]), vi("present", [1, 2, 301, 128])])
+    cm = kcompiler.compile(m, target="aim", state={"past": "present"})
+    assert cm.placement.get("aim") == 3, cm.placement
+    rep = cm.simulate()
+    converted = sum(o.sram_bytes for o in rep.ops if o.op_type == "DtypeConvert")
+    assert 0 < converted < 64 * 1024  # the past alone is 2 x 300 x 128 elements (150 KB as bf16)
+    rng = np.random.default_rng(7)
+    feeds = {n: rng.standard_normal(sh).astype(bf) for n, sh in
+             (("q", (1, 2, 1, 128)), ("past", (1, 2, 300, 128)), ("new", (1, 2, 1, 128)))}
+    out = cm.run(feeds)
+    k = np.concatenate([feeds["past"], feeds["new"]], axis=2).astype(np.float32)
+    assert np.array_equal(np.asarray(out["present"]).astype(np.float32), k)
+    want = feeds["q"].astype(np.float32) @ k.transpose(0, 1, 3, 2)
+    got = np.asarray(out["s"]).astype(np.float32)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < TOL["aim"]
+
+
 def kernels_bf16():
     import ml_dtypes
 
