@@ -51,8 +51,8 @@ def fp8_model(M=8, K=64, N=48, kind="e4m3", out_q=True, per_channel=False, seed=
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
-def nbits_model(M, K, N, dtype=TensorProto.FLOAT, block=32, symmetric=False, seed=0):
-    """A random float MatMul quantised to 4-bit weights by ONNX Runtime's MatMulNBitsQuantizer."""
+def nbits_model(M, K, N, dtype=TensorProto.FLOAT, block=32, symmetric=False, seed=0, bits=4):
+    """A random float MatMul quantised to 4-bit (or 8-bit) weights by ONNX Runtime's MatMulNBitsQuantizer."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     rng = np.random.default_rng(seed)
     npdt = np.float32 if dtype == TensorProto.FLOAT else np.float16
@@ -61,7 +61,7 @@ def nbits_model(M, K, N, dtype=TensorProto.FLOAT, block=32, symmetric=False, see
                           [helper.make_tensor_value_info("x", dtype, [M, K])],
                           [helper.make_tensor_value_info("y", dtype, [M, N])], [numpy_helper.from_array(w, "w")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    q = MatMulNBitsQuantizer(m, block_size=block, is_symmetric=symmetric)
+    q = MatMulNBitsQuantizer(m, bits=bits, block_size=block, is_symmetric=symmetric)
     q.process()
     out = q.model.model
     assert [n.op_type for n in out.graph.node] == ["MatMulNBits"]
@@ -162,11 +162,13 @@ def test_int8_qdq_per_tensor_and_axis_bit_exact(qtype, per_axis):
 
 # ---- MatMulNBits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target,rtol", [("atom", 2e-3), ("rngd", 1e-2)])
-@pytest.mark.parametrize("M,K,N,dtype,block,symmetric", [(4, 256, 128, TensorProto.FLOAT, 32, False),
-                                                        (1, 512, 96, TensorProto.FLOAT16, 32, True),
-                                                        (3, 320, 72, TensorProto.FLOAT, 128, False)])
-def test_matmul_nbits_matches_ort(target, rtol, M, K, N, dtype, block, symmetric):
-    m = nbits_model(M, K, N, dtype, block, symmetric, seed=K)
+@pytest.mark.parametrize("M,K,N,dtype,block,symmetric,bits", [(4, 256, 128, TensorProto.FLOAT, 32, False, 4),
+                                                             (1, 512, 96, TensorProto.FLOAT16, 32, True, 4),
+                                                             (3, 320, 72, TensorProto.FLOAT, 128, False, 4),
+                                                             (2, 384, 80, TensorProto.FLOAT, 32, False, 8),
+                                                             (1, 256, 64, TensorProto.FLOAT16, 64, True, 8)])
+def test_matmul_nbits_matches_ort(target, rtol, M, K, N, dtype, block, symmetric, bits):
+    m = nbits_model(M, K, N, dtype, block, symmetric, seed=K, bits=bits)
     x = np.random.default_rng(M).standard_normal((M, K)).astype(np.float32 if dtype == TensorProto.FLOAT
                                                                  else np.float16)
     cm = kcompiler.compile(m, target=target)
@@ -174,6 +176,9 @@ def test_matmul_nbits_matches_ort(target, rtol, M, K, N, dtype, block, symmetric
     data = _npu_program(cm).data
     fns = {isa.VFN_NAMES[i.aux] for i in data.instrs if i.opcode == isa.VECTOR}
     assert "dequant" in fns
+    deq = {isa.DTYPES[i.arg("dtypes") >> 4 & 0xF] for i in data.instrs if i.opcode == isa.VECTOR
+           and isa.VFN_NAMES[i.aux] == "dequant"}
+    assert deq == {"u4" if bits == 4 else "u8"}  # the weights cross DRAM at their own width
     mm = {isa.DTYPES[i.aux & 0xF] for i in data.instrs if i.opcode == isa.MATMUL}
     assert mm == {"f16" if target == "atom" else "bf16"}
     got = cm.run({"x": x})["y"].astype(np.float32)

@@ -1,13 +1,14 @@
-"""4-bit weights dequantised in the datapath: ONNX Runtime's ``com.microsoft.MatMulNBits``.
+"""4- and 8-bit weights dequantised in the datapath: ONNX Runtime's ``com.microsoft.MatMulNBits``.
 
 Y[M, N] = A[M, K] @ dequant(B)[N, K]ᵀ, B as ORT's matmul_nbits_quantizer writes it: uint8 [N, blocks,
-block_size / 2] (two 4-bit weights a byte, low nibble first), scales [N, blocks] (A's float dtype),
-zero points uint8 [N, ceil(blocks / 2)] packed the same way (absent: 8, the middle of uint4).
+block_size * bits / 8] (bits=4: two weights a byte, low nibble first; bits=8: one), scales [N, blocks]
+(A's float dtype), zero points uint8 [N, ceil(blocks * bits / 8)] packed the same way (absent: 8 or 128,
+the middle of uint4 or uint8).
 
-The weights stay packed in DRAM and cross it at 4 bits each plus their scales (~4.5 bits a weight
-at block 32): per core, for each (N tile, K tile) the DMA loads the packed bytes, the tile's scales
+The weights stay packed in DRAM and cross it at 4 (or 8) bits each plus their scales (~4.5 bits a
+4-bit weight at block 32): per core, for each (N tile, K tile) the DMA loads the packed bytes, the tile's scales
 and zero points into the scratchpad; one vector ``dequant`` (fields: the packed operand's dtype u4,
-the scales, the zero points, arg = the block size) widens them to the chip's float dtype (fp16 on
+the scales, the zero points, arg = the block size; dtype u4 or u8) widens them to the chip's float dtype (fp16 on
 atom, bf16 on rngd) as the B tile of one MATMUL at that dtype's rate. A is loaded once per core (and
 converted to that dtype when it is another float); the float32 accumulator is rounded to A's dtype
 on the way out. Loads, dequant and MATMUL are double-buffered, so a decode GEMV is DRAM-bound.
@@ -45,10 +46,10 @@ def compute_dtype(spec) -> str | None:
 
 
 def nbits_check(node: ir.Node, spec) -> Support:
-    """Whether the NPU lowers this MatMulNBits: 4 bits, constant packed weights, scales and uint8 zero
+    """Whether the NPU lowers this MatMulNBits: 4 or 8 bits, constant packed weights, scales and uint8 zero
     points, no bias or g_idx, static shapes, A in a float dtype, and a chip with a 16-bit float rate."""
-    if a_int(node, "bits", 4) != 4:
-        return no(f"bits={a_int(node, 'bits', 4)} (the NPU dequantises 4-bit weights)")
+    if a_int(node, "bits", 4) not in (4, 8):
+        return no(f"bits={a_int(node, 'bits', 4)} (the NPU dequantises 4- and 8-bit weights)")
     if compute_dtype(spec) is None:
         return no("the chip lists no fp16/bf16 rate to multiply dequantised weights at")
     ins = list(node.inputs) + [None] * (6 - len(node.inputs))
@@ -87,6 +88,9 @@ class NBitsKernel(Kernel):
         self.sdt = IR_DTYPE[node.inputs[2].dtype]
         self.cdt = compute_dtype(spec) or "f16"
         self.has_zp = len(node.inputs) > 3 and node.inputs[3] is not None
+        self.bits = a_int(node, "bits", 4)
+        self.per_byte = 8 // self.bits  # weights (and zero points) a byte
+        self.wdt = "u4" if self.bits == 4 else "u8"  # the dequant's packed dtype
         self.per_core = split_range(self.N, spec.cores, 8)
 
     # ---- tiling ----
@@ -96,8 +100,9 @@ class NBitsKernel(Kernel):
         ce, ae = DTYPE_BYTES[self.cdt], DTYPE_BYTES[self.adt]
         kb = math.ceil(tk / self.bs)
         a_raw = self.M * self.K * ae if self.adt != self.cdt else 0
-        return [a_raw, self.M * self.K * ce] + 2 * [tn * math.ceil(tk / 2), tn * kb * DTYPE_BYTES[self.sdt],
-                                                    tn * math.ceil(kb / 2), tn * tk * ce, self.M * tn * 4]
+        pb = self.per_byte
+        return [a_raw, self.M * self.K * ce] + 2 * [tn * math.ceil(tk / pb), tn * kb * DTYPE_BYTES[self.sdt],
+                                                    tn * math.ceil(kb / pb), tn * tk * ce, self.M * tn * 4]
 
     def plan(self) -> tuple[int, int] | None:
         """(tn, tk): the N and K tile; tk all of K or whole pairs of blocks (a byte of zero points)."""
@@ -131,8 +136,8 @@ class NBitsKernel(Kernel):
 
     def dram_bytes(self) -> int:
         """What the op moves: packed weights, scales, zero points, A and Y."""
-        return (self.N * self.nb * (self.bs // 2) + self.N * self.nb * DTYPE_BYTES[self.sdt]
-                + (self.N * math.ceil(self.nb / 2) if self.has_zp else 0)
+        return (self.N * self.nb * (self.bs // self.per_byte) + self.N * self.nb * DTYPE_BYTES[self.sdt]
+                + (self.N * math.ceil(self.nb / self.per_byte) if self.has_zp else 0)
                 + self.M * (self.K + self.N) * DTYPE_BYTES[self.adt])
 
     # ---- emission ----
@@ -143,8 +148,9 @@ class NBitsKernel(Kernel):
         Bq, S, Y = cg.layout(node.inputs[1]), cg.layout(node.inputs[2]), cg.layout(self.out)
         if self.has_zp:
             Z = cg.layout(node.inputs[3])
-        else:  # uint4's default zero point, 8: one byte broadcast over every block
-            Z = cg.const(f"{node.name}/zp8", "u8", (1,), lambda: [8])
+        else:  # the default zero point (8 for uint4, 128 for uint8): one byte broadcast over every block
+            mid = 1 << (self.bits - 1)
+            Z = cg.const(f"{node.name}/zp{mid}", "u8", (1,), lambda: [mid])
         for core, (n0, n1) in enumerate(self.per_core):
             cg.extend(_Core(self, core, op, (n0, n1), tn, tk, A, Bq, S, Z, Y).emit())
 
@@ -228,16 +234,17 @@ class _Core:
         k, c, op = self.k, self.core, self.op
         n, kt = nb - na, kb - ka
         kb0, kb1 = ka // k.bs, math.ceil(kb / k.bs)
-        row = k.nb * (k.bs // 2)  # packed bytes of one row of B in DRAM
+        pb = k.per_byte
+        row = k.nb * (k.bs // pb)  # packed bytes of one row of B in DRAM
         Bq, S, Z = self.Bq, self.S, self.Z
-        ins = [dma(isa.LOAD, c, op, "u8", Bq.buf, Bq.off + na * row + ka // 2, packed, (n, math.ceil(kt / 2)),
+        ins = [dma(isa.LOAD, c, op, "u8", Bq.buf, Bq.off + na * row + ka // pb, packed, (n, math.ceil(kt / pb)),
                    (row if n > 1 else 0, 1)),
                dma(isa.LOAD, c, op, k.sdt, S.buf, S.off + (na * k.nb + kb0) * S.esize, scl, (n, kb1 - kb0),
                    (k.nb if n > 1 else 0, 1))]
         if k.has_zp:
-            zrow = math.ceil(k.nb / 2)
-            ins.append(dma(isa.LOAD, c, op, "u8", Z.buf, Z.off + na * zrow + kb0 // 2, zp,
-                           (n, math.ceil((kb1 - kb0) / 2)), (zrow if n > 1 else 0, 1)))
+            zrow = math.ceil(k.nb / pb)
+            ins.append(dma(isa.LOAD, c, op, "u8", Z.buf, Z.off + na * zrow + kb0 // pb, zp,
+                           (n, math.ceil((kb1 - kb0) / pb)), (zrow if n > 1 else 0, 1)))
         elif i == 0:
             ins.append(dma(isa.LOAD, c, op, "u8", Z.buf, Z.off, self.slot[4], (1,), (0,)))
         for j, x in enumerate(ins):
@@ -255,7 +262,7 @@ class _Core:
         keep = (4 if n > 1 else 0) | (8 if kb - ka > 1 else 0)
         ins = make(isa.VECTOR, self.core, self.op, wait, sig, isa.VFN["dequant"], dst=bt, src0=packed, src1=scl,
                    src2=zp, src3=NONE, n0=1, n1=1, n2=n, n3=kb - ka,
-                   bcast=isa.pack_masks([0, 0, 0, zmask & keep]), dtypes=isa.pack_dtypes([k.cdt, "u4", k.sdt, "u4"]),
+                   bcast=isa.pack_masks([0, 0, 0, zmask & keep]), dtypes=isa.pack_dtypes([k.cdt, k.wdt, k.sdt, k.wdt]),
                    arg=k.bs)
         return ins
 
