@@ -23,6 +23,15 @@ computation:
   point and scale already saturate at its bounds (a Relu with zero point at the type's minimum):
   otherwise the group is left alone.
 
+A group whose scales are float16/bfloat16 constants (a model quantised with 16-bit activations,
+W8A8 with fp16 scales) is rewritten too, with the scales widened to float32 (exactly: every 16-bit
+value is a float32 one), as ONNX Runtime's QLinear kernels take them. That is the one rewrite
+that is not bit for bit: the 16-bit QDQ function rounds the dequantised operands and the float
+product to 16 bits before quantising again, the integer op requantises the exact int32 sum, so the
+two differ by one step where the 16-bit product lands within its rounding of a half-way point
+(INT8 hardware computes the integer op: TensorRT runs such groups as int8 GEMMs too). Without it
+the weights are dequantised to 16 bits through DRAM, twice the bytes of the 16-bit model.
+
 Everything else stays as DequantizeLinear -> float op -> QuantizeLinear. The rules are node
 rules anchored at the QuantizeLinear rather than onnxscript patterns: every zero point is an
 optional input and the bias and the activation are optional nodes, which would take a pattern
@@ -47,6 +56,8 @@ QDQ_GEMM = rule_name("qdq-gemm", "DQ(a), DQ(const b)[, DQ(const int32 c)] -> Gem
                                  "com.microsoft QGemm")
 
 _INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
+#: scale dtypes: float32, or a 16-bit float constant (widened to float32 by the rewrite)
+_HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _ONNX = ("", "ai.onnx")
 _RANGE = {ir.DataType.INT8: (-128, 127), ir.DataType.UINT8: (0, 255)}
 
@@ -73,7 +84,7 @@ def _dq(v: ir.Value | None) -> _Dq | None:
         return None
     data, scale = p.inputs[0], p.inputs[1]
     zp = p.inputs[2] if len(p.inputs) > 2 else None
-    if data is None or scale is None or data.dtype not in _INT8 or scale.dtype != ir.DataType.FLOAT:
+    if data is None or scale is None or data.dtype not in _INT8 or not _scale_ok(scale):
         return None
     if zp is not None and zp.dtype != data.dtype or p.attributes.get_int("block_size", 0):
         return None
@@ -103,11 +114,27 @@ def _q(node: ir.Node) -> _Q | None:
     # (the output's type as inferred, else what QuantizeLinear's zero point or output_dtype make it)
     attr = node.attributes.get_int("output_dtype", 0)
     dtype = node.outputs[0].dtype or (zp.dtype if zp is not None else ir.DataType(attr or ir.DataType.UINT8))
-    if scale is None or scale.dtype != ir.DataType.FLOAT or dtype not in _INT8 or opinfo.numel(scale) != 1:
+    if scale is None or not _scale_ok(scale) or dtype not in _INT8 or opinfo.numel(scale) != 1:
         return None
     if opinfo.shape_of(scale) is None or (zp is not None and (zp.dtype != dtype or opinfo.numel(zp) != 1)):
         return None
     return _Q(node, scale, zp, dtype)
+
+
+def _scale_ok(scale: ir.Value) -> bool:
+    """A float32 scale, or a 16-bit one the rewrite can widen (a constant)."""
+    return scale.dtype == ir.DataType.FLOAT or (scale.dtype in _HALF and const(scale) is not None)
+
+
+def _f32(scale: ir.Value, name: str, inits: list[ir.Value]) -> ir.Value:
+    """The scale as float32: itself, or a constant widened exactly from its 16-bit value."""
+    if scale.dtype == ir.DataType.FLOAT:
+        return scale
+    value = np.asarray(const(scale), np.float32)
+    v = ir.Value(name=name, shape=ir.Shape(list(value.shape)), type=ir.TensorType(ir.DataType.FLOAT),
+                 const_value=ir.tensor(value, name=name))
+    inits.append(v)
+    return v
 
 
 def _quantize(v: float, scale: float, zp: int, dtype: ir.DataType) -> int:
@@ -269,12 +296,13 @@ def _rewrite(q_node: ir.Node, ctx: CompileContext, model: ir.Model, op_type: str
     xz = x.zp or _zero(x.scale, x.data.dtype, f"{base}_x_zero_point", inits)
     wz = w.zp or _zero(w.scale, w.data.dtype, f"{base}_w_zero_point", inits)
     yz = q.zp or _zero(q.scale, q.dtype, f"{base}_y_zero_point", inits)
+    xs, ws, ys = (_f32(v, f"{base}_{k}_scale_f32", inits) for v, k in ((x.scale, "x"), (w.scale, "w"), (q.scale, "y")))
     if op_type == "Gemm":
-        inputs = [x.data, x.scale, xz, w.data, w.scale, wz, bias.data if bias else None, q.scale, yz]
+        inputs = [x.data, xs, xz, w.data, ws, wz, bias.data if bias else None, ys, yz]
         attrs = [a for k, a in op.attributes.items() if k in ("alpha", "transA", "transB")]
         new = ir.Node("com.microsoft", "QGemm", inputs, attributes=attrs, num_outputs=1, name=op.name)
     else:
-        inputs = [x.data, x.scale, xz, w.data, w.scale, wz, q.scale, yz] + ([bias.data] if bias else [])
+        inputs = [x.data, xs, xz, w.data, ws, wz, ys, yz] + ([bias.data] if bias else [])
         attrs = list(op.attributes.values()) if op_type == "Conv" else []
         new = ir.Node("", f"QLinear{op_type}", inputs, attributes=attrs, num_outputs=1, name=op.name)
     if op_type == "Gemm" and "com.microsoft" not in model.opset_imports:
