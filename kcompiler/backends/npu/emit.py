@@ -234,6 +234,9 @@ def _emit_core(desc: GemmDesc, core: int, op: int, sram_bytes: int) -> list[Inst
     code: list[Instr] = []
     if conv is not None:
         code.append(make(isa.CONFIG, core, op, aux=0, **canonical_window(*conv, flags=desc.pad << isa.PAD_SHIFT)))
+    if desc.zero_points is not None:
+        za, zb = desc.zero_points
+        code.append(make(isa.CONFIG, core, op, aux=2, flags=(za & 0xFF) | (zb & 0xFF) << 8))
     iters, n_out = _iterations(desc, core)
     # which iterations (re)load A and B: a tile identical to the one just loaded stays
     loads, prev_a, prev_b = [], None, None
@@ -346,6 +349,8 @@ def _matmul(desc: GemmDesc, core, op, g, m0, m1, n0, n1, k0, k1, a, b, acc, firs
     aux = isa.DT[desc.dtype] | (0 if first else isa.ACCUMULATE)
     if desc.integer:
         aux |= isa.DT[desc.b_dtype or desc.dtype] << isa.B_DTYPE_SHIFT
+        if desc.zero_points is not None:
+            aux |= isa.ZERO_POINTS
     if desc.conv is not None:
         _, _, r0, rows = patch_rows(desc, m0, m1)
         return make(isa.MATMUL, core, op, wait, sig, aux | isa.WINDOW, a=a, b=b, acc=acc, m=mt, n=nt, k=kt,

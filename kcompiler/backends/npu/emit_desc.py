@@ -41,6 +41,9 @@ class GemmDesc:
     b_dtype: str = ""
     #: integer conv: the byte a padding tap reads (the input zero point in A's dtype), 0 otherwise
     pad: int = 0
+    #: an integer GEMM whose feeder subtracts zero points (A's byte, B's byte), or None: a right operand
+    #: computed at run time, whose column sums the compiler cannot fold into the bias
+    zero_points: tuple[int, int] | None = None
 
     @property
     def integer(self) -> bool:

@@ -88,7 +88,8 @@ OPCODES = {
     # strides, the float32 accumulator too; aux: dtype | accumulate << 4 | window << 5. In window mode A
     # is not stored: the feeder reads it as im2col of an input patch at `a` (see WINDOW_FIELDS).
     # Integer operands (dtype i8 or u8): aux bits 8-11 hold B's dtype (i8 or u8), the accumulator is
-    # int32 and exact (see INT_DTYPES); float operands leave those bits zero
+    # int32 and exact (see INT_DTYPES); float operands leave those bits zero. aux bit 6 (ZERO_POINTS, plain
+    # integer MATMULs only): the feeder subtracts the zero-point registers (CONFIG unit 2) from A and B
     MATMUL: ("mm", "matrix", ("a", "b", "acc", "m", "n", "k", "a_sm", "a_sk", "b_sk", "b_sn", "acc_sm", "acc_sn",
                               "g", "a_sg", "b_sg", "acc_sg")),
     # dst := fn(src0..src3, imm0..imm2) over an n0 x n1 x n2 x n3 tile, every operand dense in SRAM
@@ -100,7 +101,9 @@ OPCODES = {
     # sets the window registers of one unit of a core (aux 0: the matrix feeder, 1: the vector unit):
     # kernel, strides, dilations, pads, input and output extents; flags bit 0: pads count in averages;
     # for the matrix feeder, flags bits 8-15: the byte a padding tap reads (an integer conv's input zero
-    # point, in A's dtype; zero unless the window reads padding)
+    # point, in A's dtype; zero unless the window reads padding). aux 2: the matrix feeder's zero-point
+    # registers, flags bits 0-7 A's zero point and bits 8-15 B's (bytes in their dtypes), every other
+    # field zero
     CONFIG: ("cfg", "matrix", ("kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr", "h", "w", "oh", "ow",
                                "flags")),
     BARRIER: ("barrier", "all", ()),
@@ -124,6 +127,10 @@ CH = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
 ACCUMULATE = 1 << 4
 WINDOW = 1 << 5
+#: MATMUL aux: the feeder subtracts its zero-point registers from A and B (integer operands, plain GEMMs)
+ZERO_POINTS = 1 << 6
+#: CONFIG aux of each unit's registers
+CONFIG_UNITS = ("matrix", "vector", "zp")
 #: integer MATMUL operands (exact int32 accumulation); B's dtype code sits at aux bit B_DTYPE_SHIFT
 INT_DTYPES = ("i8", "u8")
 B_DTYPE_SHIFT = 8
@@ -286,7 +293,7 @@ class Instr:
     @property
     def engine(self) -> str:
         if self.opcode == CONFIG:
-            return "vector" if self.aux & 1 else "matrix"
+            return "vector" if self.aux == 1 else "matrix"
         return OPCODES[self.opcode][1]
 
     @property
@@ -349,10 +356,12 @@ class Instr:
             parts.append(f"eb={_eb(self.aux & 0xF)} it={_dt(self.aux >> 4 & 0xF)}")
         elif self.opcode == MATMUL:
             parts.append(f"dt={_dt(self.aux & 0xF)} accum={self.aux >> 4 & 1} win={self.aux >> 5 & 1}")
+            if self.aux & ZERO_POINTS:
+                parts.append("zp=1")
             if self.aux >> B_DTYPE_SHIFT:
                 parts.append(f"bdt={_dt(self.aux >> B_DTYPE_SHIFT & 0xF)}")
         elif self.opcode == CONFIG:
-            parts.append(f"unit={'vector' if self.aux & 1 else 'matrix'}")
+            parts.append(f"unit={CONFIG_UNITS[self.aux] if self.aux < len(CONFIG_UNITS) else self.aux}")
         window = self.opcode == MATMUL and self.aux & WINDOW
         for n, v in zip(names, self.args):
             label = WINDOW_FIELDS.get(n, n) if window else n
@@ -382,11 +391,11 @@ class Instr:
         elif opcode == GATHER:
             aux = _eb_code(kv["eb"]) | DT[kv["it"]] << 4
         elif opcode == MATMUL:
-            aux = DT[kv["dt"]] | int(kv["accum"]) << 4 | int(kv["win"]) << 5
+            aux = DT[kv["dt"]] | int(kv["accum"]) << 4 | int(kv["win"]) << 5 | int(kv.get("zp", 0)) << 6
             if "bdt" in kv:
                 aux |= DT[kv["bdt"]] << B_DTYPE_SHIFT
         elif opcode == CONFIG:
-            aux = 1 if kv["unit"] == "vector" else 0
+            aux = CONFIG_UNITS.index(kv["unit"]) if kv["unit"] in CONFIG_UNITS else int(kv["unit"])
         else:
             aux = 0
         window = opcode == MATMUL and aux & WINDOW

@@ -13,6 +13,11 @@ saturated; its offsets and Q31 multipliers M are per-channel int32 tables the co
 an immediate of the instruction, fitted to the largest scale), loaded into the scratchpad like a bias. MatMulInteger / ConvInteger store the int32 accumulator,
 plus the offset table (iadd) when the op has an activation zero point.
 
+A right operand computed at run time (QLinearMatMul / MatMulInteger of two activations: attention's
+products) has no column sums to fold: the MATMULs then subtract both zero points in the feeder (the
+zero-point registers of a CONFIG, isa.ZERO_POINTS), the offsets are the bias alone, and one table
+entry per column serves every batch.
+
 In timing mode no table is computed (no weight is read): only the layouts are made."""
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ class _IntGemm(abc.ABC):
     def requantised(self) -> bool:
         return ROLES[self.node.op_type]["ys"] is not None
 
+    @property
+    def runtime_b(self) -> bool:
+        """B computed at run time (attention's products): the feeder subtracts both zero points, since
+        B's column sums are not known when compiling."""
+        return not opinfo.is_const(self.node.inputs[self.w_index])
+
     def _zp(self, name: str) -> int:
         z = const_array(role(self.node, name), np.int64)
         return int(z[0]) if z is not None and z.size else 0
@@ -80,7 +91,8 @@ class _IntGemm(abc.ABC):
             w = Window(**canonical_window(*self._conv_tuple()))
             if reads_pad(w):
                 pad = self._zp("xzp") & 0xFF
-        return (B.dtype, pad)
+        zps = (self._zp("xzp") & 0xFF, self._zp("wzp") & 0xFF) if self.runtime_b else None
+        return (B.dtype, pad, zps)
 
     def _conv_tuple(self):
         c = self.conv
@@ -89,7 +101,8 @@ class _IntGemm(abc.ABC):
                 0, 0, xs[2], xs[3], c.oh, c.ow)
 
     def _channels(self) -> int:
-        return self.g * self.n
+        # (a batched product of run-time operands: one table entry per column, broadcast over the batch)
+        return self.n if self.runtime_b else self.g * self.n
 
     @abc.abstractmethod
     def _colsum(self, w: np.ndarray) -> np.ndarray:
@@ -105,7 +118,7 @@ class _IntGemm(abc.ABC):
         bias = const_array(role(self.node, "bias"), np.int64)
         off = np.zeros(n, np.int64) if bias is None else np.broadcast_to(bias, (n,)).astype(np.int64)
         zp = self._zp("xzp")
-        if zp:
+        if zp and not self.runtime_b:  # (else the feeder subtracts it)
             off = off - zp * self._colsum(self._weights())
         if off.size and (off.min() < -(1 << 31) or off.max() >= 1 << 31):
             raise LoweringError(f"'{self.node.name}': bias - x_zero_point * sum(W) overflows int32")
@@ -149,7 +162,7 @@ class _IntGemm(abc.ABC):
             tables = [self._table(cg, "offset", self._offsets),
                       self._table(cg, "multiplier", lambda: self._fixed_point()[0])]
             return [("requant", (zp, float(shift), 0.0), tables)]
-        if role(self.node, "xzp") is not None:
+        if role(self.node, "xzp") is not None and not self.runtime_b:
             return [("iadd", (0.0, 0.0, 0.0), self._table(cg, "offset", self._offsets))]
         return []
 
@@ -200,8 +213,9 @@ def int_gemm_problem(node) -> str | None:
     want = (ir.DataType.INT32,) if op in ("MatMulInteger", "ConvInteger") else (ir.DataType.INT8, ir.DataType.UINT8)
     if out.dtype not in want:
         return f"output dtype {out.dtype} is not lowered"
-    if not opinfo.is_const(w):
-        return "the weights must be a compile-time constant (runtime x runtime integer products run on the host)"
+    runtime = not opinfo.is_const(w)
+    if runtime and op not in ("QLinearMatMul", "MatMulInteger"):
+        return "the weights must be a compile-time constant"
     for name in ("xs", "xzp", "ws", "wzp", "ys", "yzp", "bias"):
         v = role(node, name)
         if v is None:
@@ -212,12 +226,16 @@ def int_gemm_problem(node) -> str | None:
             return f"input '{v.name}' must be a compile-time constant"
         if name in ("xzp", "xs", "ys", "yzp") and opinfo.numel(v) != 1:
             return f"input '{v.name}' must be a scalar (per-tensor)"
+        if runtime and name in ("ws", "wzp") and opinfo.numel(v) != 1:
+            return f"input '{v.name}' must be a scalar: a run-time B is quantised per tensor"
     wz = const_array(role(node, "wzp"), np.int64)
-    if wz is not None and wz.size and np.any(wz != 0):
+    if not runtime and wz is not None and wz.size and np.any(wz != 0):
         return "a non-zero weight zero point (asymmetric weights) is not lowered"
     ws, wshape = role(node, "ws"), opinfo.shape_of(w)
-    if op in ("QLinearMatMul", "MatMulInteger") and len(wshape) != 2:
+    if op in ("QLinearMatMul", "MatMulInteger") and len(wshape) != 2 and not runtime:
         return "B must be a 2-D weight matrix"
+    if runtime and (len(wshape) < 2 or len(opinfo.shape_of(x)) < 2):
+        return "a run-time B and A have at least two dims"
     if op in ("QLinearConv", "ConvInteger") and (len(wshape) != 4 or len(opinfo.shape_of(x)) != 4):
         return "only 2-D convolutions (NCHW) are lowered"
     n_out = wshape[0] if op in ("QLinearConv", "ConvInteger") else (

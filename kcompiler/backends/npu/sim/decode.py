@@ -69,6 +69,8 @@ class Decoder:
     def __init__(self, prog: ProgramData):
         self.prog = prog
         self.windows: dict[tuple[int, int], Window] = {}
+        #: per core, the matrix feeder's zero-point registers (A's, B's) as raw bytes (CONFIG unit 2)
+        self.zero_points: dict[int, tuple[int, int]] = {}
         self.base = prog.dram_base
         self.fence = prog.window
         if self.fence is not None:
@@ -82,6 +84,7 @@ class Decoder:
 
     def reset(self) -> None:
         self.windows.clear()
+        self.zero_points.clear()
 
     def dram(self, buf: int, off: int, dtype: str, shape, strides, write: bool) -> Access:
         if buf >= len(self.prog.buffers):
@@ -161,6 +164,13 @@ class Decoder:
         if oc == VECTOR:
             return self._vector(ins, core, f)
         if oc == CONFIG:
+            if ins.aux == 2:  # the feeder's zero-point registers: flags only
+                f = ins.fields()
+                if any(v for k, v in f.items() if k != "flags") or f["flags"] >> 16:
+                    raise _Bad("a zero-point CONFIG holds two bytes in flags bits 0-15 (every other field "
+                               "reserved: must be 0)")
+                self.zero_points[core] = (f["flags"] & 0xFF, f["flags"] >> 8 & 0xFF)
+                return []
             if ins.aux & ~1:
                 raise _Bad("reserved bits of aux are set")
             w = Window.of(ins)
@@ -174,7 +184,7 @@ class Decoder:
         raise _Bad(f"unknown opcode {oc}")
 
     def _matmul(self, ins: Instr, core: int, f: dict) -> list[Access]:
-        if ins.aux & ~(0x3F | 0xF << isa.B_DTYPE_SHIFT):
+        if ins.aux & ~(0x3F | isa.ZERO_POINTS | 0xF << isa.B_DTYPE_SHIFT):
             raise _Bad("reserved bits of aux are set")
         dt = _dt(ins.aux & 0xF)
         integer = dt in isa.INT_DTYPES
@@ -185,6 +195,9 @@ class Decoder:
             raise _Bad(f"an integer MATMUL's B is i8 or u8, not {bdt}")
         if not integer and ins.aux >> isa.B_DTYPE_SHIFT:
             raise _Bad("a float MATMUL's B has A's dtype (aux bits 8-11 reserved: must be 0)")
+        if ins.aux & isa.ZERO_POINTS and (not integer or ins.aux & WINDOW or core not in self.zero_points):
+            raise _Bad("a MATMUL subtracting zero points is a plain integer one after a zero-point CONFIG of its "
+                       "core since the last barrier")
         m, n, k, g = f["m"], f["n"], f["k"], f["g"]
         acc = self.sram(core, f["acc"], "i32" if integer else "f32", (g, m, n),
                         (f["acc_sg"], f["acc_sm"], f["acc_sn"]), True)

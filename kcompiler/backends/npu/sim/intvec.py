@@ -39,9 +39,10 @@ RANGE = {"i8": (-128, 127), "u8": (0, 255), "i32": (-(1 << 31), (1 << 31) - 1)}
 INT_FNS = frozenset({"requant", "iadd", "requant_f32"})
 
 
-def imatmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool) -> None:
-    """acc (+)= a @ b exactly in int32 (wrapping), for integer operands."""
-    p = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+def imatmul_into(a: np.ndarray, b: np.ndarray, acc: np.ndarray, accumulate: bool, za: int = 0, zb: int = 0) -> None:
+    """acc (+)= (a - za) @ (b - zb) exactly in int32 (wrapping), for integer operands (za, zb: the feeder's
+    zero points; the float64 product is exact: 9-bit operands, K far below 2^35)."""
+    p = np.matmul(a.astype(np.float64) - za, b.astype(np.float64) - zb).astype(np.int64)
     if accumulate:
         p += acc
     acc[...] = p.astype(np.int32)

@@ -220,7 +220,7 @@ class Replay:
             self._read(accs[1])
         accv = self._write(acc)
         accumulate = bool(ins.aux & ACCUMULATE)
-        product = product_into(ins)
+        product = product_into(ins, dec)
         if win is not None:
             def f(av=av, bv=bv, accv=accv, cols=win, accumulate=accumulate, product=product):
                 product(cols(av)[None], bv, accv, accumulate)

@@ -85,7 +85,7 @@ def execute(ins: Instr, accs: list[Access], view, dec: Decoder) -> None:
         a = op[1](view(op[0]) if op[0] is not None else None) if op[1] is not None else view(op[0])
         if op[1] is not None:
             a = a[None]
-        product_into(ins)(a, view(op[2]), view(op[3]), bool(ins.aux & ACCUMULATE))
+        product_into(ins, dec)(a, view(op[2]), view(op[3]), bool(ins.aux & ACCUMULATE))
     elif oc == VECTOR:
         fn = isa.VFN_NAMES[ins.aux]
         f = ins.fields()
@@ -125,6 +125,22 @@ def matmul_operands(ins: Instr, accs: list[Access], dec: Decoder):
     return a, None, b, acc
 
 
-def product_into(ins: Instr):
-    """The array's product of a MATMUL: exact int32 for integer operands, else float32."""
-    return imatmul_into if isa.DTYPES[ins.aux & 0xF] in isa.INT_DTYPES else matmul_into
+def product_into(ins: Instr, dec: Decoder):
+    """The array's product of a MATMUL: exact int32 for integer operands (less the feeder's zero points when
+    the MATMUL says so, as they stand in its core's registers now), else float32."""
+    dt = isa.DTYPES[ins.aux & 0xF]
+    if dt not in isa.INT_DTYPES:
+        return matmul_into
+    if not ins.aux & isa.ZERO_POINTS:
+        return imatmul_into
+    za, zb = dec.zero_points[ins.core]
+    za, zb = _signed(za, dt), _signed(zb, isa.DTYPES[ins.aux >> isa.B_DTYPE_SHIFT & 0xF])
+
+    def product(a, b, acc, accumulate):
+        imatmul_into(a, b, acc, accumulate, za, zb)
+    return product
+
+
+def _signed(byte: int, dt: str) -> int:
+    """A zero-point register's byte as a value of `dt` (i8: two's complement)."""
+    return byte - 256 if dt == "i8" and byte >= 128 else byte
