@@ -165,3 +165,19 @@ def test_refuses_without_samples_or_without_a_correctable_gemm():
 def test_bias_correction_is_int8_only():
     with pytest.raises(KCError, match="bias correction applies to int8"):
         quantize(_model(), _samples(2, seed=1), dtype="fp8", bias_correction=True)
+
+
+def test_kc_quantize_bias_correction_on_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from kcompiler.cli import cli
+
+    onnx.save(_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", x=np.concatenate([s["x"] for s in _samples(6, 0)]))
+    args = ["quantize", str(tmp_path / "m.onnx"), "--calibrate", str(tmp_path / "cal.npz"),
+            "-o", str(tmp_path / "q.onnx")]
+    res = CliRunner().invoke(cli, [*args, "--bias-correction"])
+    assert res.exit_code == 0, res.output
+    assert "bias correction: 3 GEMM biases corrected" in " ".join(res.output.split())
+    res = CliRunner().invoke(cli, [*args, "--bias-correction", "--dtype", "fp8"])
+    assert res.exit_code != 0 and "bias correction applies to int8" in res.output and "Traceback" not in res.output
