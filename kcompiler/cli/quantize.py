@@ -31,6 +31,9 @@ from kcompiler.errors import KCError
               help="Before calibrating, equalise the per-channel ranges of the quantised activations (cross-layer "
                    "equalisation / SmoothQuant scales folded into neighbouring weights; the float function is "
                    "unchanged). Helps models whose channels differ by orders of magnitude (MobileNets).")
+@click.option("--bias-correction", "bias_correction", is_flag=True,
+              help="After quantising, correct each GEMM's bias by the mean per-channel error of its output against "
+                   "float32 on the calibration set, layer after layer (empirical bias correction; int8).")
 @click.option("--report", "report", is_flag=True, help="Print per-layer SQNR and output agreement with float32.")
 @click.option("--report-json", "report_json", default=None, metavar="FILE", help="Write the report as JSON.")
 @click.option("--holdout", default=None, metavar="DATA", help="Held-out inputs for the report (same forms as DATA).")
@@ -38,8 +41,8 @@ from kcompiler.errors import KCError
               help="Fail (exit 1) when top-1 agreement with float32 is more than X percentage points below 100%.")
 @zoo_options
 @debug_option
-def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, equalize, report, report_json,
-                 holdout, max_loss, debug):
+def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, equalize, bias_correction,
+                 report, report_json, holdout, max_loss, debug):
     """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
     per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
     activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
@@ -58,7 +61,7 @@ def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fal
     with status(f"quantising {model} to {qdtype}", False):
         q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
                      activations=activations, zoo_options=zoo or None, keep_float=keep_float, fallback=fallback,
-                     equalize=equalize)
+                     equalize=equalize, bias_correction=bias_correction)
     info = quant_info(q) or {}
     console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
                   f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)

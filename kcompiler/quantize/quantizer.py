@@ -24,6 +24,7 @@ import onnx
 from onnx import external_data_helper
 
 from kcompiler.errors import KCError, ModelLoadError
+from kcompiler.quantize.biascorr import bias_correct
 from kcompiler.quantize.calibration import CalibrationSet
 from kcompiler.quantize.equalize import equalize as equalize_ranges
 
@@ -157,7 +158,7 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
              per_channel: bool = True, output: "str | os.PathLike | None" = None, *, activations: str = "int8",
              zoo_options: dict | None = None, calibration_samples: int = 32,
              op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES, keep_float: Sequence[str] = (),
-             fallback: int = 0, equalize: bool = False) -> onnx.ModelProto:
+             fallback: int = 0, equalize: bool = False, bias_correction: bool = False) -> onnx.ModelProto:
     """Quantise `model` (an .onnx path, a zoo name, a ModelProto) and return the quantised ModelProto
     (also written to `output` if given).
 
@@ -179,7 +180,9 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
       ORT's optimised run of a uint8 model differs from the model's QDQ function by up to 20 steps).
     equalize: before calibrating, rewrite the float model (exactly) so that the channels of every quantised
       activation span similar ranges (kcompiler.quantize.equalize: cross-layer equalisation and SmoothQuant
-      scales folded into the neighbouring weights and constants); int8/fp8 only."""
+      scales folded into the neighbouring weights and constants); int8/fp8 only.
+    bias_correction: after quantising, each GEMM's bias absorbs the mean per-channel error of its output
+      against the float model on the calibration set, layer after layer (kcompiler.quantize.biascorr); int8 only."""
     if dtype not in DTYPES:
         raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
                       hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
@@ -190,6 +193,9 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
         raise KCError(f"fallback {fallback}: the number of GEMMs to keep float cannot be negative")
     if activations not in ("uint8", "int8"):
         raise KCError(f"activations '{activations}' is not uint8 or int8")
+    if bias_correction and dtype != "int8":
+        raise KCError(f"bias correction applies to int8 quantisation, not {dtype}",
+                      hint="drop --bias-correction, or quantise to int8")
     proto, name, is_zoo = float_model(model, zoo_options)
     proto = prepared(proto)
     if not quantisable_ops(proto, dtype):
@@ -209,7 +215,7 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
         cs = calibration_set(proto, calibration, name, is_zoo, calibration_samples)
         notes.extend(cs.notes if cs.synthetic else [])
         q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types, keep_float, fallback,
-                    equalize)
+                    equalize, bias_correction)
         info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
                 "samples": len(cs), "synthetic": cs.synthetic}
     if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):
@@ -247,7 +253,8 @@ def calibration_set(proto: onnx.ModelProto, calibration: Any, name: str, is_zoo:
 
 def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str, per_channel: bool,
             activations: str, notes: list[str], op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES,
-            keep: Sequence[str] = (), fallback: int = 0, equalize: bool = False) -> onnx.ModelProto:
+            keep: Sequence[str] = (), fallback: int = 0, equalize: bool = False,
+            bias_correction: bool = False) -> onnx.ModelProto:
     """ORT's quantize_static in QDQ format, after its quant_pre_process (shape inference and basic graph
     optimisation such as folding BatchNormalization into Conv), skipped with a note where it fails.
     `keep`: GEMMs (node or output names) left float; `fallback`: that many more, the ones whose float
@@ -276,6 +283,9 @@ def _static(proto: onnx.ModelProto, cs: CalibrationSet, dtype: str, method: str,
                     exclude = exclude + worst
                     q = _ort_quantize(pre, Path(tmp) / "quant.onnx", cs, dtype, method, per_channel, activations,
                                       op_types, exclude, big, proto.graph.name)
+        if bias_correction:
+            q, summary = bias_correct(onnx.load(str(pre)), q, cs.samples)
+            notes.append(summary.note())
         if exclude:
             notes.append(f"kept float ({len(exclude)} GEMMs, on the vector unit or host): {', '.join(exclude)}")
         return q
