@@ -13,7 +13,8 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp
 
 from kcompiler.errors import InputError, KCError
 from kcompiler.quantize import quant_info, quantize
-from kcompiler.quantize.search import TensorValues, grid_params, mse_range, mse_ranges, quant_mse
+from kcompiler.quantize.search import (TensorHistogram, ZeroCountingCollector, grid_params, mse_range, mse_ranges,
+                                       quant_mse)
 
 
 #: values in a tensor: an activation of a CNN over a calibration set has ~10^6 and more. At int8 a lone outlier
@@ -25,7 +26,7 @@ def test_outlier_range_is_tighter_and_its_error_lower():
     """Post-ReLU-like values (half-normal, bulk up to ~5) with one outlier at 40."""
     x = np.abs(np.random.default_rng(0).standard_normal(N)).astype(np.float32)
     x[123] = 40.0
-    lo, hi = mse_range(TensorValues(float(x.min()), float(x.max()), x), -128, 127, sweep=16)
+    lo, hi = mse_range(TensorHistogram.of(x), -128, 127)
     assert lo == 0.0 and 5.0 < hi < 30.0, (lo, hi)  # the outlier is clipped, the bulk is not
     minmax, searched = quant_mse(x, float(x.min()), 40.0, -128, 127), quant_mse(x, lo, hi, -128, 127)
     assert searched < 0.6 * minmax, (searched, minmax)
@@ -35,16 +36,14 @@ def test_two_sided_tensor_clips_the_outlying_end_and_keeps_lone_outliers_of_smal
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(N) * 0.5).astype(np.float32)
     x[7] = -25.0
-    t = TensorValues(float(x.min()), float(x.max()), x)
-    lo, hi = mse_range(t, -128, 127, sweep=16)
-    assert -20.0 < lo < -2.0 and 1.0 < hi <= t.hi, (lo, hi)
-    assert quant_mse(x, lo, hi, -128, 127) < 0.6 * quant_mse(x, t.lo, t.hi, -128, 127)
+    lo, hi = mse_range(TensorHistogram.of(x), -128, 127)
+    assert -20.0 < lo < -2.0 and 1.0 < hi <= x.max(), (lo, hi)
+    assert quant_mse(x, lo, hi, -128, 127) < 0.6 * quant_mse(x, x.min(), x.max(), -128, 127)
     # in 20000 values the same outlier costs more clipped than it saves: kept (min/max is a candidate)
-    small = TensorValues(t.lo, float(x[:20000].max()), x[:20000])
-    assert mse_range(small, -128, 127)[0] < -20.0
+    assert mse_range(TensorHistogram.of(x[:20000]), -128, 127)[0] < -20.0
     # a tensor with no outlier (uniform values) keeps (nearly) its whole range
     u = rng.uniform(-1.0, 3.0, 20000).astype(np.float32)
-    lo, hi = mse_range(TensorValues(float(u.min()), float(u.max()), u), 0, 255)
+    lo, hi = mse_range(TensorHistogram.of(u), 0, 255)
     assert lo < -0.9 and hi > 2.7
 
 
@@ -142,3 +141,28 @@ def test_bad_input_is_refused_like_the_other_methods(tmp_path):
         mse_ranges(src, calibration(3), ["Conv"], tmp_path, activations="int4")
     q = quantize(conv_relu(), calibration(4), dtype="fp8", method="mse")  # fp8: ORT's distribution, said
     assert any("'mse' was not used" in n for n in quant_info(q)["notes"])
+
+
+def test_collector_counts_zeros_apart_from_the_histogram():
+    rng = np.random.default_rng(4)
+    parts = [np.maximum(rng.standard_normal((2, 50)), 0.0).astype(np.float32) for _ in range(3)]
+    parts.append((rng.standard_normal((2, 50)) * 3.0).astype(np.float32))  # a wider sample: ORT adds bins
+    col = ZeroCountingCollector()
+    col.collect({"t": parts[:2]})
+    col.collect({"t": parts[2:]})
+    h = col.tensors()["t"]
+    x = np.concatenate([p.ravel() for p in parts])
+    assert h.zeros == int((x == 0).sum()) > 100 and h.counts.sum() == int((x != 0).sum())
+    assert h.lo == pytest.approx(float(x.min())) and h.hi == pytest.approx(float(x.max()))
+
+
+def test_ort_entropy_under_quantize_static_is_minmax():
+    """Why the entropy figures equal minmax's: quantize_static gives ORT's EntropyCalibrater 128 bins and
+    128 quantised bins, one candidate threshold. (If a later ORT passes bin counts, this fails: say so.)"""
+    cal = calibration(6)
+    scales = {}
+    for method in ("minmax", "entropy"):
+        q = quantize(conv_relu(), cal, method=method)
+        scales[method] = {t.name: float(numpy_helper.to_array(t)) for t in q.graph.initializer
+                          if t.name.endswith("_scale") and not t.dims}
+    assert scales["entropy"] == scales["minmax"] and len(scales["minmax"]) >= 3
