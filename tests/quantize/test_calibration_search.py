@@ -166,3 +166,21 @@ def test_ort_entropy_under_quantize_static_is_minmax():
         scales[method] = {t.name: float(numpy_helper.to_array(t)) for t in q.graph.initializer
                           if t.name.endswith("_scale") and not t.dims}
     assert scales["entropy"] == scales["minmax"] and len(scales["minmax"]) >= 3
+
+
+def test_cli_method_mse(tmp_path):
+    from click.testing import CliRunner
+
+    from kcompiler.cli import cli
+    from kcompiler.cli.quantize import METHODS as CLI_METHODS
+    from kcompiler.quantize import METHODS
+
+    assert CLI_METHODS == METHODS  # (spelled out in the CLI, which imports the quantiser only when it runs)
+    onnx.save(conv_relu(), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "cal.npz", x=np.stack([s["x"] for s in calibration(6)]))
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m.onnx"), "--calibrate", str(tmp_path / "cal.npz"),
+                                 "--method", "mse", "-o", str(tmp_path / "q.onnx")])
+    assert r.exit_code == 0, r.output
+    assert quant_info(onnx.load(str(tmp_path / "q.onnx")))["method"] == "mse"
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m.onnx"), "--method", "sqnr", "-o", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "sqnr" in r.output
