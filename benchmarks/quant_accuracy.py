@@ -1,6 +1,7 @@
 """INT8 accuracy against float32 on the host (ONNX Runtime): resnet50 with seeded random weights and bert-tiny.
 
-    python benchmarks/quant_accuracy.py [--holdout 200] [--calib 32] [--out benchmarks/results/quant_accuracy.md]
+    python benchmarks/quant_accuracy.py [--holdout 200] [--calib 32] [--method minmax|entropy|percentile|mse]
+        [--out benchmarks/results/quant_accuracy.md]
 
 resnet50: calibrated on `--calib` zoo-default images (seed 0), measured on `--holdout` other ones (seed 1):
 top-1 agreement of the 1000-class output, per-layer SQNR. bert-tiny: the zoo's default token ids, argmax
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from kcompiler.quantize import CalibrationSet, accuracy_report, quantize
+from kcompiler.quantize import METHODS, CalibrationSet, accuracy_report, quantize
 from kcompiler.quantize.quantizer import float_model, prepared
 
 
@@ -91,7 +92,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,bert-tiny")
     ap.add_argument("--ocr", action="store_true", help="measure the PP-OCRv4 recogniser's strings instead")
     ap.add_argument("--ocr-lines", type=int, default=50)
-    ap.add_argument("--method", default="minmax")
+    ap.add_argument("--method", default="minmax", choices=METHODS,
+                    help="calibration: ONNX Runtime's minmax/entropy/percentile, or kcompiler's mse range search")
     ap.add_argument("--fallback", type=int, default=0)
     args = ap.parse_args()
     if args.ocr:

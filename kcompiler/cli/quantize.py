@@ -12,12 +12,16 @@ from kcompiler.cli.options import debug_option, zoo_kwargs, zoo_options
 from kcompiler.cli.output import console, status
 from kcompiler.errors import KCError
 
+#: kcompiler.quantize.METHODS, spelled out: the CLI imports the quantiser (and ONNX Runtime) only when it runs
+METHODS = ("minmax", "entropy", "percentile", "mse")
+
 
 @click.command("quantize")
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the quantised .onnx here.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="ONNX Runtime's calibrator (int8).")
+@click.option("--method", type=click.Choice(list(METHODS)), default="minmax", show_default=True,
+              help="Calibration (int8): ONNX Runtime's minmax, entropy or percentile calibrator, or mse (per "
+                   "activation tensor, the clipping range of least quantisation error on the calibration data).")
 @click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
               help="int8 activations: the type ONNX Runtime's CPU kernels compute exactly (its uint8 x int8 "
                    "kernels saturate on x86 without VNNI).")

@@ -31,7 +31,8 @@ from kcompiler.quantize.equalize import equalize as equalize_ranges
 #: the quantised dtypes, and the float ones compile takes as they are
 DTYPES = ("int8", "fp8", "int4")
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
-METHODS = ("minmax", "entropy", "percentile")
+#: calibration methods: ONNX Runtime's three, and kcompiler's MSE range search (kcompiler.quantize.search)
+METHODS = ("minmax", "entropy", "percentile", "mse")
 #: ops ONNX Runtime's static QDQ quantiser turns into integer (or fp8) compute; others only get Q/DQ around
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM"})
 #: the ops int8/fp8 quantisation computes at low precision by default: the GEMMs, which run on a chip's
@@ -168,7 +169,10 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
     dtype: int8 (QDQ, int8 activations (or uint8: `activations`), int8 symmetric weights, per channel), fp8 (QDQ with
       float8e4m3fn activations and weights, ORT's Distribution calibrator) or int4 (MatMulNBits: 4-bit
       weights in blocks of 32, float activations; no calibration).
-    method: minmax | entropy | percentile (ONNX Runtime's calibrators; int8 only).
+    method: minmax | entropy | percentile (ONNX Runtime's calibrators; int8 only; quantize_static runs
+      entropy with 128 bins and 128 quantised bins, one candidate: its ranges equal minmax's) | mse
+      (kcompiler.quantize.search: per activation tensor, the clipping range of least quantisation MSE on
+      the calibration data, for the int8/uint8 grid ORT then builds).
     op_types: the op types computed at low precision (default: the GEMMs, DEFAULT_OP_TYPES); None quantises
       every op ONNX Runtime can (softmax and residual adds too: less accurate).
     keep_float: GEMMs (node or output tensor names) to leave in float (int8/fp8), as vendors' mixed precision does.
@@ -188,7 +192,7 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
                       hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
     if method not in METHODS:
         raise KCError(f"calibration method '{method}' is not one of {', '.join(METHODS)}",
-                      hint="minmax is the usual choice; entropy and percentile clip outliers")
+                      hint="minmax is the usual choice; percentile and mse clip outliers")
     if fallback < 0:
         raise KCError(f"fallback {fallback}: the number of GEMMs to keep float cannot be negative")
     if activations not in ("uint8", "int8"):
@@ -313,13 +317,15 @@ def _ort_quantize(pre: Path, out: Path, cs: CalibrationSet, dtype: str, method: 
         act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
         weight = QuantType.QInt8
         cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}[method]
+               "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax}[method]
     try:
+        cache = _searched_ranges(pre, out.parent, cs, op_types, activations, big) if method == "mse" and \
+            dtype == "int8" else None
         quantize_static(str(pre), str(out), cs.reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=act, weight_type=weight, calibrate_method=cal,
                         use_external_data_format=big, nodes_to_exclude=list(exclude),
                         op_types_to_quantize=list(op_types) if op_types is not None else None,
-                        extra_options=_extra_options(dtype))
+                        extra_options=_extra_options(dtype), calibration_cache_path=cache)
     except KCError:
         raise
     except Exception as exc:  # ORT's errors: say which model and what failed
@@ -327,6 +333,19 @@ def _ort_quantize(pre: Path, out: Path, cs: CalibrationSet, dtype: str, method: 
                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                       hint="check that the model runs in onnxruntime on the calibration data") from None
     return onnx.load(str(out))
+
+
+def _searched_ranges(pre: Path, work: Path, cs: CalibrationSet, op_types: "tuple[str, ...] | None",
+                     activations: str, big: bool) -> Path:
+    """method mse: kcompiler's range search (kcompiler.quantize.search) written as the calibration cache
+    quantize_static then reads instead of calibrating (a fresh file per call: ORT trusts a cache it finds)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from kcompiler.quantize.search import mse_ranges, write_cache
+
+    types = list(op_types) if op_types is not None else sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    cache = Path(tempfile.mkdtemp(prefix="mse-", dir=work)) / "ranges.json"
+    return write_cache(mse_ranges(pre, cs.samples, types, cache.parent, activations, big), cache)
 
 
 def _resolve_nodes(pre: onnx.ModelProto, wanted: Sequence[str], model: str) -> list[str]:
