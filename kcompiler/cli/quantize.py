@@ -38,6 +38,9 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 @click.option("--bias-correction", "bias_correction", is_flag=True,
               help="After quantising, correct each GEMM's bias by the mean per-channel error of its output against "
                    "float32 on the calibration set, layer after layer (empirical bias correction; int8).")
+@click.option("--float-head/--int8-head", "float_head", default=True, show_default=True,
+              help="Keep a float output on the last GEMMs, whose outputs reach the model's outputs through float "
+                   "ops only (logits before Softmax), instead of requantising it to 8 bits.")
 @click.option("--report", "report", is_flag=True, help="Print per-layer SQNR and output agreement with float32.")
 @click.option("--report-json", "report_json", default=None, metavar="FILE", help="Write the report as JSON.")
 @click.option("--holdout", default=None, metavar="DATA", help="Held-out inputs for the report (same forms as DATA).")
@@ -46,7 +49,7 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 @zoo_options
 @debug_option
 def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fallback, equalize, bias_correction,
-                 report, report_json, holdout, max_loss, debug):
+                 float_head, report, report_json, holdout, max_loss, debug):
     """Quantise MODEL (an .onnx path or a zoo name) to --dtype int8 (default: QDQ, uint8 activations, int8
     per-channel weights), fp8 (QDQ float8e4m3fn) or int4 (4-bit MatMulNBits weights in blocks of 32, float
     activations, no calibration), calibrated on --calibrate DATA with ONNX Runtime's quantiser."""
@@ -65,7 +68,7 @@ def quantize_cmd(model, output, method, activations, per_tensor, keep_float, fal
     with status(f"quantising {model} to {qdtype}", False):
         q = quantize(model, calibrate, dtype=qdtype, method=method, per_channel=not per_tensor, output=output,
                      activations=activations, zoo_options=zoo or None, keep_float=keep_float, fallback=fallback,
-                     equalize=equalize, bias_correction=bias_correction)
+                     equalize=equalize, bias_correction=bias_correction, float_head=float_head)
     info = quant_info(q) or {}
     console.print(f"wrote {output}: {qdtype}, {len(quantised_tensors(q))} quantised op(s); calibration "
                   f"{info.get('calibration') or 'none'} ({info.get('method')})", highlight=False)

@@ -27,6 +27,7 @@ from kcompiler.errors import KCError, ModelLoadError
 from kcompiler.quantize.biascorr import bias_correct
 from kcompiler.quantize.calibration import CalibrationSet
 from kcompiler.quantize.equalize import equalize as equalize_ranges
+from kcompiler.quantize.head import float_head as head_float
 
 #: the quantised dtypes, and the float ones compile takes as they are
 DTYPES = ("int8", "fp8", "int4")
@@ -159,7 +160,8 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
              per_channel: bool = True, output: "str | os.PathLike | None" = None, *, activations: str = "int8",
              zoo_options: dict | None = None, calibration_samples: int = 32,
              op_types: "tuple[str, ...] | None" = DEFAULT_OP_TYPES, keep_float: Sequence[str] = (),
-             fallback: int = 0, equalize: bool = False, bias_correction: bool = False) -> onnx.ModelProto:
+             fallback: int = 0, equalize: bool = False, bias_correction: bool = False,
+             float_head: bool = True) -> onnx.ModelProto:
     """Quantise `model` (an .onnx path, a zoo name, a ModelProto) and return the quantised ModelProto
     (also written to `output` if given).
 
@@ -186,7 +188,9 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
       activation span similar ranges (kcompiler.quantize.equalize: cross-layer equalisation and SmoothQuant
       scales folded into the neighbouring weights and constants); int8/fp8 only.
     bias_correction: after quantising, each GEMM's bias absorbs the mean per-channel error of its output
-      against the float model on the calibration set, layer after layer (kcompiler.quantize.biascorr); int8 only."""
+      against the float model on the calibration set, layer after layer (kcompiler.quantize.biascorr); int8 only.
+    float_head: the last GEMMs, whose outputs reach the model's outputs through float ops only (logits before
+      Softmax), keep a float output instead of one requantised to 8 bits (kcompiler.quantize.head); int8/fp8."""
     if dtype not in DTYPES:
         raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
                       hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
@@ -220,6 +224,11 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
         notes.extend(cs.notes if cs.synthetic else [])
         q = _static(proto, cs, dtype, method, per_channel, activations, notes, op_types, keep_float, fallback,
                     equalize, bias_correction)
+        if float_head:
+            q, heads = head_float(q)
+            if heads:
+                notes.append(f"the head keeps a float output ({len(heads)} GEMM{'s' if len(heads) > 1 else ''}, int8 "
+                             f"inputs and weights): {', '.join(heads)}")
         info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
                 "samples": len(cs), "synthetic": cs.synthetic}
     if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):

@@ -86,8 +86,8 @@ def _channel_error(float_model, q, samples, qname: str, fname: str, axis: int) -
 def test_bias_correction_lowers_the_per_channel_mean_error_of_every_corrected_gemm():
     f = _model()
     cal = _samples(6, seed=1)
-    q = quantize(f, cal)
-    qc = quantize(f, cal, bias_correction=True)
+    q = quantize(f, cal, float_head=False)  # (every GEMM requantised: each one corrected)
+    qc = quantize(f, cal, bias_correction=True, float_head=False)
     found, skipped = targets(q, f)
     assert [t.node for t in found] == [n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
     assert not skipped
@@ -117,7 +117,7 @@ def test_linear_layers_int32_gemm_bias_and_float_bias_add_are_both_corrected(tmp
     pre = onnx.load(str(_pre_process(tmp_path / "f.onnx", tmp_path / "pre.onnx", False, [])))
     rng = np.random.default_rng(7)
     cal = [{"x": (rng.normal(size=(1, 12, 8)) + 0.3).astype(np.float32)} for _ in range(6)]
-    q, qc = quantize(f, cal), quantize(f, cal, bias_correction=True)
+    q, qc = quantize(f, cal, float_head=False), quantize(f, cal, bias_correction=True, float_head=False)
     found, skipped = targets(q, pre)
     assert [n.op_type for n in q.graph.node if n.name in {t.node for t in found}] == ["Gemm", "MatMul"]
     assert not skipped and found[1].scale is None
@@ -129,7 +129,7 @@ def test_bias_correction_also_helps_on_held_out_samples():
     """What it fits on the calibration set is a property of the quantised layers, not of those samples."""
     f = _model(seed=3)
     cal, held = _samples(8, seed=4), _samples(8, seed=5)
-    q, qc = quantize(f, cal), quantize(f, cal, bias_correction=True)
+    q, qc = quantize(f, cal, float_head=False), quantize(f, cal, bias_correction=True, float_head=False)
     y_f, = _outputs(f, held, ["y"])
     err = [np.abs((_outputs(m, held, ["y"])[0] - y_f).mean(axis=0)).mean() for m in (q, qc)]
     assert err[1] < err[0], err
@@ -139,13 +139,13 @@ def test_a_corrected_layer_is_compared_with_the_float_gemm_before_its_removed_re
     """ORT removes the Relu after a Conv (the output zero point clamps) and names the Conv's output after the
     Relu's: the reference is then the float Conv's output (c1), not the Relu's (r1)."""
     f = _model()
-    found, _ = targets(quantize(f, _samples(4, seed=1)), f)
+    found, _ = targets(quantize(f, _samples(4, seed=1), float_head=False), f)
     assert [t.reference for t in found] == ["c1", "c2", "y"]
 
 
 def test_refuses_without_samples_or_without_a_correctable_gemm():
     f = _model()
-    q = quantize(f, _samples(4, seed=1))
+    q = quantize(f, _samples(4, seed=1), float_head=False)
     with pytest.raises(KCError, match="'bc'.*needs calibration samples"):
         bias_correct(f, q, [])
     # two runtime operands (attention's Q.K^T): no bias to correct

@@ -215,7 +215,10 @@ def ort_session(proto: onnx.ModelProto, what: str, base_dir=None, literal_qdq: b
     if literal_qdq:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # (int8 activations: ORT's QDQS8ToU8Transformer shifts them to uint8 for its u8 x s8 kernels, whose 16-bit
+        # pair sums saturate on x86 without VNNI; without it ORT computes int8 groups exactly)
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["QDQS8ToU8Transformer"])
     except Exception as exc:
         text = " ".join(str(exc).split())[:500]
         if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text or "not a registered" in text:
