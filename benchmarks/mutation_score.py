@@ -23,7 +23,7 @@ their explanation.
 loaded back and run: the loaded model must behave as the mutated one (a loaded artifact runs the
 program it carries, never one regenerated from its graph).
 
-Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, resnet-mini-int8 and bert-int8
+Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, resnet-mini-int8, bert-int8, bert-tiny-int8
 (int8 programs: the models quantised by ONNX Runtime, see int8_case), and resnet-mini: a small
 ResNet (8x8 input, a stem, two residual blocks, a strided block with a projection, pooling and a
 classifier; seeded He weights), for the CIM chips, whose functional simulation runs resnet50's
@@ -63,17 +63,28 @@ CASES = {
     # of a bert-tiny-like QLinearMatMul stack, every integer GEMM pinned to the NPU
     "resnet-mini-int8": ("resnet-mini", {}),
     "bert-int8": ("bert-stack", {}),
+    # the zoo's bert-tiny quantised by kcompiler.quantize: attention's QLinearMatMuls of two run-time operands
+    # (the feeder's zero-point registers), LayerNorm/Softmax/GELU between them
+    "bert-tiny-int8": ("bert-tiny", {}),
     # an exporter's mask and index arithmetic (Equal/Where/Cast/Less/And/Not/Trilu/ArgMax on int64, bool and
     # FP8), every node pinned to the NPU: the exact vector functions (sim/maskvec.py)
     "masks": ("masks", {}),
 }
-INT8_CASES = ("resnet-mini-int8", "bert-int8")
+INT8_CASES = ("resnet-mini-int8", "bert-int8", "bert-tiny-int8")
 
 
 def int8_case(case: str, tmp: str, seed: int) -> str:
     """The quantised model of an int8 case (calibrated on 8 seeded random inputs)."""
     from int8_agreement import bert_stack, quantise
 
+    if case == "bert-tiny-int8":
+        import onnx
+
+        from kcompiler.quantize import quantize
+
+        path = os.path.join(tmp, f"{case}.onnx")
+        onnx.save(quantize("bert-tiny", None, calibration_samples=4), path)
+        return path
     if case == "bert-int8":
         src, name, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"), layers=2, hidden=64, ffn=128, seq=16,
                                       seed=seed)
