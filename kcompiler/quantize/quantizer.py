@@ -191,19 +191,7 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
       against the float model on the calibration set, layer after layer (kcompiler.quantize.biascorr); int8 only.
     float_head: the last GEMMs, whose outputs reach the model's outputs through float ops only (logits before
       Softmax), keep a float output instead of one requantised to 8 bits (kcompiler.quantize.head); int8/fp8."""
-    if dtype not in DTYPES:
-        raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
-                      hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
-    if method not in METHODS:
-        raise KCError(f"calibration method '{method}' is not one of {', '.join(METHODS)}",
-                      hint="minmax is the usual choice; percentile and mse clip outliers")
-    if fallback < 0:
-        raise KCError(f"fallback {fallback}: the number of GEMMs to keep float cannot be negative")
-    if activations not in ("uint8", "int8"):
-        raise KCError(f"activations '{activations}' is not uint8 or int8")
-    if bias_correction and dtype != "int8":
-        raise KCError(f"bias correction applies to int8 quantisation, not {dtype}",
-                      hint="drop --bias-correction, or quantise to int8")
+    _check_options(dtype, method, fallback, activations, bias_correction)
     proto, name, is_zoo = float_model(model, zoo_options)
     proto = prepared(proto)
     if not quantisable_ops(proto, dtype):
@@ -241,6 +229,23 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
     if output is not None:
         save(q, output)
     return q
+
+
+def _check_options(dtype: str, method: str, fallback: int, activations: str, bias_correction: bool) -> None:
+    """quantize()'s options, each refused with what to give instead."""
+    if dtype not in DTYPES:
+        raise KCError(f"dtype '{dtype}' is not one kcompiler quantises to ({', '.join(DTYPES)})",
+                      hint=f"{', '.join(FLOAT_DTYPES)} are float: compile those without quantising")
+    if method not in METHODS:
+        raise KCError(f"calibration method '{method}' is not one of {', '.join(METHODS)}",
+                      hint="minmax is the usual choice; percentile and mse clip outliers")
+    if fallback < 0:
+        raise KCError(f"fallback {fallback}: the number of GEMMs to keep float cannot be negative")
+    if activations not in ("uint8", "int8"):
+        raise KCError(f"activations '{activations}' is not uint8 or int8")
+    if bias_correction and dtype != "int8":
+        raise KCError(f"bias correction applies to int8 quantisation, not {dtype}",
+                      hint="drop --bias-correction, or quantise to int8")
 
 
 def calibration_set(proto: onnx.ModelProto, calibration: Any, name: str, is_zoo: bool,
