@@ -32,7 +32,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from kcompiler.errors import KCError
-from kcompiler.threads import host_threads
+from kcompiler.quantize.sessions import session as _session
+
+
+def session(proto: onnx.ModelProto, extra: Sequence[str]):
+    """A session on the QDQ model's own function (ORT's basic level) with `extra` as further outputs."""
+    return _session(proto, extra, basic=True, what="bias correction")
+
 
 #: the calibration samples a correction runs (its means settle with few: each sample has many positions)
 MAX_SAMPLES = 16
@@ -65,27 +71,6 @@ class Summary:
     def note(self) -> str:
         return (f"bias correction: {len(self.corrected)} GEMM biases corrected by the mean output error on the "
                 f"calibration set; {len(self.skipped)} GEMMs without a constant bias left as they were")
-
-
-def session(proto: onnx.ModelProto, extra: Sequence[str]):
-    """An ONNX Runtime session at the basic optimisation level (the QDQ model's own function, no QDQ group
-    fused into another kernel) with the tensors `extra` as further outputs. (report.session does the same,
-    but report imports the quantiser, which imports this module.)"""
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(extra) if t not in have)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = host_threads()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own errors: say what failed
-        raise KCError(f"model '{proto.graph.name}': ONNX Runtime cannot run it for bias correction "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _inits(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

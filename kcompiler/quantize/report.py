@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from kcompiler.errors import KCError
 from kcompiler.quantize.calibration import CalibrationSet, as_feed
 from kcompiler.quantize.quantizer import float_model, prepared, quant_info
+from kcompiler.quantize.sessions import session
 
 #: op types that are conversions, not quantised compute
 _CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast"})
@@ -174,29 +174,6 @@ def quantised_tensors(q: onnx.ModelProto) -> list[tuple[str, str, str]]:
             read = dqs[0].output[0] if dqs else t
         found.append((t, n.op_type, read))
     return found
-
-
-def session(proto: onnx.ModelProto, extra: list[str] = (), basic: bool = False, what: str = "the accuracy report"):
-    """An ONNX Runtime session on `proto` with the tensors `extra` as further outputs; basic: at ORT's
-    basic optimisation level (the QDQ model's own function: no QDQ group fused into another kernel)."""
-    import onnxruntime as ort
-
-    from kcompiler.threads import host_threads
-
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(extra) if t not in have)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = host_threads()
-    so.log_severity_level = 3
-    if basic:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise KCError(f"model '{proto.graph.name}': ONNX Runtime cannot run it for {what}: "
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
 def accuracy_report(float_model_: Any, quant_model: Any, data: Any, holdout: Any = None, *,

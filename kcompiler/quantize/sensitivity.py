@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from kcompiler.quantize.report import session
+from kcompiler.quantize.sessions import session
 
 #: op types a sensitivity run considers (the GEMMs quantize() computes at low precision, and ORT's others)
 GEMM_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -131,7 +131,7 @@ def _prune(g: onnx.GraphProto) -> None:
 
 
 def _session(proto: onnx.ModelProto):
-    """The QDQ model's own function (report.session at ORT's basic level)."""
+    """The QDQ model's own function (sessions.session at ORT's basic level)."""
     return session(proto, basic=True, what="the sensitivity analysis")
 
 
