@@ -121,16 +121,20 @@ def test_placement_estimate_agrees_with_timing(target, passes):
     assert r_est == pytest.approx(r_sim, rel=0.15), (r_sim, r_est)
 
 
-def test_values_stay_float32():
-    """The simulator computes an emulated GEMM in float32, the emulation's accuracy target."""
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, 32)).astype(np.float32)
+def _float_matmul(w: np.ndarray):
+    """a[16, 64] @ w, float32."""
     g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "g",
                           [helper.make_tensor_value_info("a", TensorProto.FLOAT, [16, 64])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 32])],
                           [numpy_helper.from_array(w, "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    cm = kcompiler.compile(m, target="warboy", place={"*": "npu"})
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_values_stay_float32():
+    """The simulator computes an emulated GEMM in float32, the emulation's accuracy target."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    cm = kcompiler.compile(_float_matmul(w), target="warboy", place={"*": "npu"})
     a = rng.standard_normal((16, 64)).astype(np.float32)
     np.testing.assert_allclose(cm.run({"a": a})["y"], a @ w, rtol=1e-5, atol=1e-5)
 
@@ -141,14 +145,9 @@ def test_comparison_says_what_the_macs_ran_at():
     from kcompiler.runtime.report import COMPARISON_COLUMNS, comparison_rows
 
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((64, 32)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "g",
-                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [16, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 32])],
-                          [numpy_helper.from_array(w, "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     col = COMPARISON_COLUMNS.index("MACs by dtype")
-    rep = kcompiler.compile(m, target="warboy", place={"*": "npu"}).simulate()
+    rep = kcompiler.compile(_float_matmul(rng.standard_normal((64, 32)).astype(np.float32)), target="warboy",
+                            place={"*": "npu"}).simulate()
     assert comparison_rows([rep])[0][col] == "fp32 as 10 int8 passes 100%"
     qi = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
           numpy_helper.from_array(rng.integers(-127, 128, (64, 32)).astype(np.int8), "wq")]
