@@ -357,6 +357,8 @@ def _aux_label(ins, old: int, new: int) -> str:
             return "accumulate"
         if (old ^ new) & isa.WINDOW:
             return "window"
+        if (old ^ new) & isa.ZERO_POINTS:
+            return "zero points"
     if ins.opcode == isa.CONFIG:
         return "unit"
     if ins.opcode == isa.BARRIER:
@@ -373,7 +375,8 @@ def _mutate_aux(rng: random.Random, ins) -> int:
             new = rng.randrange(len(isa.VFN_NAMES) + 2)
         elif ins.opcode == isa.MATMUL:
             new = rng.choice([old ^ isa.ACCUMULATE, old ^ isa.WINDOW, (old & ~0xF) | rng.randrange(8),
-                              (old & ~(0xF << isa.B_DTYPE_SHIFT)) | rng.randrange(8) << isa.B_DTYPE_SHIFT])
+                              (old & ~(0xF << isa.B_DTYPE_SHIFT)) | rng.randrange(8) << isa.B_DTYPE_SHIFT,
+                              old ^ isa.ZERO_POINTS])
         elif ins.opcode == isa.GATHER:
             new = rng.choice([(old & ~0xF) | rng.randrange(8), (old & 0xF) | rng.randrange(8) << 4])
         elif ins.opcode == isa.CONFIG:

@@ -175,7 +175,8 @@ def work(instrs: list[isa.Instr], spec: NpuSpec) -> list[Work]:
             windows.clear()
             w = _NO_WORK
         elif oc == isa.CONFIG:
-            windows[(ins.core, ins.aux & 1)] = (x[_CF[0]], x[_CF[1]])
+            if ins.aux < 2:  # (unit 2, the feeder's zero-point registers, sets no window)
+                windows[(ins.core, ins.aux)] = (x[_CF[0]], x[_CF[1]])
             w = _NO_WORK
         elif oc == isa.COPY:
             i0, i1, i2, i3 = _CP_N
