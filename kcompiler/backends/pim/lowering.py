@@ -105,7 +105,8 @@ class Lowering:
 
     # ---- element streams (kernels/stream.py) ---------------------------------------------
     def to_stream(self, src: Buf, sl: StreamLayout, dst: int, reg: int = 0) -> None:
-        """Row-major float32 (or bf16/fp16) -> per-channel padded blocks of the device dtype (scaled by 2**-sreg[reg])."""
+        """Row-major float32 (or bf16/fp16) -> per-channel padded blocks of the device dtype (scaled by
+        2**-sreg[reg])."""
         nf, rest = divmod(src.numel, sl.share)
         if nf:
             self.hcopy(dst, self.dev, src.addr, src.dtype, [nf, sl.share], [sl.share, 1], [sl.block, 1], reg=reg)
