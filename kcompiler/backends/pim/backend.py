@@ -83,7 +83,8 @@ class PimBackend(Backend):
                 raise LoweringError(f"input '{v.name}' of the PIM subgraph on {self.name} has no static shape")
             # a 16-bit float input (a bf16 model's KV cache) is staged in its own format: moving it into the
             # banks is then a copy, not a float32 -> bf16 conversion of 4-byte elements
-            code = dtype_code(v.dtype) if dtype_code(v.dtype) in (1, 2) else 0
+            code = dtype_code(v.dtype)
+            code = code if code in (1, 2) else 0
             b = Buf(em.alloc(sim.NP_DTYPES[code].itemsize * math.prod(sh)), code, sh)
             env[v.name] = b
             inputs.append(sim.Binding(v.name, b.addr, code, tuple(sh)))
