@@ -47,7 +47,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import NodeRule, Rewrite, apply_node_rules, const, outcome, rule_name, sole_user
+from kcompiler.passes.fusion._base import NodeRule, Rewrite, run_rules, const, rule_name, sole_user
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 QDQ_CONV = rule_name("qdq-conv", "DQ(x), DQ(const w)[, DQ(const int32 b)] -> Conv [-> Relu|Clip] -> Q  =>  QLinearConv")
@@ -319,6 +319,4 @@ RULES = [NodeRule(QDQ_CONV, lambda n, c, m: _rewrite(n, c, m, "Conv")),
 @register("qdq-to-qlinear")
 def qdq_to_qlinear(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """QDQ Conv/MatMul/Gemm groups -> QLinearConv, QLinearMatMul, com.microsoft QGemm (exact rewrites only)."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired, max_rounds=1)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES, max_rounds=1)

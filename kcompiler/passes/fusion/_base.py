@@ -258,6 +258,13 @@ def outcome(changed: bool, fired: dict[str, int]) -> PassOutcome:
     return PassOutcome(changed=changed, fired={k: v for k, v in fired.items() if v})
 
 
+def run_rules(model: ir.Model, ctx: CompileContext, rules: Sequence[NodeRule], max_rounds: int = 16) -> PassOutcome:
+    """A rule pass's whole body: apply_node_rules, then what fired as the pass's outcome."""
+    fired: dict[str, int] = {}
+    changed = apply_node_rules(model, ctx, rules, fired, max_rounds=max_rounds)
+    return outcome(changed, fired)
+
+
 def scalar(v: ir.Value | None) -> float | None:
     c = const(v)
     if c is None or c.size != 1:

@@ -21,8 +21,8 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const_thunk, lazy, other_input,
-                                           outcome, rule_name, sole_user)
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, const_thunk, lazy, other_input,
+                                           rule_name, sole_user)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 AFFINE_MUL = rule_name("affine-mul", "Conv/Gemm/MatMul -> Mul|Div by a per-channel constant  =>  scaled weights")
@@ -198,6 +198,4 @@ RULES = [NodeRule(AFFINE_MUL, mul_rule), NodeRule(AFFINE_ADD, add_rule)]
 @register("fold-affine")
 def fold_affine(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fold constant Mul/Add chains into the preceding Conv/Gemm/MatMul weights and bias."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)

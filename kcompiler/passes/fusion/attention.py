@@ -32,8 +32,8 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, const, faster_elsewhere,
-                                           outcome, rule_name, scalar, sole_user)
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, claim_check, const, faster_elsewhere,
+                                           rule_name, scalar, sole_user)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 ATTENTION = rule_name("attention", "MatMul(Q,Kᵀ)[/c][+mask]->Softmax->MatMul(·,V) -> Attention")
@@ -326,6 +326,4 @@ RULES = [NodeRule(GQA_GROUP, gqa_group_first_rule), NodeRule(ATTENTION, attentio
 @register("fuse-attention")
 def fuse_attention(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse scaled dot-product attention into Attention (flash-style on the NPU); group GQA by kv head."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)

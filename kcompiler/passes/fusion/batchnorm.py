@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const_thunk, lazy, outcome,
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, const_thunk, lazy,
                                            rule_name, sole_user)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
@@ -103,6 +103,4 @@ RULES = [NodeRule(BN_CONV, lambda n, c, m: _fold(n, c, m, "Conv")),
 @register("fold-batchnorm")
 def fold_batchnorm(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fold inference BatchNormalization into the preceding Conv/Gemm."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired, max_rounds=1)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES, max_rounds=1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import NodeRule, Rewrite, apply_node_rules, const_thunk, lazy, outcome, rule_name
+from kcompiler.passes.fusion._base import NodeRule, Rewrite, run_rules, const_thunk, lazy, rule_name
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 C1D = rule_name("conv1d-as-2d", "Conv over [N,C,L] -> Squeeze(Conv over [N,C,1,L]) (exact; views are free)")
@@ -80,6 +80,4 @@ RULES = [NodeRule(C1D, conv1d_as_2d)]
 @register("raise-conv1d")
 def raise_conv1d(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Conv over one spatial axis as Conv over two, the second of size 1 (exact)."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)

@@ -24,8 +24,8 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.fused import DOMAIN, ensure_function
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, group_faster_elsewhere,
-                                           outcome, rule_name)
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, claim_check, group_faster_elsewhere,
+                                           rule_name)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 CHAIN = rule_name("elementwise-chain", "a tree of single-use elementwise ops -> one FusedElementwise vector op")
@@ -80,6 +80,4 @@ RULES = [NodeRule(CHAIN, chain_rule)]
 @register("fuse-elementwise")
 def fuse_elementwise(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse single-use elementwise chains into one vector op (NPU targets)."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired, max_rounds=MAX_STEPS)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES, max_rounds=MAX_STEPS)

@@ -27,8 +27,8 @@ import onnx_ir as ir
 
 from kcompiler import opinfo
 from kcompiler.fused import DOMAIN, ensure_function, overload_name
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, claimants, const,
-                                           faster_elsewhere, other_input, outcome, rule_name, sole_user, users)
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, claim_check, claimants, const,
+                                           faster_elsewhere, other_input, rule_name, sole_user, users)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
 BIAS = rule_name("epilogue-bias", "MatMul/Conv/Gemm + constant bias -> fused epilogue")
@@ -195,6 +195,4 @@ RULES = [NodeRule(BIAS, bias_rule), NodeRule(ACTIVATION, activation_rule), NodeR
 @register("fuse-epilogue")
 def fuse_epilogue(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse bias, activation and residual into the GEMM/Conv before them (NPU targets)."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from kcompiler import opinfo
 from kcompiler.fused import DOMAIN, ensure_function
 from kcompiler.fused.fp8 import FP8_MATMUL, fp8_body
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, claim_check, const, outcome,
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, claim_check, const,
                                            rule_name, sole_user)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
@@ -95,6 +95,4 @@ RULES = [NodeRule(FP8_GEMM, fp8_rule)]
 @register("fuse-fp8-gemm")
 def fuse_fp8_gemm(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Fuse FP8 QDQ MatMul groups into Fp8MatMul (chips whose array lists fp8)."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)

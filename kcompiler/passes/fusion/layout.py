@@ -27,7 +27,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from kcompiler import opinfo
-from kcompiler.passes.fusion._base import (NodeRule, Rewrite, apply_node_rules, const, outcome, rule_name,
+from kcompiler.passes.fusion._base import (NodeRule, Rewrite, run_rules, const, rule_name,
                                            sole_user)
 from kcompiler.passes.manager import CompileContext, PassOutcome, register
 
@@ -193,6 +193,4 @@ RULES = [NodeRule(TT, transpose_transpose), NodeRule(T_ID, transpose_identity), 
 @register("cancel-layout")
 def cancel_layout(model: ir.Model, ctx: CompileContext) -> PassOutcome:
     """Cancel and propagate Transpose/Reshape pairs."""
-    fired: dict[str, int] = {}
-    changed = apply_node_rules(model, ctx, RULES, fired)
-    return outcome(changed, fired)
+    return run_rules(model, ctx, RULES)
