@@ -8,10 +8,13 @@ top-1 agreement of the 1000-class output, per-layer SQNR. bert-tiny: the zoo's d
 agreement over the hidden axis of last_hidden_state and pooler_output (random weights have no vocabulary head).
 Writes a markdown table with every layer's SQNR.
 
-    python benchmarks/quant_accuracy.py --ocr [--ocr-lines 50] [--method percentile] [--fallback 4]
+    python benchmarks/quant_accuracy.py --ocr [--ocr-lines 50] [--ocr-holdout 200] [--targets warboy,host]
 
-PP-OCRv4 recogniser (rapidocr wheel, benchmarks/realmodels.py): calibrated on 32 rendered lines (seed 0),
-strings of 50 other lines (seed 1) from the INT8 QDQ model (ORT) against float32's; prints, writes nothing.
+PP-OCRv4 recogniser (rapidocr wheel, benchmarks/realmodels.py), the recipe of tests/quantize/test_ocr_int8.py:
+calibrated on 16 rendered lines (seed 0, percentile, equalize), strings of 50 other lines (seed 1) from each
+kcompiler target and from ORT on the same QDQ model, and of 200 more (seed 2) from ORT, against float32's; with
+float32's own strings under input noise of half an 8-bit pixel step as the floor. Each compared three ways (raw,
+line text, spaces ignored: realmodels.line_text). Writes benchmarks/results/quant_ocr.md.
 """
 
 from __future__ import annotations
@@ -64,24 +67,48 @@ def markdown(reports: list[tuple[object, float]], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ocr(lines: int, method: str, fallback: int, calib: int = 32) -> dict:
-    """INT8 PP-OCRv4 recogniser strings against float32's on `lines` rendered lines (rapidocr's batch width)."""
+#: how a recognised string is compared: as decoded, its line text (realmodels.line_text: the margins' spaces
+#: dropped), every space ignored (PaddleOCR's RecMetric, ignore_space=True)
+OCR_VIEWS = {"raw": lambda s: s, "line text": str.strip, "spaces ignored": lambda s: s.replace(" ", "")}
+
+
+def ocr(args) -> str:
+    """The PP-OCRv4 recogniser at INT8 (the recipe of tests/quantize/test_ocr_int8.py) against float32: strings
+    from ORT on the QDQ model, from float32 with input noise (the floor), and from each kcompiler target."""
     sys.path.insert(0, str(Path(__file__).parent))
+    import numpy as np
     import realmodels as rm
 
+    import kcompiler
+
     paths = rm.fetch_ocr_models()
-    imgs = [im for im, _ in rm.render_text_lines(calib, seed=0)] + [im for im, _ in rm.render_text_lines(lines, 1)]
-    x = rm.rec_batch(imgs)
-    t0 = time.perf_counter()
-    q = quantize(str(paths["rec"]), [{"x": x[i:i + 1]} for i in range(calib)], method=method, fallback=fallback)
+    width = rm.REC_SHAPE[2]
+    cal = rm.rec_batch([im for im, _ in rm.render_text_lines(args.ocr_calib, seed=0)], width=width)
+    q = quantize(str(paths["rec"]), [{"x": c[None]} for c in cal], equalize=True, method=args.method or "percentile")
     so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     qs = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    test = x[calib:]
-    want = rm.ctc_decode(rm.ort_session(paths["rec"]).run(None, {"x": test})[0], paths["keys"])
-    got = rm.ctc_decode(qs.run(None, {"x": test})[0], paths["keys"])
-    return {"same": sum(a == b for a, b in zip(got, want)), "lines": lines, "method": method, "fallback": fallback,
-            "seconds": time.perf_counter() - t0}
+    fs = rm.ort_session(paths["rec"])
+    out = [f"Command: `{' '.join(['python benchmarks/quant_accuracy.py', *sys.argv[1:]])}`", "",
+           f"PP-OCRv4 recogniser (rapidocr-onnxruntime 1.4.4), width {width}, calibrated on {args.ocr_calib} rendered "
+           f"lines (seed 0), {args.method or 'percentile'} with equalize. Strings identical to float32's (ORT, CPU):",
+           "", "| lines (seed) | program | " + " | ".join(OCR_VIEWS) + " |", "|---|---|" + "---|" * len(OCR_VIEWS)]
+    for seed, n in ((1, args.ocr_lines), (2, args.ocr_holdout)):
+        x = rm.rec_batch([im for im, _ in rm.render_text_lines(n, seed=seed)], width=width)
+        want = rm.ctc_decode(fs.run(None, {"x": x})[0], paths["keys"])
+        noisy = (x + np.random.default_rng(7).normal(0, 0.004, x.shape)).astype(np.float32)
+        runs = {"float32, input + N(0, 0.004)": fs.run(None, {"x": noisy})[0], "ORT on the INT8 QDQ model":
+                qs.run(None, {"x": x})[0]}
+        for target in args.targets.split(",") if args.targets and seed == 1 else []:
+            cm = kcompiler.compile(q, target=target, shapes={"x": tuple(x.shape)})
+            runs[f"kcompiler {target}"] = cm.run({"x": x}, simulate=False)[cm.outputs[0]]
+        for name, logits in runs.items():
+            got = rm.ctc_decode(np.asarray(logits), paths["keys"])
+            cells = [f"{sum(v(a) == v(b) for a, b in zip(got, want))}/{n}" for v in OCR_VIEWS.values()]
+            out.append(f"| {n} ({seed}) | {name} | " + " | ".join(cells) + " |")
+            print(out[-1], flush=True)
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -92,17 +119,21 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,bert-tiny")
     ap.add_argument("--ocr", action="store_true", help="measure the PP-OCRv4 recogniser's strings instead")
     ap.add_argument("--ocr-lines", type=int, default=50)
-    ap.add_argument("--method", default="minmax", choices=METHODS,
+    ap.add_argument("--ocr-holdout", type=int, default=200, help="a second set of lines (seed 2), ORT only")
+    ap.add_argument("--ocr-calib", type=int, default=16)
+    ap.add_argument("--targets", default="warboy", help="kcompiler targets the OCR lines also run on (comma list)")
+    ap.add_argument("--method", default=None, choices=METHODS,
                     help="calibration: ONNX Runtime's minmax/entropy/percentile, or kcompiler's mse range search")
-    ap.add_argument("--fallback", type=int, default=0)
     args = ap.parse_args()
     if args.ocr:
-        print(ocr(args.ocr_lines, args.method, args.fallback))
+        out = Path(args.out).with_name("quant_ocr.md") if args.out == ap.get_default("out") else Path(args.out)
+        out.write_text(ocr(args))
+        print(f"wrote {out}")
         return
     options = {"resnet50": {"weights": "random"}, "bert-tiny": {}}
     reports = []
     for name in args.models.split(","):
-        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout, args.method)
+        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout, args.method or "minmax")
         s = rep.gate_set
         print(f"{name}: top-1 agreement {s.top1:.2%} on {s.samples} held-out inputs; SQNR {rep.sqnr_summary()} "
               f"({secs:.0f} s)", flush=True)
