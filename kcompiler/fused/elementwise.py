@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
+from kcompiler import opinfo
 from kcompiler.fused import DOMAIN
 
 FUSED = "FusedElementwise"
@@ -24,8 +25,28 @@ OPS: dict[str, tuple[str, ...]] = {
                          "Softplus", "HardSwish", "Clip")},
     "LeakyRelu": ("alpha",), "Elu": ("alpha",), "HardSigmoid": ("alpha", "beta"), "Gelu": ("approximate",),
 }
+#: per-tensor (de)quantisation between float and int8/uint8 may open (DequantizeLinear of an input) and
+#: close (QuantizeLinear of the result) a chain, so a quantised model's residual Add + Relu reads and
+#: writes int8 (no attributes are kept: `axis` means nothing for one scale, the rest are refused)
+QDQ = ("DequantizeLinear", "QuantizeLinear")
+OPS.update({op: () for op in QDQ})
+QUANTISED = (ir.DataType.INT8, ir.DataType.UINT8)
 MAX_INPUTS = 8
 MAX_STEPS = 16
+
+
+def _per_tensor_qdq(node: ir.Node) -> bool:
+    """A Q/DQ between float32 and int8/uint8 with one constant scale (and zero point)."""
+    if set(node.attributes) - {"axis"}:
+        return False
+    q, f = (node.outputs[0], node.inputs[0]) if node.op_type == "QuantizeLinear" else \
+        (node.inputs[0], node.outputs[0])
+    if q is None or f is None or q.dtype not in QUANTISED or f.dtype != ir.DataType.FLOAT:
+        return False
+    scale = node.inputs[1] if len(node.inputs) > 1 else None
+    if scale is None or scale.dtype != ir.DataType.FLOAT:
+        return False
+    return all(opinfo.is_const(v) and opinfo.numel(v) == 1 for v in node.inputs[1:] if v is not None)
 
 
 def is_chain_member(node: ir.Node | None) -> bool:
@@ -33,8 +54,11 @@ def is_chain_member(node: ir.Node | None) -> bool:
         return False
     if node.domain == DOMAIN:
         return node.op_type == FUSED
-    return node.domain in ("", "ai.onnx") and node.op_type in OPS and \
-        set(node.attributes) <= set(OPS[node.op_type])
+    if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
+        return False
+    if node.op_type in QDQ:
+        return _per_tensor_qdq(node)
+    return set(node.attributes) <= set(OPS[node.op_type])
 
 
 def _attr_text(node: ir.Node) -> str:

@@ -32,7 +32,6 @@ _BF16 = "aim runs elementwise/normalisation ops in bf16, which changes the decod
 #: (model, target) -> the cause of today's failure on main
 XFAIL: dict[tuple[str, str], str] = {
     ("ocr_rec", "aim"): _BF16 + ": a margin decodes as a leading space",
-    ("ocr_rec", "atom+aim"): _BF16 + ": a margin decodes as a leading space",
 }
 #: model -> why more than 5% of its FLOPs run on the host on npu today
 FLOP_XFAIL: dict[str, str] = {}

@@ -42,26 +42,29 @@ from kcompiler.backends.npu.sim import ProgramData
 from kcompiler.backends.npu.spec import NpuSpec
 from kcompiler.backends.npu.tiler import tile_attention
 from kcompiler.errors import ArtifactError, LoweringError
-from kcompiler.fused.elementwise import parse_step
+from kcompiler.fused.elementwise import QDQ as QDQ_STEPS, QUANTISED as QUANTISED_INT, parse_step
 
 FLOAT = ir.DataType.FLOAT
 
 
 # ---- the table of ops the NPU claims, each with its check -----------------------------------
-def _static_float(node: ir.Node, data_inputs: int | None = None) -> Support:
+def _static_float(node: ir.Node, data_inputs: int | None = None, quantised=(), quantised_out=False) -> Support:
+    """Static shapes, float data (`quantised`: input positions that are int8/uint8 instead, with
+    `quantised_out` the output; a chain's zero points are int8/uint8 too)."""
     for v in node.outputs:
         if opinfo.shape_of(v) is None and _used(v):
             return no(f"output '{v.name}' has no static shape")
     for v in node.outputs[:1]:
-        if v.dtype not in FLOATS:
+        if v.dtype not in (QUANTISED_INT if quantised_out else FLOATS):
             return no(f"dtype {v.dtype} (the NPU claims float32, float16 and bfloat16 ops)")
     ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
-    for v in ins:
+    for i, v in enumerate(ins):
         if v is None:
             continue
         if opinfo.shape_of(v) is None:
             return no(f"input '{v.name}' has no static shape")
-        if v.dtype not in FLOATS:
+        if v.dtype not in FLOATS and not (v.dtype in QUANTISED_INT and (i in quantised or (
+                (quantised or quantised_out) and opinfo.numel(v) == 1 and opinfo.is_const(v)))):
             return no(f"input '{v.name}' has dtype {v.dtype}")
     return YES
 
@@ -309,11 +312,21 @@ KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 
 
 def _chain_check(node: ir.Node) -> Support:
-    for s in a_strs(node, "steps"):
-        op = parse_step(s)[0]
-        if op not in ELEMENTWISE and op != "Clip":
+    steps = [parse_step(s) for s in a_strs(node, "steps")]
+    quantised = set()  # inputs a DequantizeLinear step reads as its data (int8/uint8)
+    for op, operands, _ in steps:
+        if op not in ELEMENTWISE and op not in ("Clip", *QDQ_STEPS):
             return no(f"elementwise step {op} is not lowered")
-    r = _elementwise(node)
+        if op == "DequantizeLinear":
+            if operands[0] is None or operands[0] >= len(node.inputs):
+                return no("a DequantizeLinear step reads a chain input")
+            if opinfo.numel(node.inputs[operands[0]]) != opinfo.numel(node.outputs[0]):
+                return no("dequant reads whole tiles: a DequantizeLinear step's input is not broadcast")
+            quantised.add(operands[0])
+    if any(op == "QuantizeLinear" for op, _, _ in steps[:-1]):
+        return no("a QuantizeLinear step ends the chain")
+    closes = steps[-1][0] == "QuantizeLinear"
+    r = _static_float(node, quantised=quantised, quantised_out=closes)
     if not r:
         return r
     k = FusedElementwiseKernel(node, _spec_of_node(node))

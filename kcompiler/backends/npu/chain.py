@@ -1,10 +1,13 @@
 """The NPU kernel of ``kcompiler.FusedElementwise`` (passes/fusion/elementwise.py): a chain of
 elementwise ops run on each SRAM tile in turn, so the tensor crosses DRAM once in and once
 out. Each step is one VECTOR instruction over the tile; intermediate results stay in float32
-scratchpad temporaries, the last step writes the output's dtype."""
+scratchpad temporaries, the last step writes the output's dtype. A chain of a quantised model opens
+with ``dequant`` of its int8/uint8 inputs and closes with ``quant`` to int8/uint8 (per-tensor scale
+and zero point, operands held in the scratchpad like any broadcast input)."""
 
 from __future__ import annotations
 
+from kcompiler import opinfo
 from kcompiler.backends.npu import isa
 from kcompiler.backends.npu.kernels.attrs import a_strs, const_scalar
 from kcompiler.backends.npu.kernels.elementwise import ELEMENTWISE, elementwise_step
@@ -12,7 +15,13 @@ from kcompiler.backends.npu.kernels.vector import VectorKernel, VTile
 from kcompiler.fused.elementwise import parse_step
 
 
+#: a chain's (de)quantisation steps (fused/elementwise.py: per tensor, int8/uint8) -> vector function
+QDQ_FNS = {"DequantizeLinear": "dequant", "QuantizeLinear": "quant"}
+
+
 def step_class(op: str) -> str:
+    if op in QDQ_FNS:
+        return isa.VFN_CLASS[QDQ_FNS[op]]
     return "alu" if op == "Clip" else isa.VFN_CLASS[ELEMENTWISE[op]]
 
 
@@ -26,6 +35,10 @@ class FusedElementwiseKernel(VectorKernel):
 
     def stream_inputs(self):
         return list(self.node.inputs)
+
+    def streamed(self) -> int:
+        """The inputs that stream a tile each: a scale or zero point is one value, held once."""
+        return sum(1 for v in self.streams if opinfo.numel(v) > 1) or 1
 
     def _extra_temp(self, op: str, operands) -> bool:
         """Whether a step needs a temporary of its own besides its result (an n-ary fold, a Mean's
@@ -101,6 +114,8 @@ class FusedElementwiseKernel(VectorKernel):
                         acc = tgt
                     if op == "Mean":
                         code.append(t.vec("scale", dst, [acc], (1.0 / len(present), 0.0, 0.0)))
+            elif op in QDQ_FNS:  # (x, scale[, zero point]): dequant reads the int8/uint8 tile, quant writes it
+                code.append(t.vec(QDQ_FNS[op], dst, present))
             else:
                 fn, imms = elementwise_step(op, lambda name, d: attrs.get(name, d))
                 code.append(t.vec(fn, dst, present, imms))

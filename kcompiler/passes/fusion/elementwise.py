@@ -13,7 +13,9 @@ the result of step ``i - n_inputs`` after that (``-`` marks an omitted optional 
 model-local ONNX function body (one overload per program) runs it on the host.
 
 Rule ``elementwise-chain``: merge an elementwise producer (plain or already fused) into its
-only consumer. Check (reads the target): every NPU of the target claims each op, and a
+only consumer. A per-tensor DequantizeLinear from int8/uint8 may open a chain and a QuantizeLinear
+close it: a QDQ model's residual ``DQ, DQ -> Add -> Relu -> Q`` reads and writes int8 once, where
+it crossed DRAM as float32 four times. Check (reads the target): every NPU of the target claims each op, and a
 double-buffered tile of one row of every streamed input fits its scratchpad.
 """
 
@@ -49,7 +51,8 @@ def chain_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
     if not is_chain_member(node):
         return None
     y_out = node.outputs[0]
-    if y_out.dtype != ir.DataType.FLOAT or opinfo.shape_of(y_out) is None:
+    closes = program_of(node)[1][-1].startswith("QuantizeLinear|")  # a quantised result (int8/uint8 per tensor)
+    if (y_out.dtype != ir.DataType.FLOAT and not closes) or opinfo.shape_of(y_out) is None:
         return None
     for v in node.inputs:
         p = v.producer() if v is not None else None

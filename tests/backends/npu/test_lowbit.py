@@ -160,6 +160,82 @@ def test_int8_qdq_per_tensor_and_axis_bit_exact(qtype, per_axis):
     np.testing.assert_array_equal(cm.run({"x": x})["y"], _ort(m, {"x": x}))
 
 
+def residual_qdq_model(qtype=TensorProto.INT8, shape=(1, 64, 28, 28)):
+    """A QDQ residual as ORT's quantiser writes it: DQ(a), DQ(b) -> Add -> Relu -> Q (per-tensor)."""
+    npq = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    z0 = 0 if qtype == TensorProto.INT8 else 128
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32 if n[0] == "s" else npq), n)
+             for n, v in (("sa", 0.051), ("za", z0 + 3), ("sb", 0.029), ("zb", z0 - 2), ("sy", 0.043), ("zy", z0 - 7))]
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["da"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["db"]),
+             helper.make_node("Add", ["da", "db"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "sy", "zy"], ["y"])]
+    g = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info(n, qtype, shape) for n in "ab"],
+                          [helper.make_tensor_value_info("y", qtype, shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _ort_basic(model: onnx.ModelProto, feeds):
+    """ORT computing the QDQ graph as written (float DQ, Add, Relu, Q: no QLinearAdd re-fusion)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _int_feeds(model, seed):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in model.graph.input:
+        dt = np.int8 if v.type.tensor_type.elem_type == TensorProto.INT8 else np.uint8
+        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        out[v.name] = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, shape, endpoint=True).astype(dt)
+    return out
+
+
+@pytest.mark.parametrize("target,qtype", [("warboy", TensorProto.INT8), ("atom", TensorProto.UINT8)])
+def test_quantised_residual_runs_as_one_int8_vector_op_bit_exact(target, qtype):
+    """One FusedElementwise reads both int8 tensors and writes int8 (dequant, add, relu, quant on the
+    vector unit in float32, as ORT computes the QDQ graph): ORT's bytes, and a quarter of the DRAM bytes
+    the same graph moves with the Q/DQ nodes run apart."""
+    m = residual_qdq_model(qtype)
+    feeds = _int_feeds(m, 5)
+    cm = kcompiler.compile(m, target=target, place={"*": target})  # (alone, its inputs would stay on the host)
+    assert cm.placement == {target: 1}
+    got = cm.run(feeds)["y"]
+    assert got.dtype == feeds["a"].dtype
+    np.testing.assert_array_equal(got, _ort_basic(m, feeds))
+    apart = kcompiler.compile(m, target=target, mode="timing", disable_passes=["fuse-elementwise"], place={"*": target})
+    fused = kcompiler.compile(m, target=target, mode="timing", place={"*": target}).simulate()
+    assert fused.dram_bytes < 0.25 * apart.simulate().dram_bytes
+
+
+@pytest.mark.parametrize("what", ["scale", "zero_point", "quant_dtype"])
+def test_corrupted_quantised_chain_changes_result(what):
+    m = residual_qdq_model()
+    feeds = _int_feeds(m, 6)
+    cm = kcompiler.compile(m, target="warboy", place={"*": "warboy"})
+    data = _npu_program(cm).data
+    base = Simulator(data).run(feeds)["y"]
+    np.testing.assert_array_equal(base, cm.run(feeds)["y"])
+    if what == "quant_dtype":  # the closing quant writes uint8 instead of int8
+        instrs = [ins.replace(dtypes=(ins.fields()["dtypes"] & ~0xF) | isa.DT["u8"])
+                  if ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "quant" else ins for ins in data.instrs]
+        data = dataclasses.replace(data, instrs=instrs)
+    else:  # the first dequant's scale or zero point, as the compiler wrote it to DRAM
+        ins = next(i for i in data.instrs if i.opcode == isa.VECTOR and isa.VFN_NAMES[i.aux] == "dequant")
+        names = {b.name for b in data.buffers}
+        wanted = "sa" if what == "scale" else "za"
+        assert wanted in names, names
+        bi = next(i for i, b in enumerate(data.buffers) if b.name == wanted)
+        data = dataclasses.replace(data, init=[(b, off, (arr ^ 0x01) if b == bi else arr) for b, off, arr in data.init])
+        assert ins is not None
+    try:
+        got = Simulator(data).run(feeds)["y"]
+    except ExecutionError:
+        return
+    assert not np.array_equal(got, base)
+
+
 # ---- MatMulNBits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target,rtol", [("atom", 2e-3), ("rngd", 1e-2)])
 @pytest.mark.parametrize("M,K,N,dtype,block,symmetric,bits", [(4, 256, 128, TensorProto.FLOAT, 32, False, 4),

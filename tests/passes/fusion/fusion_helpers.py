@@ -44,7 +44,14 @@ def run_ort(model: ir.Model, feeds):
 
 def feeds_for(model: ir.Model, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return {v.name: rng.standard_normal([int(d) for d in v.shape]).astype(np.float32) for v in model.graph.inputs}
+    out = {}
+    for v in model.graph.inputs:
+        shape, dt = [int(d) for d in v.shape], v.dtype.numpy()
+        if np.issubdtype(dt, np.integer):  # int8/uint8 activations of a quantised model: their whole range
+            out[v.name] = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, shape, endpoint=True).astype(dt)
+        else:
+            out[v.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
 
 
 def apply(text: str, pass_name: str, target: str = "npu", disabled=()):

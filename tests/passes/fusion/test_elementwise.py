@@ -74,3 +74,47 @@ def test_fused_op_on_the_npu_matches_ort(tmp_path):
     assert [o.op_type for o in on.ops if o.device != "host"] == ["FusedElementwise"]
     # unfused: 6 ops each read their inputs and write their output; fused: 4 reads, 1 write
     assert on.dram_bytes < 0.6 * off.dram_bytes and on.latency_s < off.latency_s
+
+
+RESIDUAL_QDQ = """
+g (int8[1,16,8,8] a, int8[1,16,8,8] b) => (int8[1,16,8,8] y) {
+  sa = Constant <value = float {0.05}> ()
+  za = Constant <value = int8 {3}> ()
+  sb = Constant <value = float {0.03}> ()
+  zb = Constant <value = int8 {-2}> ()
+  sy = Constant <value = float {0.07}> ()
+  zy = Constant <value = int8 {-128}> ()
+  da = DequantizeLinear (a, sa, za)
+  db = DequantizeLinear (b, sb, zb)
+  s = Add (da, db)
+  r = Relu (s)
+  y = QuantizeLinear (r, sy, zy)
+}
+"""
+
+
+def test_quantised_residual_opens_with_dequantize_and_closes_with_quantize():
+    """A QDQ model's residual DQ, DQ -> Add -> Relu -> Q is one fused op reading and writing int8."""
+    m, fired = apply(RESIDUAL_QDQ, "fuse-elementwise")
+    assert ops(m) == ["FusedElementwise"] and fired == {"elementwise-chain": 4}
+    node = next(n for n in m.graph if n.op_type == "FusedElementwise")
+    steps = [s.split("|")[0] for s in node.attributes["steps"].value]
+    assert steps[-3:] == ["Add", "Relu", "QuantizeLinear"] and sorted(steps[:2]) == ["DequantizeLinear"] * 2
+    assert node.outputs[0].dtype.name == "INT8"
+
+
+def test_per_axis_or_shared_dequantize_stays_out_of_the_chain():
+    per_axis = RESIDUAL_QDQ.replace("sa = Constant <value = float {0.05}> ()",
+                                    "sa = Constant <value = float[16] {" + ",".join(["0.05"] * 16) + "}> ()")
+    per_axis = per_axis.replace("za = Constant <value = int8 {3}> ()",
+                                "za = Constant <value = int8[16] {" + ",".join(["3"] * 16) + "}> ()")
+    per_axis = per_axis.replace("da = DequantizeLinear (a, sa, za)", "da = DequantizeLinear <axis = 1> (a, sa, za)")
+    m, _ = apply(per_axis, "fuse-elementwise")
+    assert sorted(ops(m)) == ["DequantizeLinear", "FusedElementwise"]
+    shared = RESIDUAL_QDQ.replace("=> (int8[1,16,8,8] y)", "=> (int8[1,16,8,8] y, float[1,16,8,8] s)")
+    m, _ = apply(shared, "fuse-elementwise")  # the Add's result is read outside: Relu + Q fuse, the DQs into Add
+    assert sorted(ops(m)) == ["FusedElementwise", "FusedElementwise"]
+    # a dequantised operand that broadcasts: the vector unit's dequant reads whole tiles only
+    bcast = RESIDUAL_QDQ.replace("int8[1,16,8,8] b)", "int8[1,16,1,1] b)")
+    m, _ = apply(bcast, "fuse-elementwise")
+    assert sorted(ops(m)) == ["DequantizeLinear", "FusedElementwise"]
