@@ -32,6 +32,11 @@ two differ by one step where the 16-bit product lands within its rounding of a h
 (INT8 hardware computes the integer op: TensorRT runs such groups as int8 GEMMs too). Without it
 the weights are dequantised to 16 bits through DRAM, twice the bytes of the 16-bit model.
 
+A Gemm whose output stays float (a quantised model's float head) becomes a QGemm without an output
+scale, as ONNX Runtime makes it: the int32 sum plus the bias, times x_scale * w_scale, in float32.
+A MaxPool between a DequantizeLinear and a QuantizeLinear of the same scale and zero point pools
+the int8/uint8 bytes themselves (exact: dequantisation is increasing).
+
 Everything else stays as DequantizeLinear -> float op -> QuantizeLinear. The rules are node
 rules anchored at the QuantizeLinear rather than onnxscript patterns: every zero point is an
 optional input and the bias and the activation are optional nodes, which would take a pattern
@@ -54,6 +59,11 @@ QDQ_CONV = rule_name("qdq-conv", "DQ(x), DQ(const w)[, DQ(const int32 b)] -> Con
 QDQ_MATMUL = rule_name("qdq-matmul", "DQ(a), DQ(b) -> MatMul [-> Relu|Clip] -> Q  =>  QLinearMatMul")
 QDQ_GEMM = rule_name("qdq-gemm", "DQ(a), DQ(const b)[, DQ(const int32 c)] -> Gemm [-> Relu|Clip] -> Q  =>  "
                                  "com.microsoft QGemm")
+
+QDQ_GEMM_FLOAT = rule_name("qdq-gemm-float", "DQ(a), DQ(const b)[, DQ(const int32 c)] -> Gemm -> float  =>  "
+                                             "com.microsoft QGemm with a float output")
+
+QDQ_MAXPOOL = rule_name("qdq-maxpool", "DQ(x) -> MaxPool -> Q, one scale and zero point  =>  MaxPool of x (int8/uint8)")
 
 _INT8 = (ir.DataType.INT8, ir.DataType.UINT8)
 #: scale dtypes: float32, or a 16-bit float constant (widened to float32 by the rewrite)
@@ -199,13 +209,14 @@ def _tail(q_node: ir.Node) -> tuple[ir.Node, ir.Node | None, _Q] | str | None:
     return prev, act, q
 
 
-def _operands(x: _Dq | None, w: _Dq | None, q: _Q, what: str) -> str | None:
-    """Why these operand types cannot make a QLinear op ONNX Runtime's CPU kernels run, or None."""
+def _operands(x: _Dq | None, w: _Dq | None, q: _Q | None, what: str) -> str | None:
+    """Why these operand types cannot make a QLinear op ONNX Runtime's CPU kernels run, or None
+    (q None: a float output)."""
     if x is None or w is None:
         return f"{what}: an operand is not an int8/uint8 DequantizeLinear"
     if not x.per_tensor:
         return f"{what}: the activation is not quantised per tensor"
-    if q.dtype != x.data.dtype:
+    if q is not None and q.dtype != x.data.dtype:
         return f"{what}: the output type {q.dtype.name} differs from the input's {x.data.dtype.name}"
     if x.data.dtype == ir.DataType.INT8 and w.data.dtype != ir.DataType.INT8:
         return f"{what}: an int8 activation needs an int8 weight"
@@ -311,9 +322,85 @@ def _rewrite(q_node: ir.Node, ctx: CompileContext, model: ir.Model, op_type: str
     return Rewrite(q_node, old, [new], [q_node.outputs[0]], [new.outputs[0]], initializers=inits)
 
 
+def _float_gemm(op: ir.Node, ctx: CompileContext, model: ir.Model) -> Rewrite | str | None:
+    """DQ(x), DQ(const w)[, DQ(const int32 b)] -> Gemm with a float output read by no QuantizeLinear
+    (a float head: kcompiler.quantize's float_head) => QGemm without y_scale, whose output is float:
+    (int32 sum + bias) * x_scale * w_scale. ONNX Runtime makes the same QGemm when it loads such a
+    model (its default optimisation level), and computes it bit for bit so."""
+    if op.op_type != "Gemm" or op.domain not in _ONNX or op.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
+    if any(u.node.op_type == "QuantizeLinear" for u in op.outputs[0].uses()):
+        return None  # (qdq-gemm's group, or none)
+    what = f"Gemm '{op.name}'"
+    x, w = _dq(op.inputs[0]), _dq(op.inputs[1] if len(op.inputs) > 1 else None)
+    if x is None or w is None:
+        return None
+    why = _operands(x, w, None, what)
+    if why:
+        return why
+    if x.scale.dtype != ir.DataType.FLOAT or w.scale.dtype != ir.DataType.FLOAT:
+        return f"{what}: a float output needs float32 scales"
+    if not opinfo.is_const(w.data) or not _weight_axis_ok(op, w):
+        return f"{what}: the weight is not a constant quantised per tensor or per output channel"
+    if (op.attributes.get_float("alpha", 1.0), op.attributes.get_float("beta", 1.0)) != (1, 1):
+        return f"{what}: alpha or beta other than 1"
+    b = op.inputs[2] if len(op.inputs) > 2 else None
+    bias = None
+    if b is not None:
+        wshape = opinfo.shape_of(w.data) or (0,)
+        bias = _bias(b, x, w, wshape[0] if op.attributes.get_int("transB", 0) else wshape[-1], what)
+        if isinstance(bias, str):
+            return bias
+    inits: list[ir.Value] = []
+    base = op.name or op.outputs[0].name
+    xz = x.zp or _zero(x.scale, x.data.dtype, f"{base}_x_zero_point", inits)
+    wz = w.zp or _zero(w.scale, w.data.dtype, f"{base}_w_zero_point", inits)
+    attrs = [a for k, a in op.attributes.items() if k in ("transA", "transB")]
+    new = ir.Node("com.microsoft", "QGemm", [x.data, x.scale, xz, w.data, w.scale, wz, bias.data if bias else None],
+                  attributes=attrs, num_outputs=1, name=op.name)
+    if "com.microsoft" not in model.opset_imports:
+        model.opset_imports["com.microsoft"] = 1
+    return Rewrite(op, [op], [new], [op.outputs[0]], [new.outputs[0]], initializers=inits)
+
+
+def _same_quantisation(dq: _Dq, q: _Q) -> bool:
+    """Whether dq and q quantise alike: one float32 scale and one zero point (absent = 0), equal constants."""
+    if not dq.per_tensor or dq.data.dtype != q.dtype or dq.scale.dtype != ir.DataType.FLOAT:
+        return False
+    if q.scale.dtype != ir.DataType.FLOAT:
+        return False
+    s1, s2 = const(dq.scale), const(q.scale)
+    if s1 is None or s2 is None or np.float32(np.asarray(s1).reshape(-1)[0]) != np.float32(np.asarray(s2).reshape(-1)[0]):
+        return False
+    z1 = 0 if dq.zp is None else const(dq.zp)
+    z2 = _zp_value(q)
+    return z1 is not None and z2 is not None and int(np.asarray(z1).reshape(-1)[0]) == z2
+
+
+def _int_maxpool(q_node: ir.Node, ctx: CompileContext, model: ir.Model) -> Rewrite | str | None:
+    """DQ(x) -> MaxPool -> Q with the same scale and zero point => MaxPool of x itself (int8/uint8):
+    dequantisation is increasing, so the max of the dequantised window is the dequantised max, and Q
+    gives back that element's own byte. ONNX Runtime drops such a pair when it loads the model too."""
+    q = _q(q_node)
+    pool = q_node.inputs[0].producer() if q is not None and q_node.inputs[0] is not None else None
+    if pool is None or pool.op_type != "MaxPool" or pool.domain not in _ONNX or len(pool.outputs) != 1:
+        return None
+    x = _dq(pool.inputs[0])
+    if x is None or sole_user(pool.outputs[0]) is not q_node:
+        return None
+    if not _same_quantisation(x, q):
+        return f"MaxPool '{pool.name}': its input and output are quantised differently"
+    if model.opset_imports.get("", 1) < 12:
+        return f"MaxPool '{pool.name}': int8/uint8 MaxPool needs opset 12"
+    new = ir.Node("", "MaxPool", [x.data], attributes=list(pool.attributes.values()), num_outputs=1, name=pool.name)
+    return Rewrite(q_node, [pool, q_node], [new], [q_node.outputs[0]], [new.outputs[0]])
+
+
 RULES = [NodeRule(QDQ_CONV, lambda n, c, m: _rewrite(n, c, m, "Conv")),
          NodeRule(QDQ_MATMUL, lambda n, c, m: _rewrite(n, c, m, "MatMul")),
-         NodeRule(QDQ_GEMM, lambda n, c, m: _rewrite(n, c, m, "Gemm"))]
+         NodeRule(QDQ_GEMM, lambda n, c, m: _rewrite(n, c, m, "Gemm")),
+         NodeRule(QDQ_GEMM_FLOAT, _float_gemm),
+         NodeRule(QDQ_MAXPOOL, _int_maxpool)]
 
 
 @register("qdq-to-qlinear")

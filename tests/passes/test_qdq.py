@@ -61,11 +61,11 @@ g ({x_type}[1,2,6,6] xq) => ({x_type}[1,3,6,6] yq)
 """
 
 
-def gemm_text(trans_b: int = 1, alpha: float = 1.0) -> str:
+def gemm_text(trans_b: int = 1, alpha: float = 1.0, float_out: bool = False) -> str:
     rng = np.random.default_rng(1)
     xs, ws = np.float32(0.03), (rng.uniform(0.5, 1.5, 5) * 0.01).astype(np.float32)
     w = rng.integers(-127, 128, (5, 4) if trans_b else (4, 5))
-    return HEADER + f"""
+    text = HEADER + f"""
 g (uint8[3,4] xq) => (uint8[3,5] yq)
   <float xs = {{{_fmt([xs])}}}, uint8 xz = {{120}}, int8[{'5,4' if trans_b else '4,5'}] w = {{{_fmt(w)}}},
    float[5] ws = {{{_fmt(ws)}}}, int8[5] wz = {{0, 0, 0, 0, 0}}, int32[5] b = {{{_fmt(rng.integers(-99, 99, 5))}}},
@@ -78,6 +78,9 @@ g (uint8[3,4] xq) => (uint8[3,5] yq)
   yq = QuantizeLinear(c, ys, yz)
 }}
 """
+    if float_out:  # a float head: the Gemm's output is the model's
+        text = text.replace("=> (uint8[3,5] yq)", "=> (float[3,5] c)").replace("  yq = QuantizeLinear(c, ys, yz)\n", "")
+    return text
 
 
 MATMUL = HEADER + """
@@ -153,6 +156,42 @@ def test_gemm_becomes_qgemm(trans_b):
     (node,) = after.graph
     assert (node.domain, node.op_type) == ("com.microsoft", "QGemm") and fired == {"qdq-gemm": 1}
     assert node.attributes["transB"].value == trans_b and after.opset_imports["com.microsoft"] == 1
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_float_output_gemm_becomes_qgemm_without_output_scale(trans_b):
+    """A float head (the Gemm's output read by no QuantizeLinear): QGemm with a float output, ONNX Runtime's
+    own fusion, so the outputs are equal bit for bit (apply compares them)."""
+    before, after, fired = apply(gemm_text(trans_b, float_out=True))
+    assert ops(before)[-1] == "Gemm"
+    (node,) = after.graph
+    assert (node.domain, node.op_type) == ("com.microsoft", "QGemm") and fired == {"qdq-gemm-float": 1}
+    assert len(node.inputs) == 7 and node.outputs[0].dtype == ir.DataType.FLOAT
+
+
+def test_float_output_gemm_with_alpha_must_not_fire():
+    before, after, fired = apply(gemm_text(alpha=0.5, float_out=True))
+    assert ops(after) == ops(before) and not fired
+
+
+MAXPOOL = HEADER + """
+g (int8[1,4,9,9] xq) => (int8[1,4,5,5] yq) <float s = {0.07}, int8 z = {-5}, float s2 = {0.07}, int8 z2 = {ZP}> {
+  x = DequantizeLinear(xq, s, z)
+  p = MaxPool <kernel_shape = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1]> (x)
+  yq = QuantizeLinear(p, s2, z2)
+}
+"""
+
+
+def test_maxpool_between_equal_quantisations_pools_the_bytes():
+    _, after, fired = apply(MAXPOOL.replace("ZP", "-5"))
+    assert ops(after) == ["MaxPool"] and fired == {"qdq-maxpool": 1}
+    assert after.graph.node(0).inputs[0].name == "xq"
+
+
+def test_maxpool_between_different_quantisations_must_not_fire():
+    before, after, fired = apply(MAXPOOL.replace("ZP", "-4"))
+    assert ops(after) == ops(before) and not fired
 
 
 def test_gemm_with_alpha_and_bias_must_not_fire():

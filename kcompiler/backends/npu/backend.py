@@ -165,6 +165,16 @@ def _int_gemm(node) -> Support:
 _elementwise = _all(lambda n: _static_float(n))
 _x_only = lambda n: _static_float(n, 1)  # noqa: E731
 
+
+def _max_pool_dtype(node: ir.Node) -> Support:
+    """A float MaxPool, or one of int8/uint8 bytes in and out (qdq-maxpool's): the window's max is exact."""
+    x, y = node.inputs[0], node.outputs[0]
+    if x is not None and x.dtype in QUANTISED_INT:
+        if y.dtype != x.dtype:
+            return no(f"an {x.dtype} MaxPool writing {y.dtype}")
+        return _static_float(node, 1, quantised={0}, quantised_out=True)
+    return _x_only(node)
+
 #: op -> (kernel class, check)
 OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Conv": (GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)), _one_window_reaches_the_end,
@@ -188,7 +198,7 @@ OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "ReduceSum": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMax": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
     "ReduceMin": (ReduceKernel, _all(_x_only, lambda n: _consts(n, 1))),
-    "MaxPool": (pool_kernel, _all(_x_only, _only_first_output, _rank(0, (3, 4, 5)))),
+    "MaxPool": (pool_kernel, _all(_max_pool_dtype, _only_first_output, _rank(0, (3, 4, 5)))),
     "AveragePool": (pool_kernel, _all(_x_only, _rank(0, (3, 4, 5)))),
     "GlobalAveragePool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),
     "GlobalMaxPool": (ReduceKernel, _all(_x_only, _min_rank(0, 3))),

@@ -418,3 +418,77 @@ def test_products_of_two_runtime_operands_run_on_the_npu(op, a_dt, b_dt, za, zb,
                 data.instrs[i] = ins.replace(aux=ins.aux & ~isa.ZERO_POINTS)
     for change in (zp_change(0), zp_change(8), no_zp):
         assert _differs(_mutated_outputs(cm, prog, pfeeds, change), base)
+
+
+def _float_head_model(M=4, K=512, N=100, seed=0):
+    """A float head as kcompiler.quantize leaves it: DQ(x int8), DQ(w int8 per channel), DQ(b int32) -> Gemm -> float."""
+    rng = np.random.default_rng(seed)
+    ws = (rng.random(N) * 0.01 + 0.001).astype(np.float32)
+    xs = np.float32(0.05)
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (N, K)).astype(np.int8), "w"),
+             numpy_helper.from_array(ws, "ws"), numpy_helper.from_array(np.zeros(N, np.int8), "wz"),
+             numpy_helper.from_array(np.asarray(xs), "xs"), numpy_helper.from_array(np.asarray(np.int8(-3)), "xz"),
+             numpy_helper.from_array(rng.integers(-5000, 5000, N).astype(np.int32), "b"),
+             numpy_helper.from_array((xs * ws).astype(np.float32), "bs")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "bs"], ["bd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd", "bd"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.INT8, [M, K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, N])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize("target", ["npu", "atom"])
+def test_float_head_runs_as_an_integer_gemm_with_a_float_output(target):
+    """qdq-gemm-float makes the float head a QGemm without y_scale: the array's exact int32 sum, the offsets
+    added (iadd), one float32 product by x_scale * w_scale per channel (dequant of the accumulator). ONNX
+    Runtime fuses the QDQ Gemm into the same QGemm, so its outputs are equal bit for bit; charged at int8.
+    A changed scale table or a dropped offset step changes the result."""
+    m = _float_head_model()
+    cm = kcompiler.compile(m, target=target, place={"*": "npu" if target == "npu" else target})
+    assert cm.context.fired.get("qdq-gemm-float") == 1
+    feeds = {"x": np.random.default_rng(4).integers(-128, 128, (4, 512)).astype(np.int8)}
+    got = assert_walk_equals_replay(cm, feeds)["y"]
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, ref)
+    rep = kcompiler.compile(m, target=target, mode="timing", place={"*": "npu" if target == "npu" else target})
+    assert {o.dtype for o in rep.simulate().ops if o.op_type == "QGemm"} == {"int8"}
+    prog = _npu_program(cm)
+    base = prog.run(feeds)
+    scale = next(i for i, b in enumerate(prog.data.buffers) if b.name.endswith("/scale"))
+
+    def bad_scale(data):
+        data.init[:] = [(b, off, (arr ^ 0x10) if b == scale else arr) for b, off, arr in data.init]
+
+    def no_offset(data):
+        data.instrs[:] = [ins for ins in data.instrs if not (ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "iadd")]
+    for change in (bad_scale, no_offset):
+        assert _differs(_mutated_outputs(cm, prog, feeds, change), base)
+
+
+@pytest.mark.parametrize("dt", [TensorProto.INT8, TensorProto.UINT8])
+def test_int8_maxpool_pools_the_bytes_exactly(dt):
+    """qdq-maxpool's int8/uint8 MaxPool (padded, strided) on the vector unit: ONNX Runtime's bytes; the
+    decoder refuses a maxpool reading one integer dtype and writing another."""
+    x = helper.make_tensor_value_info("x", dt, [1, 8, 15, 15])
+    y = helper.make_tensor_value_info("y", dt, [1, 8, 8, 8])
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    m = helper.make_model(helper.make_graph([node], "pool", [x], [y]), opset_imports=[helper.make_opsetid("", 21)],
+                          ir_version=10)
+    npd = helper.tensor_dtype_to_np_dtype(dt)
+    feeds = {"x": np.random.default_rng(8).integers(np.iinfo(npd).min, np.iinfo(npd).max, (1, 8, 15, 15),
+                                                     endpoint=True).astype(npd)}
+    cm = kcompiler.compile(m, target="npu", place={"*": "npu"})
+    got = assert_walk_equals_replay(cm, feeds)["y"]
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.dtype == npd
+    np.testing.assert_array_equal(got, ref)
+    prog = _npu_program(cm)
+    other = isa.DT["u8" if dt == TensorProto.INT8 else "i8"]
+
+    def src_dtype(data):
+        for i, ins in enumerate(data.instrs):
+            if ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "maxpool":
+                data.instrs[i] = ins.replace(dtypes=(ins.fields()["dtypes"] & ~0xF0) | other << 4)
+    assert _mutated_outputs(cm, prog, feeds, src_dtype) == "refused"

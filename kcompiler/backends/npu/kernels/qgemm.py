@@ -11,7 +11,9 @@ sum_k (x - x_zp) w = sum_k x w - x_zp sum_k w. A convolution's padding must then
 saturated; its offsets and Q31 multipliers M are per-channel int32 tables the compiler lays out in DRAM
 (derived in float64 from x_scale * w_scale / y_scale, as gemmlowp and TFLite do; one shift r per op,
 an immediate of the instruction, fitted to the largest scale), loaded into the scratchpad like a bias. MatMulInteger / ConvInteger store the int32 accumulator,
-plus the offset table (iadd) when the op has an activation zero point.
+plus the offset table (iadd) when the op has an activation zero point. A QGemm without y_scale (a
+float head) adds the offsets (iadd) and multiplies the int32 sum by x_scale * w_scale per channel in
+float32 (dequant of the accumulator), which is how ONNX Runtime's QGemm computes its float output.
 
 A right operand computed at run time (QLinearMatMul / MatMulInteger of two activations: attention's
 products) has no column sums to fold: the MATMULs then subtract both zero points in the feeder (the
@@ -73,7 +75,12 @@ class _IntGemm(abc.ABC):
 
     @property
     def requantised(self) -> bool:
-        return ROLES[self.node.op_type]["ys"] is not None
+        return ROLES[self.node.op_type]["ys"] is not None and not self.float_out
+
+    @property
+    def float_out(self) -> bool:
+        """A QGemm without y_scale: a float32 output, (int32 sum + offset) * x_scale * w_scale."""
+        return self.node.op_type == "QGemm" and role(self.node, "ys") is None
 
     @property
     def runtime_b(self) -> bool:
@@ -134,6 +141,12 @@ class _IntGemm(abc.ABC):
         alpha = dtype(a_float(self.node, "alpha", 1.0) if self.node.op_type == "QGemm" else 1.0)
         return (alpha * xs * ws / ys).astype(dtype) if alpha != 1 else (xs * ws / ys).astype(dtype)
 
+    def _out_scales(self) -> np.ndarray:
+        """x_scale * w_scale per channel in float32: a float output's scale, as ONNX Runtime's QGemm takes it."""
+        n = self._channels()
+        xs = np.float32(const_array(role(self.node, "xs"))[0])
+        return (xs * np.broadcast_to(const_array(role(self.node, "ws")), (n,)).astype(np.float32)).astype(np.float32)
+
     def _fixed_point(self) -> tuple[np.ndarray, int]:
         try:
             return multiplier_shift(self._scales())
@@ -148,6 +161,9 @@ class _IntGemm(abc.ABC):
         return lay
 
     def _step_list(self, cg):
+        if self.float_out:  # the exact int32 sum plus offsets, then one float32 product by its channel's scale
+            return [("iadd", (0.0, 0.0, 0.0), self._table(cg, "offset", self._offsets)),
+                    ("dequant", (0.0, 0.0, 0.0), self._table(cg, "scale", self._out_scales, "f32"))]
         zp = float(self._zp("yzp"))
         # how the chip requantises (npu.vector.requant): float32 scales, as ONNX Runtime's MLAS does (its
         # results bit for bit), or Q31 multipliers and a shift
@@ -210,17 +226,21 @@ def int_gemm_problem(node) -> str | None:
             return f"the {what} must be int8 or uint8 with a static shape"
     if opinfo.shape_of(out) is None:
         return "the output has no static shape"
-    want = (ir.DataType.INT32,) if op in ("MatMulInteger", "ConvInteger") else (ir.DataType.INT8, ir.DataType.UINT8)
+    float_out = op == "QGemm" and role(node, "ys") is None  # (a float head: float32 out)
+    want = (ir.DataType.INT32,) if op in ("MatMulInteger", "ConvInteger") else \
+        (ir.DataType.FLOAT,) if float_out else (ir.DataType.INT8, ir.DataType.UINT8)
     if out.dtype not in want:
         return f"output dtype {out.dtype} is not lowered"
+    if float_out and role(node, "yzp") is not None:
+        return "a y_zero_point without a y_scale"
     runtime = not opinfo.is_const(w)
     if runtime and op not in ("QLinearMatMul", "MatMulInteger"):
         return "the weights must be a compile-time constant"
     for name in ("xs", "xzp", "ws", "wzp", "ys", "yzp", "bias"):
         v = role(node, name)
         if v is None:
-            if name in ("xs", "ws", "ys") and ROLES[op][name] is not None:
-                return f"its {name} input is absent (a float output is not lowered)"
+            if ROLES[op][name] is not None and (name in ("xs", "ws") or (name == "ys" and not float_out)):
+                return f"its {name} input is absent"
             continue
         if not opinfo.is_const(v):
             return f"input '{v.name}' must be a compile-time constant"

@@ -286,6 +286,10 @@ class Decoder:
         if fn in MASK_FNS:  # the exact functions compute in their operands' own dtypes
             check_dtypes(fn, f, names, n_src)
             return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
+        if fn == "maxpool" and names[0] in ("i8", "u8"):  # a window's max of int8/uint8 bytes is exact
+            if names[1] != names[0]:
+                raise _Bad(f"an {names[0]} maxpool reads {names[0]}, not {names[1]}")
+            return spec.accesses(self, ins, core, f, shape, masks, axes, names, srcs)
         for i in range(5):
             if (i == 0 or srcs[i - 1] != NONE) and names[i] not in isa.FLOAT_DTYPES and not (
                     fn == "attn_step" and i == 2 and names[i] == "u8") and not (  # a boolean mask
