@@ -209,7 +209,7 @@ def test_quantised_residual_runs_as_one_int8_vector_op_bit_exact(target, qtype):
     assert fused.dram_bytes < 0.25 * apart.simulate().dram_bytes
 
 
-@pytest.mark.parametrize("what", ["scale", "zero_point", "quant_dtype"])
+@pytest.mark.parametrize("what", ["scale", "zero_point", "quant_dtype", "block"])
 def test_corrupted_quantised_chain_changes_result(what):
     m = residual_qdq_model()
     feeds = _int_feeds(m, 6)
@@ -217,6 +217,12 @@ def test_corrupted_quantised_chain_changes_result(what):
     data = _npu_program(cm).data
     base = Simulator(data).run(feeds)["y"]
     np.testing.assert_array_equal(base, cm.run(feeds)["y"])
+    if what == "block":  # a block size on a dequant whose scale is one value: refused, not ignored
+        instrs = [ins.replace(arg=1) if ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "dequant" else ins
+                  for ins in data.instrs]
+        with pytest.raises(ExecutionError, match="block size"):
+            Simulator(dataclasses.replace(data, instrs=instrs)).run(feeds)
+        return
     if what == "quant_dtype":  # the closing quant writes uint8 instead of int8
         instrs = [ins.replace(dtypes=(ins.fields()["dtypes"] & ~0xF) | isa.DT["u8"])
                   if ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "quant" else ins for ins in data.instrs]

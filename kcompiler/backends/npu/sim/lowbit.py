@@ -77,6 +77,8 @@ def lowbit_accesses(dec, ins, core, f, shape, masks, axes, dt, srcs) -> list:
     if block:
         if fn == "quant" or q in ("i32",):
             raise _Bad(f"{fn} of {q} takes no block size (arg reserved: 0)")
+        if masks[2] >> 3 & 1 or shape[3] == 1:
+            raise _Bad("a block size needs a scale that varies along dim 3 (arg reserved: 0 for a broadcast scale)")
 
     def sram(i, addr, shp, dtype, write=False):
         shp, dtype = _stored(tuple(shp), dtype)
