@@ -23,7 +23,8 @@ their explanation.
 loaded back and run: the loaded model must behave as the mutated one (a loaded artifact runs the
 program it carries, never one regenerated from its graph).
 
-Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, resnet-mini-int8, bert-int8, bert-tiny-int8
+Cases: resnet50 (seeded random weights), bert-tiny, llama-tiny decoding, resnet-mini-int8, bert-int8, bert-tiny-int8,
+resnet-mini-qdq
 (int8 programs: the models quantised by ONNX Runtime, see int8_case), and resnet-mini: a small
 ResNet (8x8 input, a stem, two residual blocks, a strided block with a projection, pooling and a
 classifier; seeded He weights), for the CIM chips, whose functional simulation runs resnet50's
@@ -66,11 +67,14 @@ CASES = {
     # the zoo's bert-tiny quantised by kcompiler.quantize: attention's QLinearMatMuls of two run-time operands
     # (the feeder's zero-point registers), LayerNorm/Softmax/GELU between them
     "bert-tiny-int8": ("bert-tiny", {}),
+    # resnet-mini quantised by kcompiler.quantize (QDQ, the float head): the residual DQ, DQ -> Add -> Relu -> Q
+    # chains on the vector unit in int8, the head's QGemm with a float output
+    "resnet-mini-qdq": ("resnet-mini", {}),
     # an exporter's mask and index arithmetic (Equal/Where/Cast/Less/And/Not/Trilu/ArgMax on int64, bool and
     # FP8), every node pinned to the NPU: the exact vector functions (sim/maskvec.py)
     "masks": ("masks", {}),
 }
-INT8_CASES = ("resnet-mini-int8", "bert-int8", "bert-tiny-int8")
+INT8_CASES = ("resnet-mini-int8", "bert-int8", "bert-tiny-int8", "resnet-mini-qdq")
 
 
 def int8_case(case: str, tmp: str, seed: int) -> str:
@@ -84,6 +88,17 @@ def int8_case(case: str, tmp: str, seed: int) -> str:
 
         path = os.path.join(tmp, f"{case}.onnx")
         onnx.save(quantize("bert-tiny", None, calibration_samples=4), path)
+        return path
+    if case == "resnet-mini-qdq":
+        import onnx
+
+        from kcompiler.quantize import quantize
+
+        src = resnet_mini(os.path.join(tmp, "resnet-mini.onnx"), seed)
+        rng = np.random.default_rng(seed)
+        cal = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+        path = os.path.join(tmp, f"{case}.onnx")
+        onnx.save(quantize(src, cal), path)
         return path
     if case == "bert-int8":
         src, name, shape = bert_stack(os.path.join(tmp, "bert_stack.onnx"), layers=2, hidden=64, ffn=128, seq=16,
