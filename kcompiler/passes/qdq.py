@@ -370,7 +370,9 @@ def _same_quantisation(dq: _Dq, q: _Q) -> bool:
     if q.scale.dtype != ir.DataType.FLOAT:
         return False
     s1, s2 = const(dq.scale), const(q.scale)
-    if s1 is None or s2 is None or np.float32(np.asarray(s1).reshape(-1)[0]) != np.float32(np.asarray(s2).reshape(-1)[0]):
+    if s1 is None or s2 is None:
+        return False
+    if np.float32(np.asarray(s1).reshape(-1)[0]) != np.float32(np.asarray(s2).reshape(-1)[0]):
         return False
     z1 = 0 if dq.zp is None else const(dq.zp)
     z2 = _zp_value(q)

@@ -16,6 +16,9 @@ from kcompiler.backends.npu.kernels.batchnorm_rt import batchnorm_check, batchno
 from kcompiler.backends.npu.kernels.bounds import clip_bounds_check, clip_kernel
 from kcompiler.backends.npu.kernels.loss import LossKernel, loss_support
 from kcompiler.backends.npu.kernels.attrs import FLOATS, IR_DTYPE, a_int, a_ints, a_str, a_strs, value_dtype
+from kcompiler.backends.npu.kernels.claims import (all_of as _all, attr_in as _attr_in, consts as _consts,
+                                                   min_rank as _min_rank, only_first_output as _only_first_output,
+                                                   rank as _rank, static_float as _static_float, used as _used)
 from kcompiler.backends.npu.kernels.codegen import Codegen
 from kcompiler.backends.npu.kernels.common import Kernel
 from kcompiler.backends.npu.kernels.copy import ConstKernel, CopyKernel, ViewKernel, prepare_state_layouts
@@ -48,63 +51,6 @@ FLOAT = ir.DataType.FLOAT
 
 
 # ---- the table of ops the NPU claims, each with its check -----------------------------------
-def _static_float(node: ir.Node, data_inputs: int | None = None, quantised=(), quantised_out=False) -> Support:
-    """Static shapes, float data (`quantised`: input positions that are int8/uint8 instead, with
-    `quantised_out` the output; a chain's zero points are int8/uint8 too)."""
-    for v in node.outputs:
-        if opinfo.shape_of(v) is None and _used(v):
-            return no(f"output '{v.name}' has no static shape")
-    for v in node.outputs[:1]:
-        if v.dtype not in (QUANTISED_INT if quantised_out else FLOATS):
-            return no(f"dtype {v.dtype} (the NPU claims float32, float16 and bfloat16 ops)")
-    ins = node.inputs if data_inputs is None else node.inputs[:data_inputs]
-    for i, v in enumerate(ins):
-        if v is None:
-            continue
-        if opinfo.shape_of(v) is None:
-            return no(f"input '{v.name}' has no static shape")
-        if v.dtype not in FLOATS and not (v.dtype in QUANTISED_INT and (i in quantised or (
-                (quantised or quantised_out) and opinfo.numel(v) == 1 and opinfo.is_const(v)))):
-            return no(f"input '{v.name}' has dtype {v.dtype}")
-    return YES
-
-
-def _consts(node: ir.Node, first: int) -> Support:
-    for v in node.inputs[first:]:
-        if v is not None and not opinfo.is_const(v):
-            return no(f"input '{v.name}' must be a compile-time constant")
-    return YES
-
-
-def _used(v: ir.Value) -> bool:
-    """Whether anything reads the value: a node, or the graph as one of its outputs."""
-    return bool(v.uses()) or v.is_graph_output()
-
-
-def _only_first_output(node: ir.Node) -> Support:
-    for v in node.outputs[1:]:
-        if v is not None and v.name and _used(v):
-            return no(f"its extra output '{v.name}' is used")
-    return YES
-
-
-def _all(*checks: Callable[[ir.Node], Support]) -> Callable[[ir.Node], Support]:
-    def check(node):
-        for c in checks:
-            r = c(node)
-            if not r:
-                return r
-        return YES
-    return check
-
-
-def _rank(i: int, ranks: tuple[int, ...]):
-    def check(node):
-        s = opinfo.shape_of(node.inputs[i])
-        return YES if s is not None and len(s) in ranks else no(f"input {i} must have rank {ranks}")
-    return check
-
-
 def _one_window_reaches_the_end(node: ir.Node) -> Support:
     """A Conv axis with one output must end its window at the input's last element: the window feeder's
     CONFIG reserves the stride of a single output (1), so it cannot say that the input's tail is skipped
@@ -120,20 +66,6 @@ def _one_window_reaches_the_end(node: ir.Node) -> Support:
             return no(f"its one output along axis {2 + ax} leaves the input's last {xs[2 + ax] + pads[ax] - extent} "
                       "element(s) unread, which the window feeder cannot express")
     return YES
-
-
-def _min_rank(i: int, r: int):
-    def check(node):
-        s = opinfo.shape_of(node.inputs[i])
-        return YES if s is not None and len(s) >= r else no(f"input {i} must have rank >= {r}")
-    return check
-
-
-def _attr_in(name: str, allowed, default):
-    def check(node):
-        v = a_str(node, name, default) if isinstance(default, str) else a_int(node, name, default)
-        return YES if v in allowed else no(f"attribute {name}={v!r} is not supported (only {list(allowed)})")
-    return check
 
 
 def _const_producer(node):

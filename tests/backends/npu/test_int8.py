@@ -421,7 +421,8 @@ def test_products_of_two_runtime_operands_run_on_the_npu(op, a_dt, b_dt, za, zb,
 
 
 def _float_head_model(M=4, K=512, N=100, seed=0):
-    """A float head as kcompiler.quantize leaves it: DQ(x int8), DQ(w int8 per channel), DQ(b int32) -> Gemm -> float."""
+    """A float head as kcompiler.quantize leaves it: DQ(x int8), DQ(w int8 per channel), DQ(b int32) -> Gemm ->
+    float."""
     rng = np.random.default_rng(seed)
     ws = (rng.random(N) * 0.01 + 0.001).astype(np.float32)
     xs = np.float32(0.05)
@@ -462,7 +463,8 @@ def test_float_head_runs_as_an_integer_gemm_with_a_float_output(target):
         data.init[:] = [(b, off, (arr ^ 0x10) if b == scale else arr) for b, off, arr in data.init]
 
     def no_offset(data):
-        data.instrs[:] = [ins for ins in data.instrs if not (ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "iadd")]
+        data.instrs[:] = [ins for ins in data.instrs
+                          if not (ins.opcode == isa.VECTOR and isa.VFN_NAMES[ins.aux] == "iadd")]
     for change in (bad_scale, no_offset):
         assert _differs(_mutated_outputs(cm, prog, feeds, change), base)
 
