@@ -274,6 +274,22 @@ def _weight_axis_ok(op: ir.Node, w: _Dq) -> bool:
     return axis >= 0 and w.axis == axis and opinfo.numel(w.scale) == shape[axis]
 
 
+def _op_bias(op: ir.Node, x: _Dq, w: _Dq, what: str) -> _Dq | str | None:
+    """The op's int32 bias DQ (None: it has no bias; a reason when it is not one _bias accepts)."""
+    b = op.inputs[2] if len(op.inputs) > 2 else None
+    if b is None:
+        return None
+    wshape = opinfo.shape_of(w.data) or (0,)
+    n_out = wshape[0] if op.op_type == "Conv" or op.attributes.get_int("transB", 0) else wshape[-1]
+    return _bias(b, x, w, n_out, what)
+
+
+def _zero_points(x: _Dq, w: _Dq, base: str, inits: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
+    """The activation's and the weight's zero points, an explicit 0 made for an absent one."""
+    return (x.zp or _zero(x.scale, x.data.dtype, f"{base}_x_zero_point", inits),
+            w.zp or _zero(w.scale, w.data.dtype, f"{base}_w_zero_point", inits))
+
+
 def _rewrite(q_node: ir.Node, ctx: CompileContext, model: ir.Model, op_type: str) -> Rewrite | str | None:
     tail = _tail(q_node)
     if not isinstance(tail, tuple) or tail[0].op_type != op_type:
@@ -290,22 +306,16 @@ def _rewrite(q_node: ir.Node, ctx: CompileContext, model: ir.Model, op_type: str
         return f"{what}: a non-constant right operand must be quantised per tensor"
     if not _weight_axis_ok(op, w):
         return f"{what}: the weight's scale is neither per tensor nor per output channel"
-    b = op.inputs[2] if len(op.inputs) > 2 else None
-    bias = None
-    if b is not None:
-        # (QGemm adds C at scale alpha * a_scale * b_scale with no beta: exact only at alpha = beta = 1)
-        alpha_beta = (op.attributes.get_float("alpha", 1.0), op.attributes.get_float("beta", 1.0))
-        if op_type == "Gemm" and alpha_beta != (1, 1):
-            return f"{what}: a bias with alpha or beta other than 1"
-        wshape = opinfo.shape_of(w.data) or (0,)
-        n_out = wshape[0] if op_type == "Conv" or op.attributes.get_int("transB", 0) else wshape[-1]
-        bias = _bias(b, x, w, n_out, what)
-        if isinstance(bias, str):
-            return bias
+    # (QGemm adds C at scale alpha * a_scale * b_scale with no beta: exact only at alpha = beta = 1)
+    alpha_beta = (op.attributes.get_float("alpha", 1.0), op.attributes.get_float("beta", 1.0))
+    if op_type == "Gemm" and alpha_beta != (1, 1) and len(op.inputs) > 2 and op.inputs[2] is not None:
+        return f"{what}: a bias with alpha or beta other than 1"
+    bias = _op_bias(op, x, w, what)
+    if isinstance(bias, str):
+        return bias
     inits: list[ir.Value] = []
     base = op.name or q_node.outputs[0].name
-    xz = x.zp or _zero(x.scale, x.data.dtype, f"{base}_x_zero_point", inits)
-    wz = w.zp or _zero(w.scale, w.data.dtype, f"{base}_w_zero_point", inits)
+    xz, wz = _zero_points(x, w, base, inits)
     yz = q.zp or _zero(q.scale, q.dtype, f"{base}_y_zero_point", inits)
     xs, ws, ys = (_f32(v, f"{base}_{k}_scale_f32", inits) for v, k in ((x.scale, "x"), (w.scale, "w"), (q.scale, "y")))
     if op_type == "Gemm":
@@ -344,17 +354,11 @@ def _float_gemm(op: ir.Node, ctx: CompileContext, model: ir.Model) -> Rewrite | 
         return f"{what}: the weight is not a constant quantised per tensor or per output channel"
     if (op.attributes.get_float("alpha", 1.0), op.attributes.get_float("beta", 1.0)) != (1, 1):
         return f"{what}: alpha or beta other than 1"
-    b = op.inputs[2] if len(op.inputs) > 2 else None
-    bias = None
-    if b is not None:
-        wshape = opinfo.shape_of(w.data) or (0,)
-        bias = _bias(b, x, w, wshape[0] if op.attributes.get_int("transB", 0) else wshape[-1], what)
-        if isinstance(bias, str):
-            return bias
+    bias = _op_bias(op, x, w, what)
+    if isinstance(bias, str):
+        return bias
     inits: list[ir.Value] = []
-    base = op.name or op.outputs[0].name
-    xz = x.zp or _zero(x.scale, x.data.dtype, f"{base}_x_zero_point", inits)
-    wz = w.zp or _zero(w.scale, w.data.dtype, f"{base}_w_zero_point", inits)
+    xz, wz = _zero_points(x, w, op.name or op.outputs[0].name, inits)
     attrs = [a for k, a in op.attributes.items() if k in ("transA", "transB")]
     new = ir.Node("com.microsoft", "QGemm", [x.data, x.scale, xz, w.data, w.scale, wz, bias.data if bias else None],
                   attributes=attrs, num_outputs=1, name=op.name)
