@@ -215,8 +215,8 @@ def quantize(model: Any, calibration: Any = None, dtype: str = "int8", method: s
         if float_head:
             q, heads = head_float(q)
             if heads:
-                notes.append(f"the head keeps a float output ({len(heads)} GEMM{'s' if len(heads) > 1 else ''}, int8 "
-                             f"inputs and weights): {', '.join(heads)}")
+                notes.append(f"the head keeps a float output ({len(heads)} GEMM{'s' if len(heads) > 1 else ''}, "
+                             f"{dtype} inputs and weights): {', '.join(heads)}")
         info = {"method": "distribution" if dtype == "fp8" else method, "calibration": cs.source,
                 "samples": len(cs), "synthetic": cs.synthetic}
     if not any(n.op_type in ("DequantizeLinear", "MatMulNBits") for n in q.graph.node):
