@@ -59,10 +59,8 @@ QDQ_CONV = rule_name("qdq-conv", "DQ(x), DQ(const w)[, DQ(const int32 b)] -> Con
 QDQ_MATMUL = rule_name("qdq-matmul", "DQ(a), DQ(b) -> MatMul [-> Relu|Clip] -> Q  =>  QLinearMatMul")
 QDQ_GEMM = rule_name("qdq-gemm", "DQ(a), DQ(const b)[, DQ(const int32 c)] -> Gemm [-> Relu|Clip] -> Q  =>  "
                                  "com.microsoft QGemm")
-
 QDQ_GEMM_FLOAT = rule_name("qdq-gemm-float", "DQ(a), DQ(const b)[, DQ(const int32 c)] -> Gemm -> float  =>  "
                                              "com.microsoft QGemm with a float output")
-
 QDQ_MAXPOOL = rule_name("qdq-maxpool", "DQ(x) -> MaxPool -> Q, one scale and zero point  =>  MaxPool of x (int8/uint8)")
 
 _INT8 = (ir.DataType.INT8, ir.DataType.UINT8)

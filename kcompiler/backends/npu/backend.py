@@ -107,6 +107,7 @@ def _max_pool_dtype(node: ir.Node) -> Support:
         return _static_float(node, 1, quantised={0}, quantised_out=True)
     return _x_only(node)
 
+
 #: op -> (kernel class, check)
 OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
     "Conv": (GemmKernel, _all(_x_only, _rank(0, (4,)), _rank(1, (4,)), _one_window_reaches_the_end,
@@ -255,6 +256,8 @@ KC_OPS: dict[str, tuple[type, Callable[[ir.Node], Support]]] = {
 
 def _chain_check(node: ir.Node) -> Support:
     steps = [parse_step(s) for s in a_strs(node, "steps")]
+    if not steps:
+        return no("a fused elementwise op without steps")
     quantised = set()  # inputs a DequantizeLinear step reads as its data (int8/uint8)
     for op, operands, _ in steps:
         if op not in ELEMENTWISE and op not in ("Clip", *QDQ_STEPS):

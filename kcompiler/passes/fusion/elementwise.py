@@ -15,8 +15,8 @@ model-local ONNX function body (one overload per program) runs it on the host.
 Rule ``elementwise-chain``: merge an elementwise producer (plain or already fused) into its
 only consumer. A per-tensor DequantizeLinear from int8/uint8 may open a chain and a QuantizeLinear
 close it: a QDQ model's residual ``DQ, DQ -> Add -> Relu -> Q`` reads and writes int8 once, where
-it crossed DRAM as float32 four times. Check (reads the target): every NPU of the target claims each op, and a
-double-buffered tile of one row of every streamed input fits its scratchpad.
+it crossed DRAM as float32 four times. Check (reads the target): every NPU of the target claims
+each op, and a double-buffered tile of one row of every streamed input fits its scratchpad.
 """
 
 from __future__ import annotations
