@@ -84,7 +84,7 @@ def ocr(args) -> str:
     paths = rm.fetch_ocr_models()
     width = rm.REC_SHAPE[2]
     cal = rm.rec_batch([im for im, _ in rm.render_text_lines(args.ocr_calib, seed=0)], width=width)
-    q = quantize(str(paths["rec"]), [{"x": c[None]} for c in cal], equalize=True, method=args.method or "percentile")
+    q = quantize(str(paths["rec"]), [{"x": c[None]} for c in cal], equalize=True, method=args.method)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -92,7 +92,7 @@ def ocr(args) -> str:
     fs = rm.ort_session(paths["rec"])
     out = [f"Command: `{' '.join(['python benchmarks/quant_accuracy.py', *sys.argv[1:]])}`", "",
            f"PP-OCRv4 recogniser (rapidocr-onnxruntime 1.4.4), width {width}, calibrated on {args.ocr_calib} rendered "
-           f"lines (seed 0), {args.method or 'percentile'} with equalize. Strings identical to float32's (ORT, CPU):",
+           f"lines (seed 0), {args.method} with equalize. Strings identical to float32's (ORT, CPU):",
            "", "| lines (seed) | program | " + " | ".join(OCR_VIEWS) + " |", "|---|---|" + "---|" * len(OCR_VIEWS)]
     for seed, n in ((1, args.ocr_lines), (2, args.ocr_holdout)):
         x = rm.rec_batch([im for im, _ in rm.render_text_lines(n, seed=seed)], width=width)
@@ -126,14 +126,16 @@ def main() -> None:
                     help="calibration: ONNX Runtime's minmax/entropy/percentile, or kcompiler's mse range search")
     args = ap.parse_args()
     if args.ocr:
+        args.method = args.method or "percentile"  # (the OCR test's recipe)
         out = Path(args.out).with_name("quant_ocr.md") if args.out == ap.get_default("out") else Path(args.out)
         out.write_text(ocr(args))
         print(f"wrote {out}")
         return
+    args.method = args.method or "minmax"
     options = {"resnet50": {"weights": "random"}, "bert-tiny": {}}
     reports = []
     for name in args.models.split(","):
-        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout, args.method or "minmax")
+        rep, secs = measure(name, options.get(name, {}), args.calib, args.holdout, args.method)
         s = rep.gate_set
         print(f"{name}: top-1 agreement {s.top1:.2%} on {s.samples} held-out inputs; SQNR {rep.sqnr_summary()} "
               f"({secs:.0f} s)", flush=True)
