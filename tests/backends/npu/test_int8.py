@@ -447,13 +447,13 @@ def test_float_head_runs_as_an_integer_gemm_with_a_float_output(target):
     Runtime fuses the QDQ Gemm into the same QGemm, so its outputs are equal bit for bit; charged at int8.
     A changed scale table or a dropped offset step changes the result."""
     m = _float_head_model()
-    cm = kcompiler.compile(m, target=target, place={"*": "npu" if target == "npu" else target})
+    cm = kcompiler.compile(m, target=target, place={"*": target})
     assert cm.context.fired.get("qdq-gemm-float") == 1
     feeds = {"x": np.random.default_rng(4).integers(-128, 128, (4, 512)).astype(np.int8)}
     got = assert_walk_equals_replay(cm, feeds)["y"]
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(got, ref)
-    rep = kcompiler.compile(m, target=target, mode="timing", place={"*": "npu" if target == "npu" else target})
+    rep = kcompiler.compile(m, target=target, mode="timing", place={"*": target})
     assert {o.dtype for o in rep.simulate().ops if o.op_type == "QGemm"} == {"int8"}
     prog = _npu_program(cm)
     base = prog.run(feeds)
