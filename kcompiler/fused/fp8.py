@@ -16,6 +16,12 @@ from onnx import helper
 from kcompiler.fused import BODY_OPSET, DOMAIN, ref_attr
 
 FP8_MATMUL = "Fp8MatMul"
+#: the same for a 2-D convolution: inputs (xq, sx, wq, sw, bias) [+ (sy, yz)] (a Conv without a bias gets
+#: zeros), the Conv's attributes, ``axis`` 0 (the weight scale per output channel)
+FP8_CONV = "Fp8Conv"
+CONV_ATTRS = {"auto_pad": onnx.AttributeProto.STRING, "dilations": onnx.AttributeProto.INTS,
+              "group": onnx.AttributeProto.INT, "kernel_shape": onnx.AttributeProto.INTS,
+              "pads": onnx.AttributeProto.INTS, "strides": onnx.AttributeProto.INTS}
 
 
 def fp8_body(quantised_out: bool) -> onnx.FunctionProto:
@@ -28,3 +34,17 @@ def fp8_body(quantised_out: bool) -> onnx.FunctionProto:
         nodes.append(helper.make_node("QuantizeLinear", ["y0", "SY", "YZ"], ["Y"]))
     return helper.make_function(DOMAIN, FP8_MATMUL, ins, ["Y"], nodes, [helper.make_opsetid("", BODY_OPSET)],
                                 attributes=["axis"])
+
+
+def fp8_conv_body(quantised_out: bool) -> onnx.FunctionProto:
+    """Fp8Conv's function: DQ(x), DQ(w, axis), Conv(., ., bias) [-> Q]."""
+    ins = ["XQ", "SX", "WQ", "SW", "B"] + (["SY", "YZ"] if quantised_out else [])
+    dqw = helper.make_node("DequantizeLinear", ["WQ", "SW"], ["wd"])
+    dqw.attribute.append(ref_attr("axis", onnx.AttributeProto.INT))
+    conv = helper.make_node("Conv", ["xd", "wd", "B"], ["y0" if quantised_out else "Y"])
+    conv.attribute.extend(ref_attr(name, kind) for name, kind in CONV_ATTRS.items())
+    nodes = [helper.make_node("DequantizeLinear", ["XQ", "SX"], ["xd"]), dqw, conv]
+    if quantised_out:
+        nodes.append(helper.make_node("QuantizeLinear", ["y0", "SY", "YZ"], ["Y"]))
+    return helper.make_function(DOMAIN, FP8_CONV, ins, ["Y"], nodes, [helper.make_opsetid("", BODY_OPSET)],
+                                attributes=["axis", *CONV_ATTRS])

@@ -29,7 +29,8 @@ from kcompiler.backends.npu.kernels.maskclaims import (INTS, arg_check, binary_i
                                                        dtypes_in, exact_check, held, mod_check, trilu_check)
 from kcompiler.backends.npu.kernels.maskops import (COMPARE, LOGIC, ArgKernel, CompareKernel, ExactCastKernel,
                                                     IntKernel, LogicKernel, TriluKernel, WhereKernel)
-from kcompiler.backends.npu.kernels.lowbit import Fp8MatMulKernel, QdqKernel, fp8_matmul_check, qdq_check
+from kcompiler.backends.npu.kernels.lowbit import (Fp8ConvKernel, Fp8MatMulKernel, QdqKernel, fp8_conv_check,
+                                                   fp8_matmul_check, qdq_check)
 from kcompiler.backends.npu.kernels.nbits import NBitsKernel, nbits_check
 from kcompiler.backends.npu.kernels.pool import pool_kernel
 from kcompiler.backends.npu.kernels.qgemm import int_gemm_problem
@@ -51,11 +52,11 @@ FLOAT = ir.DataType.FLOAT
 
 
 # ---- the table of ops the NPU claims, each with its check -----------------------------------
-def _one_window_reaches_the_end(node: ir.Node) -> Support:
+def _one_window_reaches_the_end(node: ir.Node, w_index: int = 1) -> Support:
     """A Conv axis with one output must end its window at the input's last element: the window feeder's
     CONFIG reserves the stride of a single output (1), so it cannot say that the input's tail is skipped
     (a 16-tap window over 64 columns at stride 49). Such a Conv stays on the host."""
-    xs, ys, ws = (opinfo.shape_of(v) for v in (node.inputs[0], node.outputs[0], node.inputs[1]))
+    xs, ys, ws = (opinfo.shape_of(v) for v in (node.inputs[0], node.outputs[0], node.inputs[w_index]))
     if xs is None or ys is None or ws is None or a_str(node, "auto_pad", "NOTSET") != "NOTSET":
         return YES
     dil = a_ints(node, "dilations", [1] * (len(xs) - 2))
@@ -283,6 +284,7 @@ def _chain_check(node: ir.Node) -> Support:
 
 KC_OPS["FusedElementwise"] = (FusedElementwiseKernel, _chain_check)
 KC_OPS["Fp8MatMul"] = (Fp8MatMulKernel, fp8_matmul_check)
+KC_OPS["Fp8Conv"] = (Fp8ConvKernel, _all(fp8_conv_check, lambda n: _one_window_reaches_the_end(n, 2)))
 
 #: ONNX Runtime's contrib ops (domain com.microsoft) the NPU lowers: 4-bit weights (kernels/nbits.py) and
 #: the integer Gemm (kernels/qgemm.py)
@@ -305,7 +307,7 @@ class NpuBackend(Backend):
     kind = "npu"
     spec_class = NpuSpec
     fusions = {"epilogue": ("FusedConv", "FusedMatMul", "FusedGemm"), "elementwise-chain": ("FusedElementwise",),
-               "attention": ("Attention",), "fp8-gemm": ("Fp8MatMul",)}
+               "attention": ("Attention",), "fp8-gemm": ("Fp8MatMul", "Fp8Conv")}
 
     def check_fusion(self, pattern: str, node: ir.Node, **facts) -> Support:
         """epilogue: `node` is the GEMM-like anchor, facts `operands` the epilogue operands (each

@@ -108,6 +108,57 @@ def test_fp8_matmul_on_rngd_matches_ort(per_channel, out_q, kind):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def fp8_conv_model(out_q=True, per_channel=True, bias=True, seed=0, C=8, K=16, H=10):
+    """x -> Q -> DQ -> Conv(DQ(w, axis 0)[, b]) [-> Q -> DQ] in FP8 E4M3, as ORT's FP8 quantiser writes a conv."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32) * 0.2
+    fmax = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
+    sw = (np.abs(w).max(axis=(1, 2, 3)) / fmax).astype(np.float32) if per_channel else \
+        np.float32(np.abs(w).max() / fmax)
+    wq = w / (sw.reshape(-1, 1, 1, 1) if per_channel else sw)
+    inits = [_f8("wq", wq, "e4m3"), numpy_helper.from_array(np.asarray(sw, np.float32), "sw"),
+             numpy_helper.from_array(np.float32(0.01), "sx"), numpy_helper.from_array(np.float32(0.02), "sy"),
+             _f8("z8", np.float32(0), "e4m3"), numpy_helper.from_array(rng.standard_normal(K).astype(np.float32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z8"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "z8"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], **({"axis": 0} if per_channel else {})),
+             helper.make_node("Conv", ["xd", "wd"] + (["b"] if bias else []), ["y0" if out_q else "y"],
+                              pads=[1, 1, 1, 1], strides=[2, 2])]
+    if out_q:
+        nodes += [helper.make_node("QuantizeLinear", ["y0", "sy", "z8"], ["yq"]),
+                  helper.make_node("DequantizeLinear", ["yq", "sy", "z8"], ["y"])]
+    out = (H + 1) // 2
+    g = helper.make_graph(nodes, "fp8conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, H])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, K, out, out])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize("out_q,per_channel,bias", [(True, True, True), (False, True, True), (True, False, False)])
+def test_fp8_conv_on_rngd_matches_ort(out_q, per_channel, bias):
+    """Fp8Conv: the window feeder reads FP8 x and w (1 byte each), the MATMULs run at the fp8 dtype, the epilogue
+    scales per channel, adds the float bias (zeros when the Conv had none) and quantises; ONNX Runtime's values,
+    but for FP8 rounding boundaries. A changed scale table changes the result."""
+    m = fp8_conv_model(out_q, per_channel, bias, seed=5)
+    x = np.random.default_rng(6).standard_normal((1, 8, 10, 10)).astype(np.float32)
+    cm = kcompiler.compile(m, target="rngd", place={"*": "rngd"})
+    assert "Fp8Conv" in [n.op_type for n in cm.model.graph] and cm.context.fired.get("fp8-gemm") == 1
+    prog = _npu_program(cm)
+    assert {isa.DTYPES[i.aux & 0xF] for i in prog.data.instrs if i.opcode == isa.MATMUL} == {"f8e4m3"}
+    got, ref = cm.run({"x": x})["y"], _ort(m, {"x": x})
+    np.testing.assert_array_equal(_ort(ir.serde.serialize_model(cm.model), {"x": x}), ref)  # the fused body
+    if out_q:
+        assert (got == ref).mean() >= 0.99
+        assert np.all(np.abs(got - ref) <= _fp8_step(ref, "e4m3") + 1e-7)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    data = prog.data
+    si = next(i for i, b in enumerate(data.buffers) if b.name.endswith("/sxsw"))
+    base = Simulator(data).run({"x": x})
+    init = [(b, off, (arr ^ 0x10) if b == si else arr) for b, off, arr in data.init]
+    bad = Simulator(dataclasses.replace(data, init=init)).run({"x": x})
+    assert any(not np.array_equal(bad[k], base[k]) for k in base)
+
+
 def test_fp8_group_stays_qdq_on_atom():
     """atom lists no fp8 rate: no Fp8MatMul, the DequantizeLinear on the vector unit, values as ORT's."""
     m = fp8_model(seed=3)

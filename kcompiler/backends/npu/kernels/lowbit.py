@@ -22,6 +22,7 @@ from kcompiler.backends.base import YES, Support, no
 from kcompiler.backends.npu.emit import GemmDesc
 from kcompiler.backends.npu.kernels.attrs import FLOATS, a_int, shape
 from kcompiler.backends.npu.kernels.codegen import Codegen, Layout, contiguous
+from kcompiler.backends.npu.kernels.conv import ConvKernel
 from kcompiler.backends.npu.kernels.common import Kernel, Operand, broadcast_operand
 from kcompiler.backends.npu.kernels.gemm import MatMulKernel
 from kcompiler.backends.npu.kernels.vector import VectorKernel, VTile
@@ -129,45 +130,50 @@ def _fp8_spec(spec):
     return s
 
 
-class Fp8MatMulKernel(MatMulKernel, lowers="Fp8MatMul"):
-    """MatMul of FP8 A (xq) and B (wq) with the dequantisation scales and the output quantisation as
-    epilogue steps (see the module docstring)."""
+class _Fp8Gemm:
+    """What the FP8 GEMMs share: A = xq and B = wq (inputs 0 and 2) at the chip's fp8 dtype, no fused
+    epilogue of their own, the scales (and a Conv's bias, and the output quantisation) as epilogue steps."""
+
+    base_op = "MatMul"
 
     def __init__(self, node, spec):
         Kernel.__init__(self, node, _fp8_spec(spec))
         self.conv = None
-        self.base = "MatMul"
+        self.base = self.base_op
         self.steps, self.operands = [], []
         self.base_inputs = [node.inputs[0], node.inputs[2]]
         self._init_dims()
         self.per_core = self._split()
         self.full_operands = []
 
-    def _init_dims(self):
-        a, b = shape(self.node.inputs[0]), shape(self.node.inputs[2])
-        self.k, self.n = a[-1], b[-1]
-        self.g, self.m, self.fold_m = 1, int(np.prod(a[:-1])), True
+    def _channel(self, cg: Codegen, lay):
+        """A per-output-channel table as the epilogue reads it (a conv's output channels are dim 1)."""
+        return lay
 
     def _step_list(self, cg: Codegen):
         node = self.node
         xq, sx, wq, sw = node.inputs[:4]
-        n = self.n
+        n = self.g * self.n
 
         def combined():
             s = np.asarray(opinfo.const_value(sx), F32).reshape(-1)[0] * np.asarray(opinfo.const_value(sw), F32)
             return np.broadcast_to(s.reshape(-1), (n,)) if s.size > 1 else s.reshape(1)
 
         size = (n,) if opinfo.numel(sw) > 1 else (1,)
-        steps = [("mul", (0.0, 0.0, 0.0), cg.const(f"{node.name}/sxsw", "f32", size, combined))]
-        if len(node.inputs) > 4 and node.inputs[4] is not None:
-            sy = node.inputs[4]
+        steps = [("mul", (0.0, 0.0, 0.0), self._channel(cg, cg.const(f"{node.name}/sxsw", "f32", size, combined)))]
+        q_at = 4
+        if self.base_op == "Conv":  # y = conv(x sx, w sw) + b: the bias after the scales
+            steps.append(("add", (0.0, 0.0, 0.0), self._channel(cg, cg.layout(node.inputs[4]))))
+            q_at = 5
+        if len(node.inputs) > q_at and node.inputs[q_at] is not None:
+            sy = node.inputs[q_at]
             steps.append(("quant", (0.0, 0.0, 0.0),
                           cg.const(f"{node.name}/sy", "f32", (1,),
                                    lambda: np.asarray(opinfo.const_value(sy), F32).reshape(1))))
         return steps
 
     def desc(self, cg: Codegen) -> GemmDesc:
-        """MatMulKernel's desc with A = xq and B = wq (inputs 0 and 2), the epilogue of _step_list."""
+        """The GEMM's desc with A = xq and B = wq (inputs 0 and 2), the epilogue of _step_list."""
         A, B, Y = cg.layout(self.node.inputs[0]), cg.layout(self.node.inputs[2]), cg.layout(self.out)
         a, b, out, conv = self._views(A, B, Y)
         steps = [(fn, float(i[0]), float(i[1]), float(i[2]), self._operand_view(cg, op, Y))
@@ -179,3 +185,44 @@ class Fp8MatMulKernel(MatMulKernel, lowers="Fp8MatMul"):
         return GemmDesc(A.dtype, Y.dtype, self.g, self.m, self.n, self.k, a, b, out, conv, tuple(cores), tuple(steps))
 
 
+class Fp8MatMulKernel(_Fp8Gemm, MatMulKernel, lowers="Fp8MatMul"):
+    """MatMul of FP8 A (xq) and B (wq) with the dequantisation scales and the output quantisation as
+    epilogue steps (see the module docstring)."""
+
+    def _init_dims(self):
+        a, b = shape(self.node.inputs[0]), shape(self.node.inputs[2])
+        self.k, self.n = a[-1], b[-1]
+        self.g, self.m, self.fold_m = 1, int(np.prod(a[:-1])), True
+
+
+class Fp8ConvKernel(_Fp8Gemm, ConvKernel, lowers="Fp8Conv"):
+    """A 2-D convolution of FP8 x and w on the window feeder: the scales per output channel, the float bias,
+    then the output quantisation, as epilogue steps."""
+
+    base_op = "Conv"
+    w_index = 2
+
+    def _channel(self, cg: Codegen, lay):
+        if lay.shape[0] == 1:  # one scale for every channel
+            return Layout(lay.buf, lay.off, lay.dtype, (1, 1, 1), (0, 0, 0))
+        return Layout(lay.buf, lay.off, lay.dtype, (lay.shape[0], 1, 1), (lay.strides[0], 0, 0))
+
+
+def fp8_conv_check(node: ir.Node) -> Support:
+    """An Fp8Conv the array runs: x and w one FP8 format, a 2-D convolution with static shapes, constant
+    weights, scales and bias, a float32 or FP8 output."""
+    xq, sx, wq, sw, b = node.inputs[:5]
+    if xq.dtype not in F8 or wq.dtype != xq.dtype:
+        return no("Fp8Conv convolves two operands of one FP8 format")
+    for v in node.inputs[1:]:
+        if v is not None and not opinfo.is_const(v):
+            return no(f"input '{v.name}' must be a compile-time constant")
+    xs, ws, ys = shape(xq), shape(wq), shape(node.outputs[0])
+    if xs is None or ws is None or ys is None or len(xs) != 4 or len(ws) != 4:
+        return no("static shapes, a 2-D convolution (NCHW)")
+    out = node.outputs[0].dtype
+    if out != ir.DataType.FLOAT and out not in F8:
+        return no(f"output dtype {out}")
+    if opinfo.numel(sw) not in (1, ws[0]) or opinfo.numel(b) != ws[0] or b.dtype != ir.DataType.FLOAT:
+        return no("the weight scale is per tensor or per output channel, the bias float per output channel")
+    return YES
