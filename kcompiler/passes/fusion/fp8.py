@@ -107,10 +107,8 @@ def fp8_rule(node: ir.Node, ctx: CompileContext, model: ir.Model):
         for i in range(len(fused.inputs)):
             fused.replace_input_with(i, None)
         return why
-    if conv:
-        ensure_function(model, FP8_CONV, fused.overload, lambda: fp8_conv_body(q is not None))
-    else:
-        ensure_function(model, FP8_MATMUL, fused.overload, lambda: fp8_body(q is not None))
+    body = fp8_conv_body if conv else fp8_body
+    ensure_function(model, fused.op_type, fused.overload, lambda: body(q is not None))
     old = [node] + ([q] if q is not None else [])
     old += [d for d in (dx, dw) if sole_user(d.outputs[0]) is node]
     ids = {id(n) for n in old}

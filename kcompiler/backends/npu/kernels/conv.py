@@ -13,6 +13,11 @@ from kcompiler.backends.npu.tiler import ConvGeom
 from kcompiler.errors import LoweringError
 
 
+def per_channel(lay: Layout) -> Layout:
+    """A table of one value per output channel (or one value for all), read as (C, 1, 1) against an NCHW output."""
+    return Layout(lay.buf, lay.off, lay.dtype, (lay.shape[0], 1, 1), (lay.strides[0], 0, 0))
+
+
 class ConvKernel(GemmKernel, lowers="Conv"):
     """Conv (2-D, NCHW): M = images x output pixels, K = input channels per group x taps,
     N = output channels per group."""
@@ -39,9 +44,7 @@ class ConvKernel(GemmKernel, lowers="Conv"):
     def _base_steps(self, cg):
         out = []
         if len(self.base_inputs) > 2 and self.base_inputs[2] is not None:
-            bias = cg.layout(self.base_inputs[2])  # (C,): one value per output channel
-            out.append(("add", (0.0, 0.0, 0.0), Layout(bias.buf, bias.off, bias.dtype, (bias.shape[0], 1, 1),
-                                                      (bias.strides[0], 0, 0))))
+            out.append(("add", (0.0, 0.0, 0.0), per_channel(cg.layout(self.base_inputs[2]))))
         return out
 
     def _views(self, A: Layout, B: Layout, Y: Layout):

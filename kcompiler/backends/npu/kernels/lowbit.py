@@ -22,7 +22,7 @@ from kcompiler.backends.base import YES, Support, no
 from kcompiler.backends.npu.emit import GemmDesc
 from kcompiler.backends.npu.kernels.attrs import FLOATS, a_int, shape
 from kcompiler.backends.npu.kernels.codegen import Codegen, Layout, contiguous
-from kcompiler.backends.npu.kernels.conv import ConvKernel
+from kcompiler.backends.npu.kernels.conv import ConvKernel, per_channel
 from kcompiler.backends.npu.kernels.common import Kernel, Operand, broadcast_operand
 from kcompiler.backends.npu.kernels.gemm import MatMulKernel
 from kcompiler.backends.npu.kernels.vector import VectorKernel, VTile
@@ -146,9 +146,13 @@ class _Fp8Gemm:
         self.per_core = self._split()
         self.full_operands = []
 
-    def _channel(self, cg: Codegen, lay):
+    def _channel(self, lay: Layout) -> Layout:
         """A per-output-channel table as the epilogue reads it (a conv's output channels are dim 1)."""
         return lay
+
+    def _bias_steps(self, cg: Codegen) -> list:
+        """Epilogue steps between the scales and the output quantisation (a Conv's bias); none for a MatMul."""
+        return []
 
     def _step_list(self, cg: Codegen):
         node = self.node
@@ -160,11 +164,10 @@ class _Fp8Gemm:
             return np.broadcast_to(s.reshape(-1), (n,)) if s.size > 1 else s.reshape(1)
 
         size = (n,) if opinfo.numel(sw) > 1 else (1,)
-        steps = [("mul", (0.0, 0.0, 0.0), self._channel(cg, cg.const(f"{node.name}/sxsw", "f32", size, combined)))]
-        q_at = 4
-        if self.base_op == "Conv":  # y = conv(x sx, w sw) + b: the bias after the scales
-            steps.append(("add", (0.0, 0.0, 0.0), self._channel(cg, cg.layout(node.inputs[4]))))
-            q_at = 5
+        steps = [("mul", (0.0, 0.0, 0.0), self._channel(cg.const(f"{node.name}/sxsw", "f32", size, combined)))]
+        bias = self._bias_steps(cg)
+        steps += bias
+        q_at = 4 + len(bias)  # (sy follows the bias input, if any)
         if len(node.inputs) > q_at and node.inputs[q_at] is not None:
             sy = node.inputs[q_at]
             steps.append(("quant", (0.0, 0.0, 0.0),
@@ -202,10 +205,11 @@ class Fp8ConvKernel(_Fp8Gemm, ConvKernel, lowers="Fp8Conv"):
     base_op = "Conv"
     w_index = 2
 
-    def _channel(self, cg: Codegen, lay):
-        if lay.shape[0] == 1:  # one scale for every channel
-            return Layout(lay.buf, lay.off, lay.dtype, (1, 1, 1), (0, 0, 0))
-        return Layout(lay.buf, lay.off, lay.dtype, (lay.shape[0], 1, 1), (lay.strides[0], 0, 0))
+    def _channel(self, lay: Layout) -> Layout:
+        return per_channel(lay)
+
+    def _bias_steps(self, cg: Codegen) -> list:
+        return [("add", (0.0, 0.0, 0.0), per_channel(cg.layout(self.node.inputs[4])))]  # y = conv(x sx, w sw) + b
 
 
 def fp8_conv_check(node: ir.Node) -> Support:

@@ -34,7 +34,7 @@ from kcompiler import opinfo
 from kcompiler.backends.npu.emit import canonical_window
 from kcompiler.backends.npu.kernels.attrs import a_float, a_int, shape
 from kcompiler.backends.npu.kernels.codegen import Layout
-from kcompiler.backends.npu.kernels.conv import ConvKernel
+from kcompiler.backends.npu.kernels.conv import ConvKernel, per_channel
 from kcompiler.backends.npu.kernels.gemm import GemmOpKernel, MatMulKernel
 from kcompiler.backends.npu.sim.intvec import multiplier_shift
 from kcompiler.backends.npu.sim.window import Window, reads_pad
@@ -156,9 +156,7 @@ class _IntGemm(abc.ABC):
     def _table(self, cg, what: str, value, dtype: str = "i32") -> Layout:
         n = self._channels()
         lay = cg.const(f"{self.node.name}/{what}", dtype, (n,), value)
-        if self.conv is not None:  # one value per output channel of NCHW
-            return Layout(lay.buf, lay.off, dtype, (n, 1, 1), (1, 0, 0))
-        return lay
+        return per_channel(lay) if self.conv is not None else lay
 
     def _step_list(self, cg):
         if self.float_out:  # the exact int32 sum plus offsets, then one float32 product by its channel's scale
